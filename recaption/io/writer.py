@@ -1,0 +1,74 @@
+"""Write img2dataset-style shards: NNNNN.tar + NNNNN.parquet + NNNNN_stats.json, atomically.
+
+The tar streams to a temporary name and is renamed when complete; the stats file is written last,
+so its presence marks a finished shard for resume.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recaption.io.atomic import atomic_open, exists, join
+
+MTIME = 0  # fixed, so a resumed run writes byte-identical tars
+
+
+def shard_paths(out_dir: str, name: str) -> dict[str, str]:
+    return {
+        "tar": join(out_dir, f"{name}.tar"),
+        "parquet": join(out_dir, f"{name}.parquet"),
+        "stats": join(out_dir, f"{name}_stats.json"),
+    }
+
+
+def is_done(out_dir: str, name: str) -> bool:
+    p = shard_paths(out_dir, name)
+    return exists(p["stats"]) and exists(p["tar"])
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = MTIME
+    info.mode = 0o444
+    info.uname = info.gname = "bigdata"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, dict[str, bytes], dict]],
+                extra_stats: dict | None = None) -> dict:
+    """samples: (key, members field->bytes in order, parquet row). Returns the stats written."""
+    p = shard_paths(out_dir, name)
+    rows: list[dict] = []
+    start = time.time()
+    with atomic_open(p["tar"]) as f:
+        with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for key, members, row in samples:
+                for fld, data in members.items():
+                    add_member(tar, f"{key}.{fld}", data)
+                rows.append(row)
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    with atomic_open(p["parquet"]) as f:
+        f.write(buf.getvalue())
+    end = time.time()
+    stats = {
+        "count": len(rows),
+        "successes": len(rows),
+        "failed_to_download": 0,
+        "failed_to_resize": 0,
+        "duration": round(end - start, 3),
+        "start_time": start,
+        "end_time": end,
+        "status_dict": {"success": len(rows)},
+    } | (extra_stats or {})
+    with atomic_open(p["stats"], "wb") as f:
+        f.write(json.dumps(stats, indent=2).encode())
+    return stats

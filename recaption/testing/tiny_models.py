@@ -1,0 +1,193 @@
+"""Build tiny random-weight models and save them where the real loading code can read them.
+
+Nothing here downloads: tokenizers are built from a small word list, weights are random with a
+fixed seed. Each builder returns the directory (or open_clip `local-dir:` id) to load from.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WORDS = (
+    "a an the of in on at with and picture photo image stock red green blue yellow black white "
+    "small large dog cat man woman child car tree house sky water field road table chair bird "
+    "flower street sitting standing running near next to two three some people building grass "
+    "beach mountain city night day light dark food plate cup shirt hat ball window door wall"
+).split()
+
+
+def _seed(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _bert_vocab(path: Path) -> Path:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    toks = specials + list(dict.fromkeys(WORDS)) + letters + ["##" + c for c in letters] + list(".,!?'-")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(toks) + "\n")
+    return path / "vocab.txt"
+
+
+def build_blip(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64) -> Path:
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    out = Path(out)
+    vocab = _bert_vocab(out / "_tok")
+    tok = BertTokenizer(str(vocab), do_lower_case=True, model_max_length=64)
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    v = len(tok)
+    cfg = BlipConfig(
+        text_config=dict(
+            vocab_size=v, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=hidden,
+            bos_token_id=tok.convert_tokens_to_ids("[DEC]"), pad_token_id=tok.pad_token_id,
+            sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+            num_attention_heads=2, image_size=image_size, patch_size=16,
+        ),
+        projection_dim=hidden,
+    )
+    _seed(seed)
+    model = BlipForConditionalGeneration(cfg).eval()
+    proc = BlipProcessor(
+        BlipImageProcessor(size={"height": image_size, "width": image_size}), tok
+    )
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def _bpe_tokenizer(extra_specials=()):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.BPE(unk_token=None))
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "</s>", "<unk>", *extra_specials]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = [" ".join(WORDS[i : i + 6]) for i in range(0, len(WORDS), 3)] * 4
+    t.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=t, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        model_max_length=128,
+    )
+
+
+def build_blip2_opt(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64,
+                    num_query_tokens: int = 4) -> Path:
+    from transformers import (
+        Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, OPTConfig,
+    )
+
+    out = Path(out)
+    tok = _bpe_tokenizer(extra_specials=("<image>",))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.image_token = "<image>"
+    image_token_id = tok.convert_tokens_to_ids("<image>")
+    text = OPTConfig(
+        vocab_size=len(tok), hidden_size=hidden, ffn_dim=hidden * 2, num_hidden_layers=2,
+        num_attention_heads=2, word_embed_proj_dim=hidden, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    cfg = Blip2Config(
+        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=image_size, patch_size=16),
+        qformer_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                            num_attention_heads=2, encoder_hidden_size=hidden, vocab_size=64),
+        text_config=text.to_dict(),
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_token_id,
+    )
+    _seed(seed)
+    model = Blip2ForConditionalGeneration(cfg).eval()
+    proc = Blip2Processor(
+        BlipImageProcessor(size={"height": image_size, "width": image_size}), tok,
+        num_query_tokens=num_query_tokens,
+    )
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+        }}, indent=1)
+    )
+    _seed(seed)
+    model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    # Tied or shared tensors must be cloned for safetensors.
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()},
+              str(out / "open_clip_model.safetensors"))
+    return f"local-dir:{out}"
+
+
+def build_clip(out: str | Path, *, seed: int = 0, width: int = 64, image_size: int = 64) -> str:
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": 2},
+    }
+    return _open_clip_dir(Path(out), cfg, seed)
+
+
+def build_coca(out: str | Path, *, seed: int = 0, width: int = 64, image_size: int = 64) -> str:
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "patch_size": 16,
+                       "attentional_pool": True, "attn_pooler_heads": 2, "output_tokens": True},
+        "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": width, "heads": 2,
+                     "layers": 2, "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": width, "heads": 2,
+                           "layers": 2, "attn_pooler_heads": 2},
+        "custom_text": True,
+    }
+    return _open_clip_dir(Path(out), cfg, seed)
+
+
+def build_sentence_transformer(out: str | Path, *, seed: int = 0) -> Path:
+    """A tiny BERT + mean pooling + normalize, saved in sentence-transformers' layout."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    out = Path(out)
+    raw = out / "_hf"
+    vocab = _bert_vocab(raw)
+    tok = BertTokenizer(str(vocab), do_lower_case=True, model_max_length=32)
+    _seed(seed)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(raw)
+    tok.save_pretrained(raw)
+    word = models.Transformer(str(raw), max_seq_length=32)
+    st = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
+    st.save(str(out))
+    return out
+
+
+def build_all(root: str | Path) -> dict[str, str]:
+    root = Path(root)
+    done = root / "_ok.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    paths = {
+        "blip": str(build_blip(root / "blip")),
+        "blip2": str(build_blip2_opt(root / "blip2-opt")),
+        "clip": build_clip(root / "clip"),
+        "coca": build_coca(root / "coca"),
+    }
+    done.write_text(json.dumps(paths, indent=1))
+    return paths
