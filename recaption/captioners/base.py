@@ -1,0 +1,200 @@
+"""The captioner interface, its configuration, presets (YAML data files) and the one factory."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from recaption.errors import RecaptionError
+
+log = logging.getLogger("recaption")
+PRESETS_DIR = Path(__file__).parent / "presets"
+BACKENDS = ("blip", "blip2", "coca", "vllm")
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclass
+class Decoding:
+    strategy: str = "greedy"  # greedy | beam | sample (nucleus / top-k)
+    num_captions: int = 1
+    num_beams: int = 4
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int | None = 30
+    min_new_tokens: int | None = None
+    max_length: int | None = None  # BLIP-style total length, prompt included (SIEVE's setting)
+    min_length: int | None = None
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def validate(self) -> "Decoding":
+        if self.strategy not in STRATEGIES:
+            raise RecaptionError(f"unknown decoding strategy {self.strategy!r}; choose {', '.join(STRATEGIES)}")
+        if self.num_captions < 1:
+            raise RecaptionError("num_captions must be at least 1")
+        if self.strategy == "greedy" and self.num_captions > 1:
+            raise RecaptionError("greedy decoding gives one caption; use strategy 'sample' or 'beam' for more")
+        if self.strategy == "beam" and self.num_beams < self.num_captions:
+            raise RecaptionError(f"beam search needs num_beams >= num_captions ({self.num_beams} < {self.num_captions})")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise RecaptionError(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+
+@dataclass
+class CaptionerConfig:
+    backend: str = "blip"
+    model: str = "Salesforce/blip-image-captioning-base"
+    revision: str | None = None
+    prompt: str | None = None  # text prompt; removed from the front of every caption
+    template: str | None = None  # vLLM: a prompt template name in prompts/templates or a file
+    decoding: Decoding = field(default_factory=Decoding)
+    device: str | None = None
+    dtype: str | None = None
+    quantize: str | None = None  # None | 8bit | 4bit (bitsandbytes)
+    batch_size: int = 32
+    image_size: int | None = None  # input size, for decoding JPEGs in draft mode
+    trust_remote_code: bool = False
+    engine_args: dict = field(default_factory=dict)  # vLLM LLM(...) extras
+    name: str | None = None  # preset name, for reports
+
+    @property
+    def id(self) -> str:
+        return self.model if not self.revision else f"{self.model}@{self.revision}"
+
+
+def _merge(dc, values: dict, where: str):
+    names = {f.name for f in dataclasses.fields(dc)}
+    for k, v in values.items():
+        if k not in names:
+            raise RecaptionError(f"{where}: unknown key {k!r}; known: {', '.join(sorted(names))}")
+        if k == "decoding" and isinstance(v, dict):
+            _merge(dc.decoding, v, f"{where}.decoding")
+        else:
+            setattr(dc, k, v)
+    return dc
+
+
+def list_presets() -> dict[str, dict]:
+    out = {}
+    for p in sorted(PRESETS_DIR.glob("*.yaml")):
+        out[p.stem] = yaml.safe_load(p.read_text())
+    return out
+
+
+def load_preset(name_or_model: str, **overrides) -> CaptionerConfig:
+    """A preset name, a YAML file, or a model id/path (backend guessed from the name)."""
+    p = Path(name_or_model)
+    if (PRESETS_DIR / f"{name_or_model}.yaml").is_file():
+        data = yaml.safe_load((PRESETS_DIR / f"{name_or_model}.yaml").read_text())
+        data.setdefault("name", name_or_model)
+    elif p.suffix in (".yaml", ".yml") and p.is_file():
+        data = yaml.safe_load(p.read_text())
+    else:
+        data = {"backend": guess_backend(name_or_model), "model": name_or_model, "name": name_or_model}
+    data.pop("description", None)
+    cfg = _merge(CaptionerConfig(), data, name_or_model)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
+    dec = {k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(Decoding)} and v is not None}
+    top = {k: v for k, v in overrides.items() if k not in dec and v is not None}
+    _merge(cfg, top, "captioner option")
+    _merge(cfg.decoding, dec, "decoding option")
+    if cfg.backend not in BACKENDS:
+        raise RecaptionError(f"unknown captioner backend {cfg.backend!r}; choose {', '.join(BACKENDS)}")
+    if cfg.quantize not in (None, "8bit", "4bit"):
+        raise RecaptionError(f"--quantize takes 8bit or 4bit, got {cfg.quantize!r}")
+    cfg.decoding.validate()
+    return cfg
+
+
+def guess_backend(model: str) -> str:
+    m = model.lower()
+    if "coca" in m:
+        return "coca"
+    if "blip2" in m or "blip-2" in m:
+        return "blip2"
+    if "blip" in m:
+        return "blip"
+    if Path(model).is_dir():
+        cfg = Path(model) / "config.json"
+        if cfg.is_file():
+            text = cfg.read_text()
+            if '"blip-2"' in text or "Blip2" in text:
+                return "blip2"
+            if '"blip"' in text or "BlipFor" in text:
+                return "blip"
+        if (Path(model) / "open_clip_config.json").is_file():
+            return "coca"
+    raise RecaptionError(
+        f"cannot tell which backend serves {model!r}; pass --backend blip|blip2|coca|vllm or use a preset"
+    )
+
+
+class Captioner:
+    """Subclasses implement `_generate(images, raw_captions) -> list[list[str]]`."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        self.cfg = cfg
+        self.id = cfg.id
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size or 384
+
+    def caption(self, images, raw_captions, seed_key: str = "") -> list[list[str]]:
+        """N cleaned candidates per image. Same seed and batch, same captions."""
+        seed = (self.cfg.decoding.seed + zlib.crc32(seed_key.encode())) % 2**31
+        out = self._with_oom_retry(images, raw_captions, seed)
+        return [[self.clean(c) for c in cands] for cands in out]
+
+    def _with_oom_retry(self, images, raws, seed):
+        import torch
+
+        try:
+            torch.manual_seed(seed)
+            return self._generate(images, raws)
+        except torch.cuda.OutOfMemoryError:
+            if len(images) == 1:
+                raise
+            half = len(images) // 2
+            log.warning("CUDA out of memory at batch %d; retrying as two batches of %d and %d",
+                        len(images), half, len(images) - half)
+            torch.cuda.empty_cache()
+            return (self._with_oom_retry(images[:half], raws[:half], seed)
+                    + self._with_oom_retry(images[half:], raws[half:], seed + 1))
+
+    def clean(self, text: str) -> str:
+        text = re.sub(r"\s+", " ", text).strip()
+        prompt = (self.cfg.prompt or "").strip()
+        if prompt and text.lower().startswith(prompt.lower()):
+            text = text[len(prompt):].strip()
+        return text
+
+    def _generate(self, images, raw_captions) -> list[list[str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def build_captioner(cfg: CaptionerConfig) -> Captioner:
+    """The one factory: imports the backend's module only when it is used."""
+    if cfg.backend in ("blip", "blip2"):
+        from recaption.captioners.hf import HFCaptioner
+
+        return HFCaptioner(cfg)
+    if cfg.backend == "coca":
+        from recaption.captioners.coca import CocaCaptioner
+
+        return CocaCaptioner(cfg)
+    if cfg.backend == "vllm":
+        from recaption.captioners.vllm import VLLMCaptioner
+
+        return VLLMCaptioner(cfg)
+    raise RecaptionError(f"unknown captioner backend {cfg.backend!r}")

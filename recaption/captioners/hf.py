@@ -1,0 +1,78 @@
+"""BLIP and BLIP-2 through transformers' `generate` (BLIP-2 with OPT or Flan-T5, 8/4-bit)."""
+from __future__ import annotations
+
+from recaption.captioners.base import Captioner, CaptionerConfig
+from recaption.errors import require
+
+
+def generate_kwargs(cfg: CaptionerConfig) -> dict:
+    d = cfg.decoding
+    kw: dict = {"num_return_sequences": d.num_captions, "repetition_penalty": d.repetition_penalty}
+    if d.strategy == "greedy":
+        kw |= {"do_sample": False, "num_beams": 1}
+    elif d.strategy == "beam":
+        kw |= {"do_sample": False, "num_beams": d.num_beams}
+    else:
+        kw |= {"do_sample": True, "temperature": d.temperature, "top_p": d.top_p if d.top_p is not None else 1.0,
+               "top_k": d.top_k if d.top_k is not None else 0}
+    for name in ("max_new_tokens", "min_new_tokens", "max_length", "min_length"):
+        v = getattr(d, name)
+        if v is not None:
+            kw[name] = v
+    if "max_length" in kw:  # BLIP-style total length wins over the new-token default
+        kw.pop("max_new_tokens", None)
+    return kw
+
+
+def quantization_config(quantize: str | None, dtype):
+    if quantize is None:
+        return None
+    require("bitsandbytes", "quant")
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+
+
+class HFCaptioner(Captioner):
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__(cfg)
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
+
+        from recaption.models import resolve_device, resolve_dtype
+
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        cls = BlipForConditionalGeneration if cfg.backend == "blip" else Blip2ForConditionalGeneration
+        common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+        q = quantization_config(cfg.quantize, self.dtype)
+        load = {"dtype": self.dtype, "use_safetensors": None}
+        if q is not None:
+            load["quantization_config"] = q
+            load["device_map"] = {"": self.device if self.device != "cpu" else "cpu"}
+        self.model = cls.from_pretrained(cfg.model, **common, **load).eval()
+        if q is None:
+            self.model.to(self.device)
+        self.processor = AutoProcessor.from_pretrained(cfg.model, **common)
+        self.gen_kwargs = generate_kwargs(cfg)
+        ip = getattr(self.processor, "image_processor", None)
+        size = getattr(ip, "size", None) or {}
+        self._size = cfg.image_size or size.get("height") or size.get("shortest_edge") or 384
+
+    @property
+    def image_size(self) -> int:
+        return int(self._size)
+
+    def _generate(self, images, raw_captions):
+        import torch
+
+        text = [self.cfg.prompt] * len(images) if self.cfg.prompt else None
+        inputs = self.processor(images=images, text=text, return_tensors="pt").to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **self.gen_kwargs)
+        texts = self.processor.batch_decode(out, skip_special_tokens=True)
+        n = self.cfg.decoding.num_captions
+        return [texts[i * n : (i + 1) * n] for i in range(len(images))]

@@ -1,0 +1,85 @@
+"""VLMs (Qwen2.5-VL, LLaVA, ...) through vLLM's offline API: `LLM.generate` with images.
+
+Prompt building and output handling are plain functions so they are tested without vLLM; only
+`VLLMCaptioner.__init__` and `_generate` touch the library.
+"""
+from __future__ import annotations
+
+from recaption.captioners.base import Captioner, CaptionerConfig, Decoding
+from recaption.errors import RecaptionError, require
+from recaption.resources import named_or_path
+
+ALT_TEXT = "{alt_text}"
+
+
+def load_template(name_or_path: str) -> str:
+    text = named_or_path("templates", name_or_path, ".txt").read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    return "\n".join(lines).strip("\n").replace("\\n", "\n")
+
+
+def build_prompt(template: str, raw_caption: str | None, max_alt_chars: int = 1000) -> str:
+    """Fill `{alt_text}`; a missing alt-text becomes an empty string, a huge one is cut."""
+    alt = (raw_caption or "")[:max_alt_chars]
+    return template.replace(ALT_TEXT, alt)
+
+
+def build_requests(template: str, images, raw_captions) -> list[dict]:
+    return [{"prompt": build_prompt(template, raw), "multi_modal_data": {"image": im}}
+            for im, raw in zip(images, raw_captions)]
+
+
+def sampling_kwargs(dec: Decoding, seed: int | None = None) -> dict:
+    """vLLM SamplingParams arguments for our decoding options."""
+    if dec.strategy == "beam":
+        raise RecaptionError("the vllm backend does not do beam search here; use greedy or sample")
+    kw = {
+        "n": dec.num_captions,
+        "max_tokens": dec.max_new_tokens or dec.max_length or 64,
+        "repetition_penalty": dec.repetition_penalty,
+        "seed": seed,
+    }
+    if dec.min_new_tokens or dec.min_length:
+        kw["min_tokens"] = dec.min_new_tokens or dec.min_length
+    if dec.strategy == "greedy":
+        kw["temperature"] = 0.0
+    else:
+        kw["temperature"] = dec.temperature
+        if dec.top_p is not None:
+            kw["top_p"] = dec.top_p
+        if dec.top_k is not None:
+            kw["top_k"] = dec.top_k
+    return kw
+
+
+def collect(outputs) -> list[list[str]]:
+    """RequestOutput list -> texts, in request order (vLLM returns them in input order)."""
+    return [[c.text for c in o.outputs] for o in outputs]
+
+
+class VLLMCaptioner(Captioner):
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__(cfg)
+        require("vllm", "vllm")
+        from vllm import LLM
+
+        self.template = load_template(cfg.template or "caption")
+        args = {"model": cfg.model, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
+                "dtype": cfg.dtype or "auto", "seed": cfg.decoding.seed,
+                "limit_mm_per_prompt": {"image": 1}} | dict(cfg.engine_args)
+        if cfg.quantize:
+            args.setdefault("quantization", "bitsandbytes")
+        self.llm = LLM(**{k: v for k, v in args.items() if v is not None})
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size or 768
+
+    def _generate(self, images, raw_captions):
+        import torch
+        from vllm import SamplingParams
+
+        seed = int(torch.initial_seed() % 2**31)
+        params = SamplingParams(**sampling_kwargs(self.cfg.decoding, seed))
+        outs = self.llm.generate(build_requests(self.template, images, raw_captions), params, use_tqdm=False)
+        return collect(outs)

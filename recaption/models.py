@@ -1,0 +1,28 @@
+"""Device and dtype choice shared by every model: CUDA bf16/fp16 when present, else CPU fp32."""
+from __future__ import annotations
+
+from recaption.errors import RecaptionError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RecaptionError(f"--device {device} asked for, but no CUDA GPU is visible (use --device cpu)")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype in (None, "", "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise RecaptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)

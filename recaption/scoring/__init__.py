@@ -1,0 +1,1 @@
+"""Scores of SPEC 3: CLIP image-text cosine, SIEVE caption-caption cosine, the blend."""

@@ -1,0 +1,90 @@
+"""CLIP score (DataComp, LAION): cosine of L2-normalised open_clip embeddings, no scaling."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CLIP = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+
+
+@dataclass
+class ClipConfig:
+    model: str = DEFAULT_CLIP  # an open_clip name, `hf-hub:org/repo` or `local-dir:/path`
+    pretrained: str | None = DEFAULT_PRETRAINED  # a tag, or a local checkpoint file
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 256
+
+
+class ClipScorer:
+    def __init__(self, cfg: ClipConfig | None = None, **kw):
+        import open_clip
+
+        from recaption.models import resolve_device, resolve_dtype
+
+        cfg = cfg or ClipConfig(**kw)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        pretrained = None if cfg.model.startswith(("local-dir:", "hf-hub:")) else cfg.pretrained
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=pretrained, device=self.device, weights_only=True
+        )
+        self.model = model.eval().to(self.dtype)
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(cfg.model)
+        self.image_size = _image_size(model)
+        self.id = cfg.model if pretrained is None else f"{cfg.model}/{pretrained}"
+
+    def encode_images(self, images) -> "torch.Tensor":
+        import torch
+
+        x = torch.stack([self.preprocess(im) for im in images])
+        return self.encode_pixels(x)
+
+    def encode_pixels(self, x) -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            f = self.model.encode_image(x.to(self.device, self.dtype, non_blocking=True))
+        return F.normalize(f.float(), dim=-1)
+
+    def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        for i in range(0, len(texts), self.cfg.batch_size):
+            tok = self.tokenizer(texts[i : i + self.cfg.batch_size]).to(self.device)
+            with torch.inference_mode():
+                out.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
+        return torch.cat(out) if out else torch.empty(0)
+
+    def score(self, image_emb, raw_captions: list[str | None], candidates: list[list[str]]):
+        """(clip_raw per sample, clip_captions per sample) for embeddings of one batch."""
+        texts, owner = [], []
+        for i, (raw, cands) in enumerate(zip(raw_captions, candidates)):
+            if raw is not None:
+                texts.append(raw)
+                owner.append((i, -1))
+            for j, c in enumerate(cands):
+                texts.append(c)
+                owner.append((i, j))
+        raw_s: list[float | None] = [None] * len(raw_captions)
+        cand_s: list[list[float]] = [[0.0] * len(c) for c in candidates]
+        if texts:
+            t = self.encode_texts(texts)
+            rows = [i for i, _ in owner]
+            sims = (image_emb[rows].to(t.device) * t).sum(-1).cpu().tolist()
+            for (i, j), s in zip(owner, sims):
+                if j < 0:
+                    raw_s[i] = s
+                else:
+                    cand_s[i][j] = s
+        return raw_s, cand_s
+
+
+def _image_size(model) -> int:
+    size = getattr(getattr(model, "visual", None), "image_size", 224)
+    return max(size) if isinstance(size, (tuple, list)) else int(size)

@@ -1,0 +1,71 @@
+"""SIEVE (Mahmoud et al. 2023): cosine between masked alt-text and masked synthetic captions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recaption.scoring.masks import DEFAULT_MASK, load_mask_list, masker
+
+DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass
+class SieveResult:
+    sieve: float | None
+    sieve_mean: float | None
+    sieve_best: str | None
+
+
+def reduce(cosines: list[float], candidates: list[str], masked: list[str]) -> SieveResult:
+    """max / mean / argmax (first on ties); 0.0 when the argmax candidate masks to ''."""
+    best = max(range(len(cosines)), key=lambda i: (cosines[i], -i))
+    score = 0.0 if len(masked[best]) == 0 else float(cosines[best])
+    return SieveResult(score, float(sum(cosines) / len(cosines)), candidates[best])
+
+
+class SieveScorer:
+    """Embeds with sentence-transformers (any id or local path); inputs are masked first."""
+
+    def __init__(self, model: str = DEFAULT_EMBEDDER, mask: str = DEFAULT_MASK, device: str | None = None,
+                 batch_size: int = 256):
+        from sentence_transformers import SentenceTransformer
+
+        from recaption.models import resolve_device
+
+        self.model_id = model
+        self.device = resolve_device(device)
+        self.model = SentenceTransformer(str(model), device=self.device, trust_remote_code=False)
+        self.mask = masker(load_mask_list(mask))
+        self.batch_size = batch_size
+
+    def embed(self, texts: list[str]):
+        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_tensor=True, show_progress_bar=False)
+
+    def similarity(self, a: str, b: str) -> float:
+        e = self.embed([a, b])
+        return float((e[0] * e[1]).sum())
+
+    def score(self, raw_captions: list[str | None], candidates: list[list[str]]) -> list[SieveResult]:
+        """One SieveResult per sample; all texts of the batch are embedded in one call."""
+        texts: list[str] = []
+        spans = []
+        for raw, cands in zip(raw_captions, candidates):
+            if raw is None or not cands:
+                spans.append(None)
+                continue
+            start = len(texts)
+            texts.append(self.mask(raw))
+            texts.extend(self.mask(c) for c in cands)
+            spans.append(start)
+        if not texts:
+            return [SieveResult(None, None, None) for _ in raw_captions]
+        emb = self.embed(texts)
+        out = []
+        for start, cands in zip(spans, candidates):
+            if start is None:
+                out.append(SieveResult(None, None, None))
+                continue
+            n = len(cands)
+            cos = (emb[start + 1 : start + 1 + n] @ emb[start]).float().cpu().tolist()
+            out.append(reduce(cos, cands, texts[start + 1 : start + 1 + n]))
+        return out
