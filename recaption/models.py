@@ -26,3 +26,13 @@ def resolve_dtype(dtype: str | None, device: str):
     if dtype not in DTYPES:
         raise RecaptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return getattr(torch, dtype)
+
+
+def quiet_hub() -> None:
+    """Our progress bar is the one users watch; silence transformers' per-load bars."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass

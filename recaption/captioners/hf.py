@@ -40,8 +40,9 @@ class HFCaptioner(Captioner):
         super().__init__(cfg)
         from transformers import AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
 
-        from recaption.models import resolve_device, resolve_dtype
+        from recaption.models import quiet_hub, resolve_device, resolve_dtype
 
+        quiet_hub()
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         cls = BlipForConditionalGeneration if cfg.backend == "blip" else Blip2ForConditionalGeneration

@@ -29,8 +29,9 @@ class SieveScorer:
                  batch_size: int = 256):
         from sentence_transformers import SentenceTransformer
 
-        from recaption.models import resolve_device
+        from recaption.models import quiet_hub, resolve_device
 
+        quiet_hub()
         self.model_id = model
         self.device = resolve_device(device)
         self.model = SentenceTransformer(str(model), device=self.device, trust_remote_code=False)

@@ -1,0 +1,415 @@
+"""`recaption` command line: thin, fast to start (heavy imports happen inside the verbs)."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="recaption", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+    help="Regenerate, score and mix captions of WebDataset image-text shards.\n\n"
+         "INPUT is a shard folder, a .tar, a glob, a brace pattern (`s/{00000..00127}.tar`), or a text file "
+         "listing shards; any fsspec URL works (s3://, gs://, https://).\n\n"
+         "Typical flow: `recaption annotate` (caption + score) then `recaption mix`; or `recaption run RECIPE` "
+         "for everything in one command.",
+)
+log = logging.getLogger("recaption")
+STATE = {"debug": False}
+
+
+class Decoding(str, Enum):
+    greedy = "greedy"
+    beam = "beam"
+    sample = "sample"
+
+
+class Strategy(str, Enum):
+    raw = "raw"
+    synthetic = "synthetic"
+    threshold = "threshold"
+    both = "both"
+    sieve = "sieve"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+# -- shared option groups --------------------------------------------------------------------
+CAP = "Captioner"
+SCO = "Scoring"
+RUN = "Execution"
+O = typer.Option
+
+
+def _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens, min_new_tokens,
+                  repetition_penalty, seed, prompt, template, dtype, quantize, backend, trust_remote_code,
+                  caption_batch_size):
+    d = {"num_captions": num_captions, "strategy": decoding.value if decoding else None, "num_beams": num_beams,
+         "top_p": top_p, "top_k": top_k, "temperature": temperature, "max_new_tokens": max_new_tokens,
+         "min_new_tokens": min_new_tokens, "repetition_penalty": repetition_penalty, "seed": seed,
+         "prompt": prompt, "template": template, "dtype": dtype, "quantize": quantize, "backend": backend,
+         "batch_size": caption_batch_size}
+    if trust_remote_code:
+        d["trust_remote_code"] = True
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _clip(clip_model, clip_pretrained, no_clip, device, dtype):
+    if no_clip:
+        return None
+    from recaption.scoring.clip import ClipConfig
+
+    return ClipConfig(model=clip_model, pretrained=clip_pretrained, device=device, dtype=dtype)
+
+
+def _sieve(sieve_model, no_sieve):
+    if no_sieve:
+        return None
+    from recaption.api import default_sieve_model
+
+    return sieve_model or default_sieve_model()
+
+
+def _print(summary: dict, title: str):
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console(stderr=False)
+    t = Table(title=title, show_header=False)
+    for k, v in summary.items():
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v, default=str)
+        t.add_row(str(k), str(v))
+    c.print(t)
+
+
+def _exit_for(summary: dict):
+    if summary.get("failed_shards") or summary.get("failed_output_shards"):
+        raise typer.Exit(1)
+
+
+# -- verbs -----------------------------------------------------------------------------------
+def _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
+                  batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys,
+                  cap_opts, caption_only=False, score_only=False):
+    from recaption import api
+
+    summary = api.annotate(
+        input, out, captioner=None if score_only else captioner, caption_options=cap_opts,
+        clip=None if caption_only else _clip(clip_model, clip_pretrained, no_clip, device, cap_opts.get("dtype")),
+        sieve_model=None if caption_only else _sieve(sieve_model, no_sieve), sieve_mask=mask,
+        batch_size=batch_size, image_keys=tuple(image_keys.split(",")), max_pixels=max_pixels,
+        overwrite=overwrite, engine=engine.value, workers=workers, device=device, ray_address=ray_address,
+        quiet=quiet,
+    )
+    _print(summary, f"annotations in {out}")
+    _exit_for(summary)
+
+
+def _common(f):
+    return f
+
+
+@app.command(epilog="Examples:\n\n"
+             "    recaption caption shards/ --out ann/ --captioner blip-base\n\n"
+             "    recaption caption shards/ --out ann/ --captioner sieve --num-captions 4 --seed 1\n\n"
+             "    recaption caption 's3://b/{00000..00099}.tar' -o s3://b/ann -c blip2-opt-2.7b --quantize 8bit")
+def caption(
+    input: str = typer.Argument(..., help="shard folder, .tar, glob, brace pattern or list file"),
+    out: str = O(..., "--out", "-o", help="annotation folder (one NAME.parquet per shard)"),
+    captioner: str = O("blip-base", "--captioner", "-c", help="preset (see `recaption models`), HF id or local path", rich_help_panel=CAP),
+    num_captions: Optional[int] = O(None, help="candidates per image", rich_help_panel=CAP),
+    decoding: Optional[Decoding] = O(None, help="greedy, beam or sample (nucleus/top-k)", rich_help_panel=CAP),
+    num_beams: Optional[int] = O(None, rich_help_panel=CAP),
+    top_p: Optional[float] = O(None, rich_help_panel=CAP),
+    top_k: Optional[int] = O(None, rich_help_panel=CAP),
+    temperature: Optional[float] = O(None, rich_help_panel=CAP),
+    max_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
+    min_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
+    repetition_penalty: Optional[float] = O(None, rich_help_panel=CAP),
+    seed: Optional[int] = O(None, help="same seed, same captions", rich_help_panel=CAP),
+    prompt: Optional[str] = O(None, help="text prompt, removed from the front of each caption", rich_help_panel=CAP),
+    template: Optional[str] = O(None, help="vLLM prompt template (prompts/templates name or file); may use {alt_text}", rich_help_panel=CAP),
+    dtype: Optional[str] = O(None, help="auto, float32, bfloat16, float16", rich_help_panel=CAP),
+    quantize: Optional[str] = O(None, help="8bit or 4bit (bitsandbytes; recaption[quant])", rich_help_panel=CAP),
+    backend: Optional[str] = O(None, help="blip, blip2, coca or vllm, when a model id does not tell", rich_help_panel=CAP),
+    trust_remote_code: bool = O(False, help="allow model repos to run their own code (off by default)", rich_help_panel=CAP),
+    batch_size: Optional[int] = O(None, help="images per model batch (default: the preset's)", rich_help_panel=RUN),
+    device: Optional[str] = O(None, help="cuda, cuda:1, cpu (default: cuda when present)", rich_help_panel=RUN),
+    engine: Engine = O(Engine.local, rich_help_panel=RUN),
+    workers: Optional[int] = O(None, help="worker processes/actors (default: one per GPU)", rich_help_panel=RUN),
+    ray_address: Optional[str] = O(None, help="Ray cluster address (engine ray)", rich_help_panel=RUN),
+    overwrite: bool = O(False, help="redo shards that already have annotation files", rich_help_panel=RUN),
+    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
+    max_pixels: Optional[int] = O(None, help="decompression-bomb limit in pixels", rich_help_panel=RUN),
+    image_keys: str = O("jpg,jpeg,png,webp", help="image fields, in priority order", rich_help_panel=RUN),
+):
+    """Write N synthetic captions per sample into SPEC 2 annotation files."""
+    opts = _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens,
+                         min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
+                         trust_remote_code, batch_size)
+    _annotate_cmd(input, out, captioner, None, None, True, None, True, "sieve", batch_size, device, engine, workers,
+                  ray_address, overwrite, quiet, max_pixels, image_keys, opts, caption_only=True)
+
+
+@app.command(epilog="Examples:\n\n"
+             "    recaption score shards/ --annotations ann/\n\n"
+             "    recaption score shards/ -a ann/ --clip-model ViT-L-14 --clip-pretrained openai --no-sieve\n\n"
+             "    recaption score shards/ -a ann/ --mask sieve-long --overwrite")
+def score(
+    input: str = typer.Argument(..., help="the shard set the annotations belong to"),
+    annotations: str = O(..., "--annotations", "-a", help="annotation folder to fill"),
+    clip_model: str = O("ViT-B-32", help="open_clip name, hf-hub:org/repo or local-dir:/path", rich_help_panel=SCO),
+    clip_pretrained: Optional[str] = O("openai", help="pretrained tag or local checkpoint file", rich_help_panel=SCO),
+    no_clip: bool = O(False, help="skip CLIP scores", rich_help_panel=SCO),
+    sieve_model: Optional[str] = O(None, help="sentence-transformers id or path (default all-MiniLM-L6-v2)", rich_help_panel=SCO),
+    no_sieve: bool = O(False, help="skip SIEVE scores", rich_help_panel=SCO),
+    mask: str = O("sieve", help="mask list: sieve, sieve-long, none, or a file with one phrase a line", rich_help_panel=SCO),
+    batch_size: Optional[int] = O(None, rich_help_panel=RUN),
+    device: Optional[str] = O(None, rich_help_panel=RUN),
+    engine: Engine = O(Engine.local, rich_help_panel=RUN),
+    workers: Optional[int] = O(None, rich_help_panel=RUN),
+    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    overwrite: bool = O(False, help="re-score files that already carry scores", rich_help_panel=RUN),
+    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
+    max_pixels: Optional[int] = O(None, rich_help_panel=RUN),
+    image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
+):
+    """Fill clip_raw, clip_captions and SIEVE columns of existing annotation files, atomically."""
+    _annotate_cmd(input, annotations, None, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
+                  batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, {},
+                  score_only=True)
+
+
+@app.command(epilog="Examples:\n\n"
+             "    recaption annotate shards/ --out ann/ --captioner sieve\n\n"
+             "    recaption annotate shards/ -o ann/ -c coca-vit-l-14 --clip-model ViT-L-14 --engine ray")
+def annotate(
+    input: str = typer.Argument(...),
+    out: str = O(..., "--out", "-o", help="annotation folder"),
+    captioner: str = O("sieve", "--captioner", "-c", help="preset, HF id or local path", rich_help_panel=CAP),
+    num_captions: Optional[int] = O(None, rich_help_panel=CAP),
+    decoding: Optional[Decoding] = O(None, rich_help_panel=CAP),
+    num_beams: Optional[int] = O(None, rich_help_panel=CAP),
+    top_p: Optional[float] = O(None, rich_help_panel=CAP),
+    top_k: Optional[int] = O(None, rich_help_panel=CAP),
+    temperature: Optional[float] = O(None, rich_help_panel=CAP),
+    max_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
+    min_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
+    repetition_penalty: Optional[float] = O(None, rich_help_panel=CAP),
+    seed: Optional[int] = O(None, rich_help_panel=CAP),
+    prompt: Optional[str] = O(None, rich_help_panel=CAP),
+    template: Optional[str] = O(None, rich_help_panel=CAP),
+    dtype: Optional[str] = O(None, rich_help_panel=CAP),
+    quantize: Optional[str] = O(None, rich_help_panel=CAP),
+    backend: Optional[str] = O(None, rich_help_panel=CAP),
+    trust_remote_code: bool = O(False, rich_help_panel=CAP),
+    clip_model: str = O("ViT-B-32", rich_help_panel=SCO),
+    clip_pretrained: Optional[str] = O("openai", rich_help_panel=SCO),
+    no_clip: bool = O(False, rich_help_panel=SCO),
+    sieve_model: Optional[str] = O(None, rich_help_panel=SCO),
+    no_sieve: bool = O(False, rich_help_panel=SCO),
+    mask: str = O("sieve", rich_help_panel=SCO),
+    batch_size: Optional[int] = O(None, rich_help_panel=RUN),
+    device: Optional[str] = O(None, rich_help_panel=RUN),
+    engine: Engine = O(Engine.local, rich_help_panel=RUN),
+    workers: Optional[int] = O(None, rich_help_panel=RUN),
+    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    overwrite: bool = O(False, rich_help_panel=RUN),
+    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
+    max_pixels: Optional[int] = O(None, rich_help_panel=RUN),
+    image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
+):
+    """Caption and score in one pass: each image is read and decoded once."""
+    opts = _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens,
+                         min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
+                         trust_remote_code, batch_size)
+    _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
+                  batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, opts)
+
+
+@app.command(epilog="Examples:\n\n"
+             "    # Nguyen et al.: raw (top 30%) + synthetic (remaining 70%, filtered)\n\n"
+             "    recaption mix shards/ -a ann/ -o mixed/ --strategy threshold --fraction 0.3 --filter-synthetic\n\n"
+             "    recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5\n\n"
+             "    recaption mix shards/ -a ann/ --strategy raw --threshold 0.28 --dry-run")
+def mix(
+    input: str = typer.Argument(..., help="the shard set the annotations belong to"),
+    annotations: str = O(..., "--annotations", "-a"),
+    out: Optional[str] = O(None, "--out", "-o", help="output shard folder (not needed with --dry-run)"),
+    strategy: Strategy = O(Strategy.threshold, help="raw, synthetic, threshold, both or sieve (SPEC 4)"),
+    threshold: Optional[float] = O(None, help="absolute score threshold"),
+    fraction: Optional[float] = O(None, help="keep this fraction of the pool (sets the threshold, DataComp rule)"),
+    filter_synthetic: bool = O(False, help="threshold: also drop samples whose synthetic caption scores below"),
+    alpha: float = O(0.5, help="blend = (1-alpha)*norm(sieve) + alpha*norm(clip_raw)"),
+    samples_per_shard: int = O(10000),
+    keep_sharding: bool = O(False, help="one output shard per input shard, same names"),
+    dry_run: bool = O(False, help="print what would be kept and written; write nothing"),
+    overwrite: bool = O(False, help="replace another run's files in --out"),
+    engine: Engine = O(Engine.local, rich_help_panel=RUN),
+    workers: Optional[int] = O(None, rich_help_panel=RUN),
+    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
+    image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
+):
+    """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
+    from recaption import api
+    from recaption.errors import RecaptionError
+    from recaption.mixing.strategies import MixConfig
+
+    if out is None and not dry_run:
+        raise RecaptionError("give --out, or --dry-run to only see the numbers")
+    cfg = MixConfig(strategy.value, threshold, fraction, filter_synthetic, alpha, samples_per_shard, keep_sharding)
+    summary = api.mix(input, annotations, out, cfg, dry_run=dry_run, overwrite=overwrite,
+                      image_keys=tuple(image_keys.split(",")), engine=engine.value, workers=workers,
+                      ray_address=ray_address, quiet=quiet, arguments={"argv": sys.argv[1:]})
+    _print({k: v for k, v in summary.items() if k != "arguments"},
+           "dry run (nothing written)" if dry_run else f"mixed shards in {out}")
+    _exit_for(summary)
+
+
+@app.command(epilog="Examples:\n\n"
+             "    recaption run sieve shards/ --out mixed/\n\n"
+             "    recaption run nguyen-blip2 'shards/{00000..00127}.tar' -o mixed/ --set mix.fraction=0.4\n\n"
+             "    recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto")
+def run(
+    recipe: str = typer.Argument(..., help="recipe name (see `recaption recipes`) or a YAML file"),
+    input: str = typer.Argument(...),
+    out: str = O(..., "--out", "-o", help="output folder: mixed shards, _summary.json, _dropped.parquet"),
+    set: List[str] = O([], "--set", help="override a recipe field, e.g. mix.fraction=0.3 or caption.num_captions=4"),
+    annotations: Optional[str] = O(None, "--annotations", "-a", help="annotation folder (default OUT/_annotations)"),
+    device: Optional[str] = O(None, rich_help_panel=RUN),
+    engine: Engine = O(Engine.local, rich_help_panel=RUN),
+    workers: Optional[int] = O(None, rich_help_panel=RUN),
+    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    overwrite: bool = O(False, help="replace another run's files in --out", rich_help_panel=RUN),
+    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
+):
+    """Caption, score and mix in one command. Re-run the same command to resume after a crash."""
+    from recaption import api
+
+    summary = api.run(recipe, input, out, sets=set, annotations=annotations, engine=engine.value,
+                      workers=workers, device=device, ray_address=ray_address, overwrite=overwrite,
+                      quiet=quiet, arguments={"argv": sys.argv[1:]})
+    print_mix_summary(summary, out)
+    _exit_for(summary)
+
+
+def print_mix_summary(summary: dict, out: str | None):
+    from rich.console import Console
+    from rich.table import Table
+
+    c = summary["counts"]
+    t = Table(title=f"recaption: {summary['strategy']}", show_header=False)
+    t.add_row("samples read", str(c["read"]))
+    t.add_row("written", f"{c['written']} (raw {c['raw']}, synthetic {c['synthetic']})")
+    t.add_row("dropped", str(c["dropped"]))
+    for reason, n in sorted(c["dropped_by_reason"].items(), key=lambda x: -x[1]):
+        t.add_row("  " + reason, str(n))
+    t.add_row("errors", str(c["errors"]))
+    thr = summary.get("threshold")
+    t.add_row("threshold", "none" if thr is None else f"{thr:.4f} on {summary['threshold_column']}")
+    for k, (lo, hi) in summary.get("min_max", {}).items():
+        if lo is not None:
+            t.add_row(f"{k} min / max", f"{lo:.4f} / {hi:.4f}")
+    ann = summary.get("annotate") or {}
+    if ann.get("samples_per_second"):
+        t.add_row("annotate", f"{ann['samples']} samples, {ann['samples_per_second']} samples/s")
+    Console().print(t)
+    if out:
+        print(f"output: {out}")
+
+
+@app.command()
+def recipes():
+    """List the recipes shipped with recaption."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from recaption.recipes import list_recipes
+
+    t = Table("recipe", "captioner", "mix", "description")
+    for name, r in list_recipes().items():
+        mix = r.get("mix") or {}
+        t.add_row(name, str(r.get("captioner")), " ".join(f"{k}={v}" for k, v in mix.items()),
+                  escape(r.get("description", "")))
+    Console().print(t)
+
+
+@app.command(epilog="Example:\n\n    recaption demo --out demo-out")
+def demo(out: str = O("demo-out", "--out", "-o"), quiet: bool = O(False, "--quiet", "-q")):
+    """Run the sieve recipe offline on the bundled sample shards, with tiny random-weight models."""
+    from recaption.demo import run_demo
+
+    summary = run_demo(out, quiet=quiet)
+    print_mix_summary(summary, out)
+
+
+@app.command()
+def models():
+    """List captioner presets (data files in recaption/captioners/presets)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich.markup import escape
+
+    from recaption.captioners.base import list_presets
+
+    t = Table("preset", "backend", "model", "decoding", "description")
+    for name, p in list_presets().items():
+        dec = p.get("decoding", {})
+        t.add_row(name, p["backend"], p["model"] + (f" ({p['quantize']})" if p.get("quantize") else ""),
+                  " ".join(f"{k}={v}" for k, v in dec.items()), escape(p.get("description", "")))
+    Console().print(t)
+
+
+@app.callback()
+def _main(debug: bool = O(False, "--debug", help="show tracebacks"),
+          log_file: Optional[str] = O(None, help="also write the log to this file")):
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(message)s")
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    if log_file:
+        h = logging.FileHandler(log_file)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(h)
+
+
+def main(argv: Optional[List[str]] = None):
+    from recaption.errors import RecaptionError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except RecaptionError as e:
+        print(f"recaption: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt,):
+        print("recaption: interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        if STATE["debug"]:
+            raise
+        print(f"recaption: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

