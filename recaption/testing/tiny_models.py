@@ -161,7 +161,8 @@ def build_coca(out: str | Path, *, seed: int = 0, width: int = 64, image_size: i
 
 def build_sentence_transformer(out: str | Path, *, seed: int = 0) -> Path:
     """A tiny BERT + mean pooling + normalize, saved in sentence-transformers' layout."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
     from transformers import BertConfig, BertModel, BertTokenizer
 
     out = Path(out)

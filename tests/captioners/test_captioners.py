@@ -1,0 +1,95 @@
+import pytest
+import torch
+from PIL import Image
+
+from recaption.captioners import build_captioner, list_presets, load_preset
+from recaption.captioners.coca import decode, step_logits
+from recaption.errors import RecaptionError
+
+IMAGES = [Image.new("RGB", (70, 50), c) for c in ("red", "blue", "green")]
+
+
+@pytest.mark.parametrize("strategy,extra", [
+    ("greedy", {}),
+    ("sample", {"num_captions": 3, "top_p": 0.9, "top_k": 20, "temperature": 0.8}),
+    ("beam", {"num_captions": 2, "num_beams": 3}),
+])
+@pytest.mark.parametrize("which", ["blip", "blip2", "coca"])
+def test_n_candidates_deterministic_under_seed(tiny_models, which, strategy, extra):
+    cfg = load_preset(tiny_models[which], backend="blip2" if which == "blip2" else None,
+                      strategy=strategy, max_new_tokens=5, seed=7, **extra)
+    cap = build_captioner(cfg)
+    a = cap.caption(IMAGES, [None] * 3, "s/k")
+    assert len(a) == 3 and all(len(c) == extra.get("num_captions", 1) for c in a)
+    assert all(isinstance(x, str) for c in a for x in c)
+    assert a == cap.caption(IMAGES, [None] * 3, "s/k")
+    if strategy == "sample":
+        cfg2 = load_preset(tiny_models[which], backend="blip2" if which == "blip2" else None,
+                           strategy=strategy, max_new_tokens=5, seed=8, **extra)
+        assert build_captioner(cfg2).caption(IMAGES, [None] * 3, "s/k") != a
+
+
+def test_prompt_is_removed(tiny_models):
+    cap = build_captioner(load_preset("sieve", model=tiny_models["blip"], num_captions=2, max_length=12))
+    out = cap.caption(IMAGES, [None] * 3, "x")
+    assert all(not c.lower().startswith("a picture of") for cands in out for c in cands)
+    # the prompt really was fed: the raw decode starts with it
+    inputs = cap.processor(images=IMAGES[:1], text=["a picture of "], return_tensors="pt")
+    raw = cap.processor.batch_decode(cap.model.generate(**inputs, max_new_tokens=3), skip_special_tokens=True)
+    assert raw[0].startswith("a picture of")
+
+
+def test_sieve_preset_matches_spec():
+    p = list_presets()["sieve"]
+    assert p["prompt"] == "a picture of " and p["backend"] == "blip"
+    assert p["decoding"] == {"strategy": "sample", "top_p": 0.9, "num_captions": 8, "max_length": 20,
+                             "min_length": 5, "repetition_penalty": 1.1}
+
+
+def test_required_presets_exist():
+    assert {"blip-base", "blip-large", "blip2-opt-2.7b", "blip2-opt-2.7b-8bit", "blip2-flan-t5-xl",
+            "coca-vit-l-14", "sieve", "qwen2.5-vl-3b", "llava-1.5-7b"} <= set(list_presets())
+
+
+def test_blip2_8bit_loads_quantized_and_generates(tiny_models):
+    import bitsandbytes as bnb
+
+    cap = build_captioner(load_preset(tiny_models["blip2"], backend="blip2", quantize="8bit", max_new_tokens=4))
+    q = cap.model.model.language_model.layers[0].self_attn.q_proj if hasattr(cap.model, "model") else None
+    linears = [m for m in cap.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert linears, f"no 8-bit layers in the loaded model ({type(q)})"
+    out = cap.caption(IMAGES[:2], [None, None], "q")
+    assert len(out) == 2 and all(len(c) == 1 for c in out)
+
+
+def test_coca_decode_matches_the_models_forward_pass(tiny_models):
+    cap = build_captioner(load_preset(tiny_models["coca"], max_new_tokens=6))
+    m = cap.model
+    x = torch.stack([cap.preprocess(im) for im in IMAGES])
+    with torch.no_grad():
+        _, embs = m._encode_image(x)
+        ids = decode(m, embs, [cap.sot], cap.eot, cap.cfg.decoding, cap.max_context)
+        gen = ids[0][0]
+        seq = torch.tensor([[cap.sot] + gen + [cap.eot]])  # a trailing token: forward drops the last
+        full = m(x[:1], seq)["logits"][0]  # teacher-forced logits over the whole sequence
+        assert len(gen) >= 1
+        for i in range(1, len(gen) + 1):
+            step = step_logits(m, embs[:1], seq[:, :i])[0]
+            assert torch.allclose(step, full[i - 1].float(), atol=1e-4)
+            assert int(full[i - 1].argmax()) == gen[i - 1]  # greedy picked the forward pass's argmax
+
+
+def test_bad_decoding_options_are_clear():
+    with pytest.raises(RecaptionError, match="greedy decoding gives one caption"):
+        load_preset("blip-base", num_captions=3)
+    with pytest.raises(RecaptionError, match="num_beams >= num_captions"):
+        load_preset("blip-base", strategy="beam", num_beams=2, num_captions=3)
+    with pytest.raises(RecaptionError, match="unknown key"):
+        load_preset("blip-base", colour="red")
+    with pytest.raises(RecaptionError, match="8bit or 4bit"):
+        load_preset("blip-base", quantize="3bit")
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(RecaptionError, match="cannot tell which backend"):
+        load_preset(str(tmp_path / "nope"))
