@@ -49,12 +49,12 @@ O = typer.Option
 
 def _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens, min_new_tokens,
                   repetition_penalty, seed, prompt, template, dtype, quantize, backend, trust_remote_code,
-                  caption_batch_size):
+                  caption_batch_size, model=None):
     d = {"num_captions": num_captions, "strategy": decoding.value if decoding else None, "num_beams": num_beams,
          "top_p": top_p, "top_k": top_k, "temperature": temperature, "max_new_tokens": max_new_tokens,
          "min_new_tokens": min_new_tokens, "repetition_penalty": repetition_penalty, "seed": seed,
          "prompt": prompt, "template": template, "dtype": dtype, "quantize": quantize, "backend": backend,
-         "batch_size": caption_batch_size}
+         "batch_size": caption_batch_size, "model": model}
     if trust_remote_code:
         d["trust_remote_code"] = True
     return {k: v for k, v in d.items() if v is not None}
@@ -139,6 +139,7 @@ def caption(
     dtype: Optional[str] = O(None, help="auto, float32, bfloat16, float16", rich_help_panel=CAP),
     quantize: Optional[str] = O(None, help="8bit or 4bit (bitsandbytes; recaption[quant])", rich_help_panel=CAP),
     backend: Optional[str] = O(None, help="blip, blip2, coca or vllm, when a model id does not tell", rich_help_panel=CAP),
+    model: Optional[str] = O(None, help="model id or local path replacing the preset's (keeps its decoding)", rich_help_panel=CAP),
     trust_remote_code: bool = O(False, help="allow model repos to run their own code (off by default)", rich_help_panel=CAP),
     batch_size: Optional[int] = O(None, help="images per model batch (default: the preset's)", rich_help_panel=RUN),
     device: Optional[str] = O(None, help="cuda, cuda:1, cpu (default: cuda when present)", rich_help_panel=RUN),
@@ -153,7 +154,7 @@ def caption(
     """Write N synthetic captions per sample into SPEC 2 annotation files."""
     opts = _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens,
                          min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
-                         trust_remote_code, batch_size)
+                         trust_remote_code, batch_size, model)
     _annotate_cmd(input, out, captioner, None, None, True, None, True, "sieve", batch_size, device, engine, workers,
                   ray_address, overwrite, quiet, max_pixels, image_keys, opts, caption_only=True)
 
@@ -209,6 +210,7 @@ def annotate(
     dtype: Optional[str] = O(None, rich_help_panel=CAP),
     quantize: Optional[str] = O(None, rich_help_panel=CAP),
     backend: Optional[str] = O(None, rich_help_panel=CAP),
+    model: Optional[str] = O(None, help="model id or local path replacing the preset's", rich_help_panel=CAP),
     trust_remote_code: bool = O(False, rich_help_panel=CAP),
     clip_model: str = O("ViT-B-32", rich_help_panel=SCO),
     clip_pretrained: Optional[str] = O("openai", rich_help_panel=SCO),
@@ -229,7 +231,7 @@ def annotate(
     """Caption and score in one pass: each image is read and decoded once."""
     opts = _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens,
                          min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
-                         trust_remote_code, batch_size)
+                         trust_remote_code, batch_size, model)
     _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
                   batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, opts)
 
