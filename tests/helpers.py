@@ -36,7 +36,7 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
     """Content of every shard and parquet file; stats files carry timings, so only their counts."""
     res = {}
     for p in sorted(out.iterdir()):
-        if p.suffix == ".tar" or p.name == "_dropped.parquet":
+        if p.suffix == ".tar":
             res[p.name] = p.read_bytes()
         elif p.name.endswith("_stats.json"):
             res[p.name] = json.loads(p.read_text())["count"]

@@ -55,7 +55,7 @@ def test_second_annotate_does_nothing(annotated, shard_dir, tiny_models, minilm,
 def test_score_fills_a_caption_only_annotation(tmp_path, shard_dir, tiny_models, minilm):
     a = tmp_path / "a"
     assert cli("caption", shard_dir / "00000.tar", "-o", a, "-c", tiny_models["coca"], "--max-new-tokens", 4, "-q") == 0
-    (r,) = {r["key"]: r for r in ann.read_rows(str(a / "00000.parquet"))}.values().__iter__().__next__(), 
+    r = ann.read_rows(str(a / "00000.parquet"))[0]
     assert r["sieve"] is None and r["clip_raw"] is None and len(r["captions"]) == 1
     assert cli("score", shard_dir / "00000.tar", "-a", a, "--clip-model", tiny_models["clip"],
                "--sieve-model", minilm, "-q") == 0

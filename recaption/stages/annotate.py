@@ -94,11 +94,10 @@ class AnnotateStage:
             if not self.spec.overwrite and (self.spec.captioner is not None or ann.is_scored(
                     existing, self.spec.clip is not None, self.spec.sieve_model is not None)):
                 return ShardReport(name, "skipped", existing.num_rows)
-        elif self.spec.captioner is None:
-            return ShardReport(name, "failed", error=f"no annotation file {out} to score (caption it first)")
         self.setup()
         t = _Timer()
         try:
+            # without a captioner, captions come from the existing file (or there are none: raw-only scoring)
             rows = self._rows(url, name, existing if self.spec.captioner is None else None, t, progress)
             with t("write"):
                 ann.write(out, rows)
