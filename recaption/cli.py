@@ -333,11 +333,11 @@ def recipes():
     """List the recipes shipped with recaption."""
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from recaption.recipes import list_recipes
 
-    t = Table("recipe", "captioner", "mix", "description")
+    t = Table(Column("recipe", no_wrap=True), "captioner", "mix", "description")
     for name, r in list_recipes().items():
         mix = r.get("mix") or {}
         t.add_row(name, str(r.get("captioner")), " ".join(f"{k}={v}" for k, v in mix.items()),
@@ -358,13 +358,12 @@ def demo(out: str = O("demo-out", "--out", "-o"), quiet: bool = O(False, "--quie
 def models():
     """List captioner presets (data files in recaption/captioners/presets)."""
     from rich.console import Console
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Column, Table
 
     from recaption.captioners.base import list_presets
 
-    t = Table("preset", "backend", "model", "decoding", "description")
+    t = Table(Column("preset", no_wrap=True), "backend", "model", "decoding", "description")
     for name, p in list_presets().items():
         dec = p.get("decoding", {})
         t.add_row(name, p["backend"], p["model"] + (f" ({p['quantize']})" if p.get("quantize") else ""),
