@@ -187,7 +187,7 @@ def claim_output(out_dir: str, identity: dict, overwrite: bool) -> None:
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, engine: str = "local", workers: int | None = None,
         device: str | None = None, ray_address: str | None = None, overwrite: bool = False,
-        quiet: bool = False, arguments: dict | None = None) -> dict:
+        quiet: bool = False, max_pixels: int | None = None, arguments: dict | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard."""
     from recaption.recipes import load_recipe
 
@@ -209,7 +209,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
         input_spec, ann_dir, captioner=r.get("captioner"), caption_options=r.get("caption") or {},
         clip=clip, sieve_model=sieve_model, sieve_mask=sieve_mask or "sieve", batch_size=r.get("batch_size"),
         overwrite=overwrite, engine=engine, workers=workers, device=device or r.get("device"),
-        ray_address=ray_address, quiet=quiet,
+        ray_address=ray_address, quiet=quiet, max_pixels=max_pixels,
     ) if (r.get("captioner") or clip or sieve_model) else {}
     cfg = MixConfig(**(r.get("mix") or {}))
     summary = mix(input_spec, ann_dir, out_dir, cfg, engine=engine, workers=workers, ray_address=ray_address,

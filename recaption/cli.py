@@ -90,7 +90,8 @@ def _print(summary: dict, title: str):
 
 
 def _exit_for(summary: dict):
-    if summary.get("failed_shards") or summary.get("failed_output_shards"):
+    """Exit 1 when any shard failed or could not be read whole; the summary says which."""
+    if summary.get("failed_shards") or summary.get("failed_output_shards") or summary.get("shard_errors"):
         raise typer.Exit(1)
 
 
@@ -292,13 +293,14 @@ def run(
     ray_address: Optional[str] = O(None, rich_help_panel=RUN),
     overwrite: bool = O(False, help="replace another run's files in --out", rich_help_panel=RUN),
     quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
+    max_pixels: Optional[int] = O(None, help="decompression-bomb limit in pixels", rich_help_panel=RUN),
 ):
     """Caption, score and mix in one command. Re-run the same command to resume after a crash."""
     from recaption import api
 
     summary = api.run(recipe, input, out, sets=set, annotations=annotations, engine=engine.value,
                       workers=workers, device=device, ray_address=ray_address, overwrite=overwrite,
-                      quiet=quiet, arguments={"argv": sys.argv[1:]})
+                      quiet=quiet, max_pixels=max_pixels, arguments={"argv": sys.argv[1:]})
     print_mix_summary(summary, out)
     _exit_for(summary)
 
@@ -387,7 +389,9 @@ def main(argv: Optional[List[str]] = None):
     from recaption.errors import RecaptionError
 
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # click returns typer.Exit's code here, not raises
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except RecaptionError as e:
         print(f"recaption: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -99,6 +99,8 @@ def _finish(group: _Group, shard: str, index: int, opts: ReadOptions) -> Sample 
             raw = m["txt"].decode("utf-8")
         except UnicodeDecodeError as e:
             return ReadFailure(group.key, shard, f"read: txt is not UTF-8 ({e.reason} at byte {e.start})", index)
+        if not raw.strip():
+            raw = None  # an empty alt-text is no alt-text: scores and strategies treat it as missing
     meta = None
     if "json" in m:
         try:
@@ -145,6 +147,8 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
                     group.members[fld] = data
         if group is not None:
             yield _finish(group, shard, index, opts)
+        else:
+            yield ReadFailure(None, shard, "read: shard holds no samples (empty tar)")
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         # Samples fully read before the break were yielded; the open one is incomplete.
         if group is not None and group.members:

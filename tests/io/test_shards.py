@@ -83,6 +83,16 @@ def test_non_tar_named_tar(tmp_path):
     assert isinstance(rec, ReadFailure) and rec.key is None and "not a tar" in rec.reason
 
 
-def test_empty_tar_has_no_samples(tmp_path):
+def test_empty_tar_is_a_shard_error(tmp_path):
     p = write_tar(tmp_path / "empty.tar", [])
-    assert list(iter_shard(str(p))) == []
+    (rec,) = list(iter_shard(str(p)))
+    assert rec.key is None and "no samples" in rec.reason
+    p.write_bytes(b"")
+    (rec,) = list(iter_shard(str(p)))
+    assert rec.key is None and "not a tar" in rec.reason
+
+
+def test_empty_txt_is_no_alt_text(tmp_path):
+    p = _tar(tmp_path / "s.tar", [("a.jpg", b"x"), ("a.txt", b"  \n")])
+    (r,) = iter_shard(str(p))
+    assert r.raw_caption is None and r.members["txt"] == b"  \n"
