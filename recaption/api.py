@@ -123,6 +123,8 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
                         workers=workers or 1, desc="write", quiet=quiet, ray_address=ray_address)
     failed = [r for r in reports if r["status"] == "failed"]
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
+    summary["input"] = input_spec if isinstance(input_spec, str) else list(input_spec)
+    summary["annotations"] = ann_dir
     summary["written"] = sum(r.get("samples", 0) for r in reports if r["status"] != "failed") + sum(
         _count_existing(out_dir, r["shard"]) for r in reports if r["status"] == "skipped")
     summary["failed_output_shards"] = failed

@@ -330,6 +330,27 @@ def print_mix_summary(summary: dict, out: str | None):
         print(f"output: {out}")
 
 
+@app.command(epilog="Examples:\n\n"
+             "    recaption report mixed/ --out report/\n\n"
+             "    recaption report ann/ --input shards/ --out report/ --fraction 0.2")
+def report(
+    path: str = typer.Argument(..., help="a mixed output folder (OUT) or an annotation folder (ANN)"),
+    out: str = O(..., "--out", "-o", help="folder for index.html and its PNGs"),
+    input: Optional[str] = O(None, "--input", "-i", help="shards, to show images for an annotation folder"),
+    fraction: float = O(0.3, help="fraction used to draw thresholds and per-strategy splits"),
+):
+    """A static HTML page: score histograms with thresholds, caption lengths, per-strategy splits,
+    and a grid of samples (highest, lowest, random) with their captions and scores."""
+    from recaption.errors import require
+
+    require("matplotlib", "report")
+    from recaption.report.data import load
+    from recaption.report.html import render
+
+    page = render(load(path, input, fraction), out)
+    print(f"report: {page}")
+
+
 @app.command()
 def recipes():
     """List the recipes shipped with recaption."""

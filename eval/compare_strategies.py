@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Compare mixing strategies on one annotation set: kept, replaced, dropped, score distributions.
+
+    python eval/compare_strategies.py ann/ --fraction 0.3
+    python eval/compare_strategies.py mixed/          # an output folder with _annotations/
+
+Nothing is written; the numbers come from the annotation files alone (like `recaption mix --dry-run`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def compare(path: str, fraction: float = 0.3, alpha: float = 0.5) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from recaption.mixing.strategies import STRATEGIES, MixConfig, PoolNumbers, decide, row_blend
+    from recaption.scoring.blend import MinMax, fraction_threshold
+
+    p = Path(path)
+    ann_dir = p / "_annotations" if (p / "_annotations").is_dir() else p
+    rows = [r for f in sorted(ann_dir.glob("*.parquet")) for r in pq.read_table(f).to_pylist() if r["key"]]
+    ok = [r for r in rows if r["status"] == "ok"]
+    base = PoolNumbers(MinMax.of(r["sieve"] for r in ok), MinMax.of(r["clip_raw"] for r in ok), None)
+    thresholds = {"clip_raw": fraction_threshold([r["clip_raw"] for r in ok], fraction),
+                  "blend": fraction_threshold([row_blend(r, base, alpha) for r in ok], fraction)}
+    table = []
+    for s in STRATEGIES:
+        cfg = MixConfig(strategy=s, fraction=fraction if s in ("raw", "threshold", "sieve") else None,
+                        alpha=alpha, filter_synthetic=(s == "threshold"))
+        t = thresholds["blend" if s == "sieve" else "clip_raw"] if cfg.fraction is not None else None
+        pool = PoolNumbers(base.sieve, base.clip_raw, t)
+        kept_scores, c = [], {"raw": 0, "synthetic": 0, "dropped": 0}
+        for r in rows:
+            dec = decide(r, cfg, pool)
+            if not dec.keep:
+                c["dropped"] += 1
+                continue
+            c[dec.source] += 1
+            sc = r["clip_raw"] if dec.source == "raw" else dec.clip_synthetic
+            if sc is not None:
+                kept_scores.append(sc)
+        table.append({"strategy": s, "threshold": t, "kept": c["raw"] + c["synthetic"],
+                      "raw": c["raw"], "replaced": c["synthetic"], "dropped": c["dropped"],
+                      "mean_clip_written": statistics.fmean(kept_scores) if kept_scores else None,
+                      "median_clip_written": statistics.median(kept_scores) if kept_scores else None})
+    return table
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path")
+    ap.add_argument("--fraction", type=float, default=0.3)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    t = compare(a.path, a.fraction, a.alpha)
+    cols = ["strategy", "threshold", "kept", "raw", "replaced", "dropped", "mean_clip_written", "median_clip_written"]
+    print("  ".join(f"{c:>18}" for c in cols))
+    for r in t:
+        print("  ".join(f"{r[c]:>18.4f}" if isinstance(r[c], float) else f"{str(r[c]):>18}" for c in cols))
+    if a.json:
+        Path(a.json).write_text(json.dumps(t, indent=2))
+    return t
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,1 @@
+"""`recaption report`: a self-contained static HTML page with plots and a sample grid."""

@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Throughput benchmark: per stage and end to end, recaption's pipeline vs a naive baseline.
+
+Real-size architectures with random weights (built and saved locally, loaded through the normal
+code): BLIP-base captioner, open_clip ViT-B-32, and the real all-MiniLM-L6-v2. The naive baseline
+does the same work one sample at a time with the same models and decoding settings (as
+Data-Juicer's per-sample mappers do). Prints a table and writes JSON.
+
+    python scripts/bench.py                      # CPU defaults (small, a few minutes)
+    python scripts/bench.py --samples 2048 --device cuda --batch-size 256   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def build_models(root: Path, clip_name: str, blip_size: str) -> dict:
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    from recaption.testing.tiny_models import _bert_vocab, _open_clip_dir
+
+    done = root / "ok.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    blip = root / f"blip-{blip_size}"
+    vocab = _bert_vocab(blip / "_tok")
+    words = vocab.read_text().splitlines()
+    words += [f"[unused{i}]" for i in range(30524 - len(words))]  # BERT-size vocab: real LM-head cost
+    vocab.write_text("\n".join(words) + "\n")
+    tok = BertTokenizer(str(vocab), do_lower_case=True)
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    cfg = BlipConfig()  # BLIP-base sizes
+    if blip_size == "large":
+        cfg.vision_config.hidden_size, cfg.vision_config.num_hidden_layers = 1024, 24
+        cfg.vision_config.intermediate_size, cfg.vision_config.num_attention_heads = 4096, 16
+        cfg.text_config.encoder_hidden_size = 1024
+    cfg.text_config.vocab_size = len(tok)
+    cfg.text_config.bos_token_id = tok.convert_tokens_to_ids("[DEC]")
+    cfg.text_config.pad_token_id, cfg.text_config.sep_token_id = tok.pad_token_id, tok.sep_token_id
+    cfg.text_config.eos_token_id = tok.sep_token_id
+    BlipForConditionalGeneration(cfg).save_pretrained(blip)
+    BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tok).save_pretrained(blip)
+    clip_cfg = open_clip.get_model_config(clip_name)
+    clip = _open_clip_dir(root / clip_name, clip_cfg, 0)
+    paths = {"blip": str(blip), "clip": clip}
+    done.write_text(json.dumps(paths))
+    return paths
+
+
+def samples(n: int, shards_dir: Path, per_shard: int):
+    from recaption.testing.samples import make_shards
+
+    make_shards(shards_dir, n_shards=max(1, n // per_shard), per_shard=per_shard, seed=3, size=512)
+
+
+def naive(urls, cap, clip, sieve, max_pixels=None):
+    """One sample at a time: decode, caption, CLIP, SIEVE; same models and settings."""
+    from recaption.io.images import decode
+    from recaption.io.shards import iter_shards
+
+    n = 0
+    for rec in iter_shards(urls):
+        if not hasattr(rec, "members"):
+            continue
+        im = decode(rec.image_bytes)
+        cands = cap.caption([im], [rec.raw_caption], rec.key)
+        emb = clip.encode_images([im])
+        clip.score(emb, [rec.raw_caption], cands)
+        sieve.score([rec.raw_caption], cands)
+        n += 1
+    return n
+
+
+def timed(fn, *a, **kw):
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t
+
+
+def stage_rates(urls, cap, clip, sieve, batch):
+    from recaption.io.images import decode
+    from recaption.io.shards import iter_shards
+
+    recs = [r for r in iter_shards(urls) if hasattr(r, "members")]
+    _, t = timed(lambda: [decode(r.image_bytes, draft_size=cap.image_size) for r in recs])
+    ims = [decode(r.image_bytes, draft_size=cap.image_size) for r in recs]
+    out = {"decode": len(recs) / t}
+    raws = [r.raw_caption for r in recs]
+    t = 0.0
+    cands = []
+    for i in range(0, len(ims), batch):
+        c, dt = timed(cap.caption, ims[i:i + batch], raws[i:i + batch], str(i))
+        cands += c
+        t += dt
+    out["caption"] = len(ims) / t
+    t = 0.0
+    embs = []
+    for i in range(0, len(ims), batch):
+        e, dt = timed(clip.encode_images, ims[i:i + batch])
+        embs.append(e)
+        t += dt
+    out["clip_image"] = len(ims) / t
+    import torch
+
+    emb = torch.cat(embs)
+    _, t = timed(clip.score, emb, raws, cands)
+    out["clip_text_pairs"] = (len(ims) + sum(len(c) for c in cands)) / t
+    _, t = timed(sieve.score, raws, cands)
+    out["sieve"] = len(ims) / t
+    return out
+
+
+def peak_memory(shards_dir: Path, n_shards: int, models: dict, device: str, batch: int) -> float:
+    """Peak RSS (MiB) of a fresh process annotating the first n shards."""
+    code = f"""
+import resource, sys
+from recaption import api
+from recaption.scoring.clip import ClipConfig
+urls = sorted(str(p) for p in __import__('pathlib').Path({str(shards_dir)!r}).glob('*.tar'))[:{n_shards}]
+api.annotate(urls, sys.argv[1], captioner={models['blip']!r}, caption_options={{'max_new_tokens': 20}},
+             clip=ClipConfig({models['clip']!r}, device={device!r}), sieve_model=api.default_sieve_model(),
+             batch_size={batch}, device={device!r}, quiet=True, workers=1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    with tempfile.TemporaryDirectory() as d:
+        p = subprocess.run([sys.executable, "-c", code, d], capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(p.stderr[-2000:])
+    return float(p.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--per-shard", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--clip", default="ViT-B-32")
+    ap.add_argument("--blip", default="base", choices=["base", "large"])
+    ap.add_argument("--naive-samples", type=int, default=16, help="samples for the (slow) baseline")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory for 1, 4, 8 shards")
+    ap.add_argument("--json", default="bench-results.json")
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/recaption/bench-models"))
+    a = ap.parse_args()
+
+    import torch
+
+    from recaption import api
+    from recaption.captioners import build_captioner, load_preset
+    from recaption.models import resolve_device
+    from recaption.scoring.clip import ClipConfig, ClipScorer
+    from recaption.scoring.sieve import SieveScorer
+
+    device = resolve_device(a.device)
+    root = Path(a.cache)
+    root.mkdir(parents=True, exist_ok=True)
+    models = build_models(root, a.clip, a.blip)
+    work = Path(tempfile.mkdtemp(prefix="recaption-bench-"))
+    samples(max(a.samples, 8 * a.per_shard if a.memory else a.samples), work / "shards", a.per_shard)
+    urls = sorted(str(p) for p in (work / "shards").glob("*.tar"))
+    n_main = max(1, a.samples // a.per_shard)
+
+    opts = {"max_new_tokens": 20, "device": device}  # greedy, 20 tokens
+    cap = build_captioner(load_preset(models["blip"], **opts))
+    clip = ClipScorer(ClipConfig(models["clip"], device=device))
+    sieve = SieveScorer(api.default_sieve_model(), device=device)
+
+    res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": device,
+                       "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                       "torch": torch.__version__},
+           "config": vars(a) | {"captioner": f"BLIP-{a.blip} (random weights)", "clip": a.clip,
+                                "decoding": "greedy, 20 new tokens"}}
+    res["stages_samples_per_s"] = stage_rates(urls[:n_main], cap, clip, sieve, a.batch_size)
+
+    naive_urls = urls[: max(1, a.naive_samples // a.per_shard)]
+    n, t = timed(naive, naive_urls, cap, clip, sieve)
+    res["naive_samples_per_s"] = n / t
+
+    out = work / "ann"
+    summ, t = timed(api.annotate, urls[:n_main], str(out), captioner=models["blip"], caption_options=opts,
+                    clip=ClipConfig(models["clip"], device=device), sieve_model=api.default_sieve_model(),
+                    batch_size=a.batch_size, device=device, quiet=True, workers=1)
+    res["pipeline_samples_per_s"] = summ["samples"] / t
+    res["pipeline_stage_seconds"] = summ["stage_seconds"]
+    res["speedup_vs_naive"] = res["pipeline_samples_per_s"] / res["naive_samples_per_s"]
+    if a.memory:
+        res["peak_rss_mib"] = {k: peak_memory(work / "shards", k, models, device, a.batch_size) for k in (1, 4, 8)}
+        res["peak_rss_8_vs_1"] = res["peak_rss_mib"][8] / res["peak_rss_mib"][1]
+
+    Path(a.json).write_text(json.dumps(res, indent=2))
+    print(f"\nrecaption bench on {res['machine']['device']} ({res['machine']['cpus']} CPUs"
+          f"{', ' + res['machine']['gpu'] if res['machine']['gpu'] else ''}): BLIP-{a.blip} + {a.clip}, greedy 20 tokens")
+    print(f"{'stage':<24}{'samples/s':>12}")
+    for k, v in res["stages_samples_per_s"].items():
+        print(f"{k:<24}{v:>12.2f}")
+    print(f"{'naive end to end':<24}{res['naive_samples_per_s']:>12.2f}")
+    print(f"{'recaption end to end':<24}{res['pipeline_samples_per_s']:>12.2f}")
+    print(f"{'speed-up':<24}{res['speedup_vs_naive']:>11.2f}x")
+    if a.memory:
+        m = res["peak_rss_mib"]
+        print(f"peak RSS MiB: 1 shard {m[1]:.0f}, 4 shards {m[4]:.0f}, 8 shards {m[8]:.0f} "
+              f"(8 vs 1: {100 * (res['peak_rss_8_vs_1'] - 1):+.1f}%)")
+    print(f"JSON: {a.json}")
+
+
+if __name__ == "__main__":
+    main()
