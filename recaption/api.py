@@ -102,7 +102,8 @@ def _summarise(reports: list[dict], seconds: float) -> dict:
 def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
         overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS, engine: str = "local",
         workers: int | None = None, ray_address: str | None = None, quiet: bool = False,
-        arguments: dict | None = None, extra_summary: dict | None = None, claim: bool = True) -> dict:
+        arguments: dict | None = None, extra_summary: dict | None = None, claim: bool = True,
+        ray_resources: dict | None = None) -> dict:
     """Write the caption-mixed shard set (SPEC 5) or, with dry_run, only say what it would do."""
     from recaption.engines import run_stage
     from recaption.mixing.mix import MixWriteStage, plan, pool_pass
@@ -120,7 +121,8 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     plans, counts = plan(shards, ann_dir, out_dir, cfg, pool, image_keys)
     t_plan = time.time() - t0
     reports = run_stage(MixWriteStage(), [dataclasses.asdict(p) for p in plans], engine=engine,
-                        workers=workers or 1, desc="write", quiet=quiet, ray_address=ray_address)
+                        workers=workers or 1, desc="write", quiet=quiet, ray_address=ray_address,
+                        ray_resources={"num_gpus": 0, "num_cpus": 0.5} | (ray_resources or {}))
     failed = [r for r in reports if r["status"] == "failed"]
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
     summary["input"] = input_spec if isinstance(input_spec, str) else list(input_spec)
@@ -189,7 +191,8 @@ def claim_output(out_dir: str, identity: dict, overwrite: bool) -> None:
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, engine: str = "local", workers: int | None = None,
         device: str | None = None, ray_address: str | None = None, overwrite: bool = False,
-        quiet: bool = False, max_pixels: int | None = None, arguments: dict | None = None) -> dict:
+        quiet: bool = False, max_pixels: int | None = None, ray_resources: dict | None = None,
+        arguments: dict | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard."""
     from recaption.recipes import load_recipe
 
@@ -211,11 +214,28 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
         input_spec, ann_dir, captioner=r.get("captioner"), caption_options=r.get("caption") or {},
         clip=clip, sieve_model=sieve_model, sieve_mask=sieve_mask or "sieve", batch_size=r.get("batch_size"),
         overwrite=overwrite, engine=engine, workers=workers, device=device or r.get("device"),
-        ray_address=ray_address, quiet=quiet, max_pixels=max_pixels,
+        ray_address=ray_address, ray_resources=ray_resources, quiet=quiet, max_pixels=max_pixels,
     ) if (r.get("captioner") or clip or sieve_model) else {}
     cfg = MixConfig(**(r.get("mix") or {}))
     summary = mix(input_spec, ann_dir, out_dir, cfg, engine=engine, workers=workers, ray_address=ray_address,
                   quiet=quiet, arguments=arguments, claim=False,
                   extra_summary={"annotate": ann_summary, "recipe": r})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
+    return summary
+
+
+def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str = "key",
+                    caption_column: str = "caption", captioner: str = "imported", overwrite: bool = False,
+                    quiet: bool = False) -> dict:
+    """Write annotation files whose captions come from a CSV/parquet made elsewhere."""
+    from recaption.engines import run_stage
+    from recaption.stages.import_captions import ImportSpec, ImportStage
+
+    shards = shards_of(input_spec)
+    makedirs(ann_dir)
+    t0 = time.time()
+    spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite)
+    reports = run_stage(ImportStage(spec), shards, workers=1, desc="import", quiet=quiet)
+    summary = _summarise(reports, time.time() - t0)
+    summary["matched"] = sum((r.get("info") or {}).get("matched", 0) for r in reports)
     return summary

@@ -96,9 +96,13 @@ def _exit_for(summary: dict):
 
 
 # -- verbs -----------------------------------------------------------------------------------
+def _ray_resources(cpus, gpus) -> dict:
+    return {k: v for k, v in (("num_cpus", cpus), ("num_gpus", gpus)) if v is not None}
+
+
 def _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
                   batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys,
-                  cap_opts, caption_only=False, score_only=False):
+                  cap_opts, caption_only=False, score_only=False, ray_resources=None):
     from recaption import api
 
     summary = api.annotate(
@@ -107,7 +111,7 @@ def _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, s
         sieve_model=None if caption_only else _sieve(sieve_model, no_sieve), sieve_mask=mask,
         batch_size=batch_size, image_keys=tuple(image_keys.split(",")), max_pixels=max_pixels,
         overwrite=overwrite, engine=engine.value, workers=workers, device=device, ray_address=ray_address,
-        quiet=quiet,
+        ray_resources=ray_resources, quiet=quiet,
     )
     _print(summary, f"annotations in {out}")
     _exit_for(summary)
@@ -147,6 +151,8 @@ def caption(
     engine: Engine = O(Engine.local, rich_help_panel=RUN),
     workers: Optional[int] = O(None, help="worker processes/actors (default: one per GPU)", rich_help_panel=RUN),
     ray_address: Optional[str] = O(None, help="Ray cluster address (engine ray)", rich_help_panel=RUN),
+    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
+    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
     overwrite: bool = O(False, help="redo shards that already have annotation files", rich_help_panel=RUN),
     quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
     max_pixels: Optional[int] = O(None, help="decompression-bomb limit in pixels", rich_help_panel=RUN),
@@ -157,7 +163,8 @@ def caption(
                          min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
                          trust_remote_code, batch_size, model)
     _annotate_cmd(input, out, captioner, None, None, True, None, True, "sieve", batch_size, device, engine, workers,
-                  ray_address, overwrite, quiet, max_pixels, image_keys, opts, caption_only=True)
+                  ray_address, overwrite, quiet, max_pixels, image_keys, opts, caption_only=True,
+                  ray_resources=_ray_resources(actor_cpus, actor_gpus))
 
 
 @app.command(epilog="Examples:\n\n"
@@ -178,6 +185,8 @@ def score(
     engine: Engine = O(Engine.local, rich_help_panel=RUN),
     workers: Optional[int] = O(None, rich_help_panel=RUN),
     ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
+    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
     overwrite: bool = O(False, help="re-score files that already carry scores", rich_help_panel=RUN),
     quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
     max_pixels: Optional[int] = O(None, rich_help_panel=RUN),
@@ -186,7 +195,7 @@ def score(
     """Fill clip_raw, clip_captions and SIEVE columns of existing annotation files, atomically."""
     _annotate_cmd(input, annotations, None, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
                   batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, {},
-                  score_only=True)
+                  score_only=True, ray_resources=_ray_resources(actor_cpus, actor_gpus))
 
 
 @app.command(epilog="Examples:\n\n"
@@ -224,6 +233,8 @@ def annotate(
     engine: Engine = O(Engine.local, rich_help_panel=RUN),
     workers: Optional[int] = O(None, rich_help_panel=RUN),
     ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
+    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
     overwrite: bool = O(False, rich_help_panel=RUN),
     quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
     max_pixels: Optional[int] = O(None, rich_help_panel=RUN),
@@ -234,7 +245,8 @@ def annotate(
                          min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
                          trust_remote_code, batch_size, model)
     _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
-                  batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, opts)
+                  batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, opts,
+                  ray_resources=_ray_resources(actor_cpus, actor_gpus))
 
 
 @app.command(epilog="Examples:\n\n"
@@ -258,6 +270,8 @@ def mix(
     engine: Engine = O(Engine.local, rich_help_panel=RUN),
     workers: Optional[int] = O(None, rich_help_panel=RUN),
     ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
+    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
     quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
     image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
 ):
@@ -271,7 +285,8 @@ def mix(
     cfg = MixConfig(strategy.value, threshold, fraction, filter_synthetic, alpha, samples_per_shard, keep_sharding)
     summary = api.mix(input, annotations, out, cfg, dry_run=dry_run, overwrite=overwrite,
                       image_keys=tuple(image_keys.split(",")), engine=engine.value, workers=workers,
-                      ray_address=ray_address, quiet=quiet, arguments={"argv": sys.argv[1:]})
+                      ray_address=ray_address, quiet=quiet, arguments={"argv": sys.argv[1:]},
+                      ray_resources=_ray_resources(actor_cpus, actor_gpus))
     _print({k: v for k, v in summary.items() if k != "arguments"},
            "dry run (nothing written)" if dry_run else f"mixed shards in {out}")
     _exit_for(summary)
@@ -291,6 +306,8 @@ def run(
     engine: Engine = O(Engine.local, rich_help_panel=RUN),
     workers: Optional[int] = O(None, rich_help_panel=RUN),
     ray_address: Optional[str] = O(None, rich_help_panel=RUN),
+    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
+    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
     overwrite: bool = O(False, help="replace another run's files in --out", rich_help_panel=RUN),
     quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
     max_pixels: Optional[int] = O(None, help="decompression-bomb limit in pixels", rich_help_panel=RUN),
@@ -300,7 +317,8 @@ def run(
 
     summary = api.run(recipe, input, out, sets=set, annotations=annotations, engine=engine.value,
                       workers=workers, device=device, ray_address=ray_address, overwrite=overwrite,
-                      quiet=quiet, max_pixels=max_pixels, arguments={"argv": sys.argv[1:]})
+                      quiet=quiet, max_pixels=max_pixels, ray_resources=_ray_resources(actor_cpus, actor_gpus),
+                      arguments={"argv": sys.argv[1:]})
     print_mix_summary(summary, out)
     _exit_for(summary)
 
@@ -328,6 +346,28 @@ def print_mix_summary(summary: dict, out: str | None):
     Console().print(t)
     if out:
         print(f"output: {out}")
+
+
+@app.command("import-captions", epilog="Examples:\n\n"
+             "    recaption import-captions shards/ --captions blip2_captions.parquet -o ann/ --key-column uid\n\n"
+             "    recaption import-captions shards/ --captions caps.csv -o ann/ --caption-column text --captioner blip2")
+def import_captions(
+    input: str = typer.Argument(...),
+    captions: str = O(..., "--captions", help="CSV or parquet with a key column and a caption column"),
+    out: str = O(..., "--out", "-o", help="annotation folder to write"),
+    key_column: str = O("key", help="`key` (sample key) or a json field such as `uid` (DataComp)"),
+    caption_column: str = O("caption", help="a string column (repeated keys add candidates) or a list column"),
+    captioner: str = O("imported", help="what to record in the `captioner` column"),
+    overwrite: bool = O(False),
+    quiet: bool = O(False, "--quiet", "-q"),
+):
+    """Fill `captions` from captions made elsewhere, so they can be scored (`recaption score`) and mixed."""
+    from recaption import api
+
+    summary = api.import_captions(input, out, captions, key_column=key_column, caption_column=caption_column,
+                                  captioner=captioner, overwrite=overwrite, quiet=quiet)
+    _print(summary, f"annotations in {out}")
+    _exit_for(summary)
 
 
 @app.command(epilog="Examples:\n\n"

@@ -16,13 +16,23 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls run 2-3x faster than fp32 there (Linux; else False)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def resolve_dtype(dtype: str | None, device: str):
     import torch
 
     if dtype in (None, "", "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if dtype not in DTYPES:
         raise RecaptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return getattr(torch, dtype)

@@ -148,6 +148,7 @@ def main():
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA and on CPUs with AMX/AVX512-BF16), float32, ...")
     ap.add_argument("--clip", default="ViT-B-32")
     ap.add_argument("--blip", default="base", choices=["base", "large"])
     ap.add_argument("--naive-samples", type=int, default=16, help="samples for the (slow) baseline")
@@ -173,16 +174,16 @@ def main():
     urls = sorted(str(p) for p in (work / "shards").glob("*.tar"))
     n_main = max(1, a.samples // a.per_shard)
 
-    opts = {"max_new_tokens": 20, "device": device}  # greedy, 20 tokens
+    opts = {"max_new_tokens": 20, "device": device, "dtype": a.dtype}  # greedy, 20 tokens
     cap = build_captioner(load_preset(models["blip"], **opts))
-    clip = ClipScorer(ClipConfig(models["clip"], device=device))
+    clip = ClipScorer(ClipConfig(models["clip"], device=device, dtype=a.dtype))
     sieve = SieveScorer(api.default_sieve_model(), device=device)
 
     res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": device,
                        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
                        "torch": torch.__version__},
            "config": vars(a) | {"captioner": f"BLIP-{a.blip} (random weights)", "clip": a.clip,
-                                "decoding": "greedy, 20 new tokens"}}
+                                "decoding": "greedy, 20 new tokens", "dtype": str(cap.dtype).replace("torch.", "")}}
     res["stages_samples_per_s"] = stage_rates(urls[:n_main], cap, clip, sieve, a.batch_size)
 
     naive_urls = urls[: max(1, a.naive_samples // a.per_shard)]
@@ -191,8 +192,9 @@ def main():
 
     out = work / "ann"
     summ, t = timed(api.annotate, urls[:n_main], str(out), captioner=models["blip"], caption_options=opts,
-                    clip=ClipConfig(models["clip"], device=device), sieve_model=api.default_sieve_model(),
-                    batch_size=a.batch_size, device=device, quiet=True, workers=1)
+                    clip=ClipConfig(models["clip"], device=device, dtype=a.dtype),
+                    sieve_model=api.default_sieve_model(), batch_size=a.batch_size, device=device, quiet=True,
+                    workers=1)
     res["pipeline_samples_per_s"] = summ["samples"] / t
     res["pipeline_stage_seconds"] = summ["stage_seconds"]
     res["speedup_vs_naive"] = res["pipeline_samples_per_s"] / res["naive_samples_per_s"]
@@ -202,7 +204,8 @@ def main():
 
     Path(a.json).write_text(json.dumps(res, indent=2))
     print(f"\nrecaption bench on {res['machine']['device']} ({res['machine']['cpus']} CPUs"
-          f"{', ' + res['machine']['gpu'] if res['machine']['gpu'] else ''}): BLIP-{a.blip} + {a.clip}, greedy 20 tokens")
+          f"{', ' + res['machine']['gpu'] if res['machine']['gpu'] else ''}): BLIP-{a.blip} + {a.clip}, greedy 20 tokens, "
+          f"{res['config']['dtype']}, batch {a.batch_size}")
     print(f"{'stage':<24}{'samples/s':>12}")
     for k, v in res["stages_samples_per_s"].items():
         print(f"{k:<24}{v:>12.2f}")

@@ -32,7 +32,9 @@ def test_each_verb_has_help_with_examples(verb, capsys):
 @pytest.mark.parametrize("args,msg", [
     (["annotate", "/nope/shards", "-o", "{tmp}/a"], "input not found"),
     (["caption", "{empty}", "-o", "{tmp}/a"], "no *.tar shards"),
-    (["caption", "{shards}", "-o", "{tmp}/a", "-c", "no-such-preset"], "cannot tell which backend"),
+    (["caption", "{shards}", "-o", "{tmp}/a", "-c", "no-such-preset"], "unknown captioner 'no-such-preset'"),
+    (["caption", "{shards}", "-o", "{tmp}/a", "-c", "/models/missing-blip"], "model path not found"),
+    (["annotate", "{shards}", "-o", "{tmp}/a", "--model", "{tmp}/nope", "--no-sieve"], "model path not found"),
     (["run", "no-such-recipe", "{shards}", "-o", "{tmp}/o"], "unknown recipe"),
     (["caption", "{shards}", "-o", "{tmp}/a", "-c", "blip-base", "--device", "cuda"], "no CUDA GPU"),
     (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "raw"], "give --out"),

@@ -153,3 +153,17 @@ def test_output_folder_of_another_run_is_refused(annotated, shard_dir, tmp_path,
     # the same command again resumes: nothing to redo, same result
     assert cli("mix", shard_dir, "-a", annotated, "-o", out, "--strategy", "synthetic", "-q") == 0
     assert summary(out)["written"] == summary(out)["counts"]["written"]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_fraction_edges(annotated, shard_dir, fraction):
+    from recaption import api
+    from recaption.mixing.strategies import MixConfig
+
+    s = api.mix(str(shard_dir), str(annotated), None, MixConfig("raw", fraction=fraction), dry_run=True)
+    scored = [r["clip_raw"] for f in sorted(annotated.iterdir()) for r in ann.read_rows(str(f))
+              if r["clip_raw"] is not None]
+    if fraction == 1.0:
+        assert s["counts"]["written"] == len(scored) and s["threshold"] == min(scored)
+    else:  # DataComp's rule: n = 0, the threshold is the maximum; only its ties are kept
+        assert s["threshold"] == max(scored) and s["counts"]["written"] == scored.count(max(scored))

@@ -66,11 +66,11 @@ KILL = textwrap.dedent("""
         from recaption.stages import annotate as a
         orig = a.AnnotateStage._model_batch
         calls = []
-        def killer(self, todo, name, t):
+        def killer(self, todo, name, t, *rest):
             calls.append(name)
             if name == target and len([c for c in calls if c == target]) == 2:
                 os._exit(9)  # as kill -9: no cleanup, no finally
-            return orig(self, todo, name, t)
+            return orig(self, todo, name, t, *rest)
         a.AnnotateStage._model_batch = killer
     else:
         from recaption.io import writer

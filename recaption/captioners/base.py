@@ -97,7 +97,9 @@ def load_preset(name_or_model: str, **overrides) -> CaptionerConfig:
     elif p.suffix in (".yaml", ".yml") and p.is_file():
         data = yaml.safe_load(p.read_text())
     else:
-        data = {"backend": guess_backend(name_or_model), "model": name_or_model, "name": name_or_model}
+        _check_model_ref(name_or_model, overrides.get("backend"))
+        data = {"backend": overrides.get("backend") or guess_backend(name_or_model), "model": name_or_model,
+                "name": name_or_model}
     data.pop("description", None)
     cfg = _merge(CaptionerConfig(), data, name_or_model)
     return apply_overrides(cfg, overrides)
@@ -106,6 +108,8 @@ def load_preset(name_or_model: str, **overrides) -> CaptionerConfig:
 def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
     dec = {k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(Decoding)} and v is not None}
     top = {k: v for k, v in overrides.items() if k not in dec and v is not None}
+    if "model" in top:
+        _check_model_ref(top["model"], top.get("backend") or cfg.backend)
     _merge(cfg, top, "captioner option")
     _merge(cfg.decoding, dec, "decoding option")
     if cfg.backend not in BACKENDS:
@@ -114,6 +118,21 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
         raise RecaptionError(f"--quantize takes 8bit or 4bit, got {cfg.quantize!r}")
     cfg.decoding.validate()
     return cfg
+
+
+def _check_model_ref(ref: str, backend: str | None):
+    """A path that does not exist, or a bare word that is no preset, is a user error, said plainly."""
+    if ref.startswith(("local-dir:", "hf-hub:")):
+        path = ref.split(":", 1)[1]
+        if ref.startswith("local-dir:") and not Path(path).expanduser().is_dir():
+            raise RecaptionError(f"model folder not found: {path}")
+        return
+    looks_local = ref.startswith(("/", "./", "../", "~")) or ref.endswith((".yaml", ".yml"))
+    if looks_local and not Path(ref).expanduser().exists():
+        raise RecaptionError(f"model path not found: {ref}")
+    if "/" not in ref and ":" not in ref and not Path(ref).exists() and backend is None and "coca" not in ref.lower():
+        raise RecaptionError(f"unknown captioner {ref!r}: not a preset ({', '.join(sorted(list_presets()))}), "
+                             "a YAML file, a local model folder or a Hugging Face id (org/name)")
 
 
 def guess_backend(model: str) -> str:
@@ -150,11 +169,29 @@ class Captioner:
     def image_size(self) -> int:
         return self.cfg.image_size or 384
 
-    def caption(self, images, raw_captions, seed_key: str = "") -> list[list[str]]:
+    def prepare(self, images, raw_captions):
+        """CPU-side inputs for a batch (processor, transforms); run ahead of the model, off its thread.
+        None means the backend takes images as they are."""
+        return None
+
+    def caption(self, images, raw_captions, seed_key: str = "", prepared=None) -> list[list[str]]:
         """N cleaned candidates per image. Same seed and batch, same captions."""
+        import torch
+
         seed = (self.cfg.decoding.seed + zlib.crc32(seed_key.encode())) % 2**31
-        out = self._with_oom_retry(images, raw_captions, seed)
+        if prepared is None:
+            out = self._with_oom_retry(images, raw_captions, seed)
+        else:
+            try:
+                torch.manual_seed(seed)
+                out = self._generate_prepared(prepared, raw_captions)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                out = self._with_oom_retry(images, raw_captions, seed)  # halves from here
         return [[self.clean(c) for c in cands] for cands in out]
+
+    def _generate_prepared(self, prepared, raw_captions) -> list[list[str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _with_oom_retry(self, images, raws, seed):
         import torch

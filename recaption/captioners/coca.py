@@ -172,10 +172,19 @@ class CocaCaptioner(Captioner):
     def image_size(self) -> int:
         return int(self._size)
 
-    def _generate(self, images, raw_captions):
+    def prepare(self, images, raw_captions):
         import torch
 
-        x = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
+        x = torch.stack([self.preprocess(im) for im in images])
+        return x.pin_memory() if self.device != "cpu" else x
+
+    def _generate(self, images, raw_captions):
+        return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
+
+    def _generate_prepared(self, x, raw_captions):
+        import torch
+
+        x = x.to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
             _, image_embs = self.model._encode_image(x)
             ids = decode(self.model, image_embs, self.prefix, self.eot, self.cfg.decoding, self.max_context)

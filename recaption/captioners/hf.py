@@ -65,15 +65,24 @@ class HFCaptioner(Captioner):
     def image_size(self) -> int:
         return int(self._size)
 
+    def prepare(self, images, raw_captions):
+        text = [self.cfg.prompt] * len(images) if self.cfg.prompt else None
+        inputs = self.processor(images=images, text=text, return_tensors="pt")
+        if self.device != "cpu":
+            inputs = {k: v.pin_memory() for k, v in inputs.items()}
+        return inputs
+
     def _generate(self, images, raw_captions):
+        return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
+
+    def _generate_prepared(self, inputs, raw_captions):
         import torch
 
-        text = [self.cfg.prompt] * len(images) if self.cfg.prompt else None
-        inputs = self.processor(images=images, text=text, return_tensors="pt").to(self.device)
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **self.gen_kwargs)
         texts = self.processor.batch_decode(out, skip_special_tokens=True)
         n = self.cfg.decoding.num_captions
-        return [texts[i * n : (i + 1) * n] for i in range(len(images))]
+        return [texts[i * n : (i + 1) * n] for i in range(len(inputs["pixel_values"]))]

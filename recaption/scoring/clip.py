@@ -36,11 +36,15 @@ class ClipScorer:
         self.image_size = _image_size(model)
         self.id = cfg.model if pretrained is None else f"{cfg.model}/{pretrained}"
 
-    def encode_images(self, images) -> "torch.Tensor":
+    def prepare(self, images):
+        """Pixel tensors for a batch (CPU work, run ahead of the model)."""
         import torch
 
         x = torch.stack([self.preprocess(im) for im in images])
-        return self.encode_pixels(x)
+        return x.pin_memory() if self.device != "cpu" else x
+
+    def encode_images(self, images) -> "torch.Tensor":
+        return self.encode_pixels(self.prepare(images))
 
     def encode_pixels(self, x) -> "torch.Tensor":
         import torch

@@ -51,6 +51,7 @@ class ShardReport:
     errors: int = 0
     seconds: dict = field(default_factory=dict)
     error: str | None = None
+    info: dict = field(default_factory=dict)  # stage-specific counts (e.g. captions matched)
 
 
 class AnnotateStage:
@@ -120,7 +121,7 @@ class AnnotateStage:
         caption_name = self.captioner.id if self.captioner else None
         pending: list[tuple[dict, object]] = []  # (row, sample) waiting for a batch
         opts = ReadOptions(image_keys=s.image_keys)
-        for batch in _prefetch(self._decoded_batches(iter_shard(url, opts), name, t), t):
+        for batch, prep in _prefetch(self._decoded_batches(iter_shard(url, opts), name, t), t):
             todo = []
             for rec, img in batch:
                 if isinstance(rec, ReadFailure):
@@ -140,7 +141,9 @@ class AnnotateStage:
                     continue
                 todo.append((row, img))
             if todo:
-                self._model_batch(todo, name, t)
+                # prepared inputs cover every decodable image; they fit `todo` unless rows were skipped
+                n_good = sum(im is not None and not isinstance(im, ImageError) for _, im in batch)
+                self._model_batch(todo, name, t, prep if len(todo) == n_good else {})
             if progress:
                 progress(len(batch))
         self._score_text(rows, t)
@@ -164,20 +167,38 @@ class AnnotateStage:
             for rec in records:
                 buf.append(rec)
                 if len(buf) >= s.batch_size:
-                    yield list(pool.map(dec, buf))
+                    yield self._prepared(list(pool.map(dec, buf)))
                     buf = []
             if buf:
-                yield list(pool.map(dec, buf))
+                yield self._prepared(list(pool.map(dec, buf)))
         finally:
             pool.shutdown(wait=False)
 
-    def _model_batch(self, todo, name, t):
+    def _prepared(self, batch):
+        """Model inputs for the decodable images of a batch, computed here in the producer thread
+        so preprocessing overlaps the previous batch's model work. Failures fall back to the models'
+        own path, where a bad sample is isolated."""
+        good = [(rec, im) for rec, im in batch if im is not None and not isinstance(im, ImageError)]
+        prep = {}
+        try:
+            ims = [im for _, im in good]
+            raws = [rec.raw_caption for rec, _ in good]
+            if ims and self.captioner is not None:
+                prep["caption"] = self.captioner.prepare(ims, raws)
+            if ims and self.clip is not None:
+                prep["clip"] = self.clip.prepare(ims)
+        except Exception:
+            prep = {}
+        return batch, prep
+
+    def _model_batch(self, todo, name, t, prep=None):
+        prep = prep or {}
         rows = [r for r, _ in todo]
         images = [im for _, im in todo]
         raws = [r["raw_caption"] for r in rows]
         if self.captioner is not None:
             with t("caption"):
-                cands = self._caption_isolating(images, raws, rows, name)
+                cands = self._caption_isolating(images, raws, rows, name, prep.get("caption"))
             for r, c in zip(rows, cands):
                 if c is not None:
                     r["captions"] = c
@@ -185,17 +206,20 @@ class AnnotateStage:
             live = [(r, im) for r, im in zip(rows, images) if r["status"] == "ok"]
             if live:
                 with t("clip"):
-                    emb = self.clip.encode_images([im for _, im in live])
+                    if prep.get("clip") is not None and len(live) == len(rows):
+                        emb = self.clip.encode_pixels(prep["clip"])
+                    else:
+                        emb = self.clip.encode_images([im for _, im in live])
                     raw_s, cand_s = self.clip.score(emb, [r["raw_caption"] for r, _ in live],
                                                     [r["captions"] or [] for r, _ in live])
                 for (r, _), a, b in zip(live, raw_s, cand_s):
                     r["clip_raw"], r["clip_captions"] = a, b
 
-    def _caption_isolating(self, images, raws, rows, name):
+    def _caption_isolating(self, images, raws, rows, name, prepared=None):
         """Caption a batch; if it fails, caption one by one so only the bad sample errors."""
         seed_key = f"{name}/{rows[0]['key']}"
         try:
-            return self.captioner.caption(images, raws, seed_key)
+            return self.captioner.caption(images, raws, seed_key, prepared)
         except Exception as e:
             if len(images) == 1:
                 rows[0].update(status="error", error=f"caption: {type(e).__name__}: {e}")

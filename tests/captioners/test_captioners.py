@@ -63,7 +63,7 @@ def test_blip2_8bit_loads_quantized_and_generates(tiny_models):
 
 
 def test_coca_decode_matches_the_models_forward_pass(tiny_models):
-    cap = build_captioner(load_preset(tiny_models["coca"], max_new_tokens=6))
+    cap = build_captioner(load_preset(tiny_models["coca"], max_new_tokens=6, dtype="float32"))  # exact maths
     m = cap.model
     x = torch.stack([cap.preprocess(im) for im in IMAGES])
     with torch.no_grad():
@@ -91,5 +91,9 @@ def test_bad_decoding_options_are_clear():
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(RecaptionError, match="cannot tell which backend"):
+    with pytest.raises(RecaptionError, match="model path not found"):
         load_preset(str(tmp_path / "nope"))
+    with pytest.raises(RecaptionError, match="model folder not found"):
+        load_preset(f"local-dir:{tmp_path}/nope")
+    with pytest.raises(RecaptionError, match="cannot tell which backend"):
+        load_preset("org/mystery-model")

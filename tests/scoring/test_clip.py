@@ -8,7 +8,7 @@ from recaption.scoring.clip import ClipScorer
 
 
 def test_clip_score_equals_direct_open_clip(tiny_models):
-    s = ClipScorer(model=tiny_models["clip"], device="cpu")
+    s = ClipScorer(model=tiny_models["clip"], device="cpu", dtype="float32")  # exact maths
     images = [Image.new("RGB", (90, 70), c) for c in ("red", "navy")]
     raws, cands = ["a red square", None], [["a", "bb"], ["blue thing"]]
     emb = s.encode_images(images)
@@ -25,3 +25,13 @@ def test_clip_score_equals_direct_open_clip(tiny_models):
     assert cand_s[0] == pytest.approx([float(im[0] @ t[1]), float(im[0] @ t[2])], abs=1e-5)
     assert cand_s[1] == pytest.approx([float(im[1] @ t[3])], abs=1e-5)
     assert all(-1.0 <= x <= 1.0 for x in cand_s[0])  # a cosine: no logit scale, no clamp
+
+
+def test_auto_dtype_follows_the_hardware(tiny_models):
+    from recaption.models import cpu_has_native_bf16
+
+    s = ClipScorer(model=tiny_models["clip"], device="cpu")
+    assert s.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    emb = s.encode_images([Image.new("RGB", (64, 64), "red")])
+    raw, _ = s.score(emb, ["a red square"], [[]])
+    assert -1.0 <= raw[0] <= 1.0 and emb.dtype == torch.float32  # scores are computed in fp32

@@ -65,3 +65,9 @@ def test_sieve_scores_on_real_embeddings(scorer):
 def test_long_texts_are_truncated_not_failed(scorer):
     (r,) = scorer.score(["word " * 2000], [["word " * 3000, "a cat"]])
     assert r.sieve is not None
+
+
+def test_any_sentence_transformer_path_works(tiny_models):
+    s = SieveScorer(tiny_models["st"], device="cpu")
+    (r,) = s.score(["a red photo of a car"], [["a red car", "a tree"]])
+    assert r.sieve_best in ("a red car", "a tree") and -1 <= r.sieve <= 1
