@@ -38,11 +38,35 @@ def _filter(logits, top_k, top_p):
     return logits
 
 
+class _Uncached:
+    """Recompute the whole sequence each step: the reference the cached decoder is tested against."""
+
+    def __init__(self, model, embs):
+        self.model, self.embs = model, embs
+
+    def prefill(self, tokens):
+        return step_logits(self.model, self.embs, tokens)
+
+    def step(self, tokens):
+        return step_logits(self.model, self.embs, tokens)
+
+    def reorder(self, rows):
+        self.embs = self.embs[rows]
+
+
+def _stepper(model, embs, use_cache: bool):
+    from recaption.captioners.coca_cache import CachedCocaDecoder, supported
+
+    if use_cache and supported(model):
+        return CachedCocaDecoder(model, embs), True
+    return _Uncached(model, embs), False
+
+
 def decode(model, image_embs, prefix: list[int], eot: int, dec: Decoding, max_context: int,
-           generator=None) -> list[list[list[int]]]:
+           generator=None, use_cache: bool = True) -> list[list[list[int]]]:
     """Token ids (prefix excluded, eot excluded) per image: `num_captions` lists each."""
     if dec.strategy == "beam":
-        return _beam(model, image_embs, prefix, eot, dec, max_context)
+        return _beam(model, image_embs, prefix, eot, dec, max_context, use_cache)
     import torch
 
     b, n = image_embs.shape[0], dec.num_captions
@@ -51,8 +75,10 @@ def decode(model, image_embs, prefix: list[int], eot: int, dec: Decoding, max_co
     done = torch.zeros(b * n, dtype=torch.bool, device=embs.device)
     max_new = _max_new(dec, len(prefix), max_context)
     min_new = _min_new(dec, len(prefix))
+    stepper, cached = _stepper(model, embs, use_cache)
+    raw = stepper.prefill(tokens)
     for step in range(max_new):
-        logits = _penalize(step_logits(model, embs, tokens), tokens, dec.repetition_penalty)
+        logits = _penalize(raw, tokens, dec.repetition_penalty)
         if step < min_new:
             logits[:, eot] = float("-inf")
         if dec.strategy == "greedy":
@@ -63,24 +89,27 @@ def decode(model, image_embs, prefix: list[int], eot: int, dec: Decoding, max_co
         nxt = nxt.masked_fill(done, eot)
         tokens = torch.cat([tokens, nxt[:, None]], 1)
         done |= nxt == eot
-        if bool(done.all()):
+        if bool(done.all()) or step == max_new - 1:
             break
+        raw = stepper.step(nxt if cached else tokens)
     out = [_strip(t[len(prefix):].tolist(), eot) for t in tokens]
     return [out[i * n : (i + 1) * n] for i in range(b)]
 
 
-def _beam(model, image_embs, prefix, eot, dec: Decoding, max_context):
+def _beam(model, image_embs, prefix, eot, dec: Decoding, max_context, use_cache=True):
     import torch
 
     b, k = image_embs.shape[0], dec.num_beams
     embs = image_embs.repeat_interleave(k, 0)
     tokens = torch.tensor([prefix], device=embs.device).repeat(b * k, 1)
+    stepper, cached = _stepper(model, embs, use_cache)
+    raw = stepper.prefill(tokens)
     scores = torch.zeros(b, k, device=embs.device)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep one alive
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     max_new, min_new = _max_new(dec, len(prefix), max_context), _min_new(dec, len(prefix))
     for step in range(max_new):
-        logits = _penalize(step_logits(model, embs, tokens), tokens, dec.repetition_penalty)
+        logits = _penalize(raw, tokens, dec.repetition_penalty)
         if step < min_new:
             logits[:, eot] = float("-inf")
         logp = logits.log_softmax(-1).view(b, k, -1) + scores[:, :, None]
@@ -106,10 +135,13 @@ def _beam(model, image_embs, prefix, eot, dec: Decoding, max_context):
                 rows.append(i * k)
                 new_tokens.append(eot)
                 alive += 1
-        tokens = torch.cat([tokens[rows], torch.tensor(new_tokens, device=embs.device)[:, None]], 1)
+        nxt = torch.tensor(new_tokens, device=embs.device)
+        tokens = torch.cat([tokens[rows], nxt[:, None]], 1)
         scores = new_scores
-        if all(len(f) >= k for f in finished):
+        if all(len(f) >= k for f in finished) or step == max_new - 1:
             break
+        stepper.reorder(rows)
+        raw = stepper.step(nxt if cached else tokens)
     for i in range(b):
         for beam in range(k):
             if scores[i, beam] > float("-inf"):

@@ -97,3 +97,31 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_preset(f"local-dir:{tmp_path}/nope")
     with pytest.raises(RecaptionError, match="cannot tell which backend"):
         load_preset("org/mystery-model")
+
+
+@pytest.mark.parametrize("strategy,extra", [
+    ("greedy", {}),
+    ("sample", {"num_captions": 3, "top_p": 0.9, "top_k": 30}),
+    ("beam", {"num_captions": 2, "num_beams": 3}),
+])
+def test_coca_kv_cache_gives_the_uncached_result(tiny_models, strategy, extra):
+    from recaption.captioners.coca_cache import CachedCocaDecoder, supported
+
+    cap = build_captioner(load_preset(tiny_models["coca"], strategy=strategy, max_new_tokens=7,
+                                      repetition_penalty=1.2, dtype="float32", **extra))
+    assert supported(cap.model)
+    x = torch.stack([cap.preprocess(im) for im in IMAGES])
+    with torch.no_grad():
+        _, embs = cap.model._encode_image(x)
+        kw = dict(prefix=[cap.sot], eot=cap.eot, dec=cap.cfg.decoding, max_context=cap.max_context)
+        torch.manual_seed(3)
+        fast = decode(cap.model, embs, use_cache=True, **kw)
+        torch.manual_seed(3)
+        slow = decode(cap.model, embs, use_cache=False, **kw)
+        assert fast == slow
+        # and step by step, the cached logits are the recomputed ones
+        seq = torch.tensor([[cap.sot] + fast[0][0]])
+        d = CachedCocaDecoder(cap.model, embs[:1])
+        for i in range(1, seq.shape[1]):
+            got = d.step(seq[:, i - 1])
+            assert torch.allclose(got, step_logits(cap.model, embs[:1], seq[:, :i]), atol=1e-4)
