@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 from enum import Enum
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -45,19 +45,6 @@ CAP = "Captioner"
 SCO = "Scoring"
 RUN = "Execution"
 O = typer.Option
-
-
-def _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens, min_new_tokens,
-                  repetition_penalty, seed, prompt, template, dtype, quantize, backend, trust_remote_code,
-                  caption_batch_size, model=None):
-    d = {"num_captions": num_captions, "strategy": decoding.value if decoding else None, "num_beams": num_beams,
-         "top_p": top_p, "top_k": top_k, "temperature": temperature, "max_new_tokens": max_new_tokens,
-         "min_new_tokens": min_new_tokens, "repetition_penalty": repetition_penalty, "seed": seed,
-         "prompt": prompt, "template": template, "dtype": dtype, "quantize": quantize, "backend": backend,
-         "batch_size": caption_batch_size, "model": model}
-    if trust_remote_code:
-        d["trust_remote_code"] = True
-    return {k: v for k, v in d.items() if v is not None}
 
 
 def _clip(clip_model, clip_pretrained, no_clip, device, dtype):
@@ -117,8 +104,57 @@ def _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, s
     _exit_for(summary)
 
 
-def _common(f):
-    return f
+# Each shared option is declared once, so every verb shows the same name, help and panel.
+def _opt(*names, help=None, panel=None):
+    return typer.Option(*names, help=help, rich_help_panel=panel)
+
+
+NumCaptions = Annotated[Optional[int], _opt(help="candidates per image (sample or beam)", panel=CAP)]
+DecodingOpt = Annotated[Optional[Decoding], _opt(help="greedy, beam or sample (nucleus/top-k)", panel=CAP)]
+NumBeams = Annotated[Optional[int], _opt(panel=CAP)]
+TopP = Annotated[Optional[float], _opt(panel=CAP)]
+TopK = Annotated[Optional[int], _opt(panel=CAP)]
+Temperature = Annotated[Optional[float], _opt(panel=CAP)]
+MaxNew = Annotated[Optional[int], _opt(panel=CAP)]
+MinNew = Annotated[Optional[int], _opt(panel=CAP)]
+RepPenalty = Annotated[Optional[float], _opt(panel=CAP)]
+Seed = Annotated[Optional[int], _opt(help="same seed, same captions", panel=CAP)]
+Prompt = Annotated[Optional[str], _opt(help="text prompt, removed from the front of each caption", panel=CAP)]
+Template = Annotated[Optional[str], _opt(help="vLLM prompt template (prompts/templates name or file); may use {alt_text}", panel=CAP)]
+DType = Annotated[Optional[str], _opt(help="auto, float32, bfloat16, float16", panel=CAP)]
+Quantize = Annotated[Optional[str], _opt(help="8bit or 4bit (bitsandbytes; recaption[quant])", panel=CAP)]
+Backend = Annotated[Optional[str], _opt(help="blip, blip2, coca or vllm, when a model id does not tell", panel=CAP)]
+Model = Annotated[Optional[str], _opt(help="model id or local path replacing the preset's (keeps its decoding)", panel=CAP)]
+TrustRemote = Annotated[bool, _opt(help="allow model repos to run their own code (off by default)", panel=CAP)]
+
+ClipModel = Annotated[str, _opt(help="open_clip name, hf-hub:org/repo or local-dir:/path", panel=SCO)]
+ClipPretrained = Annotated[Optional[str], _opt(help="pretrained tag or local checkpoint file", panel=SCO)]
+NoClip = Annotated[bool, _opt(help="skip CLIP scores", panel=SCO)]
+SieveModel = Annotated[Optional[str], _opt(help="sentence-transformers id or path (default all-MiniLM-L6-v2)", panel=SCO)]
+NoSieve = Annotated[bool, _opt(help="skip SIEVE scores", panel=SCO)]
+Mask = Annotated[str, _opt(help="mask list: sieve, sieve-long, none, or a file with one phrase a line", panel=SCO)]
+
+BatchSize = Annotated[Optional[int], _opt(help="images per model batch (default: the preset's)", panel=RUN)]
+Device = Annotated[Optional[str], _opt(help="cuda, cuda:1, cpu (default: cuda when present)", panel=RUN)]
+EngineOpt = Annotated[Engine, _opt(help="local (a worker per GPU) or ray", panel=RUN)]
+Workers = Annotated[Optional[int], _opt(help="worker processes/actors (default: one per GPU)", panel=RUN)]
+RayAddress = Annotated[Optional[str], _opt(help="Ray cluster address (engine ray)", panel=RUN)]
+ActorCpus = Annotated[Optional[float], _opt(help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", panel=RUN)]
+ActorGpus = Annotated[Optional[float], _opt(help="GPUs per Ray actor (default 1 when the cluster has GPUs)", panel=RUN)]
+Overwrite = Annotated[bool, _opt(help="redo finished shards / replace another run's output", panel=RUN)]
+Quiet = Annotated[bool, _opt("--quiet", "-q", help="no progress bar", panel=RUN)]
+MaxPixels = Annotated[Optional[int], _opt(help="decompression-bomb limit in pixels", panel=RUN)]
+ImageKeys = Annotated[str, _opt(help="image fields, in priority order", panel=RUN)]
+InputArg = Annotated[str, typer.Argument(help="shard folder, .tar, glob, brace pattern or list file")]
+
+
+def _caption_options(**kw) -> dict:
+    """CLI names -> captioner/decoding option names, unset ones left out."""
+    if kw.get("strategy") is not None:
+        kw["strategy"] = kw["strategy"].value
+    if not kw.get("trust_remote_code"):
+        kw.pop("trust_remote_code", None)
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 @app.command(epilog="Examples:\n\n"
@@ -126,42 +162,24 @@ def _common(f):
              "    recaption caption shards/ --out ann/ --captioner sieve --num-captions 4 --seed 1\n\n"
              "    recaption caption 's3://b/{00000..00099}.tar' -o s3://b/ann -c blip2-opt-2.7b --quantize 8bit")
 def caption(
-    input: str = typer.Argument(..., help="shard folder, .tar, glob, brace pattern or list file"),
+    input: InputArg,
     out: str = O(..., "--out", "-o", help="annotation folder (one NAME.parquet per shard)"),
     captioner: str = O("blip-base", "--captioner", "-c", help="preset (see `recaption models`), HF id or local path", rich_help_panel=CAP),
-    num_captions: Optional[int] = O(None, help="candidates per image", rich_help_panel=CAP),
-    decoding: Optional[Decoding] = O(None, help="greedy, beam or sample (nucleus/top-k)", rich_help_panel=CAP),
-    num_beams: Optional[int] = O(None, rich_help_panel=CAP),
-    top_p: Optional[float] = O(None, rich_help_panel=CAP),
-    top_k: Optional[int] = O(None, rich_help_panel=CAP),
-    temperature: Optional[float] = O(None, rich_help_panel=CAP),
-    max_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
-    min_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
-    repetition_penalty: Optional[float] = O(None, rich_help_panel=CAP),
-    seed: Optional[int] = O(None, help="same seed, same captions", rich_help_panel=CAP),
-    prompt: Optional[str] = O(None, help="text prompt, removed from the front of each caption", rich_help_panel=CAP),
-    template: Optional[str] = O(None, help="vLLM prompt template (prompts/templates name or file); may use {alt_text}", rich_help_panel=CAP),
-    dtype: Optional[str] = O(None, help="auto, float32, bfloat16, float16", rich_help_panel=CAP),
-    quantize: Optional[str] = O(None, help="8bit or 4bit (bitsandbytes; recaption[quant])", rich_help_panel=CAP),
-    backend: Optional[str] = O(None, help="blip, blip2, coca or vllm, when a model id does not tell", rich_help_panel=CAP),
-    model: Optional[str] = O(None, help="model id or local path replacing the preset's (keeps its decoding)", rich_help_panel=CAP),
-    trust_remote_code: bool = O(False, help="allow model repos to run their own code (off by default)", rich_help_panel=CAP),
-    batch_size: Optional[int] = O(None, help="images per model batch (default: the preset's)", rich_help_panel=RUN),
-    device: Optional[str] = O(None, help="cuda, cuda:1, cpu (default: cuda when present)", rich_help_panel=RUN),
-    engine: Engine = O(Engine.local, rich_help_panel=RUN),
-    workers: Optional[int] = O(None, help="worker processes/actors (default: one per GPU)", rich_help_panel=RUN),
-    ray_address: Optional[str] = O(None, help="Ray cluster address (engine ray)", rich_help_panel=RUN),
-    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
-    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
-    overwrite: bool = O(False, help="redo shards that already have annotation files", rich_help_panel=RUN),
-    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
-    max_pixels: Optional[int] = O(None, help="decompression-bomb limit in pixels", rich_help_panel=RUN),
-    image_keys: str = O("jpg,jpeg,png,webp", help="image fields, in priority order", rich_help_panel=RUN),
+    model: Model = None, num_captions: NumCaptions = None, decoding: DecodingOpt = None, num_beams: NumBeams = None,
+    top_p: TopP = None, top_k: TopK = None, temperature: Temperature = None, max_new_tokens: MaxNew = None,
+    min_new_tokens: MinNew = None, repetition_penalty: RepPenalty = None, seed: Seed = None, prompt: Prompt = None,
+    template: Template = None, dtype: DType = None, quantize: Quantize = None, backend: Backend = None,
+    trust_remote_code: TrustRemote = False,
+    batch_size: BatchSize = None, device: Device = None, engine: EngineOpt = Engine.local, workers: Workers = None,
+    ray_address: RayAddress = None, actor_cpus: ActorCpus = None, actor_gpus: ActorGpus = None,
+    overwrite: Overwrite = False, quiet: Quiet = False, max_pixels: MaxPixels = None, image_keys: ImageKeys = "jpg,jpeg,png,webp",
 ):
     """Write N synthetic captions per sample into SPEC 2 annotation files."""
-    opts = _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens,
-                         min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
-                         trust_remote_code, batch_size, model)
+    opts = _caption_options(model=model, num_captions=num_captions, strategy=decoding, num_beams=num_beams,
+                            top_p=top_p, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens,
+                            min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty, seed=seed,
+                            prompt=prompt, template=template, dtype=dtype, quantize=quantize, backend=backend,
+                            trust_remote_code=trust_remote_code, batch_size=batch_size)
     _annotate_cmd(input, out, captioner, None, None, True, None, True, "sieve", batch_size, device, engine, workers,
                   ray_address, overwrite, quiet, max_pixels, image_keys, opts, caption_only=True,
                   ray_resources=_ray_resources(actor_cpus, actor_gpus))
@@ -172,27 +190,15 @@ def caption(
              "    recaption score shards/ -a ann/ --clip-model ViT-L-14 --clip-pretrained openai --no-sieve\n\n"
              "    recaption score shards/ -a ann/ --mask sieve-long --overwrite")
 def score(
-    input: str = typer.Argument(..., help="the shard set the annotations belong to"),
-    annotations: str = O(..., "--annotations", "-a", help="annotation folder to fill"),
-    clip_model: str = O("ViT-B-32", help="open_clip name, hf-hub:org/repo or local-dir:/path", rich_help_panel=SCO),
-    clip_pretrained: Optional[str] = O("openai", help="pretrained tag or local checkpoint file", rich_help_panel=SCO),
-    no_clip: bool = O(False, help="skip CLIP scores", rich_help_panel=SCO),
-    sieve_model: Optional[str] = O(None, help="sentence-transformers id or path (default all-MiniLM-L6-v2)", rich_help_panel=SCO),
-    no_sieve: bool = O(False, help="skip SIEVE scores", rich_help_panel=SCO),
-    mask: str = O("sieve", help="mask list: sieve, sieve-long, none, or a file with one phrase a line", rich_help_panel=SCO),
-    batch_size: Optional[int] = O(None, rich_help_panel=RUN),
-    device: Optional[str] = O(None, rich_help_panel=RUN),
-    engine: Engine = O(Engine.local, rich_help_panel=RUN),
-    workers: Optional[int] = O(None, rich_help_panel=RUN),
-    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
-    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
-    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
-    overwrite: bool = O(False, help="re-score files that already carry scores", rich_help_panel=RUN),
-    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
-    max_pixels: Optional[int] = O(None, rich_help_panel=RUN),
-    image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
+    input: InputArg,
+    annotations: str = O(..., "--annotations", "-a", help="annotation folder to fill (created for raw-only scoring)"),
+    clip_model: ClipModel = "ViT-B-32", clip_pretrained: ClipPretrained = "openai", no_clip: NoClip = False,
+    sieve_model: SieveModel = None, no_sieve: NoSieve = False, mask: Mask = "sieve",
+    batch_size: BatchSize = None, device: Device = None, engine: EngineOpt = Engine.local, workers: Workers = None,
+    ray_address: RayAddress = None, actor_cpus: ActorCpus = None, actor_gpus: ActorGpus = None,
+    overwrite: Overwrite = False, quiet: Quiet = False, max_pixels: MaxPixels = None, image_keys: ImageKeys = "jpg,jpeg,png,webp",
 ):
-    """Fill clip_raw, clip_captions and SIEVE columns of existing annotation files, atomically."""
+    """Fill clip_raw, clip_captions and SIEVE columns of annotation files, atomically."""
     _annotate_cmd(input, annotations, None, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
                   batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, {},
                   score_only=True, ray_resources=_ray_resources(actor_cpus, actor_gpus))
@@ -202,48 +208,26 @@ def score(
              "    recaption annotate shards/ --out ann/ --captioner sieve\n\n"
              "    recaption annotate shards/ -o ann/ -c coca-vit-l-14 --clip-model ViT-L-14 --engine ray")
 def annotate(
-    input: str = typer.Argument(...),
+    input: InputArg,
     out: str = O(..., "--out", "-o", help="annotation folder"),
     captioner: str = O("sieve", "--captioner", "-c", help="preset, HF id or local path", rich_help_panel=CAP),
-    num_captions: Optional[int] = O(None, rich_help_panel=CAP),
-    decoding: Optional[Decoding] = O(None, rich_help_panel=CAP),
-    num_beams: Optional[int] = O(None, rich_help_panel=CAP),
-    top_p: Optional[float] = O(None, rich_help_panel=CAP),
-    top_k: Optional[int] = O(None, rich_help_panel=CAP),
-    temperature: Optional[float] = O(None, rich_help_panel=CAP),
-    max_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
-    min_new_tokens: Optional[int] = O(None, rich_help_panel=CAP),
-    repetition_penalty: Optional[float] = O(None, rich_help_panel=CAP),
-    seed: Optional[int] = O(None, rich_help_panel=CAP),
-    prompt: Optional[str] = O(None, rich_help_panel=CAP),
-    template: Optional[str] = O(None, rich_help_panel=CAP),
-    dtype: Optional[str] = O(None, rich_help_panel=CAP),
-    quantize: Optional[str] = O(None, rich_help_panel=CAP),
-    backend: Optional[str] = O(None, rich_help_panel=CAP),
-    model: Optional[str] = O(None, help="model id or local path replacing the preset's", rich_help_panel=CAP),
-    trust_remote_code: bool = O(False, rich_help_panel=CAP),
-    clip_model: str = O("ViT-B-32", rich_help_panel=SCO),
-    clip_pretrained: Optional[str] = O("openai", rich_help_panel=SCO),
-    no_clip: bool = O(False, rich_help_panel=SCO),
-    sieve_model: Optional[str] = O(None, rich_help_panel=SCO),
-    no_sieve: bool = O(False, rich_help_panel=SCO),
-    mask: str = O("sieve", rich_help_panel=SCO),
-    batch_size: Optional[int] = O(None, rich_help_panel=RUN),
-    device: Optional[str] = O(None, rich_help_panel=RUN),
-    engine: Engine = O(Engine.local, rich_help_panel=RUN),
-    workers: Optional[int] = O(None, rich_help_panel=RUN),
-    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
-    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
-    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
-    overwrite: bool = O(False, rich_help_panel=RUN),
-    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
-    max_pixels: Optional[int] = O(None, rich_help_panel=RUN),
-    image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
+    model: Model = None, num_captions: NumCaptions = None, decoding: DecodingOpt = None, num_beams: NumBeams = None,
+    top_p: TopP = None, top_k: TopK = None, temperature: Temperature = None, max_new_tokens: MaxNew = None,
+    min_new_tokens: MinNew = None, repetition_penalty: RepPenalty = None, seed: Seed = None, prompt: Prompt = None,
+    template: Template = None, dtype: DType = None, quantize: Quantize = None, backend: Backend = None,
+    trust_remote_code: TrustRemote = False,
+    clip_model: ClipModel = "ViT-B-32", clip_pretrained: ClipPretrained = "openai", no_clip: NoClip = False,
+    sieve_model: SieveModel = None, no_sieve: NoSieve = False, mask: Mask = "sieve",
+    batch_size: BatchSize = None, device: Device = None, engine: EngineOpt = Engine.local, workers: Workers = None,
+    ray_address: RayAddress = None, actor_cpus: ActorCpus = None, actor_gpus: ActorGpus = None,
+    overwrite: Overwrite = False, quiet: Quiet = False, max_pixels: MaxPixels = None, image_keys: ImageKeys = "jpg,jpeg,png,webp",
 ):
     """Caption and score in one pass: each image is read and decoded once."""
-    opts = _caption_opts(num_captions, decoding, num_beams, top_p, top_k, temperature, max_new_tokens,
-                         min_new_tokens, repetition_penalty, seed, prompt, template, dtype, quantize, backend,
-                         trust_remote_code, batch_size, model)
+    opts = _caption_options(model=model, num_captions=num_captions, strategy=decoding, num_beams=num_beams,
+                            top_p=top_p, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens,
+                            min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty, seed=seed,
+                            prompt=prompt, template=template, dtype=dtype, quantize=quantize, backend=backend,
+                            trust_remote_code=trust_remote_code, batch_size=batch_size)
     _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
                   batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, opts,
                   ray_resources=_ray_resources(actor_cpus, actor_gpus))
@@ -255,8 +239,8 @@ def annotate(
              "    recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5\n\n"
              "    recaption mix shards/ -a ann/ --strategy raw --threshold 0.28 --dry-run")
 def mix(
-    input: str = typer.Argument(..., help="the shard set the annotations belong to"),
-    annotations: str = O(..., "--annotations", "-a"),
+    input: InputArg,
+    annotations: str = O(..., "--annotations", "-a", help="the annotation folder of this shard set"),
     out: Optional[str] = O(None, "--out", "-o", help="output shard folder (not needed with --dry-run)"),
     strategy: Strategy = O(Strategy.threshold, help="raw, synthetic, threshold, both or sieve (SPEC 4)"),
     threshold: Optional[float] = O(None, help="absolute score threshold"),
@@ -267,13 +251,9 @@ def mix(
     keep_sharding: bool = O(False, help="one output shard per input shard, same names"),
     dry_run: bool = O(False, help="print what would be kept and written; write nothing"),
     overwrite: bool = O(False, help="replace another run's files in --out"),
-    engine: Engine = O(Engine.local, rich_help_panel=RUN),
-    workers: Optional[int] = O(None, rich_help_panel=RUN),
-    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
-    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
-    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
-    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
-    image_keys: str = O("jpg,jpeg,png,webp", rich_help_panel=RUN),
+    engine: EngineOpt = Engine.local, workers: Workers = None, ray_address: RayAddress = None,
+    actor_cpus: ActorCpus = None, actor_gpus: ActorGpus = None, quiet: Quiet = False,
+    image_keys: ImageKeys = "jpg,jpeg,png,webp",
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
     from recaption import api
@@ -297,20 +277,14 @@ def mix(
              "    recaption run nguyen-blip2 'shards/{00000..00127}.tar' -o mixed/ --set mix.fraction=0.4\n\n"
              "    recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto")
 def run(
-    recipe: str = typer.Argument(..., help="recipe name (see `recaption recipes`) or a YAML file"),
-    input: str = typer.Argument(...),
+    recipe: Annotated[str, typer.Argument(help="recipe name (see `recaption recipes`) or a YAML file")],
+    input: InputArg,
     out: str = O(..., "--out", "-o", help="output folder: mixed shards, _summary.json, _dropped.parquet"),
     set: List[str] = O([], "--set", help="override a recipe field, e.g. mix.fraction=0.3 or caption.num_captions=4"),
     annotations: Optional[str] = O(None, "--annotations", "-a", help="annotation folder (default OUT/_annotations)"),
-    device: Optional[str] = O(None, rich_help_panel=RUN),
-    engine: Engine = O(Engine.local, rich_help_panel=RUN),
-    workers: Optional[int] = O(None, rich_help_panel=RUN),
-    ray_address: Optional[str] = O(None, rich_help_panel=RUN),
-    actor_cpus: Optional[float] = O(None, help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", rich_help_panel=RUN),
-    actor_gpus: Optional[float] = O(None, help="GPUs per Ray actor (default 1 when the cluster has GPUs)", rich_help_panel=RUN),
-    overwrite: bool = O(False, help="replace another run's files in --out", rich_help_panel=RUN),
-    quiet: bool = O(False, "--quiet", "-q", rich_help_panel=RUN),
-    max_pixels: Optional[int] = O(None, help="decompression-bomb limit in pixels", rich_help_panel=RUN),
+    device: Device = None, engine: EngineOpt = Engine.local, workers: Workers = None, ray_address: RayAddress = None,
+    actor_cpus: ActorCpus = None, actor_gpus: ActorGpus = None, overwrite: Overwrite = False, quiet: Quiet = False,
+    max_pixels: MaxPixels = None,
 ):
     """Caption, score and mix in one command. Re-run the same command to resume after a crash."""
     from recaption import api
