@@ -148,12 +148,18 @@ ImageKeys = Annotated[str, _opt(help="image fields, in priority order", panel=RU
 InputArg = Annotated[str, typer.Argument(help="shard folder, .tar, glob, brace pattern or list file")]
 
 
-def _caption_options(**kw) -> dict:
-    """CLI names -> captioner/decoding option names, unset ones left out."""
-    if kw.get("strategy") is not None:
+CAPTION_KEYS = ("model", "num_captions", "decoding", "num_beams", "top_p", "top_k", "temperature", "max_new_tokens",
+                "min_new_tokens", "repetition_penalty", "seed", "prompt", "template", "dtype", "quantize", "backend",
+                "trust_remote_code", "batch_size")
+
+
+def _caption_options(args: dict) -> dict:
+    """A verb's arguments -> captioner/decoding overrides; unset ones left out."""
+    kw = {("strategy" if k == "decoding" else k): args[k] for k in CAPTION_KEYS}
+    if kw["strategy"] is not None:
         kw["strategy"] = kw["strategy"].value
-    if not kw.get("trust_remote_code"):
-        kw.pop("trust_remote_code", None)
+    if not kw["trust_remote_code"]:
+        kw.pop("trust_remote_code")
     return {k: v for k, v in kw.items() if v is not None}
 
 
@@ -175,11 +181,7 @@ def caption(
     overwrite: Overwrite = False, quiet: Quiet = False, max_pixels: MaxPixels = None, image_keys: ImageKeys = "jpg,jpeg,png,webp",
 ):
     """Write N synthetic captions per sample into SPEC 2 annotation files."""
-    opts = _caption_options(model=model, num_captions=num_captions, strategy=decoding, num_beams=num_beams,
-                            top_p=top_p, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens,
-                            min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty, seed=seed,
-                            prompt=prompt, template=template, dtype=dtype, quantize=quantize, backend=backend,
-                            trust_remote_code=trust_remote_code, batch_size=batch_size)
+    opts = _caption_options(locals())
     _annotate_cmd(input, out, captioner, None, None, True, None, True, "sieve", batch_size, device, engine, workers,
                   ray_address, overwrite, quiet, max_pixels, image_keys, opts, caption_only=True,
                   ray_resources=_ray_resources(actor_cpus, actor_gpus))
@@ -223,11 +225,7 @@ def annotate(
     overwrite: Overwrite = False, quiet: Quiet = False, max_pixels: MaxPixels = None, image_keys: ImageKeys = "jpg,jpeg,png,webp",
 ):
     """Caption and score in one pass: each image is read and decoded once."""
-    opts = _caption_options(model=model, num_captions=num_captions, strategy=decoding, num_beams=num_beams,
-                            top_p=top_p, top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens,
-                            min_new_tokens=min_new_tokens, repetition_penalty=repetition_penalty, seed=seed,
-                            prompt=prompt, template=template, dtype=dtype, quantize=quantize, backend=backend,
-                            trust_remote_code=trust_remote_code, batch_size=batch_size)
+    opts = _caption_options(locals())
     _annotate_cmd(input, out, captioner, clip_model, clip_pretrained, no_clip, sieve_model, no_sieve, mask,
                   batch_size, device, engine, workers, ray_address, overwrite, quiet, max_pixels, image_keys, opts,
                   ray_resources=_ray_resources(actor_cpus, actor_gpus))

@@ -1,13 +1,12 @@
 """The command line as a user meets it: fast help, examples, one-line errors."""
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.test_end_to_end import cli
 
-VERBS = ["caption", "score", "annotate", "mix", "run", "recipes", "models", "demo"]
+VERBS = ["caption", "score", "annotate", "mix", "run", "import-captions", "report", "recipes", "models", "demo"]
 
 
 def test_help_is_fast_and_does_not_import_torch():
@@ -17,9 +16,6 @@ def test_help_is_fast_and_does_not_import_torch():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "NO-TORCH" in p.stderr
     assert all(v in p.stdout for v in VERBS)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "recaption.cli", "--help"], capture_output=True, timeout=60)
-    # measured, not asserted as a speed target: help is reported in the benchmark; here only no torch
 
 
 @pytest.mark.parametrize("verb", ["caption", "score", "annotate", "mix", "run"])
