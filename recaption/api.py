@@ -15,7 +15,7 @@ from recaption.captioners.base import CaptionerConfig, load_preset
 from recaption.errors import RecaptionError
 from recaption.io.atomic import exists, join, makedirs, read_text, remove_stale_temps, write_text
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
-from recaption.io.sources import check_unique_names, list_shards
+from recaption.io.sources import check_unique_names, list_shards, sample_count_hint
 from recaption.mixing.strategies import MixConfig
 from recaption.scoring.clip import ClipConfig
 
@@ -76,7 +76,7 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
     t0 = time.time()
     reports = run_stage(AnnotateStage(spec), shards, engine=engine, workers=workers,
                         desc="annotate" if cap else "score", quiet=quiet, ray_address=ray_address,
-                        ray_resources=ray_resources)
+                        ray_resources=ray_resources, count_of=sample_count_hint)
     return _summarise(reports, time.time() - t0)
 
 
@@ -122,25 +122,18 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     t_plan = time.time() - t0
     reports = run_stage(MixWriteStage(), [dataclasses.asdict(p) for p in plans], engine=engine,
                         workers=workers or 1, desc="write", quiet=quiet, ray_address=ray_address,
+                        count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]),
                         ray_resources={"num_gpus": 0, "num_cpus": 0.5} | (ray_resources or {}))
     failed = [r for r in reports if r["status"] == "failed"]
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
     summary["input"] = input_spec if isinstance(input_spec, str) else list(input_spec)
     summary["annotations"] = ann_dir
-    summary["written"] = sum(r.get("samples", 0) for r in reports if r["status"] != "failed") + sum(
-        _count_existing(out_dir, r["shard"]) for r in reports if r["status"] == "skipped")
+    summary["written"] = sum(r.get("samples", 0) for r in reports if r["status"] != "failed")
     summary["failed_output_shards"] = failed
     summary["seconds"] = {"pool_and_plan": round(t_plan, 3), "write": round(time.time() - t0 - t_plan, 3)}
     summary.update(extra_summary or {})
     write_text(join(out_dir, "_summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
-
-
-def _count_existing(out_dir, name) -> int:
-    try:
-        return json.loads(read_text(join(out_dir, f"{name}_stats.json")))["count"]
-    except Exception:
-        return 0
 
 
 def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) -> dict:

@@ -34,6 +34,11 @@ class Progress:
         if self._p is not None:
             self._p.advance(self._task, n)
 
+    def set_total(self, total: int):
+        self.total = total
+        if self._p is not None:
+            self._p.update(self._task, total=total)
+
     def note(self, report: dict):
         if report.get("status") == "failed":
             log.warning("shard %s failed: %s", report.get("shard"), report.get("error"))

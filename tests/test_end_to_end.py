@@ -1,6 +1,5 @@
 """annotate -> mix through the CLI on real shards with tiny models and the real MiniLM."""
 import json
-import shutil
 
 import pyarrow.parquet as pq
 import pytest

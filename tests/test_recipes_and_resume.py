@@ -1,5 +1,4 @@
 """`recaption run`: every recipe end to end, resume after kill -9, engines giving the same files."""
-import os
 import subprocess
 import sys
 import textwrap

@@ -38,19 +38,23 @@ def _as_dict(r):
 
 
 def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> list[dict]:
+    """Run `stage` over `items`; the bar counts samples (`count_of(item)` where known, else an
+    estimate from the first finished item) so it can show samples/s and an ETA."""
     workers = workers or default_workers()
     workers = min(workers, max(1, len(items)))
-    total = sum(count_of(i) for i in items) if count_of else None
+    counts = [count_of(i) if count_of else None for i in items]
+    total = sum(counts) if counts and all(c is not None for c in counts) else None
     reports = []
-    with Progress(desc, total=total if total else len(items), unit="samples" if total else "shards",
-                  quiet=quiet) as bar:
+    with Progress(desc, total=total, unit="samples", quiet=quiet) as bar:
+        def finished(r):
+            reports.append(r)
+            bar.note(r)
+            if bar.total is None and r.get("samples"):  # estimate the rest from what one item held
+                bar.set_total(int(r["samples"] * len(items)))
+
         if workers <= 1:
             for item in items:
-                r = _as_dict(stage(item, progress=bar.advance) if total else stage(item))
-                if not total:
-                    bar.advance(1)
-                reports.append(r)
-                bar.note(r)
+                finished(_as_dict(stage(item, progress=bar.advance)))
             return reports
         ctx = mp.get_context("spawn")
         gpus = ctx.Queue()
@@ -58,12 +62,11 @@ def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> l
         for w in range(workers):
             gpus.put(w % n_gpu if n_gpu else None)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(stage, gpus)) as ex:
-            futs = {ex.submit(_work, it): it for it in items}
+            futs = [ex.submit(_work, it) for it in items]
             for f in as_completed(futs):
                 r = f.result()
-                reports.append(r)
-                bar.advance(r.get("samples", 1) if total else 1)
-                bar.note(r)
+                bar.advance(r.get("samples", 0))
+                finished(r)
     return reports
 
 

@@ -69,3 +69,18 @@ def check_unique_names(shards: list[str]) -> None:
                 f"two shards share the name {n!r} ({seen[n]} and {s}); annotation files are keyed by shard name"
             )
         seen[n] = s
+
+
+def sample_count_hint(url: str) -> int | None:
+    """Samples in a shard per img2dataset's `NAME_stats.json` beside it (for progress), if present."""
+    import json
+
+    if not url.endswith(".tar"):
+        return None
+    try:
+        with fsspec.open(url[:-4] + "_stats.json", "rt") as f:
+            st = json.load(f)
+        n = st.get("successes", st.get("count"))
+        return int(n) if n is not None else None
+    except (OSError, ValueError, FileNotFoundError):
+        return None

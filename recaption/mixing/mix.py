@@ -201,16 +201,17 @@ class MixWriteStage:
         if isinstance(p, dict):
             p = OutputPlan(**{**p, "parts": [Part(**x) for x in p["parts"]]})
         if is_done(p.out_dir, p.name):
-            return WriteReport(p.name, "skipped")
+            n = sum(x.end - x.start for x in p.parts)
+            if progress:
+                progress(n)
+            return WriteReport(p.name, "skipped", n)
         try:
-            n = write_shard(p.out_dir, p.name, self._samples(p))["count"]
+            n = write_shard(p.out_dir, p.name, self._samples(p, progress))["count"]
         except Exception as e:
             return WriteReport(p.name, "failed", error=f"{type(e).__name__}: {e}")
-        if progress:
-            progress(n)
         return WriteReport(p.name, "done", n)
 
-    def _samples(self, p: OutputPlan):
+    def _samples(self, p: OutputPlan, progress=None):
         cfg = MixConfig(**p.cfg)
         numbers = _numbers_from(p.numbers)
         for part in p.parts:
@@ -234,6 +235,8 @@ class MixWriteStage:
                                          f"{rec.key!r} vs {rows[pos]['key']!r}); re-annotate it")
                 found += 1
                 yield self._sample(rec, rows[pos], decisions[pos], cfg)
+                if progress:
+                    progress(1)
             if found != len(want):
                 raise RecaptionError(f"{part.url}: {len(want) - found} kept samples could not be read back")
 

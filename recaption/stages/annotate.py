@@ -94,6 +94,8 @@ class AnnotateStage:
             existing = ann.read(out)
             if not self.spec.overwrite and (self.spec.captioner is not None or ann.is_scored(
                     existing, self.spec.clip is not None, self.spec.sieve_model is not None)):
+                if progress:
+                    progress(existing.num_rows)
                 return ShardReport(name, "skipped", existing.num_rows)
         self.setup()
         t = _Timer()
@@ -119,7 +121,6 @@ class AnnotateStage:
         else:
             rows, by_key = [], None
         caption_name = self.captioner.id if self.captioner else None
-        pending: list[tuple[dict, object]] = []  # (row, sample) waiting for a batch
         opts = ReadOptions(image_keys=s.image_keys)
         for batch, prep in _prefetch(self._decoded_batches(iter_shard(url, opts), name, t), t):
             todo = []

@@ -57,7 +57,7 @@ class ImportStage:
         name = shard_name(url)
         out = ann.path_for(s.ann_dir, name)
         if exists(out) and not s.overwrite:
-            return ShardReport(name, "skipped")
+            return ShardReport(name, "skipped")  # its samples are not counted again
         if self.table is None:
             self.table = load_caption_table(s.captions, s.key_column, s.caption_column)
         rows, matched = [], 0

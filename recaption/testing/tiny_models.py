@@ -119,7 +119,6 @@ def build_blip2_opt(out: str | Path, *, seed: int = 0, hidden: int = 64, image_s
 
 def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
     import open_clip
-    import torch
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)

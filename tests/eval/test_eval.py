@@ -72,7 +72,6 @@ def test_compare_strategies_table(tiny_models, minilm, shard_dir, tmp_path):
         assert r["kept"] + r["dropped"] == 18 and r["kept"] == r["raw"] + r["replaced"]
     assert table["synthetic"]["replaced"] == 18 and table["raw"]["replaced"] == 0
     # the dry run of the same mix agrees
-    import json
     from recaption import api
     from recaption.mixing.strategies import MixConfig
 
@@ -80,4 +79,3 @@ def test_compare_strategies_table(tiny_models, minilm, shard_dir, tmp_path):
                   dry_run=True)
     assert dry["counts"]["written"] == table["threshold"]["kept"]
     assert dry["counts"]["synthetic"] == table["threshold"]["replaced"]
-    del json
