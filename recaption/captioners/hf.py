@@ -66,8 +66,16 @@ class HFCaptioner(Captioner):
         return int(self._size)
 
     def prepare(self, images, raw_captions):
+        import torch
+
         text = [self.cfg.prompt] * len(images) if self.cfg.prompt else None
         inputs = self.processor(images=images, text=text, return_tensors="pt")
+        mc = self.model.config
+        if text is None and self.cfg.backend == "blip2" and not getattr(mc, "use_decoder_only_language_model", True):
+            # BLIP-2 + T5 without a prompt: the encoder sees the query embeddings alone. transformers 5's
+            # default here appends text_config.bos_token_id, which T5 configs do not have.
+            ids = torch.full((len(images), mc.num_query_tokens), mc.image_token_index, dtype=torch.long)
+            inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
         if self.device != "cpu":
             inputs = {k: v.pin_memory() for k, v in inputs.items()}
         return inputs

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -114,8 +114,18 @@ def plan(shards: list[str], ann_dir: str, out_dir: str | None, cfg: MixConfig, p
     """Decide every row; stream drops to `_dropped.parquet` (unless out_dir is None: dry run)."""
     counts = {"read": 0, "kept": 0, "raw": 0, "synthetic": 0, "errors": 0, "dropped": {}, "shard_errors": []}
     kept_per_shard: list[tuple[str, str, int]] = []
-    dropped_buf = io.BytesIO()
-    writer = pq.ParquetWriter(dropped_buf, DROPPED_SCHEMA) if out_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if out_dir is not None:  # drops stream to the file, one row group per shard: memory stays flat
+            f = stack.enter_context(atomic_open(join(out_dir, "_dropped.parquet")))
+            writer = pq.ParquetWriter(f, DROPPED_SCHEMA)
+            stack.callback(writer.close)
+        _decide_all(shards, ann_dir, cfg, pool, counts, kept_per_shard, writer)
+    plans = _assign(kept_per_shard, cfg, pool, out_dir or "", list(image_keys))
+    return plans, counts
+
+
+def _decide_all(shards, ann_dir, cfg, pool, counts, kept_per_shard, writer):
     for u in shards:
         name, path = shard_name(u), ann_file(ann_dir, u)
         if not exists(path):
@@ -141,12 +151,6 @@ def plan(shards: list[str], ann_dir: str, out_dir: str | None, cfg: MixConfig, p
         kept_per_shard.append((u, path, kept))
         if writer is not None and drops["key"]:
             writer.write_table(pa.table(drops, schema=DROPPED_SCHEMA))
-    if writer is not None:
-        writer.close()
-        with atomic_open(join(out_dir, "_dropped.parquet")) as f:
-            f.write(dropped_buf.getvalue())
-    plans = _assign(kept_per_shard, cfg, pool, out_dir or "", list(image_keys))
-    return plans, counts
 
 
 def _drop(drops, counts, key, shard, reason):

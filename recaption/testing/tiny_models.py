@@ -117,6 +117,47 @@ def build_blip2_opt(out: str | Path, *, seed: int = 0, hidden: int = 64, image_s
     return out
 
 
+def _unigram_tokenizer():
+    """A T5-style (Unigram, '</s>' eos, '<pad>' start) tokenizer trained on the word list."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.Unigram())
+    t.pre_tokenizer = pre_tokenizers.Metaspace()
+    t.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>", "<image>"],
+                                      unk_token="<unk>")
+    t.train_from_iterator([" ".join(WORDS[i : i + 6]) for i in range(0, len(WORDS), 3)] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                   model_max_length=128)
+
+
+def build_blip2_t5(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64,
+                   num_query_tokens: int = 4) -> Path:
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, T5Config
+
+    out = Path(out)
+    tok = _unigram_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.image_token = "<image>"
+    text = T5Config(vocab_size=len(tok), d_model=hidden, d_kv=32, d_ff=hidden * 2, num_layers=2, num_decoder_layers=2,
+                    num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    decoder_start_token_id=tok.pad_token_id)
+    cfg = Blip2Config(
+        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=image_size, patch_size=16),
+        qformer_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                            num_attention_heads=2, encoder_hidden_size=hidden, vocab_size=64),
+        text_config=text.to_dict(), num_query_tokens=num_query_tokens,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    _seed(seed)
+    Blip2ForConditionalGeneration(cfg).eval().save_pretrained(out)
+    Blip2Processor(BlipImageProcessor(size={"height": image_size, "width": image_size}), tok,
+                   num_query_tokens=num_query_tokens).save_pretrained(out)
+    return out
+
+
 def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
     import open_clip
     from safetensors.torch import save_file
@@ -181,11 +222,15 @@ def build_sentence_transformer(out: str | Path, *, seed: int = 0) -> Path:
 def build_all(root: str | Path) -> dict[str, str]:
     root = Path(root)
     done = root / "_ok.json"
+    builders = ("blip", "blip2", "blip2t5", "clip", "coca")
     if done.exists():
-        return json.loads(done.read_text())
+        cached = json.loads(done.read_text())
+        if set(builders) <= set(cached):
+            return cached
     paths = {
         "blip": str(build_blip(root / "blip")),
         "blip2": str(build_blip2_opt(root / "blip2-opt")),
+        "blip2t5": str(build_blip2_t5(root / "blip2-t5")),
         "clip": build_clip(root / "clip"),
         "coca": build_coca(root / "coca"),
     }

@@ -14,18 +14,17 @@ IMAGES = [Image.new("RGB", (70, 50), c) for c in ("red", "blue", "green")]
     ("sample", {"num_captions": 3, "top_p": 0.9, "top_k": 20, "temperature": 0.8}),
     ("beam", {"num_captions": 2, "num_beams": 3}),
 ])
-@pytest.mark.parametrize("which", ["blip", "blip2", "coca"])
+@pytest.mark.parametrize("which", ["blip", "blip2", "blip2t5", "coca"])
 def test_n_candidates_deterministic_under_seed(tiny_models, which, strategy, extra):
-    cfg = load_preset(tiny_models[which], backend="blip2" if which == "blip2" else None,
-                      strategy=strategy, max_new_tokens=5, seed=7, **extra)
+    backend = "blip2" if which.startswith("blip2") else None
+    cfg = load_preset(tiny_models[which], backend=backend, strategy=strategy, max_new_tokens=5, seed=7, **extra)
     cap = build_captioner(cfg)
     a = cap.caption(IMAGES, [None] * 3, "s/k")
     assert len(a) == 3 and all(len(c) == extra.get("num_captions", 1) for c in a)
     assert all(isinstance(x, str) for c in a for x in c)
     assert a == cap.caption(IMAGES, [None] * 3, "s/k")
     if strategy == "sample":
-        cfg2 = load_preset(tiny_models[which], backend="blip2" if which == "blip2" else None,
-                           strategy=strategy, max_new_tokens=5, seed=8, **extra)
+        cfg2 = load_preset(tiny_models[which], backend=backend, strategy=strategy, max_new_tokens=5, seed=8, **extra)
         assert build_captioner(cfg2).caption(IMAGES, [None] * 3, "s/k") != a
 
 
@@ -125,3 +124,12 @@ def test_coca_kv_cache_gives_the_uncached_result(tiny_models, strategy, extra):
         for i in range(1, seq.shape[1]):
             got = d.step(seq[:, i - 1])
             assert torch.allclose(got, step_logits(cap.model, embs[:1], seq[:, :i]), atol=1e-4)
+
+
+def test_blip2_t5_with_and_without_prompt(tiny_models):
+    """T5 configs have no bos_token_id; without a prompt the encoder gets the query embeddings alone."""
+    for prompt in (None, "Question: what is in the picture? Answer:"):
+        cap = build_captioner(load_preset(tiny_models["blip2t5"], backend="blip2", max_new_tokens=4, prompt=prompt))
+        assert not cap.model.config.use_decoder_only_language_model
+        out = cap.caption(IMAGES, [None] * 3, "t5")
+        assert len(out) == 3 and all(len(c) == 1 for c in out)
