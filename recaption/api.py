@@ -1,8 +1,13 @@
 """The Python API: what the CLI calls, usable from notebooks and other pipelines.
 
     from recaption import api
-    api.annotate("shards/", "ann/", captioner="sieve", clip_model="ViT-B-32", sieve_model=DEFAULT)
-    api.mix("shards/", "ann/", "out/", MixConfig(strategy="threshold", fraction=0.3))
+    from recaption.mixing.strategies import MixConfig
+    from recaption.scoring.clip import ClipConfig
+
+    api.annotate("shards/", "ann/", captioner="sieve", clip=ClipConfig("ViT-B-32", "openai"),
+                 sieve_model=api.default_sieve_model())
+    api.mix("shards/", "ann/", "out/", MixConfig(strategy="threshold", fraction=0.3, filter_synthetic=True))
+    api.run("sieve", "shards/", "out/", sets=["mix.fraction=0.1"])
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ fixed seed. Each builder returns the directory (or open_clip `local-dir:` id) to
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 WORDS = (
@@ -169,7 +170,12 @@ def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
         }}, indent=1)
     )
     _seed(seed)
-    model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # "no weights found" is the point here: we make them
+    try:
+        model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
+    finally:
+        root.setLevel(level)
     # Tied or shared tensors must be cloned for safetensors.
     save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()},
               str(out / "open_clip_model.safetensors"))
