@@ -261,6 +261,8 @@ class MixWriteStage:
             "key": rec.key, "caption": d.caption, "caption_source": d.source, "url": meta.get("url"),
             "raw_caption": row["raw_caption"], "synthetic_caption": d.synthetic, "clip_raw": row["clip_raw"],
             "clip_synthetic": d.clip_synthetic, "sieve": row["sieve"], "blend": d.blend,
-            "source_shard": rec.shard, "status": "success", "width": meta.get("width"), "height": meta.get("height"),
+            "source_shard": rec.shard, "status": "success", "error_message": None,
+            # img2dataset's columns, carried from the sample's json where it has them
+            **{k: meta.get(k) for k in ("width", "height", "original_width", "original_height", "sha256")},
         }
         return rec.key, members, prow
