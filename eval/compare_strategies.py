@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,37 +17,12 @@ from pathlib import Path
 def compare(path: str, fraction: float = 0.3, alpha: float = 0.5) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from recaption.mixing.strategies import STRATEGIES, MixConfig, PoolNumbers, decide, row_blend
-    from recaption.scoring.blend import MinMax, fraction_threshold
+    from recaption.mixing.compare import strategy_table
 
     p = Path(path)
     ann_dir = p / "_annotations" if (p / "_annotations").is_dir() else p
     rows = [r for f in sorted(ann_dir.glob("*.parquet")) for r in pq.read_table(f).to_pylist() if r["key"]]
-    ok = [r for r in rows if r["status"] == "ok"]
-    base = PoolNumbers(MinMax.of(r["sieve"] for r in ok), MinMax.of(r["clip_raw"] for r in ok), None)
-    thresholds = {"clip_raw": fraction_threshold([r["clip_raw"] for r in ok], fraction),
-                  "blend": fraction_threshold([row_blend(r, base, alpha) for r in ok], fraction)}
-    table = []
-    for s in STRATEGIES:
-        cfg = MixConfig(strategy=s, fraction=fraction if s in ("raw", "threshold", "sieve") else None,
-                        alpha=alpha, filter_synthetic=(s == "threshold"))
-        t = thresholds["blend" if s == "sieve" else "clip_raw"] if cfg.fraction is not None else None
-        pool = PoolNumbers(base.sieve, base.clip_raw, t)
-        kept_scores, c = [], {"raw": 0, "synthetic": 0, "dropped": 0}
-        for r in rows:
-            dec = decide(r, cfg, pool)
-            if not dec.keep:
-                c["dropped"] += 1
-                continue
-            c[dec.source] += 1
-            sc = r["clip_raw"] if dec.source == "raw" else dec.clip_synthetic
-            if sc is not None:
-                kept_scores.append(sc)
-        table.append({"strategy": s, "threshold": t, "kept": c["raw"] + c["synthetic"],
-                      "raw": c["raw"], "replaced": c["synthetic"], "dropped": c["dropped"],
-                      "mean_clip_written": statistics.fmean(kept_scores) if kept_scores else None,
-                      "median_clip_written": statistics.median(kept_scores) if kept_scores else None})
-    return table
+    return strategy_table(rows, fraction, alpha)
 
 
 def main(argv=None):

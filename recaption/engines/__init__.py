@@ -5,9 +5,16 @@ the stage runs. A stage is picklable before `setup()`, which builds its models i
 """
 from __future__ import annotations
 
+import dataclasses
+
 from recaption.errors import RecaptionError
 
 ENGINES = ("local", "ray")
+
+
+def as_dict(report):
+    """Stage reports cross process boundaries as plain dicts."""
+    return dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report
 
 
 def run_stage(stage, items: list, *, engine: str = "local", workers: int | None = None, desc: str = "",

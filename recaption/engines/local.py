@@ -2,23 +2,27 @@
 dynamically (the next free worker takes the next shard)."""
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from recaption.engines import as_dict
 from recaption.progress import Progress
 
 _STAGE = None
 
 
-def default_workers() -> int:
+def gpu_count() -> int:
     try:
         import torch
 
-        return max(1, torch.cuda.device_count())
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:
-        return 1
+        return 0
+
+
+def default_workers() -> int:
+    return max(1, gpu_count())
 
 
 def _init(stage, gpu_queue):
@@ -30,11 +34,7 @@ def _init(stage, gpu_queue):
 
 
 def _work(item):
-    return _as_dict(_STAGE(item))
-
-
-def _as_dict(r):
-    return dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r
+    return as_dict(_STAGE(item))
 
 
 def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> list[dict]:
@@ -54,11 +54,11 @@ def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> l
 
         if workers <= 1:
             for item in items:
-                finished(_as_dict(stage(item, progress=bar.advance)))
+                finished(as_dict(stage(item, progress=bar.advance)))
             return reports
         ctx = mp.get_context("spawn")
         gpus = ctx.Queue()
-        n_gpu = default_workers() if _has_cuda() else 0
+        n_gpu = gpu_count()
         for w in range(workers):
             gpus.put(w % n_gpu if n_gpu else None)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(stage, gpus)) as ex:
@@ -68,12 +68,3 @@ def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> l
                 bar.advance(r.get("samples", 0))
                 finished(r)
     return reports
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False

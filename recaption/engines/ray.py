@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 
+from recaption.engines import as_dict
 from recaption.errors import require
 
 
@@ -17,14 +18,9 @@ class _StageActor:
         self.stage = stage
 
     def __call__(self, batch):
-        import dataclasses
-
         import numpy as np
 
-        out = []
-        for item in batch["item"]:
-            r = self.stage(json.loads(item))
-            out.append(json.dumps(dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r))
+        out = [json.dumps(as_dict(self.stage(json.loads(item)))) for item in batch["item"]]
         return {"report": np.array(out, dtype=object)}
 
 

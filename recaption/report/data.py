@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from recaption.errors import RecaptionError
-from recaption.mixing.strategies import STRATEGIES, MixConfig, PoolNumbers, decide, row_blend, synthetic_of
+from recaption.mixing.compare import strategy_table
+from recaption.mixing.strategies import PoolNumbers, row_blend, synthetic_of
 from recaption.scoring.blend import MinMax, fraction_threshold
 
 
@@ -52,18 +53,9 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float = 0.3,
     if summary and summary.get("threshold") is not None:
         col = {"clip_raw": "clip_raw", "clip_synthetic": "clip_syn", "blend": "blend"}[summary["threshold_column"]]
         data.thresholds[col] = summary["threshold"]
-    for s in STRATEGIES:
-        cfg = MixConfig(strategy=s, fraction=fraction if s in ("threshold", "sieve", "raw") else None, alpha=alpha,
-                        filter_synthetic=(s == "threshold"))
-        col = {"sieve": "blend"}.get(s, "clip_raw")
-        pool = PoolNumbers(mm.sieve, mm.clip_raw, data.thresholds[col] if cfg.fraction is not None else None)
-        c = {"raw": 0, "synthetic": 0, "dropped": len(raw_rows) - len(ok)}
-        if pool.threshold is None and s in ("threshold", "sieve"):
-            continue
-        for r in ok:
-            d = decide(r, cfg, pool)
-            c[d.source if d.keep else "dropped"] += 1
-        data.per_strategy[s] = c
+    own = {k: data.thresholds[k] for k in ("clip_raw", "blend")}
+    for t in strategy_table(raw_rows, fraction, alpha, own):
+        data.per_strategy[t["strategy"]] = {"raw": t["raw"], "synthetic": t["replaced"], "dropped": t["dropped"]}
     _pick_images(data, p, input_spec)
     return data
 
