@@ -1,7 +1,8 @@
-"""Where data files live: `prompts/` (mask lists, VLM templates), presets and recipes."""
+"""Where data files live: `recaption.prompts` (the repository's prompts/ folder: mask lists, VLM
+templates), presets and recipes, all read through importlib.resources so an installed wheel has them."""
 from __future__ import annotations
 
-import sys
+from importlib import resources
 from pathlib import Path
 
 from recaption.errors import RecaptionError
@@ -9,24 +10,30 @@ from recaption.errors import RecaptionError
 PACKAGE = Path(__file__).resolve().parent
 
 
-def prompts_dir() -> Path:
-    for cand in (PACKAGE.parent / "prompts", Path(sys.prefix) / "share" / "recaption" / "prompts"):
-        if cand.is_dir():
-            return cand
-    raise RecaptionError("cannot find the prompts/ folder; reinstall recaption")
+def prompts_dir():
+    """The prompts folder as an importlib.resources Traversable."""
+    try:
+        root = resources.files("recaption.prompts")
+    except ModuleNotFoundError:
+        root = None
+    if root is None or not root.joinpath("masks").is_dir():
+        raise RecaptionError("cannot find recaption's prompt files (recaption.prompts); reinstall recaption")
+    return root
 
 
-def named_or_path(kind: str, name: str, suffix: str) -> Path:
+def named_or_path(kind: str, name: str, suffix: str):
     """A name from `prompts/<kind>/` (without suffix) or a path to a user's own file."""
     p = Path(name).expanduser()
     if p.is_file():
         return p
-    cand = prompts_dir() / kind / f"{name}{suffix}"
+    folder = prompts_dir().joinpath(kind)
+    cand = folder.joinpath(f"{name}{suffix}")
     if cand.is_file():
         return cand
-    choices = ", ".join(sorted(x.stem for x in (prompts_dir() / kind).glob(f"*{suffix}")))
+    choices = ", ".join(sorted(x.name[: -len(suffix)] for x in folder.iterdir() if x.name.endswith(suffix)))
     raise RecaptionError(f"unknown {kind[:-1]} {name!r}: not a file, and not one of: {choices}")
 
 
 def sample_shards_dir() -> Path:
+    """The bundled sample shards (used by `recaption demo`)."""
     return PACKAGE / "data" / "sample-shards"

@@ -1,0 +1,1 @@
+"""recaption's prompt data (mask lists, VLM prompt templates), installed as `recaption.prompts`."""
