@@ -1,8 +1,8 @@
-"""Errors users see as one line, and the optional-dependency guard."""
+"""Errors users see as one line, the optional-dependency guard, and reason categories."""
 from __future__ import annotations
 
-import functools
 import importlib.util
+import re
 
 
 class RecaptionError(Exception):
@@ -10,10 +10,10 @@ class RecaptionError(Exception):
 
 
 class MissingExtra(RecaptionError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
     def __init__(self, module: str, extra: str):
-        super().__init__(
-            f"{module} is not installed; install it with: pip install 'recaption[{extra}]'"
-        )
+        super().__init__(f"{module} is not installed; install it with: pip install 'recaption[{extra}]'")
         self.module, self.extra = module, extra
 
 
@@ -23,13 +23,7 @@ def require(module: str, extra: str) -> None:
         raise MissingExtra(module, extra)
 
 
-def requires(module: str, extra: str):
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*a, **kw):
-            require(module, extra)
-            return fn(*a, **kw)
-
-        return inner
-
-    return wrap
+def reason_category(reason: str) -> str:
+    """Group error and drop reasons for summaries: numbers and parenthesised details left out."""
+    text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
+    return re.sub(r"\s+", " ", text).strip()[:120]

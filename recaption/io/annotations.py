@@ -1,13 +1,21 @@
-"""The SPEC 2 annotation parquet: one file per input shard, one row per sample, fixed schema."""
+"""The annotation parquet: one file per input shard, one row per sample, a fixed schema.
+
+Each file also records, in its parquet metadata, the format version and the settings that wrote
+each column group (captions, clip, sieve), so a re-run can tell a finished group from one written
+with other settings, and add a missing group instead of skipping the file.
+"""
 from __future__ import annotations
 
 import io
+import json
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recaption.io.atomic import atomic_open, join
+from recaption.io.atomic import atomic_open, join, open_url
+
+FORMAT_VERSION = 1
+META_KEY = b"recaption"
 
 SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -24,43 +32,64 @@ SCHEMA = pa.schema([
     ("error", pa.string()),
 ])
 COLUMNS = SCHEMA.names
-SCORE_COLUMNS = ("clip_raw", "clip_captions", "sieve", "sieve_mean", "sieve_best")
+
+# Column groups, each written by one scorer or the captioner, each with its own recorded settings.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "captions": ("captions", "captioner"),
+    "clip": ("clip_raw", "clip_captions"),
+    "sieve": ("sieve", "sieve_mean", "sieve_best"),
+}
+# What a column holds when its group was never computed (or was dropped because captions changed).
+BLANK = {"captions": [], "captioner": None, "clip_raw": None, "clip_captions": [], "sieve": None,
+         "sieve_mean": None, "sieve_best": None}
 
 
 def empty_row(key, shard, raw_caption=None) -> dict:
-    return {c: None for c in COLUMNS} | {
-        "key": key, "shard": shard, "raw_caption": raw_caption, "captions": [], "clip_captions": [],
-        "status": "ok",
-    }
+    """A fresh ok row: no captions, no scores."""
+    return {"key": key, "shard": shard, "raw_caption": raw_caption, **BLANK, "status": "ok", "error": None}
 
 
 def error_row(key, shard, error: str, raw_caption=None) -> dict:
+    """A row for a sample (or, with key None, a whole shard) that could not be processed."""
     return empty_row(key, shard, raw_caption) | {"status": "error", "error": error}
 
 
+def blank_group(row: dict, group: str) -> None:
+    """Reset one group's columns in a row, in place."""
+    for c in GROUPS[group]:
+        v = BLANK[c]
+        row[c] = list(v) if isinstance(v, list) else v
+
+
 def path_for(ann_dir: str, shard: str) -> str:
+    """`ANN/NAME.parquet` for input shard NAME."""
     return join(ann_dir, f"{shard}.parquet")
 
 
-def to_table(rows: list[dict]) -> pa.Table:
+def to_table(rows: list[dict], groups: dict | None = None) -> pa.Table:
+    """Rows -> a table with the fixed schema (extra keys become extra columns) and the metadata."""
     extra = [k for k in (rows[0] if rows else {}) if k not in COLUMNS]
     cols = {c: [r.get(c) for r in rows] for c in COLUMNS}
     t = pa.Table.from_pydict(cols, schema=SCHEMA)
     for k in extra:
         t = t.append_column(k, pa.array([r.get(k) for r in rows]))
-    return t
+    meta = {"format_version": FORMAT_VERSION, "groups": groups or {}}
+    return t.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
-def write(url: str, rows: list[dict]) -> None:
-    """Write the whole file atomically: a parquet that exists is a finished shard."""
+def write(url: str, rows: list[dict], groups: dict | None = None) -> None:
+    """Write the whole file atomically: a parquet that exists is a finished shard.
+
+    `groups` maps each column group that holds results to the settings that computed it."""
     buf = io.BytesIO()
-    pq.write_table(to_table(rows), buf, compression="zstd")
+    pq.write_table(to_table(rows, groups), buf, compression="zstd")
     with atomic_open(url) as f:
         f.write(buf.getvalue())
 
 
 def read(url: str, columns: list[str] | None = None) -> pa.Table:
-    with fsspec.open(url, "rb") as f:
+    """The table (or some columns of it); a file without recaption's columns is a clear error."""
+    with open_url(url, "rb") as f:
         t = pq.read_table(f, columns=columns)
     missing = [c for c in (columns or COLUMNS) if c not in t.column_names]
     if missing:
@@ -71,17 +100,18 @@ def read(url: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def read_rows(url: str) -> list[dict]:
+    """Every row as a dict (for one shard's worth of rows; pools are read columnar)."""
     return read(url).to_pylist()
 
 
-def is_scored(t: pa.Table, need_clip: bool, need_sieve: bool) -> bool:
-    """True when every ok row with captions already carries the requested scores."""
-    rows = t.select(["status", "raw_caption", "captions", "clip_raw", "sieve"]).to_pylist()
-    for r in rows:
-        if r["status"] != "ok":
-            continue
-        if need_clip and r["clip_raw"] is None and r["raw_caption"] is not None:
-            return False
-        if need_sieve and r["sieve"] is None and r["raw_caption"] is not None and r["captions"]:
-            return False
-    return True
+def metadata(t: pa.Table | pa.Schema) -> dict | None:
+    """The recorded {format_version, groups}; None for a file written before they were recorded."""
+    schema = t.schema if isinstance(t, pa.Table) else t
+    raw = (schema.metadata or {}).get(META_KEY)
+    return json.loads(raw) if raw else None
+
+
+def read_metadata(url: str) -> dict | None:
+    """`metadata` from the file footer alone (no data pages read)."""
+    with open_url(url, "rb") as f:
+        return metadata(pq.read_schema(f))

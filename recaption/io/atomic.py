@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 
 import fsspec
@@ -77,14 +76,10 @@ def write_text(url: str, text: str) -> None:
 
 
 def read_text(url: str) -> str:
-    with fsspec.open(url, "rt", encoding="utf-8") as f:
+    with open_url(url, "rt", encoding="utf-8") as f:
         return f.read()
 
 
-def local_path(url: str) -> str | None:
-    fs, path = fsspec.core.url_to_fs(url)
-    return path if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) else None
-
-
-__all__ = ["atomic_open", "write_bytes", "write_text", "read_text", "exists", "makedirs", "join",
-           "remove_stale_temps", "local_path", "os"]
+def open_url(url: str, mode: str = "rb", **kw):
+    """Open any fsspec URL for reading."""
+    return fsspec.open(url, mode, **kw)

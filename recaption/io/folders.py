@@ -1,0 +1,210 @@
+"""Folders recaption writes into: refusing overlaps, claiming a folder for one set of settings,
+and removing, on --overwrite, only the files recaption recorded writing there.
+
+Every folder recaption writes carries `_recaption.json`: the kind of folder, the settings that
+wrote it and (for output folders) the names of the files written. The same settings resume;
+other settings are refused unless --overwrite; --overwrite never touches a file not recorded.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import fsspec
+
+from recaption.errors import RecaptionError
+from recaption.io.atomic import exists, join, makedirs, read_text, remove_stale_temps, write_text
+
+RECORD = "_recaption.json"
+FORMAT_VERSION = 1
+
+
+# -- overlaps --------------------------------------------------------------------------------
+def normalize(url: str) -> str:
+    """`proto://absolute/path` without a trailing slash, symlinks resolved for local paths."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if proto in ("file", "local"):
+        proto, path = "file", os.path.realpath(path)
+    return f"{proto}://{path.rstrip('/') or '/'}"
+
+
+def relation(a: str, b: str) -> str | None:
+    """How normalized folder `a` relates to `b`: 'is', 'lies inside', 'contains', or None."""
+    if a == b:
+        return "is"
+    if a.startswith(b.rstrip("/") + "/"):
+        return "lies inside"
+    if b.startswith(a.rstrip("/") + "/"):
+        return "contains"
+    return None
+
+
+def input_folders(shards: list[str]) -> set[str]:
+    """The folders the input shards live in."""
+    return {normalize(s).rsplit("/", 1)[0] for s in shards}
+
+
+def refuse_overlap(out: str, shards: list[str], what: str = "output folder") -> None:
+    """An output that is, contains or lies inside an input shard folder could destroy the input."""
+    o = normalize(out)
+    for d in sorted(input_folders(shards)):
+        rel = relation(o, d)
+        if rel:
+            raise RecaptionError(f"{what} {out} {rel} the input shard folder {_show(d)}; "
+                                 "choose a folder outside the input")
+
+
+def refuse_annotation_overlap(out: str, ann_dir: str) -> None:
+    """Mix output into the annotation folder (or below it) would mix shards and annotation files."""
+    rel = relation(normalize(out), normalize(ann_dir))
+    if rel in ("is", "lies inside"):
+        raise RecaptionError(f"output folder {out} {rel} the annotation folder {ann_dir}; "
+                             "choose an --out outside it")
+
+
+def _show(n: str) -> str:
+    return n[len("file://"):] if n.startswith("file://") else n
+
+
+# -- records ---------------------------------------------------------------------------------
+def read_record(folder: str) -> dict | None:
+    """The folder's `_recaption.json`, or None where recaption never claimed it."""
+    p = join(folder, RECORD)
+    if not exists(p):
+        return None
+    try:
+        rec = json.loads(read_text(p))
+    except ValueError as e:
+        raise RecaptionError(f"{p} is not valid JSON ({e}); it is recaption's record of this folder") from None
+    return rec if isinstance(rec, dict) else None
+
+
+def write_record(folder: str, record: dict) -> None:
+    """Write the record atomically (it is the folder's claim)."""
+    record = {"format_version": FORMAT_VERSION} | record
+    write_text(join(folder, RECORD), json.dumps(record, indent=2, sort_keys=True, default=str))
+
+
+def _canonical(x) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+# Names recaption writes in an output folder; a folder recaption did not claim that holds any of
+# them is refused even with --overwrite, since those files were someone else's.
+def _looks_like_ours(name: str) -> bool:
+    return name.endswith((".tar", ".parquet", "_stats.json")) or name in ("_summary.json", "_decisions")
+
+
+def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
+                 hint_same_annotations: bool = False) -> dict:
+    """Claim `out_dir` for a run with `identity`; returns the record. Resumes a run with the same
+    identity; replaces one with another identity only with `overwrite`, removing only its files."""
+    rec = read_record(out_dir)
+    if rec is None:
+        _refuse_foreign_files(out_dir)
+    elif rec.get("kind") != kind or _canonical(rec.get("identity")) != _canonical(identity):
+        if not overwrite:
+            what = "another run's files (different settings)"
+            if rec.get("kind") == "annotations":
+                what = "annotation files"
+            tail = ("; only the mix settings differ, so --overwrite redoes the mix and keeps the annotations"
+                    if hint_same_annotations else "")
+            raise RecaptionError(f"{out_dir} holds {what}; to resume that run, repeat its command; to replace "
+                                 f"it, add --overwrite; or choose another --out{tail}")
+        if rec.get("kind") == "annotations":
+            raise RecaptionError(f"{out_dir} is an annotation folder; --overwrite does not turn it into an "
+                                 "output folder: choose another --out")
+        remove_recorded(out_dir, rec)
+        rec = None
+    makedirs(out_dir)
+    remove_stale_temps(out_dir)
+    if rec is None:
+        rec = {"kind": kind, "identity": identity, "written": []}
+        write_record(out_dir, rec)
+    return rec
+
+
+def _refuse_foreign_files(out_dir: str) -> None:
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path):
+        raise RecaptionError(f"{out_dir} exists and is not a folder")
+    foreign = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
+                     if _looks_like_ours(p.rsplit("/", 1)[-1]))
+    if foreign:
+        raise RecaptionError(f"{out_dir} already holds files recaption did not write there ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose an empty --out")
+
+
+def record_written(out_dir: str, rec: dict, names: list[str]) -> None:
+    """Add names to the record before they are written, so --overwrite can remove them later."""
+    new = [n for n in names if n not in set(rec.get("written", []))]
+    if new:
+        rec["written"] = list(rec.get("written", [])) + new
+        write_record(out_dir, rec)
+
+
+def remove_recorded(out_dir: str, rec: dict) -> int:
+    """Remove the files a record lists (and nothing else); returns how many were removed."""
+    fs, path = fsspec.core.url_to_fs(out_dir)
+    n = 0
+    for name in rec.get("written", []):
+        if "/" in name.strip("/") or name in ("", ".", ".."):
+            continue  # records list plain names; anything else is not ours to follow
+        p = f"{path.rstrip('/')}/{name}"
+        if fs.exists(p):
+            fs.rm(p, recursive=fs.isdir(p))
+            n += 1
+    return n
+
+
+# -- annotation folders ----------------------------------------------------------------------
+def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool) -> dict:
+    """Claim column groups of an annotation folder: `wanted` maps group -> settings. A group already
+    written there with other settings is refused unless `overwrite`. Returns the groups in force."""
+    rec = read_record(ann_dir)
+    if rec is not None and rec.get("kind") != "annotations":
+        raise RecaptionError(f"{ann_dir} is a mixed output folder, not an annotation folder")
+    if rec is None:
+        _refuse_foreign_annotations(ann_dir)
+    groups = dict((rec or {}).get("groups") or {})
+    clash = [g for g, s in wanted.items() if g in groups and _canonical(groups[g]) != _canonical(s)]
+    if clash and not overwrite:
+        g = clash[0]
+        raise RecaptionError(
+            f"{ann_dir} holds {g} written with other settings ({describe(groups[g])}; now {describe(wanted[g])}); "
+            "to resume that run, repeat its command; to replace them, add --overwrite; or choose another folder")
+    if "captions" in wanted and (clash and "captions" in clash or "captions" not in groups):
+        for dep in ("clip", "sieve"):  # scores of other captions no longer hold
+            if dep not in wanted:
+                groups.pop(dep, None)
+    groups.update(wanted)
+    makedirs(ann_dir)
+    remove_stale_temps(ann_dir)
+    if rec is None or _canonical(rec.get("groups")) != _canonical(groups):
+        write_record(ann_dir, {"kind": "annotations", "groups": groups})
+    return groups
+
+
+def _refuse_foreign_annotations(ann_dir: str) -> None:
+    fs, path = fsspec.core.url_to_fs(ann_dir)
+    if not fs.exists(path):
+        return
+    if not fs.isdir(path):
+        raise RecaptionError(f"{ann_dir} exists and is not a folder")
+    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    if any(n.endswith(".tar") for n in names):
+        raise RecaptionError(f"{ann_dir} holds shards (*.tar); annotation files go in a folder of their own")
+
+
+def describe(settings: dict) -> str:
+    """A short human line for group settings."""
+    parts = []
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            parts.append(" ".join(f"{a}={b}" for a, b in v.items() if b is not None))
+        elif v is not None:
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)

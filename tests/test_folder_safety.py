@@ -1,0 +1,93 @@
+"""Issue 12.1: no verb may write into, around or over its input; --overwrite removes only what
+recaption recorded writing."""
+import json
+import shutil
+
+import pytest
+
+from recaption.io import folders
+from tests.test_end_to_end import cli
+
+
+@pytest.fixture()
+def shards(tmp_path, shard_dir):
+    d = tmp_path / "shards"
+    shutil.copytree(shard_dir, d)
+    return d
+
+
+def _tree(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ann(tmp_path_factory, shard_dir, tiny_models):
+    a = tmp_path_factory.mktemp("safety") / "ann"
+    assert cli("score", shard_dir, "-a", a, "--clip-model", tiny_models["clip"], "--no-sieve", "-q") == 0
+    return a
+
+
+@pytest.mark.parametrize("argv", [
+    ["mix", "{s}", "-a", "{a}", "-o", "{s}", "--strategy", "raw", "--overwrite"],
+    ["mix", "{s}", "-a", "{a}", "-o", "{s}/mixed", "--strategy", "raw", "--overwrite"],
+    ["mix", "{s}/00000.tar", "-a", "{a}", "-o", "{tmp}", "--strategy", "raw", "--overwrite"],
+    ["run", "datacomp-clip", "{s}", "-o", "{s}", "--overwrite", "--set", "clip.model={clip}"],
+    ["annotate", "{s}", "-o", "{s}", "--overwrite", "--no-sieve", "--clip-model", "{clip}", "-c", "{blip}"],
+    ["caption", "{s}", "-o", "{s}/ann", "-c", "{blip}"],
+    ["score", "{s}", "-a", "{s}", "--no-sieve", "--clip-model", "{clip}", "--overwrite"],
+    ["import-captions", "{s}", "--captions", "{tmp}/c.csv", "-o", "{s}", "--overwrite"],
+])
+def test_an_output_overlapping_the_input_is_refused_and_the_input_stays(argv, shards, ann, tiny_models, tmp_path,
+                                                                        capsys):
+    (tmp_path / "c.csv").write_text("key,caption\nx,y\n")
+    subs = {"{s}": str(shards), "{a}": str(ann), "{tmp}": str(tmp_path), "{clip}": tiny_models["clip"],
+            "{blip}": tiny_models["blip"]}
+    args = [next((a.replace(k, v) for k, v in subs.items() if k in a), a) for a in argv]
+    before = _tree(tmp_path)
+    assert cli(*args, "-q") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "input shard folder" in err[0] and "Traceback" not in err[0], err
+    assert _tree(tmp_path) == before  # nothing removed, nothing created
+
+
+@pytest.mark.parametrize("out", ["{a}", "{a}/mixed"])
+def test_mix_into_the_annotation_folder_is_refused(out, shard_dir, ann, capsys):
+    before = _tree(ann)
+    assert cli("mix", shard_dir, "-a", ann, "-o", out.replace("{a}", str(ann)), "--strategy", "raw",
+               "--overwrite", "-q") == 2
+    assert "annotation folder" in capsys.readouterr().err
+    assert _tree(ann) == before
+
+
+def test_overwrite_removes_only_what_recaption_wrote(shard_dir, ann, tmp_path):
+    out = tmp_path / "out"
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--samples-per-shard", 2, "-q") == 0
+    many = sorted(p.name for p in out.glob("*.tar"))
+    assert len(many) > 2
+    (out / "notes.txt").write_text("mine")
+    (out / "extra.parquet").write_bytes(b"not recaption's")
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--samples-per-shard", 100,
+               "--overwrite", "-q") == 0
+    assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar"]  # the old shards are gone
+    assert (out / "notes.txt").read_text() == "mine" and (out / "extra.parquet").read_bytes() == b"not recaption's"
+    rec = json.loads((out / folders.RECORD).read_text())
+    assert "00000.tar" in rec["written"] and "notes.txt" not in rec["written"]
+
+
+def test_a_folder_recaption_did_not_write_is_never_overwritten(shard_dir, ann, tmp_path, capsys):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "00000.tar").write_bytes(b"someone else's shard")
+    for extra in ([], ["--overwrite"]):
+        assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", *extra, "-q") == 2
+        assert "did not write" in capsys.readouterr().err
+    assert (out / "00000.tar").read_bytes() == b"someone else's shard"
+    assert sorted(p.name for p in out.iterdir()) == ["00000.tar"]
+
+
+def test_relations_are_path_aware(tmp_path):
+    a, b = folders.normalize(tmp_path / "data"), folders.normalize(tmp_path / "data-2")
+    assert folders.relation(a, b) is None  # a shared prefix is not containment
+    assert folders.relation(folders.normalize(tmp_path / "data" / "x"), a) == "lies inside"
+    assert folders.relation(a, folders.normalize(tmp_path / "data" / "x")) == "contains"
+    assert folders.relation(folders.normalize(str(tmp_path / "data") + "/"), a) == "is"
