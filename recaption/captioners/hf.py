@@ -57,6 +57,7 @@ class HFCaptioner(Captioner):
             self.model.to(self.device)
         self.processor = AutoProcessor.from_pretrained(cfg.model, **common)
         self.gen_kwargs = generate_kwargs(cfg)
+        self._text = self._text_inputs()
         ip = getattr(self.processor, "image_processor", None)
         size = getattr(ip, "size", None) or {}
         self._size = cfg.image_size or size.get("height") or size.get("shortest_edge") or 384
@@ -65,17 +66,27 @@ class HFCaptioner(Captioner):
     def image_size(self) -> int:
         return int(self._size)
 
-    def prepare(self, images, raw_captions):
+    def _text_inputs(self) -> dict:
+        """The text side of every sample's inputs (the prompt, BLIP-2's query tokens), built once here
+        in the model's thread: the tokenizer is then used by that thread alone."""
         import torch
+        from PIL import Image
 
-        text = [self.cfg.prompt] * len(images) if self.cfg.prompt else None
-        inputs = self.processor(images=images, text=text, return_tensors="pt")
+        text = [self.cfg.prompt] if self.cfg.prompt else None
+        inputs = self.processor(images=[Image.new("RGB", (8, 8))], text=text, return_tensors="pt")
         mc = self.model.config
         if text is None and self.cfg.backend == "blip2" and not getattr(mc, "use_decoder_only_language_model", True):
             # BLIP-2 + T5 without a prompt: the encoder sees the query embeddings alone. transformers 5's
             # default here appends text_config.bos_token_id, which T5 configs do not have.
-            ids = torch.full((len(images), mc.num_query_tokens), mc.image_token_index, dtype=torch.long)
+            ids = torch.full((1, mc.num_query_tokens), mc.image_token_index, dtype=torch.long)
             inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
+        return {k: v for k, v in inputs.items() if k != "pixel_values"}
+
+    def prepare(self, images, raw_captions=None):
+        """Pixel values from the image processor (no tokenizer: safe off the model thread), plus the
+        prepared text inputs repeated per image."""
+        pix = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        inputs = {"pixel_values": pix} | {k: v.repeat(len(images), 1) for k, v in self._text.items()}
         if self.device != "cpu":
             inputs = {k: v.pin_memory() for k, v in inputs.items()}
         return inputs

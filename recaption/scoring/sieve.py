@@ -9,6 +9,15 @@ DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass
+class SieveConfig:
+    """Which sentence embedder SIEVE uses and which mask list it applies."""
+
+    model: str = DEFAULT_EMBEDDER  # a sentence-transformers id or local path
+    mask: str = DEFAULT_MASK  # a mask list name in prompts/masks, or a file
+    device: str | None = None
+
+
+@dataclass
 class SieveResult:
     sieve: float | None
     sieve_mean: float | None

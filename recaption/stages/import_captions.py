@@ -2,24 +2,24 @@
 or DataComp `uid`), so they can be scored and mixed like recaption's own."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
-from recaption.io.atomic import exists
+from recaption.io.atomic import open_url
 from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadOptions, iter_shard
 from recaption.io.sources import shard_name
-from recaption.stages.annotate import ShardReport
+from recaption.stages.commit import commit, plan_shard
+from recaption.stages.reports import ShardReport, error_reasons
 
 
 def load_caption_table(path: str, key_column: str, caption_column: str) -> dict[str, list[str]]:
     """key -> candidates; a list column gives several, repeated keys add candidates in file order."""
-    import fsspec
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    with fsspec.open(path, "rb") as f:
+    with open_url(path, "rb") as f:
         if path.endswith(".parquet"):
             t = pq.read_table(f)
         else:  # keys stay strings: '000000123' must not become 123
@@ -45,9 +45,12 @@ class ImportSpec:
     captioner: str = "imported"
     overwrite: bool = False
     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS
+    groups: dict = field(default_factory=dict)  # {"captions": settings}, recorded in each file
 
 
 class ImportStage:
+    """Callable on one shard URL: its annotation file with the imported captions."""
+
     def __init__(self, spec: ImportSpec):
         self.spec = spec
         self.table = None
@@ -56,8 +59,11 @@ class ImportStage:
         s = self.spec
         name = shard_name(url)
         out = ann.path_for(s.ann_dir, name)
-        if exists(out) and not s.overwrite:
-            return ShardReport(name, "skipped")  # its samples are not counted again
+        work = plan_shard(out, s.groups, s.overwrite)
+        if not work.todo:
+            if progress:
+                progress(work.existing_rows)
+            return ShardReport(name, "skipped", work.existing_rows)
         if self.table is None:
             self.table = load_caption_table(s.captions, s.key_column, s.caption_column)
         rows, matched = [], 0
@@ -71,6 +77,8 @@ class ImportStage:
             rows.append(ann.empty_row(rec.key, name, rec.raw_caption) | {"captions": caps, "captioner": s.captioner})
             if progress:
                 progress(1)
-        ann.write(out, rows)
-        return ShardReport(name, "done", sum(r["key"] is not None for r in rows),
-                           sum(r["status"] != "ok" for r in rows), info={"matched": matched})
+        commit(out, rows, work, s.groups)
+        keyed = [r for r in rows if r["key"] is not None]
+        return ShardReport(name, "done", len(keyed), sum(r["status"] != "ok" for r in keyed),
+                           read_error=next((r["error"] for r in rows if r["key"] is None), None),
+                           reasons=error_reasons(rows), info={"matched": matched})

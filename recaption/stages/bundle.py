@@ -1,0 +1,108 @@
+"""The models of one annotate worker, built once from picklable configs, and what they do to a batch.
+
+The caller's configs are never changed: a worker-level device is applied to copies. Only the model
+thread touches tokenizers; `prepare` (images only) may run in the reader thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from recaption.captioners.base import CaptionerConfig
+from recaption.scoring.clip import ClipConfig
+from recaption.scoring.sieve import SieveConfig
+
+log = logging.getLogger("recaption")
+
+
+@dataclass
+class ModelSpec:
+    """What to build in a worker. None leaves a model out."""
+
+    captioner: CaptionerConfig | None = None
+    clip: ClipConfig | None = None
+    sieve: SieveConfig | None = None
+    device: str | None = None  # applied where a config names none
+    threads: int | None = None  # torch intra-op threads in this worker
+
+
+def _on(cfg, device):
+    return cfg if cfg is None or cfg.device or not device else dataclasses.replace(cfg, device=device)
+
+
+class ModelBundle:
+    """Captioner, CLIP scorer and SIEVE scorer of one worker."""
+
+    def __init__(self, spec: ModelSpec):
+        if spec.threads:
+            import torch
+
+            torch.set_num_threads(spec.threads)
+        self.captioner = self.clip = self.sieve = None
+        if spec.captioner is not None:
+            from recaption.captioners import build_captioner
+
+            self.captioner = build_captioner(_on(spec.captioner, spec.device))
+        if spec.clip is not None:
+            from recaption.scoring.clip import ClipScorer
+
+            self.clip = ClipScorer(_on(spec.clip, spec.device))
+        if spec.sieve is not None:
+            from recaption.scoring.sieve import SieveScorer
+
+            s = _on(spec.sieve, spec.device)
+            self.sieve = SieveScorer(s.model, s.mask, device=s.device)
+
+    @property
+    def draft_size(self) -> int | None:
+        """The largest input any image model needs: JPEGs decode at no less than this."""
+        sizes = [m.image_size for m in (self.captioner, self.clip) if m is not None]
+        return max(sizes) if sizes else None
+
+    def prepare(self, images) -> dict:
+        """Model inputs for decoded images; image work only, so it may run in the reader thread."""
+        prep = {}
+        if self.captioner is not None:
+            prep["caption"] = self.captioner.prepare(images)
+        if self.clip is not None:
+            prep["clip"] = self.clip.prepare(images)
+        return prep
+
+    def caption(self, rows: list[dict], images: list, shard: str, prepared=None) -> None:
+        """Fill `captions` of rows; a failing batch is retried sample by sample so only the bad one errors.
+        Sampling is seeded from the shard name and the batch's first key, so any worker gives the same."""
+        for r, c in zip(rows, self._caption_isolating(rows, images, shard, prepared)):
+            if c is not None:
+                r["captions"] = c
+
+    def _caption_isolating(self, rows, images, shard, prepared=None):
+        try:
+            return self.captioner.caption(images, [r["raw_caption"] for r in rows], f"{shard}/{rows[0]['key']}",
+                                          prepared)
+        except Exception as e:
+            if len(images) == 1:
+                rows[0].update(status="error", error=f"caption: {type(e).__name__}: {e}")
+                return [None]
+            log.warning("captioning a batch of %s failed (%s); retrying sample by sample", shard, e)
+            return [self._caption_isolating([r], [im], shard)[0] for r, im in zip(rows, images)]
+
+    def clip_score(self, rows: list[dict], images: list, prepared=None) -> None:
+        """Fill `clip_raw` and `clip_captions` of rows, one image embedding per sample."""
+        live = [(r, im) for r, im in zip(rows, images) if r["status"] == "ok"]
+        if not live:
+            return
+        if prepared is not None and len(live) == len(rows):
+            emb = self.clip.encode_pixels(prepared)
+        else:
+            emb = self.clip.encode_images([im for _, im in live])
+        raw_s, cand_s = self.clip.score(emb, [r["raw_caption"] for r, _ in live], [r["captions"] or [] for r, _ in live])
+        for (r, _), a, b in zip(live, raw_s, cand_s):
+            r["clip_raw"], r["clip_captions"] = a, b
+
+    def sieve_score(self, rows: list[dict]) -> None:
+        """Fill the SIEVE columns of ok rows; all texts of the shard in one embedding call."""
+        live = [r for r in rows if r["key"] is not None and r["status"] == "ok"]
+        res = self.sieve.score([r["raw_caption"] for r in live], [r["captions"] or [] for r in live])
+        for r, x in zip(live, res):
+            r["sieve"], r["sieve_mean"], r["sieve_best"] = x.sieve, x.sieve_mean, x.sieve_best

@@ -1,0 +1,68 @@
+"""Which column groups of one annotation file still need work, and writing the file whole.
+
+An existing file records the settings that wrote each group. A group written with the wanted
+settings is finished; a group that is missing is added; a group written with other settings is
+redone only with --overwrite (the folder claim refuses it up front otherwise). New captions make
+the file's caption scores stale, so those groups are dropped unless they are being redone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from recaption.errors import RecaptionError
+from recaption.io import annotations as ann
+from recaption.io.atomic import exists
+
+
+@dataclass
+class ShardWork:
+    """What to do for one shard's annotation file."""
+
+    todo: set[str] = field(default_factory=set)  # groups to compute now
+    keep: dict[str, dict] = field(default_factory=dict)  # groups kept from the file, with their settings
+    rows: list[dict] | None = None  # the file's rows when they are built upon (captions kept)
+    existing_rows: int = 0
+
+    @property
+    def needs_images(self) -> bool:
+        return bool(self.todo & {"captions", "clip"})
+
+
+def _same(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
+    """Decide the groups to compute for `url` (an annotation file that may exist)."""
+    if not exists(url):
+        return ShardWork(todo=set(wanted))
+    table = ann.read(url)
+    recorded = (ann.metadata(table) or {}).get("groups") or {}
+    todo = set()
+    for g, settings in wanted.items():
+        if g in recorded and _same(recorded[g], settings):
+            continue
+        if g in recorded and not overwrite:
+            raise RecaptionError(f"{url}: {g} were written with other settings; add --overwrite to redo them")
+        todo.add(g)
+    keep = {g: s for g, s in recorded.items() if g not in todo}
+    if "captions" in todo:
+        keep = {g: s for g, s in keep.items() if g not in ("clip", "sieve")}
+    work = ShardWork(todo=todo, keep=keep, existing_rows=table.num_rows)
+    if todo and "captions" not in todo:
+        work.rows = table.to_pylist()
+        for r in work.rows:
+            for g in todo:
+                ann.blank_group(r, g)
+    return work
+
+
+def commit(url: str, rows: list[dict], work: ShardWork, wanted: dict[str, dict]) -> None:
+    """Write the file atomically, recording the settings of every group it holds."""
+    groups = dict(work.keep) | {g: wanted[g] for g in work.todo}
+    for g in ann.GROUPS:
+        if g not in groups and g != "captions":
+            for r in rows:  # no stale scores under a group the file does not claim
+                ann.blank_group(r, g)
+    ann.write(url, rows, groups)
