@@ -1,48 +1,95 @@
-"""A live bar per stage (rich): items done, rate and ETA; silent with --quiet or off a terminal."""
+"""Progress of a long stage, counted in samples as workers process them.
+
+On a terminal: a live bar (rich). Without one (Slurm, Ray jobs, CI logs): a log line every
+`log_every` seconds with done/total, rate and ETA. `--quiet`: nothing. The rate is samples done
+over time elapsed, the same figure the summary reports.
+"""
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 
 log = logging.getLogger("recaption")
 
 
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class Progress:
-    def __init__(self, desc: str, total: int | None, unit: str = "samples", quiet: bool = False):
+    """Thread-safe sample counter with a bar or periodic log lines; use as a context manager."""
+
+    def __init__(self, desc: str, total: int | None, unit: str = "samples", quiet: bool = False,
+                 log_every: float = 30.0, tty: bool | None = None):
         self.desc, self.total, self.unit = desc, total, unit
-        self.quiet = quiet or not sys.stderr.isatty()
-        self._p = None
+        self.done = 0
+        self.quiet, self.log_every = quiet, log_every
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self._lock = threading.Lock()
+        self._bar = None
+        self._t0 = self._last_log = time.monotonic()
+
+    @property
+    def rate(self) -> float:
+        el = time.monotonic() - self._t0
+        return self.done / el if el > 0 else 0.0
+
+    def line(self) -> str:
+        """`desc: done/total samples (pct), rate samples/s, ETA h:mm:ss`."""
+        r = self.rate
+        tot = f"/{self.total:,}" if self.total else ""
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        eta = (self.total - self.done) / r if self.total and r > 0 else None
+        return f"{self.desc}: {self.done:,}{tot} {self.unit}{pct}, {r:,.1f} {self.unit}/s, ETA {_eta(eta)}"
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RP, TaskProgressColumn,
-                                       TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+        if not self.quiet and self.tty:
+            from rich.progress import BarColumn, Progress as RP, TextColumn
 
-            class _Rate(TransferSpeedColumn):
-                def render(s, task):  # samples/s, not bytes/s
-                    from rich.text import Text
-
-                    return Text(f"{task.speed or 0:,.1f} {self.unit}/s", style="progress.data.speed")
-
-            self._p = RP(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                         TaskProgressColumn(), _Rate(), TimeRemainingColumn(), transient=False)
-            self._p.start()
-            self._task = self._p.add_task(self.desc, total=self.total)
+            self._bar = RP(TextColumn("[bold]{task.description}"), BarColumn(),
+                           TextColumn("{task.fields[text]}"), transient=False, console=_console())
+            self._bar.start()
+            self._task = self._bar.add_task(self.desc, total=self.total, text="")
         return self
 
-    def advance(self, n: int = 1):
-        if self._p is not None:
-            self._p.advance(self._task, n)
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self.done += n
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.done, text=self._bar_text())
+            elif not self.quiet and time.monotonic() - self._last_log >= self.log_every:
+                self._last_log = time.monotonic()
+                log.info("%s", self.line())
 
-    def set_total(self, total: int):
-        self.total = total
-        if self._p is not None:
-            self._p.update(self._task, total=total)
+    def _bar_text(self) -> str:
+        from rich.markup import escape
 
-    def note(self, report: dict):
+        return escape(self.line().split(": ", 1)[1])
+
+    def set_total(self, total: int) -> None:
+        with self._lock:
+            self.total = total
+            if self._bar is not None:
+                self._bar.update(self._task, total=total, text=self._bar_text())
+
+    def note(self, report: dict) -> None:
+        """Say at once when an item failed (the summary names it again)."""
         if report.get("status") == "failed":
-            log.warning("shard %s failed: %s", report.get("shard"), report.get("error"))
+            log.warning("%s failed: %s", report.get("shard"), report.get("error"))
 
     def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.stop()
+        if self._bar is not None:
+            self._bar.stop()
+        elif not self.quiet and self.done:
+            log.info("%s", self.line())
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)

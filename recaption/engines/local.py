@@ -1,18 +1,22 @@
-"""Local engine: in-process on CPU, or one worker process per visible GPU with shards handed out
-dynamically (the next free worker takes the next shard)."""
+"""Local engine: in-process with one worker, else one process per worker (one per visible GPU by
+default) with items handed out dynamically (the next free worker takes the next item)."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from recaption.engines import as_dict
+from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
 from recaption.progress import Progress
 
 _STAGE = None
+_PROGRESS = None
 
 
 def gpu_count() -> int:
+    """CUDA devices visible here (0 without torch or CUDA)."""
     try:
         import torch
 
@@ -21,31 +25,28 @@ def gpu_count() -> int:
         return 0
 
 
-def default_workers() -> int:
-    return max(1, gpu_count())
-
-
-def _init(stage, gpu_queue):
-    global _STAGE
+def _init(stage, gpu_queue, progress_queue, threads):
+    global _STAGE, _PROGRESS
     gpu = gpu_queue.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    _STAGE = stage
+    limit_threads(threads, stage)
+    _STAGE, _PROGRESS = stage, progress_queue
 
 
 def _work(item):
-    return as_dict(_STAGE(item))
+    return as_dict(_STAGE(item, progress=_PROGRESS.put))
 
 
-def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> list[dict]:
-    """Run `stage` over `items`; the bar counts samples (`count_of(item)` where known, else an
-    estimate from the first finished item) so it can show samples/s and an ETA."""
-    workers = workers or default_workers()
+def run(stage, items, ex: Execution, *, desc="", count_of=None) -> list[dict]:
+    """Run `stage` over `items`; the bar counts samples as the workers process them."""
+    workers = ex.workers or max(1, gpu_count())
+    threads = threads_per_worker(ex, workers)
     workers = min(workers, max(1, len(items)))
     counts = [count_of(i) if count_of else None for i in items]
     total = sum(counts) if counts and all(c is not None for c in counts) else None
-    reports = []
-    with Progress(desc, total=total, unit="samples", quiet=quiet) as bar:
+    reports: list[dict] = []
+    with Progress(desc, total=total, quiet=ex.quiet, log_every=ex.log_every) as bar:
         def finished(r):
             reports.append(r)
             bar.note(r)
@@ -53,18 +54,38 @@ def run(stage, items, *, workers=None, desc="", quiet=False, count_of=None) -> l
                 bar.set_total(int(r["samples"] * len(items)))
 
         if workers <= 1:
-            for item in items:
-                finished(as_dict(stage(item, progress=bar.advance)))
+            before = limit_threads(threads, stage)
+            try:
+                for item in items:
+                    finished(as_dict(stage(item, progress=bar.advance)))
+            finally:
+                limit_threads(before, stage)
             return reports
         ctx = mp.get_context("spawn")
-        gpus = ctx.Queue()
+        gpus, progress = ctx.Queue(), ctx.Queue()
         n_gpu = gpu_count()
         for w in range(workers):
             gpus.put(w % n_gpu if n_gpu else None)
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(stage, gpus)) as ex:
-            futs = [ex.submit(_work, it) for it in items]
-            for f in as_completed(futs):
-                r = f.result()
-                bar.advance(r.get("samples", 0))
-                finished(r)
+        stop = threading.Event()
+        drain = threading.Thread(target=_drain, args=(progress, bar, stop), daemon=True)
+        drain.start()
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+                                     initargs=(stage, gpus, progress, threads)) as ex_:
+                futs = [ex_.submit(_work, it) for it in items]
+                for f in as_completed(futs):
+                    finished(f.result())
+        finally:
+            stop.set()
+            drain.join()
     return reports
+
+
+def _drain(q, bar, stop):
+    while not (stop.is_set() and q.empty()):
+        try:
+            bar.advance(q.get(timeout=0.1))
+        except queue.Empty:
+            continue
+        except (EOFError, OSError):
+            return

@@ -1,30 +1,50 @@
 """Ray engine: the same stages on Ray Data, as a pool of actors (how img2dataset uses Ray).
 
-Each work item is one row; an actor builds its models once (`setup`) and runs the stage per row.
-Resources per actor are configurable; on CPU-only clusters actors take a fraction of a CPU so the
-read tasks are never starved.
+Each work item is one row; an actor builds its models once and runs the stage per row, reporting
+samples to a small counter actor so the driver's progress moves as samples are processed.
+A request the cluster cannot meet (GPUs it does not have, more CPUs than a node holds) fails at
+once with one line, instead of waiting forever for resources.
 """
 from __future__ import annotations
 
 import json
 import tempfile
+import threading
 
-from recaption.engines import as_dict
-from recaption.errors import require
+from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
+from recaption.errors import RecaptionError, require
+from recaption.progress import Progress
 
 
 class _StageActor:
-    def __init__(self, stage):
-        self.stage = stage
+    def __init__(self, stage, threads, counter):
+        limit_threads(threads, stage)
+        self.stage, self.counter = stage, counter
 
     def __call__(self, batch):
         import numpy as np
 
-        out = [json.dumps(as_dict(self.stage(json.loads(item)))) for item in batch["item"]]
+        out = [json.dumps(as_dict(self.stage(json.loads(item), progress=self._progress))) for item in batch["item"]]
         return {"report": np.array(out, dtype=object)}
 
+    def _progress(self, n):
+        self.counter.add.remote(n)
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None):
+
+class _Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, n):
+        self.n += n
+
+    def take(self):
+        n, self.n = self.n, 0
+        return n
+
+
+def ensure_ray(address: str | None = None):
+    """Connect to `address`, or start a local instance with its own temp folder."""
     require("ray", "ray")
     import ray
 
@@ -32,26 +52,72 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None):
         if address:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True,
+            ray.init(include_dashboard=False, ignore_reinit_error=True,
                      _temp_dir=tempfile.mkdtemp(prefix="recaption-ray-"), log_to_driver=False)
     return ray
 
 
-def run(stage, items, *, workers=None, address=None, resources=None, quiet=False) -> list[dict]:
-    ray = ensure_ray(address)
+def check_resources(ray, cpus: float, gpus: float) -> None:
+    """Refuse actor resources that no node of the cluster can give."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if gpus > 0 and not any(n.get("GPU", 0) >= gpus for n in nodes):
+        have = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise RecaptionError(f"each Ray actor asks for {gpus:g} GPU, but the cluster's nodes have at most {have:g}; "
+                             "use --actor-gpus 0 (CPU) or a cluster with GPUs")
+    if cpus > 0 and not any(n.get("CPU", 0) >= cpus for n in nodes):
+        have = max((n.get("CPU", 0) for n in nodes), default=0)
+        raise RecaptionError(f"each Ray actor asks for {cpus:g} CPUs, but the cluster's nodes have at most {have:g}; "
+                             "lower --actor-cpus")
+
+
+def actor_resources(ex: Execution, cpu_only: bool = False) -> tuple[float, float]:
+    """(CPUs, GPUs) per actor, checked against the cluster (connecting to it first)."""
+    ray = ensure_ray(ex.ray_address)
+    has_gpu = bool(ray.cluster_resources().get("GPU", 0))
+    gpus = 0.0 if cpu_only else float(ex.actor_gpus if ex.actor_gpus is not None else (1.0 if has_gpu else 0.0))
+    cpus = float(ex.actor_cpus if ex.actor_cpus is not None else (1.0 if gpus else 0.5))
+    check_resources(ray, cpus, gpus)
+    return cpus, gpus
+
+
+def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) -> list[dict]:
+    """Run `stage` over `items` in an actor pool; returns the reports."""
+    cpus, gpus = actor_resources(ex, cpu_only)
+    ray = ensure_ray(ex.ray_address)
     import ray.data
 
-    resources = dict(resources or {})
-    gpus = float(resources.pop("num_gpus", 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0))
-    cpus = float(resources.pop("num_cpus", 1.0 if gpus else 0.5))
-    if workers is None:
-        workers = int(ray.cluster_resources().get("GPU", 0)) if gpus else 1
+    workers = ex.workers or (int(ray.cluster_resources().get("GPU", 0)) if gpus else 1) or 1
+    threads = threads_per_worker(ex, workers)
     workers = max(1, min(workers, len(items)))
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = not quiet
+    ctx.enable_progress_bars = False  # ours counts samples, Ray's counts shards
+    counter = ray.remote(num_cpus=0)(_Counter).remote()
     ds = ray.data.from_items([{"item": json.dumps(i)} for i in items], override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
-        _StageActor, fn_constructor_kwargs={"stage": stage}, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus, **resources,
+        _StageActor, fn_constructor_kwargs={"stage": stage, "threads": threads, "counter": counter}, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
     )
-    return [json.loads(r["report"]) for r in ds.take_all()]
+    counts = [count_of(i) if count_of else None for i in items]
+    total = sum(counts) if counts and all(c is not None for c in counts) else None
+    with Progress(desc, total=total, quiet=ex.quiet, log_every=ex.log_every) as bar:
+        stop = threading.Event()
+        poll = threading.Thread(target=_poll, args=(ray, counter, bar, stop), daemon=True)
+        poll.start()
+        try:
+            reports = [json.loads(r["report"]) for r in ds.take_all()]
+        finally:
+            stop.set()
+            poll.join()
+        bar.advance(ray.get(counter.take.remote()))
+        for r in reports:
+            bar.note(r)
+    ray.kill(counter)
+    return reports
+
+
+def _poll(ray, counter, bar, stop):
+    while not stop.wait(0.5):
+        try:
+            bar.advance(ray.get(counter.take.remote(), timeout=5))
+        except Exception:
+            return
