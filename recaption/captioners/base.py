@@ -14,8 +14,25 @@ from recaption.errors import RecaptionError
 
 log = logging.getLogger("recaption")
 PRESETS_DIR = Path(__file__).parent / "presets"
-BACKENDS = ("blip", "blip2", "coca", "vllm")
 STRATEGIES = ("greedy", "beam", "sample")
+QUANTIZE = ("8bit", "4bit")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a backend's captioner class lives (imported only when used) and what it needs installed."""
+
+    target: str  # "module:Class"
+    requires: tuple[tuple[str, str], ...] = ()  # (module, extra) pairs
+
+
+# The registry: a new backend is one module plus one line here.
+BACKENDS: dict[str, Backend] = {
+    "blip": Backend("recaption.captioners.hf:HFCaptioner"),
+    "blip2": Backend("recaption.captioners.hf:HFCaptioner"),
+    "coca": Backend("recaption.captioners.coca:CocaCaptioner"),
+    "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),)),
+}
 
 
 @dataclass
@@ -74,7 +91,11 @@ def _merge(dc, values: dict, where: str):
     for k, v in values.items():
         if k not in names:
             raise RecaptionError(f"{where}: unknown key {k!r}; known: {', '.join(sorted(names))}")
-        if k == "decoding" and isinstance(v, dict):
+        if k == "decoding" and isinstance(v, str):  # `decoding: beam` means the strategy
+            v = {"strategy": v}
+        if k == "decoding" and not isinstance(v, dict):
+            raise RecaptionError(f"{where}: decoding takes a strategy name or a mapping of decoding options")
+        if k == "decoding":
             _merge(dc.decoding, v, f"{where}.decoding")
         else:
             setattr(dc, k, v)
@@ -114,8 +135,8 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
     _merge(cfg.decoding, dec, "decoding option")
     if cfg.backend not in BACKENDS:
         raise RecaptionError(f"unknown captioner backend {cfg.backend!r}; choose {', '.join(BACKENDS)}")
-    if cfg.quantize not in (None, "8bit", "4bit"):
-        raise RecaptionError(f"--quantize takes 8bit or 4bit, got {cfg.quantize!r}")
+    if cfg.quantize not in (None, *QUANTIZE):
+        raise RecaptionError(f"--quantize takes {' or '.join(QUANTIZE)}, got {cfg.quantize!r}")
     cfg.decoding.validate()
     return cfg
 
@@ -154,7 +175,7 @@ def guess_backend(model: str) -> str:
         if (Path(model) / "open_clip_config.json").is_file():
             return "coca"
     raise RecaptionError(
-        f"cannot tell which backend serves {model!r}; pass --backend blip|blip2|coca|vllm or use a preset"
+        f"cannot tell which backend serves {model!r}; pass --backend {'|'.join(BACKENDS)} or use a preset"
     )
 
 
@@ -220,18 +241,19 @@ class Captioner:
         raise NotImplementedError
 
 
+def backend_requirements(cfg: CaptionerConfig) -> tuple[tuple[str, str], ...]:
+    """(module, extra) pairs a captioner needs installed, so a missing one is reported before any work."""
+    needs = BACKENDS[cfg.backend].requires
+    if cfg.quantize and cfg.backend != "vllm":
+        needs += (("bitsandbytes", "quant"),)
+    return needs
+
+
 def build_captioner(cfg: CaptionerConfig) -> Captioner:
     """The one factory: imports the backend's module only when it is used."""
-    if cfg.backend in ("blip", "blip2"):
-        from recaption.captioners.hf import HFCaptioner
+    import importlib
 
-        return HFCaptioner(cfg)
-    if cfg.backend == "coca":
-        from recaption.captioners.coca import CocaCaptioner
-
-        return CocaCaptioner(cfg)
-    if cfg.backend == "vllm":
-        from recaption.captioners.vllm import VLLMCaptioner
-
-        return VLLMCaptioner(cfg)
-    raise RecaptionError(f"unknown captioner backend {cfg.backend!r}")
+    if cfg.backend not in BACKENDS:
+        raise RecaptionError(f"unknown captioner backend {cfg.backend!r}; choose {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[cfg.backend].target.split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)

@@ -7,6 +7,7 @@ mix (MixConfig fields), batch_size, device.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -82,3 +83,44 @@ def validate(data: dict, where: str):
     for k in ("fraction", "threshold", "alpha"):
         if mix.get(k) is not None and not isinstance(mix[k], (int, float)):
             raise RecaptionError(f"recipe {where}: mix.{k} must be a number, got {mix[k]!r}")
+    try:
+        recipe_parts(data)
+    except RecaptionError as e:
+        raise RecaptionError(f"recipe {where}: {e}") from None
+
+
+@dataclass
+class RecipeParts:
+    """A recipe as the configs the stages take."""
+
+    captioner: object  # CaptionerConfig | None
+    clip: object  # ClipConfig | None
+    sieve: object  # SieveConfig | None
+    mix: object  # MixConfig, validated
+
+
+def recipe_parts(r: dict) -> RecipeParts:
+    """Build (and so validate) every section of a recipe, before anything runs."""
+    from recaption.captioners.base import load_preset
+    from recaption.mixing.strategies import MixConfig
+    from recaption.scoring.clip import ClipConfig
+    from recaption.scoring.sieve import SieveConfig
+
+    cap = None
+    if r.get("captioner"):
+        cap = load_preset(str(r["captioner"]), **(r.get("caption") or {}))
+    clip = None
+    if r.get("clip"):
+        c = dict(r["clip"])
+        clip = ClipConfig(model=c.pop("model", "ViT-B-32"), pretrained=c.pop("pretrained", "openai"), **c)
+    sieve = None
+    if r.get("sieve"):
+        from recaption.api import default_sieve_model
+
+        model = r["sieve"].get("model") or "default"
+        sieve = SieveConfig(default_sieve_model() if model == "default" else str(model), r["sieve"].get("mask") or "sieve")
+    try:
+        mix = MixConfig(**(r.get("mix") or {})).validate()
+    except TypeError as e:
+        raise RecaptionError(f"mix: {e}") from None
+    return RecipeParts(cap, clip, sieve, mix)

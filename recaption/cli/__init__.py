@@ -1,0 +1,285 @@
+"""`recaption` command line: each verb a few lines over `recaption.api`; heavy imports inside verbs,
+so `recaption --help` stays fast; errors are one plain line, then a hint."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated, List, Optional
+
+import typer
+
+from recaption.cli.options import (CaptionerOptions, ExecOptions, InputOptions, OutputOptions, ScoringOptions,
+                                   StrategyChoice, dumps, opt, setup_logging, verb, STATE)
+
+app = typer.Typer(
+    name="recaption", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+    help="Regenerate, score and mix captions of WebDataset image-text shards.\n\n"
+         "INPUT is a shard folder, a .tar, a glob, a brace pattern (`s/{00000..00127}.tar`), or a text file "
+         "listing shards; any fsspec URL works (s3://, gs://, https://).\n\n"
+         "Typical flow: `recaption annotate` (caption + score) then `recaption mix`; or `recaption run RECIPE` "
+         "for everything in one command. Every command resumes where it stopped when run again.",
+)
+InputArg = Annotated[str, typer.Argument(help="shard folder, .tar, glob, brace pattern or list file", metavar="INPUT",
+                                          show_default=False)]
+
+
+def _examples(*lines: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"    {ln}" for ln in lines)
+
+
+def _annotate_exit(summary: dict) -> int:
+    """1 when a shard failed or could not be read whole, or when every sample failed."""
+    return 1 if summary.get("failed_shards") or summary.get("all_failed") else 0
+
+
+def _mix_exit(summary: dict) -> int:
+    return 1 if (summary.get("failed_output_shards") or summary.get("shard_errors")
+                 or summary.get("failed_shards")) else 0
+
+
+def _show_annotate(summary: dict, where: str, out: OutputOptions) -> int:
+    from recaption.cli import render
+
+    print(dumps(summary)) if out.json else render.annotate(summary, where)
+    return _annotate_exit(summary)
+
+
+def _show_mix(summary: dict, where: str | None, out: OutputOptions) -> int:
+    from recaption.cli import render
+
+    print(dumps(summary)) if out.json else render.mix(summary, where)
+    return _mix_exit(summary)
+
+
+# -- verbs ---------------------------------------------------------------------------------------
+@verb(app, epilog=_examples(
+    "recaption caption shards/ --out ann/ --captioner blip-base",
+    "recaption caption shards/ --out ann/ --captioner sieve --num-captions 4 --seed 1",
+    "recaption caption 's3://b/{00000..00099}.tar' -o s3://b/ann -c blip2-opt-2.7b --quantize 8bit"))
+def caption(input: InputArg, cap: CaptionerOptions, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+            out: Annotated[str, opt("--out", "-o", help="annotation folder (one NAME.parquet per shard)")] = ...):
+    """Write N synthetic captions per sample into annotation files (docs/formats.md)."""
+    from recaption import api
+
+    s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), batch_size=ex.batch_size,
+                     image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
+                     execution=ex.execution(o), verb="caption")
+    return _show_annotate(s, out, o)
+
+
+@verb(app, epilog=_examples(
+    "recaption score shards/ --annotations ann/",
+    "recaption score shards/ -a ann/ --clip-model ViT-L-14 --clip-pretrained openai --no-sieve",
+    "recaption score shards/ -a ann/ --mask sieve-long --overwrite"))
+def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+          annotations: Annotated[str, opt("--annotations", "-a", help="annotation folder to fill (created for raw-only scoring)")] = ...):
+    """Add CLIP and SIEVE scores to annotation files (or create raw-only files); missing groups are added."""
+    from recaption import api
+
+    s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), batch_size=ex.batch_size,
+                     image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
+                     execution=ex.execution(o), verb="score")
+    return _show_annotate(s, annotations, o)
+
+
+@verb(app, defaults={"captioner": "sieve"}, epilog=_examples(
+    "recaption annotate shards/ --out ann/ --captioner sieve",
+    "recaption annotate shards/ -o ann/ -c coca-vit-l-14 --clip-model ViT-L-14 --engine ray"))
+def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: InputOptions, ex: ExecOptions,
+             o: OutputOptions, out: Annotated[str, opt("--out", "-o", help="annotation folder")] = ...):
+    """Caption and score in one pass: each image is read and decoded once."""
+    from recaption import api
+
+    s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), clip=sco.clip(cap.dtype),
+                     sieve=sco.sieve(), batch_size=ex.batch_size, image_keys=inp.keys(), max_pixels=inp.max_pixels,
+                     overwrite=o.overwrite, execution=ex.execution(o))
+    return _show_annotate(s, out, o)
+
+
+@verb(app, exclude=("batch_size", "device", "threads", "max_pixels"), epilog=_examples(
+    "# Nguyen et al.: raw (top 30%) + synthetic (remaining 70%, filtered)",
+    "recaption mix shards/ -a ann/ -o mixed/ --strategy threshold --fraction 0.3 --filter-synthetic",
+    "recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5",
+    "recaption mix shards/ -a ann/ --strategy raw --threshold 0.28 --dry-run"))
+def mix(
+    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+    annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
+    out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)")] = None,
+    strategy: Annotated[StrategyChoice, opt(help="raw, synthetic, threshold, both or sieve (docs/formats.md)")] = StrategyChoice("threshold"),
+    threshold: Annotated[Optional[float], opt(help="absolute score threshold")] = None,
+    fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0")] = None,
+    filter_synthetic: Annotated[bool, opt(help="threshold: also drop samples whose synthetic caption scores below")] = False,
+    alpha: Annotated[float, opt(help="blend weight: (1 - alpha) · norm(sieve) + alpha · norm(clip_raw)")] = 0.5,
+    samples_per_shard: Annotated[int, opt(help="samples per output shard")] = 10000,
+    keep_sharding: Annotated[bool, opt(help="one output shard per input shard, same names")] = False,
+    dry_run: Annotated[bool, opt(help="print what would be kept and written; write nothing")] = False,
+):
+    """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
+    from recaption import api
+    from recaption.errors import RecaptionError
+    from recaption.mixing.strategies import MixConfig
+
+    if out is None and not dry_run:
+        raise RecaptionError("give --out, or --dry-run to only see the numbers")
+    cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
+                    alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding)
+    s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overwrite=o.overwrite, image_keys=inp.keys(),
+                execution=ex.execution(o), arguments={"argv": sys.argv[1:]})
+    return _show_mix(s, out, o)
+
+
+@verb(app, exclude=("batch_size", "image_keys"), epilog=_examples(
+    "recaption run sieve shards/ --out mixed/",
+    "recaption run nguyen-blip2 'shards/{00000..00127}.tar' -o mixed/ --set mix.fraction=0.4",
+    "recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto"))
+def run(
+    recipe: Annotated[str, typer.Argument(help="recipe name (see `recaption recipes`) or a YAML file", metavar="RECIPE", show_default=False)],
+    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+    out: Annotated[str, opt("--out", "-o", help="output folder: mixed shards, _summary.json, _dropped.parquet")] = ...,
+    set: Annotated[Optional[List[str]], opt("--set", help="override a recipe field, e.g. mix.fraction=0.3 or caption.model=/path/blip")] = None,
+    annotations: Annotated[Optional[str], opt("--annotations", "-a", help="annotation folder (default OUT/_annotations)")] = None,
+):
+    """Caption, score and mix in one command. Re-run the same command to resume after a crash."""
+    from recaption import api
+
+    s = api.run(recipe, input, out, sets=set or [], annotations=annotations, overwrite=o.overwrite,
+                max_pixels=inp.max_pixels, execution=ex.execution(o), arguments={"argv": sys.argv[1:]})
+    return _show_mix(s, out, o)
+
+
+@verb(app, name="import-captions", epilog=_examples(
+    "recaption import-captions shards/ --captions blip2_captions.parquet -o ann/ --key-column uid",
+    "recaption import-captions shards/ --captions caps.csv -o ann/ --caption-column text --captioner blip2"))
+def import_captions(
+    input: InputArg, o: OutputOptions,
+    captions: Annotated[str, opt("--captions", help="CSV or parquet with a key column and a caption column")] = ...,
+    out: Annotated[str, opt("--out", "-o", help="annotation folder to write")] = ...,
+    key_column: Annotated[str, opt(help="`key` (the sample key) or a json field such as `uid` (DataComp)")] = "key",
+    caption_column: Annotated[str, opt(help="a string column (repeated keys add candidates) or a list column")] = "caption",
+    captioner: Annotated[str, opt(help="what to record in the `captioner` column")] = "imported",
+):
+    """Fill `captions` from captions made elsewhere, so they can be scored (`recaption score`) and mixed."""
+    from recaption import api
+    from recaption.engines import Execution
+
+    s = api.import_captions(input, out, captions, key_column=key_column, caption_column=caption_column,
+                            captioner=captioner, overwrite=o.overwrite, execution=Execution(quiet=o.quiet))
+    return _show_annotate(s, out, o)
+
+
+@verb(app, epilog=_examples("recaption report mixed/ --out report/",
+                            "recaption report ann/ --input shards/ --out report/ --fraction 0.2"))
+def report(
+    path: Annotated[str, typer.Argument(help="a mixed output folder, a run's folder, or an annotation folder", metavar="PATH", show_default=False)],
+    out: Annotated[str, opt("--out", "-o", help="folder for index.html and its PNGs")] = ...,
+    input: Annotated[Optional[str], opt("--input", "-i", help="shards, to show images for an annotation folder")] = None,
+    fraction: Annotated[float, opt(help="fraction used to draw thresholds and per-strategy splits")] = 0.3,
+):
+    """A static HTML page: score histograms with thresholds, caption lengths, per-strategy splits,
+    and a grid of samples (highest, lowest, random) with their captions and scores."""
+    from recaption import api
+
+    print(f"report: {api.report(path, out, input_spec=input, fraction=fraction)}")
+
+
+@verb(app)
+def recipes():
+    """List the recipes shipped with recaption."""
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    from recaption import api
+
+    t = Table(Column("recipe", no_wrap=True), "captioner", "mix", "description")
+    for name, r in api.recipes().items():
+        mix = r.get("mix") or {}
+        t.add_row(Text(name), Text(str(r.get("captioner"))), Text(" ".join(f"{k}={v}" for k, v in mix.items())),
+                  Text(r.get("description", "")))
+    Console().print(t)
+
+
+@verb(app)
+def models():
+    """List captioner presets (data files in recaption/captioners/presets)."""
+    from rich.console import Console
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    from recaption import api
+
+    presets = api.presets()
+    ids = {n: p["model"] + (f" ({p['quantize']}, needs recaption[quant])" if p.get("quantize") else "")
+           for n, p in presets.items()}
+    t = Table(Column("preset", no_wrap=True), Column("backend", no_wrap=True),
+              Column("model", no_wrap=True, min_width=max(map(len, ids.values()))), "decoding", "description")
+    for name, p in presets.items():
+        dec = " ".join(f"{k}={v}" for k, v in p.get("decoding", {}).items())
+        t.add_row(Text(name), Text(p["backend"]), Text(ids[name]), Text(dec), Text(p.get("description", "")))
+    Console().print(t)
+
+
+@verb(app, epilog=_examples("recaption demo --out demo-out"))
+def demo(out: Annotated[str, opt("--out", "-o", help="output folder")] = "demo-out",
+         quiet: Annotated[bool, opt("--quiet", "-q", help="no progress bar")] = False):
+    """Run the sieve recipe offline on the bundled sample shards, with tiny random-weight models."""
+    from recaption.cli import render
+    from recaption.demo import run_demo
+
+    s = run_demo(out, quiet=quiet)
+    render.mix(s, out)
+    return _mix_exit(s)
+
+
+@app.callback()
+def _main(debug: Annotated[bool, opt("--debug", help="show tracebacks and debug log lines")] = False,
+          log_file: Annotated[Optional[str], opt("--log-file", help="also write the log to this file")] = None):
+    setup_logging(debug, log_file)
+    STATE["log_file"] = log_file
+
+
+# -- entry point ---------------------------------------------------------------------------------
+def main(argv: Optional[List[str]] = None):
+    """The `recaption` console script: exit 0 done, 1 something failed, 2 a usage or input error."""
+    import importlib
+
+    from recaption.errors import RecaptionError
+
+    # typer raises the exceptions of the click it runs on (its own vendored copy in recent releases)
+    cx = importlib.import_module(typer.BadParameter.__module__)
+    no_args = getattr(cx, "NoArgsIsHelpError", ())
+    argv = list(sys.argv[1:] if argv is None else argv)
+    STATE["debug"] = "--debug" in argv
+    try:
+        rc = app(args=argv, prog_name="recaption", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except RecaptionError as e:
+        print(f"recaption: error: {e}", file=sys.stderr)
+        if STATE["debug"]:
+            raise
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("recaption: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except no_args as e:
+        print(e.ctx.get_help() if e.ctx else "")
+        sys.exit(0)
+    except cx.UsageError as e:
+        print(f"recaption: error: {e.format_message()}", file=sys.stderr)
+        print(f"Try '{e.ctx.command_path if e.ctx else 'recaption'} --help' for help.", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Exit, getattr(cx, "Exit", typer.Exit)) as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    except (typer.Abort, getattr(cx, "Abort", typer.Abort)):
+        print("recaption: aborted", file=sys.stderr)
+        sys.exit(1)
+    except cx.ClickException as e:
+        print(f"recaption: error: {e.format_message()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except SystemExit:
+        raise
+    except Exception as e:
+        if STATE["debug"]:
+            raise
+        print(f"recaption: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)

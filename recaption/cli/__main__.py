@@ -1,0 +1,4 @@
+"""`python -m recaption.cli ...`."""
+from recaption.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""Summaries as people read them: tables of rounded numbers, one reason a line, text never read
+as markup. `--json` prints the summary itself instead."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+
+def _num(x, digits: int = 4) -> str:
+    if x is None:
+        return "none"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}".rstrip("0").rstrip(".") if abs(x) < 1e6 else f"{x:,.0f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+class Rows:
+    """A two-column table built row by row; cells are plain text."""
+
+    def __init__(self, title: str):
+        self.t = Table(title=Text(title), show_header=False, title_justify="left")
+        self.t.add_column(no_wrap=True)
+        self.t.add_column(overflow="fold")
+
+    def add(self, label: str, value) -> "Rows":
+        self.t.add_row(Text(label), Text(value if isinstance(value, str) else _num(value)))
+        return self
+
+    def print(self) -> None:
+        Console().print(self.t)
+
+
+def _timings(rows: Rows, stage_seconds: dict) -> None:
+    total = sum(stage_seconds.values())
+    for k, v in sorted(stage_seconds.items(), key=lambda kv: -kv[1]):
+        share = f" ({100 * v / total:.0f}%)" if total > 0 else ""
+        rows.add(f"  {k}", f"{v:,.1f} s{share}")
+
+
+def _failures(rows: Rows, failed: list[dict]) -> None:
+    for f in failed:
+        rows.add(f"  {f.get('shard')}", str(f.get("error")))
+
+
+def annotate(summary: dict, where: str) -> None:
+    """caption, score, annotate, import-captions."""
+    sh = summary["shards"]
+    r = Rows(f"recaption {summary.get('verb', 'annotate')}: annotations in {where}")
+    r.add("shards", f"{sh.get('done', 0):,} done, {sh.get('skipped', 0):,} already done, {sh.get('failed', 0):,} failed")
+    r.add("samples", f"{summary['samples']:,}")
+    if "matched" in summary:
+        r.add("captions matched", summary["matched"])
+    r.add("samples with errors", summary["errors"])
+    for reason, n in (summary.get("error_reasons") or {}).items():
+        r.add(f"  {reason}", n)
+    if summary.get("failed_shards"):
+        r.add("shards not read whole", len(summary["failed_shards"]))
+        _failures(r, summary["failed_shards"])
+    if summary.get("samples_per_second"):
+        r.add("rate", f"{summary['samples_per_second']:,.2f} samples/s over {summary['seconds']:,.1f} s")
+    if summary.get("stage_seconds"):
+        r.add("time by stage", "")
+        _timings(r, summary["stage_seconds"])
+    r.print()
+
+
+def mix(summary: dict, out: str | None) -> None:
+    """mix, run, demo."""
+    c = summary["counts"]
+    title = "dry run, nothing written" if summary.get("dry_run") else f"mixed shards in {out}"
+    r = Rows(f"recaption mix ({summary['strategy']}): {title}")
+    r.add("samples read", c["read"])
+    r.add("written" if not summary.get("dry_run") else "would write",
+          f"{c['written']:,} (raw {c['raw']:,}, synthetic {c['synthetic']:,})")
+    r.add("dropped", c["dropped"])
+    for reason, n in sorted(c["dropped_by_reason"].items(), key=lambda x: -x[1]):
+        r.add(f"  {reason}", n)
+    r.add("samples with errors", c["errors"])
+    thr = summary.get("threshold")
+    r.add("threshold", "none" if thr is None else f"{_num(thr)} on {summary['threshold_column']}")
+    for k, (lo, hi) in (summary.get("min_max") or {}).items():
+        if lo is not None:
+            r.add(f"{k} min / max", f"{_num(lo)} / {_num(hi)}")
+    if c.get("output_shards") is not None:
+        r.add("output shards", c["output_shards"])
+    for group in ("shard_errors", "failed_output_shards"):
+        if summary.get(group):
+            r.add("shards not read whole" if group == "shard_errors" else "output shards failed", len(summary[group]))
+            _failures(r, summary[group])
+    ann = summary.get("annotate") or {}
+    if ann.get("samples_per_second"):
+        r.add("annotate", f"{ann['samples']:,} samples, {ann['samples_per_second']:,.2f} samples/s")
+    if ann.get("failed_shards"):
+        _failures(r, ann["failed_shards"])
+    r.print()
+    if out and not summary.get("dry_run"):
+        print(f"output: {out}")
