@@ -9,12 +9,14 @@ from tests.test_end_to_end import cli
 VERBS = ["caption", "score", "annotate", "mix", "run", "import-captions", "report", "recipes", "models", "demo"]
 
 
-def test_help_is_fast_and_does_not_import_torch():
-    code = ("import sys, time; t=time.perf_counter(); from recaption.cli import main\n"
+def test_help_lists_every_verb_without_importing_heavy_modules():
+    # what keeps `recaption --help` fast; its time is a figure in scripts/bench.py, not a test
+    code = ("import sys; from recaption.cli import main\n"
             "try:\n main(['--help'])\nexcept SystemExit: pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', time.perf_counter()-t, file=sys.stderr)")
+            "print(sorted(m for m in ('torch', 'open_clip', 'ray', 'vllm', 'transformers', 'pyarrow') "
+            "if m in sys.modules), file=sys.stderr)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "NO-TORCH" in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "[]", p.stderr
     assert all(v in p.stdout for v in VERBS)
 
 
@@ -34,7 +36,9 @@ def test_each_verb_has_help_with_examples(verb, capsys):
     (["run", "no-such-recipe", "{shards}", "-o", "{tmp}/o"], "unknown recipe"),
     (["caption", "{shards}", "-o", "{tmp}/a", "-c", "blip-base", "--device", "cuda"], "no CUDA GPU"),
     (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "raw"], "give --out"),
-    (["score", "{shards}", "-a", "{tmp}/a", "--sieve-model", "{tmp}/missing-model", "--no-clip"], "error"),
+    (["score", "{shards}", "-a", "{tmp}/a", "--sieve-model", "{tmp}/missing-model", "--no-clip"],
+     "SIEVE model not found"),
+    (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "nope", "--dry-run"], "Invalid value for '--strategy'"),
 ])
 def test_errors_are_one_line(args, msg, shard_dir, tmp_path):
     (tmp_path / "empty").mkdir()

@@ -76,3 +76,28 @@ def test_no_member_name_is_used_as_a_path(result, tmp_path):
     for t in out.glob("*.tar"):
         with tarfile.open(t) as tf:
             assert all(not n.startswith("/") and ".." not in n.split("/") for n in tf.getnames())
+
+
+def test_annotate_names_every_shard_not_read_whole_and_exits_1(corpus, tiny_models, tmp_path, capsys):
+    import json
+    import shutil
+
+    shards, _ = corpus
+    d = tmp_path / "shards"
+    shutil.copytree(shards, d)
+    (d / "00005.tar").write_bytes(b"")  # a 0-byte file
+    code = cli("score", d, "-a", tmp_path / "a", "--clip-model", tiny_models["clip"], "--no-sieve", "-q", "--json")
+    assert code == 1
+    s = json.loads(capsys.readouterr().out)
+    failed = {f["shard"]: f["error"] for f in s["failed_shards"]}
+    assert set(failed) == {"00002", "00003", "00004", "00005"}
+    assert "truncated" in failed["00002"] and "not a tar" in failed["00003"] and "no samples" in failed["00004"]
+    assert s["errors"] > 0 and s["error_reasons"]
+
+
+def test_every_sample_failing_is_a_failure_with_its_reason(shard_dir, tiny_models, tmp_path, capsys):
+    code = cli("score", shard_dir, "-a", tmp_path / "a", "--clip-model", tiny_models["clip"], "--no-sieve",
+               "--max-pixels", 1000, "-q")
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "samples with errors" in out and "over the limit" in out

@@ -64,14 +64,14 @@ KILL = textwrap.dedent("""
     point, target = sys.argv[1], sys.argv[2]
     if point == "caption":
         from recaption.stages import annotate as a
-        orig = a.AnnotateStage._model_batch
+        orig = a.AnnotateStage._models
         calls = []
-        def killer(self, todo, name, t, *rest):
+        def killer(self, todo, batch, name, *rest):
             calls.append(name)
             if name == target and len([c for c in calls if c == target]) == 2:
                 os._exit(9)  # as kill -9: no cleanup, no finally
-            return orig(self, todo, name, t, *rest)
-        a.AnnotateStage._model_batch = killer
+            return orig(self, todo, batch, name, *rest)
+        a.AnnotateStage._models = killer
     else:
         from recaption.io import writer
         import recaption.mixing.mix as m
@@ -123,10 +123,11 @@ def test_killed_run_resumes_to_the_same_output(point, target, uninterrupted, sha
 
 
 def test_local_and_ray_engines_write_the_same_files(shard_dir, tiny_models, minilm, tmp_path, ray_local):
+    # the same command on either engine: same worker count, so the same torch threads per worker
     common = ["-c", "sieve", "--model", tiny_models["blip"], "--num-captions", 2, "--clip-model",
-              tiny_models["clip"], "--sieve-model", minilm, "--batch-size", 4, "-q"]
+              tiny_models["clip"], "--sieve-model", minilm, "--batch-size", 4, "--workers", 2, "-q"]
     assert cli("annotate", shard_dir, "-o", tmp_path / "a_local", *common) == 0
-    assert cli("annotate", shard_dir, "-o", tmp_path / "a_ray", "--engine", "ray", "--workers", 2, *common) == 0
+    assert cli("annotate", shard_dir, "-o", tmp_path / "a_ray", "--engine", "ray", *common) == 0
     for f in sorted((tmp_path / "a_local").glob("*.parquet")):
         assert ann.read_rows(str(f)) == ann.read_rows(str(tmp_path / "a_ray" / f.name))
     mixargs = ["--strategy", "threshold", "--fraction", "0.3", "--samples-per-shard", 4, "-q"]
