@@ -1,4 +1,5 @@
-"""Device and dtype choice shared by every model: CUDA bf16/fp16 when present, else CPU fp32."""
+"""Device and dtype choice shared by every model: CUDA with bf16 (fp16 where bf16 is unsupported)
+when present, else CPU, in bf16 where the CPU has native bf16 (AMX, AVX512-BF16) and fp32 elsewhere."""
 from __future__ import annotations
 
 from recaption.errors import RecaptionError

@@ -43,9 +43,6 @@ class ReadFailure:
     index: int = -1
 
 
-Record = "Sample | ReadFailure"
-
-
 def split_member(name: str) -> tuple[str, str] | None:
     """`dir/000001.syn.txt` -> (`dir/000001`, `syn.txt`); None for names with no field."""
     dirname, base = posixpath.split(name)
