@@ -104,9 +104,12 @@ def _summary_base(kind: str) -> dict:
 
 # -- annotate: caption and/or score ------------------------------------------------------------
 def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, sieve: SieveConfig | None,
-                   batch_size: int) -> dict[str, dict]:
-    """The settings that identify each column group: the same settings resume, others are refused."""
-    groups = {}
+                   batch_size: int, lang_model: str | None = None) -> dict[str, dict]:
+    """The settings that identify each column group: the same settings resume, others are refused.
+    Filter metrics come with every pass (cheap), so the published filters can be applied at mix time."""
+    from recaption.scoring import language
+
+    groups = {"metrics": {"lang_model": language.model_identity(model_identity(lang_model))}}
     if captioner is not None:
         c = captioner
         groups["captions"] = {"backend": c.backend, "model": model_identity(c.model), "revision": c.revision,
@@ -125,7 +128,8 @@ def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, s
 def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | None = None,
              caption_options: dict | None = None, clip: ClipConfig | None = None, sieve: SieveConfig | None = None,
              batch_size: int | None = None, image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None,
-             overwrite: bool = False, execution: Execution | None = None, verb: str = "annotate") -> dict:
+             lang_model: str | None = None, overwrite: bool = False, execution: Execution | None = None,
+             verb: str = "annotate") -> dict:
     """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict.
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
@@ -148,6 +152,8 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
         _check_captioner(cap)
     if sieve is not None:
         _check_model_path(sieve.model, "SIEVE model")
+    if lang_model is not None and not os.path.exists(lang_model):
+        raise RecaptionError(f"language model not found: {lang_model}")
     if clip is not None:
         _check_model_path(clip.pretrained, "CLIP checkpoint")
         _check_model_path(clip.model.split(":", 1)[1] if clip.model.startswith("local-dir:") else None, "CLIP model folder")
@@ -159,11 +165,12 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
     _check_device(ex.device)
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
-    wanted = group_settings(cap, clip, sieve, batch_size)
+    wanted = group_settings(cap, clip, sieve, batch_size, lang_model)
     preflight(ex)
     folders.claim_annotations(ann_dir, wanted, overwrite)
     spec = AnnotateSpec(
-        ann_dir=ann_dir, models=ModelSpec(cap, clip, sieve, device=ex.device), groups=wanted,
+        ann_dir=ann_dir, models=ModelSpec(cap, clip, sieve, device=ex.device, metrics=True, lang_model=lang_model),
+        groups=wanted,
         decode=DecodeOptions(image_keys=tuple(image_keys), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                              batch_size=batch_size),
         overwrite=overwrite)

@@ -75,7 +75,8 @@ def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptio
     """Add CLIP and SIEVE scores to annotation files (or create raw-only files); missing groups are added."""
     from recaption import api
 
-    s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), batch_size=ex.batch_size,
+    s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), lang_model=sco.lang_model,
+                     batch_size=ex.batch_size,
                      image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
                      execution=ex.execution(o), verb="score")
     return _show_annotate(s, annotations, o)
@@ -90,7 +91,7 @@ def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: I
     from recaption import api
 
     s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), clip=sco.clip(cap.dtype),
-                     sieve=sco.sieve(), batch_size=ex.batch_size, image_keys=inp.keys(), max_pixels=inp.max_pixels,
+                     sieve=sco.sieve(), lang_model=sco.lang_model, batch_size=ex.batch_size, image_keys=inp.keys(), max_pixels=inp.max_pixels,
                      overwrite=o.overwrite, execution=ex.execution(o))
     return _show_annotate(s, out, o)
 

@@ -91,6 +91,7 @@ class ScoringOptions:
     sieve_model: Annotated[Optional[str], opt(help="sentence-transformers id or path (default: all-MiniLM-L6-v2, bundled copy when installed)", panel=SCO)] = None
     no_sieve: Annotated[bool, opt(help="skip SIEVE scores", panel=SCO)] = False
     mask: Annotated[str, opt(help="SIEVE mask list: sieve, sieve-long, none, or a file with one phrase a line", panel=SCO)] = "sieve"
+    lang_model: Annotated[Optional[str], opt(help="fastText lid.176 model for caption language (default: the bundled lid.176.ftz; the full lid.176.bin reproduces DataComp exactly)", panel=SCO)] = None
 
     def clip(self, dtype=None):
         """The CLIP config, or None with --no-clip."""

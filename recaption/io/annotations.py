@@ -31,6 +31,23 @@ SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
 ])
+# Columns after the fixed ones: optional, additive; readers ignore what they do not know.
+EXTRA_SCHEMA = pa.schema([
+    # filter metrics (DataComp basic filtering, LAION post-processing), from the raw caption and image
+    ("lang", pa.string()),  # fastText lid.176 top-1 label of the raw caption, e.g. "en"
+    ("lang_prob", pa.float32()),
+    ("caption_words", pa.int32()),  # whitespace-separated words of the raw caption
+    ("caption_chars", pa.int32()),
+    ("original_width", pa.int32()),  # img2dataset's original size, from the sample json
+    ("original_height", pa.int32()),
+    ("width", pa.int32()),  # the stored image's own size, from its header
+    ("height", pa.int32()),
+    ("image_bytes", pa.int64()),
+    # candidate re-ranking chain: per stage, each candidate's score (null where not scored), and the pick
+    ("rerank_scores", pa.list_(pa.list_(pa.float32()))),
+    ("rerank_pick", pa.int32()),
+])
+FULL_SCHEMA = pa.schema(list(SCHEMA) + list(EXTRA_SCHEMA))
 COLUMNS = SCHEMA.names
 
 # Column groups, each written by one scorer or the captioner, each with its own recorded settings.
@@ -38,10 +55,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "captions": ("captions", "captioner"),
     "clip": ("clip_raw", "clip_captions"),
     "sieve": ("sieve", "sieve_mean", "sieve_best"),
+    "metrics": ("lang", "lang_prob", "caption_words", "caption_chars", "original_width", "original_height",
+                "width", "height", "image_bytes"),
+    "rerank": ("rerank_scores", "rerank_pick"),
 }
+# Groups whose values are computed from the captions: new captions make them stale.
+CAPTION_SCORES = ("clip", "sieve", "rerank")
 # What a column holds when its group was never computed (or was dropped because captions changed).
-BLANK = {"captions": [], "captioner": None, "clip_raw": None, "clip_captions": [], "sieve": None,
-         "sieve_mean": None, "sieve_best": None}
+BLANK = {c: None for g in GROUPS.values() for c in g} | {"captions": [], "clip_captions": []}
 
 
 def empty_row(key, shard, raw_caption=None) -> dict:
@@ -67,11 +88,11 @@ def path_for(ann_dir: str, shard: str) -> str:
 
 
 def to_table(rows: list[dict], groups: dict | None = None) -> pa.Table:
-    """Rows -> a table with the fixed schema (extra keys become extra columns) and the metadata."""
-    extra = [k for k in (rows[0] if rows else {}) if k not in COLUMNS]
-    cols = {c: [r.get(c) for r in rows] for c in COLUMNS}
-    t = pa.Table.from_pydict(cols, schema=SCHEMA)
-    for k in extra:
+    """Rows -> a table with the fixed schema, then every known extra column (null where not computed),
+    then any other keys; plus the metadata."""
+    cols = {c: [r.get(c) for r in rows] for c in FULL_SCHEMA.names}
+    t = pa.Table.from_pydict(cols, schema=FULL_SCHEMA)
+    for k in [k for k in (rows[0] if rows else {}) if k not in FULL_SCHEMA.names]:
         t = t.append_column(k, pa.array([r.get(k) for r in rows]))
     meta = {"format_version": FORMAT_VERSION, "groups": groups or {}}
     return t.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})

@@ -177,7 +177,9 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool) ->
             f"{ann_dir} holds {g} written with other settings ({describe(groups[g])}; now {describe(wanted[g])}); "
             "to resume that run, repeat its command; to replace them, add --overwrite; or choose another folder")
     if "captions" in wanted and (clash and "captions" in clash or "captions" not in groups):
-        for dep in ("clip", "sieve"):  # scores of other captions no longer hold
+        from recaption.io.annotations import CAPTION_SCORES
+
+        for dep in CAPTION_SCORES:  # scores of other captions no longer hold
             if dep not in wanted:
                 groups.pop(dep, None)
     groups.update(wanted)

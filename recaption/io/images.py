@@ -30,7 +30,9 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             im.load()
-            return to_rgb(im)
+            out = to_rgb(im)
+            out.info["source_size"] = (w, h)  # the stored image's size, before draft-mode scaling
+            return out
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -15,6 +15,7 @@ from recaption.io.sources import shard_name
 from recaption.stages.bundle import ModelBundle, ModelSpec
 from recaption.stages.commit import ShardWork, commit, plan_shard
 from recaption.stages.inputs import DecodeOptions, ShardBatches
+from recaption.stages.metrics import add_language, sample_metrics
 from recaption.stages.reports import ShardReport, Timer, error_reasons
 
 log = logging.getLogger("recaption")
@@ -80,7 +81,7 @@ class AnnotateStage:
         opts = DecodeOptions(**{**self.spec.decode.__dict__, "draft_size": m.draft_size})
         with ShardBatches(url, opts, prepare=m.prepare, on_wait=lambda s: t.add("wait_input", s)) as batches:
             for batch in batches:
-                todo = self._batch_rows(batch, name, rows, by_key, work)
+                todo = self._batch_rows(batch, name, rows, by_key, work, t)
                 if todo:
                     self._models(todo, batch, name, work, t)
                 if progress:
@@ -88,9 +89,9 @@ class AnnotateStage:
         self._sieve(rows, work, t)
         return rows
 
-    def _batch_rows(self, batch, name, rows, by_key, work) -> list[tuple[int, dict]]:
+    def _batch_rows(self, batch, name, rows, by_key, work, t) -> list[tuple[int, dict]]:
         """Rows for a batch's records (new rows are appended to `rows`): (position, row) to model."""
-        todo = []
+        todo, measured = [], []
         for i, (rec, img) in enumerate(zip(batch.records, batch.images)):
             if isinstance(rec, ReadFailure):
                 if by_key is None:
@@ -105,10 +106,16 @@ class AnnotateStage:
                 if "captions" in work.todo:
                     row["captioner"] = self.models.captioner.id
                 rows.append(row)
+            if "metrics" in work.todo:
+                row.update(sample_metrics(rec, img))
+                measured.append(row)
             if img is None or isinstance(img, Exception):
                 row.update(status="error", error=f"decode: {img}")
                 continue
             todo.append((i, row))
+        if measured:
+            with t("metrics"):
+                add_language(measured, self.models.lid)
         return todo
 
     def _models(self, todo, batch, name, work, t) -> None:

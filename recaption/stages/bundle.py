@@ -24,7 +24,8 @@ class ModelSpec:
     clip: ClipConfig | None = None
     sieve: SieveConfig | None = None
     device: str | None = None  # applied where a config names none
-    threads: int | None = None  # torch intra-op threads in this worker
+    metrics: bool = False  # filter metrics, with the language model below
+    lang_model: str | None = None  # fastText lid.176 file (default: the bundled lid.176.ftz)
 
 
 def _on(cfg, device):
@@ -35,11 +36,7 @@ class ModelBundle:
     """Captioner, CLIP scorer and SIEVE scorer of one worker."""
 
     def __init__(self, spec: ModelSpec):
-        if spec.threads:
-            import torch
-
-            torch.set_num_threads(spec.threads)
-        self.captioner = self.clip = self.sieve = None
+        self.captioner = self.clip = self.sieve = self.lid = None
         if spec.captioner is not None:
             from recaption.captioners import build_captioner
 
@@ -53,6 +50,10 @@ class ModelBundle:
 
             s = _on(spec.sieve, spec.device)
             self.sieve = SieveScorer(s.model, s.mask, device=s.device)
+        if spec.metrics:
+            from recaption.scoring.language import LanguageId
+
+            self.lid = LanguageId(spec.lang_model)
 
     @property
     def draft_size(self) -> int | None:

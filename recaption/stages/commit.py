@@ -26,7 +26,7 @@ class ShardWork:
 
     @property
     def needs_images(self) -> bool:
-        return bool(self.todo & {"captions", "clip"})
+        return bool(self.todo & {"captions", "clip", "metrics", "rerank"})
 
 
 def _same(a, b) -> bool:
@@ -48,7 +48,7 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
         todo.add(g)
     keep = {g: s for g, s in recorded.items() if g not in todo}
     if "captions" in todo:
-        keep = {g: s for g, s in keep.items() if g not in ("clip", "sieve")}
+        keep = {g: s for g, s in keep.items() if g not in ann.CAPTION_SCORES}
     work = ShardWork(todo=todo, keep=keep, existing_rows=table.num_rows)
     if todo and "captions" not in todo:
         work.rows = table.to_pylist()
@@ -61,8 +61,8 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
 def commit(url: str, rows: list[dict], work: ShardWork, wanted: dict[str, dict]) -> None:
     """Write the file atomically, recording the settings of every group it holds."""
     groups = dict(work.keep) | {g: wanted[g] for g in work.todo}
-    for g in ann.GROUPS:
-        if g not in groups and g != "captions":
+    for g in ann.CAPTION_SCORES:
+        if g not in groups:
             for r in rows:  # no stale scores under a group the file does not claim
                 ann.blank_group(r, g)
     ann.write(url, rows, groups)

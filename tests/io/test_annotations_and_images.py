@@ -14,7 +14,9 @@ def test_annotation_schema_is_exact(tmp_path):
             ann.error_row("k2", "00000", "decode: bad")]
     ann.write(str(tmp_path / "00000.parquet"), rows)
     t = ann.read(str(tmp_path / "00000.parquet"))
-    assert t.schema.names == ann.COLUMNS
+    assert t.schema.names[: len(ann.COLUMNS)] == ann.COLUMNS  # the fixed columns first, in order
+    assert t.schema.names[len(ann.COLUMNS):] == ann.EXTRA_SCHEMA.names  # then the optional ones, typed
+    assert t.schema.field("lang_prob").type == pa.float32() and t.schema.field("image_bytes").type == pa.int64()
     assert t.schema.field("clip_raw").type == pa.float32()
     assert t.schema.field("clip_captions").type == pa.list_(pa.float32())
     assert t.schema.field("captions").type == pa.list_(pa.string())
