@@ -32,6 +32,8 @@ from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.io.sources import check_unique_names, list_shards, sample_count_hint
 from recaption.mixing.strategies import MixConfig
 from recaption.scoring.clip import ClipConfig
+from recaption.scoring.rerank import RerankStep, validate_chain
+from recaption.scoring.rerank import settings as rerank_settings
 from recaption.scoring.sieve import DEFAULT_EMBEDDER, SieveConfig
 
 log = logging.getLogger("recaption")
@@ -104,7 +106,7 @@ def _summary_base(kind: str) -> dict:
 
 # -- annotate: caption and/or score ------------------------------------------------------------
 def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, sieve: SieveConfig | None,
-                   batch_size: int, lang_model: str | None = None) -> dict[str, dict]:
+                   batch_size: int, lang_model: str | None = None, rerank=()) -> dict[str, dict]:
     """The settings that identify each column group: the same settings resume, others are refused.
     Filter metrics come with every pass (cheap), so the published filters can be applied at mix time."""
     from recaption.scoring import language
@@ -122,14 +124,17 @@ def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, s
                           "dtype": clip.dtype or "auto"}
     if sieve is not None:
         groups["sieve"] = {"model": model_identity(sieve.model), "mask": sieve.mask}
+    if rerank:
+        groups["rerank"] = {"steps": [{**s, "model": model_identity(s["model"])} for s in rerank_settings(rerank)],
+                            "main_clip": groups.get("clip")}
     return groups
 
 
 def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | None = None,
              caption_options: dict | None = None, clip: ClipConfig | None = None, sieve: SieveConfig | None = None,
              batch_size: int | None = None, image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None,
-             lang_model: str | None = None, overwrite: bool = False, execution: Execution | None = None,
-             verb: str = "annotate") -> dict:
+             lang_model: str | None = None, rerank: list[RerankStep] | tuple = (), overwrite: bool = False,
+             execution: Execution | None = None, verb: str = "annotate") -> dict:
     """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict.
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
@@ -154,6 +159,9 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
         _check_model_path(sieve.model, "SIEVE model")
     if lang_model is not None and not os.path.exists(lang_model):
         raise RecaptionError(f"language model not found: {lang_model}")
+    rerank = tuple(validate_chain(list(rerank)))
+    if rerank and clip is None:
+        raise RecaptionError("re-ranking needs the main CLIP model too (it scores the raw caption and the pick)")
     if clip is not None:
         _check_model_path(clip.pretrained, "CLIP checkpoint")
         _check_model_path(clip.model.split(":", 1)[1] if clip.model.startswith("local-dir:") else None, "CLIP model folder")
@@ -165,11 +173,12 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
     _check_device(ex.device)
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
-    wanted = group_settings(cap, clip, sieve, batch_size, lang_model)
+    wanted = group_settings(cap, clip, sieve, batch_size, lang_model, rerank)
     preflight(ex)
     folders.claim_annotations(ann_dir, wanted, overwrite)
     spec = AnnotateSpec(
-        ann_dir=ann_dir, models=ModelSpec(cap, clip, sieve, device=ex.device, metrics=True, lang_model=lang_model),
+        ann_dir=ann_dir, models=ModelSpec(cap, clip, sieve, device=ex.device, metrics=True, lang_model=lang_model,
+                                          rerank=rerank),
         groups=wanted,
         decode=DecodeOptions(image_keys=tuple(image_keys), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                              batch_size=batch_size),
@@ -298,7 +307,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     ann_summary = {}
     if parts.captioner or parts.clip or parts.sieve:
         ann_summary = annotate(input_spec, ann_dir, captioner=parts.captioner, clip=parts.clip, sieve=parts.sieve,
-                               batch_size=r.get("batch_size"), max_pixels=max_pixels,
+                               rerank=parts.rerank, batch_size=r.get("batch_size"), max_pixels=max_pixels,
                                overwrite=overwrite and not same_annotations, execution=ex)
     summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
                   extra_summary={"annotate": ann_summary, "recipe": r})

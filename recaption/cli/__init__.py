@@ -76,7 +76,7 @@ def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptio
     from recaption import api
 
     s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), lang_model=sco.lang_model,
-                     batch_size=ex.batch_size,
+                     rerank=sco.rerank_steps(), batch_size=ex.batch_size,
                      image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
                      execution=ex.execution(o), verb="score")
     return _show_annotate(s, annotations, o)
@@ -91,7 +91,8 @@ def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: I
     from recaption import api
 
     s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), clip=sco.clip(cap.dtype),
-                     sieve=sco.sieve(), lang_model=sco.lang_model, batch_size=ex.batch_size, image_keys=inp.keys(), max_pixels=inp.max_pixels,
+                     sieve=sco.sieve(), lang_model=sco.lang_model, rerank=sco.rerank_steps(), batch_size=ex.batch_size,
+                     image_keys=inp.keys(), max_pixels=inp.max_pixels,
                      overwrite=o.overwrite, execution=ex.execution(o))
     return _show_annotate(s, out, o)
 
@@ -182,21 +183,30 @@ def report(
     print(f"report: {api.report(path, out, input_spec=input, fraction=fraction)}")
 
 
-@verb(app)
-def recipes():
-    """List the recipes shipped with recaption."""
+@verb(app, epilog=_examples("recaption recipes", "recaption recipes laion-coco"))
+def recipes(name: Annotated[Optional[str], typer.Argument(help="show this recipe in full, with its source", metavar="[RECIPE]",
+                                                            show_default=False)] = None):
+    """List the recipes shipped with recaption and the paper each one follows."""
     from rich.console import Console
     from rich.table import Column, Table
     from rich.text import Text
 
     from recaption import api
 
-    t = Table(Column("recipe", no_wrap=True), "captioner", "mix", "description")
-    for name, r in api.recipes().items():
+    if name:
+        import yaml
+
+        from recaption.recipes import load_recipe
+
+        print(yaml.safe_dump(load_recipe(name), sort_keys=False, allow_unicode=True, width=100).rstrip())
+        return
+    t = Table(Column("recipe", no_wrap=True), "captioner", "mix", "source")
+    for rname, r in api.recipes().items():
         mix = r.get("mix") or {}
-        t.add_row(Text(name), Text(str(r.get("captioner"))), Text(" ".join(f"{k}={v}" for k, v in mix.items())),
-                  Text(r.get("description", "")))
+        t.add_row(Text(rname), Text(str(r.get("captioner"))), Text(" ".join(f"{k}={v}" for k, v in mix.items())),
+                  Text((r.get("source") or {}).get("paper", "")))
     Console().print(t)
+    print("`recaption recipes NAME` shows one in full: the values taken from its source and where it differs.")
 
 
 @verb(app)

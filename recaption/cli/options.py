@@ -13,7 +13,7 @@ import logging
 import typing
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -91,6 +91,7 @@ class ScoringOptions:
     sieve_model: Annotated[Optional[str], opt(help="sentence-transformers id or path (default: all-MiniLM-L6-v2, bundled copy when installed)", panel=SCO)] = None
     no_sieve: Annotated[bool, opt(help="skip SIEVE scores", panel=SCO)] = False
     mask: Annotated[str, opt(help="SIEVE mask list: sieve, sieve-long, none, or a file with one phrase a line", panel=SCO)] = "sieve"
+    rerank: Annotated[Optional[List[str]], opt(help="re-rank candidates with a chain of CLIP models, one step per option: MODEL[@PRETRAINED]=K keeps the K best (the last K is 1), e.g. --rerank ViT-L-14@openai=5 --rerank RN50x64@openai=1", panel=SCO)] = None
     lang_model: Annotated[Optional[str], opt(help="fastText lid.176 model for caption language (default: the bundled lid.176.ftz; the full lid.176.bin reproduces DataComp exactly)", panel=SCO)] = None
 
     def clip(self, dtype=None):
@@ -100,6 +101,12 @@ class ScoringOptions:
         from recaption.scoring.clip import ClipConfig
 
         return ClipConfig(model=self.clip_model, pretrained=self.clip_pretrained, dtype=_value(dtype))
+
+    def rerank_steps(self) -> list:
+        """The re-ranking chain from the --rerank options."""
+        from recaption.scoring.rerank import RerankStep
+
+        return [RerankStep.parse(x) for x in self.rerank or []]
 
     def sieve(self):
         """The SIEVE config, or None with --no-sieve."""

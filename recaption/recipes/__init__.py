@@ -15,7 +15,7 @@ import yaml
 from recaption.errors import RecaptionError
 
 HERE = Path(__file__).parent
-TOP_KEYS = {"description", "captioner", "caption", "clip", "sieve", "mix", "batch_size", "device"}
+TOP_KEYS = {"description", "source", "captioner", "caption", "clip", "rerank", "sieve", "mix", "batch_size", "device"}
 SECTION_KEYS = {
     "clip": {"model", "pretrained", "dtype", "batch_size"},
     "sieve": {"model", "mask"},
@@ -97,6 +97,7 @@ class RecipeParts:
     clip: object  # ClipConfig | None
     sieve: object  # SieveConfig | None
     mix: object  # MixConfig, validated
+    rerank: tuple = ()  # RerankStep chain
 
 
 def recipe_parts(r: dict) -> RecipeParts:
@@ -123,4 +124,21 @@ def recipe_parts(r: dict) -> RecipeParts:
         mix = MixConfig(**(r.get("mix") or {})).validate()
     except TypeError as e:
         raise RecaptionError(f"mix: {e}") from None
-    return RecipeParts(cap, clip, sieve, mix)
+    rerank = _rerank(r.get("rerank"))
+    if rerank and clip is None:
+        raise RecaptionError("rerank needs a clip section (the main CLIP model)")
+    return RecipeParts(cap, clip, sieve, mix, rerank)
+
+
+def _rerank(steps) -> tuple:
+    from recaption.scoring.rerank import RerankStep, validate_chain
+
+    if not steps:
+        return ()
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise RecaptionError("rerank must be a list of {model, pretrained, top_k} steps")
+    try:
+        chain = [RerankStep(**s) for s in steps]
+    except TypeError as e:
+        raise RecaptionError(f"rerank: {e}") from None
+    return tuple(validate_chain(chain))

@@ -131,6 +131,8 @@ class AnnotateStage:
         if "clip" in work.todo:
             with t("clip"):
                 m.clip_score(rows, images, prep.get("clip") if all(r["status"] == "ok" for r in rows) else None)
+        if "rerank" in work.todo:
+            m.rerank(rows, images, prep, timer=t)
 
     def _sieve(self, rows, work, t) -> None:
         if "sieve" in work.todo:

@@ -5,12 +5,14 @@ thread touches tokenizers; `prepare` (images only) may run in the reader thread.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
 
 from recaption.captioners.base import CaptionerConfig
 from recaption.scoring.clip import ClipConfig
+from recaption.scoring.rerank import RerankStep, run_chain
 from recaption.scoring.sieve import SieveConfig
 
 log = logging.getLogger("recaption")
@@ -26,6 +28,7 @@ class ModelSpec:
     device: str | None = None  # applied where a config names none
     metrics: bool = False  # filter metrics, with the language model below
     lang_model: str | None = None  # fastText lid.176 file (default: the bundled lid.176.ftz)
+    rerank: tuple[RerankStep, ...] = ()  # candidate re-ranking chain
 
 
 def _on(cfg, device):
@@ -54,11 +57,22 @@ class ModelBundle:
             from recaption.scoring.language import LanguageId
 
             self.lid = LanguageId(spec.lang_model)
+        self.steps = list(spec.rerank)
+        self.rerankers = [self._reranker(st, spec) for st in self.steps]
+
+    def _reranker(self, step: RerankStep, spec: ModelSpec):
+        """The main CLIP scorer where a step names the same model (its scores are reused), else its own."""
+        if spec.clip is not None and (step.model, step.pretrained) == (spec.clip.model, spec.clip.pretrained):
+            return self.clip
+        from recaption.scoring.clip import ClipScorer
+
+        base = spec.clip or ClipConfig()
+        return ClipScorer(_on(dataclasses.replace(base, model=step.model, pretrained=step.pretrained), spec.device))
 
     @property
     def draft_size(self) -> int | None:
         """The largest input any image model needs: JPEGs decode at no less than this."""
-        sizes = [m.image_size for m in (self.captioner, self.clip) if m is not None]
+        sizes = [m.image_size for m in (self.captioner, self.clip, *self.rerankers) if m is not None]
         return max(sizes) if sizes else None
 
     def prepare(self, images) -> dict:
@@ -68,6 +82,9 @@ class ModelBundle:
             prep["caption"] = self.captioner.prepare(images)
         if self.clip is not None:
             prep["clip"] = self.clip.prepare(images)
+        for i, r in enumerate(self.rerankers):
+            if r is not self.clip:
+                prep[f"rerank{i}"] = r.prepare(images)
         return prep
 
     def caption(self, rows: list[dict], images: list, shard: str, prepared=None) -> None:
@@ -100,6 +117,28 @@ class ModelBundle:
         raw_s, cand_s = self.clip.score(emb, [r["raw_caption"] for r, _ in live], [r["captions"] or [] for r, _ in live])
         for (r, _), a, b in zip(live, raw_s, cand_s):
             r["clip_raw"], r["clip_captions"] = a, b
+
+    def rerank(self, rows: list[dict], images: list, prepared: dict | None = None, timer=None) -> None:
+        """Run the re-ranking chain over each ok row's candidates: per-step scores and the pick."""
+        live = [(i, r) for i, r in enumerate(rows) if r["status"] == "ok" and r["captions"]]
+        whole = len(live) == len(rows)
+        ims = [images[i] for i, _ in live]
+
+        def score_step(i, in_play):
+            scorer = self.rerankers[i]
+            with timer(f"rerank{i + 1}") if timer else contextlib.nullcontext():
+                if scorer is self.clip and all(len(r["clip_captions"] or []) == len(r["captions"]) for _, r in live):
+                    return [[r["clip_captions"][j] for j in cands] for (_, r), cands in zip(live, in_play)]
+                prep = (prepared or {}).get("clip" if scorer is self.clip else f"rerank{i}")
+                emb = scorer.encode_pixels(prep) if prep is not None and whole else scorer.encode_images(ims)
+                texts = [[r["captions"][j] for j in cands] for (_, r), cands in zip(live, in_play)]
+                return scorer.score(emb, [None] * len(live), texts)[1]
+
+        if not live:
+            return
+        scores, picks = run_chain([st.top_k for st in self.steps], [len(r["captions"]) for _, r in live], score_step)
+        for (_, r), sc, p in zip(live, scores, picks):
+            r["rerank_scores"], r["rerank_pick"] = sc, p
 
     def sieve_score(self, rows: list[dict]) -> None:
         """Fill the SIEVE columns of ok rows; all texts of the shard in one embedding call."""

@@ -1,0 +1,60 @@
+"""Issue 17.2: each recipe is pinned to the values its source publishes, so an edit that drifts
+from the paper fails here; each names its source and what it does not reproduce."""
+from recaption.captioners.base import list_presets
+from recaption.recipes import list_recipes, load_recipe, recipe_parts
+from tests.test_end_to_end import cli
+
+
+def test_every_recipe_names_its_source():
+    for name, r in list_recipes().items():
+        src = r.get("source") or {}
+        assert src.get("paper") and src.get("values"), name
+
+
+def test_sieve_is_the_papers():
+    r = load_recipe("sieve")
+    p = recipe_parts(r)
+    d = p.captioner.decoding
+    assert (p.captioner.backend, p.captioner.prompt) == ("blip", "a picture of ")
+    assert (d.strategy, d.top_p, d.num_captions, d.max_length, d.min_length, d.repetition_penalty) == \
+        ("sample", 0.9, 8, 20, 5, 1.1)
+    assert r["sieve"] == {"model": "default", "mask": "sieve"} and p.sieve.mask == "sieve"
+    assert (p.clip.model, p.clip.pretrained) == ("ViT-L-14", "openai")
+    assert (p.mix.strategy, p.mix.fraction, p.mix.alpha) == ("sieve", 0.2, 0.5)
+    assert "2310.02110" in r["source"]["paper"] and r["source"]["differs"]
+
+
+def test_datacomp_clip_score_is_the_papers():
+    r = load_recipe("datacomp-clip")
+    p = recipe_parts(r)
+    assert p.captioner is None and (p.clip.model, p.clip.pretrained) == ("ViT-L-14", "openai")
+    assert (p.mix.strategy, p.mix.fraction) == ("raw", 0.3) and "2304.14108" in r["source"]["paper"]
+
+
+def test_nguyen_is_the_papers():
+    r = load_recipe("nguyen-blip2")
+    p = recipe_parts(r)
+    assert (p.captioner.backend, p.captioner.model) == ("blip2", "Salesforce/blip2-opt-2.7b")
+    assert (p.clip.model, p.clip.pretrained) == ("ViT-L-14", "openai")
+    assert (p.mix.strategy, p.mix.fraction, p.mix.filter_synthetic) == ("threshold", 0.3, True)
+    assert "2307.10350" in r["source"]["paper"] and r["source"]["not_pinned"]
+
+
+def test_laion_coco_is_the_blogs_two_stage_chain():
+    r = load_recipe("laion-coco")
+    p = recipe_parts(r)
+    assert p.captioner.model == list_presets()["blip-large"]["model"]
+    assert p.captioner.decoding.strategy == "sample" and p.captioner.decoding.num_captions == 40
+    assert [(s.model, s.pretrained, s.top_k) for s in p.rerank] == [("ViT-L-14", "openai", 5), ("RN50x64", "openai", 1)]
+    assert (p.clip.model, p.clip.pretrained) == ("ViT-L-14", "openai")  # the main model: clip_synthetic's scorer
+    assert p.mix.strategy == "synthetic"
+    assert any("T0" in x for x in r["source"]["differs"])  # the grammar repair it does not run
+
+
+def test_recipes_verb_shows_sources(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli("recipes") == 0
+    out = capsys.readouterr().out
+    assert "2310.02110" in out and "LAION-COCO" in out
+    assert cli("recipes", "laion-coco") == 0
+    assert "RN50x64" in capsys.readouterr().out
