@@ -17,7 +17,9 @@ def tiny_sets(recipe, m, minilm):
         "sieve": [f"caption.model={m['blip']}", "caption.num_captions=2", "caption.max_length=10",
                   f"sieve.model={minilm}"],
         "nguyen-blip2": [f"caption.model={m['blip2']}", "caption.max_new_tokens=4", "caption.num_beams=2"],
-        "laion-coco": [f"caption.model={m['blip']}", "caption.num_captions=3", "caption.max_new_tokens=4"],
+        "laion-coco": [f"caption.model={m['blip']}", "caption.num_captions=3", "caption.max_new_tokens=4",
+                       f"rerank=[{{model: '{m['clip']}', pretrained: null, top_k: 2}}, "
+                       f"{{model: '{m['clip']}', pretrained: null, top_k: 1}}]"],
         "datacomp-clip": [],
     }[recipe]
     return sets + [f"clip.model={m['clip']}", "batch_size=4"]

@@ -31,6 +31,12 @@ class ModelSpec:
     rerank: tuple[RerankStep, ...] = ()  # candidate re-ranking chain
 
 
+def _same_clip(model_a, pre_a, model_b, pre_b) -> bool:
+    """Same open_clip model; a local-dir:/hf-hub: model carries its weights, so its tag does not count."""
+    own = model_a.startswith(("local-dir:", "hf-hub:"))
+    return model_a == model_b and (own or pre_a == pre_b)
+
+
 def _on(cfg, device):
     return cfg if cfg is None or cfg.device or not device else dataclasses.replace(cfg, device=device)
 
@@ -62,7 +68,7 @@ class ModelBundle:
 
     def _reranker(self, step: RerankStep, spec: ModelSpec):
         """The main CLIP scorer where a step names the same model (its scores are reused), else its own."""
-        if spec.clip is not None and (step.model, step.pretrained) == (spec.clip.model, spec.clip.pretrained):
+        if spec.clip is not None and _same_clip(step.model, step.pretrained, spec.clip.model, spec.clip.pretrained):
             return self.clip
         from recaption.scoring.clip import ClipScorer
 
