@@ -125,14 +125,18 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
     return rec
 
 
-def _refuse_foreign_files(out_dir: str) -> None:
-    fs, path = fsspec.core.url_to_fs(out_dir)
+def _names(folder: str) -> list[str] | None:
+    """Names in a folder; None when it does not exist yet."""
+    fs, path = fsspec.core.url_to_fs(folder)
     if not fs.exists(path):
-        return
+        return None
     if not fs.isdir(path):
-        raise RecaptionError(f"{out_dir} exists and is not a folder")
-    foreign = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
-                     if _looks_like_ours(p.rsplit("/", 1)[-1]))
+        raise RecaptionError(f"{folder} exists and is not a folder")
+    return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+
+
+def _refuse_foreign_files(out_dir: str) -> None:
+    foreign = sorted(n for n in _names(out_dir) or [] if _looks_like_ours(n))
     if foreign:
         raise RecaptionError(f"{out_dir} already holds files recaption did not write there ({', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}); choose an empty --out")
@@ -191,13 +195,7 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool) ->
 
 
 def _refuse_foreign_annotations(ann_dir: str) -> None:
-    fs, path = fsspec.core.url_to_fs(ann_dir)
-    if not fs.exists(path):
-        return
-    if not fs.isdir(path):
-        raise RecaptionError(f"{ann_dir} exists and is not a folder")
-    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
-    if any(n.endswith(".tar") for n in names):
+    if any(n.endswith(".tar") for n in _names(ann_dir) or []):
         raise RecaptionError(f"{ann_dir} holds shards (*.tar); annotation files go in a folder of their own")
 
 
