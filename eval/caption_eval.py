@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a captioner on a labelled set (images + COCO-caption JSON references).
 
-    python eval/caption_eval.py --data eval/data/coco-mini --captioner blip-base --clip-model ViT-B-32
-    python eval/caption_eval.py --data my-coco --captioner /ckpt/blip --clip-model local-dir:/ckpt/clip
+    .venv/bin/python eval/caption_eval.py --data eval/data/coco-mini --captioner blip-base --clip-model ViT-B-32
+    .venv/bin/python eval/caption_eval.py --data my-coco --captioner /ckpt/blip --clip-model local-dir:/ckpt/clip
 
 Prints BLEU-4, CIDEr-D, CLIP-S, RefCLIP-S, mean length and unique trigrams; --json writes them.
 """
@@ -42,13 +42,9 @@ def evaluate(data: Path, captioner: str, clip_model: str, clip_pretrained: str |
     for i in range(0, len(paths), batch_size):
         ims = [Image.open(p).convert("RGB") for p in paths[i:i + batch_size]]
         out = [c[0] for c in cap.caption(ims, [None] * len(ims), f"eval/{i}")]
-        emb = clip.encode_images(ims)
-        for j, h in enumerate(out):
-            t = clip.encode_texts([h] + refs[i + j])
-            cos_img = float(emb[j] @ t[0])
-            cos_refs = (t[1:] @ t[0]).tolist()
-            cs.append(metrics.clip_s(cos_img))
-            rcs.append(metrics.ref_clip_s(cos_img, cos_refs))
+        c, r = clip_scores(clip, clip.encode_images(ims), out, refs[i:i + batch_size])
+        cs += c
+        rcs += r
         hyps += out
     del torch
     return {
@@ -58,6 +54,17 @@ def evaluate(data: Path, captioner: str, clip_model: str, clip_pretrained: str |
         "mean_length": metrics.mean_length(hyps), "unique_trigrams": metrics.unique_trigrams(hyps),
         "examples": [{"file": p.name, "caption": h, "refs": r} for p, h, r in list(zip(paths, hyps, refs))[:5]],
     }
+
+
+def clip_scores(clip, image_emb, hyps: list[str], refs: list[list[str]]) -> tuple[list[float], list[float]]:
+    """CLIP-S and RefCLIP-S per caption; texts carry the reference prompt prefix."""
+    cs, rcs = [], []
+    for j, h in enumerate(hyps):
+        t = clip.encode_texts([metrics.CLIPSCORE_PREFIX + x for x in [h] + refs[j]])
+        cos_img = float(image_emb[j] @ t[0])
+        cs.append(metrics.clip_s(cos_img))
+        rcs.append(metrics.ref_clip_s(cos_img, (t[1:] @ t[0]).tolist()))
+    return cs, rcs
 
 
 def main(argv=None):

@@ -6,7 +6,9 @@
   similarity, Gaussian length penalty (sigma 6), times 10 (as pycocoevalcap's CiderD does,
   including its length being counted in bigrams).
 - CLIP-S = 2.5 * max(cos(image, caption), 0); RefCLIP-S = harmonic mean of CLIP-S and
-  max(max_r cos(caption, r), 0) (Hessel et al. 2021).
+  max(max_r cos(caption, r), 0) (Hessel et al. 2021); every text, caption and reference, is
+  embedded as CLIPSCORE_PREFIX + text, as the reference code does.
+- Tokens: pycocoevalcap's PTB tokenisation, reimplemented (tokenize).
 - mean length in words, and the number of unique trigrams over all captions (Nguyen et al. 2023).
 """
 from __future__ import annotations
@@ -15,9 +17,66 @@ import math
 import re
 from collections import Counter, defaultdict
 
+# pycocoevalcap runs Stanford PTBTokenizer 3.4.1 with -lowerCase, then drops these tokens. Its list
+# also names -LRB- -RRB- -LCB- -RCB-, which never match since tokens are lowercased first: brackets
+# stay as -lrb- ... -rcb- there, and so they do here.
+PTB_DROPPED = frozenset(["''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";"])
+_PTB_FORMS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
+              "…": "...", "–": "--", "—": "--", '"': "''", "“": "``", "”": "''", "‘": "`", "’": "'",
+              "«": "``", "»": "''"}
+# words PTB splits in two ("cannot" -> "can not")
+_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"),
+                "wanna": ("wan", "na"), "gimme": ("gim", "me"), "lemme": ("lem", "me")}
+# abbreviations PTB keeps with their period ("st." stays whole; "dog." is "dog" + ".")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr st jr sr vs etc ca inc co ltd corp mt ft ave blvd prof gen rev capt sgt lt col"
+    " jan feb mar apr jun jul aug sep sept oct nov dec".split())
+_CLITIC_END = re.compile(r"(?:n['’]t|['’](?:s|re|ve|ll|d|m))$", re.I)
+_TIME_AMPM = re.compile(r"(\d+[.:]\d+)([ap]m)", re.I)  # 4:45pm -> 4:45 pm (but 5pm stays whole)
+_INITIALS = re.compile(r"[^\W\d_](?:\.[^\W\d_])*")  # a, u.s, e.g: the period after them is kept
+_TOKEN = re.compile(r"""
+    (?P<url>(?:https?://|www\.)\S+)
+  | (?P<email>[\w.+-]+@\w[\w-]*(?:\.[\w-]+)+)
+  | (?P<tag>[#@][^\W\d_]\w*)
+  | (?P<word>(?:(?<!\w)[-+.](?=\d))?           # sign or leading point of a number: -5 +5 .5
+        \w+(?:(?:[-./]|(?<=\d)[,:](?=\d)|['’](?=\w))\w+)*   # black-and-white 3.5 1,000 4:45 o'clock
+        (?P<period>\.)?)                     # the period after it, kept for initials and abbreviations
+  | (?P<clitic>n['’]t\b|['’](?:s|re|ve|ll|d|m)\b|['’]\d\ds?(?![\w%:]))   # 's n't ..., years '90s
+  | (?P<dashes>--+)
+  | (?P<mark>\.\.\.|``|''|[!?]+|\S)          # "!!" and "?!" stay whole, as in PTB
+""", re.X | re.I)
+
 
 def tokenize(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower())
+    """Tokens as pycocoevalcap's PTBTokenizer leaves them, in Python (see eval/README.md)."""
+    out: list[str] = []
+    for m in _TOKEN.finditer(text):
+        kind, tok = m.lastgroup, m.group()
+        if kind == "word":
+            out += _word(m.group("word"), m.group("period"))
+        elif kind == "dashes":
+            out.append("--")
+        elif kind == "mark":
+            out.append(_PTB_FORMS.get(tok, tok))
+        else:
+            out.append(tok.lower().replace("’", "'"))
+    return [t for t in out if t not in PTB_DROPPED]
+
+
+def _word(word: str, period: str | None) -> list[str]:
+    w = word[:-1] if period else word
+    if period and (_INITIALS.fullmatch(w) or w.lower() in _ABBREVIATIONS):
+        return [word.lower()]
+    tail = [period] if period else []
+    while (m := _CLITIC_END.search(w)) and m.start() > 0:
+        tail.insert(0, m.group().lower().replace("’", "'"))
+        w = w[:m.start()]
+    w = w.lower()
+    if w in _SPLIT_WORDS:
+        return [*_SPLIT_WORDS[w], *tail]
+    if m := _TIME_AMPM.fullmatch(w):
+        return [m.group(1), m.group(2), *tail]
+    return [w, *tail]
 
 
 def ngrams(tokens: list[str], n: int) -> Counter:
@@ -84,6 +143,10 @@ def cider_d(hyps: list[str], refs: list[list[str]], sigma: float = 6.0) -> float
                 total[n] += val * math.exp(-((lh - lr) ** 2) / (2 * sigma ** 2))
         scores.append(sum(total) / 4 / len(rs) * 10.0)
     return sum(scores) / len(scores)
+
+
+# jmhessel/clipscore embeds "A photo depicts " + text, for candidates and references alike
+CLIPSCORE_PREFIX = "A photo depicts "
 
 
 def clip_s(cos_image_caption: float) -> float:

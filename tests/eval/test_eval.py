@@ -45,6 +45,88 @@ def test_clip_s_and_ref_clip_s():
     assert m.ref_clip_s(-0.2, [0.5]) == 0.0
 
 
+# Each expectation was written from the PTB rules (lowercase; clitics 's n't 're 've 'll 'd 'm split
+# off; hyphenated words, decimals, 1,000 and 4:45 whole; brackets as -lrb- ...; pycocoevalcap's
+# punctuation list dropped), then checked against pycocoevalcap 1.2's Java tokenizer.
+PTB_CASES = [
+    ("There's a man's dog; it isn't here.",
+     ["there", "'s", "a", "man", "'s", "dog", "it", "is", "n't", "here"]),
+    ("We're here, you've seen, they'll go, he'd say, I'm fine.",
+     ["we", "'re", "here", "you", "'ve", "seen", "they", "'ll", "go", "he", "'d", "say", "i", "'m", "fine"]),
+    ('"Hello," she said -- I can\'t believe they wouldn\'t\'ve.',
+     ["hello", "she", "said", "i", "ca", "n't", "believe", "they", "would", "n't", "'ve"]),
+    ("A black-and-white photo of 3.5 cats, 1,000 dogs and 2 birds!",
+     ["a", "black-and-white", "photo", "of", "3.5", "cats", "1,000", "dogs", "and", "2", "birds"]),
+    ("A 3-year-old boy's 2.5-inch toy, an x-ray; T-SHIRT.",
+     ["a", "3-year-old", "boy", "'s", "2.5-inch", "toy", "an", "x-ray", "t-shirt"]),
+    ("A (small) dog [on] a {mat} ... ok... fine?",
+     ["a", "-lrb-", "small", "-rrb-", "dog", "-lsb-", "on", "-rsb-", "a", "-lcb-", "mat", "-rcb-", "ok", "fine"]),
+    ("The dogs' bowls & the cat's toys: 40% off $16.75 at 4:45pm.",
+     ["the", "dogs", "bowls", "&", "the", "cat", "'s", "toys", "40", "%", "off", "$", "16.75", "at", "4:45", "pm"]),
+    ("U.S. flag near Mr. Smith's St. Louis home, e.g. here.",
+     ["u.s.", "flag", "near", "mr.", "smith", "'s", "st.", "louis", "home", "e.g.", "here"]),
+    ("A man--a woman - and a child – and — more … end",
+     ["a", "man", "a", "woman", "and", "a", "child", "and", "more", "end"]),
+    ("'quoted' `single` ``double'' \"double\" ‘curly’ “curly”",
+     ["quoted", "single", "double", "double", "curly", "curly"]),
+    ("there’s O’Neil’s dogs’ toys, don’t!! cannot?!",
+     ["there", "'s", "o’neil", "'s", "dogs", "toys", "do", "n't", "!!", "can", "not", "?!"]),
+]
+
+
+@pytest.mark.parametrize("text,tokens", PTB_CASES)
+def test_tokenize_matches_ptb(text, tokens):
+    assert m.tokenize(text) == tokens
+
+
+# Punctuation-heavy captions; the expected scores come from pycocoevalcap 1.2 itself (its Java
+# PTBTokenizer, then Bleu(4) and Cider), not from this code. The old [a-z0-9]+ tokenizer gave
+# BLEU-4 0.5504 and CIDEr-D 3.6583 here.
+PUNCT_HYPS = [
+    "There's a black-and-white dog; it isn't running.",
+    "A man's T-shirt (red) costs $16.75, doesn't it?",
+    "Two cats -- one's asleep... the other's 3.5 years old!",
+    '"Stop" sign at the U.S. border, e.g. near St. Louis.',
+]
+PUNCT_REFS = [
+    ["there's a black and white dog that isn't running", "A black-and-white dog; it's not running.",
+     "a dog, black-and-white, stands still"],
+    ["The man's red T-shirt costs $16.75.", "a man in a red t-shirt (price: $16.75)",
+     "A man wearing a red shirt doesn't smile."],
+    ["Two cats: one's asleep, the other's awake.", "two cats -- one is 3.5 years old",
+     "Two cats, one asleep and one 3.5 years old!"],
+    ['A "stop" sign near the U.S. border.', "a stop sign at the border near st. louis",
+     'The U.S. border, with a "Stop" sign.'],
+]
+
+
+def test_bleu_and_cider_equal_pycocoevalcap_on_punctuated_captions():
+    # pycocoevalcap's BLEU adds 1e-15 / 1e-9 to each precision, hence the tolerance
+    assert m.bleu4(PUNCT_HYPS, PUNCT_REFS) == pytest.approx(0.520126844729895, abs=1e-9)
+    assert m.cider_d(PUNCT_HYPS, PUNCT_REFS) == pytest.approx(3.190296513754831, abs=1e-12)
+
+
+def test_clip_scores_embed_texts_with_the_clipscore_prefix(tiny_models):
+    from PIL import Image
+
+    from recaption.scoring.clip import ClipConfig, ClipScorer
+
+    ce = _load("caption_eval")
+    clip = ClipScorer(ClipConfig(tiny_models["clip"], None, device="cpu"))
+    paths, refs = ce.load_coco(EVAL / "data" / "coco-mini")
+    img = clip.encode_images([Image.open(paths[0]).convert("RGB")])
+    hyp = "a red circle."
+    seen, encode = [], clip.encode_texts
+    clip.encode_texts = lambda texts: seen.extend(texts) or encode(texts)
+    cs, rcs = ce.clip_scores(clip, img, [hyp], refs[:1])
+
+    assert seen == ["A photo depicts " + x for x in [hyp] + refs[0]]
+    t = encode(seen)
+    cos = float(img[0] @ t[0])
+    assert cs[0] == pytest.approx(2.5 * max(cos, 0.0), abs=1e-6)
+    assert rcs[0] == pytest.approx(m.ref_clip_s(cos, (t[1:] @ t[0]).tolist()), abs=1e-6)
+
+
 def test_length_and_trigrams():
     assert m.mean_length(["a b c d", "A, b c!"]) == 3.5
     assert m.unique_trigrams(["a b c d", "a b c"]) == 2
