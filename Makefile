@@ -4,16 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
+# pip with a local index (pip.conf extra-index-url file:///...) that lacks a package prints
+# "WARNING: Location '...' is ignored: it is neither a file nor a directory." once per package, ~100
+# lines an install. Those lines alone are filtered out; every other warning and error still prints,
+# and pip's exit status is kept (pipefail).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PIP := $(BIN)/python -m pip
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install test demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) install -q --upgrade pip $(QUIET_PIP)
 
 # pip (not uv/poetry): it takes torch from this machine's local wheels under the pip cap.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(PIP) install -q -e '.[test]' $(QUIET_PIP)
 	touch $(STAMP)
 
 install: $(STAMP)
