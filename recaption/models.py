@@ -2,6 +2,8 @@
 when present, else CPU, in bf16 where the CPU has native bf16 (AMX, AVX512-BF16) and fp32 elsewhere."""
 from __future__ import annotations
 
+import logging
+
 from recaption.errors import RecaptionError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -47,3 +49,26 @@ def quiet_hub() -> None:
         hf_logging.disable_progress_bar()
     except Exception:
         pass
+
+
+class _Once(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def log_once(prefix: str) -> None:
+    """Show each distinct message of the loggers under `prefix` once (bitsandbytes' 8-bit layers
+    warn on every matmul: hundreds of identical lines a batch on CPU)."""
+    names = [prefix, *(n for n in logging.root.manager.loggerDict if n.startswith(prefix + "."))]
+    for name in names:
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _Once) for f in lg.filters):
+            lg.addFilter(_Once())

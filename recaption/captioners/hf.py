@@ -40,7 +40,7 @@ class HFCaptioner(Captioner):
         super().__init__(cfg)
         from transformers import AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
 
-        from recaption.models import quiet_hub, resolve_device, resolve_dtype
+        from recaption.models import log_once, quiet_hub, resolve_device, resolve_dtype
 
         quiet_hub()
         self.device = resolve_device(cfg.device)
@@ -55,6 +55,8 @@ class HFCaptioner(Captioner):
         self.model = cls.from_pretrained(cfg.model, **common, **load).eval()
         if q is None:
             self.model.to(self.device)
+        else:
+            log_once("bitsandbytes")
         self.processor = AutoProcessor.from_pretrained(cfg.model, **common)
         self.gen_kwargs = generate_kwargs(cfg)
         self._text = self._text_inputs()

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from PIL import Image
@@ -51,14 +53,19 @@ def test_required_presets_exist():
 
 
 @pytest.mark.parametrize("quantize", ["8bit", "4bit"])
-def test_blip2_quantized_loads_and_generates(tiny_models, quantize):
+def test_blip2_quantized_loads_and_generates(tiny_models, quantize, caplog):
     import bitsandbytes as bnb
 
     cap = build_captioner(load_preset(tiny_models["blip2"], backend="blip2", quantize=quantize, max_new_tokens=4))
     layer = bnb.nn.Linear8bitLt if quantize == "8bit" else bnb.nn.Linear4bit
     assert any(isinstance(m, layer) for m in cap.model.modules()), f"no {quantize} layers in the loaded model"
-    out = cap.caption(IMAGES[:2], [None, None], "q")
+    with caplog.at_level(logging.WARNING):
+        out = cap.caption(IMAGES[:2], [None, None], "q")
+        cap.caption(IMAGES[:2], [None, None], "q2")
     assert len(out) == 2 and all(len(c) == 1 for c in out)
+    # 8-bit on CPU warns "MatMul8bitLt: inputs will be cast ..." on every matmul: shown once
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("bitsandbytes")]
+    assert len(said) == len(set(said)), said
 
 
 def test_coca_decode_matches_the_models_forward_pass(tiny_models):
