@@ -1,0 +1,88 @@
+"""The documentation a clone ships: every relative link resolves to a file inside the repository,
+every #anchor to a heading of its target, and nothing points outside the repository."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "eval" / "README.md", ROOT / "recaption" / "ARCHITECTURE.md",
+        *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+
+
+def _prose(text: str) -> str:
+    """The markdown that renders as prose: code blocks, comments and code spans removed."""
+    return _CODE.sub("", _COMMENT.sub("", _FENCE.sub("", text)))
+
+
+def anchors(md: Path) -> set[str]:
+    """GitHub's heading anchors: lowercased, punctuation dropped, spaces as '-', repeats numbered."""
+    seen: dict[str, int] = {}
+    out = set()
+    for h in _HEADING.findall(_COMMENT.sub("", _FENCE.sub("", md.read_text(encoding="utf-8")))):
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", h).replace("`", "")
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def link_problems(md: Path, root: Path = ROOT) -> list[str]:
+    """Every relative link of `md` that does not land on a file (and heading) inside `root`."""
+    problems = []
+    for target in _LINK.findall(_prose(md.read_text(encoding="utf-8"))):
+        if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", target):  # https:, mailto: ...
+            continue
+        path, _, anchor = target.partition("#")
+        if path.startswith("/"):
+            problems.append(f"{target}: an absolute path, not a file of the repository")
+            continue
+        dest = (md.parent / unquote(path)).resolve() if path else md.resolve()
+        if not dest.is_relative_to(root.resolve()):
+            problems.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and (dest.suffix != ".md" or anchor not in anchors(dest)):
+            problems.append(f"{target}: no heading with anchor #{anchor}")
+    return problems
+
+
+@pytest.mark.parametrize("md", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_resolve_inside_the_repo(md):
+    assert link_problems(md) == []
+
+
+@pytest.mark.parametrize("md", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_citation_of_a_file_outside_the_repo(md):
+    text = md.read_text(encoding="utf-8")
+    assert not re.search(r"\bSPEC\b|shared/", text), "cite docs/formats.md, which ships with the repo"
+
+
+def test_readme_and_architecture_link_the_formats():
+    for md in (ROOT / "README.md", ROOT / "recaption" / "ARCHITECTURE.md"):
+        assert "docs/formats.md" in " ".join(_LINK.findall(_prose(md.read_text(encoding="utf-8")))), md
+
+
+def test_the_checker_catches_bad_links(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "docs" / "a.md").write_text("# Title\n\n## Keeping a fraction\n\n## Keeping a fraction\n")
+    md = repo / "README.md"
+    md.write_text(
+        "[ok](docs/a.md) [ok](docs/a.md#keeping-a-fraction) [ok](docs/a.md#keeping-a-fraction-1) [ok](#top)\n"
+        "[web](https://example.com/x) `[code](nowhere.md)`\n\n```\n[fenced](nowhere.md)\n```\n"
+        "[gone](docs/b.md) [up](../outside.md) [abs](/etc/passwd) [anchor](docs/a.md#nope)\n\n# Top\n"
+    )
+    (tmp_path / "outside.md").write_text("# Out\n")
+    assert [p.split(":")[0] for p in link_problems(md, repo)] == [
+        "docs/b.md", "../outside.md", "/etc/passwd", "docs/a.md#nope"]
