@@ -1,1 +1,1 @@
-"""Reading shard sets, writing shards and annotation files (SPEC sections 1, 2 and 5)."""
+"""Reading shard sets, writing shards and annotation files (docs/formats.md)."""

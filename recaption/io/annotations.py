@@ -2,7 +2,8 @@
 
 Each file also records, in its parquet metadata, the format version and the settings that wrote
 each column group (captions, clip, sieve), so a re-run can tell a finished group from one written
-with other settings, and add a missing group instead of skipping the file.
+with other settings, and add a missing group instead of skipping the file. Columns, null
+rules and metadata: docs/formats.md#annotation-files.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Stream samples out of WebDataset tar shards, turning every failure into a record.
 
-A sample is the run of consecutive tar members sharing a key (SPEC 1). Nothing is loaded whole:
+A sample is the run of consecutive tar members sharing a key (docs/formats.md#shard-layout). Nothing is loaded whole:
 members are read one at a time from a streaming tarfile over an fsspec file object.
 """
 from __future__ import annotations

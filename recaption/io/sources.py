@@ -1,4 +1,4 @@
-"""Expand a user's INPUT into an ordered list of shard URLs (SPEC 1)."""
+"""Expand a user's INPUT into an ordered list of shard URLs (docs/formats.md#input)."""
 from __future__ import annotations
 
 import os

@@ -1,1 +1,1 @@
-"""Scores of SPEC 3: CLIP image-text cosine, SIEVE caption-caption cosine, the blend."""
+"""Scores (docs/formats.md#scores): CLIP image-text cosine, SIEVE caption-caption cosine, the blend."""

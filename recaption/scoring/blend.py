@@ -1,4 +1,4 @@
-"""Pool-level maths of SPEC 3: min-max normalisation, the blend, DataComp's fraction threshold.
+"""Pool-level maths: min-max normalisation, the blend, DataComp's fraction threshold (docs/formats.md#blend).
 
 Choices where the published code is silent, documented in README:
 - a null score stays null through normalisation, and a blend with a null input is null;

@@ -1,4 +1,4 @@
-"""SIEVE's masking: ordered, case-insensitive, plain substring removal (SPEC 3)."""
+"""SIEVE's masking: ordered, case-insensitive, plain substring removal (docs/formats.md#sieve-score)."""
 from __future__ import annotations
 
 import re
