@@ -71,11 +71,11 @@ def model_identity(ref: str | None) -> str | None:
 
 def shards_of(input_spec) -> list[str]:
     """The input shard URLs, in order, each once; a bad INPUT is one clear error."""
-    shards = list_shards(input_spec)
+    shards = list(dict.fromkeys(list_shards(input_spec)))  # a shard listed twice is read once
     if not shards:
         raise RecaptionError(f"no shards in {input_spec}")
     check_unique_names(shards)
-    return list(dict.fromkeys(shards))
+    return shards
 
 
 def _check_device(device: str | None) -> None:

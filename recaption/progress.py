@@ -12,6 +12,12 @@ import threading
 import time
 
 log = logging.getLogger("recaption")
+_ACTIVE: list = []  # consoles of live bars, so log lines print above them
+
+
+def active_console():
+    """The console of the live progress bar, if one is showing."""
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def _eta(seconds: float | None) -> str:
@@ -54,6 +60,7 @@ class Progress:
             self._bar = RP(TextColumn("[bold]{task.description}"), BarColumn(),
                            TextColumn("{task.fields[text]}"), transient=False, console=_console())
             self._bar.start()
+            _ACTIVE.append(self._bar.console)
             self._task = self._bar.add_task(self.desc, total=self.total, text="")
         return self
 
@@ -85,6 +92,7 @@ class Progress:
     def __exit__(self, *exc):
         if self._bar is not None:
             self._bar.stop()
+            _ACTIVE.remove(self._bar.console)
         elif not self.quiet and self.done:
             log.info("%s", self.line())
 

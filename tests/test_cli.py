@@ -69,3 +69,14 @@ def test_models_and_recipes_list(capsys, monkeypatch):
     assert cli("recipes") == 0
     out = capsys.readouterr().out
     assert all(r in out for r in ("sieve", "nguyen-blip2", "laion-coco", "datacomp-clip"))
+
+
+def test_log_file_before_or_after_the_verb(shard_dir, tiny_models, tmp_path):
+    for where in ("before", "after"):
+        log = tmp_path / f"{where}.log"
+        args = ["score", str(shard_dir / "00000.tar"), "-a", str(tmp_path / where), "--clip-model", tiny_models["clip"],
+                "--no-sieve"]
+        argv = ["--log-file", str(log), *args] if where == "before" else [*args, "--log-file", str(log)]
+        p = subprocess.run([sys.executable, "-m", "recaption.cli", *argv], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-1500:]
+        assert "score: 6/6 samples (100%)" in log.read_text()  # the progress line, off a terminal

@@ -245,7 +245,6 @@ def demo(out: Annotated[str, opt("--out", "-o", help="output folder")] = "demo-o
 def _main(debug: Annotated[bool, opt("--debug", help="show tracebacks and debug log lines")] = False,
           log_file: Annotated[Optional[str], opt("--log-file", help="also write the log to this file")] = None):
     setup_logging(debug, log_file)
-    STATE["log_file"] = log_file
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -259,7 +258,7 @@ def main(argv: Optional[List[str]] = None):
     cx = importlib.import_module(typer.BadParameter.__module__)
     no_args = getattr(cx, "NoArgsIsHelpError", ())
     argv = list(sys.argv[1:] if argv is None else argv)
-    STATE["debug"] = "--debug" in argv
+    STATE.update(debug="--debug" in argv, log_file=None)
     try:
         rc = app(args=argv, prog_name="recaption", standalone_mode=False)
         if isinstance(rc, int) and rc:

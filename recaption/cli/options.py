@@ -158,20 +158,37 @@ class OutputOptions:
 
 
 # -- the decorator ---------------------------------------------------------------------------------
-STATE = {"debug": False}
+STATE = {"debug": False, "log_file": None}
 _HANDLER_MARK = "_recaption_handler"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """stderr, printed above a live progress bar instead of into its line."""
+
+    def emit(self, record):
+        from recaption.progress import active_console
+
+        console = active_console()
+        if console is None:
+            return super().emit(record)
+        try:
+            console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(debug: bool = False, log_file: str | None = None) -> None:
-    """One stderr handler for recaption's log (INFO, DEBUG with --debug), others' warnings only; idempotent."""
+    """One stderr handler for recaption's log (INFO, DEBUG with --debug), others' warnings only; a log
+    file given before or after the verb; idempotent."""
     STATE["debug"] = STATE["debug"] or debug
+    log_file = STATE["log_file"] = log_file or STATE.get("log_file")
     rlog = logging.getLogger("recaption")
     root = logging.getLogger()
     for lg in (rlog, root):
         for h in [h for h in lg.handlers if getattr(h, _HANDLER_MARK, False)]:
             lg.removeHandler(h)
             h.close()
-    err = logging.StreamHandler()
+    err = _StderrHandler()
     err.setFormatter(logging.Formatter("recaption: %(levelname)s %(message)s"))
     setattr(err, _HANDLER_MARK, True)
     rlog.addHandler(err)
