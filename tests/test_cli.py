@@ -62,10 +62,15 @@ def test_missing_extra_names_the_install(shard_dir, tmp_path):
 
 
 def test_models_and_recipes_list(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "300")
+    from recaption.captioners.base import list_presets
+
+    monkeypatch.setenv("COLUMNS", "120")
     assert cli("models") == 0
     out = capsys.readouterr().out
     assert "sieve" in out and "coca-vit-l-14" in out and "recaption[quant]" in out
+    assert all(p["model"] in out for p in list_presets().values())  # no id cut or folded at 120 columns
+    assert cli("models", "sieve") == 0
+    assert "a picture of" in capsys.readouterr().out
     assert cli("recipes") == 0
     out = capsys.readouterr().out
     assert all(r in out for r in ("sieve", "nguyen-blip2", "laion-coco", "datacomp-clip"))

@@ -209,8 +209,22 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="show this recipe
     print("`recaption recipes NAME` shows one in full: the values taken from its source and where it differs.")
 
 
-@verb(app)
-def models():
+def _decoding_summary(dec: dict) -> str:
+    """`sample top_p=0.9 x8, max_length 20` style: what a preset's decoding does, in a few words."""
+    head = dec.get("strategy", "greedy")
+    if head == "beam":
+        head += f" {dec.get('num_beams', 4)}"
+    if head == "sample":
+        head += "".join(f" {k}={dec[k]}" for k in ("top_p", "top_k", "temperature") if k in dec)
+    if dec.get("num_captions", 1) > 1:
+        head += f" x{dec['num_captions']}"
+    lengths = [f"{k.replace('_', ' ')} {dec[k]}" for k in ("max_new_tokens", "max_length", "min_length") if k in dec]
+    return ", ".join([head, *lengths])
+
+
+@verb(app, epilog=_examples("recaption models", "recaption models sieve"))
+def models(name: Annotated[Optional[str], typer.Argument(help="show this preset in full", metavar="[PRESET]",
+                                                           show_default=False)] = None):
     """List captioner presets (data files in recaption/captioners/presets)."""
     from rich.console import Console
     from rich.table import Column, Table
@@ -219,14 +233,23 @@ def models():
     from recaption import api
 
     presets = api.presets()
-    ids = {n: p["model"] + (f" ({p['quantize']}, needs recaption[quant])" if p.get("quantize") else "")
-           for n, p in presets.items()}
-    t = Table(Column("preset", no_wrap=True), Column("backend", no_wrap=True),
-              Column("model", no_wrap=True, min_width=max(map(len, ids.values()))), "decoding", "description")
-    for name, p in presets.items():
-        dec = " ".join(f"{k}={v}" for k, v in p.get("decoding", {}).items())
-        t.add_row(Text(name), Text(p["backend"]), Text(ids[name]), Text(dec), Text(p.get("description", "")))
+    if name:
+        import yaml
+
+        if name not in presets:
+            from recaption.errors import RecaptionError
+
+            raise RecaptionError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+        print(yaml.safe_dump(presets[name], sort_keys=False, allow_unicode=True, width=100).rstrip())
+        return
+    longest = max(len(p["model"]) for p in presets.values())
+    t = Table(Column("preset", no_wrap=True), Column("model", min_width=longest, overflow="fold"),
+              Column("decoding", overflow="fold"), Column("needs", no_wrap=True))
+    for pname, p in presets.items():
+        needs = "recaption[quant]" if p.get("quantize") else "recaption[vllm], GPU" if p["backend"] == "vllm" else ""
+        t.add_row(Text(pname), Text(p["model"]), Text(_decoding_summary(p.get("decoding", {}))), Text(needs))
     Console().print(t)
+    print("`recaption models NAME` shows one in full; -c also takes a YAML file, a Hugging Face id or a local folder.")
 
 
 @verb(app, epilog=_examples("recaption demo --out demo-out"))
