@@ -27,6 +27,7 @@ from recaption.engines import Execution, preflight
 from recaption.errors import RecaptionError
 from recaption.io import folders
 from recaption.io.atomic import join, write_text
+from recaption.io.fs import scoped
 from recaption.io.images import DEFAULT_MAX_PIXELS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.io.sources import check_unique_names, list_shards, sample_count_hint
@@ -130,11 +131,13 @@ def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, s
     return groups
 
 
+@scoped
 def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | None = None,
              caption_options: dict | None = None, clip: ClipConfig | None = None, sieve: SieveConfig | None = None,
              batch_size: int | None = None, image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None,
              lang_model: str | None = None, rerank: list[RerankStep] | tuple = (), overwrite: bool = False,
-             execution: Execution | None = None, verb: str = "annotate") -> dict:
+             execution: Execution | None = None, verb: str = "annotate",
+             storage_options: dict | str | None = None) -> dict:
     """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict.
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
@@ -216,9 +219,11 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
 
 
 # -- mix -------------------------------------------------------------------------------------
+@scoped
 def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
         overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS, execution: Execution | None = None,
-        arguments: dict | None = None, extra_summary: dict | None = None, claim: dict | None = None) -> dict:
+        arguments: dict | None = None, extra_summary: dict | None = None, claim: dict | None = None,
+        storage_options: dict | str | None = None) -> dict:
     """Write the caption-mixed shard set or, with dry_run, only say what it would do.
 
     `claim` is an output record already held (by `run`); otherwise `out_dir` is claimed here."""
@@ -277,9 +282,11 @@ def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) 
 
 
 # -- run: annotate + mix from a recipe ---------------------------------------------------------
+@scoped
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, overwrite: bool = False, max_pixels: int | None = None,
-        execution: Execution | None = None, arguments: dict | None = None) -> dict:
+        execution: Execution | None = None, arguments: dict | None = None,
+        storage_options: dict | str | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
     changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
     from recaption.recipes import load_recipe, recipe_parts
@@ -322,9 +329,10 @@ def _without_mix(identity) -> str:
 
 
 # -- import-captions -------------------------------------------------------------------------
+@scoped
 def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str = "key",
                     caption_column: str = "caption", captioner: str = "imported", overwrite: bool = False,
-                    execution: Execution | None = None) -> dict:
+                    execution: Execution | None = None, storage_options: dict | str | None = None) -> dict:
     """Write annotation files whose captions come from a CSV/parquet made elsewhere."""
     from recaption.engines import run_stage
     from recaption.io.atomic import exists

@@ -44,3 +44,13 @@ def ray_local(tmp_path_factory):
              ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 for the whole session (skips when moto[server] is missing)."""
+    from tests.servers import need_s3, s3_server
+
+    need_s3()
+    with s3_server() as endpoint:
+        yield endpoint

@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from recaption.cli.options import (CaptionerOptions, ExecOptions, InputOptions, OutputOptions, ScoringOptions,
-                                   StrategyChoice, dumps, opt, setup_logging, verb, STATE)
+                                   StorageOptions, StrategyChoice, dumps, opt, setup_logging, verb, STATE)
 
 app = typer.Typer(
     name="recaption", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
@@ -24,6 +24,13 @@ InputArg = Annotated[str, typer.Argument(help="shard folder, .tar, glob, brace p
 
 def _examples(*lines: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"    {ln}" for ln in lines)
+
+
+def _argv() -> list[str]:
+    """The command line for _summary.json, inline storage options (credentials) hidden."""
+    from recaption.io.fs import hide_secrets
+
+    return hide_secrets(sys.argv[1:])
 
 
 def _annotate_exit(summary: dict) -> int:
@@ -56,13 +63,13 @@ def _show_mix(summary: dict, where: str | None, out: OutputOptions) -> int:
     "recaption caption shards/ --out ann/ --captioner sieve --num-captions 4 --seed 1",
     "recaption caption 's3://b/{00000..00099}.tar' -o s3://b/ann -c blip2-opt-2.7b --quantize 8bit"))
 def caption(input: InputArg, cap: CaptionerOptions, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
-            out: Annotated[str, opt("--out", "-o", help="annotation folder (one NAME.parquet per shard)")] = ...):
+            st: StorageOptions, out: Annotated[str, opt("--out", "-o", help="annotation folder (one NAME.parquet per shard)")] = ...):
     """Write N synthetic captions per sample into annotation files (docs/formats.md)."""
     from recaption import api
 
     s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), batch_size=ex.batch_size,
                      image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
-                     execution=ex.execution(o), verb="caption")
+                     execution=ex.execution(o), verb="caption", storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 
 
@@ -71,14 +78,14 @@ def caption(input: InputArg, cap: CaptionerOptions, inp: InputOptions, ex: ExecO
     "recaption score shards/ -a ann/ --clip-model ViT-L-14 --clip-pretrained openai --no-sieve",
     "recaption score shards/ -a ann/ --mask sieve-long --overwrite"))
 def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
-          annotations: Annotated[str, opt("--annotations", "-a", help="annotation folder to fill (created for raw-only scoring)")] = ...):
+          st: StorageOptions, annotations: Annotated[str, opt("--annotations", "-a", help="annotation folder to fill (created for raw-only scoring)")] = ...):
     """Add CLIP and SIEVE scores to annotation files (or create raw-only files); missing groups are added."""
     from recaption import api
 
     s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), lang_model=sco.lang_model,
                      rerank=sco.rerank_steps(), batch_size=ex.batch_size,
                      image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
-                     execution=ex.execution(o), verb="score")
+                     execution=ex.execution(o), verb="score", storage_options=st.storage_options)
     return _show_annotate(s, annotations, o)
 
 
@@ -86,14 +93,14 @@ def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptio
     "recaption annotate shards/ --out ann/ --captioner sieve",
     "recaption annotate shards/ -o ann/ -c coca-vit-l-14 --clip-model ViT-L-14 --engine ray"))
 def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: InputOptions, ex: ExecOptions,
-             o: OutputOptions, out: Annotated[str, opt("--out", "-o", help="annotation folder")] = ...):
+             o: OutputOptions, st: StorageOptions, out: Annotated[str, opt("--out", "-o", help="annotation folder")] = ...):
     """Caption and score in one pass: each image is read and decoded once."""
     from recaption import api
 
     s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), clip=sco.clip(cap.dtype),
                      sieve=sco.sieve(), lang_model=sco.lang_model, rerank=sco.rerank_steps(), batch_size=ex.batch_size,
                      image_keys=inp.keys(), max_pixels=inp.max_pixels,
-                     overwrite=o.overwrite, execution=ex.execution(o))
+                     overwrite=o.overwrite, execution=ex.execution(o), storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 
 
@@ -103,7 +110,7 @@ def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: I
     "recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5",
     "recaption mix shards/ -a ann/ --strategy raw --threshold 0.28 --dry-run"))
 def mix(
-    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
     out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)")] = None,
     strategy: Annotated[StrategyChoice, opt(help="raw, synthetic, threshold, both or sieve (docs/formats.md)")] = StrategyChoice("threshold"),
@@ -125,7 +132,7 @@ def mix(
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding)
     s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overwrite=o.overwrite, image_keys=inp.keys(),
-                execution=ex.execution(o), arguments={"argv": sys.argv[1:]})
+                execution=ex.execution(o), arguments={"argv": _argv()}, storage_options=st.storage_options)
     return _show_mix(s, out, o)
 
 
@@ -135,7 +142,7 @@ def mix(
     "recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto"))
 def run(
     recipe: Annotated[str, typer.Argument(help="recipe name (see `recaption recipes`) or a YAML file", metavar="RECIPE", show_default=False)],
-    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     out: Annotated[str, opt("--out", "-o", help="output folder: mixed shards, _summary.json, _dropped.parquet")] = ...,
     set: Annotated[Optional[List[str]], opt("--set", help="override a recipe field, e.g. mix.fraction=0.3 or caption.model=/path/blip")] = None,
     annotations: Annotated[Optional[str], opt("--annotations", "-a", help="annotation folder (default OUT/_annotations)")] = None,
@@ -144,7 +151,8 @@ def run(
     from recaption import api
 
     s = api.run(recipe, input, out, sets=set or [], annotations=annotations, overwrite=o.overwrite,
-                max_pixels=inp.max_pixels, execution=ex.execution(o), arguments={"argv": sys.argv[1:]})
+                max_pixels=inp.max_pixels, execution=ex.execution(o), arguments={"argv": _argv()},
+                storage_options=st.storage_options)
     return _show_mix(s, out, o)
 
 
@@ -152,7 +160,7 @@ def run(
     "recaption import-captions shards/ --captions blip2_captions.parquet -o ann/ --key-column uid",
     "recaption import-captions shards/ --captions caps.csv -o ann/ --caption-column text --captioner blip2"))
 def import_captions(
-    input: InputArg, o: OutputOptions,
+    input: InputArg, o: OutputOptions, st: StorageOptions,
     captions: Annotated[str, opt("--captions", help="CSV or parquet with a key column and a caption column")] = ...,
     out: Annotated[str, opt("--out", "-o", help="annotation folder to write")] = ...,
     key_column: Annotated[str, opt(help="`key` (the sample key) or a json field such as `uid` (DataComp)")] = "key",
@@ -164,7 +172,8 @@ def import_captions(
     from recaption.engines import Execution
 
     s = api.import_captions(input, out, captions, key_column=key_column, caption_column=caption_column,
-                            captioner=captioner, overwrite=o.overwrite, execution=Execution(quiet=o.quiet))
+                            captioner=captioner, overwrite=o.overwrite, execution=Execution(quiet=o.quiet),
+                            storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 
 

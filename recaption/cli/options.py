@@ -24,7 +24,7 @@ from recaption.mixing.strategies import STRATEGIES
 from recaption.models import DTYPES
 
 log = logging.getLogger("recaption")
-CAP, SCO, INP, RUN, OUT, GLOB = "Captioner", "Scoring", "Input", "Execution", "Output", "Logging"
+CAP, SCO, INP, RUN, OUT, STO, GLOB = "Captioner", "Scoring", "Input", "Execution", "Output", "Storage", "Logging"
 
 
 def _choice(name: str, values) -> type[Enum]:
@@ -155,6 +155,13 @@ class OutputOptions:
     overwrite: Annotated[bool, opt(help="redo work done with other settings; removes only files recaption wrote", panel=OUT)] = False
     quiet: Annotated[bool, opt("--quiet", "-q", help="no progress bar or progress log lines", panel=OUT)] = False
     json: Annotated[bool, opt("--json", help="print the summary as JSON instead of a table", panel=OUT)] = False
+
+
+@dataclass
+class StorageOptions:
+    """How remote paths (s3://, gs://, https://) are reached."""
+
+    storage_options: Annotated[Optional[str], opt(help="fsspec options for every remote read and write: JSON text or a JSON/YAML file, e.g. '{\"endpoint_url\": \"https://minio:9000\"}' or '{\"s3\": {\"profile\": \"lab\"}}'", panel=STO)] = None
 
 
 # -- the decorator ---------------------------------------------------------------------------------

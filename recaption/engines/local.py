@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
+from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
 
 _STAGE = None
@@ -25,8 +26,9 @@ def gpu_count() -> int:
         return 0
 
 
-def _init(stage, gpu_queue, progress_queue, threads):
+def _init(stage, gpu_queue, progress_queue, threads, storage_options=None):
     global _STAGE, _PROGRESS
+    set_options(storage_options)  # spawned workers read and write with the parent's options
     gpu = gpu_queue.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -71,7 +73,7 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None) -> list[dict]:
         drain.start()
         try:
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                                     initargs=(stage, gpus, progress, threads)) as ex_:
+                                     initargs=(stage, gpus, progress, threads, get_options())) as ex_:
                 futs = [ex_.submit(_work, it) for it in items]
                 for f in as_completed(futs):
                     finished(f.result())

@@ -13,11 +13,13 @@ import threading
 
 from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
 from recaption.errors import RecaptionError, require
+from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
 
 
 class _StageActor:
-    def __init__(self, stage, threads, counter):
+    def __init__(self, stage, threads, counter, storage_options=None):
+        set_options(storage_options)  # the driver's options, in every actor process
         limit_threads(threads, stage)
         self.stage, self.counter = stage, counter
 
@@ -94,7 +96,8 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
     counter = ray.remote(num_cpus=0)(_Counter).remote()
     ds = ray.data.from_items([{"item": json.dumps(i)} for i in items], override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
-        _StageActor, fn_constructor_kwargs={"stage": stage, "threads": threads, "counter": counter}, batch_size=1,
+        _StageActor, fn_constructor_kwargs={"stage": stage, "threads": threads, "counter": counter,
+                                            "storage_options": get_options()}, batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
     )
     counts = [count_of(i) if count_of else None for i in items]

@@ -1,12 +1,17 @@
-"""Whole-or-nothing writes on any fsspec filesystem: write a temporary name, then rename."""
+"""Whole-or-nothing writes on any fsspec filesystem.
+
+Local and POSIX-like filesystems: write a temporary name, then rename. Object stores (S3, GCS,
+Azure, ...): write the final name directly, because there a single upload is already atomic (the
+object appears only when the upload completes; an aborted one leaves nothing) and a rename would
+be a server-side copy plus a delete. Either way a file that exists is a finished file.
+"""
 from __future__ import annotations
 
 import contextlib
 import uuid
 
-import fsspec
-
 from recaption.errors import RecaptionError
+from recaption.io.fs import fs_for, is_object_store, open_url  # open_url: re-exported for readers
 
 
 def join(base: str, name: str) -> str:
@@ -14,34 +19,75 @@ def join(base: str, name: str) -> str:
 
 
 def exists(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fs_for(url)
     return fs.exists(path)
 
 
 def makedirs(url: str) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fs_for(url)
+    if is_object_store(fs):
+        return  # folders are key prefixes: nothing to create (and never a bucket by accident)
     try:
         fs.makedirs(path, exist_ok=True)
     except OSError as e:
         raise RecaptionError(f"cannot create output folder {url}: {e.strerror or e}") from e
 
 
+def listdir(url: str) -> list[str]:
+    """Base names in a folder; empty when it does not exist (an object-store prefix with no
+    objects yet)."""
+    fs, path = fs_for(url)
+    try:
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return []
+
+
+def remove(url: str) -> None:
+    fs, path = fs_for(url)
+    fs.rm(path)
+
+
 @contextlib.contextmanager
 def atomic_open(url: str, mode: str = "wb"):
     """Yield a file; it appears at `url` only if the block finishes without an error."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fs_for(url)
+    try:
+        if is_object_store(fs):
+            with _direct(fs, path, mode) as f:
+                yield f
+        else:
+            with _via_temp(fs, path, mode) as f:
+                yield f
+    except OSError as e:
+        reason = "disk full" if getattr(e, "errno", None) == 28 else (e.strerror or str(e))
+        raise RecaptionError(f"cannot write {url}: {reason}") from e
+
+
+@contextlib.contextmanager
+def _via_temp(fs, path: str, mode: str):
     d, base = path.rsplit("/", 1) if "/" in path else ("", path)
     tmp = (d + "/" if d else "") + f".{base}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with fs.open(tmp, mode) as f:
             yield f
         fs.mv(tmp, path)
-    except OSError as e:
-        _discard(fs, tmp)
-        reason = "disk full" if getattr(e, "errno", None) == 28 else (e.strerror or str(e))
-        raise RecaptionError(f"cannot write {url}: {reason}") from e
     except BaseException:
         _discard(fs, tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _direct(fs, path: str, mode: str):
+    """Upload to the final name; commit on close, abort the upload on any error."""
+    f = fs.open(path, mode)
+    try:
+        yield f
+        f.close()  # completes the upload: the object becomes visible whole, now
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.discard()  # aborts a multipart/resumable upload; a one-shot upload never started
+        f.closed = True  # so neither close() nor garbage collection commits the partial data
         raise
 
 
@@ -52,17 +98,36 @@ def _discard(fs, tmp: str) -> None:
 
 
 def remove_stale_temps(url: str) -> int:
-    """Delete `.NAME.xxxx.tmp` files a killed run left behind; returns how many."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        return 0
+    """Delete what a killed run left behind: `.NAME.xxxx.tmp` files, and on S3 the unfinished
+    multipart uploads of recaption's file names in this folder. Returns how many."""
+    fs, path = fs_for(url)
     n = 0
-    for p in fs.ls(path, detail=False):
-        b = p.rsplit("/", 1)[-1]
+    for b in listdir(url):
         if b.startswith(".") and b.endswith(".tmp"):
             with contextlib.suppress(Exception):
-                fs.rm(p)
+                fs.rm(join(path, b))
                 n += 1
+    if is_object_store(fs) and hasattr(fs, "call_s3"):
+        n += _abort_s3_uploads(fs, path)
+    return n
+
+
+RECAPTION_SUFFIXES = (".tar", ".parquet", "_stats.json", "_summary.json", "_recaption.json")
+
+
+def _abort_s3_uploads(fs, path: str) -> int:
+    """Uploads a killed writer never completed: invisible, but stored (and billed) until aborted."""
+    bucket, prefix, _ = fs.split_path(path)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    n = 0
+    with contextlib.suppress(Exception):
+        listed = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        for up in listed.get("Uploads", []):
+            name = up["Key"][len(prefix):]
+            if "/" not in name and name.endswith(RECAPTION_SUFFIXES):
+                with contextlib.suppress(Exception):
+                    fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    n += 1
     return n
 
 
@@ -80,6 +145,5 @@ def read_text(url: str) -> str:
         return f.read()
 
 
-def open_url(url: str, mode: str = "rb", **kw):
-    """Open any fsspec URL for reading."""
-    return fsspec.open(url, mode, **kw)
+__all__ = ["atomic_open", "write_bytes", "write_text", "read_text", "open_url", "exists", "makedirs", "join",
+           "listdir", "remove", "remove_stale_temps"]

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import os
 
-import fsspec
-
 from recaption.errors import RecaptionError
 from recaption.io.atomic import exists, join, makedirs, read_text, remove_stale_temps, write_text
+from recaption.io.fs import fs_for
 
 RECORD = "_recaption.json"
 FORMAT_VERSION = 1
@@ -22,7 +21,7 @@ FORMAT_VERSION = 1
 # -- overlaps --------------------------------------------------------------------------------
 def normalize(url: str) -> str:
     """`proto://absolute/path` without a trailing slash, symlinks resolved for local paths."""
-    fs, path = fsspec.core.url_to_fs(str(url))
+    fs, path = fs_for(str(url))
     proto = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
     if proto in ("file", "local"):
         proto, path = "file", os.path.realpath(path)
@@ -127,7 +126,7 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
 
 def _names(folder: str) -> list[str] | None:
     """Names in a folder; None when it does not exist yet."""
-    fs, path = fsspec.core.url_to_fs(folder)
+    fs, path = fs_for(folder)
     if not fs.exists(path):
         return None
     if not fs.isdir(path):
@@ -152,7 +151,7 @@ def record_written(out_dir: str, rec: dict, names: list[str]) -> None:
 
 def remove_recorded(out_dir: str, rec: dict) -> int:
     """Remove the files a record lists (and nothing else); returns how many were removed."""
-    fs, path = fsspec.core.url_to_fs(out_dir)
+    fs, path = fs_for(out_dir)
     n = 0
     for name in rec.get("written", []):
         if "/" in name.strip("/") or name in ("", ".", ".."):
