@@ -1,19 +1,22 @@
 """Stream samples out of WebDataset tar shards, turning every failure into a record.
 
-A sample is the run of consecutive tar members sharing a key (docs/formats.md#shard-layout). Nothing is loaded whole:
-members are read one at a time from a streaming tarfile over an fsspec file object.
+A sample is the run of consecutive tar members sharing a key (docs/formats.md#shard-layout). Nothing
+is loaded whole: members are read one at a time from a streaming tarfile over an fsspec file
+object; gzipped shards (`.tar.gz`, `.tgz`) are decompressed on the fly, never unpacked to disk.
 """
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import posixpath
+import zlib
 import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import fsspec
-
-from recaption.io.sources import shard_name
+from recaption.io.fs import open_url
+from recaption.io.sources import is_gzip_name, shard_name
 
 DEFAULT_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -117,8 +120,9 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
     index = 0
     group: _Group | None = None
     try:
-        with fsspec.open(url, "rb") as f:
-            with tarfile.open(fileobj=f, mode="r|") as tar:
+        with open_url(url, "rb") as raw, _decompressed(url, raw) as f:
+            # "r|*" also reads a compressed tar whose name does not say so
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -146,12 +150,18 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
             yield _finish(group, shard, index, opts)
         else:
             yield ReadFailure(None, shard, "read: shard holds no samples (empty tar)")
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
         # Samples fully read before the break were yielded; the open one is incomplete.
         if group is not None and group.members:
             yield ReadFailure(group.key, shard, f"read: sample cut off by shard error ({e})", index)
         what = "not a tar file" if index == 0 and group is None else "truncated or corrupt tar"
         yield ReadFailure(None, shard, f"read: {what} ({type(e).__name__}: {e})")
+
+
+def _decompressed(url: str, raw):
+    """gzip's own reader for `.tar.gz`/`.tgz`: it checks the CRC and reads concatenated members,
+    which tarfile's built-in stream decompression does not."""
+    return gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip_name(url) else contextlib.nullcontext(raw)
 
 
 def iter_shards(urls: list[str], opts: ReadOptions | None = None) -> Iterator[Sample | ReadFailure]:

@@ -1,3 +1,4 @@
+import gzip
 import io
 import json
 import tarfile
@@ -97,3 +98,30 @@ def test_empty_txt_is_no_alt_text(tmp_path):
     p = _tar(tmp_path / "s.tar", [("a.jpg", b"x"), ("a.txt", b"  \n")])
     (r,) = iter_shard(str(p))
     assert r.raw_caption is None and r.members["txt"] == b"  \n"
+
+
+def test_gzipped_shard_streams_the_same_samples(shard_dir, tmp_path):
+    raw = (shard_dir / "00001.tar").read_bytes()
+    for name in ("00001.tar.gz", "00001.tgz", "mislabelled.tar"):  # "r|*" sniffs a gzip named .tar
+        (tmp_path / name).write_bytes(gzip.compress(raw))
+        got = list(iter_shard(str(tmp_path / name)))
+        want = list(iter_shard(str(shard_dir / "00001.tar")))
+        assert [g.members for g in got] == [w.members for w in want]
+        assert {g.shard for g in got} == {"00001" if name.startswith("00001") else "mislabelled"}
+
+
+def test_truncated_or_corrupt_gzip_keeps_what_was_read_and_names_the_break(shard_dir, tmp_path):
+    gz = gzip.compress((shard_dir / "00000.tar").read_bytes())
+    (tmp_path / "cut.tar.gz").write_bytes(gz[: int(len(gz) * 0.7)])
+    recs = list(iter_shard(str(tmp_path / "cut.tar.gz")))
+    assert isinstance(recs[-1], ReadFailure) and recs[-1].key is None
+    assert "truncated or corrupt" in recs[-1].reason
+    assert 0 < sum(isinstance(r, Sample) for r in recs) < 6
+    bad = bytearray(gz)
+    bad[-8:-4] = bytes(4)  # wrong CRC: gzip's reader catches what tarfile's stream would not
+    (tmp_path / "crc.tar.gz").write_bytes(bytes(bad))
+    recs = list(iter_shard(str(tmp_path / "crc.tar.gz")))
+    assert isinstance(recs[-1], ReadFailure) and "CRC" in recs[-1].reason
+    (tmp_path / "notgz.tar.gz").write_bytes(b"plain text, not gzip" * 50)
+    (fail,) = list(iter_shard(str(tmp_path / "notgz.tar.gz")))
+    assert fail.key is None and "not a tar file" in fail.reason
