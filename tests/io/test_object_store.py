@@ -33,8 +33,7 @@ def test_write_goes_to_the_final_name_without_a_copy(s3, monkeypatch):
     def no_copy(*a, **k):
         raise AssertionError("object stores must not copy a temporary object into place")
 
-    monkeypatch.setattr(s3fs.S3FileSystem, "_copy", no_copy)
-    monkeypatch.setattr(s3fs.S3FileSystem, "_mv", no_copy, raising=False)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cp_file", no_copy)  # the server-side copy a rename makes
     atomic.write_text(f"s3://{b}/out/_run.json", "{}")
     with atomic.atomic_open(f"s3://{b}/out/00000.tar") as f:
         f.write(b"a" * (6 * MIB))  # over one block: a multipart upload
@@ -81,10 +80,11 @@ def test_stale_cleanup_aborts_a_killed_runs_uploads_and_removes_old_temps(s3):
 
 def test_files_written_by_another_process_are_seen_after_a_listing(s3):
     client, b = s3
-    assert atomic.listdir(f"s3://{b}/ann") == []  # a listing recaption's filesystem could cache
+    client.pipe(f"{b}/ann/00001.parquet", b"written earlier")
+    assert atomic.listdir(f"s3://{b}/ann") == ["00001.parquet"]  # a listing a filesystem could cache
     client.pipe(f"{b}/ann/00000.parquet", b"written by a worker process")
     assert atomic.exists(f"s3://{b}/ann/00000.parquet")
-    assert atomic.listdir(f"s3://{b}/ann") == ["00000.parquet"]
+    assert atomic.listdir(f"s3://{b}/ann") == ["00000.parquet", "00001.parquet"]
 
 
 def test_output_folder_never_creates_a_bucket(s3):
