@@ -13,6 +13,7 @@ import os
 from recaption.errors import RecaptionError
 from recaption.io.atomic import exists, join, makedirs, read_text, remove_stale_temps, write_text
 from recaption.io.fs import fs_for
+from recaption.io.sources import shard_suffix
 
 RECORD = "_recaption.json"
 FORMAT_VERSION = 1
@@ -194,8 +195,8 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool) ->
 
 
 def _refuse_foreign_annotations(ann_dir: str) -> None:
-    if any(n.endswith(".tar") for n in _names(ann_dir) or []):
-        raise RecaptionError(f"{ann_dir} holds shards (*.tar); annotation files go in a folder of their own")
+    if any(shard_suffix(n) for n in _names(ann_dir) or []):
+        raise RecaptionError(f"{ann_dir} holds shards (*.tar, *.tar.gz); annotation files go in a folder of their own")
 
 
 def describe(settings: dict) -> str:

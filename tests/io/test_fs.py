@@ -108,6 +108,7 @@ def test_missing_filesystem_names_the_extra(monkeypatch, url, package, extra):
 def test_every_verb_says_which_extra_to_install(monkeypatch, tmp_path, shard_dir, capsys):
     _hide_package(monkeypatch, "s3fs")
     s3 = "s3://bucket/shards/{00000..00001}.tar"
+    (tmp_path / "c.csv").write_text("key,caption\n000000000,a dog\n")
     verbs = [
         ["caption", s3, "-o", tmp_path / "a"],
         ["score", s3, "-a", tmp_path / "a"],
@@ -117,6 +118,7 @@ def test_every_verb_says_which_extra_to_install(monkeypatch, tmp_path, shard_dir
         ["run", "sieve", s3, "-o", tmp_path / "o"],
         ["run", "sieve", shard_dir, "-o", "s3://bucket/out"],
         ["import-captions", s3, "--captions", tmp_path / "c.csv", "-o", tmp_path / "a"],
+        ["import-captions", shard_dir, "--captions", "s3://bucket/c.csv", "-o", tmp_path / "a"],
     ]
     for args in verbs:
         assert cli(*args) == 2, args
