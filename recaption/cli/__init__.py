@@ -18,7 +18,7 @@ app = typer.Typer(
          "Typical flow: `recaption annotate` (caption + score) then `recaption mix`; or `recaption run RECIPE` "
          "for everything in one command. Every command resumes where it stopped when run again.",
 )
-InputArg = Annotated[str, typer.Argument(help="shard folder, .tar, glob, brace pattern or list file", metavar="INPUT",
+InputArg = Annotated[str, typer.Argument(help="shard folder, .tar or .tar.gz, glob, brace pattern or list file", metavar="INPUT",
                                           show_default=False)]
 
 
