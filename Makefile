@@ -4,14 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
-# pip with a local index (pip.conf extra-index-url file:///...) that lacks a package prints
-# "WARNING: Location '...' is ignored: it is neither a file nor a directory." once per package, ~100
-# lines an install. Those lines alone are filtered out; every other warning and error still prints,
-# and pip's exit status is kept (pipefail).
+# Two kinds of pip noise are dropped, nothing else: a local index (pip.conf extra-index-url
+# file:///...) that lacks a package prints "WARNING: Location '...' is ignored" once per package
+# (~100 lines an install), and setuptools warns on every editable install of a package-dir mapping
+# (prompts/ ships as recaption.prompts). Errors and other warnings still print; pipefail keeps
+# pip's exit status.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 PIP := $(BIN)/python -m pip
-QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" || true; }
+QUIET_PIP := 2>&1 | awk '/^WARNING: Location .* is ignored: it is neither a file nor a directory/ {next} \
+	/BuildBackendWarning: Editable installation/ {skip=1} skip && /WheelFile\(wheel_path/ {skip=0; next} !skip'
 
 .PHONY: install test demo bench clean
 

@@ -11,8 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_package_list_covers_the_source_tree():
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "recaption").rglob("__init__.py")}
-    assert set(cfg["packages"]) == found | {"recaption.prompts"}
+    found = {"recaption"} | {".".join(p.relative_to(ROOT).parts) for p in (ROOT / "recaption").rglob("*")
+             if p.is_dir() and p.name.isidentifier() and p.name != "__pycache__"}
+    prompts = {"recaption.prompts"} | {f"recaption.prompts.{p.name}" for p in (ROOT / "prompts").iterdir() if p.is_dir()
+                                      and p.name != "__pycache__"}
+    assert set(cfg["packages"]) == found | prompts
     assert cfg["package-dir"]["recaption.prompts"] == "prompts"
 
 
