@@ -15,14 +15,13 @@ from pathlib import Path
 
 
 def compare(path: str, fraction: float = 0.3, alpha: float = 0.5) -> list[dict]:
-    import pyarrow.parquet as pq
-
     from recaption.mixing.compare import strategy_table
+    from recaption.mixing.pool import PoolSource
 
     p = Path(path)
     ann_dir = p / "_annotations" if (p / "_annotations").is_dir() else p
-    rows = [r for f in sorted(ann_dir.glob("*.parquet")) for r in pq.read_table(f).to_pylist() if r["key"]]
-    return strategy_table(rows, fraction, alpha)
+    names = sorted(f.stem for f in ann_dir.glob("*.parquet") if not f.name.startswith("_"))
+    return strategy_table(PoolSource.of_folder(str(ann_dir), names), fraction, alpha)
 
 
 def main(argv=None):

@@ -227,33 +227,31 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     """Write the caption-mixed shard set or, with dry_run, only say what it would do.
 
     `claim` is an output record already held (by `run`); otherwise `out_dir` is claimed here."""
-    from recaption.engines import run_stage
-    from recaption.mixing.mix import MixWriteStage, ann_file, plan, pool_pass
-
-    from recaption.io.atomic import exists
+    from recaption.engines import mapper, run_stage
+    from recaption.mixing.mix import MixWriteStage
+    from recaption.mixing.plan import FOLDER, plan, plan_dict
+    from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
     ex = (execution or Execution()).validate()
     shards = shards_of(input_spec)
-    if not any(exists(ann_file(ann_dir, u)) for u in shards):
-        raise RecaptionError(f"{ann_dir} holds no annotation file for these shards (NAME.parquet per shard); "
-                             "run `recaption annotate` or `recaption score` first")
     if out_dir is not None and not dry_run:
         folders.refuse_overlap(out_dir, shards)
         folders.refuse_annotation_overlap(out_dir, ann_dir)
     t0 = time.time()
-    pool = pool_pass(shards, ann_dir, cfg)
+    # annotations only, columnar; fails with one line (no annotation file at all) before anything exists
+    pool = pool_pass(shards, ann_dir, cfg, mapper(ex))
     if dry_run or out_dir is None:
-        plans, counts = plan(shards, ann_dir, None, cfg, pool, image_keys)
-        return _mix_summary(cfg, pool, counts, len(plans), arguments, dry_run=True)
+        counts, n_out = dry_counts(pool, cfg)
+        return _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=True)
     preflight(ex, cpu_only=True)
     rec = claim or folders.claim_output(out_dir, "mix", {"mix": dataclasses.asdict(cfg), "annotations": ann_dir,
                                                          "shards": len(shards)}, overwrite)
-    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
-    plans, counts = plan(shards, ann_dir, out_dir, cfg, pool, image_keys)
+    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet", FOLDER])  # the folder, whole
+    plans, counts = plan(pool, cfg, out_dir)
     folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
     t_plan = time.time() - t0
-    reports = run_stage(MixWriteStage(), [dataclasses.asdict(p) for p in plans], ex, desc="write",
+    reports = run_stage(MixWriteStage(), [plan_dict(p) for p in plans], ex, desc="write",
                         count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]), cpu_only=True)
     failed = [r for r in reports if r["status"] == "failed"]
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)

@@ -101,3 +101,14 @@ def run_stage(stage, items: list, execution: Execution | None = None, *, desc: s
     from recaption.engines.ray import run
 
     return run(stage, items, ex, desc=desc, count_of=count_of, cpu_only=cpu_only)
+
+
+def mapper(ex: Execution | None = None):
+    """How a pass over annotation files runs (the mix's pool pass and plan): None for `local`
+    (threads in this process, the pool pass's default), one Ray Data task per file for `ray`."""
+    ex = (ex or Execution()).validate()
+    if ex.engine == "local":
+        return None
+    from recaption.engines.ray import RayMapper
+
+    return RayMapper(ex.ray_address, num_cpus=1.0, quiet=True)

@@ -124,3 +124,37 @@ def _poll(ray, counter, bar, stop):
             bar.advance(ray.get(counter.take.remote(), timeout=5))
         except Exception:
             return
+
+
+def _apply(row, fn):
+    import pickle
+
+    return {"i": row["i"], "out": pickle.dumps(fn(pickle.loads(row["item"])))}
+
+
+class RayMapper:
+    """Maps a function over items as Ray Data tasks (one item a task); results come back in order
+    as they finish, so the driver merges them one at a time."""
+    in_process = False
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1.0, quiet: bool = False):
+        self.address, self.num_cpus, self.quiet = address, num_cpus, quiet
+
+    def map(self, fn, items: list):
+        import pickle
+
+        if not items:
+            return
+        ray = ensure_ray(self.address)
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = not self.quiet
+        ds = ray.data.from_items([{"i": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
+                                 override_num_blocks=len(items))
+        ds = ds.map(_apply, fn_kwargs={"fn": fn}, num_cpus=self.num_cpus)
+        done, nxt = {}, 0
+        for row in ds.iter_rows():
+            done[row["i"]] = row["out"]
+            while nxt in done:
+                yield pickle.loads(done.pop(nxt))
+                nxt += 1

@@ -13,7 +13,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recaption.io.atomic import atomic_open, join, open_url
+from recaption.io.atomic import atomic_open, join, local_path, open_url
 
 FORMAT_VERSION = 1
 META_KEY = b"recaption"
@@ -111,14 +111,23 @@ def write(url: str, rows: list[dict], groups: dict | None = None) -> None:
 
 def read(url: str, columns: list[str] | None = None) -> pa.Table:
     """The table (or some columns of it); a file without recaption's columns is a clear error."""
-    with open_url(url, "rb") as f:
-        t = pq.read_table(f, columns=columns)
+    t = read_table(url, columns)
     missing = [c for c in (columns or COLUMNS) if c not in t.column_names]
     if missing:
         from recaption.errors import RecaptionError
 
         raise RecaptionError(f"{url} is not a recaption annotation file (missing columns {missing})")
     return t
+
+
+def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
+    """A parquet file (annotations, decisions, drops). Local files go to pyarrow's own reader,
+    which reads the needed column chunks natively, several times faster than a Python file."""
+    path = local_path(url)
+    if path is not None:
+        return pq.ParquetFile(path).read(columns=columns)
+    with open_url(url, "rb") as f:
+        return pq.read_table(f, columns=columns)
 
 
 def read_rows(url: str) -> list[dict]:

@@ -11,7 +11,7 @@ import contextlib
 import uuid
 
 from recaption.errors import RecaptionError
-from recaption.io.fs import fs_for, is_object_store, open_url  # open_url: re-exported for readers
+from recaption.io.fs import fs_for, is_local, is_object_store, open_url  # open_url: re-exported for readers
 
 
 def join(base: str, name: str) -> str:
@@ -21,6 +21,14 @@ def join(base: str, name: str) -> str:
 def exists(url: str) -> bool:
     fs, path = fs_for(url)
     return fs.exists(path)
+
+
+def file_info(url: str) -> dict:
+    """A file's size and modification time, as the filesystem reports them (for provenance)."""
+    fs, path = fs_for(url)
+    i = fs.info(path)
+    mtime = i.get("mtime", i.get("LastModified", i.get("updated")))
+    return {"size": i.get("size"), "mtime": None if mtime is None else str(mtime)}
 
 
 def makedirs(url: str) -> None:
@@ -145,5 +153,11 @@ def read_text(url: str) -> str:
         return f.read()
 
 
-__all__ = ["atomic_open", "write_bytes", "write_text", "read_text", "open_url", "exists", "makedirs", "join",
-           "listdir", "remove", "remove_stale_temps"]
+def local_path(url: str) -> str | None:
+    """The OS path of a local file URL; None for any other filesystem."""
+    fs, path = fs_for(url)
+    return path if is_local(fs) else None
+
+
+__all__ = ["atomic_open", "write_bytes", "write_text", "read_text", "open_url", "exists", "file_info", "makedirs",
+           "join", "listdir", "local_path", "remove", "remove_stale_temps"]

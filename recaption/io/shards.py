@@ -167,3 +167,8 @@ def _decompressed(url: str, raw):
 def iter_shards(urls: list[str], opts: ReadOptions | None = None) -> Iterator[Sample | ReadFailure]:
     for u in urls:
         yield from iter_shard(u, opts)
+
+
+def open_shard(url: str):
+    """A shard opened for reading as a seekable binary file (a context manager)."""
+    return fsspec.open(url, "rb").open()

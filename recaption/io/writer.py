@@ -1,7 +1,8 @@
 """Write img2dataset-style shards: NNNNN.tar + NNNNN.parquet + NNNNN_stats.json, atomically.
 
 The tar streams to a temporary name and is renamed when complete; the stats file is written last,
-so its presence marks a finished shard for resume.
+so its presence marks a finished shard for resume. Members are either new (field -> bytes, given
+fixed headers) or raw tar blocks copied from an input shard unchanged (`recaption.io.tarcopy`).
 """
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import io
 import json
 import tarfile
 import time
-from typing import Iterable
+from typing import Iterable, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption.io.atomic import atomic_open, exists, join
+from recaption.io.tarcopy import MTIME, BlockWriter
 
-MTIME = 0  # fixed, so a resumed run writes byte-identical tars
+# A sample's members: field -> new bytes, or a sequence of raw blocks (bytes) and (field, bytes) pairs
+Members = Union[dict, list]
 
 
 def shard_paths(out_dir: str, name: str) -> dict[str, str]:
@@ -41,18 +44,22 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, dict[str, bytes], dict]],
+def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, Members, dict]],
                 extra_stats: dict | None = None) -> dict:
-    """samples: (key, members field->bytes in order, parquet row). Returns the stats written."""
+    """samples: (key, members in order, parquet row). Returns the stats written."""
     p = shard_paths(out_dir, name)
     rows: list[dict] = []
     start = time.time()
     with atomic_open(p["tar"]) as f:
-        with tarfile.open(fileobj=f, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for key, members, row in samples:
-                for fld, data in members.items():
-                    add_member(tar, f"{key}.{fld}", data)
-                rows.append(row)
+        tar = BlockWriter(f)
+        for key, members, row in samples:
+            for m in (members.items() if isinstance(members, dict) else members):
+                if isinstance(m, (bytes, bytearray, memoryview)):
+                    tar.raw(m)
+                else:
+                    tar.add(f"{key}.{m[0]}", m[1])
+            rows.append(row)
+        tar.close()
     table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
     buf = io.BytesIO()
     pq.write_table(table, buf)

@@ -1,10 +1,18 @@
-"""Mixing strategies of SPEC 4 as pure functions of one annotation row and the pool's numbers."""
+"""Mixing strategies of SPEC 4, decided for a whole annotation file at once (numpy columns).
+
+Every row gets one outcome code: kept with the raw or the synthetic caption, or dropped for one
+named reason. A missing score (null, NaN, inf) fails every cut (SPEC 6); `scored` is the test.
+`decide(row, ...)` is the same decision for one row given as a dict (tests, notebooks).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+
 from recaption.errors import RecaptionError
-from recaption.scoring.blend import MinMax, blend
+from recaption.scoring.blend import MinMax, blend_array, scored
 
 STRATEGIES = ("raw", "synthetic", "threshold", "both", "sieve")
 
@@ -41,6 +49,11 @@ class MixConfig:
         """Which score a --fraction is taken over."""
         return {"synthetic": "clip_synthetic", "sieve": "blend"}.get(self.strategy, "clip_raw")
 
+    @property
+    def needs_synthetic(self) -> bool:
+        """Whether decisions depend on the synthetic caption (else its candidates need not be read)."""
+        return self.strategy in ("synthetic", "threshold")
+
 
 @dataclass
 class PoolNumbers:
@@ -50,6 +63,98 @@ class PoolNumbers:
     threshold: float | None
 
 
+# -- outcome codes ---------------------------------------------------------------------------
+KEEP_RAW, KEEP_SYN, ERROR, SHARD_ERROR = 0, 1, 2, 3
+NO_RAW, NO_CLIP_RAW, CLIP_RAW_BELOW, NO_BLEND, BLEND_BELOW = 4, 5, 6, 7, 8
+NO_SYN, NO_SYN_CLIP, SYN_BELOW, RAW_BELOW_NO_SYN, BOTH_BELOW = 9, 10, 11, 12, 13
+
+# The reason recorded in _dropped.parquet (threshold filled in); with the numbers taken out it is
+# the category the summary counts. The row's own score is in its decisions file.
+REASONS = {
+    NO_RAW: "mix: no raw caption",
+    NO_CLIP_RAW: "mix: no clip_raw score",
+    CLIP_RAW_BELOW: "mix: clip_raw below threshold {t:.4f}",
+    NO_BLEND: "mix: no blend score (sieve or clip_raw missing)",
+    BLEND_BELOW: "mix: blend below threshold {t:.4f}",
+    NO_SYN: "mix: no synthetic caption",
+    NO_SYN_CLIP: "mix: no CLIP score for the synthetic caption",
+    SYN_BELOW: "mix: synthetic clip below threshold {t:.4f}",
+    RAW_BELOW_NO_SYN: "mix: raw caption below threshold and no synthetic caption",
+    BOTH_BELOW: "mix: raw and synthetic both below threshold {t:.4f}",
+}
+CATEGORIES = {c: r.replace(" {t:.4f}", "").split(" (", 1)[0] for c, r in REASONS.items()}
+
+
+def reason_text(code: int, threshold: float | None) -> str:
+    r = REASONS[code]
+    return r.format(t=threshold) if threshold is not None else r.replace(" {t:.4f}", "")
+
+
+@dataclass
+class Decisions:
+    code: np.ndarray  # uint8 outcome per row
+    blend: np.ndarray  # float64, NaN = missing
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.code <= KEEP_SYN
+
+
+def blend_of(cols, numbers: PoolNumbers, alpha: float) -> np.ndarray:
+    return blend_array(cols.sieve, cols.clip_raw, numbers.sieve, numbers.clip_raw, alpha)
+
+
+def decide_columns(cols, cfg: MixConfig, numbers: PoolNumbers) -> Decisions:
+    """The outcome of every row of one annotation file (`recaption.mixing.columns.Columns`)."""
+    s, t = cfg.strategy, numbers.threshold
+    b = blend_of(cols, numbers, cfg.alpha)
+    raw, cr = cols.has_raw, cols.clip_raw
+    code = np.full(cols.n, KEEP_RAW, dtype=np.uint8)
+
+    def cut(where, what):  # first cut wins: only rows still kept change
+        code[(code <= KEEP_SYN) & where] = what
+
+    if s in ("raw", "both", "sieve"):
+        cut(~raw, NO_RAW)
+        if s == "sieve":
+            cut(~scored(b), NO_BLEND)
+            with np.errstate(invalid="ignore"):
+                cut(b < t, BLEND_BELOW)
+        elif t is not None:
+            cut(~scored(cr), NO_CLIP_RAW)
+            with np.errstate(invalid="ignore"):
+                cut(cr < t, CLIP_RAW_BELOW)
+    else:
+        has, cs = _synthetic(cols)
+        if s == "synthetic":
+            code[:] = KEEP_SYN
+            cut(~has, NO_SYN)
+            if t is not None:
+                cut(~scored(cs), NO_SYN_CLIP)
+                with np.errstate(invalid="ignore"):
+                    cut(cs < t, SYN_BELOW)
+        else:  # threshold: raw where it scores well enough, else the synthetic caption
+            with np.errstate(invalid="ignore"):
+                raw_ok = raw & scored(cr) & (cr >= t) if t is not None else np.zeros(cols.n, bool)
+            code[~raw_ok] = KEEP_SYN
+            syn = ~raw_ok
+            cut(syn & ~has, RAW_BELOW_NO_SYN)
+            if cfg.filter_synthetic:
+                cut(syn & ~scored(cs), NO_SYN_CLIP)
+                with np.errstate(invalid="ignore"):
+                    cut(syn & (cs < t), BOTH_BELOW)
+    code[~cols.ok] = ERROR
+    code[~cols.keyed] = SHARD_ERROR
+    return Decisions(code, b)
+
+
+def _synthetic(cols):
+    if cols.has_syn is None:
+        raise RecaptionError("internal: this strategy needs the captions columns, which were not read")
+    return cols.has_syn, cols.clip_syn
+
+
+# -- one row, as a dict ----------------------------------------------------------------------
 @dataclass
 class Decision:
     keep: bool
@@ -61,65 +166,46 @@ class Decision:
     reason: str | None = None
 
 
+def _one_row(row: dict):
+    from recaption.io.annotations import SCHEMA
+    from recaption.mixing.columns import from_table
+
+    # Python floats are float64: keep them so, not rounded to the files' float32
+    schema = pa.schema([pa.field(f.name, _wide(f.type)) for f in SCHEMA])
+    full = {c: row.get(c) for c in SCHEMA.names} | {"captions": row.get("captions") or [],
+                                                   "clip_captions": row.get("clip_captions") or []}
+    return from_table(pa.Table.from_pylist([full], schema=schema))
+
+
+def _wide(t: pa.DataType) -> pa.DataType:
+    if t == pa.float32():
+        return pa.float64()
+    return pa.list_(pa.float64()) if t == pa.list_(pa.float32()) else t
+
+
 def synthetic_of(row: dict) -> tuple[str | None, float | None]:
-    """The candidate with the highest CLIP score (first on ties); the first one without scores."""
-    cands = row.get("captions") or []
-    if not cands:
-        return None, None
-    scores = row.get("clip_captions") or []
-    if len(scores) != len(cands) or any(s is None for s in scores):
-        return cands[0], None
-    best = max(range(len(cands)), key=lambda i: (scores[i], -i))
-    return cands[best], float(scores[best])
-
-
-def row_blend(row: dict, pool: PoolNumbers, alpha: float) -> float | None:
-    return blend(row.get("sieve"), row.get("clip_raw"), pool.sieve, pool.clip_raw, alpha)
+    """The synthetic caption of one row and its CLIP score (SPEC 6)."""
+    c = _one_row(row)
+    i = int(c.syn_idx[0])
+    return (row["captions"][i], _f(c.clip_syn[0])) if i >= 0 else (None, None)
 
 
 def decide(row: dict, cfg: MixConfig, pool: PoolNumbers) -> Decision:
-    if row.get("status") != "ok":
-        return Decision(False, reason=row.get("error") or "error")
-    raw, clip_raw = row.get("raw_caption"), row.get("clip_raw")
-    syn, clip_syn = synthetic_of(row)
-    b = row_blend(row, pool, cfg.alpha)
-    t = pool.threshold
-    d = dict(synthetic=syn, clip_synthetic=clip_syn, blend=b)
-    s = cfg.strategy
+    """`decide_columns` for one row given as a dict."""
+    c = _one_row(row)
+    d = decide_columns(c, cfg, pool)
+    code, b = int(d.code[0]), _f(d.blend[0])
+    i = int(c.syn_idx[0])
+    syn, cs = (row["captions"][i], _f(c.clip_syn[0])) if i >= 0 else (None, None)
+    extra = dict(synthetic=syn, clip_synthetic=cs, blend=b)
+    if code == KEEP_RAW:
+        return Decision(True, row.get("raw_caption"), "raw", **extra)
+    if code == KEEP_SYN:
+        return Decision(True, syn, "synthetic", **extra)
+    if code in (ERROR, SHARD_ERROR):
+        return Decision(False, reason=row.get("error") or "error", **extra)
+    return Decision(False, reason=reason_text(code, pool.threshold), **extra)
 
-    if s in ("raw", "both", "sieve"):
-        if raw is None:
-            return Decision(False, reason="mix: no raw caption", **d)
-        if s == "sieve":
-            if b is None:
-                return Decision(False, reason="mix: no blend score (sieve or clip_raw missing)", **d)
-            if b < t:
-                return Decision(False, reason=f"mix: blend {b:.4f} below threshold {t:.4f}", **d)
-        elif t is not None:
-            if clip_raw is None:
-                return Decision(False, reason="mix: no clip_raw score", **d)
-            if clip_raw < t:
-                return Decision(False, reason=f"mix: clip_raw {clip_raw:.4f} below threshold {t:.4f}", **d)
-        return Decision(True, raw, "raw", **d)
 
-    if s == "synthetic":
-        if syn is None:
-            return Decision(False, reason="mix: no synthetic caption", **d)
-        if t is not None:
-            if clip_syn is None:
-                return Decision(False, reason="mix: no CLIP score for the synthetic caption", **d)
-            if clip_syn < t:
-                return Decision(False, reason=f"mix: synthetic clip {clip_syn:.4f} below threshold {t:.4f}", **d)
-        return Decision(True, syn, "synthetic", **d)
-
-    # threshold: raw where it scores well enough, else the synthetic caption
-    if raw is not None and clip_raw is not None and t is not None and clip_raw >= t:
-        return Decision(True, raw, "raw", **d)
-    if syn is None:
-        return Decision(False, reason="mix: raw caption below threshold and no synthetic caption", **d)
-    if cfg.filter_synthetic:
-        if clip_syn is None:
-            return Decision(False, reason="mix: no CLIP score for the synthetic caption", **d)
-        if clip_syn < t:
-            return Decision(False, reason=f"mix: raw and synthetic both below threshold {t:.4f}", **d)
-    return Decision(True, syn, "synthetic", **d)
+def _f(x) -> float | None:
+    return float(x) if scored(x) else None

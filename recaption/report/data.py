@@ -6,12 +6,15 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption.errors import RecaptionError
+from recaption.mixing import columns
 from recaption.mixing.compare import strategy_table
-from recaption.mixing.strategies import PoolNumbers, row_blend, synthetic_of
-from recaption.scoring.blend import MinMax, fraction_threshold
+from recaption.mixing.pool import PoolSource, Scores, fraction_rank
+from recaption.mixing.strategies import blend_of
 
 
 @dataclass
@@ -33,31 +36,44 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float = 0.3,
     ann_files = sorted(f for f in ann_dir.glob("*.parquet") if not f.name.startswith("_"))
     if not ann_files or "status" not in pq.read_schema(ann_files[0]).names:
         raise RecaptionError(f"{p} holds no recaption annotation files (NAME.parquet with SPEC 2 columns)")
-    raw_rows = [r for f in ann_files for r in pq.read_table(f).to_pylist() if r["key"] is not None]
-    ok = [r for r in raw_rows if r["status"] == "ok"]
-    mm = PoolNumbers(MinMax.of(r["sieve"] for r in ok), MinMax.of(r["clip_raw"] for r in ok), None)
     if summary and summary.get("alpha") is not None:
         alpha = summary["alpha"]
-    rows = []
-    for r in ok:
-        syn, cs = synthetic_of(r)
-        rows.append({"key": r["key"], "shard": r["shard"], "raw": r["raw_caption"], "synthetic": syn,
-                     "clip_raw": r["clip_raw"], "clip_syn": cs, "sieve": r["sieve"],
-                     "blend": row_blend(r, mm, alpha)})
-    data = ReportData(str(p), rows, summary)
-    data.thresholds = {
-        "clip_raw": fraction_threshold([r["clip_raw"] for r in rows], fraction),
-        "clip_syn": fraction_threshold([r["clip_syn"] for r in rows], fraction),
-        "blend": fraction_threshold([r["blend"] for r in rows], fraction),
-    }
+    source = PoolSource.of_folder(str(ann_dir), [f.stem for f in ann_files])
+    pool = source.stats()  # the same pool pass as a mix: min/max, thresholds, outcomes
+    data = ReportData(str(p), _rows(source, pool.numbers, alpha), summary)
+    data.thresholds = dict(zip(("clip_raw", "clip_syn", "blend"), source.select([
+        (Scores("clip_raw"), fraction_rank(fraction)), (Scores("clip_synthetic"), fraction_rank(fraction)),
+        (Scores("blend", pool.numbers, alpha), fraction_rank(fraction))])))
     if summary and summary.get("threshold") is not None:
         col = {"clip_raw": "clip_raw", "clip_synthetic": "clip_syn", "blend": "blend"}[summary["threshold_column"]]
         data.thresholds[col] = summary["threshold"]
     own = {k: data.thresholds[k] for k in ("clip_raw", "blend")}
-    for t in strategy_table(raw_rows, fraction, alpha, own):
+    for t in strategy_table(source, fraction, alpha, own):
         data.per_strategy[t["strategy"]] = {"raw": t["raw"], "synthetic": t["replaced"], "dropped": t["dropped"]}
     _pick_images(data, p, input_spec)
     return data
+
+
+def _rows(source: PoolSource, numbers, alpha: float) -> list[dict]:
+    """One dict per scored-or-not ok sample, for the plots and the sample grid."""
+    rows = []
+    for f in source.files:
+        t = columns.read(f.path, columns.columns_for(True, text=True) + ["shard"])
+        c = columns.from_table(t)
+        ok = c.pool
+        part = pa.table({
+            "key": t["key"], "shard": t["shard"], "raw": t["raw_caption"],
+            "synthetic": columns.synthetic_text(t["captions"], c.syn_idx),
+            "clip_raw": _nullable(c.clip_raw), "clip_syn": _nullable(c.clip_syn), "sieve": _nullable(c.sieve),
+            "blend": _nullable(blend_of(c, numbers, alpha)),
+        }).filter(pa.array(ok))
+        rows += part.to_pylist()
+    return rows
+
+
+def _nullable(x: np.ndarray) -> pa.Array:
+    x = np.asarray(x, dtype=np.float64)
+    return pa.array(x, mask=~np.isfinite(x))
 
 
 def picks(rows: list[dict], k: int = 6, seed: int = 0) -> dict[str, list[dict]]:

@@ -1,0 +1,126 @@
+"""One annotation file as the numpy columns the mixing maths needs (no Python object per row).
+
+`Columns` holds, per row: whether it has a key and is `ok`, whether it has a raw caption, the
+scores as float (NaN = missing, whatever the file held: null, NaN or inf), whether a synthetic
+caption exists, which candidate it is and its CLIP score. Only the parquet columns a job needs
+are read: the `captions` strings are the costly ones, and strategies that never write a
+synthetic caption do not read them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recaption.io import annotations as ann
+from recaption.scoring.blend import scored
+
+BASE = ["key", "status", "raw_caption", "clip_raw", "sieve"]
+SYNTHETIC = ["captions", "clip_captions"]
+
+
+def columns_for(synthetic: bool, text: bool = False) -> list[str]:
+    """The annotation columns to read: numbers always; candidates when a synthetic caption
+    matters; what a written sample carries (texts, captioner, error) when `text`."""
+    cols = BASE + (SYNTHETIC if synthetic or text else [])
+    return cols + (["captioner", "error"] if text else [])
+
+
+@dataclass
+class Columns:
+    keyed: np.ndarray  # bool: a sample row (a null key is a shard-level read error)
+    ok: np.ndarray  # bool: status == "ok"
+    has_raw: np.ndarray  # bool
+    clip_raw: np.ndarray  # float, NaN = missing; NaN also where there is no raw caption
+    sieve: np.ndarray  # float, NaN = missing
+    has_syn: np.ndarray | None = None  # bool: at least one candidate (None: not read)
+    syn_idx: np.ndarray | None = None  # int: index of the synthetic caption, -1 none
+    clip_syn: np.ndarray | None = None  # float (the file's float type), NaN = missing
+
+    @property
+    def n(self) -> int:
+        return len(self.keyed)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Rows that count for pool statistics: sample rows annotated without error."""
+        return self.keyed & self.ok
+
+
+def read(url: str, columns: list[str]) -> pa.Table:
+    return ann.read(url, columns=columns)
+
+
+def floats(col) -> np.ndarray:
+    """A float column as numpy (float32 stays float32), NaN for null, NaN, +-inf."""
+    a = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not pa.types.is_floating(a.type):
+        a = a.cast(pa.float64())
+    x = a.to_numpy(zero_copy_only=False)
+    return np.where(scored(x), x, np.nan).astype(x.dtype, copy=False)
+
+
+def from_table(t: pa.Table) -> Columns:
+    """Columns of one annotation table (read with `columns_for`)."""
+    keyed = t["key"].is_valid().to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(zero_copy_only=False)
+    has_raw = t["raw_caption"].is_valid().to_numpy(zero_copy_only=False)
+    clip = floats(t["clip_raw"])
+    clip = np.where(has_raw, clip, np.nan).astype(clip.dtype, copy=False)
+    c = Columns(keyed, ok, has_raw, clip, floats(t["sieve"]))
+    if "captions" in t.column_names:
+        c.has_syn, c.syn_idx, c.clip_syn = synthetic(t["captions"], t["clip_captions"])
+    return c
+
+
+def _list(col) -> pa.ListArray:
+    a = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return a.cast(pa.list_(a.type.value_type)) if pa.types.is_large_list(a.type) else a
+
+
+def synthetic(captions, clip_captions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: has a candidate; the candidate written as synthetic caption; its CLIP score.
+
+    SPEC 6: the candidate with the highest scored CLIP value, first on ties; the first candidate
+    (with no score) when none has one, or when the scores do not pair one to one with candidates.
+    """
+    caps, scores = _list(captions), _list(clip_captions)
+    n_caps = pc.fill_null(pc.list_value_length(caps), 0).to_numpy(zero_copy_only=False)
+    n_sc = pc.fill_null(pc.list_value_length(scores), 0).to_numpy(zero_copy_only=False)
+    n = len(n_caps)
+    has = n_caps > 0
+    idx = np.where(has, 0, -1).astype(np.int16 if n_caps.max(initial=0) < 2**15 else np.int32)
+    vals = floats(pc.list_flatten(scores))  # the file's float type: comparisons stay exact
+    best = np.full(n, np.nan, dtype=vals.dtype)
+    paired = has & (n_sc == n_caps)
+    rows = np.flatnonzero(paired)
+    if rows.size:
+        if rows.size != np.count_nonzero(n_sc):  # drop scores of rows whose lengths do not pair
+            vals = vals[np.repeat(paired, n_sc)]
+        lens = n_sc[rows]  # every one > 0: reduceat needs non-empty segments
+        seg = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(lens[:-1], out=seg[1:])
+        row_max = np.maximum.reduceat(np.where(np.isnan(vals), -np.inf, vals), seg)
+        is_best = vals == np.repeat(row_max, lens)  # NaN never equals
+        pos = np.arange(len(vals), dtype=np.int64) - np.repeat(seg, lens)
+        first = np.minimum.reduceat(np.where(is_best, pos, np.iinfo(np.int64).max), seg)
+        found = np.isfinite(row_max)
+        idx[rows[found]] = first[found]
+        best[rows[found]] = row_max[found]
+    return has, idx, best
+
+
+def synthetic_text(captions, syn_idx: np.ndarray) -> pa.Array:
+    """The synthetic caption of every row as a string array (null where there is none)."""
+    caps = _list(captions)
+    n_caps = pc.fill_null(pc.list_value_length(caps), 0).to_numpy(zero_copy_only=False)
+    starts = np.zeros(len(n_caps), dtype=np.int64)
+    np.cumsum(n_caps[:-1], out=starts[1:])
+    idx = pa.array(starts + np.maximum(syn_idx, 0), mask=syn_idx < 0)
+    return pc.list_flatten(caps).take(idx)

@@ -1,0 +1,172 @@
+"""Plan a mix: decide every row once, per input shard, into `OUT/_decisions/NAME.parquet`; then
+fix which kept samples each output shard holds.
+
+A decisions file has one row per annotation row, in input order: `key`, `kept`, `reason` (why it
+was dropped), `caption_source`, `caption` (the `txt` written), `raw_caption`,
+`synthetic_caption`, `clip_raw`, `clip_synthetic`, `sieve`, `blend`, `captioner`; missing scores
+are null. Its parquet metadata (`recaption.decisions`) says what made it: schema version, the
+shard's name, URL, size and mtime, the annotation file, strategy, threshold and min/max. The write
+stage reads its slice from there and decides nothing again; the files stay after the run, so a
+loader can apply a mix without the mixed tars.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from recaption.io import annotations as ann
+from recaption.io.atomic import atomic_open, file_info, join, makedirs
+from recaption.mixing import columns as colmod
+from recaption.mixing.pool import N_CODES, AnnFile, Outcomes, Pool, _read, error_reasons, mix_counts
+from recaption.mixing.strategies import (ERROR, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
+                                         PoolNumbers, decide_columns, reason_text)
+
+VERSION = 1
+FOLDER = "_decisions"
+META_KEY = b"recaption.decisions"
+DROPPED_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
+SCHEMA = pa.schema([
+    ("key", pa.string()), ("kept", pa.bool_()), ("reason", pa.string()), ("caption_source", pa.string()),
+    ("caption", pa.string()), ("raw_caption", pa.string()), ("synthetic_caption", pa.string()),
+    ("clip_raw", pa.float64()), ("clip_synthetic", pa.float64()), ("sieve", pa.float64()),
+    ("blend", pa.float64()), ("captioner", pa.string()),
+])
+
+
+def decisions_path(out_dir: str, name: str) -> str:
+    return join(join(out_dir, FOLDER), f"{name}.parquet")
+
+
+def _null_floats(x: np.ndarray) -> pa.Array:
+    x = np.asarray(x, dtype=np.float64)
+    return pa.array(x, mask=~np.isfinite(x))
+
+
+def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.ndarray,
+                    threshold: float | None) -> pa.Table:
+    """One annotation table's decisions (columns as SCHEMA), built column by column."""
+    syn = colmod.synthetic_text(t["captions"], c.syn_idx)
+    raw = t["raw_caption"].combine_chunks()
+    is_raw, is_syn = pa.array(code == KEEP_RAW), pa.array(code == KEEP_SYN)
+    none = pa.nulls(len(code), pa.string())
+    texts = pa.array([None if k not in REASONS else reason_text(k, threshold) for k in range(N_CODES)],
+                     pa.string())
+    reason = texts.take(pa.array(code.astype(np.int32)))
+    before = pa.array((code == ERROR) | (code == SHARD_ERROR))
+    reason = pc.if_else(before, error_reasons(t["error"].combine_chunks(), c.keyed), reason)
+    source = pa.array(["raw", "synthetic"], pa.string()).take(pa.array(np.minimum(code, 1).astype(np.int32),
+                                                                       mask=code > KEEP_SYN))
+    return pa.table([
+        t["key"].combine_chunks(), pa.array(code <= KEEP_SYN), reason, source,
+        pc.if_else(is_raw, raw, pc.if_else(is_syn, syn, none)), raw, syn,
+        _null_floats(colmod.floats(t["clip_raw"])), _null_floats(c.clip_syn), _null_floats(colmod.floats(t["sieve"])),
+        _null_floats(blend), t["captioner"].combine_chunks(),
+    ], schema=SCHEMA)
+
+
+@dataclass
+class FilePlan:
+    name: str
+    url: str
+    decisions: str
+    kept: int
+    codes: list
+
+
+def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
+    """Decide one input shard's rows and write its decisions file (whole or not at all)."""
+    t = _read(f, colmod.columns_for(True, text=True))
+    c = colmod.from_table(t)
+    d = decide_columns(c, cfg, numbers)
+    table = decisions_table(t, c, d.code, d.blend, numbers.threshold)
+    meta = {"version": VERSION, "shard": f.name, "input": f.url, **file_info(f.url), "annotations": f.path,
+            "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
+            "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
+            "min_max": {"clip_raw": [numbers.clip_raw.lo, numbers.clip_raw.hi],
+                        "sieve": [numbers.sieve.lo, numbers.sieve.hi]}}
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    path = decisions_path(out_dir, f.name)
+    with atomic_open(path) as out:
+        out.write(buf.getvalue())
+    codes = np.bincount(d.code, minlength=N_CODES)
+    return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist())
+
+
+def read_meta(path: str) -> dict:
+    """The `recaption.decisions` metadata of a decisions file."""
+    return json.loads(ann.read_table(path, columns=[]).schema.metadata[META_KEY])
+
+
+# -- output shards ---------------------------------------------------------------------------
+@dataclass
+class Part:
+    url: str
+    decisions: str
+    start: int  # slice of this shard's kept samples
+    end: int
+
+
+@dataclass
+class OutputPlan:
+    name: str
+    parts: list[Part]
+    strategy: str
+    out_dir: str
+
+
+def assign(kept: list[tuple[str, str, str, int]], cfg: MixConfig, out_dir: str) -> list[OutputPlan]:
+    """Output shards from (name, url, decisions, kept count) per input shard, in input order:
+    runs of `samples_per_shard` kept samples, or one output shard per input shard."""
+    common = dict(strategy=cfg.strategy, out_dir=out_dir)
+    if cfg.keep_sharding:
+        return [OutputPlan(n, [Part(u, d, 0, k)], **common) for n, u, d, k in kept]
+    plans, cur, room, idx = [], [], cfg.samples_per_shard, 0
+    for _, u, d, k in kept:
+        start = 0
+        while start < k:
+            take = min(room, k - start)
+            cur.append(Part(u, d, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                plans.append(OutputPlan(f"{idx:05d}", cur, **common))
+                cur, room, idx = [], cfg.samples_per_shard, idx + 1
+    if cur:
+        plans.append(OutputPlan(f"{idx:05d}", cur, **common))
+    return plans
+
+
+def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], dict]:
+    """Write every decisions file (mapped like the pool pass), then `_dropped.parquet` from them,
+    in input order; returns the output shard plans and the counts."""
+    makedirs(join(out_dir, FOLDER))
+    total, kept = Outcomes(), []
+    for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir):
+        total.add(Outcomes(np.array(fp.codes, dtype=np.int64)))
+        kept.append((fp.name, fp.url, fp.decisions, fp.kept))
+    write_dropped(out_dir, [(n, d) for n, _, d, _ in kept])
+    return assign(kept, cfg, out_dir), mix_counts(pool, total)
+
+
+def write_dropped(out_dir: str, files: list[tuple[str, str]]) -> None:
+    """`_dropped.parquet` (key, shard, reason), one row group per input shard with drops."""
+    with atomic_open(join(out_dir, "_dropped.parquet")) as f:
+        with pq.ParquetWriter(f, DROPPED_SCHEMA) as w:
+            for name, path in files:
+                t = ann.read_table(path, columns=["key", "kept", "reason"])
+                t = t.filter(pc.invert(t["kept"]))
+                if t.num_rows:
+                    shard = pa.array([name], pa.string()).take(pa.array(np.zeros(t.num_rows, np.int32)))
+                    w.write_table(pa.table([t["key"], shard, t["reason"]], schema=DROPPED_SCHEMA))
+
+
+def plan_dict(p: OutputPlan) -> dict:
+    return asdict(p)

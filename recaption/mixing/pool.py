@@ -1,0 +1,395 @@
+"""The pool pass: statistics, thresholds and outcome counts over every annotation file of a run.
+
+Every consumer (mix, its dry run, the report, eval's strategy comparison) goes through here, so the
+pool maths exists once. Work is per annotation file and the driver merges only small per-file
+summaries, so memory does not grow with the pool:
+
+1. stats: rows, errors, drop reasons of error rows, captioners, min/max of `sieve` and `clip_raw`;
+2. selects: exact fraction thresholds (and medians) by radix select (`recaption.scoring.select`),
+   one or a few passes that answer every pending select at once;
+3. counts: the outcome of every row under a strategy, counted (dry run, comparison).
+
+Files are mapped by a `mapper`: threads in this process by default (which also keep each file's
+numeric columns, up to `CACHE_BYTES`, so later passes need not read them again), or Ray tasks
+(`recaption.engines.mapper`), which read the files where they run.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recaption.errors import RecaptionError
+from recaption.io import annotations as ann
+from recaption.io.atomic import exists
+from recaption.io.sources import shard_name
+from recaption.mixing import columns as colmod
+from recaption.mixing.columns import Columns
+from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, MixConfig, PoolNumbers, blend_of,
+                                         decide_columns)
+from recaption.scoring.blend import MinMax, kept_rank, scored
+from recaption.scoring.select import Select, answer, to_keys
+
+CACHE_BYTES = 512 << 20  # numeric columns kept in memory between passes (~16 bytes a row)
+N_CODES = 14
+
+
+@dataclass
+class AnnFile:
+    name: str  # shard name
+    path: str  # its annotation file
+    url: str | None = None  # the input shard (None when only annotations are known)
+
+
+def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], list[str]]:
+    """The annotation file of every shard that has one; the names of those that do not."""
+    present, missing = [], []
+    for u in shards:
+        f = AnnFile(shard_name(u), ann.path_for(ann_dir, shard_name(u)), u)
+        if exists(f.path):
+            present.append(f)
+        else:
+            missing.append(f.name)
+    return present, missing
+
+
+def category(reason: str) -> str:
+    """Group drop reasons for the summary: numbers out, the error stage kept."""
+    text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
+    return re.sub(r"\s+", " ", text).strip()[:120]
+
+
+# -- mapping over files ----------------------------------------------------------------------
+class Threads:
+    """The local mapper: a few threads (pyarrow and numpy release the GIL), results in order."""
+    in_process = True
+
+    def __init__(self, n: int | None = None):
+        self.n = n or min(8, os.cpu_count() or 1)
+
+    def map(self, fn: Callable, items: list):
+        window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
+        with ThreadPoolExecutor(self.n) as ex:
+            futs = [ex.submit(fn, it) for it in items[:window]]
+            for i in range(len(items)):
+                r = futs[i].result()
+                futs[i] = None
+                if i + window < len(items):
+                    futs.append(ex.submit(fn, items[i + window]))
+                yield r
+
+
+class Cache:
+    """Per-file numeric columns kept between passes, up to a byte budget (then files are re-read)."""
+
+    def __init__(self, budget: int = CACHE_BYTES):
+        self.budget, self.used, self.cols, self.lock = budget, 0, {}, threading.Lock()
+
+    def get(self, path: str, synthetic: bool) -> Columns | None:
+        c = self.cols.get(path)
+        return c if c is not None and (c.has_syn is not None or not synthetic) else None
+
+    def put(self, path: str, c: Columns) -> None:
+        with self.lock:
+            if path not in self.cols and self.used + c.nbytes <= self.budget:
+                self.cols[path] = c
+                self.used += c.nbytes
+
+
+def load(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> Columns:
+    c = cache.get(f.path, synthetic) if cache else None
+    if c is None:
+        c = colmod.from_table(_read(f, colmod.columns_for(synthetic)))
+        if cache:
+            cache.put(f.path, c)
+    return c
+
+
+def _read(f: AnnFile, columns: list[str]):
+    try:
+        return colmod.read(f.path, columns)
+    except RecaptionError:
+        raise
+    except Exception as e:  # a corrupt parquet: name the file, in one line
+        raise RecaptionError(f"cannot read annotation file {f.path}: {type(e).__name__}: {e}") from e
+
+
+# -- 1. stats --------------------------------------------------------------------------------
+@dataclass
+class FileStats:
+    rows: int = 0  # sample rows (a key)
+    errors: int = 0  # of which not `ok`
+    dropped: dict = field(default_factory=dict)  # category -> rows: error rows, shard errors
+    shard_errors: list = field(default_factory=list)
+    captioners: list = field(default_factory=list)
+    sieve: MinMax = field(default_factory=lambda: MinMax(None, None))
+    clip_raw: MinMax = field(default_factory=lambda: MinMax(None, None))
+
+
+def file_stats(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> FileStats:
+    t = _read(f, colmod.columns_for(synthetic) + ["captioner", "error"])
+    c = colmod.from_table(t)
+    if cache:
+        cache.put(f.path, c)
+    s = FileStats(rows=int(c.keyed.sum()), errors=int((c.keyed & ~c.ok).sum()))
+    pool = c.pool
+    s.sieve, s.clip_raw = MinMax.of(c.sieve[pool]), MinMax.of(c.clip_raw[pool])
+    caps = t["captioner"].filter(pool)
+    s.captioners = [x for x in pc.unique(caps).to_pylist() if x]
+    if not pool.all():  # error rows: counted per distinct reason text, never row by row
+        bad = pa.array(~pool)
+        reasons = error_reasons(t["error"].filter(bad), c.keyed[~pool])
+        counts = Counter()
+        for vc in pc.value_counts(reasons).to_pylist():
+            counts[category(vc["values"])] += vc["counts"]
+        s.dropped = dict(counts)
+        s.shard_errors = [{"shard": f.name, "error": e} for e in t["error"].filter(pa.array(~c.keyed)).to_pylist()]
+    return s
+
+
+def error_reasons(error, keyed: np.ndarray):
+    """The drop reason of rows dropped before any strategy: their error text, or a stand-in."""
+    stand_in = pc.if_else(pa.array(keyed), pa.scalar("error"), pa.scalar("read: shard error"))
+    return pc.if_else(error.is_valid(), error, stand_in)
+
+
+@dataclass
+class Pool:
+    numbers: PoolNumbers
+    n_rows: int
+    captioners: list[str]
+    ranges: dict = field(default_factory=dict)
+    errors: int = 0
+    dropped: dict = field(default_factory=dict)  # category -> rows dropped before any strategy
+    shard_errors: list = field(default_factory=list)
+    source: "PoolSource | None" = None
+
+
+class PoolSource:
+    """A run's annotation files and how to map over them (threads with a cache, or Ray)."""
+
+    def __init__(self, files: list[AnnFile], missing: list[str] = (), mapper=None, synthetic: bool = True):
+        self.files, self.missing = files, list(missing)
+        self.mapper = mapper or Threads()
+        self.cache = Cache() if getattr(self.mapper, "in_process", False) else None
+        self.synthetic = synthetic  # read the candidates (needed for synthetic captions)
+
+    @classmethod
+    def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True) -> "PoolSource":
+        files, missing = annotation_files(shards, ann_dir)
+        if not files:
+            raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
+                                 "(NAME.parquet per NAME.tar): run `recaption annotate` or `score` first")
+        return cls(files, missing, mapper, synthetic)
+
+    @classmethod
+    def of_folder(cls, ann_dir: str, names: list[str], mapper=None) -> "PoolSource":
+        return cls([AnnFile(n, ann.path_for(ann_dir, n)) for n in names], [], mapper)
+
+    def map(self, fn: Callable, *args):
+        """fn(file, *args, cache=...) over every file, results in order."""
+        return self.mapper.map(functools.partial(_call, fn, args, self.cache), self.files)
+
+    def stats(self) -> Pool:
+        total = FileStats()
+        captioners: set[str] = set()
+        for s in self.map(file_stats, self.synthetic):
+            total.rows += s.rows
+            total.errors += s.errors
+            for k, v in s.dropped.items():
+                total.dropped[k] = total.dropped.get(k, 0) + v
+            total.shard_errors += s.shard_errors
+            captioners.update(s.captioners)
+            total.sieve, total.clip_raw = total.sieve.merge(s.sieve), total.clip_raw.merge(s.clip_raw)
+        shard_errors = [{"shard": n, "error": "no annotation file (shard not annotated)"} for n in self.missing]
+        ranges = {"clip_raw": [total.clip_raw.lo, total.clip_raw.hi], "sieve": [total.sieve.lo, total.sieve.hi]}
+        return Pool(PoolNumbers(total.sieve, total.clip_raw, None), total.rows, sorted(captioners), ranges,
+                    total.errors, total.dropped, shard_errors + total.shard_errors, self)
+
+    def select(self, wanted: list[tuple["Scores", Callable[[int], int | None]]]) -> list[float | None]:
+        """The value at rank `rank_of(N)` of each score population, exactly; all in the same passes."""
+        sels = [Select(rank_of) for _, rank_of in wanted]
+        scores = [s for s, _ in wanted]
+        while True:
+            active = [(i, s.query()) for i, s in enumerate(sels) if not s.done]
+            if not active:
+                return [s.value for s in sels]
+            for i, _ in active:
+                sels[i].start()
+            for parts in self.map(select_part, scores, active, self.synthetic):
+                for (i, _), part in zip(active, parts):
+                    sels[i].add(part)
+            for i, _ in active:
+                sels[i].finish()
+
+    def counts(self, cfg: MixConfig, numbers: PoolNumbers, written: bool = False) -> "Outcomes":
+        """Every row's outcome under `cfg`, counted; with `written`, also the sum of the CLIP
+        scores of what would be written."""
+        total = Outcomes()
+        for o in self.map(file_outcomes, cfg, numbers, written, self.synthetic):
+            total.add(o)
+        return total
+
+
+def _call(fn, args, cache, f):
+    return fn(f, *args, cache=cache)
+
+
+# -- 2. selects ------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    """A score population: one column over the pool rows, or what a strategy would write."""
+    column: str  # clip_raw | clip_synthetic | blend | written
+    numbers: PoolNumbers | None = None
+    alpha: float = 0.5
+    cfg: MixConfig | None = None
+
+    def of(self, c: Columns) -> np.ndarray:
+        if self.column == "written":
+            d = decide_columns(c, self.cfg, self.numbers)
+            v = _written(c, d.code)
+        elif self.column == "blend":
+            v = blend_of(c, self.numbers, self.alpha)[c.pool]
+        else:
+            v = (c.clip_raw if self.column == "clip_raw" else c.clip_syn)[c.pool]
+        v = np.asarray(v, dtype=np.float64)
+        return v[scored(v)]
+
+
+def _written(c: Columns, code: np.ndarray) -> np.ndarray:
+    syn = c.clip_syn if c.clip_syn is not None else np.full(c.n, np.nan)
+    return np.where(code == KEEP_RAW, c.clip_raw, np.where(code == KEEP_SYN, syn, np.nan))
+
+
+def select_part(f: AnnFile, scores: list[Scores], active, synthetic: bool, cache=None) -> list:
+    c = load(f, synthetic, cache)
+    keys: dict[int, np.ndarray] = {}  # by population: the two ranks of a median share one
+    out = []
+    for i, q in active:
+        k = id(scores[i])
+        if k not in keys:
+            keys[k] = to_keys(scores[i].of(c))
+        out.append(answer(keys[k], q))
+    return out
+
+
+def fraction_rank(fraction: float) -> Callable[[int], int]:
+    """DataComp's rule as a rank: the n-th highest of N, n = int(N * fraction)."""
+    return functools.partial(_fraction_rank, fraction)
+
+
+def _fraction_rank(fraction: float, n: int) -> int:
+    return kept_rank(n, fraction)
+
+
+def median_ranks() -> tuple[Callable, Callable]:
+    """Ranks of the two middle values (the same one for odd N): their mean is the median."""
+    return _lower_middle, _upper_middle
+
+
+def _lower_middle(n: int) -> int:
+    return (n - 1) // 2
+
+
+def _upper_middle(n: int) -> int:
+    return n // 2
+
+
+# -- 3. outcomes -----------------------------------------------------------------------------
+@dataclass
+class Outcomes:
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(N_CODES, dtype=np.int64))
+    written_sum: float = 0.0
+    written_n: int = 0
+    kept_per_file: list = field(default_factory=list)
+
+    def add(self, o: "Outcomes") -> None:
+        self.codes += o.codes
+        self.written_sum = math.fsum([self.written_sum, o.written_sum])
+        self.written_n += o.written_n
+        self.kept_per_file += o.kept_per_file
+
+    @property
+    def raw(self) -> int:
+        return int(self.codes[KEEP_RAW])
+
+    @property
+    def synthetic(self) -> int:
+        return int(self.codes[KEEP_SYN])
+
+    def by_category(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for code, name in CATEGORIES.items():
+            if self.codes[code]:
+                out[name] = out.get(name, 0) + int(self.codes[code])
+        return out
+
+
+def file_outcomes(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, written: bool, synthetic: bool,
+                  cache=None) -> Outcomes:
+    c = load(f, synthetic, cache)
+    code = decide_columns(c, cfg, numbers).code
+    o = Outcomes(np.bincount(code, minlength=N_CODES).astype(np.int64))
+    o.kept_per_file = [int(o.codes[KEEP_RAW] + o.codes[KEEP_SYN])]
+    if written:
+        v = _written(c, code)
+        v = v[scored(v)]
+        o.written_sum, o.written_n = float(np.sum(v, dtype=np.float64)), int(v.size)
+    return o
+
+
+# -- the pool pass of one mix ----------------------------------------------------------------
+def threshold_scores(cfg: MixConfig, numbers: PoolNumbers) -> Scores:
+    return Scores(cfg.threshold_column, numbers, cfg.alpha)
+
+
+def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None) -> Pool:
+    """Min/max and the threshold in force for `cfg`; raises when no shard is annotated."""
+    source = PoolSource.of_shards(shards, ann_dir, mapper, synthetic=cfg.needs_synthetic)
+    return finish_pool(source.stats(), cfg)
+
+
+def finish_pool(pool: Pool, cfg: MixConfig) -> Pool:
+    """Set the threshold of `cfg` on a pool whose stats are known."""
+    pool.numbers.threshold = cfg.threshold
+    if cfg.fraction is not None:
+        col = cfg.threshold_column
+        (t,) = pool.source.select([(threshold_scores(cfg, pool.numbers), fraction_rank(cfg.fraction))])
+        if t is None:
+            raise RecaptionError(f"--fraction needs {col} scores, and no annotated sample has one; run "
+                                 "`recaption score` with the scorer this strategy uses")
+        pool.numbers.threshold = t
+    if cfg.strategy in ("threshold", "sieve") and pool.numbers.threshold is None:
+        raise RecaptionError(f"strategy {cfg.strategy!r} has no threshold")
+    return pool
+
+
+def mix_counts(pool: Pool, o: Outcomes) -> dict:
+    """The counts a mix summary reports; drop reasons most frequent first."""
+    dropped = dict(pool.dropped)
+    for k, v in o.by_category().items():
+        dropped[k] = dropped.get(k, 0) + v
+    return {"read": pool.n_rows, "kept": o.raw + o.synthetic, "raw": o.raw, "synthetic": o.synthetic,
+            "errors": pool.errors, "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "shard_errors": pool.shard_errors}
+
+
+def dry_counts(pool: Pool, cfg: MixConfig) -> tuple[dict, int]:
+    """What a mix would do, from the annotation files alone: counts and output shard count."""
+    o = pool.source.counts(cfg, pool.numbers)
+    counts = mix_counts(pool, o)
+    if cfg.keep_sharding:
+        n_out = len(o.kept_per_file)
+    else:
+        n_out = -(-counts["kept"] // cfg.samples_per_shard)
+    return counts, n_out

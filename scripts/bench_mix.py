@@ -1,0 +1,291 @@
+#!/usr/bin/env python
+"""Benchmark `recaption mix` at DataComp-like scale: dry-run rows/s and peak memory over synthetic
+annotation sets, and write MB/s beside a plain `cp` of the same shards.
+
+    python scripts/bench_mix.py                          # 1M and 10M rows, 10,000 real samples
+    python scripts/bench_mix.py --rows 1000000 --runs 1  # quicker
+
+Annotation sets: SPEC 2 files of 10,000 rows each (4 to 8 candidates of 6 to 14 words, scores
+rounded to 3 decimals so thresholds fall on ties, 10% without alt-text, 1% error rows), built
+once under --work and reused. Shards: real tar shards (JPEG, txt, img2dataset json) of about
+36 KB a sample, with annotations for their keys. Each figure is the median of --runs runs, every
+run a fresh process (`recaption mix` as a user runs it, minus interpreter start-up); peak RSS is
+that process's maximum resident set. Write MB/s is output tar bytes over the write stage's
+seconds; `cp` copies the input shards to a fresh folder, page cache warm for both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS_PER_FILE = 10_000
+STRATEGIES = [  # (label, mix arguments)
+    ("raw, fraction 0.3", ["--strategy", "raw", "--fraction", "0.3"]),
+    ("threshold 0.3 + filter", ["--strategy", "threshold", "--fraction", "0.3", "--filter-synthetic"]),
+    ("sieve, fraction 0.2", ["--strategy", "sieve", "--fraction", "0.2"]),
+]
+
+CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from recaption import api
+from recaption.mixing.strategies import MixConfig
+a = json.loads(sys.argv[1])
+cfg = MixConfig(**a["cfg"])
+t1 = time.perf_counter()
+s = api.mix(a["input"], a["ann"], a.get("out"), cfg, dry_run=a["dry"], quiet=True, workers=a.get("workers"))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "seconds": t2 - t1, "read": s["counts"]["read"],
+                  "written": s["counts"]["written"], "stage_seconds": s.get("seconds")}))
+"""
+
+
+def _cfg(args: list[str]) -> dict:
+    cfg, it = {}, iter(args)
+    for a in it:
+        k = a.lstrip("-").replace("-", "_")
+        if k == "filter_synthetic":
+            cfg[k] = True
+        else:
+            v = next(it)
+            cfg[k] = float(v) if k in ("fraction", "threshold", "alpha") else v
+    return cfg
+
+
+def run_measured(spec: dict) -> dict:
+    """One mix in a fresh process: its own timing (imports excluded), and its peak RSS (wait4)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r_fd, w_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r_fd)
+        os.dup2(w_fd, 1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.execve(sys.executable, [sys.executable, "-c", CHILD, json.dumps(spec)], env)
+    os.close(w_fd)
+    with os.fdopen(r_fd) as f:
+        out = f.read()
+    _, status, ru = os.wait4(pid, 0)
+    if not out.strip():
+        raise SystemExit(f"mix failed (status {status}) for {spec}")
+    r = json.loads(out.strip().splitlines()[-1])
+    r["peak_rss_mb"] = ru.ru_maxrss / 1024
+    return r
+
+
+# -- data ----------------------------------------------------------------------------------
+def _words(rng, n: int):
+    import pyarrow as pa
+
+    letters = rng.integers(97, 123, size=(n, 9), dtype="uint8")
+    lens = rng.integers(2, 10, size=n)
+    return pa.array([bytes(letters[i, : lens[i]]).decode() for i in range(n)])
+
+
+def _texts(rng, vocab, n: int, lo: int, hi: int):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    k = rng.integers(lo, hi + 1, size=n)
+    off = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(k, out=off[1:])
+    words = vocab.take(pa.array(rng.integers(0, len(vocab), size=int(off[-1]))))
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(off), words), " ")
+
+
+def annotation_table(rng, vocab, name: str, keys: list[str] | None = None, n: int = ROWS_PER_FILE):
+    """One SPEC 2 annotation file's table, random but shaped like a real one."""
+    import numpy as np
+    import pyarrow as pa
+
+    from recaption.io.annotations import SCHEMA
+
+    n = len(keys) if keys is not None else n
+    nc = rng.integers(4, 9, size=n)
+    off = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(nc, out=off[1:])
+    caps = pa.ListArray.from_arrays(pa.array(off), _texts(rng, vocab, int(off[-1]), 6, 14))
+    f32 = lambda x: np.round(x, 3).astype(np.float32)  # noqa: E731 - 3 decimals: ties, as real scores
+    clips = pa.ListArray.from_arrays(pa.array(off), pa.array(f32(rng.normal(0.3, 0.05, int(off[-1])))))
+    no_raw = rng.random(n) < 0.1
+    err = rng.random(n) < 0.01
+    raw = _texts(rng, vocab, n, 3, 16)
+    raw = pa.array(raw.to_numpy(zero_copy_only=False), mask=no_raw)
+    clip_raw = pa.array(f32(rng.normal(0.28, 0.06, n)), mask=no_raw)
+    sieve = pa.array(f32(np.clip(rng.normal(0.45, 0.15, n), 0, 1)), mask=no_raw)
+    keys = keys or [f"{name}{i:05d}" for i in range(n)]
+    return pa.table({
+        "key": pa.array(keys), "shard": pa.array([name] * n), "raw_caption": raw, "captions": caps,
+        "captioner": pa.array(["Salesforce/blip2-opt-2.7b"] * n), "clip_raw": clip_raw, "clip_captions": clips,
+        "sieve": sieve, "sieve_mean": sieve, "sieve_best": raw,
+        "status": pa.array(np.where(err, "error", "ok")),
+        "error": pa.array(np.where(err, "caption: CUDA out of memory", None), pa.string()),
+    }, schema=SCHEMA)
+
+
+def build_annotations(work: Path, rows: int) -> tuple[Path, Path]:
+    """WORK/ann-ROWS/NNNNN.parquet and a shard list naming NNNNN.tar (the tars need not exist
+    for a dry run). Built once."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    d = work / f"ann-{rows}"
+    listing = work / f"shards-{rows}.txt"
+    n_files = rows // ROWS_PER_FILE
+    if (d / "_complete").exists():
+        return d, listing
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(rows)
+    vocab = _words(rng, 20_000)
+    t0 = time.time()
+    for i in range(n_files):
+        name = f"{i:05d}"
+        pq.write_table(annotation_table(rng, vocab, name), d / f"{name}.parquet", compression="zstd")
+        if i % 100 == 99:
+            print(f"  annotations {rows:,}: {i + 1}/{n_files} files ({time.time() - t0:.0f}s)", flush=True)
+    listing.write_text("".join(f"{work}/shards-{rows}/{i:05d}.tar\n" for i in range(n_files)))
+    (d / "_complete").write_text("")
+    return d, listing
+
+
+def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
+    """Real tar shards of ~36 KB samples (noise JPEG, alt-text, img2dataset json) and their
+    annotations. Built once."""
+    import io
+    import random
+    import tarfile
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from recaption.io.writer import add_member
+
+    d, a = work / "shards", work / "shards-ann"
+    if (d / "_complete").exists():
+        return d, a
+    d.mkdir(parents=True, exist_ok=True)
+    a.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for _ in range(16):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (150, 150, 3), dtype=np.uint8)).save(buf, "JPEG", quality=92)
+        jpegs.append(buf.getvalue())
+    vocab = _words(rng, 20_000)
+    r = random.Random(0)
+    for s in range(samples // per_shard):
+        name = f"{s:05d}"
+        keys = [f"{name}{i:04d}" for i in range(per_shard)]
+        with tarfile.open(d / f"{name}.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+            for k in keys:
+                alt = f"a photo of item {k} on a table"
+                meta = {"url": f"https://example.com/{k}.jpg", "caption": alt, "key": k, "status": "success",
+                        "error_message": None, "width": 150, "height": 150, "original_width": 600,
+                        "original_height": 600, "exif": "{}", "sha256": f"{r.getrandbits(256):064x}"}
+                add_member(tar, f"{k}.jpg", jpegs[r.randrange(len(jpegs))])
+                add_member(tar, f"{k}.txt", alt.encode())
+                add_member(tar, f"{k}.json", json.dumps(meta).encode())
+        pq.write_table(annotation_table(rng, vocab, name, keys), a / f"{name}.parquet", compression="zstd")
+    (d / "_complete").write_text("")
+    return d, a
+
+
+# -- measurements ----------------------------------------------------------------------------
+def bench_dry_run(ann: Path, listing: Path, rows: int, runs: int) -> list[dict]:
+    out = []
+    for label, args in STRATEGIES:
+        res = [run_measured({"input": str(listing), "ann": str(ann), "cfg": _cfg(args), "dry": True})
+               for _ in range(runs)]
+        secs = statistics.median(r["seconds"] for r in res)
+        rss = max(r["peak_rss_mb"] for r in res)
+        out.append({"rows": rows, "strategy": label, "seconds": round(secs, 3),
+                    "rows_per_s": round(res[0]["read"] / secs), "peak_rss_mb": round(rss),
+                    "runs": [round(r["seconds"], 3) for r in res]})
+        print(f"  dry run {rows:>11,} rows  {label:24s} {out[-1]['rows_per_s']:>12,} rows/s  "
+              f"peak RSS {out[-1]['peak_rss_mb']:>5} MB  (runs {out[-1]['runs']})", flush=True)
+    return out
+
+
+def _tar_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.glob("*.tar"))
+
+
+def bench_write(work: Path, shards: Path, ann: Path, runs: int, workers: int) -> dict:
+    size = _tar_bytes(shards)
+    for p in shards.glob("*.tar"):  # warm the page cache for both
+        p.read_bytes()
+    cps, writes, totals, out_bytes = [], [], [], 0
+    args = ["--strategy", "threshold", "--fraction", "0.3"]  # keeps every sample with a candidate
+    for _ in range(runs):
+        dst = work / "cp-out"
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir()
+        t0 = time.perf_counter()
+        subprocess.run(["cp", *[str(p) for p in sorted(shards.glob("*.tar"))], str(dst)], check=True)
+        cps.append(time.perf_counter() - t0)
+        shutil.rmtree(dst)
+        out = work / "mix-out"
+        shutil.rmtree(out, ignore_errors=True)
+        r = run_measured({"input": str(shards), "ann": str(ann), "out": str(out), "cfg": _cfg(args),
+                          "dry": False, "workers": workers})
+        writes.append(r["stage_seconds"]["write"])
+        totals.append(r["seconds"])
+        out_bytes = _tar_bytes(out)
+        shutil.rmtree(out)
+    cp_mbs = size / 1e6 / statistics.median(cps)
+    w_mbs = out_bytes / 1e6 / statistics.median(writes)
+    t_mbs = out_bytes / 1e6 / statistics.median(totals)
+    res = {"input_mb": round(size / 1e6, 1), "output_mb": round(out_bytes / 1e6, 1), "workers": workers,
+           "cp_mb_s": round(cp_mbs), "write_mb_s": round(w_mbs), "mix_mb_s": round(t_mbs),
+           "write_vs_cp": round(w_mbs / cp_mbs, 2), "mix_vs_cp": round(t_mbs / cp_mbs, 2),
+           "cp_runs": [round(x, 3) for x in cps], "write_runs": [round(x, 3) for x in writes],
+           "mix_runs": [round(x, 3) for x in totals]}
+    print(f"  write ({workers} worker{'s' if workers > 1 else ''}): {res['write_mb_s']} MB/s write stage, "
+          f"{res['mix_mb_s']} MB/s whole mix; cp {res['cp_mb_s']} MB/s -> {res['write_vs_cp']}x of cp "
+          f"(whole mix {res['mix_vs_cp']}x)", flush=True)
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--samples", type=int, default=10_000, help="real samples for the write benchmark")
+    ap.add_argument("--per-shard", type=int, default=2_500)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--work", default=os.environ.get("RECAPTION_BENCH_DIR", "/tmp/recaption-bench-mix"))
+    ap.add_argument("--json", default=str(ROOT / "scripts" / "bench-mix-results.json"))
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores", flush=True)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+              "load_before": [round(x, 2) for x in load], "dry_run": [], "write": []}
+    for rows in a.rows:
+        ann, listing = build_annotations(work, rows)
+        result["dry_run"] += bench_dry_run(ann, listing, rows, a.runs)
+    shards, sann = build_shards(work, a.samples, a.per_shard)
+    for w in a.workers:
+        result["write"].append(bench_write(work, shards, sann, a.runs, w))
+    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"load average after: {result['load_after']}; results in {a.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
