@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip
 QUIET_PIP := 2>&1 | awk '/^WARNING: Location .* is ignored: it is neither a file nor a directory/ {next} \
 	/BuildBackendWarning: Editable installation/ {skip=1} skip && /WheelFile\(wheel_path/ {skip=0; next} !skip'
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-mix clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py
+
+# mix at 1M and 10M annotation rows (data built once under /tmp/recaption-bench-mix, ~3.5 GB)
+bench-mix: $(STAMP)
+	$(BIN)/python scripts/bench_mix.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -181,7 +181,7 @@ def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
     jpegs = []
     for _ in range(16):
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (150, 150, 3), dtype=np.uint8)).save(buf, "JPEG", quality=92)
+        Image.fromarray(rng.integers(0, 255, (176, 176, 3), dtype=np.uint8)).save(buf, "JPEG", quality=92)
         jpegs.append(buf.getvalue())
     vocab = _words(rng, 20_000)
     r = random.Random(0)
@@ -192,8 +192,8 @@ def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
             for k in keys:
                 alt = f"a photo of item {k} on a table"
                 meta = {"url": f"https://example.com/{k}.jpg", "caption": alt, "key": k, "status": "success",
-                        "error_message": None, "width": 150, "height": 150, "original_width": 600,
-                        "original_height": 600, "exif": "{}", "sha256": f"{r.getrandbits(256):064x}"}
+                        "error_message": None, "width": 176, "height": 176, "original_width": 704,
+                        "original_height": 704, "exif": "{}", "sha256": f"{r.getrandbits(256):064x}"}
                 add_member(tar, f"{k}.jpg", jpegs[r.randrange(len(jpegs))])
                 add_member(tar, f"{k}.txt", alt.encode())
                 add_member(tar, f"{k}.json", json.dumps(meta).encode())

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption.io.atomic import atomic_open, exists, join
-from recaption.io.tarcopy import MTIME, BlockWriter
+from recaption.io.tarcopy import MTIME, BlockWriter, RawMember
 
-# A sample's members: field -> new bytes, or a sequence of raw blocks (bytes) and (field, bytes) pairs
+# A sample's members: field -> new bytes, or a sequence of (field, new bytes) pairs, raw tar blocks
+# (bytes) and members read by `tarcopy.iter_samples`, in order
 Members = Union[dict, list]
 
 
@@ -54,10 +55,12 @@ def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, Members, d
         tar = BlockWriter(f)
         for key, members, row in samples:
             for m in (members.items() if isinstance(members, dict) else members):
-                if isinstance(m, (bytes, bytearray, memoryview)):
-                    tar.raw(m)
-                else:
+                if isinstance(m, tuple):
                     tar.add(f"{key}.{m[0]}", m[1])
+                elif isinstance(m, RawMember):
+                    tar.member(m)
+                else:
+                    tar.raw(m)
             rows.append(row)
         tar.close()
     table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})

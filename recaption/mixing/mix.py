@@ -26,6 +26,7 @@ from recaption.scoring.blend import json_float
 READ = ["key", "kept", "caption_source", "caption", "raw_caption", "synthetic_caption", "clip_raw",
         "clip_synthetic", "sieve", "blend", "captioner"]
 SCORES = ("clip_raw", "clip_synthetic", "sieve", "blend")
+READ_FIELDS = frozenset({"json"})  # the only member read; the others are copied without a look
 
 
 @dataclass
@@ -60,7 +61,7 @@ class MixWriteStage:
             want = dict(zip(at.tolist(), t.take(at).to_pylist()))  # at most one output shard of rows
             found = 0
             with open_shard(part.url) as f:
-                for pos, key, members in iter_samples(f, set(want)):
+                for pos, key, members in iter_samples(f, set(want), READ_FIELDS):
                     row = want[pos]
                     if key != row["key"]:
                         raise RecaptionError(f"{part.url} changed since it was annotated (sample {pos}: "
@@ -76,19 +77,19 @@ class MixWriteStage:
     def _sample(key: str, members, row: dict, strategy: str, shard: str):
         for k in SCORES:
             row[k] = json_float(row[k])
-        meta_m = next((m for m in members if m.field == "json"), None)
-        meta = json.loads(meta_m.data) if meta_m is not None else {}
-        meta["recaption"] = {
+        rc = {
             "raw_caption": row["raw_caption"], "synthetic_caption": row["synthetic_caption"],
             "caption_source": row["caption_source"], "clip_raw": row["clip_raw"],
             "clip_synthetic": row["clip_synthetic"], "sieve": row["sieve"], "blend": row["blend"],
             "captioner": row["captioner"], "strategy": strategy,
         }
-        new = {"txt": row["caption"].encode("utf-8"), "json": _dumps(meta).encode("utf-8")}
+        meta_m = next((m for m in members if m.field == "json"), None)
+        meta, text = with_recaption(meta_m.data if meta_m is not None else None, rc)
+        new = {"txt": row["caption"].encode("utf-8"), "json": text}
         if strategy == "both" and row["synthetic_caption"] is not None:
             new["syn.txt"] = row["synthetic_caption"].encode("utf-8")
         # every member in its place, raw; the new ones replace theirs, or follow in this order
-        out = [(m.field, new.pop(m.field)) if m.field in new else m.raw for m in members]
+        out = [(m.field, new.pop(m.field)) if m.field in new else m for m in members]
         out.extend(new.items())
         prow = {
             "key": key, "caption": row["caption"], "caption_source": row["caption_source"], "url": meta.get("url"),
@@ -101,12 +102,20 @@ class MixWriteStage:
         return key, out, prow
 
 
-def _dumps(meta: dict) -> str:
-    """JSON text; a NaN or infinity anywhere (even in the input's own json) is written null."""
-    try:
-        return json.dumps(meta, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(meta), ensure_ascii=False, allow_nan=False)
+def with_recaption(text: bytes | None, rc: dict) -> tuple[dict, bytes]:
+    """The sample's json object and its text with `"recaption": rc` added as the last field. The
+    original text is kept as it is and the field spliced in before its closing brace; where it
+    holds a NaN or infinity (JSON has none: they become null), or already a `recaption` field
+    (replaced), the object is written anew."""
+    odd = []
+    meta = json.loads(text, parse_constant=lambda c: odd.append(c) or float(c)) if text else {}
+    added = json.dumps(rc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    body = text.rstrip() if text else b""
+    if text and not odd and "recaption" not in meta and body.endswith(b"}"):
+        inner = body[:-1].rstrip()
+        return meta, inner + (b"" if inner.endswith(b"{") else b", ") + b'"recaption": ' + added + b"}"
+    out = _finite({**meta, "recaption": rc})
+    return meta, json.dumps(out, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _finite(x):

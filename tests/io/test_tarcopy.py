@@ -58,17 +58,24 @@ def test_samples_are_grouped_and_numbered_as_iter_shard(tmp_path, label, fmt, pa
             assert {m.field: m.data for m in ms} == r.members
 
 
+COPIES = [  # (fields read while iterating, output): in-kernel copies, reads, a non-OS output file
+    (None, "file"), (frozenset(), "file"), (frozenset({"json"}), "file"), (frozenset(), "bytesio")]
+
+
+@pytest.mark.parametrize("read,target", COPIES, ids=["read-all", "kernel-copy", "read-json", "no-fd"])
 @pytest.mark.parametrize("label,fmt,pax", FORMATS, ids=[f[0] for f in FORMATS])
-def test_copied_blocks_read_back_with_tarfile_and_gnu_tar(tmp_path, label, fmt, pax):
+def test_copied_blocks_read_back_with_tarfile_and_gnu_tar(tmp_path, label, fmt, pax, read, target):
     path = make_tar(tmp_path / "s.tar", fmt, pax)
     out = tmp_path / "out.tar"
-    with open(path, "rb") as f, open(out, "wb") as o:
+    with open(path, "rb") as f, (open(out, "wb") if target == "file" else io.BytesIO()) as o:
         w = BlockWriter(o)
-        for _, key, ms in iter_samples(f, {1, 2, 3}):  # b, the long key, Grüße: a is skipped
+        for _, key, ms in iter_samples(f, {1, 2, 3}, read):  # b, the long key, Grüße: a is skipped
             for m in ms:
-                w.raw(m.raw)
+                w.member(m)
             w.add(f"{key}.new", "né".encode())
         w.close()
+        if target != "file":
+            out.write_bytes(o.getvalue())
     assert out.stat().st_size % tarfile.RECORDSIZE == 0
     with tarfile.open(out) as t:
         got = {m.name: t.extractfile(m).read() for m in t.getmembers()}
@@ -107,5 +114,20 @@ def test_new_members_are_what_tarfile_writes(tmp_path):
     o = io.BytesIO()
     w = BlockWriter(o)
     w.raw(member_blocks("x" * 120 + ".txt", b"abc"))
+    w.close()
+    assert o.getvalue() == buf.getvalue()
+
+
+@pytest.mark.parametrize("name,data", [("0001.txt", b"abc"), ("d/0001.json", b"x" * 512), ("k" * 96 + ".txt", b""),
+                                       ("k" * 97 + ".json", b"long"), ("ü.txt", "ü".encode())])
+def test_member_headers_match_tarfile_byte_for_byte(name, data):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "bigdata", "bigdata"
+        tar.addfile(info, io.BytesIO(data))
+    o = io.BytesIO()
+    w = BlockWriter(o)
+    w.add(name, data)
     w.close()
     assert o.getvalue() == buf.getvalue()

@@ -152,3 +152,19 @@ def test_ray_engine_writes_the_same_files(shard_dir, random_ann, tmp_path, ray_l
     assert tree_bytes(tmp_path / "local") == tree_bytes(tmp_path / "ray")
     for d in sorted((tmp_path / "local" / "_decisions").iterdir()):
         assert pq.read_table(d).equals(pq.read_table(tmp_path / "ray" / "_decisions" / d.name))
+
+
+@pytest.mark.parametrize("text,want", [
+    (b'{"url": "u", "n": 1}', b'{"url": "u", "n": 1, "recaption": {"a": 1}}'),
+    (b'{"url":"u"}\n', b'{"url":"u", "recaption": {"a": 1}}'),  # the original text is kept as it is
+    (b"{ }", b'{"recaption": {"a": 1}}'),
+    (None, b'{"recaption": {"a": 1}}'),
+    (b'{"x": NaN, "y": [Infinity]}', b'{"x": null, "y": [null], "recaption": {"a": 1}}'),
+    (b'{"recaption": 5, "z": 2}', b'{"recaption": {"a": 1}, "z": 2}'),  # replaced, in its place
+])
+def test_recaption_field_is_added_to_the_json(text, want):
+    from recaption.mixing.mix import with_recaption
+
+    meta, out = with_recaption(text, {"a": 1})
+    assert out == want
+    json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in json"))
