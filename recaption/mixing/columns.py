@@ -57,9 +57,16 @@ def read(url: str, columns: list[str]) -> pa.Table:
     return ann.read(url, columns=columns)
 
 
+def _one(col) -> pa.Array:
+    """A column as one array (no copy when it is one chunk already, as a file's usually is)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
+
+
 def floats(col) -> np.ndarray:
     """A float column as numpy (float32 stays float32), NaN for null, NaN, +-inf."""
-    a = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    a = _one(col)
     if not pa.types.is_floating(a.type):
         a = a.cast(pa.float64())
     x = a.to_numpy(zero_copy_only=False)
@@ -80,7 +87,7 @@ def from_table(t: pa.Table) -> Columns:
 
 
 def _list(col) -> pa.ListArray:
-    a = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    a = _one(col)
     return a.cast(pa.list_(a.type.value_type)) if pa.types.is_large_list(a.type) else a
 
 

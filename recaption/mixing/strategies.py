@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from recaption.errors import RecaptionError
 from recaption.scoring.blend import MinMax, blend_array, scored
@@ -167,6 +166,8 @@ class Decision:
 
 
 def _one_row(row: dict):
+    import pyarrow as pa
+
     from recaption.io.annotations import SCHEMA
     from recaption.mixing.columns import from_table
 
@@ -177,7 +178,9 @@ def _one_row(row: dict):
     return from_table(pa.Table.from_pylist([full], schema=schema))
 
 
-def _wide(t: pa.DataType) -> pa.DataType:
+def _wide(t):
+    import pyarrow as pa
+
     if t == pa.float32():
         return pa.float64()
     return pa.list_(pa.float64()) if t == pa.list_(pa.float32()) else t
