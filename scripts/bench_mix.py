@@ -57,7 +57,7 @@ def _cfg(args: list[str]) -> dict:
             cfg[k] = True
         else:
             v = next(it)
-            cfg[k] = float(v) if k in ("fraction", "threshold", "alpha") else v
+            cfg[k] = float(v) if k in ("fraction", "threshold", "alpha") else int(v) if k == "samples_per_shard" else v
     return cfg
 
 
@@ -222,12 +222,13 @@ def _tar_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.glob("*.tar"))
 
 
-def bench_write(work: Path, shards: Path, ann: Path, runs: int, workers: int) -> dict:
+def bench_write(work: Path, shards: Path, ann: Path, runs: int, workers: int, per_shard: int = 2500) -> dict:
     size = _tar_bytes(shards)
     for p in shards.glob("*.tar"):  # warm the page cache for both
         p.read_bytes()
     cps, writes, totals, out_bytes = [], [], [], 0
-    args = ["--strategy", "threshold", "--fraction", "0.3"]  # keeps every sample with a candidate
+    # keeps every sample with a candidate; four output shards, so that two workers have work
+    args = ["--strategy", "threshold", "--fraction", "0.3", "--samples-per-shard", str(per_shard)]
     for _ in range(runs):
         dst = work / "cp-out"
         shutil.rmtree(dst, ignore_errors=True)
@@ -280,7 +281,7 @@ def main(argv=None):
         result["dry_run"] += bench_dry_run(ann, listing, rows, a.runs)
     shards, sann = build_shards(work, a.samples, a.per_shard)
     for w in a.workers:
-        result["write"].append(bench_write(work, shards, sann, a.runs, w))
+        result["write"].append(bench_write(work, shards, sann, a.runs, w, a.per_shard))
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"load average after: {result['load_after']}; results in {a.json}")
