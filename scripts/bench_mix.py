@@ -5,7 +5,7 @@ annotation sets, and write MB/s beside a plain `cp` of the same shards.
     python scripts/bench_mix.py                          # 1M and 10M rows, 10,000 real samples
     python scripts/bench_mix.py --rows 1000000 --runs 1  # quicker
 
-Annotation sets: SPEC 2 files of 10,000 rows each (4 to 8 candidates of 6 to 14 words, scores
+Annotation sets: annotation files of 10,000 rows each (4 to 8 candidates of 6 to 14 words, scores
 rounded to 3 decimals so thresholds fall on ties, 10% without alt-text, 1% error rows), built
 once under --work and reused. Shards: real tar shards (JPEG, txt, img2dataset json) of about
 36 KB a sample, with annotations for their keys. Each figure is the median of --runs runs, every
@@ -38,11 +38,13 @@ CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from recaption import api
+from recaption.engines import Execution
 from recaption.mixing.strategies import MixConfig
 a = json.loads(sys.argv[1])
 cfg = MixConfig(**a["cfg"])
 t1 = time.perf_counter()
-s = api.mix(a["input"], a["ann"], a.get("out"), cfg, dry_run=a["dry"], quiet=True, workers=a.get("workers"))
+s = api.mix(a["input"], a["ann"], a.get("out"), cfg, dry_run=a["dry"],
+            execution=Execution(quiet=True, workers=a.get("workers")))
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "seconds": t2 - t1, "read": s["counts"]["read"],
                   "written": s["counts"]["written"], "stage_seconds": s.get("seconds")}))
@@ -105,7 +107,7 @@ def _texts(rng, vocab, n: int, lo: int, hi: int):
 
 
 def annotation_table(rng, vocab, name: str, keys: list[str] | None = None, n: int = ROWS_PER_FILE):
-    """One SPEC 2 annotation file's table, random but shaped like a real one."""
+    """One annotation file's table, random but shaped like a real one."""
     import numpy as np
     import pyarrow as pa
 

@@ -1,1 +1,1 @@
-"""Caption mixing (SPEC 4/5): pure decisions over annotation rows, then a lossless shard rewrite."""
+"""Caption mixing (docs/formats.md#mixing-strategies): columnar decisions over annotation files, then a lossless shard rewrite."""

@@ -94,7 +94,7 @@ def _list(col) -> pa.ListArray:
 def synthetic(captions, clip_captions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: has a candidate; the candidate written as synthetic caption; its CLIP score.
 
-    SPEC 6: the candidate with the highest scored CLIP value, first on ties; the first candidate
+    The candidate with the highest scored CLIP value, first on ties; the first candidate
     (with no score) when none has one, or when the scores do not pair one to one with candidates.
     """
     caps, scores = _list(captions), _list(clip_captions)

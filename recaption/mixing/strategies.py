@@ -1,7 +1,7 @@
-"""Mixing strategies of SPEC 4, decided for a whole annotation file at once (numpy columns).
+"""Mixing strategies (docs/formats.md#mixing-strategies), decided for a whole annotation file at once.
 
 Every row gets one outcome code: kept with the raw or the synthetic caption, or dropped for one
-named reason. A missing score (null, NaN, inf) fails every cut (SPEC 6); `scored` is the test.
+named reason. A missing score (null, NaN, inf) fails every cut (docs/formats.md#missing-scores).
 `decide(row, ...)` is the same decision for one row given as a dict (tests, notebooks).
 """
 from __future__ import annotations
@@ -187,7 +187,7 @@ def _wide(t):
 
 
 def synthetic_of(row: dict) -> tuple[str | None, float | None]:
-    """The synthetic caption of one row and its CLIP score (SPEC 6)."""
+    """The synthetic caption of one row and its CLIP score."""
     c = _one_row(row)
     i = int(c.syn_idx[0])
     return (row["captions"][i], _f(c.clip_syn[0])) if i >= 0 else (None, None)

@@ -1,4 +1,4 @@
-"""SPEC 4 and 6 written out row by row in plain Python, as the reference the columnar code is
+"""The mixing rules (docs/formats.md) written out row by row in plain Python, as the reference the columnar code is
 checked against; and random annotation rows full of the awkward cases."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def scored(x) -> bool:
 
 
 def synthetic(row) -> tuple[str | None, float | None]:
-    """SPEC 6: highest scored CLIP, first on ties; else the first candidate, unscored."""
+    """Highest scored CLIP, first on ties; else the first candidate, unscored."""
     caps = row["captions"] or []
     if not caps:
         return None, None
@@ -123,7 +123,7 @@ def _score(rng: random.Random):
 
 
 def random_rows(n: int, seed: int = 0, shard: str = "00000", shard_error: bool = False) -> list[dict]:
-    """Annotation rows (SPEC 2 columns) with every awkward case: no alt-text, missing and NaN
+    """Annotation rows with every awkward case: no alt-text, missing and NaN
     scores, partly scored or unpaired candidates, error rows, a shard error row at the end."""
     rng = random.Random(seed)
     rows = []
@@ -163,7 +163,7 @@ CONFIGS = [
 
 
 def expected(rows, cfg: MixConfig):
-    """Per row (outcome, reason category), and the threshold, as SPEC 4/6 define them."""
+    """Per row (outcome, reason category), and the threshold, as the rules define them."""
     mm_s, mm_c = pool_numbers(rows, cfg.alpha)
     t = cfg.threshold
     if cfg.fraction is not None:

@@ -1,4 +1,4 @@
-"""The columnar decisions, row by row, against SPEC 4/6 written out in plain Python (oracle.py),
+"""The columnar decisions, row by row, against the mixing rules written out in plain Python (oracle.py),
 over random rows with ties, missing and NaN scores, partly scored candidates and error rows."""
 import json
 

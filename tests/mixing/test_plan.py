@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption import api
+from recaption.engines import Execution
 from recaption.io import annotations as ann
 from recaption.io.shards import iter_shard
 from recaption.mixing.mix import MixWriteStage
@@ -18,6 +19,8 @@ from recaption.mixing.strategies import MixConfig
 from tests.helpers import dropped, read_output
 from tests.mixing import oracle
 from tests.test_end_to_end import cli
+
+QUIET = Execution(quiet=True)
 
 
 def test_assign_cuts_runs_of_kept_samples():
@@ -59,7 +62,7 @@ def random_ann(shard_dir, tmp_path_factory):
                          ids=["threshold", "both", "synthetic"])
 def test_decisions_files_are_what_is_written(shard_dir, random_ann, tmp_path, cfg):
     out = tmp_path / "out"
-    s = api.mix(str(shard_dir), str(random_ann), str(out), cfg, quiet=True)
+    s = api.mix(str(shard_dir), str(random_ann), str(out), cfg, execution=QUIET)
     got, drops = read_output(out), dropped(out)
     n_rows = 0
     for t in sorted(shard_dir.glob("*.tar")):
@@ -85,7 +88,7 @@ def test_decisions_files_are_what_is_written(shard_dir, random_ann, tmp_path, cf
     assert n_rows == len(got) + len(drops) == s["counts"]["read"]
     # the same command again: every shard is finished, nothing is redone, nothing changes
     before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
-    api.mix(str(shard_dir), str(random_ann), str(out), cfg, quiet=True)
+    api.mix(str(shard_dir), str(random_ann), str(out), cfg, execution=QUIET)
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before
 
 
@@ -110,7 +113,7 @@ def test_mix_output_extracts_with_gnu_tar(shard_dir, random_ann, tmp_path):
     if not shutil.which("tar"):
         pytest.skip("no GNU tar")
     out = tmp_path / "out"
-    api.mix(str(shard_dir), str(random_ann), str(out), MixConfig("both", samples_per_shard=5), quiet=True)
+    api.mix(str(shard_dir), str(random_ann), str(out), MixConfig("both", samples_per_shard=5), execution=QUIET)
     got = read_output(out)
     for t in sorted(out.glob("*.tar")):
         dest = tmp_path / t.stem
@@ -138,7 +141,7 @@ def test_dry_run_writes_nothing_and_counts_as_the_mix(shard_dir, random_ann, tmp
     before = sorted(p.name for p in random_ann.iterdir())
     dry = api.mix(str(shard_dir), str(random_ann), str(tmp_path / "o"), cfg, dry_run=True)
     assert not (tmp_path / "o").exists() and sorted(p.name for p in random_ann.iterdir()) == before
-    real = api.mix(str(shard_dir), str(random_ann), str(tmp_path / "o"), cfg, quiet=True)
+    real = api.mix(str(shard_dir), str(random_ann), str(tmp_path / "o"), cfg, execution=QUIET)
     assert dry["counts"] == real["counts"] and dry["threshold"] == real["threshold"]
 
 
@@ -147,8 +150,8 @@ def test_ray_engine_writes_the_same_files(shard_dir, random_ann, tmp_path, ray_l
     from tests.helpers import tree_bytes
 
     cfg = MixConfig("sieve", fraction=0.5, samples_per_shard=4)
-    api.mix(str(shard_dir), str(random_ann), str(tmp_path / "local"), cfg, quiet=True)
-    api.mix(str(shard_dir), str(random_ann), str(tmp_path / "ray"), cfg, quiet=True, engine="ray")
+    api.mix(str(shard_dir), str(random_ann), str(tmp_path / "local"), cfg, execution=QUIET)
+    api.mix(str(shard_dir), str(random_ann), str(tmp_path / "ray"), cfg, execution=Execution(engine="ray", quiet=True))
     assert tree_bytes(tmp_path / "local") == tree_bytes(tmp_path / "ray")
     for d in sorted((tmp_path / "local" / "_decisions").iterdir()):
         assert pq.read_table(d).equals(pq.read_table(tmp_path / "ray" / "_decisions" / d.name))

@@ -1,5 +1,5 @@
 """The pool pass over annotation files: statistics, exact thresholds and outcome counts equal
-SPEC 4/6 applied to all rows at once, whichever way the files are mapped (threads with or
+the mixing rules applied to all rows at once, whichever way the files are mapped (threads with or
 without the column cache, or Ray tasks)."""
 import statistics
 from collections import Counter
@@ -77,12 +77,12 @@ def test_cache_and_mappers_give_the_same_pool(pool_dir):
 
 
 def test_ray_tasks_give_the_same_pool(pool_dir, ray_local):
-    from recaption.engines import mapper
+    from recaption.engines import Execution, mapper
 
     d, shards, _ = pool_dir
     for cfg in (oracle.CONFIGS[7], oracle.CONFIGS[11]):
         local = pool_pass(shards, str(d), cfg)
-        remote = pool_pass(shards, str(d), cfg, mapper("ray", quiet=True))
+        remote = pool_pass(shards, str(d), cfg, mapper(Execution(engine="ray")))
         assert remote.source.cache is None  # the files are read where the tasks run
         assert remote.numbers == local.numbers and remote.ranges == local.ranges
         assert dry_counts(remote, cfg) == dry_counts(local, cfg)
