@@ -75,7 +75,11 @@ class Threads:
     in_process = True
 
     def __init__(self, n: int | None = None):
-        self.n = n or min(8, os.cpu_count() or 1)
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        self.n = n or min(8, cores)
 
     def map(self, fn: Callable, items: list):
         window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
