@@ -109,9 +109,10 @@ def write(url: str, rows: list[dict], groups: dict | None = None) -> None:
         f.write(buf.getvalue())
 
 
-def read(url: str, columns: list[str] | None = None) -> pa.Table:
-    """The table (or some columns of it); a file without recaption's columns is a clear error."""
-    t = read_table(url, columns)
+def read(url: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
+    """The table (or some columns of it); a file without recaption's columns is a clear error.
+    `threads=False` decodes the columns in this thread (for callers that read files in parallel)."""
+    t = read_table(url, columns, threads)
     missing = [c for c in (columns or COLUMNS) if c not in t.column_names]
     if missing:
         from recaption.errors import RecaptionError
@@ -120,14 +121,15 @@ def read(url: str, columns: list[str] | None = None) -> pa.Table:
     return t
 
 
-def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
-    """A parquet file (annotations, decisions, drops). Local files go to pyarrow's own reader,
-    which reads the needed column chunks natively, several times faster than a Python file."""
+def read_table(url: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
+    """A parquet file (annotations, decisions, drops); columns it lacks are left out. Local files
+    go to pyarrow's own reader, which reads the needed column chunks natively, several times
+    faster than through a Python file object."""
     path = local_path(url)
     if path is not None:
-        return pq.ParquetFile(path).read(columns=columns)
+        return pq.ParquetFile(path).read(columns=columns, use_threads=threads)
     with open_url(url, "rb") as f:
-        return pq.read_table(f, columns=columns)
+        return pq.ParquetFile(f).read(columns=columns, use_threads=threads)
 
 
 def read_rows(url: str) -> list[dict]:

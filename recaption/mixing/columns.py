@@ -54,7 +54,8 @@ class Columns:
 
 
 def read(url: str, columns: list[str]) -> pa.Table:
-    return ann.read(url, columns=columns)
+    """Columns of one annotation file, decoded in this thread: the pool pass reads files in parallel."""
+    return ann.read(url, columns=columns, threads=False)
 
 
 def _one(col) -> pa.Array:
