@@ -97,7 +97,7 @@ def run_stage(stage, items: list, execution: Execution | None = None, *, desc: s
     if ex.engine == "local":
         from recaption.engines.local import run
 
-        return run(stage, items, ex, desc=desc, count_of=count_of)
+        return run(stage, items, ex, desc=desc, count_of=count_of, cpu_only=cpu_only)
     from recaption.engines.ray import run
 
     return run(stage, items, ex, desc=desc, count_of=count_of, cpu_only=cpu_only)

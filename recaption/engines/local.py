@@ -40,9 +40,11 @@ def _work(item):
     return as_dict(_STAGE(item, progress=_PROGRESS.put))
 
 
-def run(stage, items, ex: Execution, *, desc="", count_of=None) -> list[dict]:
-    """Run `stage` over `items`; the bar counts samples as the workers process them."""
-    workers = ex.workers or max(1, gpu_count())
+def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) -> list[dict]:
+    """Run `stage` over `items`; the bar counts samples as the workers process them. A `cpu_only`
+    stage (writing shards) never asks for GPUs, so it does not import torch."""
+    n_gpu = 0 if cpu_only else gpu_count()
+    workers = ex.workers or max(1, n_gpu)
     threads = threads_per_worker(ex, workers)
     workers = min(workers, max(1, len(items)))
     counts = [count_of(i) if count_of else None for i in items]
@@ -65,7 +67,6 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None) -> list[dict]:
             return reports
         ctx = mp.get_context("spawn")
         gpus, progress = ctx.Queue(), ctx.Queue()
-        n_gpu = gpu_count()
         for w in range(workers):
             gpus.put(w % n_gpu if n_gpu else None)
         stop = threading.Event()

@@ -170,9 +170,9 @@ def iter_shards(urls: list[str], opts: ReadOptions | None = None) -> Iterator[Sa
 
 
 def open_shard(url: str):
-    """A shard opened for reading as a seekable binary file (a context manager); a local one as
-    a plain OS file, so its blocks can be copied in the kernel."""
+    """A shard opened for reading as a seekable binary file (a context manager); a local one
+    with an 8 MB buffer, so that members are served from memory, not a system call each."""
     from recaption.io.atomic import local_path
 
     path = local_path(url)
-    return open(path, "rb") if path is not None else fsspec.open(url, "rb").open()
+    return open(path, "rb", buffering=8 << 20) if path is not None else fsspec.open(url, "rb").open()

@@ -51,8 +51,7 @@ def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, Members, d
     p = shard_paths(out_dir, name)
     rows: list[dict] = []
     start = time.time()
-    with atomic_open(p["tar"]) as f:
-        tar = BlockWriter(f)
+    with atomic_open(p["tar"]) as f, BlockWriter(f) as tar:
         for key, members, row in samples:
             for m in (members.items() if isinstance(members, dict) else members):
                 if isinstance(m, tuple):

@@ -21,12 +21,10 @@ from recaption.io.sources import shard_name
 from recaption.io.tarcopy import iter_samples
 from recaption.io.writer import is_done, write_shard
 from recaption.mixing.plan import OutputPlan, Part
-from recaption.scoring.blend import json_float
 
 READ = ["key", "kept", "caption_source", "caption", "raw_caption", "synthetic_caption", "clip_raw",
         "clip_synthetic", "sieve", "blend", "captioner"]
-SCORES = ("clip_raw", "clip_synthetic", "sieve", "blend")
-READ_FIELDS = frozenset({"json"})  # the only member read; the others are copied without a look
+PROGRESS_EVERY = 256  # the only member read; the others are copied without a look
 
 
 @dataclass
@@ -61,30 +59,34 @@ class MixWriteStage:
             want = dict(zip(at.tolist(), t.take(at).to_pylist()))  # at most one output shard of rows
             found = 0
             with open_shard(part.url) as f:
-                for pos, key, members in iter_samples(f, set(want), READ_FIELDS):
+                for pos, key, members in iter_samples(f, set(want)):
                     row = want[pos]
                     if key != row["key"]:
                         raise RecaptionError(f"{part.url} changed since it was annotated (sample {pos}: "
                                              f"{key!r} vs {row['key']!r}); re-annotate it")
                     found += 1
                     yield self._sample(key, members, row, p.strategy, shard_name(part.url))
-                    if progress:
-                        progress(1)
+                    if progress and found % PROGRESS_EVERY == 0:  # a worker's progress crosses a queue
+                        progress(PROGRESS_EVERY)
+            if progress and found % PROGRESS_EVERY:
+                progress(found % PROGRESS_EVERY)
             if found != len(want):
                 raise RecaptionError(f"{part.url}: {len(want) - found} kept samples could not be read back")
 
     @staticmethod
     def _sample(key: str, members, row: dict, strategy: str, shard: str):
-        for k in SCORES:
-            row[k] = json_float(row[k])
+        # scores come from the decisions file, where a missing one is null (never NaN)
         rc = {
             "raw_caption": row["raw_caption"], "synthetic_caption": row["synthetic_caption"],
             "caption_source": row["caption_source"], "clip_raw": row["clip_raw"],
             "clip_synthetic": row["clip_synthetic"], "sieve": row["sieve"], "blend": row["blend"],
             "captioner": row["captioner"], "strategy": strategy,
         }
-        meta_m = next((m for m in members if m.field == "json"), None)
-        meta, text = with_recaption(meta_m.data if meta_m is not None else None, rc)
+        text = None
+        for m in members:
+            if m.field == "json":
+                text = m.data
+        meta, text = with_recaption(text, rc)
         new = {"txt": row["caption"].encode("utf-8"), "json": text}
         if strategy == "both" and row["synthetic_caption"] is not None:
             new["syn.txt"] = row["synthetic_caption"].encode("utf-8")
@@ -102,20 +104,27 @@ class MixWriteStage:
         return key, out, prow
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # one encoder, not one a call
+
+
 def with_recaption(text: bytes | None, rc: dict) -> tuple[dict, bytes]:
     """The sample's json object and its text with `"recaption": rc` added as the last field. The
     original text is kept as it is and the field spliced in before its closing brace; where it
     holds a NaN or infinity (JSON has none: they become null), or already a `recaption` field
     (replaced), the object is written anew."""
     odd = []
-    meta = json.loads(text, parse_constant=lambda c: odd.append(c) or float(c)) if text else {}
-    added = json.dumps(rc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if not text:
+        meta = {}
+    elif b"NaN" in text or b"Infinity" in text:  # maybe inside a string: let the parser say
+        meta = json.loads(text, parse_constant=lambda c: odd.append(c) or float(c))
+    else:
+        meta = json.loads(text)
+    added = _ENCODE(rc).encode("utf-8")
     body = text.rstrip() if text else b""
     if text and not odd and "recaption" not in meta and body.endswith(b"}"):
         inner = body[:-1].rstrip()
         return meta, inner + (b"" if inner.endswith(b"{") else b", ") + b'"recaption": ' + added + b"}"
-    out = _finite({**meta, "recaption": rc})
-    return meta, json.dumps(out, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return meta, _ENCODE(_finite({**meta, "recaption": rc})).encode("utf-8")
 
 
 def _finite(x):
