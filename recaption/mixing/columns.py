@@ -115,12 +115,12 @@ def synthetic(captions, clip_captions) -> tuple[np.ndarray, np.ndarray, np.ndarr
         seg = np.zeros(len(rows), dtype=np.int64)
         np.cumsum(lens[:-1], out=seg[1:])
         row_max = np.maximum.reduceat(np.where(np.isnan(vals), -np.inf, vals), seg)
-        is_best = vals == np.repeat(row_max, lens)  # NaN never equals
-        pos = np.arange(len(vals), dtype=np.int64) - np.repeat(seg, lens)
-        first = np.minimum.reduceat(np.where(is_best, pos, np.iinfo(np.int64).max), seg)
         found = np.isfinite(row_max)
-        idx[rows[found]] = first[found]
         best[rows[found]] = row_max[found]
+        is_best = vals == np.repeat(row_max, lens)  # NaN never equals
+        # first best per row: the smallest global index among its best, less where the row starts
+        first = np.minimum.reduceat(np.where(is_best, np.arange(len(vals)), len(vals)), seg) - seg
+        idx[rows[found]] = first[found]
     return has, idx, best
 
 
