@@ -169,10 +169,19 @@ def iter_shards(urls: list[str], opts: ReadOptions | None = None) -> Iterator[Sa
         yield from iter_shard(u, opts)
 
 
+@contextlib.contextmanager
 def open_shard(url: str):
-    """A shard opened for reading as a seekable binary file (a context manager); a local one
-    with an 8 MB buffer, so that members are served from memory, not a system call each."""
+    """A shard opened for reading as a binary stream, decompressed when it is gzipped (by name,
+    or by its first bytes, as `iter_shard` reads it); a plain local one with an 8 MB buffer, so
+    that members are served from memory, not a system call each."""
     from recaption.io.atomic import local_path
 
     path = local_path(url)
-    return open(path, "rb", buffering=8 << 20) if path is not None else fsspec.open(url, "rb").open()
+    with (open(path, "rb", buffering=8 << 20) if path is not None else open_url(url, "rb")) as raw:
+        head = raw.read(2)
+        raw.seek(0)
+        if is_gzip_name(url) or head == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                yield f
+        else:
+            yield raw

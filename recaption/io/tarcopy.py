@@ -30,21 +30,24 @@ def _padded(n: int) -> int:
 
 
 class _Tape:
-    """A file wrapper that remembers the header bytes tarfile reads, so they can be copied."""
+    """A file wrapper for tarfile that first serves a header block already read (no seeking back:
+    a gzip stream cannot) and remembers what tarfile reads, so those header bytes can be copied."""
 
     def __init__(self, f: BinaryIO):
-        self.f, self.rec = f, bytearray()
+        self.f, self.rec, self.ahead = f, bytearray(), b""
+
+    def prime(self, buf: bytes) -> None:
+        self.ahead, self.rec = buf, bytearray()
 
     def read(self, n: int = -1) -> bytes:
-        b = self.f.read(n)
+        b, self.ahead = (self.ahead[:n], self.ahead[n:]) if n >= 0 else (self.ahead, b"")
+        if n < 0 or len(b) < n:
+            b += self.f.read(-1 if n < 0 else n - len(b))
         self.rec += b
         return b
 
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self.f.seek(pos, whence)
-
     def tell(self) -> int:
-        return self.f.tell()
+        return self.f.tell() - len(self.ahead)
 
     def take(self) -> bytes:
         b, self.rec = bytes(self.rec), bytearray()
@@ -92,7 +95,7 @@ class _Headers:
             return name, True, size, buf
         if buf.count(0) == BLOCK or not buf:
             return None  # end-of-archive zero block, or end of file
-        f.seek(at)
+        self.fileobj.prime(buf)
         try:
             info = tarfile.TarInfo.fromtarfile(self)
         except tarfile.EOFHeaderError:

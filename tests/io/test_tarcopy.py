@@ -131,3 +131,20 @@ def test_member_headers_match_tarfile_byte_for_byte(name, data):
     w.add(name, data)
     w.close()
     assert o.getvalue() == buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["s.tar.gz", "s.tar"], ids=["tar.gz", "gzipped-but-named-tar"])
+def test_gzipped_shards_are_read_as_streams(tmp_path, name):
+    """A gzip stream cannot seek back: long names (tarfile's path) and skips still work."""
+    import gzip
+
+    from recaption.io.shards import open_shard
+
+    plain = make_tar(tmp_path / "plain.tar", tarfile.PAX_FORMAT, {"comment": "g"})
+    gz = tmp_path / name
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    with open(plain, "rb") as f:
+        want = [(p, k, [m.head + m.body for m in ms]) for p, k, ms in iter_samples(f, {0, 2, 3})]
+    with open_shard(str(gz)) as f:
+        got = [(p, k, [m.head + m.body for m in ms]) for p, k, ms in iter_samples(f, {0, 2, 3})]
+    assert got == want and [k for _, k, _ in got] == ["a", LONG, "sub/Grüße"]
