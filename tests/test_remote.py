@@ -109,7 +109,8 @@ def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards
     monkeypatch.setattr(MixWriteStage, "_sample", staticmethod(interrupted))
     assert cli(*mix) == 130
     names = sorted(p.rsplit("/", 1)[-1] for p in client.ls(f"{b}/mixed", detail=False))
-    assert names == ["00000.parquet", "00000.tar", "00000_stats.json", "_dropped.parquet", "_recaption.json"]
+    assert names == ["00000.parquet", "00000.tar", "00000_stats.json", "_decisions", "_dropped.parquet",
+                     "_recaption.json"]
     assert leftovers(client, b) == {"temp_objects": [], "pending_uploads": []}
 
     monkeypatch.setattr(MixWriteStage, "_sample", staticmethod(original))

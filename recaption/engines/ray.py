@@ -126,9 +126,10 @@ def _poll(ray, counter, bar, stop):
             return
 
 
-def _apply(row, fn):
+def _apply(row, fn, storage_options=None):
     import pickle
 
+    set_options(storage_options)  # the driver's options, in every task
     return {"i": row["i"], "out": pickle.dumps(fn(pickle.loads(row["item"])))}
 
 
@@ -151,7 +152,7 @@ class RayMapper:
         ray.data.DataContext.get_current().enable_progress_bars = not self.quiet
         ds = ray.data.from_items([{"i": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
                                  override_num_blocks=len(items))
-        ds = ds.map(_apply, fn_kwargs={"fn": fn}, num_cpus=self.num_cpus)
+        ds = ds.map(_apply, fn_kwargs={"fn": fn, "storage_options": get_options()}, num_cpus=self.num_cpus)
         done, nxt = {}, 0
         for row in ds.iter_rows():
             done[row["i"]] = row["out"]
