@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
-from recaption.io.atomic import exists
+from recaption.io.atomic import listdir
 from recaption.io.sources import shard_name
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
@@ -53,10 +53,11 @@ class AnnFile:
 
 def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], list[str]]:
     """The annotation file of every shard that has one; the names of those that do not."""
+    there = set(listdir(ann_dir))  # one listing, not a request per shard (object stores)
     present, missing = [], []
     for u in shards:
         f = AnnFile(shard_name(u), ann.path_for(ann_dir, shard_name(u)), u)
-        if exists(f.path):
+        if f.path.rsplit("/", 1)[-1] in there:
             present.append(f)
         else:
             missing.append(f.name)
