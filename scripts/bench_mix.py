@@ -286,8 +286,23 @@ def main(argv=None):
         result["write"].append(bench_write(work, shards, sann, a.runs, w, a.per_shard))
     result["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"load average after: {result['load_after']}; results in {a.json}")
+    print(f"load average after: {result['load_after']}; results in {a.json}\n")
+    print(markdown(result))
     return result
+
+
+def markdown(r: dict) -> str:
+    """The figures as README tables."""
+    lines = ["| dry run | rows | rows/s | peak RSS |", "| --- | ---: | ---: | ---: |"]
+    for d in r["dry_run"]:
+        lines.append(f"| {d['strategy']} | {d['rows']:,} | {d['rows_per_s']:,} | {d['peak_rss_mb']} MB |")
+    lines += ["", "| write, 10,000 samples | MB/s | `cp` MB/s | vs `cp` |", "| --- | ---: | ---: | ---: |"]
+    for w in r["write"]:
+        n = f"{w['workers']} worker{'s' if w['workers'] > 1 else ''}"
+        lines.append(f"| write stage, {n} | {w['write_mb_s']} | {w['cp_mb_s']} | {w['write_vs_cp']}x |")
+        lines.append(f"| whole mix (pool pass, plan, write), {n} | {w['mix_mb_s']} | {w['cp_mb_s']} | "
+                     f"{w['mix_vs_cp']}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

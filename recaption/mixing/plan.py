@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from recaption.io import annotations as ann
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
 from recaption.mixing import columns as colmod
-from recaption.mixing.pool import N_CODES, AnnFile, Outcomes, Pool, _read, error_reasons, mix_counts
+from recaption.mixing.files import AnnFile, read_file
+from recaption.mixing.pool import N_CODES, Outcomes, Pool, error_reasons, mix_counts
 from recaption.mixing.strategies import (ERROR, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
                                          PoolNumbers, decide_columns, reason_text)
 
@@ -81,7 +82,7 @@ class FilePlan:
 
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
     """Decide one input shard's rows and write its decisions file (whole or not at all)."""
-    t = _read(f, colmod.columns_for(True, text=True))
+    t = read_file(f, colmod.columns_for(True, text=True))
     c = colmod.from_table(t)
     d = decide_columns(c, cfg, numbers)
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold)

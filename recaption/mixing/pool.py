@@ -9,19 +9,15 @@ summaries, so memory does not grow with the pool:
    one or a few passes that answer every pending select at once;
 3. counts: the outcome of every row under a strategy, counted (dry run, comparison).
 
-Files are mapped by a `mapper`: threads in this process by default (which also keep each file's
-numeric columns, up to `CACHE_BYTES`, so later passes need not read them again), or Ray tasks
-(`recaption.engines.mapper`), which read the files where they run.
+Files are mapped as `recaption.mixing.files` describes: threads that keep numeric columns
+between passes, or Ray tasks.
 """
 from __future__ import annotations
 
 import functools
 import math
-import os
 import re
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,102 +27,21 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
-from recaption.io.atomic import listdir
-from recaption.io.sources import shard_name
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
+from recaption.mixing.files import AnnFile, Cache, Threads, annotation_files, load, read_file
 from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, MixConfig, PoolNumbers, blend_of,
                                          decide_columns)
 from recaption.scoring.blend import MinMax, kept_rank, scored
 from recaption.scoring.select import Select, answer, to_keys
 
-CACHE_BYTES = 512 << 20  # numeric columns kept in memory between passes (~16 bytes a row)
 N_CODES = 14
-
-
-@dataclass
-class AnnFile:
-    name: str  # shard name
-    path: str  # its annotation file
-    url: str | None = None  # the input shard (None when only annotations are known)
-
-
-def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], list[str]]:
-    """The annotation file of every shard that has one; the names of those that do not."""
-    there = set(listdir(ann_dir))  # one listing, not a request per shard (object stores)
-    present, missing = [], []
-    for u in shards:
-        f = AnnFile(shard_name(u), ann.path_for(ann_dir, shard_name(u)), u)
-        if f.path.rsplit("/", 1)[-1] in there:
-            present.append(f)
-        else:
-            missing.append(f.name)
-    return present, missing
 
 
 def category(reason: str) -> str:
     """Group drop reasons for the summary: numbers out, the error stage kept."""
     text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
     return re.sub(r"\s+", " ", text).strip()[:120]
-
-
-# -- mapping over files ----------------------------------------------------------------------
-class Threads:
-    """The local mapper: a few threads (pyarrow and numpy release the GIL), results in order."""
-    in_process = True
-
-    def __init__(self, n: int | None = None):
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        self.n = n or min(8, cores)
-
-    def map(self, fn: Callable, items: list):
-        window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
-        with ThreadPoolExecutor(self.n) as ex:
-            futs = [ex.submit(fn, it) for it in items[:window]]
-            for i in range(len(items)):
-                r = futs[i].result()
-                futs[i] = None
-                if i + window < len(items):
-                    futs.append(ex.submit(fn, items[i + window]))
-                yield r
-
-
-class Cache:
-    """Per-file numeric columns kept between passes, up to a byte budget (then files are re-read)."""
-
-    def __init__(self, budget: int = CACHE_BYTES):
-        self.budget, self.used, self.cols, self.lock = budget, 0, {}, threading.Lock()
-
-    def get(self, path: str, synthetic: bool) -> Columns | None:
-        c = self.cols.get(path)
-        return c if c is not None and (c.has_syn is not None or not synthetic) else None
-
-    def put(self, path: str, c: Columns) -> None:
-        with self.lock:
-            if path not in self.cols and self.used + c.nbytes <= self.budget:
-                self.cols[path] = c
-                self.used += c.nbytes
-
-
-def load(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> Columns:
-    c = cache.get(f.path, synthetic) if cache else None
-    if c is None:
-        c = colmod.from_table(_read(f, colmod.columns_for(synthetic)))
-        if cache:
-            cache.put(f.path, c)
-    return c
-
-
-def _read(f: AnnFile, columns: list[str]):
-    try:
-        return colmod.read(f.path, columns)
-    except RecaptionError:
-        raise
-    except Exception as e:  # a corrupt parquet: name the file, in one line
-        raise RecaptionError(f"cannot read annotation file {f.path}: {type(e).__name__}: {e}") from e
 
 
 # -- 1. stats --------------------------------------------------------------------------------
@@ -142,7 +57,7 @@ class FileStats:
 
 
 def file_stats(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> FileStats:
-    t = _read(f, colmod.columns_for(synthetic) + ["captioner", "error"])
+    t = read_file(f, colmod.columns_for(synthetic) + ["captioner", "error"])
     c = colmod.from_table(t)
     if cache:
         cache.put(f.path, c)

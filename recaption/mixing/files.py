@@ -1,0 +1,104 @@
+"""The annotation files of a run, and how a pass maps a function over them.
+
+A pass is a function of one file (and its numeric columns); a mapper runs it over every file and
+gives the results back in order. The local mapper is a few threads (pyarrow and numpy release the
+GIL) that keep each file's numeric columns, up to `CACHE_BYTES`, so the passes after the first
+need not read them again; `recaption.engines.mapper` gives the Ray one, whose tasks read the
+files where they run.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from recaption.errors import RecaptionError
+from recaption.io import annotations as ann
+from recaption.io.atomic import listdir
+from recaption.io.sources import shard_name
+from recaption.mixing import columns as colmod
+from recaption.mixing.columns import Columns
+
+CACHE_BYTES = 512 << 20  # numeric columns kept between passes (about 18 bytes a row: ~30M rows)
+
+
+@dataclass
+class AnnFile:
+    name: str  # shard name
+    path: str  # its annotation file
+    url: str | None = None  # the input shard (None when only annotations are known)
+
+
+def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], list[str]]:
+    """The annotation file of every shard that has one; the names of those that do not."""
+    there = set(listdir(ann_dir))  # one listing, not a request per shard (object stores)
+    present, missing = [], []
+    for u in shards:
+        f = AnnFile(shard_name(u), ann.path_for(ann_dir, shard_name(u)), u)
+        if f.path.rsplit("/", 1)[-1] in there:
+            present.append(f)
+        else:
+            missing.append(f.name)
+    return present, missing
+
+
+class Threads:
+    """The local mapper: a few threads (pyarrow and numpy release the GIL), results in order."""
+    in_process = True
+
+    def __init__(self, n: int | None = None):
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        self.n = n or min(8, cores)
+
+    def map(self, fn: Callable, items: list):
+        window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
+        with ThreadPoolExecutor(self.n) as ex:
+            futs = [ex.submit(fn, it) for it in items[:window]]
+            for i in range(len(items)):
+                r = futs[i].result()
+                futs[i] = None
+                if i + window < len(items):
+                    futs.append(ex.submit(fn, items[i + window]))
+                yield r
+
+
+class Cache:
+    """Per-file numeric columns kept between passes, up to a byte budget (then files are re-read)."""
+
+    def __init__(self, budget: int = CACHE_BYTES):
+        self.budget, self.used, self.cols, self.lock = budget, 0, {}, threading.Lock()
+
+    def get(self, path: str, synthetic: bool) -> Columns | None:
+        c = self.cols.get(path)
+        return c if c is not None and (c.has_syn is not None or not synthetic) else None
+
+    def put(self, path: str, c: Columns) -> None:
+        with self.lock:
+            if path not in self.cols and self.used + c.nbytes <= self.budget:
+                self.cols[path] = c
+                self.used += c.nbytes
+
+
+def load(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> Columns:
+    """A file's numeric columns: from the cache, or read (and kept, if the budget allows)."""
+    c = cache.get(f.path, synthetic) if cache else None
+    if c is None:
+        c = colmod.from_table(read_file(f, colmod.columns_for(synthetic)))
+        if cache:
+            cache.put(f.path, c)
+    return c
+
+
+def read_file(f: AnnFile, columns: list[str]):
+    """Some columns of an annotation file; a file that cannot be read is one line naming it."""
+    try:
+        return colmod.read(f.path, columns)
+    except RecaptionError:
+        raise
+    except Exception as e:  # a corrupt parquet: name the file, in one line
+        raise RecaptionError(f"cannot read annotation file {f.path}: {type(e).__name__}: {e}") from e
