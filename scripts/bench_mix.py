@@ -6,8 +6,8 @@ annotation sets, and write MB/s beside a plain `cp` of the same shards.
     python scripts/bench_mix.py --rows 1000000 --runs 1  # quicker
 
 Annotation sets: annotation files of 10,000 rows each (4 to 8 candidates of 6 to 14 words, scores
-rounded to 3 decimals so thresholds fall on ties, 10% without alt-text, 1% error rows), built
-once under --work and reused. Shards: real tar shards (JPEG, txt, img2dataset json) of about
+rounded to 3 decimals so thresholds fall on ties, 10% without alt-text, 1% error rows, the column
+groups recorded as annotate records them), built once under --work and reused. Shards: real tar shards (JPEG, txt, img2dataset json) of about
 36 KB a sample, with annotations for their keys. Each figure is the median of --runs runs, every
 run a fresh process (`recaption mix` as a user runs it, minus interpreter start-up); peak RSS is
 that process's maximum resident set. Write MB/s is output tar bytes over the write stage's
@@ -28,6 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_FILE = 10_000
+GROUPS = {  # the column groups a BLIP-2 + CLIP ViT-L/14 + SIEVE annotate pass records
+    "captions": {"backend": "hf", "model": "Salesforce/blip2-opt-2.7b", "decoding": {"num_captions": 8}},
+    "clip": {"model": "ViT-L-14", "pretrained": "openai"},
+    "sieve": {"model": "sentence-transformers/all-MiniLM-L6-v2", "mask": "sieve"},
+}
+DATA_VERSION = "2"  # bump when the generated files change: older sets are rebuilt
 STRATEGIES = [  # (label, mix arguments)
     ("raw, fraction 0.3", ["--strategy", "raw", "--fraction", "0.3"]),
     ("threshold 0.3 + filter", ["--strategy", "threshold", "--fraction", "0.3", "--filter-synthetic"]),
@@ -127,13 +133,14 @@ def annotation_table(rng, vocab, name: str, keys: list[str] | None = None, n: in
     clip_raw = pa.array(f32(rng.normal(0.28, 0.06, n)), mask=no_raw)
     sieve = pa.array(f32(np.clip(rng.normal(0.45, 0.15, n), 0, 1)), mask=no_raw)
     keys = keys or [f"{name}{i:05d}" for i in range(n)]
+    meta = {"format_version": 1, "groups": GROUPS}  # what annotate records: the settings of each group
     return pa.table({
         "key": pa.array(keys), "shard": pa.array([name] * n), "raw_caption": raw, "captions": caps,
         "captioner": pa.array(["Salesforce/blip2-opt-2.7b"] * n), "clip_raw": clip_raw, "clip_captions": clips,
         "sieve": sieve, "sieve_mean": sieve, "sieve_best": raw,
         "status": pa.array(np.where(err, "error", "ok")),
         "error": pa.array(np.where(err, "caption: CUDA out of memory", None), pa.string()),
-    }, schema=SCHEMA)
+    }, schema=SCHEMA).replace_schema_metadata({b"recaption": json.dumps(meta, sort_keys=True).encode()})
 
 
 def build_annotations(work: Path, rows: int) -> tuple[Path, Path]:
@@ -145,7 +152,7 @@ def build_annotations(work: Path, rows: int) -> tuple[Path, Path]:
     d = work / f"ann-{rows}"
     listing = work / f"shards-{rows}.txt"
     n_files = rows // ROWS_PER_FILE
-    if (d / "_complete").exists():
+    if (d / "_complete").exists() and (d / "_complete").read_text() == DATA_VERSION:
         return d, listing
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(rows)
@@ -157,7 +164,7 @@ def build_annotations(work: Path, rows: int) -> tuple[Path, Path]:
         if i % 100 == 99:
             print(f"  annotations {rows:,}: {i + 1}/{n_files} files ({time.time() - t0:.0f}s)", flush=True)
     listing.write_text("".join(f"{work}/shards-{rows}/{i:05d}.tar\n" for i in range(n_files)))
-    (d / "_complete").write_text("")
+    (d / "_complete").write_text(DATA_VERSION)
     return d, listing
 
 
@@ -175,7 +182,7 @@ def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
     from recaption.io.writer import add_member
 
     d, a = work / "shards", work / "shards-ann"
-    if (d / "_complete").exists():
+    if (d / "_complete").exists() and (d / "_complete").read_text() == DATA_VERSION:
         return d, a
     d.mkdir(parents=True, exist_ok=True)
     a.mkdir(parents=True, exist_ok=True)
@@ -200,7 +207,7 @@ def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
                 add_member(tar, f"{k}.txt", alt.encode())
                 add_member(tar, f"{k}.json", json.dumps(meta).encode())
         pq.write_table(annotation_table(rng, vocab, name, keys), a / f"{name}.parquet", compression="zstd")
-    (d / "_complete").write_text("")
+    (d / "_complete").write_text(DATA_VERSION)
     return d, a
 
 

@@ -7,6 +7,7 @@ rules and metadata: docs/formats.md#annotation-files.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -109,10 +110,16 @@ def write(url: str, rows: list[dict], groups: dict | None = None) -> None:
         f.write(buf.getvalue())
 
 
-def read(url: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
+def read(url: str, columns: list[str] | None = None, threads: bool = True,
+         choose=None) -> pa.Table:
     """The table (or some columns of it); a file without recaption's columns is a clear error.
-    `threads=False` decodes the columns in this thread (for callers that read files in parallel)."""
-    t = read_table(url, columns, threads)
+    `threads=False` decodes the columns in this thread (for callers that read files in
+    parallel); `choose(metadata)`, given the file's recorded `metadata` (footer only), may drop
+    columns from `columns` before any is read."""
+    with open_parquet(url) as pf:
+        if choose is not None:
+            columns = choose(metadata(pf.schema_arrow), list(columns or COLUMNS))
+        t = pf.read(columns=columns, use_threads=threads)
     missing = [c for c in (columns or COLUMNS) if c not in t.column_names]
     if missing:
         from recaption.errors import RecaptionError
@@ -121,15 +128,22 @@ def read(url: str, columns: list[str] | None = None, threads: bool = True) -> pa
     return t
 
 
-def read_table(url: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
-    """A parquet file (annotations, decisions, drops); columns it lacks are left out. Local files
-    go to pyarrow's own reader, which reads the needed column chunks natively, several times
-    faster than through a Python file object."""
+@contextlib.contextmanager
+def open_parquet(url: str):
+    """A parquet file to read from. A local one goes to pyarrow's own reader, which reads the
+    needed column chunks natively, several times faster than through a Python file object."""
     path = local_path(url)
     if path is not None:
-        return pq.ParquetFile(path).read(columns=columns, use_threads=threads)
+        yield pq.ParquetFile(path)
+        return
     with open_url(url, "rb") as f:
-        return pq.ParquetFile(f).read(columns=columns, use_threads=threads)
+        yield pq.ParquetFile(f)
+
+
+def read_table(url: str, columns: list[str] | None = None, threads: bool = True) -> pa.Table:
+    """A parquet file (annotations, decisions, drops); columns it lacks are left out."""
+    with open_parquet(url) as pf:
+        return pf.read(columns=columns, use_threads=threads)
 
 
 def read_rows(url: str) -> list[dict]:

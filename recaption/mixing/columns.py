@@ -53,9 +53,22 @@ class Columns:
         return self.keyed & self.ok
 
 
-def read(url: str, columns: list[str]) -> pa.Table:
-    """Columns of one annotation file, decoded in this thread: the pool pass reads files in parallel."""
-    return ann.read(url, columns=columns, threads=False)
+def read(url: str, columns: list[str], counts_only: bool = False) -> pa.Table:
+    """Columns of one annotation file, decoded in this thread (the pool pass reads files in
+    parallel). `counts_only`: the candidates' text is not needed, only how many there are."""
+    return ann.read(url, columns=columns, threads=False, choose=_scores_pair if counts_only else None)
+
+
+def scores_pair(meta: dict | None) -> bool:
+    """Whether a file records that its `clip_captions` hold one score per candidate: recaption
+    records the `clip` group only when it scored the file's current captions (new captions drop
+    it), so there `len(clip_captions) == len(captions)` on every row."""
+    return "clip" in ((meta or {}).get("groups") or {})
+
+
+def _scores_pair(meta: dict | None, columns: list[str]) -> list[str]:
+    # the candidate text is the costliest column by far; its counts are in clip_captions here
+    return [c for c in columns if c != "captions"] if scores_pair(meta) and "clip_captions" in columns else columns
 
 
 def _one(col) -> pa.Array:
@@ -84,7 +97,27 @@ def from_table(t: pa.Table) -> Columns:
     c = Columns(keyed, ok, has_raw, clip, floats(t["sieve"]))
     if "captions" in t.column_names:
         c.has_syn, c.syn_idx, c.clip_syn = synthetic(t["captions"], t["clip_captions"])
+    elif "clip_captions" in t.column_names:  # read with counts_only from a file whose scores pair
+        c.has_syn, c.syn_idx, c.clip_syn = synthetic(t["clip_captions"], t["clip_captions"])
     return c
+
+
+def check_pairing(t: pa.Table, url: str) -> None:
+    """A file that records its scores as paired with its candidates must hold them so (a dry run
+    counted on it): one line naming the first row that does not."""
+    if not scores_pair(ann.metadata(t)) or "captions" not in t.column_names:
+        return
+    n_caps = pc.fill_null(pc.list_value_length(_list(t["captions"])), 0).to_numpy(zero_copy_only=False)
+    n_sc = pc.fill_null(pc.list_value_length(_list(t["clip_captions"])), 0).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((n_caps != n_sc) & pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(
+        zero_copy_only=False))
+    if bad.size:
+        from recaption.errors import RecaptionError
+
+        i = int(bad[0])
+        raise RecaptionError(f"{url}: sample {t['key'][i].as_py()!r} has {n_caps[i]} candidates but "
+                             f"{n_sc[i]} CLIP scores, though the file records its scores as computed on "
+                             "its captions; re-run `recaption score` on it")
 
 
 def _list(col) -> pa.ListArray:

@@ -88,16 +88,16 @@ def load(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> Columns:
     """A file's numeric columns: from the cache, or read (and kept, if the budget allows)."""
     c = cache.get(f.path, synthetic) if cache else None
     if c is None:
-        c = colmod.from_table(read_file(f, colmod.columns_for(synthetic)))
+        c = colmod.from_table(read_file(f, colmod.columns_for(synthetic), counts_only=True))
         if cache:
             cache.put(f.path, c)
     return c
 
 
-def read_file(f: AnnFile, columns: list[str]):
+def read_file(f: AnnFile, columns: list[str], counts_only: bool = False):
     """Some columns of an annotation file; a file that cannot be read is one line naming it."""
     try:
-        return colmod.read(f.path, columns)
+        return colmod.read(f.path, columns, counts_only)
     except RecaptionError:
         raise
     except Exception as e:  # a corrupt parquet: name the file, in one line

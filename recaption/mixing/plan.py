@@ -83,6 +83,7 @@ class FilePlan:
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
     """Decide one input shard's rows and write its decisions file (whole or not at all)."""
     t = read_file(f, colmod.columns_for(True, text=True))
+    colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
     c = colmod.from_table(t)
     d = decide_columns(c, cfg, numbers)
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold)

@@ -57,7 +57,7 @@ class FileStats:
 
 
 def file_stats(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> FileStats:
-    t = read_file(f, colmod.columns_for(synthetic) + ["captioner", "error"])
+    t = read_file(f, colmod.columns_for(synthetic) + ["captioner", "error"], counts_only=True)
     c = colmod.from_table(t)
     if cache:
         cache.put(f.path, c)

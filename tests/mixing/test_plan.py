@@ -171,3 +171,19 @@ def test_recaption_field_is_added_to_the_json(text, want):
     meta, out = with_recaption(text, {"a": 1})
     assert out == want
     json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in json"))
+
+
+def test_a_file_whose_recorded_scores_do_not_pair_stops_the_mix(shard_dir, tmp_path):
+    """A dry run counts candidates from clip_captions where the file records its clip group; a file
+    that records it wrongly is refused by the mix (one line), never mixed differently."""
+    a = annotate_randomly(shard_dir, tmp_path / "ann", seed=5)
+    groups = {"captions": {"model": "m"}, "clip": {"model": "c"}}
+    for f in sorted(a.iterdir()):
+        rows = ann.read_rows(str(f))
+        for r in rows:  # as scoring leaves them, except one row of the middle shard
+            r["clip_captions"] = [0.3] * len(r["captions"])
+        if f.stem == "00001":
+            rows[2]["captions"] = rows[2]["captions"] + ["extra"]
+        ann.write(str(f), rows, groups)
+    code = cli("mix", shard_dir, "-a", a, "-o", tmp_path / "out", "--strategy", "synthetic", "-q")
+    assert code == 2

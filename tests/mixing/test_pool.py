@@ -111,3 +111,40 @@ def test_strategy_table_is_exact(pool_dir):
         assert row["dropped"] == sum(w == "drop" and why != "shard error" for w, why in want)
         assert row["median_clip_written"] == statistics.median(written)
         assert row["mean_clip_written"] == pytest.approx(statistics.fmean(written), rel=1e-12)
+
+
+def paired(rows):
+    """The rows as recaption's own scoring leaves them: one CLIP score per candidate."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        if len(r["clip_captions"]) != len(r["captions"]):
+            r["clip_captions"] = [0.2] * len(r["captions"])
+        out.append(r)
+    return out
+
+
+GROUPS = {"captions": {"model": "m"}, "clip": {"model": "c"}}
+
+
+@pytest.mark.parametrize("cfg", [oracle.CONFIGS[4], oracle.CONFIGS[7], oracle.CONFIGS[17]],
+                         ids=["synthetic", "threshold-filter", "synthetic-fraction-0"])
+def test_files_that_record_their_clip_group_are_counted_without_their_candidate_text(tmp_path, cfg,
+                                                                                   monkeypatch):
+    """Where the file says its scores were computed on its captions, the candidates' count comes
+    from clip_captions (the text, the costliest column, is not read): the same outcomes."""
+    from recaption.io import annotations as ann_io
+
+    rows = paired(oracle.random_rows(1500, seed=9))
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    ann_io.write(str(tmp_path / "with" / "00000.parquet"), rows, GROUPS)
+    ann_io.write(str(tmp_path / "without" / "00000.parquet"), rows)
+    read = []
+    real = ann_io.read
+    monkeypatch.setattr(ann_io, "read", lambda *a, **k: read.append(t := real(*a, **k)) or t)
+    fast = pool_pass(["/x/00000.tar"], str(tmp_path / "with"), cfg)
+    fast_counts = dry_counts(fast, cfg)
+    assert read and all("captions" not in t.column_names for t in read)
+    exact = pool_pass(["/x/00000.tar"], str(tmp_path / "without"), cfg)
+    assert fast.numbers == exact.numbers and fast_counts == dry_counts(exact, cfg)
