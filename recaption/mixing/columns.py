@@ -55,8 +55,14 @@ class Columns:
 
 def read(url: str, columns: list[str], counts_only: bool = False) -> pa.Table:
     """Columns of one annotation file, decoded in this thread (the pool pass reads files in
-    parallel). `counts_only`: the candidates' text is not needed, only how many there are."""
-    return ann.read(url, columns=columns, threads=False, choose=_scores_pair if counts_only else None)
+    parallel). `counts_only`: the candidates' text is not needed, only how many there are.
+    A file that records a re-ranking chain also gives its pick, the synthetic caption."""
+    def choose(meta, cols):
+        cols = _scores_pair(meta, cols) if counts_only else cols
+        reranked = "rerank" in ((meta or {}).get("groups") or {})
+        return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
+
+    return ann.read(url, columns=columns, threads=False, choose=choose)
 
 
 def scores_pair(meta: dict | None) -> bool:
@@ -99,7 +105,29 @@ def from_table(t: pa.Table) -> Columns:
         c.has_syn, c.syn_idx, c.clip_syn = synthetic(t["captions"], t["clip_captions"])
     elif "clip_captions" in t.column_names:  # read with counts_only from a file whose scores pair
         c.has_syn, c.syn_idx, c.clip_syn = synthetic(t["clip_captions"], t["clip_captions"])
+    if "rerank_pick" in t.column_names and c.syn_idx is not None:
+        _use_picks(c, t["rerank_pick"], t["captions"] if "captions" in t.column_names else t["clip_captions"],
+                   t["clip_captions"])
     return c
+
+
+def _use_picks(c: Columns, picks, captions, clip_captions) -> None:
+    """A re-ranking chain's pick is the synthetic caption; its CLIP score stays the main model's."""
+    pick = pc.fill_null(_one(picks), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    n_caps = pc.fill_null(pc.list_value_length(_list(captions)), 0).to_numpy(zero_copy_only=False)
+    valid = (pick >= 0) & (pick < n_caps)
+    if not valid.any():
+        return
+    scores = _list(clip_captions)
+    n_sc = pc.fill_null(pc.list_value_length(scores), 0).to_numpy(zero_copy_only=False)
+    starts = np.zeros(len(n_sc), dtype=np.int64)
+    np.cumsum(n_sc[:-1], out=starts[1:])
+    vals = floats(pc.list_flatten(scores))
+    paired = valid & (n_sc == n_caps)
+    at = np.where(paired, starts + np.where(paired, pick, 0), 0)
+    picked = np.where(paired, vals[at] if len(vals) else np.nan, np.nan).astype(c.clip_syn.dtype, copy=False)
+    c.syn_idx = np.where(valid, pick, c.syn_idx).astype(c.syn_idx.dtype)
+    c.clip_syn = np.where(valid, picked, c.clip_syn).astype(c.clip_syn.dtype, copy=False)
 
 
 def check_pairing(t: pa.Table, url: str) -> None:

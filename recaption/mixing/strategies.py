@@ -175,6 +175,9 @@ def _one_row(row: dict):
     schema = pa.schema([pa.field(f.name, _wide(f.type)) for f in SCHEMA])
     full = {c: row.get(c) for c in SCHEMA.names} | {"captions": row.get("captions") or [],
                                                    "clip_captions": row.get("clip_captions") or []}
+    if row.get("rerank_pick") is not None:  # a re-ranking chain's pick is the synthetic caption
+        schema = schema.append(pa.field("rerank_pick", pa.int32()))
+        full["rerank_pick"] = row["rerank_pick"]
     return from_table(pa.Table.from_pylist([full], schema=schema))
 
 

@@ -89,3 +89,29 @@ def test_a_one_step_chain_is_the_single_rerank(shard_dir, tiny_models, tmp_path)
         s = r["clip_captions"]
         assert r["rerank_scores"] == [s]
         assert r["rerank_pick"] == max(range(len(s)), key=lambda j: (s[j], -j))
+
+
+def test_the_chains_pick_is_the_synthetic_caption_and_keeps_the_main_score(shard_dir, tiny_models, second_clip,
+                                                                           tmp_path):
+    from recaption.mixing.strategies import synthetic_of
+    from tests.helpers import read_output
+
+    a, out = tmp_path / "a", tmp_path / "out"
+    one = shard_dir / "00002.tar"
+    assert cli("annotate", one, "-o", a, "-c", tiny_models["blip"], "--decoding", "sample", "--num-captions", 4,
+               "--max-new-tokens", 4, "--clip-model", tiny_models["clip"], "--no-sieve",
+               "--rerank", f"{tiny_models['clip']}=2", "--rerank", f"{second_clip}=1", "-q") == 0
+    rows = {r["key"]: r for r in _rows(a)}
+    assert cli("mix", one, "-a", a, "-o", out, "--strategy", "synthetic", "-q") == 0
+    got = read_output(out)
+    differs = 0
+    for k, s in got.items():
+        r = rows[k]
+        pick = r["rerank_pick"]
+        rc = s.meta["recaption"]
+        assert rc["synthetic_caption"] == r["captions"][pick] == s.members["txt"].decode()
+        assert rc["clip_synthetic"] == pytest.approx(r["clip_captions"][pick])  # the main model's score
+        assert synthetic_of(r) == (r["captions"][pick], pytest.approx(r["clip_captions"][pick]))
+        differs += pick != max(range(4), key=lambda j: (r["clip_captions"][j], -j))
+    assert len(got) == len(rows)
+    assert differs  # the second step changed some picks, so this test tells the chain from one ranking
