@@ -216,11 +216,17 @@ class DecodePool:
             while pending:
                 yield self._collect(pending.popleft())
         finally:
-            for p in pending:  # an abandoned generator: wait for the workers, free the slots
-                for _, fut in p.chunks:
-                    if hasattr(fut, "cancel"):
-                        fut.cancel()
-                self._free.append(p.slot)
+            self._abandon(pending)
+
+    def _abandon(self, pending):
+        """A generator left early: cancel what has not started, and let the rest finish before its
+        slot is reused, so no late write lands in a later batch."""
+        from concurrent.futures import wait
+
+        for p in pending:
+            futs = [f for _, f in p.chunks if not isinstance(f, list)]
+            wait([f for f in futs if not f.cancel()])
+            self._free.append(p.slot)
 
     def decode(self, datas: list) -> DecodedBatch:
         """One list, decoded now."""

@@ -135,3 +135,16 @@ def test_gpu_jpeg_decoding_matches_cpu_and_falls_back():
     for name in SPECS:
         d = (got.pixels[name].float().cpu() - want.pixels[name].float()).abs()
         assert d.mean() < 3  # nvJPEG's IDCT and full-size decoding vs Pillow's draft mode
+
+
+def test_a_batch_left_early_does_not_leak_into_the_next():
+    datas = [p.read_bytes() for p in PHOTOS]
+    with DecodePool(SPECS, batch_size=8, workers=2, depth=2) as pool:
+        it = pool.map([datas, datas[::-1], datas])
+        next(it)
+        it.close()  # a shard that failed mid-way: two batches were still in flight
+        got = pool.decode(datas[:2])
+        again = [pool.decode(datas[:2]) for _ in range(3)]
+    for g in again:
+        assert torch.equal(g.pixels["caption"], got.pixels["caption"])
+    assert len(pool._free) == 2
