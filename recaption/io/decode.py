@@ -132,7 +132,8 @@ def _attach(layout, shms=None):
         for name, (shm_name, shape) in slot.items():
             shm = by_name.get(shm_name) or shared_memory.SharedMemory(name=shm_name)
             out.append(shm)
-            views[name] = torch.from_numpy(np.ndarray(shape, dtype=np.uint8, buffer=shm.buf))
+            n, c, h, w = shape  # stored NHWC, as images decode: writes and copies out are plain memcpy
+            views[name] = torch.from_numpy(np.ndarray((n, h, w, c), dtype=np.uint8, buffer=shm.buf)).permute(0, 3, 1, 2)
         slots.append(views)
     return out, slots
 
@@ -332,17 +333,17 @@ class DecodePool:
         cpu_ok = [i for i in ok if i not in p.gpu]
         pixels = {}
         for name, spec in self.specs.items():
-            src = self._slots[p.slot][name]
+            src = self._slots[p.slot][name].permute(0, 2, 3, 1)  # the NHWC storage
             idx = torch.tensor(cpu_ok, dtype=torch.long)
-            if not p.gpu:
-                out = torch.empty((len(ok), 3, *spec.size), dtype=torch.uint8, pin_memory=self.cuda)
-                pixels[name] = torch.index_select(src, 0, idx, out=out)  # the one copy out of the slot
+            if not p.gpu:  # the one copy out of the slot; [N, 3, h, w] in channels-last memory
+                out = torch.empty((len(ok), *spec.size, 3), dtype=torch.uint8, pin_memory=self.cuda)
+                pixels[name] = torch.index_select(src, 0, idx, out=out).permute(0, 3, 1, 2)
                 continue
             out = torch.empty((len(ok), 3, *spec.size), dtype=torch.uint8, device=self.device)
             where = {i: k for k, i in enumerate(ok)}
             if cpu_ok:
                 host = torch.index_select(src, 0, idx).pin_memory()
-                out[[where[i] for i in cpu_ok]] = host.to(self.device, non_blocking=True)
+                out[[where[i] for i in cpu_ok]] = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             for i, px in p.gpu.items():
                 out[where[i]] = px[name]
             pixels[name] = out

@@ -97,14 +97,15 @@ def stack(images: list, spec: PixelSpec, out: "torch.Tensor | None" = None) -> "
 
 
 def normalize(x: "torch.Tensor", spec: PixelSpec, dtype=None) -> "torch.Tensor":
-    """uint8 [N, 3, h, w] -> (x * scale - mean) / std in float32, then cast to `dtype`.
+    """uint8 [N, 3, h, w] (any memory layout) -> contiguous (x * scale - mean) / std in float32,
+    then cast to `dtype`.
 
     Run it on the model's device: the batch travels as uint8 (a quarter of float32's bytes)."""
     import torch
 
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) / spec.scale
     std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) / spec.scale
-    y = x.to(torch.float32).sub_(mean).div_(std)
+    y = x.to(torch.float32, memory_format=torch.contiguous_format).sub_(mean).div_(std)
     return y if dtype is None or dtype == torch.float32 else y.to(dtype)
 
 
