@@ -151,16 +151,22 @@ def test_fast_clip_scores_stay_within_1e_2_of_the_exact_path(clip):
     assert raw_fast == pytest.approx(raw_exact, abs=1e-2)
 
 
-def test_fast_captioning_runs_on_prepared_pixels(blip):
-    """Fast-path pixels go through caption() (no comparison of caption text: only the exact path's
-    captions are pinned elsewhere)."""
-    pool = DecodePool({"caption": blip.pixel_spec()}, batch_size=8)
+@pytest.mark.parametrize("which", ["blip", "blip2t5", "coca"])
+def test_fast_captioning_runs_on_prepared_pixels(tiny_models, which):
+    """Fast-path pixels go through caption(), batched and per sample (no comparison of caption
+    text: only the exact path's captions are pinned elsewhere)."""
+    from recaption.captioners import build_captioner, load_preset
+
+    cap = build_captioner(load_preset(tiny_models[which], device="cpu", dtype="float32", max_new_tokens=5))
+    pool = DecodePool({"caption": cap.pixel_spec()}, batch_size=8)
     try:
         b = pool.decode(photos())
     finally:
         pool.close()
-    out = blip.caption(b.images_for("caption"), [None] * 5, "k", blip.prepare_pixels(b.pixels["caption"]))
-    assert len(out) == 5 and all(len(c) == 1 for c in out)
+    out = cap.caption(b.images_for("caption"), [None] * 5, "k", cap.prepare_pixels(b.pixels["caption"], [None] * 5))
+    assert len(out) == 5 and all(len(c) == 1 and isinstance(c[0], str) for c in out)
+    one = cap.caption(b.images_for("caption")[:1], [None], "k")  # the isolation road: per-sample pixels
+    assert len(one) == 1 and len(one[0]) == 1
 
 
 def test_normalize_runs_in_float32_then_casts():
