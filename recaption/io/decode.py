@@ -26,16 +26,13 @@ if TYPE_CHECKING:
 def plan_threads(threads: int, device: str | None = "cpu") -> tuple[int, int]:
     """A worker's CPU share -> (decode processes, torch threads), whose sum never exceeds it.
 
-    On CUDA one thread drives the GPU and every other core decodes; on CPU the models are two
-    orders of magnitude slower than decoding, so they get all but one core in eight. With a share
-    of one, decoding runs in-process (0 processes)."""
+    On CUDA one thread drives the GPU and every other core decodes (with one core, decoding runs
+    in-process). On CPU the models are two orders of magnitude slower than decoding, so they get
+    every core and decoding runs in-process, in the producer thread."""
     threads = max(1, int(threads))
-    if threads == 1:
-        return 0, 1
-    if str(device or "cpu").startswith("cuda"):
+    if str(device or "cpu").startswith("cuda") and threads > 1:
         return threads - 1, 1
-    procs = max(1, threads // 8)
-    return procs, threads - procs
+    return 0, threads
 
 
 def decode_pixels(data: bytes | None, specs: dict[str, PixelSpec], *, max_pixels: int = DEFAULT_MAX_PIXELS,
