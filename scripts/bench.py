@@ -8,6 +8,7 @@ Data-Juicer's per-sample mappers do). Prints a table and writes JSON.
 
     python scripts/bench.py                      # CPU defaults (small, a few minutes)
     python scripts/bench.py --samples 2048 --device cuda --batch-size 256   # on a GPU
+    python scripts/bench.py --mode input         # the input path alone, per CPU core (bench_input.py)
 """
 from __future__ import annotations
 
@@ -143,6 +144,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["pipeline", "input"], default="pipeline",
+                    help="pipeline: models and end to end; input: decode + preprocessing alone, per core")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -154,7 +157,14 @@ def main():
     ap.add_argument("--memory", action="store_true", help="also measure peak memory for 1, 4, 8 shards")
     ap.add_argument("--json", default="bench-results.json")
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/recaption/bench-models"))
+    ap.add_argument("--images", type=int, default=400, help="input mode: JPEGs per size")
+    ap.add_argument("--cores", default="1,2", help="input mode: CPU core counts to measure")
     a = ap.parse_args()
+    if a.mode == "input":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_input import run
+
+        return run(a)
 
     import torch
 
@@ -196,6 +206,8 @@ def main():
                     workers=1)
     res["pipeline_samples_per_s"] = summ["samples"] / t
     res["pipeline_stage_seconds"] = summ["stage_seconds"]
+    # the models' wait for input, as a share of the wall time: under 5% means the GPU is fed
+    res["pipeline_wait_input_share"] = summ["stage_seconds"].get("wait_input", 0.0) / t
     res["speedup_vs_naive"] = res["pipeline_samples_per_s"] / res["naive_samples_per_s"]
     if a.memory:
         res["peak_rss_mib"] = {k: peak_memory(work / "shards", k, models, device, a.batch_size) for k in (1, 4, 8)}
@@ -211,6 +223,7 @@ def main():
     print(f"{'naive end to end':<24}{res['naive_samples_per_s']:>12.2f}")
     print(f"{'recaption end to end':<24}{res['pipeline_samples_per_s']:>12.2f}")
     print(f"{'speed-up':<24}{res['speedup_vs_naive']:>11.2f}x")
+    print(f"{'waiting for input':<24}{100 * res['pipeline_wait_input_share']:>11.1f}% of the wall time")
     if a.memory:
         m = res["peak_rss_mib"]
         print(f"peak RSS MiB: 1 shard {m[1]:.0f}, 4 shards {m[4]:.0f}, 8 shards {m[8]:.0f} "

@@ -154,6 +154,10 @@ def _beam(model, image_embs, prefix, eot, dec: Decoding, max_context, use_cache=
     return out
 
 
+def _pinned(x):
+    return x.pin_memory() if x.device.type == "cpu" and not x.is_pinned() else x
+
+
 def _strip(ids: list[int], eot: int) -> list[int]:
     return ids[: ids.index(eot)] if eot in ids else ids
 
@@ -204,11 +208,25 @@ class CocaCaptioner(Captioner):
     def image_size(self) -> int:
         return int(self._size)
 
+    def pixel_spec(self):
+        """open_clip's own inference transform as a PixelSpec (None: no fast path)."""
+        from recaption.io.pixels import from_open_clip
+
+        if getattr(self, "_pixel_spec", None) is None:
+            self._pixel_spec = from_open_clip(self.model)
+        return self._pixel_spec
+
     def prepare(self, images, raw_captions):
         import torch
 
-        x = torch.stack([self.preprocess(im) for im in images])
-        return x.pin_memory() if self.device != "cpu" else x
+        from recaption.io.pixels import is_pixels
+
+        x = torch.stack(list(images)) if is_pixels(images) else torch.stack([self.preprocess(im) for im in images])
+        return x.pin_memory() if self.device != "cpu" and x.device.type == "cpu" else x
+
+    def prepare_pixels(self, pixels, raw_captions=None):
+        """Inputs for a uint8 [N, 3, h, w] batch at `pixel_spec().size`; normalised on the device."""
+        return _pinned(pixels) if self.device != "cpu" else pixels
 
     def _generate(self, images, raw_captions):
         return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
@@ -216,7 +234,12 @@ class CocaCaptioner(Captioner):
     def _generate_prepared(self, x, raw_captions):
         import torch
 
-        x = x.to(self.device, self.dtype, non_blocking=True)
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:  # fast path: normalised here, on the model's device
+            from recaption.io.pixels import normalize
+
+            x = normalize(x, self.pixel_spec(), self.dtype)
+        x = x.to(self.dtype)
         with torch.inference_mode():
             _, image_embs = self.model._encode_image(x)
             ids = decode(self.model, image_embs, self.prefix, self.eot, self.cfg.decoding, self.max_context)

@@ -84,14 +84,39 @@ class HFCaptioner(Captioner):
             inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
         return {k: v for k, v in inputs.items() if k != "pixel_values"}
 
+    def pixel_spec(self):
+        """The processor's own resize/normalise settings as a PixelSpec (None: no fast path)."""
+        from recaption.io.pixels import from_hf_image_processor
+
+        if getattr(self, "_pixel_spec", None) is None:
+            ip = getattr(self.processor, "image_processor", None)
+            self._pixel_spec = from_hf_image_processor(ip) if ip is not None else None
+        return self._pixel_spec
+
     def prepare(self, images, raw_captions=None):
         """Pixel values from the image processor (no tokenizer: safe off the model thread), plus the
-        prepared text inputs repeated per image."""
+        prepared text inputs repeated per image. Per-sample uint8 pixels from the fast path (its
+        retries and OOM halving) are stacked instead."""
+        import torch
+
+        from recaption.io.pixels import is_pixels
+
+        if is_pixels(images):
+            return self.prepare_pixels(torch.stack(list(images)), raw_captions)
         pix = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         inputs = {"pixel_values": pix} | {k: v.repeat(len(images), 1) for k, v in self._text.items()}
         if self.device != "cpu":
             inputs = {k: v.pin_memory() for k, v in inputs.items()}
         return inputs
+
+    def prepare_pixels(self, pixels, raw_captions=None):
+        """Inputs for a uint8 [N, 3, h, w] batch at `pixel_spec().size`; normalised on the device."""
+        inputs = {k: v.repeat(len(pixels), 1) for k, v in self._text.items()}
+        if self.device != "cpu":
+            inputs = {k: v.pin_memory() for k, v in inputs.items()}
+            if pixels.device.type == "cpu" and not pixels.is_pinned():
+                pixels = pixels.pin_memory()
+        return {"pixel_values": pixels} | inputs
 
     def _generate(self, images, raw_captions):
         return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
@@ -100,8 +125,13 @@ class HFCaptioner(Captioner):
         import torch
 
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        px = inputs.get("pixel_values")
+        if px is not None and px.dtype == torch.uint8:  # fast path: normalised here, on the device
+            from recaption.io.pixels import normalize
+
+            inputs["pixel_values"] = normalize(px, self.pixel_spec(), self.dtype)
+        elif px is not None:
+            inputs["pixel_values"] = px.to(self.dtype)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **self.gen_kwargs)
         texts = self.processor.batch_decode(out, skip_special_tokens=True)

@@ -40,12 +40,29 @@ class ClipScorer:
         self.image_size = _image_size(model)
         self.id = cfg.model if pretrained is None else f"{cfg.model}/{pretrained}"
 
+    def pixel_spec(self):
+        """open_clip's own inference transform as a PixelSpec (None: no fast path)."""
+        from recaption.io.pixels import from_open_clip
+
+        if getattr(self, "_pixel_spec", None) is None:
+            self._pixel_spec = from_open_clip(self.model)
+        return self._pixel_spec
+
     def prepare(self, images):
-        """Pixel tensors for a batch (CPU work, run ahead of the model)."""
+        """Pixel tensors for a batch (CPU work, run ahead of the model): PIL images through
+        open_clip's transform, or per-sample uint8 pixels from the fast path, stacked."""
         import torch
 
-        x = torch.stack([self.preprocess(im) for im in images])
-        return x.pin_memory() if self.device != "cpu" else x
+        from recaption.io.pixels import is_pixels
+
+        x = torch.stack(list(images)) if is_pixels(images) else torch.stack([self.preprocess(im) for im in images])
+        return x.pin_memory() if self.device != "cpu" and x.device.type == "cpu" else x
+
+    def prepare_pixels(self, pixels):
+        """A uint8 [N, 3, h, w] batch at `pixel_spec().size`, pinned for CUDA; `encode_pixels` takes it."""
+        if self.device != "cpu" and pixels.device.type == "cpu" and not pixels.is_pinned():
+            return pixels.pin_memory()
+        return pixels
 
     def encode_images(self, images) -> "torch.Tensor":
         return self.encode_pixels(self.prepare(images))
@@ -54,8 +71,13 @@ class ClipScorer:
         import torch
         import torch.nn.functional as F
 
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:  # fast path: normalised here, on the model's device
+            from recaption.io.pixels import normalize
+
+            x = normalize(x, self.pixel_spec(), self.dtype)
         with torch.inference_mode():
-            f = self.model.encode_image(x.to(self.device, self.dtype, non_blocking=True))
+            f = self.model.encode_image(x.to(self.dtype))
         return F.normalize(f.float(), dim=-1)
 
     def encode_texts(self, texts: list[str]) -> "torch.Tensor":
