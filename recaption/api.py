@@ -107,7 +107,7 @@ def _summary_base(kind: str) -> dict:
 
 # -- annotate: caption and/or score ------------------------------------------------------------
 def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, sieve: SieveConfig | None,
-                   batch_size: int, lang_model: str | None = None, rerank=()) -> dict[str, dict]:
+                   batch_size: int, lang_model: str | None = None, rerank=(), preprocess: str = "fast") -> dict[str, dict]:
     """The settings that identify each column group: the same settings resume, others are refused.
     Filter metrics come with every pass (cheap), so the published filters can be applied at mix time."""
     from recaption.scoring import language
@@ -120,9 +120,11 @@ def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, s
                               "quantize": c.quantize, "decoding": dataclasses.asdict(c.decoding)}
         if c.decoding.strategy == "sample":  # sampling is seeded per batch
             groups["captions"]["batch_size"] = batch_size
+        if preprocess != "fast":  # the exact processors' pixels differ slightly from the fast path's
+            groups["captions"]["preprocess"] = preprocess
     if clip is not None:
         groups["clip"] = {"model": model_identity(clip.model), "pretrained": clip.pretrained,
-                          "dtype": clip.dtype or "auto"}
+                          "dtype": clip.dtype or "auto"} | ({"preprocess": preprocess} if preprocess != "fast" else {})
     if sieve is not None:
         groups["sieve"] = {"model": model_identity(sieve.model), "mask": sieve.mask}
     if rerank:
@@ -135,16 +137,16 @@ def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, s
 def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | None = None,
              caption_options: dict | None = None, clip: ClipConfig | None = None, sieve: SieveConfig | None = None,
              batch_size: int | None = None, image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None,
-             lang_model: str | None = None, rerank: list[RerankStep] | tuple = (), overwrite: bool = False,
-             execution: Execution | None = None, verb: str = "annotate",
-             storage_options: dict | str | None = None) -> dict:
+             lang_model: str | None = None, rerank: list[RerankStep] | tuple = (), preprocess: str = "fast",
+             gpu_decode: bool = False, overwrite: bool = False, execution: Execution | None = None,
+             verb: str = "annotate", storage_options: dict | str | None = None) -> dict:
     """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict.
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
     from recaption.engines import run_stage
     from recaption.stages.annotate import AnnotateSpec, AnnotateStage
     from recaption.stages.bundle import ModelSpec
-    from recaption.stages.inputs import DecodeOptions
+    from recaption.stages.inputs import PREPROCESS, DecodeOptions
 
     ex = (execution or Execution()).validate()
     cap = captioner
@@ -162,6 +164,8 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
         _check_model_path(sieve.model, "SIEVE model")
     if lang_model is not None and not os.path.exists(lang_model):
         raise RecaptionError(f"language model not found: {lang_model}")
+    if preprocess not in PREPROCESS:
+        raise RecaptionError(f"--preprocess takes {' or '.join(PREPROCESS)}, got {preprocess!r}")
     rerank = tuple(validate_chain(list(rerank)))
     if rerank and clip is None:
         raise RecaptionError("re-ranking needs the main CLIP model too (it scores the raw caption and the pick)")
@@ -176,7 +180,7 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
     _check_device(ex.device)
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
-    wanted = group_settings(cap, clip, sieve, batch_size, lang_model, rerank)
+    wanted = group_settings(cap, clip, sieve, batch_size, lang_model, rerank, preprocess)
     preflight(ex)
     folders.claim_annotations(ann_dir, wanted, overwrite)
     spec = AnnotateSpec(
@@ -184,7 +188,7 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
                                           rerank=rerank),
         groups=wanted,
         decode=DecodeOptions(image_keys=tuple(image_keys), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                             batch_size=batch_size),
+                             batch_size=batch_size, preprocess=preprocess, gpu_decode=gpu_decode),
         overwrite=overwrite)
     t0 = time.time()
     reports = run_stage(AnnotateStage(spec), shards, ex, desc={"annotate": "annotate"}.get(verb, verb),

@@ -133,7 +133,7 @@ def pixel_diffs(models: dict, sets: dict[str, list[bytes]]) -> dict:
         for d in images:
             im = decode(d, draft_size=draft)
             want = (obj(images=im, return_tensors="pt")["pixel_values"][0] if kind == "hf" else obj[1](im))
-            px, _ = decode_pixels(d, {"m": spec}, draft_size=draft)
+            px, _, _ = decode_pixels(d, {"m": spec}, draft_size=draft)
             diff = (normalize(px["m"][None], spec)[0] - want).abs() * std / spec.scale
             mx, tot, cnt = max(mx, float(diff.max())), tot + float(diff.sum()), cnt + diff.numel()
             exact_equal += int(float(diff.max()) < 0.01)

@@ -68,7 +68,7 @@ def caption(input: InputArg, cap: CaptionerOptions, inp: InputOptions, ex: ExecO
     from recaption import api
 
     s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), batch_size=ex.batch_size,
-                     image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
+                     **inp.decoding(), overwrite=o.overwrite,
                      execution=ex.execution(o), verb="caption", storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 
@@ -84,7 +84,7 @@ def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptio
 
     s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), lang_model=sco.lang_model,
                      rerank=sco.rerank_steps(), batch_size=ex.batch_size,
-                     image_keys=inp.keys(), max_pixels=inp.max_pixels, overwrite=o.overwrite,
+                     **inp.decoding(), overwrite=o.overwrite,
                      execution=ex.execution(o), verb="score", storage_options=st.storage_options)
     return _show_annotate(s, annotations, o)
 
@@ -99,7 +99,7 @@ def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: I
 
     s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), clip=sco.clip(cap.dtype),
                      sieve=sco.sieve(), lang_model=sco.lang_model, rerank=sco.rerank_steps(), batch_size=ex.batch_size,
-                     image_keys=inp.keys(), max_pixels=inp.max_pixels,
+                     **inp.decoding(),
                      overwrite=o.overwrite, execution=ex.execution(o), storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 

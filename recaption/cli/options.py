@@ -19,6 +19,7 @@ import typer
 
 from recaption.captioners.base import BACKENDS, QUANTIZE, STRATEGIES as DECODINGS
 from recaption.engines import ENGINES, Execution
+from recaption.io.pixels import PREPROCESS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.mixing.strategies import STRATEGIES
 from recaption.models import DTYPES
@@ -37,6 +38,7 @@ EngineChoice = _choice("EngineChoice", ENGINES)
 BackendChoice = _choice("BackendChoice", BACKENDS)
 QuantizeChoice = _choice("QuantizeChoice", QUANTIZE)
 DtypeChoice = _choice("DtypeChoice", DTYPES)
+PreprocessChoice = _choice("PreprocessChoice", PREPROCESS)
 
 
 def _value(x):
@@ -124,9 +126,17 @@ class InputOptions:
 
     image_keys: Annotated[str, opt(help="image fields, in priority order", panel=INP)] = ",".join(DEFAULT_IMAGE_KEYS)
     max_pixels: Annotated[Optional[int], opt(help="decompression-bomb limit in pixels per image", panel=INP)] = None
+    preprocess: Annotated[PreprocessChoice, opt(help="fast: decode once, resize and crop for every model as batched uint8 tensor ops (docs/input-path.md); exact: each model's own processor", panel=INP)] = PreprocessChoice("fast")
+    gpu_decode: Annotated[bool, opt(help="decode baseline JPEGs on the GPU (nvJPEG) when the models run on CUDA; the rest on the CPU", panel=INP)] = False
 
     def keys(self) -> tuple[str, ...]:
+        """The image fields, in priority order."""
         return tuple(k.strip() for k in self.image_keys.split(",") if k.strip())
+
+    def decoding(self) -> dict:
+        """The api's decode arguments."""
+        return {"image_keys": self.keys(), "max_pixels": self.max_pixels, "preprocess": _value(self.preprocess),
+                "gpu_decode": self.gpu_decode}
 
 
 @dataclass
@@ -185,29 +195,43 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(debug: bool = False, log_file: str | None = None) -> None:
-    """One stderr handler for recaption's log (INFO, DEBUG with --debug), others' warnings only; a log
-    file given before or after the verb; idempotent."""
+    """One stderr handler (on the root logger): recaption's own log from INFO (DEBUG with --debug),
+    other libraries' from WARNING; a log file given before or after the verb; idempotent."""
     STATE["debug"] = STATE["debug"] or debug
     log_file = STATE["log_file"] = log_file or STATE.get("log_file")
-    rlog = logging.getLogger("recaption")
     root = logging.getLogger()
-    for lg in (rlog, root):
+    for lg in (logging.getLogger("recaption"), root):
         for h in [h for h in lg.handlers if getattr(h, _HANDLER_MARK, False)]:
             lg.removeHandler(h)
             h.close()
+    level = logging.DEBUG if STATE["debug"] else logging.INFO
+    ours = _OursFrom(level)
     err = _StderrHandler()
     err.setFormatter(logging.Formatter("recaption: %(levelname)s %(message)s"))
+    err.addFilter(ours)
     setattr(err, _HANDLER_MARK, True)
-    rlog.addHandler(err)
-    rlog.setLevel(logging.DEBUG if STATE["debug"] else logging.INFO)
-    rlog.propagate = False  # one line per message, whatever handlers others put on the root
-    root.setLevel(logging.DEBUG if STATE["debug"] else logging.WARNING)
+    root.addHandler(err)
+    logging.getLogger("recaption").setLevel(level)
+    root.setLevel(level)
     if log_file:
         fh = logging.FileHandler(log_file)
         fh.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        fh.addFilter(ours)
         setattr(fh, _HANDLER_MARK, True)
-        rlog.addHandler(fh)
         root.addHandler(fh)
+
+
+class _OursFrom(logging.Filter):
+    """recaption's records from `level`; everyone else's from WARNING (DEBUG when debugging)."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record) -> bool:
+        if record.name == "recaption" or record.name.startswith("recaption."):
+            return record.levelno >= self.level
+        return record.levelno >= (logging.DEBUG if self.level == logging.DEBUG else logging.WARNING)
 
 
 _GLOBAL = [

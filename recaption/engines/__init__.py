@@ -74,7 +74,10 @@ def limit_threads(n: int | None, stage=None) -> int | None:
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if hasattr(stage, "set_threads"):  # the stage splits its share (decode processes, torch threads)
+        stage.set_threads(n)
+    else:
+        torch.set_num_threads(n)
     return before
 
 
@@ -85,6 +88,14 @@ def preflight(ex: Execution, cpu_only: bool = False) -> None:
         from recaption.engines.ray import actor_resources
 
         actor_resources(ex, cpu_only)
+
+
+def restore_threads(before: int | None) -> None:
+    """Put back the torch thread count an in-process run replaced."""
+    if before:
+        import torch
+
+        torch.set_num_threads(before)
 
 
 def run_stage(stage, items: list, execution: Execution | None = None, *, desc: str = "", count_of=None,

@@ -8,7 +8,7 @@ import queue
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
+from recaption.engines import Execution, as_dict, limit_threads, restore_threads, threads_per_worker
 from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
 
@@ -63,7 +63,9 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
                 for item in items:
                     finished(as_dict(stage(item, progress=bar.advance)))
             finally:
-                limit_threads(before, stage)
+                restore_threads(before)
+                if hasattr(stage, "close"):  # its decode pool: processes and shared memory
+                    stage.close()
             return reports
         ctx = mp.get_context("spawn")
         gpus, progress = ctx.Queue(), ctx.Queue()

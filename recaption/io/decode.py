@@ -37,7 +37,8 @@ def plan_threads(threads: int, device: str | None = "cpu") -> tuple[int, int]:
 
 def decode_pixels(data: bytes | None, specs: dict[str, PixelSpec], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                   draft_size: int | None = None, keep_image: bool = False):
-    """One image's bytes -> ({model: uint8 [3, h, w]}, its decoded HWC RGB array if `keep_image`).
+    """One image's bytes -> ({model: uint8 [3, h, w]}, its decoded HWC RGB array if `keep_image`,
+    the stored image's own (width, height), before draft-mode scaling).
 
     Raises ImageError with a readable reason for anything that cannot become pixels."""
     import numpy as np
@@ -54,7 +55,7 @@ def decode_pixels(data: bytes | None, specs: dict[str, PixelSpec], *, max_pixels
         out = {name: resize_crop(x, spec) for name, spec in specs.items()}
     except Exception as e:  # e.g. an image too small or too odd for a kernel
         raise ImageError(f"cannot resize image of {im.size[0]}x{im.size[1]} ({type(e).__name__}: {e})") from None
-    return out, (a if keep_image else None)
+    return out, (a if keep_image else None), im.info.get("source_size", im.size)
 
 
 @dataclass
@@ -66,6 +67,7 @@ class DecodedBatch:
     pixels: dict[str, "torch.Tensor"]  # model -> uint8 [len(ok), 3, h, w] (pinned for CUDA, or on the GPU)
     images: list | None = None  # RGB PIL images of `ok` (exact processors, vLLM), when asked for
     seconds: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)  # index -> the stored image's (width, height)
 
     def images_for(self, name: str) -> list["torch.Tensor"]:
         """Per-sample uint8 [3, h, w] pixels of one model: what `Captioner.prepare` and
@@ -84,15 +86,15 @@ class _Decoder:
         views = self.slots[slot]
         for pos, data in zip(positions, datas):
             try:
-                px, arr = decode_pixels(data, self.specs, max_pixels=self.max_pixels, draft_size=self.draft,
-                                        keep_image=keep)
+                px, arr, size = decode_pixels(data, self.specs, max_pixels=self.max_pixels, draft_size=self.draft,
+                                              keep_image=keep)
                 for name, t in px.items():
                     views[name][pos].copy_(t)
-                out.append((None, arr))
+                out.append((None, arr, size))
             except ImageError as e:
-                out.append((str(e), None))
+                out.append((str(e), None, None))
             except Exception as e:  # a bad sample never stops the batch
-                out.append((f"cannot decode image ({type(e).__name__}: {e})", None))
+                out.append((f"cannot decode image ({type(e).__name__}: {e})", None, None))
         return out
 
 
@@ -313,7 +315,7 @@ class DecodePool:
                 out += self._send(p.slot, [i], [p.datas[i]]).result()
             except BrokenProcessPool:
                 self._restart()
-                out.append(("the decoder process died on this image (crash in an image library)", None))
+                out.append(("the decoder process died on this image (crash in an image library)", None, None))
         return out
 
     def _collect(self, p: _Pending) -> DecodedBatch:
@@ -321,7 +323,8 @@ class DecodePool:
 
         import torch
 
-        status: dict[int, tuple] = {i: (None, None) for i in p.gpu}
+        status: dict[int, tuple] = {i: (None, None, sz) for i, (_, sz) in p.gpu.items()}
+        p.gpu = {i: px for i, (px, _) in p.gpu.items()}
         for pos, fut in p.chunks:
             for i, r in zip(pos, self._results(p, pos, fut)):
                 status[i] = r
@@ -350,7 +353,8 @@ class DecodePool:
 
             images = [Image.fromarray(status[i][1], "RGB") for i in ok]
         self._free.append(p.slot)
-        return DecodedBatch(ok, errors, pixels, images, {"decode_wall": time.perf_counter() - p.t0})
+        return DecodedBatch(ok, errors, pixels, images, {"decode_wall": time.perf_counter() - p.t0},
+                            {i: status[i][2] for i in ok})
 
     def _gpu_decode(self, datas: list, idx: list[int]):
         """nvJPEG for what it decodes well; the rest (and its failures) go back to the CPU workers."""
@@ -378,7 +382,7 @@ class DecodePool:
             if im is None or im.ndim != 3 or im.shape[0] != 3:
                 failed.append(i)
                 continue
-            out[i] = {name: resize_crop(im, spec) for name, spec in self.specs.items()}
+            out[i] = ({name: resize_crop(im, spec) for name, spec in self.specs.items()}, (im.shape[2], im.shape[1]))
         return out, sorted(rest + failed)
 
 

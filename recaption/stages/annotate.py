@@ -40,11 +40,42 @@ class AnnotateStage:
     def __init__(self, spec: AnnotateSpec):
         self.spec = spec
         self.models: ModelBundle | None = None
+        self.pool = None
+        self.threads: int | None = None
+
+    def set_threads(self, n: int) -> None:
+        """The worker's CPU share, from the engine: split between decode processes and torch."""
+        self.threads = n
+        import torch
+
+        torch.set_num_threads(self._plan()[1])
+
+    def _plan(self) -> tuple[int, int]:
+        from recaption.engines import cpu_cores
+        from recaption.io.decode import plan_threads
+
+        return plan_threads(self.threads or cpu_cores(), self._device())
+
+    def _device(self) -> str:
+        from recaption.models import resolve_device
+
+        return resolve_device(self.spec.models.device)
 
     def setup(self) -> None:
-        """Build the models once per worker."""
+        """Build the models and the decode pool once per worker."""
         if self.models is None:
             self.models = ModelBundle(self.spec.models)
+        if self.pool is None and (self.models.image_models() or self.models.lid is not None):
+            self.pool = self.models.decode_pool(self.spec.decode, self._plan()[0], self._device())
+
+    def close(self) -> None:
+        """Stop the decode processes and free their shared memory."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def __getstate__(self):  # pickled before setup: models and pools are built in the worker
+        return {"spec": self.spec, "models": None, "pool": None, "threads": self.threads}
 
     def __call__(self, url: str, progress=None) -> ShardReport:
         name = shard_name(url)
@@ -78,8 +109,8 @@ class AnnotateStage:
         if work.rows is not None:  # scoring captions already in the file
             rows = work.rows
             by_key = {r["key"]: r for r in rows if r["key"] is not None and r["status"] == "ok"}
-        opts = DecodeOptions(**{**self.spec.decode.__dict__, "draft_size": m.draft_size})
-        with ShardBatches(url, opts, prepare=m.prepare, on_wait=lambda s: t.add("wait_input", s)) as batches:
+        with ShardBatches(url, self.spec.decode, self.pool, prepare=m.exact_preparers(),
+                          on_wait=lambda s: t.add("wait_input", s)) as batches:
             for batch in batches:
                 todo = self._batch_rows(batch, name, rows, by_key, work, t)
                 if todo:
@@ -92,7 +123,7 @@ class AnnotateStage:
     def _batch_rows(self, batch, name, rows, by_key, work, t) -> list[tuple[int, dict]]:
         """Rows for a batch's records (new rows are appended to `rows`): (position, row) to model."""
         todo, measured = [], []
-        for i, (rec, img) in enumerate(zip(batch.records, batch.images)):
+        for i, rec in enumerate(batch.records):
             if isinstance(rec, ReadFailure):
                 if by_key is None:
                     rows.append(ann.error_row(rec.key, name, rec.reason))
@@ -107,10 +138,11 @@ class AnnotateStage:
                     row["captioner"] = self.models.captioner.id
                 rows.append(row)
             if "metrics" in work.todo:
-                row.update(sample_metrics(rec, img))
+                row.update(sample_metrics(rec, batch.source_size(i)))
                 measured.append(row)
-            if img is None or isinstance(img, Exception):
-                row.update(status="error", error=f"decode: {img}")
+            err = batch.image_error(i)
+            if err is not None:
+                row.update(status="error", error=f"decode: {err}")
                 continue
             todo.append((i, row))
         if measured:
@@ -122,17 +154,23 @@ class AnnotateStage:
         m = self.models
         pos = [i for i, _ in todo]
         rows = [r for _, r in todo]
-        images = [batch.images[i] for i in pos]
-        whole = pos == batch.good  # prepared inputs cover exactly the decodable images
-        prep = batch.prepared if whole else {}
+        whole = pos == batch.good  # batched inputs cover exactly the decodable images
+
+        def inputs(model):
+            return batch.inputs(model, pos)
+
+        def batched(model):
+            return batch.batched(model) if whole else None
+
         if "captions" in work.todo:
             with t("caption"):
-                m.caption(rows, images, name, prep.get("caption"))
+                m.caption(rows, inputs("caption"), name, batched("caption"))
         if "clip" in work.todo:
             with t("clip"):
-                m.clip_score(rows, images, prep.get("clip") if all(r["status"] == "ok" for r in rows) else None)
+                m.clip_score(rows, inputs("clip"), batched("clip") if all(r["status"] == "ok" for r in rows) else None)
         if "rerank" in work.todo:
-            m.rerank(rows, images, prep, timer=t)
+            names = {m.reranker_name(i) for i in range(len(m.steps))}
+            m.rerank(rows, {n: inputs(n) for n in names}, {n: batched(n) for n in names}, timer=t)
 
     def _sieve(self, rows, work, t) -> None:
         if "sieve" in work.todo:

@@ -31,6 +31,11 @@ class ModelSpec:
     rerank: tuple[RerankStep, ...] = ()  # candidate re-ranking chain
 
 
+def _is_pixels(x) -> bool:
+    """A uint8 pixel batch from the fast path (rather than inputs a processor prepared)."""
+    return x is not None and str(getattr(x, "dtype", "")) == "torch.uint8"
+
+
 def _same_clip(model_a, pre_a, model_b, pre_b) -> bool:
     """Same open_clip model; a local-dir:/hf-hub: model carries its weights, so its tag does not count."""
     own = model_a.startswith(("local-dir:", "hf-hub:"))
@@ -81,21 +86,43 @@ class ModelBundle:
         sizes = [m.image_size for m in (self.captioner, self.clip, *self.rerankers) if m is not None]
         return max(sizes) if sizes else None
 
-    def prepare(self, images) -> dict:
-        """Model inputs for decoded images; image work only, so it may run in the reader thread."""
-        prep = {}
+    def image_models(self) -> dict[str, object]:
+        """Each model that reads pixels, under the name its inputs travel by."""
+        out = {}
         if self.captioner is not None:
-            prep["caption"] = self.captioner.prepare(images)
+            out["caption"] = self.captioner
         if self.clip is not None:
-            prep["clip"] = self.clip.prepare(images)
+            out["clip"] = self.clip
         for i, r in enumerate(self.rerankers):
             if r is not self.clip:
-                prep[f"rerank{i}"] = r.prepare(images)
-        return prep
+                out[f"rerank{i}"] = r
+        return out
+
+    def reranker_name(self, i: int) -> str:
+        return "clip" if self.rerankers[i] is self.clip else f"rerank{i}"
+
+    def decode_pool(self, opts, workers: int, device: str):
+        """The worker's decode pool: the fast path's pixel specs, PIL images for models that keep
+        their own processor (opts.preprocess == 'exact', vLLM, settings the fast path cannot copy)."""
+        from recaption.io.decode import DecodePool
+        from recaption.io.pixels import specs_for
+
+        specs = specs_for(self.image_models(), opts.preprocess)
+        self.exact = [n for n, sp in specs.items() if sp is None]
+        return DecodePool({n: sp for n, sp in specs.items() if sp is not None}, batch_size=opts.batch_size,
+                          workers=workers, max_pixels=opts.max_pixels, draft_size=self.draft_size,
+                          images=bool(self.exact) or not specs, device=device, gpu_decode=opts.gpu_decode)
+
+    def exact_preparers(self) -> dict:
+        """Image-only preparation of the models on their own processors (safe in the reader thread)."""
+        models = self.image_models()
+        return {n: models[n].prepare for n in getattr(self, "exact", [])}
 
     def caption(self, rows: list[dict], images: list, shard: str, prepared=None) -> None:
         """Fill `captions` of rows; a failing batch is retried sample by sample so only the bad one errors.
         Sampling is seeded from the shard name and the batch's first key, so any worker gives the same."""
+        if _is_pixels(prepared):
+            prepared = self.captioner.prepare_pixels(prepared, [r["raw_caption"] for r in rows])
         for r, c in zip(rows, self._caption_isolating(rows, images, shard, prepared)):
             if c is not None:
                 r["captions"] = c
@@ -116,27 +143,30 @@ class ModelBundle:
         live = [(r, im) for r, im in zip(rows, images) if r["status"] == "ok"]
         if not live:
             return
-        if prepared is not None and len(live) == len(rows):
-            emb = self.clip.encode_pixels(prepared)
-        else:
-            emb = self.clip.encode_images([im for _, im in live])
+        emb = self._embed(self.clip, [im for _, im in live], prepared if len(live) == len(rows) else None)
         raw_s, cand_s = self.clip.score(emb, [r["raw_caption"] for r, _ in live], [r["captions"] or [] for r, _ in live])
         for (r, _), a, b in zip(live, raw_s, cand_s):
             r["clip_raw"], r["clip_captions"] = a, b
 
-    def rerank(self, rows: list[dict], images: list, prepared: dict | None = None, timer=None) -> None:
-        """Run the re-ranking chain over each ok row's candidates: per-step scores and the pick."""
+    @staticmethod
+    def _embed(scorer, images: list, prepared=None):
+        if prepared is None:
+            return scorer.encode_images(images)
+        return scorer.encode_pixels(scorer.prepare_pixels(prepared) if _is_pixels(prepared) else prepared)
+
+    def rerank(self, rows: list[dict], images: dict, prepared: dict | None = None, timer=None) -> None:
+        """Run the re-ranking chain over each ok row's candidates: per-step scores and the pick.
+        `images` and `prepared` are keyed by the model names of `image_models`."""
         live = [(i, r) for i, r in enumerate(rows) if r["status"] == "ok" and r["captions"]]
         whole = len(live) == len(rows)
-        ims = [images[i] for i, _ in live]
 
         def score_step(i, in_play):
-            scorer = self.rerankers[i]
+            scorer, name = self.rerankers[i], self.reranker_name(i)
             with timer(f"rerank{i + 1}") if timer else contextlib.nullcontext():
                 if scorer is self.clip and all(len(r["clip_captions"] or []) == len(r["captions"]) for _, r in live):
                     return [[r["clip_captions"][j] for j in cands] for (_, r), cands in zip(live, in_play)]
-                prep = (prepared or {}).get("clip" if scorer is self.clip else f"rerank{i}")
-                emb = scorer.encode_pixels(prep) if prep is not None and whole else scorer.encode_images(ims)
+                emb = self._embed(scorer, [images[name][k] for k, _ in live],
+                                  (prepared or {}).get(name) if whole else None)
                 texts = [[r["captions"][j] for j in cands] for (_, r), cands in zip(live, in_play)]
                 return scorer.score(emb, [None] * len(live), texts)[1]
 

@@ -1,9 +1,11 @@
 """Read and decode one shard, a batch ahead of the models.
 
-A background thread streams the shard, decodes each batch's images in a small pool (at the
-largest size any model needs), runs the models' image-only preparation, and queues the batch.
-Closing the iterator (or leaving its `with` block early) stops that thread, shuts the pool and
-closes the shard, so nothing is left to the garbage collector.
+A background thread streams the shard, hands each batch's image bytes to the worker's
+`DecodePool` (decode once, then each model's resize and crop as uint8 tensor ops, in decode
+processes or in this thread), runs the image-only preparation of models that keep their own
+processor, and queues the batch. Closing the iterator (or leaving its `with` block early) stops
+that thread, which closes the shard and returns the pool's slots, so nothing is left to the
+garbage collector.
 """
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from recaption.io.images import DEFAULT_MAX_PIXELS, ImageError, decode
+from recaption.io.decode import DecodedBatch, DecodePool
+from recaption.io.images import DEFAULT_MAX_PIXELS, ImageError
+from recaption.io.pixels import PREPROCESS  # noqa: F401  (the choices, for callers)
 from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadOptions, iter_shard
 
 log = logging.getLogger("recaption")
@@ -27,67 +30,81 @@ class DecodeOptions:
 
     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     max_pixels: int = DEFAULT_MAX_PIXELS
-    draft_size: int | None = None  # decode JPEGs at no less than this size (draft mode)
     batch_size: int = 32
-    workers: int = 2  # decode threads
+    preprocess: str = "fast"  # fast: batched uint8 tensor ops; exact: each model's own processor
+    gpu_decode: bool = False  # nvJPEG for baseline JPEGs when the models run on CUDA
 
 
 @dataclass
 class Batch:
-    """Records of one batch and their images (a PIL image, an ImageError, or None for a read failure)."""
+    """Records of one batch and what their images became."""
 
     records: list
-    images: list
-    prepared: dict = field(default_factory=dict)  # model inputs for the decodable images, if prepared
+    decoded: DecodedBatch
+    prepared: dict = field(default_factory=dict)  # model -> inputs prepared by its own processor
+
+    def __post_init__(self):
+        self._row = {i: k for k, i in enumerate(self.decoded.ok)}
 
     @property
     def good(self) -> list[int]:
-        """Positions of the samples whose image decoded."""
-        return [i for i, im in enumerate(self.images) if im is not None and not isinstance(im, ImageError)]
+        """Positions of the samples whose image decoded, in order."""
+        return self.decoded.ok
+
+    def image_error(self, i: int) -> ImageError | None:
+        """Why record i has no decoded image (None when it has one, or is a read failure)."""
+        return self.decoded.errors.get(i)
+
+    def source_size(self, i: int):
+        """The stored image's (width, height), for a decoded record."""
+        return self.decoded.sizes.get(i)
+
+    def inputs(self, name: str, positions: list[int]) -> list:
+        """Per-sample inputs of one model for some decoded positions: uint8 pixels on the fast
+        path, PIL images for a model with its own processor (what `prepare` takes either way)."""
+        if name in self.decoded.pixels:
+            px = self.decoded.pixels[name]
+            return [px[self._row[i]] for i in positions]
+        return [self.decoded.images[self._row[i]] for i in positions]
+
+    def batched(self, name: str):
+        """One model's inputs for all decoded samples at once: uint8 pixels, or prepared inputs."""
+        return self.decoded.pixels.get(name, self.prepared.get(name))
 
 
 class ShardBatches:
     """Iterate a shard as decoded batches, `depth` batches ahead; use as a context manager."""
 
-    def __init__(self, url: str, opts: DecodeOptions, prepare: Callable[[list], dict] | None = None,
-                 depth: int = 2, on_wait: Callable[[float], None] | None = None):
-        self.url, self.opts, self.prepare, self.on_wait = url, opts, prepare, on_wait
+    def __init__(self, url: str, opts: DecodeOptions, pool: DecodePool,
+                 prepare: dict[str, Callable[[list], object]] | None = None, depth: int = 2,
+                 on_wait: Callable[[float], None] | None = None):
+        self.url, self.opts, self.pool, self.prepare, self.on_wait = url, opts, pool, prepare or {}, on_wait
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._err: list[BaseException] = []
         self._thread: threading.Thread | None = None
 
     # -- producer (background thread) --------------------------------------------------------
-    def _decode(self, rec):
-        if isinstance(rec, ReadFailure):
-            return None
-        try:
-            return decode(rec.image_bytes, max_pixels=self.opts.max_pixels, draft_size=self.opts.draft_size)
-        except ImageError as e:
-            return e
+    def _record_lists(self, records, out: list):
+        buf = []
+        for rec in records:
+            buf.append(rec)
+            if len(buf) >= self.opts.batch_size:
+                out.append(buf)
+                yield [_image_bytes(r) for r in buf]
+                buf = []
+            if self._stop.is_set():
+                return
+        if buf:
+            out.append(buf)
+            yield [_image_bytes(r) for r in buf]
 
-    def _batches(self, pool):
-        records = iter_shard(self.url, ReadOptions(image_keys=self.opts.image_keys))
-        try:
-            buf = []
-            for rec in records:
-                buf.append(rec)
-                if len(buf) >= self.opts.batch_size:
-                    yield self._make(pool, buf)
-                    buf = []
-                if self._stop.is_set():
-                    return
-            if buf:
-                yield self._make(pool, buf)
-        finally:
-            records.close()  # closes the tar stream at once, also on early exit
-
-    def _make(self, pool, recs) -> Batch:
-        batch = Batch(recs, list(pool.map(self._decode, recs)))
-        if self.prepare is not None and batch.good:
+    def _make(self, recs, decoded: DecodedBatch) -> Batch:
+        batch = Batch(recs, decoded)
+        if self.prepare and decoded.ok:
             try:
-                batch.prepared = self.prepare([batch.images[i] for i in batch.good])
-            except Exception as e:  # the model thread falls back to its own path, where bad samples are isolated
+                batch.prepared = {name: fn(decoded.images) for name, fn in self.prepare.items()}
+            except Exception as e:  # the model thread falls back to per-sample inputs, where bad ones are isolated
                 log.warning("preparing a batch of %s failed (%s: %s); the models will prepare it themselves",
                             self.url, type(e).__name__, e)
                 batch.prepared = {}
@@ -103,19 +120,18 @@ class ShardBatches:
         return False
 
     def _run(self):
-        pool = ThreadPoolExecutor(max(1, self.opts.workers), thread_name_prefix="recaption-decode")
+        records = iter_shard(self.url, ReadOptions(image_keys=self.opts.image_keys))
+        lists: list = []
+        decoded = self.pool.map(self._record_lists(records, lists))
         try:
-            gen = self._batches(pool)
-            try:
-                for b in gen:
-                    if not self._put(b):
-                        break
-            finally:
-                gen.close()
+            for d in decoded:
+                if not self._put(self._make(lists.pop(0), d)):
+                    break
         except BaseException as e:  # surfaced in the consumer
             self._err.append(e)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            decoded.close()  # waits for decodes in flight, frees their slots
+            records.close()  # closes the tar stream at once, also on early exit
             self._put(_END)
 
     # -- consumer ----------------------------------------------------------------------------
@@ -137,7 +153,7 @@ class ShardBatches:
             raise self._err[0]
 
     def close(self):
-        """Stop the reader thread and wait for it (it closes the pool and the shard)."""
+        """Stop the reader thread and wait for it (it closes the shard and frees the pool's slots)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -145,6 +161,11 @@ class ShardBatches:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _image_bytes(rec) -> bytes | None:
+    """What the decoder gets for a record: its image bytes, or None (a read failure: no image)."""
+    return rec.image_bytes if not isinstance(rec, ReadFailure) and rec.image_field else None
 
 
 _END = object()

@@ -11,11 +11,10 @@ def _int(x) -> int | None:
     return v if 0 <= v < 2**31 else None
 
 
-def sample_metrics(rec, image) -> dict:
-    """Metrics of one read sample; `image` is its decoded image, or an error."""
+def sample_metrics(rec, size: tuple[int, int] | None) -> dict:
+    """Metrics of one read sample; `size` is its stored image's (width, height), None if undecodable."""
     raw = rec.raw_caption
     meta = rec.meta or {}
-    size = getattr(image, "info", {}).get("source_size") if image is not None else None
     return {
         "caption_words": len(raw.split()) if raw is not None else None,
         "caption_chars": len(raw) if raw is not None else None,

@@ -68,7 +68,7 @@ def test_processes_and_in_process_give_the_same_pixels_and_errors():
     assert a.ok == b.ok and {k: str(v) for k, v in a.errors.items()} == {k: str(v) for k, v in b.errors.items()}
     for name in SPECS:
         assert torch.equal(a.pixels[name], b.pixels[name])
-    one, _ = decode_pixels(datas[0], SPECS, draft_size=96)  # the pool drafts to its largest need
+    one, _, _ = decode_pixels(datas[0], SPECS, draft_size=96)  # the pool drafts to its largest need
     assert torch.equal(a.pixels["clip"][0], one["clip"])
 
 

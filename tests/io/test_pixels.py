@@ -19,7 +19,7 @@ def photos() -> list[bytes]:
 
 
 def fast(data: bytes, spec: PixelSpec, draft: int) -> torch.Tensor:
-    px, _ = decode_pixels(data, {"m": spec}, draft_size=draft)
+    px, _, _ = decode_pixels(data, {"m": spec}, draft_size=draft)
     return normalize(px["m"][None], spec)[0]
 
 

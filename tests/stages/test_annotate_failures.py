@@ -30,3 +30,4 @@ def test_debug_shows_the_traceback(shard_dir, tiny_models, tmp_path, monkeypatch
     with caplog.at_level(logging.DEBUG):
         cli("--debug", "caption", shard_dir / "00000.tar", "-o", tmp_path / "ann", "-c", tiny_models["blip"], "-q")
     assert any(r.exc_info for r in _said(caplog, logging.DEBUG))
+
