@@ -12,11 +12,13 @@ from recaption.resources import sample_shards_dir
 
 
 def tiny_model_dir() -> Path:
+    """Where the demo keeps its tiny random-weight models ($RECAPTION_CACHE, else ~/.cache/recaption)."""
     base = Path(os.environ.get("RECAPTION_CACHE", Path.home() / ".cache" / "recaption"))
     return base / "tiny-models"
 
 
 def run_demo(out: str, quiet: bool = False) -> dict:
+    """The sieve recipe on the bundled sample shards with tiny models, offline; returns the run's summary."""
     from recaption import api
     from recaption.recipes import load_recipe
     from recaption.testing.tiny_models import build_all

@@ -10,6 +10,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str | None = None) -> str:
+    """The device to run on: CUDA when present unless named; a clear error for a GPU that is not there."""
     import torch
 
     if device in (None, "", "auto"):
@@ -30,6 +31,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str | None, device: str):
+    """The torch dtype for a device: auto is bf16 on CUDA and on CPUs with native bf16, else float32."""
     import torch
 
     if dtype in (None, "", "auto"):

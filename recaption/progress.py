@@ -42,6 +42,7 @@ class Progress:
 
     @property
     def rate(self) -> float:
+        """Samples per second since the start."""
         el = time.monotonic() - self._t0
         return self.done / el if el > 0 else 0.0
 
@@ -65,6 +66,7 @@ class Progress:
         return self
 
     def advance(self, n: int = 1) -> None:
+        """Count n more samples done (from any thread)."""
         with self._lock:
             self.done += n
             if self._bar is not None:
@@ -79,6 +81,7 @@ class Progress:
         return escape(self.line().split(": ", 1)[1])
 
     def set_total(self, total: int) -> None:
+        """Set or correct the expected total."""
         with self._lock:
             self.total = total
             if self._bar is not None:

@@ -37,6 +37,7 @@ BACKENDS: dict[str, Backend] = {
 
 @dataclass
 class Decoding:
+    """How a captioner decodes: strategy, candidates per image, lengths, sampling and beam settings."""
     strategy: str = "greedy"  # greedy | beam | sample (nucleus / top-k)
     num_captions: int = 1
     num_beams: int = 4
@@ -51,6 +52,7 @@ class Decoding:
     seed: int = 0
 
     def validate(self) -> "Decoding":
+        """Refuse settings no decoder can honour; returns self."""
         if self.strategy not in STRATEGIES:
             raise RecaptionError(f"unknown decoding strategy {self.strategy!r}; choose {', '.join(STRATEGIES)}")
         if self.num_captions < 1:
@@ -66,6 +68,7 @@ class Decoding:
 
 @dataclass
 class CaptionerConfig:
+    """Everything that builds a captioner in a worker (picklable): backend, model, prompt, decoding, dtype, quantization."""
     backend: str = "blip"
     model: str = "Salesforce/blip-image-captioning-base"
     revision: str | None = None
@@ -83,6 +86,7 @@ class CaptionerConfig:
 
     @property
     def id(self) -> str:
+        """The model id as recorded in the `captioner` column (with its revision, if any)."""
         return self.model if not self.revision else f"{self.model}@{self.revision}"
 
 
@@ -103,6 +107,7 @@ def _merge(dc, values: dict, where: str):
 
 
 def list_presets() -> dict[str, dict]:
+    """Every preset file, by name."""
     out = {}
     for p in sorted(PRESETS_DIR.glob("*.yaml")):
         out[p.stem] = yaml.safe_load(p.read_text())
@@ -127,6 +132,7 @@ def load_preset(name_or_model: str, **overrides) -> CaptionerConfig:
 
 
 def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
+    """Apply option overrides (captioner fields and decoding fields) to a config, validating the result."""
     dec = {k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(Decoding)} and v is not None}
     top = {k: v for k, v in overrides.items() if k not in dec and v is not None}
     if "model" in top:
@@ -157,6 +163,7 @@ def _check_model_ref(ref: str, backend: str | None):
 
 
 def guess_backend(model: str) -> str:
+    """The backend that serves a model id or local folder, from its name or its config files."""
     m = model.lower()
     if "coca" in m:
         return "coca"
@@ -188,6 +195,7 @@ class Captioner:
 
     @property
     def image_size(self) -> int:
+        """The input size this captioner needs (JPEGs decode at no less)."""
         return self.cfg.image_size or 384
 
     def prepare(self, images, raw_captions):
@@ -231,6 +239,7 @@ class Captioner:
                     + self._with_oom_retry(images[half:], raws[half:], seed + 1))
 
     def clean(self, text: str) -> str:
+        """One line of caption text, the prompt taken off its front."""
         text = re.sub(r"\s+", " ", text).strip()
         prompt = (self.cfg.prompt or "").strip()
         if prompt and text.lower().startswith(prompt.lower()):

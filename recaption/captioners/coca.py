@@ -176,6 +176,7 @@ def _min_new(dec: Decoding, prefix_len: int) -> int:
 
 
 class CocaCaptioner(Captioner):
+    """OpenCLIP CoCa through recaption's batched, KV-cached decoder."""
     def __init__(self, cfg: CaptionerConfig):
         super().__init__(cfg)
         import open_clip
@@ -206,6 +207,7 @@ class CocaCaptioner(Captioner):
 
     @property
     def image_size(self) -> int:
+        """The vision tower's input size."""
         return int(self._size)
 
     def pixel_spec(self):
@@ -217,6 +219,7 @@ class CocaCaptioner(Captioner):
         return self._pixel_spec
 
     def prepare(self, images, raw_captions):
+        """Pixel tensors for a batch: PIL images through open_clip's transform, or fast-path uint8 pixels stacked."""
         import torch
 
         from recaption.io.pixels import is_pixels

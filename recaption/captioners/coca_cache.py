@@ -74,6 +74,7 @@ class CachedCocaDecoder:
             self.image_kv.append([_heads(k, a.num_heads), _heads(v, a.num_heads)])
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits for the next token after appending the last generated one to the cache."""
         t = self.text
         dtype = t.transformer.get_cast_dtype()
         x = t.token_embedding(ids[:, None]).to(dtype) + t.positional_embedding[self.pos].to(dtype)
@@ -89,6 +90,7 @@ class CachedCocaDecoder:
         return out[:, -1].float()
 
     def prefill(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Logits after the prompt, filling the cache with its keys and values."""
         logits = None
         for i in range(prefix.shape[1]):
             logits = self.step(prefix[:, i])

@@ -6,6 +6,7 @@ from recaption.errors import require
 
 
 def generate_kwargs(cfg: CaptionerConfig) -> dict:
+    """transformers `generate` arguments for a config's decoding."""
     d = cfg.decoding
     kw: dict = {"num_return_sequences": d.num_captions, "repetition_penalty": d.repetition_penalty}
     if d.strategy == "greedy":
@@ -25,6 +26,7 @@ def generate_kwargs(cfg: CaptionerConfig) -> dict:
 
 
 def quantization_config(quantize: str | None, dtype):
+    """A BitsAndBytesConfig for 8bit or 4bit loading (None for full precision)."""
     if quantize is None:
         return None
     require("bitsandbytes", "quant")
@@ -36,6 +38,7 @@ def quantization_config(quantize: str | None, dtype):
 
 
 class HFCaptioner(Captioner):
+    """BLIP and BLIP-2 (OPT or Flan-T5, optionally 8/4-bit) through transformers."""
     def __init__(self, cfg: CaptionerConfig):
         super().__init__(cfg)
         from transformers import AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
@@ -66,6 +69,7 @@ class HFCaptioner(Captioner):
 
     @property
     def image_size(self) -> int:
+        """The processor's input size."""
         return int(self._size)
 
     def _text_inputs(self) -> dict:

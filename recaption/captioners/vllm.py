@@ -13,6 +13,7 @@ ALT_TEXT = "{alt_text}"
 
 
 def load_template(name_or_path: str) -> str:
+    """A prompt template's text, from prompts/templates or a file; '#' lines are comments."""
     text = named_or_path("templates", name_or_path, ".txt").read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
     return "\n".join(lines).strip("\n").replace("\\n", "\n")
@@ -25,6 +26,7 @@ def build_prompt(template: str, raw_caption: str | None, max_alt_chars: int = 10
 
 
 def build_requests(template: str, images, raw_captions) -> list[dict]:
+    """vLLM requests (prompt and image) for a batch."""
     return [{"prompt": build_prompt(template, raw), "multi_modal_data": {"image": im}}
             for im, raw in zip(images, raw_captions)]
 
@@ -58,6 +60,7 @@ def collect(outputs) -> list[list[str]]:
 
 
 class VLLMCaptioner(Captioner):
+    """VLMs served by vLLM's offline `LLM.generate`, one request per image."""
     def __init__(self, cfg: CaptionerConfig):
         super().__init__(cfg)
         require("vllm", "vllm")
@@ -73,6 +76,7 @@ class VLLMCaptioner(Captioner):
 
     @property
     def image_size(self) -> int:
+        """The size images are decoded at before vLLM's own processor."""
         return self.cfg.image_size or 768
 
     def _generate(self, images, raw_captions):

@@ -31,6 +31,7 @@ class Execution:
     log_every: float = 30.0  # seconds between progress log lines when stderr is not a terminal
 
     def validate(self) -> "Execution":
+        """Refuse settings no engine can honour (and a missing Ray); returns self."""
         if self.engine not in ENGINES:
             raise RecaptionError(f"unknown engine {self.engine!r}; choose {', '.join(ENGINES)}")
         for name in ("workers", "threads"):

@@ -142,6 +142,7 @@ class RayMapper:
         self.address, self.num_cpus, self.quiet = address, num_cpus, quiet
 
     def map(self, fn, items: list):
+        """Apply `fn` to every item as Ray tasks; results in item order."""
         import pickle
 
         if not items:

@@ -15,10 +15,12 @@ from recaption.io.fs import fs_for, is_local, is_object_store, open_url  # open_
 
 
 def join(base: str, name: str) -> str:
+    """`base/name` for paths and URLs alike."""
     return base.rstrip("/") + "/" + name
 
 
 def exists(url: str) -> bool:
+    """Whether a path or URL exists."""
     fs, path = fs_for(url)
     return fs.exists(path)
 
@@ -32,6 +34,7 @@ def file_info(url: str) -> dict:
 
 
 def makedirs(url: str) -> None:
+    """Create a folder (and its parents); a clear error when it cannot be."""
     fs, path = fs_for(url)
     if is_object_store(fs):
         return  # folders are key prefixes: nothing to create (and never a bucket by accident)
@@ -52,6 +55,7 @@ def listdir(url: str) -> list[str]:
 
 
 def remove(url: str) -> None:
+    """Remove a file if it is there."""
     fs, path = fs_for(url)
     fs.rm(path)
 
@@ -140,15 +144,18 @@ def _abort_s3_uploads(fs, path: str) -> int:
 
 
 def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole file atomically."""
     with atomic_open(url, "wb") as f:
         f.write(data)
 
 
 def write_text(url: str, text: str) -> None:
+    """Write a whole UTF-8 text file atomically."""
     write_bytes(url, text.encode("utf-8"))
 
 
 def read_text(url: str) -> str:
+    """A UTF-8 text file's content."""
     with open_url(url, "rt", encoding="utf-8") as f:
         return f.read()
 

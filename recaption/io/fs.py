@@ -166,6 +166,7 @@ def open_url(url: str, mode: str = "rb", **kw):
 
 
 def protocols(fs) -> set[str]:
+    """The protocol names of a URL's filesystem (s3 and its aliases, file, ...)."""
     p = fs.protocol
     return set(p) if isinstance(p, (tuple, list)) else {p}
 
@@ -176,6 +177,7 @@ def is_object_store(fs) -> bool:
 
 
 def is_local(fs) -> bool:
+    """Whether a URL is on the local filesystem."""
     return bool(protocols(fs) & LOCAL)
 
 

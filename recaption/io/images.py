@@ -8,6 +8,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own bomb limit; settable per run
 
 
 class ImageError(ValueError):
+    """Image bytes that cannot become an image; the message says why."""
     pass
 
 
@@ -44,6 +45,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int
 
 
 def to_rgb(im):
+    """Any PIL mode as RGB: 16-bit scaled, palettes and alpha composited on white."""
     from PIL import Image
 
     if im.mode == "RGB":

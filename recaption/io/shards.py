@@ -23,6 +23,7 @@ DEFAULT_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 @dataclass
 class Sample:
+    """One sample read whole from a shard: its members, image field, raw caption and json."""
     key: str
     shard: str
     members: dict[str, bytes]  # field -> bytes, in tar order
@@ -33,6 +34,7 @@ class Sample:
 
     @property
     def image_bytes(self) -> bytes:
+        """The bytes of the sample's image member."""
         return self.members[self.image_field]
 
 
@@ -71,6 +73,7 @@ def unsafe_name(name: str) -> str | None:
 
 @dataclass
 class ReadOptions:
+    """Which image fields count, and whether a sample needs one."""
     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     require_image: bool = True
 
@@ -165,6 +168,7 @@ def _decompressed(url: str, raw):
 
 
 def iter_shards(urls: list[str], opts: ReadOptions | None = None) -> Iterator[Sample | ReadFailure]:
+    """`iter_shard` over several shards in turn."""
     for u in urls:
         yield from iter_shard(u, opts)
 

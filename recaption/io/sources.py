@@ -35,6 +35,7 @@ def shard_name(url: str) -> str:
 
 
 def is_gzip_name(url: str) -> bool:
+    """Whether a name ends in .tar.gz or .tgz."""
     return shard_suffix(url) in (".tar.gz", ".tgz")
 
 
@@ -135,6 +136,7 @@ def _is_utf8(data: bytes, complete: bool) -> bool:
 
 
 def check_unique_names(shards: list[str]) -> None:
+    """Refuse two different shards with the same name: annotation files are keyed by name."""
     seen: dict[str, str] = {}
     for s in shards:
         n = shard_name(s)

@@ -65,6 +65,7 @@ class RawMember:
 
     @property
     def data(self) -> bytes:
+        """The member's file data (without header or padding)."""
         return self.body[: self.size]
 
 
@@ -244,6 +245,7 @@ class BlockWriter:
         self._stop()
 
     def raw(self, blocks: bytes) -> None:
+        """Write a member's raw blocks (headers, data, padding) as they were read."""
         self.pending.append(blocks)
         self.n += len(blocks)
         self.pending_n += len(blocks)
@@ -251,9 +253,11 @@ class BlockWriter:
             self._flush()
 
     def add(self, name: str, data: bytes) -> None:
+        """Write a new member with recaption's fixed header fields."""
         self.raw(member_blocks(name, data))
 
     def member(self, m: RawMember) -> None:
+        """Write one member of an output sample: raw blocks or a new member."""
         self.raw(m.head)
         self.raw(m.body)
 
@@ -289,6 +293,7 @@ class BlockWriter:
             self._thread = None
 
     def close(self) -> None:
+        """Write the end-of-archive blocks and flush."""
         end = self.n + 2 * BLOCK
         self.raw(b"\0" * (2 * BLOCK + (-end % RECORD)))
         self._flush()

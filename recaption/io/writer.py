@@ -24,6 +24,7 @@ Members = Union[dict, list]
 
 
 def shard_paths(out_dir: str, name: str) -> dict[str, str]:
+    """The tar, parquet and stats paths of output shard `name`."""
     return {
         "tar": join(out_dir, f"{name}.tar"),
         "parquet": join(out_dir, f"{name}.parquet"),
@@ -32,11 +33,13 @@ def shard_paths(out_dir: str, name: str) -> dict[str, str]:
 
 
 def is_done(out_dir: str, name: str) -> bool:
+    """Whether an output shard was written whole (its stats file is written last)."""
     p = shard_paths(out_dir, name)
     return exists(p["stats"]) and exists(p["tar"])
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add one member with recaption's fixed header fields (mtime 0, mode 444)."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = MTIME

@@ -39,16 +39,19 @@ def json_float(x) -> float | None:
 
 @dataclass
 class MinMax:
+    """The range of a score over the pool, and min-max normalisation by it."""
     lo: float | None
     hi: float | None
 
     @classmethod
     def of(cls, values) -> "MinMax":
+        """The range of the scored values (NaN, None and infinities left out)."""
         a = values if isinstance(values, np.ndarray) else as_scores(list(values))
         a = a[scored(a)]
         return cls(float(a.min()), float(a.max())) if a.size else cls(None, None)
 
     def merge(self, other: "MinMax") -> "MinMax":
+        """The range of two ranges together (per-file ranges merged on the driver)."""
         if self.lo is None:
             return other
         if other.lo is None:
@@ -76,6 +79,7 @@ def blend_array(sieve: np.ndarray, clip_raw: np.ndarray, norm_sieve: MinMax, nor
 
 
 def blend(sieve, clip_raw, norm_sieve: MinMax, norm_clip: MinMax, alpha: float = 0.5):
+    """(1 - alpha) * norm(sieve) + alpha * norm(clip_raw); None when either is missing."""
     b = blend_array(as_scores([sieve]), as_scores([clip_raw]), norm_sieve, norm_clip, alpha)[0]
     return float(b) if scored(b) else None
 

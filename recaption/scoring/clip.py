@@ -13,6 +13,7 @@ DEFAULT_PRETRAINED = "openai"
 
 @dataclass
 class ClipConfig:
+    """Which open_clip model scores, with which weights, dtype and text batch size."""
     model: str = DEFAULT_CLIP  # an open_clip name, `hf-hub:org/repo` or `local-dir:/path`
     pretrained: str | None = DEFAULT_PRETRAINED  # a tag, or a local checkpoint file
     device: str | None = None
@@ -21,6 +22,7 @@ class ClipConfig:
 
 
 class ClipScorer:
+    """CLIP image and text embeddings and their cosine (the CLIP score)."""
     def __init__(self, cfg: ClipConfig | None = None, **kw):
         import open_clip
 
@@ -65,9 +67,11 @@ class ClipScorer:
         return pixels
 
     def encode_images(self, images) -> "torch.Tensor":
+        """L2-normalised embeddings of images (PIL, or fast-path pixels)."""
         return self.encode_pixels(self.prepare(images))
 
     def encode_pixels(self, x) -> "torch.Tensor":
+        """L2-normalised embeddings of a prepared batch (uint8 pixels are normalised on the device)."""
         import torch
         import torch.nn.functional as F
 
@@ -81,6 +85,7 @@ class ClipScorer:
         return F.normalize(f.float(), dim=-1)
 
     def encode_texts(self, texts: list[str]) -> "torch.Tensor":
+        """L2-normalised embeddings of texts, in batches."""
         import torch
         import torch.nn.functional as F
 

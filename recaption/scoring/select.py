@@ -27,6 +27,7 @@ def to_keys(x: np.ndarray) -> np.ndarray:
 
 
 def from_key(k: int) -> float:
+    """The float a 64-bit order-preserving key stands for."""
     k = np.uint64(k)
     b = k ^ SIGN if k & SIGN else ~k
     return float(np.array([b], dtype=np.uint64).view(np.float64)[0])
@@ -34,6 +35,7 @@ def from_key(k: int) -> float:
 
 @dataclass(frozen=True)
 class Query:
+    """What one pass of the radix select asks each file for: the key prefix and bits to count."""
     prefix: int  # the top `bits` bits every key of interest has
     bits: int
     step: int  # > 0: histogram of the next `step` bits; 0: send the keys themselves
@@ -69,12 +71,15 @@ class Select:
         self._acc = None
 
     def query(self) -> Query | None:
+        """The current pass's question, or None when the answer is known."""
         return None if self.done else self._q
 
     def start(self) -> None:
+        """Begin a pass."""
         self._acc = np.zeros(1 << self._q.step, dtype=np.int64) if self._q.step else []
 
     def add(self, part) -> None:
+        """Merge one file's answer to the current query."""
         if self._q.step:
             d, c = part
             np.add.at(self._acc, d.astype(np.intp), c)
@@ -82,6 +87,7 @@ class Select:
             self._acc.append(part)
 
     def finish(self) -> None:
+        """End a pass: narrow the prefix, or settle the value."""
         q, acc, self._acc = self._q, self._acc, None
         if q.step == 0:
             keys = np.concatenate(acc) if acc else np.empty(0, np.uint64)

@@ -19,6 +19,7 @@ class SieveConfig:
 
 @dataclass
 class SieveResult:
+    """One sample's SIEVE score, mean cosine and best candidate."""
     sieve: float | None
     sieve_mean: float | None
     sieve_best: str | None
@@ -48,10 +49,12 @@ class SieveScorer:
         self.batch_size = batch_size
 
     def embed(self, texts: list[str]):
+        """L2-normalised sentence embeddings of texts."""
         return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_tensor=True, show_progress_bar=False)
 
     def similarity(self, a: str, b: str) -> float:
+        """The cosine of two texts' embeddings (unmasked)."""
         e = self.embed([a, b])
         return float((e[0] * e[1]).sum())
 

@@ -99,6 +99,7 @@ class ModelBundle:
         return out
 
     def reranker_name(self, i: int) -> str:
+        """The name a re-ranking step's inputs travel under ('clip' when it reuses the main model)."""
         return "clip" if self.rerankers[i] is self.clip else f"rerank{i}"
 
     def decode_pool(self, opts, workers: int, device: str):

@@ -26,6 +26,7 @@ class ShardWork:
 
     @property
     def needs_images(self) -> bool:
+        """Whether the work reads the shard's images (captions, CLIP, metrics, re-ranking)."""
         return bool(self.todo & {"captions", "clip", "metrics", "rerank"})
 
 

@@ -38,6 +38,7 @@ def load_caption_table(path: str, key_column: str, caption_column: str) -> dict[
 
 @dataclass
 class ImportSpec:
+    """Where imported captions come from and how they match samples (picklable)."""
     ann_dir: str
     captions: str
     key_column: str = "key"  # `key`, or `uid` to match the sample json's uid (DataComp)

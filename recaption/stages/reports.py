@@ -37,6 +37,7 @@ class Timer:
         self.s: dict[str, float] = {}
 
     def add(self, k: str, v: float) -> None:
+        """Add seconds to a named stage."""
         self.s[k] = round(self.s.get(k, 0.0) + v, 4)
 
     def __call__(self, k: str):

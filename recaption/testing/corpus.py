@@ -29,6 +29,7 @@ def _raw_tar(path: Path, members: list[tuple[str, bytes]]):
 
 
 def build(out: str | Path, huge_caption_chars: int = 100_000) -> tuple[Path, dict[str, str | None]]:
+    """Write the bad-input corpus; returns its folder and the outcome each key must have."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(5)

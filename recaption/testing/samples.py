@@ -24,6 +24,7 @@ ALT_TEMPLATES = (
 
 
 def draw(rng: random.Random, size: int, fmt: str) -> tuple[bytes, str, str, str]:
+    """A drawn shape as JPEG or PNG bytes, with its colour, shape and background names."""
     from PIL import Image, ImageDraw
 
     c, b = rng.sample(list(COLORS), 2)
@@ -44,6 +45,7 @@ def draw(rng: random.Random, size: int, fmt: str) -> tuple[bytes, str, str, str]
 
 
 def make_sample(rng: random.Random, key: str, size: int = 96) -> dict[str, bytes]:
+    """The members of one sample: image, alt-text and img2dataset-style json."""
     fmt = "png" if rng.random() < 0.25 else "jpg"
     img, c, s, b = draw(rng, size, fmt)
     alt = rng.choice(ALT_TEMPLATES).format(c=c, s=s, b=b, n=rng.randrange(1000, 9999))
@@ -57,6 +59,7 @@ def make_sample(rng: random.Random, key: str, size: int = 96) -> dict[str, bytes
 
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> Path:
+    """Write samples as a WebDataset tar."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for key, members in samples:

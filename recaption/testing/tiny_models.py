@@ -33,6 +33,7 @@ def _bert_vocab(path: Path) -> Path:
 
 
 def build_blip(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64) -> Path:
+    """A tiny random-weight BLIP captioner and processor, saved to load through from_pretrained."""
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     out = Path(out)
@@ -84,6 +85,7 @@ def _bpe_tokenizer(extra_specials=()):
 
 def build_blip2_opt(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64,
                     num_query_tokens: int = 4) -> Path:
+    """A tiny random-weight BLIP-2 with an OPT language model, saved to load through from_pretrained."""
     from transformers import (
         Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, OPTConfig,
     )
@@ -135,6 +137,7 @@ def _unigram_tokenizer():
 
 def build_blip2_t5(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64,
                    num_query_tokens: int = 4) -> Path:
+    """A tiny random-weight BLIP-2 with a T5 language model, saved to load through from_pretrained."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, T5Config
 
     out = Path(out)
@@ -183,6 +186,7 @@ def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
 
 
 def build_clip(out: str | Path, *, seed: int = 0, width: int = 64, image_size: int = 64) -> str:
+    """A tiny random-weight open_clip model in a local-dir: folder."""
     cfg = {
         "embed_dim": 32,
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "patch_size": 16},
@@ -192,6 +196,7 @@ def build_clip(out: str | Path, *, seed: int = 0, width: int = 64, image_size: i
 
 
 def build_coca(out: str | Path, *, seed: int = 0, width: int = 64, image_size: int = 64) -> str:
+    """A tiny random-weight open_clip CoCa in a local-dir: folder."""
     cfg = {
         "embed_dim": width,  # CoCa's decoder attends to pooled image tokens of this width
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "patch_size": 16,
@@ -226,6 +231,7 @@ def build_sentence_transformer(out: str | Path, *, seed: int = 0) -> Path:
 
 
 def build_all(root: str | Path) -> dict[str, str]:
+    """Every tiny model under root (built once, then reused); returns their paths by name."""
     root = Path(root)
     done = root / "_ok.json"
     builders = ("blip", "blip2", "blip2t5", "clip", "coca")
