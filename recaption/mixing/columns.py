@@ -2,7 +2,8 @@
 
 `Columns` holds, per row: whether it has a key and is `ok`, whether it has a raw caption, the
 scores as float (NaN = missing, whatever the file held: null, NaN or inf), whether a synthetic
-caption exists, which candidate it is and its CLIP score. Only the parquet columns a job needs
+caption exists, which candidate it is and its CLIP score, and which filter rule (if any) drops
+it (`recaption.mixing.filters`). Only the parquet columns a job needs
 are read: the `captions` strings are the costly ones, and strategies that never write a
 synthetic caption do not read them.
 """
@@ -21,11 +22,12 @@ BASE = ["key", "status", "raw_caption", "clip_raw", "sieve"]
 SYNTHETIC = ["captions", "clip_captions"]
 
 
-def columns_for(synthetic: bool, text: bool = False) -> list[str]:
+def columns_for(synthetic: bool, text: bool = False, filters=None) -> list[str]:
     """The annotation columns to read: numbers always; candidates when a synthetic caption
-    matters; what a written sample carries (texts, captioner, error) when `text`."""
+    matters; what a written sample carries (texts, captioner, error) when `text`; the filter
+    metrics the rules of `filters` (a `recaption.mixing.filters.FilterSet`) test."""
     cols = BASE + (SYNTHETIC if synthetic or text else [])
-    return cols + (["captioner", "error"] if text else [])
+    return cols + (["captioner", "error"] if text else []) + (filters.columns if filters else [])
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Columns:
     has_syn: np.ndarray | None = None  # bool: at least one candidate (None: not read)
     syn_idx: np.ndarray | None = None  # int: index of the synthetic caption, -1 none
     clip_syn: np.ndarray | None = None  # float (the file's float type), NaN = missing
+    fcode: np.ndarray | None = None  # int16 filter outcome: -1 passed, else the rule's code (None: no rules)
 
     @property
     def n(self) -> int:
@@ -48,16 +51,26 @@ class Columns:
         return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
     @property
-    def pool(self) -> np.ndarray:
-        """Rows that count for pool statistics: sample rows annotated without error."""
+    def valid(self) -> np.ndarray:
+        """Sample rows annotated without error."""
         return self.keyed & self.ok
 
+    @property
+    def pool(self) -> np.ndarray:
+        """Rows that count for pool statistics and thresholds: valid rows that pass the filters."""
+        return self.valid if self.fcode is None else self.valid & (self.fcode < 0)
 
-def read(url: str, columns: list[str], counts_only: bool = False) -> pa.Table:
+
+def read(url: str, columns: list[str], counts_only: bool = False, filters=None) -> pa.Table:
     """Columns of one annotation file, decoded in this thread (the pool pass reads files in
     parallel). `counts_only`: the candidates' text is not needed, only how many there are.
-    A file that records a re-ranking chain also gives its pick, the synthetic caption."""
+    A file that records a re-ranking chain also gives its pick, the synthetic caption. Where
+    `filters` test the filter metrics, a file that never computed them is one line naming it."""
     def choose(meta, cols):
+        if filters and filters.needs_metrics and "metrics" not in ((meta or {}).get("groups") or {}):
+            from recaption.mixing.filters import missing_metrics_error
+
+            raise missing_metrics_error(url)
         cols = _scores_pair(meta, cols) if counts_only else cols
         reranked = "rerank" in ((meta or {}).get("groups") or {})
         return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
@@ -93,8 +106,8 @@ def floats(col) -> np.ndarray:
     return np.where(scored(x), x, np.nan).astype(x.dtype, copy=False)
 
 
-def from_table(t: pa.Table) -> Columns:
-    """Columns of one annotation table (read with `columns_for`)."""
+def from_table(t: pa.Table, filters=None) -> Columns:
+    """Columns of one annotation table (read with `columns_for`), with the outcome of `filters`."""
     keyed = t["key"].is_valid().to_numpy(zero_copy_only=False)
     ok = pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(zero_copy_only=False)
     has_raw = t["raw_caption"].is_valid().to_numpy(zero_copy_only=False)
@@ -108,6 +121,8 @@ def from_table(t: pa.Table) -> Columns:
     if "rerank_pick" in t.column_names and c.syn_idx is not None:
         _use_picks(c, t["rerank_pick"], t["captions"] if "captions" in t.column_names else t["clip_captions"],
                    t["clip_captions"])
+    if filters:
+        c.fcode = filters.codes(t)
     return c
 
 

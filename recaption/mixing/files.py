@@ -84,20 +84,22 @@ class Cache:
                 self.used += c.nbytes
 
 
-def load(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> Columns:
-    """A file's numeric columns: from the cache, or read (and kept, if the budget allows)."""
+def load(f: AnnFile, synthetic: bool, cache: Cache | None = None, filters=None) -> Columns:
+    """A file's numeric columns: from the cache, or read (and kept, if the budget allows). A cache
+    belongs to one pool source, so its files were read with the same `filters`."""
     c = cache.get(f.path, synthetic) if cache else None
     if c is None:
-        c = colmod.from_table(read_file(f, colmod.columns_for(synthetic), counts_only=True))
+        t = read_file(f, colmod.columns_for(synthetic, filters=filters), counts_only=True, filters=filters)
+        c = colmod.from_table(t, filters)
         if cache:
             cache.put(f.path, c)
     return c
 
 
-def read_file(f: AnnFile, columns: list[str], counts_only: bool = False):
+def read_file(f: AnnFile, columns: list[str], counts_only: bool = False, filters=None):
     """Some columns of an annotation file; a file that cannot be read is one line naming it."""
     try:
-        return colmod.read(f.path, columns, counts_only)
+        return colmod.read(f.path, columns, counts_only, filters)
     except RecaptionError:
         raise
     except Exception as e:  # a corrupt parquet: name the file, in one line

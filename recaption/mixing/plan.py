@@ -24,9 +24,9 @@ from recaption.io import annotations as ann
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
 from recaption.mixing import columns as colmod
 from recaption.mixing.files import AnnFile, read_file
-from recaption.mixing.pool import N_CODES, Outcomes, Pool, error_reasons, mix_counts
-from recaption.mixing.strategies import (ERROR, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
-                                         PoolNumbers, decide_columns, reason_text)
+from recaption.mixing.pool import Outcomes, Pool, error_reasons, mix_counts
+from recaption.mixing.strategies import (ERROR, FILTERED, KEEP_RAW, KEEP_SYN, N_CODES, REASONS, SHARD_ERROR,
+                                         MixConfig, PoolNumbers, decide_columns, reason_text)
 
 VERSION = 1
 FOLDER = "_decisions"
@@ -50,7 +50,7 @@ def _null_floats(x: np.ndarray) -> pa.Array:
 
 
 def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.ndarray,
-                    threshold: float | None) -> pa.Table:
+                    threshold: float | None, filters=None) -> pa.Table:
     """One annotation table's decisions (columns as SCHEMA), built column by column."""
     syn = colmod.synthetic_text(t["captions"], c.syn_idx)
     raw = t["raw_caption"].combine_chunks()
@@ -61,6 +61,8 @@ def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.
     reason = texts.take(pa.array(code.astype(np.int32)))
     before = pa.array((code == ERROR) | (code == SHARD_ERROR))
     reason = pc.if_else(before, error_reasons(t["error"].combine_chunks(), c.keyed), reason)
+    if filters and np.any(code == FILTERED):  # the rule and the row's own value
+        reason = pc.if_else(pa.array(code == FILTERED), filters.reasons(t, c.fcode), reason)
     source = pa.array(["raw", "synthetic"], pa.string()).take(pa.array(np.minimum(code, 1).astype(np.int32),
                                                                        mask=code > KEEP_SYN))
     return pa.table([
@@ -82,14 +84,15 @@ class FilePlan:
 
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
     """Decide one input shard's rows and write its decisions file (whole or not at all)."""
-    t = read_file(f, colmod.columns_for(True, text=True))
+    filters = cfg.filter_set
+    t = read_file(f, colmod.columns_for(True, text=True, filters=filters), filters=filters)
     colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
-    c = colmod.from_table(t)
+    c = colmod.from_table(t, filters)
     d = decide_columns(c, cfg, numbers)
-    table = decisions_table(t, c, d.code, d.blend, numbers.threshold)
+    table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters)
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **file_info(f.url), "annotations": f.path,
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
-            "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
+            "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
             "min_max": {"clip_raw": [numbers.clip_raw.lo, numbers.clip_raw.hi],
                         "sieve": [numbers.sieve.lo, numbers.sieve.hi]}}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})

@@ -4,10 +4,13 @@ Every consumer (mix, its dry run, the report, eval's strategy comparison) goes t
 pool maths exists once. Work is per annotation file and the driver merges only small per-file
 summaries, so memory does not grow with the pool:
 
-1. stats: rows, errors, drop reasons of error rows, captioners, min/max of `sieve` and `clip_raw`;
+1. stats: rows, errors, drop reasons of error rows, what each filter rule drops
+   (`recaption.mixing.filters`), captioners, min/max of `sieve` and `clip_raw` over the rows that
+   passed the filters;
 2. selects: exact fraction thresholds (and medians) by radix select (`recaption.scoring.select`),
-   one or a few passes that answer every pending select at once;
-3. counts: the outcome of every row under a strategy, counted (dry run, comparison).
+   one or a few passes that answer every pending select at once, over the rows that passed;
+3. counts: the outcome of every row under one or several strategies, counted in one pass (dry
+   run, side-by-side view, comparison).
 
 Files are mapped as `recaption.mixing.files` describes: threads that keep numeric columns
 between passes, or Ray tasks.
@@ -30,12 +33,11 @@ from recaption.io import annotations as ann
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
 from recaption.mixing.files import AnnFile, Cache, Threads, annotation_files, load, read_file
-from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, MixConfig, PoolNumbers, blend_of,
+from recaption.mixing.filters import FilterSet
+from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, N_CODES, MixConfig, PoolNumbers, blend_of,
                                          decide_columns)
 from recaption.scoring.blend import MinMax, kept_rank, scored
 from recaption.scoring.select import Select, answer, to_keys
-
-N_CODES = 14
 
 
 def category(reason: str) -> str:
@@ -54,22 +56,32 @@ class FileStats:
     captioners: list = field(default_factory=list)
     sieve: MinMax = field(default_factory=lambda: MinMax(None, None))
     clip_raw: MinMax = field(default_factory=lambda: MinMax(None, None))
+    filtered: np.ndarray | None = None  # per filter code (2*rule, 2*rule + 1): valid rows it dropped
+    alone: np.ndarray | None = None  # per rule: valid rows it would drop on its own
 
 
-def file_stats(f: AnnFile, synthetic: bool, cache: Cache | None = None) -> FileStats:
-    t = read_file(f, colmod.columns_for(synthetic) + ["captioner", "error"], counts_only=True)
-    c = colmod.from_table(t)
+def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, cache: Cache | None = None) -> FileStats:
+    t = read_file(f, colmod.columns_for(synthetic, filters=filters) + ["captioner", "error"], counts_only=True,
+                  filters=filters)
+    c = colmod.from_table(t, filters)
     if cache:
         cache.put(f.path, c)
     s = FileStats(rows=int(c.keyed.sum()), errors=int((c.keyed & ~c.ok).sum()))
-    pool = c.pool
+    pool, valid = c.pool, c.valid
     s.sieve, s.clip_raw = MinMax.of(c.sieve[pool]), MinMax.of(c.clip_raw[pool])
     caps = t["captioner"].filter(pool)
     s.captioners = [x for x in pc.unique(caps).to_pylist() if x]
-    if not pool.all():  # error rows: counted per distinct reason text, never row by row
-        bad = pa.array(~pool)
-        reasons = error_reasons(t["error"].filter(bad), c.keyed[~pool])
-        counts = Counter()
+    if filters:
+        s.filtered = np.bincount(c.fcode[valid & (c.fcode >= 0)], minlength=filters.n_codes).astype(np.int64)
+        s.alone = np.array(filters.alone(t, valid), dtype=np.int64)
+        s.dropped = {}
+        for code in np.flatnonzero(s.filtered):
+            k = filters.category(int(code))
+            s.dropped[k] = s.dropped.get(k, 0) + int(s.filtered[code])
+    if not valid.all():  # error rows: counted per distinct reason text, never row by row
+        bad = pa.array(~valid)
+        reasons = error_reasons(t["error"].filter(bad), c.keyed[~valid])
+        counts = Counter(s.dropped)
         for vc in pc.value_counts(reasons).to_pylist():
             counts[category(vc["values"])] += vc["counts"]
         s.dropped = dict(counts)
@@ -93,28 +105,33 @@ class Pool:
     dropped: dict = field(default_factory=dict)  # category -> rows dropped before any strategy
     shard_errors: list = field(default_factory=list)
     source: "PoolSource | None" = None
+    filters: list = field(default_factory=list)  # per rule: {rule, dropped, lacking, alone}
 
 
 class PoolSource:
-    """A run's annotation files and how to map over them (threads with a cache, or Ray)."""
+    """A run's annotation files and how to map over them (threads with a cache, or Ray), and the
+    filter rules every pass applies before any strategy."""
 
-    def __init__(self, files: list[AnnFile], missing: list[str] = (), mapper=None, synthetic: bool = True):
+    def __init__(self, files: list[AnnFile], missing: list[str] = (), mapper=None, synthetic: bool = True,
+                 filters: FilterSet | None = None):
         self.files, self.missing = files, list(missing)
         self.mapper = mapper or Threads()
         self.cache = Cache() if getattr(self.mapper, "in_process", False) else None
         self.synthetic = synthetic  # read the candidates (needed for synthetic captions)
+        self.filters = filters or FilterSet()
 
     @classmethod
-    def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True) -> "PoolSource":
+    def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True,
+                  filters: FilterSet | None = None) -> "PoolSource":
         files, missing = annotation_files(shards, ann_dir)
         if not files:
             raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
                                  "(NAME.parquet per NAME.tar): run `recaption annotate` or `score` first")
-        return cls(files, missing, mapper, synthetic)
+        return cls(files, missing, mapper, synthetic, filters)
 
     @classmethod
-    def of_folder(cls, ann_dir: str, names: list[str], mapper=None) -> "PoolSource":
-        return cls([AnnFile(n, ann.path_for(ann_dir, n)) for n in names], [], mapper)
+    def of_folder(cls, ann_dir: str, names: list[str], mapper=None, filters: FilterSet | None = None) -> "PoolSource":
+        return cls([AnnFile(n, ann.path_for(ann_dir, n)) for n in names], [], mapper, filters=filters)
 
     def map(self, fn: Callable, *args):
         """fn(file, *args, cache=...) over every file, results in order."""
@@ -122,8 +139,13 @@ class PoolSource:
 
     def stats(self) -> Pool:
         total = FileStats()
+        fl = self.filters
+        filtered, alone = np.zeros(fl.n_codes, np.int64), np.zeros(len(fl.rules), np.int64)
         captioners: set[str] = set()
-        for s in self.map(file_stats, self.synthetic):
+        for s in self.map(file_stats, self.synthetic, fl):
+            if fl:
+                filtered += s.filtered
+                alone += s.alone
             total.rows += s.rows
             total.errors += s.errors
             for k, v in s.dropped.items():
@@ -133,8 +155,10 @@ class PoolSource:
             total.sieve, total.clip_raw = total.sieve.merge(s.sieve), total.clip_raw.merge(s.clip_raw)
         shard_errors = [{"shard": n, "error": "no annotation file (shard not annotated)"} for n in self.missing]
         ranges = {"clip_raw": [total.clip_raw.lo, total.clip_raw.hi], "sieve": [total.sieve.lo, total.sieve.hi]}
+        rules = [{"rule": r.label, "dropped": int(filtered[2 * i] + filtered[2 * i + 1]),
+                  "lacking": int(filtered[2 * i + 1]), "alone": int(alone[i])} for i, r in enumerate(fl.rules)]
         return Pool(PoolNumbers(total.sieve, total.clip_raw, None), total.rows, sorted(captioners), ranges,
-                    total.errors, total.dropped, shard_errors + total.shard_errors, self)
+                    total.errors, total.dropped, shard_errors + total.shard_errors, self, rules)
 
     def select(self, wanted: list[tuple["Scores", Callable[[int], int | None]]]) -> list[float | None]:
         """The value at rank `rank_of(N)` of each score population, exactly; all in the same passes."""
@@ -146,7 +170,7 @@ class PoolSource:
                 return [s.value for s in sels]
             for i, _ in active:
                 sels[i].start()
-            for parts in self.map(select_part, scores, active, self.synthetic):
+            for parts in self.map(select_part, scores, active, self.synthetic, self.filters):
                 for (i, _), part in zip(active, parts):
                     sels[i].add(part)
             for i, _ in active:
@@ -155,10 +179,15 @@ class PoolSource:
     def counts(self, cfg: MixConfig, numbers: PoolNumbers, written: bool = False) -> "Outcomes":
         """Every row's outcome under `cfg`, counted; with `written`, also the sum of the CLIP
         scores of what would be written."""
-        total = Outcomes()
-        for o in self.map(file_outcomes, cfg, numbers, written, self.synthetic):
-            total.add(o)
-        return total
+        return self.counts_many([(cfg, numbers)], written)[0]
+
+    def counts_many(self, jobs: list[tuple[MixConfig, PoolNumbers]], written: bool = False) -> list["Outcomes"]:
+        """`counts` of several strategies in one pass over the files."""
+        totals = [Outcomes() for _ in jobs]
+        for per_file in self.map(file_outcomes, jobs, written, self.synthetic, self.filters):
+            for total, o in zip(totals, per_file):
+                total.add(o)
+        return totals
 
 
 def _call(fn, args, cache, f):
@@ -191,8 +220,8 @@ def _written(c: Columns, code: np.ndarray) -> np.ndarray:
     return np.where(code == KEEP_RAW, c.clip_raw, np.where(code == KEEP_SYN, syn, np.nan))
 
 
-def select_part(f: AnnFile, scores: list[Scores], active, synthetic: bool, cache=None) -> list:
-    c = load(f, synthetic, cache)
+def select_part(f: AnnFile, scores: list[Scores], active, synthetic: bool, filters=None, cache=None) -> list:
+    c = load(f, synthetic, cache, filters)
     keys: dict[int, np.ndarray] = {}  # by population: the two ranks of a median share one
     out = []
     for i, q in active:
@@ -255,17 +284,20 @@ class Outcomes:
         return out
 
 
-def file_outcomes(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, written: bool, synthetic: bool,
-                  cache=None) -> Outcomes:
-    c = load(f, synthetic, cache)
-    code = decide_columns(c, cfg, numbers).code
-    o = Outcomes(np.bincount(code, minlength=N_CODES).astype(np.int64))
-    o.kept_per_file = [int(o.codes[KEEP_RAW] + o.codes[KEEP_SYN])]
-    if written:
-        v = _written(c, code)
-        v = v[scored(v)]
-        o.written_sum, o.written_n = float(np.sum(v, dtype=np.float64)), int(v.size)
-    return o
+def file_outcomes(f: AnnFile, jobs: list[tuple[MixConfig, PoolNumbers]], written: bool, synthetic: bool,
+                  filters=None, cache=None) -> list[Outcomes]:
+    c = load(f, synthetic, cache, filters)
+    out = []
+    for cfg, numbers in jobs:
+        code = decide_columns(c, cfg, numbers).code
+        o = Outcomes(np.bincount(code, minlength=N_CODES).astype(np.int64))
+        o.kept_per_file = [int(o.codes[KEEP_RAW] + o.codes[KEEP_SYN])]
+        if written:
+            v = _written(c, code)
+            v = v[scored(v)]
+            o.written_sum, o.written_n = float(np.sum(v, dtype=np.float64)), int(v.size)
+        out.append(o)
+    return out
 
 
 # -- the pool pass of one mix ----------------------------------------------------------------
@@ -273,9 +305,11 @@ def threshold_scores(cfg: MixConfig, numbers: PoolNumbers) -> Scores:
     return Scores(cfg.threshold_column, numbers, cfg.alpha)
 
 
-def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None) -> Pool:
-    """Min/max and the threshold in force for `cfg`; raises when no shard is annotated."""
-    source = PoolSource.of_shards(shards, ann_dir, mapper, synthetic=cfg.needs_synthetic)
+def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None, synthetic: bool | None = None) -> Pool:
+    """Min/max and the threshold in force for `cfg`; raises when no shard is annotated.
+    `synthetic`: read the candidates even where `cfg` does not need them (the side-by-side view)."""
+    source = PoolSource.of_shards(shards, ann_dir, mapper, cfg.needs_synthetic if synthetic is None else synthetic,
+                                  cfg.filter_set)
     return finish_pool(source.stats(), cfg)
 
 
@@ -301,7 +335,7 @@ def mix_counts(pool: Pool, o: Outcomes) -> dict:
         dropped[k] = dropped.get(k, 0) + v
     return {"read": pool.n_rows, "kept": o.raw + o.synthetic, "raw": o.raw, "synthetic": o.synthetic,
             "errors": pool.errors, "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "shard_errors": pool.shard_errors}
+            "shard_errors": pool.shard_errors, "filters": pool.filters}
 
 
 def dry_counts(pool: Pool, cfg: MixConfig) -> tuple[dict, int]:

@@ -6,7 +6,7 @@ named reason. A missing score (null, NaN, inf) fails every cut (docs/formats.md#
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,8 +25,12 @@ class MixConfig:
     alpha: float = 0.5
     samples_per_shard: int = 10000
     keep_sharding: bool = False
+    filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
 
     def validate(self) -> "MixConfig":
+        from recaption.mixing.filters import normalize
+
+        self.filters = normalize(self.filters)
         if self.strategy not in STRATEGIES:
             raise RecaptionError(f"unknown strategy {self.strategy!r}; choose {', '.join(STRATEGIES)}")
         if self.threshold is not None and self.fraction is not None:
@@ -49,6 +53,13 @@ class MixConfig:
         return {"synthetic": "clip_synthetic", "sieve": "blend"}.get(self.strategy, "clip_raw")
 
     @property
+    def filter_set(self):
+        """The rules as a `recaption.mixing.filters.FilterSet` (empty: none)."""
+        from recaption.mixing.filters import FilterSet
+
+        return FilterSet.of(self.filters)
+
+    @property
     def needs_synthetic(self) -> bool:
         """Whether decisions depend on the synthetic caption (else its candidates need not be read)."""
         return self.strategy in ("synthetic", "threshold")
@@ -66,6 +77,8 @@ class PoolNumbers:
 KEEP_RAW, KEEP_SYN, ERROR, SHARD_ERROR = 0, 1, 2, 3
 NO_RAW, NO_CLIP_RAW, CLIP_RAW_BELOW, NO_BLEND, BLEND_BELOW = 4, 5, 6, 7, 8
 NO_SYN, NO_SYN_CLIP, SYN_BELOW, RAW_BELOW_NO_SYN, BOTH_BELOW = 9, 10, 11, 12, 13
+FILTERED = 14  # dropped by a filter rule before the strategy; which one is in `Columns.fcode`
+N_CODES = 15
 
 # The reason recorded in _dropped.parquet (threshold filled in); with the numbers taken out it is
 # the category the summary counts. The row's own score is in its decisions file.
@@ -142,6 +155,8 @@ def decide_columns(cols, cfg: MixConfig, numbers: PoolNumbers) -> Decisions:
                 cut(syn & ~scored(cs), NO_SYN_CLIP)
                 with np.errstate(invalid="ignore"):
                     cut(syn & (cs < t), BOTH_BELOW)
+    if cols.fcode is not None:
+        code[cols.fcode >= 0] = FILTERED
     code[~cols.ok] = ERROR
     code[~cols.keyed] = SHARD_ERROR
     return Decisions(code, b)
@@ -165,10 +180,10 @@ class Decision:
     reason: str | None = None
 
 
-def _one_row(row: dict):
+def _one_row(row: dict, filters=None):
     import pyarrow as pa
 
-    from recaption.io.annotations import SCHEMA
+    from recaption.io.annotations import EXTRA_SCHEMA, GROUPS, SCHEMA
     from recaption.mixing.columns import from_table
 
     # Python floats are float64: keep them so, not rounded to the files' float32
@@ -178,7 +193,12 @@ def _one_row(row: dict):
     if row.get("rerank_pick") is not None:  # a re-ranking chain's pick is the synthetic caption
         schema = schema.append(pa.field("rerank_pick", pa.int32()))
         full["rerank_pick"] = row["rerank_pick"]
-    return from_table(pa.Table.from_pylist([full], schema=schema))
+    if filters:  # the filter metrics, as a file stores them
+        for c in GROUPS["metrics"]:
+            schema = schema.append(EXTRA_SCHEMA.field(c))
+            full[c] = row.get(c)
+    t = pa.Table.from_pylist([full], schema=schema)
+    return from_table(t, filters), t
 
 
 def _wide(t):
@@ -191,14 +211,15 @@ def _wide(t):
 
 def synthetic_of(row: dict) -> tuple[str | None, float | None]:
     """The synthetic caption of one row and its CLIP score."""
-    c = _one_row(row)
+    c, _ = _one_row(row)
     i = int(c.syn_idx[0])
     return (row["captions"][i], _f(c.clip_syn[0])) if i >= 0 else (None, None)
 
 
 def decide(row: dict, cfg: MixConfig, pool: PoolNumbers) -> Decision:
-    """`decide_columns` for one row given as a dict."""
-    c = _one_row(row)
+    """`decide_columns` for one row given as a dict (with the filter metrics where cfg filters)."""
+    filters = cfg.filter_set
+    c, t = _one_row(row, filters)
     d = decide_columns(c, cfg, pool)
     code, b = int(d.code[0]), _f(d.blend[0])
     i = int(c.syn_idx[0])
@@ -210,6 +231,8 @@ def decide(row: dict, cfg: MixConfig, pool: PoolNumbers) -> Decision:
         return Decision(True, syn, "synthetic", **extra)
     if code in (ERROR, SHARD_ERROR):
         return Decision(False, reason=row.get("error") or "error", **extra)
+    if code == FILTERED:
+        return Decision(False, reason=filters.reasons(t, c.fcode)[0].as_py(), **extra)
     return Decision(False, reason=reason_text(code, pool.threshold), **extra)
 
 

@@ -1,0 +1,306 @@
+"""The published filters as data: rules over the filter metrics of annotation files, applied to
+the alt-text and the image before any mixing strategy (docs/formats.md#filters).
+
+A rule is `NAME` or `NAME=VALUE`; a preset (`basic`, `laion-5b`) stands for several rules. Each
+row gets, columnar and per file, the code of the first rule it fails (`2*i`) or lacks the input
+of (`2*i + 1`), or -1 when it passes every rule. Reasons with the row's own value are built only
+where a mix writes its decisions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recaption.errors import RecaptionError
+
+SIZE = ("original_width", "original_height", "width", "height")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a rule name tests: the columns it reads, its value's type, what a row may lack."""
+    needs: tuple[str, ...]
+    value: type | None  # int, float, str (language codes) or None (no value)
+    lacks: str  # what a row without the input lacks, in its drop reason
+    help: str
+    metrics: bool = True  # reads the `metrics` column group (else only the fixed columns)
+
+
+KINDS: dict[str, Kind] = {
+    "english": Kind(("lang",), None, "no alt-text", "top-1 language of the alt-text is en (fastText lid.176)"),
+    "lang": Kind(("lang",), str, "no alt-text", "top-1 language of the alt-text is one of these codes, e.g. lang=en,de"),
+    "min-words": Kind(("caption_words",), int, "no alt-text", "alt-text has at least N whitespace-separated words"),
+    "min-chars": Kind(("caption_chars",), int, "no alt-text", "alt-text has at least N characters"),
+    "min-side": Kind(SIZE, int, "no image size", "shorter image side >= N px (original size where recorded, else stored)"),
+    "max-aspect": Kind(SIZE, float, "no image size", "longer side / shorter side <= X (same sizes as min-side)"),
+    "min-image-bytes": Kind(("image_bytes",), int, "no image", "stored image file has at least N bytes"),
+    "min-clip-raw": Kind(("clip_raw",), float, "no clip_raw score", "CLIP score of the alt-text >= X", metrics=False),
+    "min-clip-raw-en": Kind(("clip_raw", "lang"), float, "no clip_raw score",
+                            "CLIP score of the alt-text >= X where its language is en (other rows pass)"),
+    "min-clip-raw-other": Kind(("clip_raw", "lang"), float, "no clip_raw score",
+                               "CLIP score of the alt-text >= X where its language is not en (en rows pass)"),
+}
+
+# Presets: the published filters, each rule as its source states it (docs/formats.md#filters).
+PRESETS: dict[str, dict] = {
+    # DataComp basic filtering (Gadre et al. 2023; baselines/apply_filter.py): English by fastText,
+    # more than 2 words, more than 5 characters, original min side >= 200, aspect ratio <= 3.
+    "basic": {"english": None, "min-words": 3, "min-chars": 6, "min-side": 200, "max-aspect": 3.0},
+    # LAION-5B post-processing (Schuhmann et al. 2022): alt-text of 5 characters or more, image data of
+    # 5 KB or more, CLIP cosine >= 0.28 for English (ViT-B/32) and >= 0.26 for other languages (mCLIP).
+    "laion-5b": {"min-chars": 5, "min-image-bytes": 5120, "min-clip-raw-en": 0.28, "min-clip-raw-other": 0.26},
+}
+PRESETS["datacomp-basic"] = PRESETS["basic"]
+
+
+# -- parsing -----------------------------------------------------------------------------------
+def normalize(spec) -> dict:
+    """Rules as an ordered {name: value} from what a user gives: None, `NAME[=VALUE]` strings (a
+    list, or one string), or a mapping (YAML). A preset expands in place; a later value of a rule
+    replaces an earlier one; a value of false removes the rule."""
+    out: dict = {}
+    if spec is None or spec == "" or spec is False:
+        return out
+    items = spec.items() if isinstance(spec, dict) else [_split(x) for x in ([spec] if isinstance(spec, str) else spec)]
+    for name, value in items:
+        name = str(name).strip()
+        if name in PRESETS:
+            if value is False:
+                for k in PRESETS[name]:
+                    out.pop(k, None)
+            elif value not in (None, True):
+                raise RecaptionError(f"filter preset {name} takes no value, got {value!r}")
+            else:
+                out.update(PRESETS[name])
+            continue
+        if name not in KINDS:
+            raise RecaptionError(f"unknown filter {name!r}; choose one of: {', '.join([*KINDS, *PRESETS])}")
+        if value is False:
+            out.pop(name, None)
+            continue
+        out[name] = _value(name, value)
+    return out
+
+
+def _split(item) -> tuple[str, object]:
+    if isinstance(item, dict) and len(item) == 1:
+        return next(iter(item.items()))
+    if not isinstance(item, str):
+        raise RecaptionError(f"a filter is NAME or NAME=VALUE, got {item!r}")
+    name, eq, value = item.partition("=")
+    return name, (value.strip() if eq else None)
+
+
+def _value(name: str, value):
+    kind = KINDS[name]
+    if kind.value is None:
+        if value not in (None, True, "", "true"):
+            raise RecaptionError(f"filter {name} takes no value, got {value!r}")
+        return None
+    if value is None or value is True or value == "":
+        raise RecaptionError(f"filter {name} needs a value: {name}=VALUE ({kind.help})")
+    if kind.value is str:
+        codes = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        codes = [str(c).strip() for c in codes if str(c).strip()]
+        if not codes:
+            raise RecaptionError(f"filter {name} needs language codes, e.g. {name}=en,de")
+        return ",".join(codes)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise RecaptionError(f"filter {name} needs a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise RecaptionError(f"filter {name} needs a finite number, got {value!r}")
+    if kind.value is int:
+        if v != int(v) or v < 0:
+            raise RecaptionError(f"filter {name} needs a whole number >= 0, got {value!r}")
+        return int(v)
+    if name == "max-aspect" and v < 1:
+        raise RecaptionError(f"filter max-aspect needs a ratio >= 1, got {value!r}")
+    return v
+
+
+def label(name: str, value) -> str:
+    """`min-side=200`, `english`: a rule as it is written."""
+    return name if value is None else f"{name}={_fmt(value)}"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# -- evaluating --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    value: object
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.name]
+
+    @property
+    def label(self) -> str:
+        return label(self.name, self.value)
+
+    def test(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(fails, lacks) per row: the row's value fails the rule; the row lacks what it tests."""
+        n, v = t.num_rows, self.value
+        if self.name in ("english", "lang"):
+            lang = t["lang"]
+            codes = ["en"] if self.name == "english" else v.split(",")
+            ok = _bools(pc.is_in(lang, value_set=pa.array(codes, pa.string())))
+            has = _bools(lang.is_valid())
+            return has & ~ok, ~has
+        if self.name in ("min-words", "min-chars", "min-image-bytes"):
+            x, has = _ints(t[{"min-words": "caption_words", "min-chars": "caption_chars",
+                              "min-image-bytes": "image_bytes"}[self.name]])
+            return has & (x < v), ~has
+        if self.name in ("min-side", "max-aspect"):
+            lo, hi, has = sides(t)
+            if self.name == "min-side":
+                return has & (lo < v), ~has
+            return has & (aspect(lo, hi) > v), ~has
+        # CLIP floors (all rows, or those of one language side)
+        from recaption.mixing.columns import floats
+
+        x = floats(t["clip_raw"]).astype(np.float64)
+        scope = np.ones(n, bool)
+        if self.name != "min-clip-raw":
+            en = _bools(pc.equal(t["lang"], "en"))
+            scope = en if self.name == "min-clip-raw-en" else ~en
+        has = ~np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            return scope & has & (x < v), scope & ~has
+
+    def measured(self, t: pa.Table) -> pa.Array:
+        """The row's value as text, for drop reasons."""
+        if self.name in ("english", "lang"):
+            return pc.fill_null(t["lang"], "none")
+        if self.name in ("min-words", "min-chars", "min-image-bytes"):
+            col = {"min-words": "caption_words", "min-chars": "caption_chars", "min-image-bytes": "image_bytes"}
+            return pc.cast(t[col[self.name]], pa.string())
+        if self.name in ("min-side", "max-aspect"):
+            lo, hi, _ = sides(t)
+            return pc.cast(pa.array(lo if self.name == "min-side" else np.round(aspect(lo, hi), 4)), pa.string())
+        from recaption.mixing.columns import floats
+
+        return pc.cast(pa.array(np.round(floats(t["clip_raw"]).astype(np.float64), 4)), pa.string())
+
+    def fail_text(self, t: pa.Table) -> pa.Array:
+        """`filter: min-side 120 < 200` per row (the row's value, then the rule's limit)."""
+        m = self.measured(t)
+        if self.name in ("english", "lang"):
+            return pc.binary_join_element_wise(f"filter: {self.label}: lang ", m, "")
+        op = ">" if self.name == "max-aspect" else "<"
+        return pc.binary_join_element_wise(f"filter: {self.name} ", m, f" {op} {_fmt(self.value)}", "")
+
+
+def _bools(a) -> np.ndarray:
+    a = pc.fill_null(a, False)
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    return a.to_numpy(zero_copy_only=False)
+
+
+def _ints(col) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    has = col.is_valid().to_numpy(zero_copy_only=False)
+    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64), has
+
+
+def sides(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shorter side, longer side, known) per row: the original size where the sample's json
+    recorded it (img2dataset), else the stored image's, as DataComp's basic filter reads it."""
+    ow, has_ow = _ints(t["original_width"])
+    oh, has_oh = _ints(t["original_height"])
+    w, has_w = _ints(t["width"])
+    h, has_h = _ints(t["height"])
+    orig = has_ow & has_oh
+    w, h = np.where(orig, ow, w), np.where(orig, oh, h)
+    return np.minimum(w, h), np.maximum(w, h), orig | (has_w & has_h)
+
+
+def aspect(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Longer / shorter side, float64 as DataComp divides; a zero side is infinitely elongated."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = hi.astype(np.float64) / lo.astype(np.float64)
+    return np.where(lo > 0, r, np.inf)
+
+
+@dataclass
+class FilterSet:
+    """The rules of one mix, in order: the first a row fails is its reason."""
+    rules: list[Rule] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, spec) -> "FilterSet":
+        return cls([Rule(k, v) for k, v in normalize(spec).items()])
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    @property
+    def columns(self) -> list[str]:
+        """The annotation columns the rules read (beyond the fixed ones a mix reads anyway)."""
+        return list(dict.fromkeys(c for r in self.rules for c in r.kind.needs if c != "clip_raw"))
+
+    @property
+    def needs_metrics(self) -> bool:
+        return any(r.kind.metrics for r in self.rules)
+
+    @property
+    def spec(self) -> dict:
+        return {r.name: r.value for r in self.rules}
+
+    @property
+    def n_codes(self) -> int:
+        return 2 * len(self.rules)
+
+    def codes(self, t: pa.Table) -> np.ndarray:
+        """Per row: -1 passed; 2*i failed rule i; 2*i+1 lacks what rule i tests (first rule wins)."""
+        code = np.full(t.num_rows, -1, dtype=np.int16)
+        for i, r in enumerate(self.rules):
+            fails, lacks = r.test(t)
+            free = code < 0
+            code[free & lacks] = 2 * i + 1
+            code[free & fails] = 2 * i
+        return code
+
+    def alone(self, t: pa.Table, rows: np.ndarray) -> list[int]:
+        """Per rule, how many of `rows` it would drop on its own (fails or lacks), in any order."""
+        out = []
+        for r in self.rules:
+            fails, lacks = r.test(t)
+            out.append(int(np.count_nonzero((fails | lacks) & rows)))
+        return out
+
+    def category(self, code: int) -> str:
+        """The summary's reason for a code: the rule's name, numbers left out (they are in `filters`)."""
+        r = self.rules[code // 2]
+        return f"filter: {r.name}" + (f": {r.kind.lacks}" if code % 2 else "")
+
+    def reasons(self, t: pa.Table, code: np.ndarray) -> pa.Array:
+        """Per row: the drop reason of a filtered row (`filter: min-side 120 < 200`), else null."""
+        out = pa.nulls(t.num_rows, pa.string())
+        for i, r in enumerate(self.rules):
+            if np.any(code == 2 * i):
+                out = pc.if_else(pa.array(code == 2 * i), r.fail_text(t), out)
+            if np.any(code == 2 * i + 1):
+                out = pc.if_else(pa.array(code == 2 * i + 1), pa.scalar(f"filter: {r.name}: {r.kind.lacks}"), out)
+        return out
+
+    def describe(self) -> list[dict]:
+        return [{"rule": r.label, "name": r.name, "value": r.value, "help": r.kind.help} for r in self.rules]
+
+
+def missing_metrics_error(path: str) -> RecaptionError:
+    return RecaptionError(f"{path} has no filter metrics (language, caption length, image size); "
+                          "add them with `recaption score INPUT -a ANN` (with --no-clip --no-sieve: metrics only)")
