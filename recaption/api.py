@@ -157,7 +157,7 @@ def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | Non
 
         cap = apply_overrides(dataclasses.replace(cap, decoding=dataclasses.replace(cap.decoding)), caption_options)
     if cap is None and clip is None and sieve is None:
-        raise RecaptionError("nothing to do: give a captioner, a CLIP model or a SIEVE model")
+        log.info("no captioner, CLIP or SIEVE model: computing the filter metrics only")
     if cap is not None:
         _check_captioner(cap)
     if sieve is not None:
@@ -228,10 +228,12 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
         overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS, execution: Execution | None = None,
         arguments: dict | None = None, extra_summary: dict | None = None, claim: dict | None = None,
         storage_options: dict | str | None = None) -> dict:
-    """Write the caption-mixed shard set or, with dry_run, only say what it would do.
+    """Write the caption-mixed shard set or, with dry_run, only say what it would do (and what
+    every other strategy would do at the same threshold or fraction, in `strategies`).
 
     `claim` is an output record already held (by `run`); otherwise `out_dir` is claimed here."""
     from recaption.engines import mapper, run_stage
+    from recaption.mixing.compare import side_by_side
     from recaption.mixing.mix import MixWriteStage
     from recaption.mixing.plan import FOLDER, plan, plan_dict
     from recaption.mixing.pool import dry_counts, pool_pass
@@ -244,12 +246,15 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
         folders.refuse_annotation_overlap(out_dir, ann_dir)
     t0 = time.time()
     # annotations only, columnar; fails with one line (no annotation file at all) before anything exists
-    pool = pool_pass(shards, ann_dir, cfg, mapper(ex))
-    if dry_run or out_dir is None:
+    dry = dry_run or out_dir is None
+    pool = pool_pass(shards, ann_dir, cfg, mapper(ex), synthetic=True if dry else None)
+    if dry:
         counts, n_out = dry_counts(pool, cfg)
-        return _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=True)
+        summary = _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=True)
+        summary["strategies"] = side_by_side(pool.source, cfg, pool, fixed={_chosen(cfg): pool.numbers.threshold})
+        return summary
     preflight(ex, cpu_only=True)
-    rec = claim or folders.claim_output(out_dir, "mix", {"mix": dataclasses.asdict(cfg), "annotations": ann_dir,
+    rec = claim or folders.claim_output(out_dir, "mix", {"mix": mix_identity(cfg), "annotations": ann_dir,
                                                          "shards": len(shards)}, overwrite)
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet", FOLDER])  # the folder, whole
     plans, counts = plan(pool, cfg, out_dir)
@@ -269,6 +274,21 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     return summary
 
 
+def mix_identity(cfg: MixConfig) -> dict:
+    """The mix settings a folder records; no filters leaves the key out, as folders made before
+    filters existed recorded them, so those resume."""
+    d = dataclasses.asdict(cfg)
+    if not d["filters"]:
+        del d["filters"]
+    return d
+
+
+def _chosen(cfg: MixConfig) -> str:
+    from recaption.mixing.compare import variant_name
+
+    return variant_name(cfg.strategy, cfg.filter_synthetic)
+
+
 def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) -> dict:
     dropped_total = sum(counts["dropped"].values())
     return _summary_base("mix") | {
@@ -278,7 +298,7 @@ def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) 
                    "dropped_by_reason": counts["dropped"], "output_shards": n_out},
         "threshold": pool.numbers.threshold, "threshold_column": cfg.threshold_column,
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
-        "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
+        "filters": counts["filters"], "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
     }
 
@@ -314,7 +334,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
     ann_summary = {}
-    if parts.captioner or parts.clip or parts.sieve:
+    if parts.captioner or parts.clip or parts.sieve or parts.mix.filter_set.needs_metrics:
         ann_summary = annotate(input_spec, ann_dir, captioner=parts.captioner, clip=parts.clip, sieve=parts.sieve,
                                rerank=parts.rerank, batch_size=r.get("batch_size"), max_pixels=max_pixels,
                                overwrite=overwrite and not same_annotations, execution=ex)
@@ -326,7 +346,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
 
 def _without_mix(identity) -> str:
     ident = dict(identity or {})
-    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items() if k != "mix"}
+    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items() if k not in ("mix", "filters")}
     return json.dumps(ident, sort_keys=True, default=str)
 
 
@@ -357,15 +377,20 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
 
 
 # -- reports and listings --------------------------------------------------------------------
-def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: float = 0.3):
-    """Render the HTML report of an annotation folder, a mixed output folder or a run's folder; returns the page."""
+def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: float | None = None,
+           annotations: str | None = None, filters=None):
+    """Render the HTML report of an annotation folder, a mixed output folder or a run's folder; returns the page.
+
+    `fraction` sets the per-strategy view (default: the folder's own, else 0.3); `filters` previews
+    rules on an annotation folder (an output folder shows its own); `annotations` says where an
+    output folder's annotation files are when they moved."""
     from recaption.errors import require
 
     require("matplotlib", "report")
     from recaption.report.data import load
     from recaption.report.html import render
 
-    return render(load(path, input_spec, fraction), out_dir)
+    return render(load(path, input_spec, fraction, annotations=annotations, filters=filters), out_dir)
 
 
 def recipes() -> dict[str, dict]:

@@ -108,7 +108,10 @@ def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: I
     "# Nguyen et al.: raw (top 30%) + synthetic (remaining 70%, filtered)",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy threshold --fraction 0.3 --filter-synthetic",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5",
-    "recaption mix shards/ -a ann/ --strategy raw --threshold 0.28 --dry-run"))
+    "recaption mix shards/ -a ann/ --strategy raw --threshold 0.28 --dry-run",
+    "# DataComp basic filtering first, then Nguyen et al. on what passed",
+    "recaption mix shards/ -a ann/ -o mixed/ --filter basic --strategy threshold --fraction 0.3 --filter-synthetic",
+    "recaption mix shards/ -a ann/ --filter english --filter min-side=200 --filter max-aspect=3 --strategy raw --dry-run"))
 def mix(
     input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
@@ -120,7 +123,8 @@ def mix(
     alpha: Annotated[float, opt(help="blend weight: (1 - alpha) · norm(sieve) + alpha · norm(clip_raw)")] = 0.5,
     samples_per_shard: Annotated[int, opt(help="samples per output shard")] = 10000,
     keep_sharding: Annotated[bool, opt(help="one output shard per input shard, same names")] = False,
-    dry_run: Annotated[bool, opt(help="print what would be kept and written; write nothing")] = False,
+    filters: Annotated[Optional[List[str]], opt("--filter", help="drop samples by a rule before the strategy, repeatable: english, lang=en,de, min-words=N, min-chars=N, min-side=PX, max-aspect=X, min-image-bytes=N, min-clip-raw=X, min-clip-raw-en=X, min-clip-raw-other=X, or a preset: basic (DataComp), laion-5b (docs/formats.md#filters)")] = None,
+    dry_run: Annotated[bool, opt(help="print what this and every other strategy would keep and drop; write nothing")] = False,
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
     from recaption import api
@@ -130,7 +134,8 @@ def mix(
     if out is None and not dry_run:
         raise RecaptionError("give --out, or --dry-run to only see the numbers")
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
-                    alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding)
+                    alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
+                    filters=filters or [])
     s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overwrite=o.overwrite, image_keys=inp.keys(),
                 execution=ex.execution(o), arguments={"argv": _argv()}, storage_options=st.storage_options)
     return _show_mix(s, out, o)
@@ -139,12 +144,13 @@ def mix(
 @verb(app, exclude=("batch_size", "image_keys"), epilog=_examples(
     "recaption run sieve shards/ --out mixed/",
     "recaption run nguyen-blip2 'shards/{00000..00127}.tar' -o mixed/ --set mix.fraction=0.4",
-    "recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto"))
+    "recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto",
+    "recaption run nguyen-blip2 shards/ -o mixed/ --set filters=basic   # on a DataComp basic-filtered pool"))
 def run(
     recipe: Annotated[str, typer.Argument(help="recipe name (see `recaption recipes`) or a YAML file", metavar="RECIPE", show_default=False)],
     input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     out: Annotated[str, opt("--out", "-o", help="output folder: mixed shards, _summary.json, _dropped.parquet")] = ...,
-    set: Annotated[Optional[List[str]], opt("--set", help="override a recipe field, e.g. mix.fraction=0.3 or caption.model=/path/blip")] = None,
+    set: Annotated[Optional[List[str]], opt("--set", help="override a recipe field, e.g. mix.fraction=0.3, caption.model=/path/blip, filters=basic or filters.min-side=300")] = None,
     annotations: Annotated[Optional[str], opt("--annotations", "-a", help="annotation folder (default OUT/_annotations)")] = None,
 ):
     """Caption, score and mix in one command. Re-run the same command to resume after a crash."""
@@ -178,18 +184,20 @@ def import_captions(
 
 
 @verb(app, epilog=_examples("recaption report mixed/ --out report/",
-                            "recaption report ann/ --input shards/ --out report/ --fraction 0.2"))
+                            "recaption report ann/ --input shards/ --out report/ --fraction 0.2 --filter basic"))
 def report(
     path: Annotated[str, typer.Argument(help="a mixed output folder, a run's folder, or an annotation folder", metavar="PATH", show_default=False)],
     out: Annotated[str, opt("--out", "-o", help="folder for index.html and its PNGs")] = ...,
     input: Annotated[Optional[str], opt("--input", "-i", help="shards, to show images for an annotation folder")] = None,
-    fraction: Annotated[float, opt(help="fraction used to draw thresholds and per-strategy splits")] = 0.3,
+    fraction: Annotated[Optional[float], opt(help="fraction for the per-strategy view and threshold lines (default: the folder's own, else 0.3)")] = None,
+    annotations: Annotated[Optional[str], opt("--annotations", "-a", help="an output folder's annotation folder, when it is not where the mix recorded it")] = None,
+    filters: Annotated[Optional[List[str]], opt("--filter", help="preview filter rules on an annotation folder (as mix --filter); output folders show their own")] = None,
 ):
-    """A static HTML page: score histograms with thresholds, caption lengths, per-strategy splits,
-    and a grid of samples (highest, lowest, random) with their captions and scores."""
+    """A static HTML page: counts, filter rules and what they drop, score and filter-metric
+    histograms with thresholds, every strategy side by side, and sample grids with their captions."""
     from recaption import api
 
-    print(f"report: {api.report(path, out, input_spec=input, fraction=fraction)}")
+    print(f"report: {api.report(path, out, input_spec=input, fraction=fraction, annotations=annotations, filters=filters)}")
 
 
 @verb(app, epilog=_examples("recaption recipes", "recaption recipes laion-coco"))

@@ -79,6 +79,10 @@ def mix(summary: dict, out: str | None) -> None:
     for reason, n in sorted(c["dropped_by_reason"].items(), key=lambda x: -x[1]):
         r.add(f"  {reason}", n)
     r.add("samples with errors", c["errors"])
+    if summary.get("filters"):
+        r.add("filters, before the strategy", "dropped (first rule failed) · lacking input · alone")
+        for f in summary["filters"]:
+            r.add(f"  {f['rule']}", f"{f['dropped']:,} · {f['lacking']:,} · {f['alone']:,}")
     thr = summary.get("threshold")
     r.add("threshold", "none" if thr is None else f"{_num(thr)} on {summary['threshold_column']}")
     for k, (lo, hi) in (summary.get("min_max") or {}).items():
@@ -96,5 +100,32 @@ def mix(summary: dict, out: str | None) -> None:
     if ann.get("failed_shards"):
         _failures(r, ann["failed_shards"])
     r.print()
+    if summary.get("strategies"):
+        strategies(summary)
     if out and not summary.get("dry_run"):
         print(f"output: {out}")
+
+
+def strategies(summary: dict) -> None:
+    """The dry run's side-by-side view: every strategy at the same threshold or fraction."""
+    from recaption.mixing.compare import variant_name
+
+    chosen = variant_name(summary["strategy"], summary.get("filter_synthetic", False))
+    at = (f"fraction {_num(summary['fraction'])}" if summary.get("fraction") is not None
+          else f"threshold {_num(summary['threshold'])}" if summary.get("threshold") is not None else "no threshold")
+    t = Table(title=Text(f"every strategy at {at} (same pool, same filters); > marks the chosen one"),
+              title_justify="left")
+    for col, kw in (("strategy", {"no_wrap": True}), ("threshold", {}), ("would write", {"justify": "right"}),
+                    ("raw", {"justify": "right"}), ("synthetic", {"justify": "right"}),
+                    ("dropped", {"justify": "right"}), ("cut by the strategy", {"overflow": "fold"})):
+        t.add_column(col, **kw)
+    for row in summary["strategies"]:
+        name = ("> " if row["strategy"] == chosen else "  ") + row["strategy"]
+        thr = "none" if row.get("threshold") is None else f"{_num(row['threshold'])} on {row['threshold_column']}"
+        if "note" in row:
+            t.add_row(Text(name), Text(row["note"]), *[Text("") for _ in range(5)])
+            continue
+        cut = "\n".join(f"{k}: {v:,}" for k, v in sorted(row["cut"].items(), key=lambda kv: -kv[1])) or "none"
+        t.add_row(Text(name), Text(thr), Text(_num(row["kept"])), Text(_num(row["raw"])),
+                  Text(_num(row["synthetic"])), Text(_num(row["dropped"])), Text(cut))
+    Console().print(t)

@@ -2,7 +2,9 @@
 
 Keys: captioner (preset/id/path or null), caption (decoding and captioner options), clip
 ({model, pretrained} or null), sieve ({model, mask} or null; model `default` is all-MiniLM-L6-v2),
-mix (MixConfig fields), batch_size, device.
+filters (rules applied before the mix: a mapping rule -> value, a list of `NAME[=VALUE]`, or a
+preset name such as `basic`; see `recaption.mixing.filters`), mix (MixConfig fields), batch_size,
+device.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import yaml
 from recaption.errors import RecaptionError
 
 HERE = Path(__file__).parent
-TOP_KEYS = {"description", "source", "captioner", "caption", "clip", "rerank", "sieve", "mix", "batch_size", "device"}
+TOP_KEYS = {"description", "source", "captioner", "caption", "clip", "rerank", "sieve", "filters", "mix", "batch_size",
+            "device"}
 SECTION_KEYS = {
     "clip": {"model", "pretrained", "dtype", "batch_size"},
     "sieve": {"model", "mask"},
@@ -121,7 +124,7 @@ def recipe_parts(r: dict) -> RecipeParts:
         model = r["sieve"].get("model") or "default"
         sieve = SieveConfig(default_sieve_model() if model == "default" else str(model), r["sieve"].get("mask") or "sieve")
     try:
-        mix = MixConfig(**(r.get("mix") or {})).validate()
+        mix = MixConfig(**(r.get("mix") or {}), filters=r.get("filters") or {}).validate()
     except TypeError as e:
         raise RecaptionError(f"mix: {e}") from None
     rerank = _rerank(r.get("rerank"))
