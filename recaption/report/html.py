@@ -1,11 +1,25 @@
-"""Render a ReportData as PNG plots (matplotlib, headless) and one static HTML page."""
+"""Render a ReportData as PNG plots (matplotlib, headless) and one static HTML page. A plot is
+drawn only where it has data, and a sample grid only where it has cards."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
-from recaption.report.data import ReportData, picks
+import numpy as np
+
+from recaption.report.data import ReportData
+
+COLORS = ("#4c72b0", "#55a868", "#dd8452", "#8172b3")
+TITLES = {
+    "clip": "CLIP score: raw vs synthetic captions", "sieve": "SIEVE score", "blend": "blended score",
+    "words": "caption length (words)", "chars": "alt-text length (characters)",
+    "side": "shorter image side (px; original size where recorded)", "aspect": "aspect ratio (longer / shorter side)",
+    "kb": "image file size (KB)",
+}
+# the filter rule whose limit each metric plot marks
+LIMITS = {"words": ("min-words", "raw"), "chars": ("min-chars", "raw"), "side": ("min-side", None),
+          "aspect": ("max-aspect", None), "kb": ("min-image-bytes", None)}
+THRESHOLD_OF = {"clip": "clip_raw", "blend": "blend"}
 
 
 def _plt():
@@ -17,40 +31,80 @@ def _plt():
     return plt
 
 
-def _hist(out: Path, name: str, series: dict[str, list], thresholds: dict[str, float | None], title: str):
+def _crop(edges: np.ndarray, series: dict[str, np.ndarray], max_bars: int = 60):
+    """The bins between the first and last with data (and one empty bin either side, where there
+    is one), merged so at most `max_bars` remain."""
+    total = sum(series.values())
+    nz = np.flatnonzero(total)
+    lo, hi = max(nz[0] - 1, 0), min(nz[-1] + 2, len(total))
+    step = max(1, -(-(hi - lo) // max_bars))
+    hi = lo + step * -(-(hi - lo) // step)
+    pad = hi - len(total)
+    out = {}
+    for k, v in series.items():
+        v = np.concatenate([v, np.zeros(max(pad, 0), v.dtype)])[lo:hi]
+        out[k] = v.reshape(-1, step).sum(axis=1)
+    e = np.concatenate([edges, edges[-1] + (edges[1] - edges[0]) * np.arange(1, max(pad, 0) + 1)])
+    return e[lo:hi + 1:step], out
+
+
+def _hist(out: Path, name: str, edges: np.ndarray, series: dict[str, np.ndarray], lines: dict[str, float]):
     plt = _plt()
+    e, series = _crop(edges, series)
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    for label, vals in series.items():
-        vals = [v for v in vals if v is not None]
-        if vals:
-            ax.hist(vals, bins=30, alpha=0.55, label=f"{label} (n={len(vals)})")
-    for label, t in thresholds.items():
+    for (label, counts), color in zip(series.items(), COLORS):
+        ax.bar(e[:-1], counts, width=np.diff(e), align="edge", alpha=0.6, color=color,
+               label=f"{label} (n={int(counts.sum()):,})")
+    for label, t in lines.items():
         if t is not None:
             ax.axvline(t, color="k", linestyle="--", linewidth=1)
-            ax.text(t, ax.get_ylim()[1] * 0.92, f" {label} {t:.3f}", fontsize=8)
-    ax.set_title(title)
+            ax.text(t, ax.get_ylim()[1] * 0.92, f" {label} {t:.4g}", fontsize=8)
+    ax.set_title(TITLES[name])
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / name)
+    fig.savefig(out / f"{name}.png")
     plt.close(fig)
-    return name
+    return f"{name}.png"
 
 
-def _bars(out: Path, name: str, per: dict[str, dict]):
+def _langs(out: Path, langs, top: int = 12):
     plt = _plt()
+    common = langs.most_common(top)
+    rest = sum(langs.values()) - sum(n for _, n in common)
+    names = [k for k, _ in common] + (["other"] if rest else [])
+    vals = [n for _, n in common] + ([rest] if rest else [])
+    total = sum(vals)
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    names = list(per)
-    bottom = [0] * len(names)
-    for part, color in (("raw", "#4c72b0"), ("synthetic", "#55a868"), ("dropped", "#c44e52")):
-        vals = [per[n][part] for n in names]
-        ax.bar(names, vals, bottom=bottom, label=part, color=color)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_title("caption source per strategy")
-    ax.legend(fontsize=8)
+    ax.bar(names, vals, color=[COLORS[1] if n == "en" else COLORS[0] for n in names])
+    for i, v in enumerate(vals):
+        ax.text(i, v, f"{100 * v / total:.0f}%", ha="center", va="bottom", fontsize=7)
+    ax.set_title("alt-text language (fastText lid.176, top-1)")
     fig.tight_layout()
-    fig.savefig(out / name)
+    fig.savefig(out / "lang.png")
     plt.close(fig)
-    return name
+    return "lang.png"
+
+
+def _bars(out: Path, per: list[dict], own: str | None):
+    plt = _plt()
+    rows = [r for r in per if "kept" in r]
+    names = [("▶ " if r["strategy"] == own else "") + r["strategy"].replace(" --filter-synthetic", "\n+filter-synthetic")
+             for r in rows]
+    parts = {"raw": [r["raw"] for r in rows], "synthetic": [r["synthetic"] for r in rows],
+             "cut by the strategy": [sum(r["cut"].values()) for r in rows],
+             "dropped before (filters, errors)": [r["dropped"] - sum(r["cut"].values()) for r in rows]}
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+    bottom = np.zeros(len(rows))
+    for (part, vals), color in zip(parts.items(), ("#4c72b0", "#55a868", "#c44e52", "#999999")):
+        ax.bar(names, vals, bottom=bottom, label=part, color=color)
+        bottom += np.asarray(vals, dtype=float)
+    ax.set_title("what each strategy would write")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False)
+    fig.tight_layout()
+    fig.savefig(out / "strategies.png")
+    plt.close(fig)
+    return "strategies.png"
 
 
 def _thumb(data: bytes, path: Path) -> bool:
@@ -61,47 +115,112 @@ def _thumb(data: bytes, path: Path) -> bool:
     except ImageError:
         return False
     im.thumbnail((192, 192))
-    im.save(path, format="JPEG", quality=85)
+    im.convert("RGB").save(path, format="JPEG", quality=85)
     return True
+
+
+def _table(rows: list[tuple[str, str]], head: tuple[str, ...] | None = None) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head) if head else ""
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table>{'<tr>' + h + '</tr>' if h else ''}{body}</table>"
+
+
+def _n(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _summary(d: ReportData) -> str:
+    rows = [("folder", f"{d.source} ({d.kind})"), ("samples", _n(d.rows)), ("annotated without error", _n(d.valid))]
+    s = d.summary or {}
+    c = s.get("counts") or {}
+    if c:
+        rows += [("strategy", f"{s.get('strategy')}" + (" --filter-synthetic" if s.get("filter_synthetic") else "")),
+                 ("threshold", f"{_n(s.get('threshold'))} on {s.get('threshold_column')}" +
+                  (f" (fraction {s['fraction']})" if s.get("fraction") is not None else "")),
+                 ("written", f"{_n(c.get('written'))} (raw {_n(c.get('raw'))}, synthetic {_n(c.get('synthetic'))})"),
+                 ("dropped", _n(c.get("dropped")))]
+        rows += [(f"  {k}", _n(v)) for k, v in (c.get("dropped_by_reason") or {}).items()]
+    if d.filters:
+        rows.append(("passed the filters", _n(d.pooled)))
+    return _table(rows)
+
+
+def _filters(d: ReportData) -> str:
+    if not d.filters:
+        return ""
+    rows = [(f["rule"], _n(f["dropped"]), _n(f["lacking"]), _n(f["alone"])) for f in d.filters]
+    return ("<h2>filters, applied before the strategy</h2>" +
+            _table(rows, ("rule", "dropped (first rule failed)", "of which lacking its input", "would drop alone")))
+
+
+def _strategies(d: ReportData) -> str:
+    rows = []
+    for r in d.per_strategy:
+        name = ("▶ " if r["strategy"] == d.own else "") + r["strategy"]
+        thr = f"{_n(r.get('threshold'))} on {r['threshold_column']}"
+        if "kept" not in r:
+            rows.append((name, thr, r.get("note", ""), "", "", ""))
+            continue
+        cut = "; ".join(f"{k}: {v:,}" for k, v in r["cut"].items()) or "none"
+        rows.append((name, thr, _n(r["kept"]), _n(r["raw"]), _n(r["synthetic"]), cut))
+    cfg = d.cfg
+    at = f"fraction {cfg.fraction}" if cfg.fraction is not None else f"threshold {cfg.threshold}"
+    return (f"<h2>every strategy at {html.escape(at)}</h2>" +
+            _table(rows, ("strategy", "threshold", "would write", "raw", "synthetic", "cut by the strategy")))
+
+
+def _card(r: dict, d: ReportData, out: Path) -> str:
+    img = ""
+    if r["key"] in d.images and _thumb(d.images[r["key"]], out / "img" / f"{_safe(r['key'])}.jpg"):
+        img = f'<img src="img/{_safe(r["key"])}.jpg" alt="{html.escape(r["key"])}">'
+    lines = [f'<div class="k">{html.escape(r["key"])} · {html.escape(r.get("shard") or "")}</div>',
+             f'<div><b>raw</b> {html.escape(r["raw"] or "—")} <span>{_f(r["clip_raw"])}</span></div>',
+             f'<div><b>synthetic</b> {html.escape(r["synthetic"] or "—")} <span>{_f(r["clip_syn"])}</span></div>',
+             f'<div class="s">sieve {_f(r["sieve"])} · blend {_f(r["blend"])}</div>']
+    if r.get("reason"):
+        lines.append(f'<div class="r">{html.escape(r["reason"])}</div>')
+    return f'<div class="card">{img}{"".join(lines)}</div>'
 
 
 def render(data: ReportData, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
-    rows, th = data.rows, data.thresholds
-    plots = [
-        _hist(out, "clip.png", {"raw": [r["clip_raw"] for r in rows], "synthetic": [r["clip_syn"] for r in rows]},
-              {"clip_raw": th.get("clip_raw")}, "CLIP score: raw vs synthetic captions"),
-        _hist(out, "sieve.png", {"sieve": [r["sieve"] for r in rows]}, {}, "SIEVE score"),
-        _hist(out, "blend.png", {"blend": [r["blend"] for r in rows]}, {"blend": th.get("blend")}, "blended score"),
-        _hist(out, "length.png", {"raw": [len(r["raw"].split()) if r["raw"] else None for r in rows],
-                                  "synthetic": [len(r["synthetic"].split()) if r["synthetic"] else None for r in rows]},
-              {}, "caption length (words)"),
-    ]
-    if data.per_strategy:
-        plots.append(_bars(out, "strategies.png", data.per_strategy))
+    for old in out.glob("*.png"):  # a plot without data this time must not linger from an earlier report
+        old.unlink()
+    d = data
+    rules = {r["rule"].split("=", 1)[0]: r["rule"].split("=", 1)[1] for r in d.filters if "=" in r["rule"]}
+    plots = []
+    for name in ("clip", "sieve", "blend", "words", "chars", "side", "aspect", "kb"):
+        series = d.hists.get(name)
+        if not series:
+            continue
+        lines = {}
+        if name in THRESHOLD_OF and d.thresholds.get(THRESHOLD_OF[name]) is not None:
+            lines[THRESHOLD_OF[name]] = d.thresholds[THRESHOLD_OF[name]]
+        if name in LIMITS and LIMITS[name][0] in rules:
+            v = float(rules[LIMITS[name][0]])
+            lines[LIMITS[name][0]] = v / 1024 if name == "kb" else v
+        plots.append(_hist(out, name, d.edges(name), series, lines))
+    if d.langs:
+        plots.append(_langs(out, d.langs))
+    if any("kept" in r for r in d.per_strategy):
+        plots.append(_bars(out, d.per_strategy, d.own))
     sections = []
-    for title, group in picks(rows).items():
-        cards = []
-        for r in group:
-            img = ""
-            if r["key"] in data.images and _thumb(data.images[r["key"]], out / "img" / f"{_safe(r['key'])}.jpg"):
-                img = f'<img src="img/{_safe(r["key"])}.jpg" alt="{html.escape(r["key"])}">'
-            cards.append(
-                f'<div class="card">{img}<div class="k">{html.escape(r["key"])}</div>'
-                f'<div><b>raw</b> {html.escape(r["raw"] or "—")} <span>{_f(r["clip_raw"])}</span></div>'
-                f'<div><b>synthetic</b> {html.escape(r["synthetic"] or "—")} <span>{_f(r["clip_syn"])}</span></div>'
-                f'<div class="s">sieve {_f(r["sieve"])} · blend {_f(r["blend"])}</div></div>')
-        sections.append(f"<h2>{html.escape(title)}</h2><div class='grid'>{''.join(cards)}</div>")
-    summary = ""
-    if data.summary:
-        c = data.summary.get("counts", {})
-        summary = "<pre>" + html.escape(json.dumps({k: c[k] for k in c}, indent=1)) + "</pre>"
+    for title, cards in d.grids.items():
+        sections.append(f"<h2>{html.escape(title)}</h2><div class='grid'>"
+                        f"{''.join(_card(r, d, out) for r in cards)}</div>")
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in d.notes)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recaption report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}img{{max-width:100%}}
+table{{border-collapse:collapse;margin:.5em 0 1em}}td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
 .plots img{{width:48%;margin:.5%}}.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}}
-.card{{border:1px solid #ddd;padding:8px;font-size:12px}}.card span{{color:#666}}.k{{color:#999}}.s{{color:#555}}</style>
-</head><body><h1>recaption report</h1><p>{html.escape(data.source)} · {len(rows)} scored samples</p>{summary}
+.card{{border:1px solid #ddd;padding:8px;font-size:12px}}.card span{{color:#666}}.k{{color:#999}}.s{{color:#555}}
+.r{{color:#a33}}.note{{color:#777}}</style>
+</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_strategies(d)}
 <div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>{''.join(sections)}</body></html>"""
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
