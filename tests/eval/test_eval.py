@@ -1,5 +1,6 @@
 """eval/: metrics against hand-computed values; both commands run on bundled data with tiny models."""
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -152,7 +153,9 @@ def test_compare_strategies_table(tiny_models, minilm, shard_dir, tmp_path):
     assert set(table) == {"raw", "synthetic", "threshold", "both", "sieve"}
     for r in table.values():
         assert r["kept"] + r["dropped"] == 18 and r["kept"] == r["raw"] + r["replaced"]
-    assert table["synthetic"]["replaced"] == 18 and table["raw"]["replaced"] == 0
+    # every strategy keeps its fraction as `mix --fraction` does: at least int(18 * 0.5) + 1 of 18
+    assert table["synthetic"]["raw"] == 0 and table["synthetic"]["replaced"] >= 10
+    assert table["raw"]["replaced"] == 0 and table["both"]["kept"] == table["raw"]["kept"] < 18
     # the dry run of the same mix agrees
     from recaption import api
     from recaption.mixing.strategies import MixConfig
@@ -161,3 +164,8 @@ def test_compare_strategies_table(tiny_models, minilm, shard_dir, tmp_path):
                   dry_run=True)
     assert dry["counts"]["written"] == table["threshold"]["kept"]
     assert dry["counts"]["synthetic"] == table["threshold"]["replaced"]
+    # on a mix's output folder too (its annotations found through its record), without a crash
+    out = tmp_path / "mixed"
+    assert cli("mix", shard_dir, "-a", a, "-o", out, "--strategy", "raw", "--fraction", "0.5", "-q") == 0
+    on_out = {r["strategy"]: r for r in cs.main([str(out), "--fraction", "0.5"])}
+    assert on_out["raw"]["kept"] == table["raw"]["kept"] == json.loads((out / "_summary.json").read_text())["counts"]["written"]
