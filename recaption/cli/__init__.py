@@ -217,13 +217,17 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="show this recipe
 
         print(yaml.safe_dump(load_recipe(name), sort_keys=False, allow_unicode=True, width=100).rstrip())
         return
-    t = Table(Column("recipe", no_wrap=True), "captioner", "mix", "source")
+    from recaption.mixing.filters import label, normalize
+
+    t = Table(Column("recipe", no_wrap=True), "captioner", "filters", "mix", "source")
     for rname, r in api.recipes().items():
         mix = r.get("mix") or {}
-        t.add_row(Text(rname), Text(str(r.get("captioner"))), Text(" ".join(f"{k}={v}" for k, v in mix.items())),
-                  Text((r.get("source") or {}).get("paper", "")))
+        rules = " ".join(label(k, v) for k, v in normalize(r.get("filters")).items())
+        t.add_row(Text(rname), Text(str(r.get("captioner"))), Text(rules or "none"),
+                  Text(" ".join(f"{k}={v}" for k, v in mix.items())), Text((r.get("source") or {}).get("paper", "")))
     Console().print(t)
-    print("`recaption recipes NAME` shows one in full: the values taken from its source and where it differs.")
+    print("`recaption recipes NAME` shows one in full: the values taken from its source and where it differs.\n"
+          "Any recipe runs on a DataComp basic-filtered pool with `--set filters=basic`.")
 
 
 def _decoding_summary(dec: dict) -> str:

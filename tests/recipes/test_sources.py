@@ -58,3 +58,36 @@ def test_recipes_verb_shows_sources(capsys, monkeypatch):
     assert "2310.02110" in out and "LAION-COCO" in out
     assert cli("recipes", "laion-coco") == 0
     assert "RN50x64" in capsys.readouterr().out
+
+
+def test_datacomp_basic_is_the_baselines_code():
+    r = load_recipe("datacomp-basic")
+    p = recipe_parts(r)
+    assert p.captioner is None and p.clip is None and p.sieve is None  # filter metrics only
+    # baselines/apply_filter.py: en, len(split()) > 2, len > 5, min(original) >= 200, max/min <= 3.0
+    assert p.mix.filters == {"english": None, "min-words": 3, "min-chars": 6, "min-side": 200, "max-aspect": 3.0}
+    assert p.mix.strategy == "raw" and p.mix.threshold is None and p.mix.fraction is None
+    assert "2304.14108" in r["source"]["paper"] and "apply_filter" in r["source"]["code"]
+
+
+def test_laion_5b_is_the_papers_post_processing():
+    r = load_recipe("laion-5b")
+    p = recipe_parts(r)
+    assert p.captioner is None and (p.clip.model, p.clip.pretrained) == ("ViT-B-32", "openai")
+    assert p.mix.filters == {"min-chars": 5, "min-image-bytes": 5120, "min-clip-raw-en": 0.28,
+                             "min-clip-raw-other": 0.26}
+    assert p.mix.strategy == "raw" and "2210.08402" in r["source"]["paper"]
+    # the multilingual threshold is a setting, not a constant
+    other = recipe_parts(load_recipe("laion-5b", ["filters.min-clip-raw-other=0.3"])).mix.filters
+    assert other["min-clip-raw-other"] == 0.3
+    assert "min-clip-raw-other" not in recipe_parts(load_recipe("laion-5b", ["filters.min-clip-raw-other=false"])).mix.filters
+
+
+def test_basic_filtering_on_any_recipe():
+    """Nguyen et al. on a DataComp basic-filtered pool: the mix is unchanged, the rules come first."""
+    for sets in (["filters=basic"], ["filters.basic=true"]):
+        p = recipe_parts(load_recipe("nguyen-blip2", sets))
+        assert p.mix.filters == recipe_parts(load_recipe("datacomp-basic")).mix.filters
+        assert (p.mix.strategy, p.mix.fraction, p.mix.filter_synthetic) == ("threshold", 0.3, True)
+    p = recipe_parts(load_recipe("datacomp-basic", ["filters.min-side=300"]))
+    assert p.mix.filters["min-side"] == 300 and list(p.mix.filters)[3] == "min-side"  # the order stays
