@@ -21,8 +21,10 @@ def tiny_sets(recipe, m, minilm):
                        f"rerank=[{{model: '{m['clip']}', pretrained: null, top_k: 2}}, "
                        f"{{model: '{m['clip']}', pretrained: null, top_k: 1}}]"],
         "datacomp-clip": [],
+        "laion-5b": [],
+        "datacomp-basic": None,  # no model to replace: the filter metrics only
     }[recipe]
-    return sets + [f"clip.model={m['clip']}", "batch_size=4"]
+    return ["batch_size=4"] if sets is None else sets + [f"clip.model={m['clip']}", "batch_size=4"]
 
 
 @pytest.mark.parametrize("recipe", sorted(list_recipes()))
@@ -43,7 +45,11 @@ def test_every_recipe_runs_end_to_end(recipe, shard_dir, tiny_models, minilm, tm
         assert all(s.meta["recaption"]["caption_source"] == "synthetic" for s in got.values())
     ann_sm = sm["annotate"]
     assert ann_sm["samples"] == len(inputs) and ann_sm["samples_per_second"] > 0
-    assert "clip" in ann_sm["stage_seconds"] and ("caption" in ann_sm["stage_seconds"]) == (r["captioner"] is not None)
+    assert ("clip" in ann_sm["stage_seconds"]) == (r["clip"] is not None)
+    assert ("caption" in ann_sm["stage_seconds"]) == (r["captioner"] is not None)
+    if r.get("filters"):  # the rules' drops are counted, rule by rule
+        assert sum(f["dropped"] for f in sm["filters"]) == sum(v for k, v in sm["counts"]["dropped_by_reason"].items()
+                                                               if k.startswith("filter: "))
 
 
 def test_recipe_errors_are_clear(tmp_path):
