@@ -5,7 +5,8 @@ A decisions file has one row per annotation row, in input order: `key`, `kept`, 
 was dropped), `caption_source`, `caption` (the `txt` written), `raw_caption`,
 `synthetic_caption`, `clip_raw`, `clip_synthetic`, `sieve`, `blend`, `captioner`; missing scores
 are null. Its parquet metadata (`recaption.decisions`) says what made it: schema version, the
-shard's name, URL, size and mtime, the annotation file, strategy, threshold and min/max. The write
+shard's name, URL, size and mtime, the annotation file, strategy, threshold, filter rules and
+min/max. A row a filter rule dropped has that rule and its own value as its reason. The write
 stage reads its slice from there and decides nothing again; the files stay after the run, so a
 loader can apply a mix without the mixed tars.
 """
