@@ -98,11 +98,9 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
                 d.hists[name][s] = counts if cur is None else cur + counts
     d.hists = {n: {s: c for s, c in ser.items() if c.any()} for n, ser in d.hists.items()}
     d.hists = {n: ser for n, ser in d.hists.items() if ser}
-    if f.output:
-        d.grids = _decision_grids(f, fs)
-    else:
-        d.grids = _score_grids(parts)
-    d.grids = {t: cards for t, cards in d.grids.items() if cards}
+    d.grids = {t: cards for t, cards in (_decision_grids(f, fs) if f.output else {}).items() if cards}
+    if not d.grids:  # an annotation folder, or an output folder without decisions files
+        d.grids = {t: cards for t, cards in _score_grids(parts).items() if cards}
     _pick_images(d, f)
     if not d.images and not f.input and not f.output:
         d.notes.append("give --input SHARDS to see the images of the samples")

@@ -222,6 +222,16 @@ def test_a_file_without_metrics_is_one_line_naming_it(pool, tmp_path, capsys):
     # a rule on the fixed columns needs no metrics; and no rules at all still mix old files
     assert cli("mix", shards, "-a", old, "--filter", "min-clip-raw=-1", "--strategy", "raw", "--dry-run") == 0
     assert cli("mix", shards, "-a", old, "--strategy", "raw", "--dry-run") == 0
+    # `score --no-clip --no-sieve` adds the metrics and nothing else; then the rules apply
+    rec = json.loads((ann_dir / "_recaption.json").read_text())
+    rec["groups"].pop("metrics")
+    (old / "_recaption.json").write_text(json.dumps(rec))
+    before = {f.name: pq.read_table(f, columns=["clip_raw"]) for f in old.glob("*.parquet")}
+    assert cli("score", shards, "-a", old, "--no-clip", "--no-sieve", "-q") == 0
+    assert {f.name: pq.read_table(f, columns=["clip_raw"]) for f in old.glob("*.parquet")} == before
+    capsys.readouterr()
+    assert cli("mix", shards, "-a", old, "--filter", "english", "--strategy", "raw", "--dry-run", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["filters"][0]["dropped"] == 2  # german, no alt-text
 
 
 def test_rows_lacking_what_a_rule_tests_are_dropped_saying_so():

@@ -11,6 +11,7 @@ from recaption.io import annotations as ann
 from recaption.mixing.compare import strategy_table
 from recaption.mixing.files import Cache, Threads
 from recaption.mixing.pool import PoolSource, dry_counts, finish_pool, pool_pass
+from recaption.mixing.strategies import MixConfig
 from tests.mixing import oracle
 
 N_FILES = 5
@@ -81,12 +82,14 @@ def test_ray_tasks_give_the_same_pool(pool_dir, ray_local):
     from recaption.engines import Execution, mapper
 
     d, shards, _ = pool_dir
-    for cfg in (oracle.CONFIGS[7], oracle.CONFIGS[11]):
+    ruled = MixConfig("threshold", fraction=0.3, filters=["min-clip-raw=0.1"]).validate()  # filters map too
+    for cfg in (oracle.CONFIGS[7], oracle.CONFIGS[11], ruled):
         local = pool_pass(shards, str(d), cfg)
         remote = pool_pass(shards, str(d), cfg, mapper(Execution(engine="ray")))
         assert remote.source.cache is None  # the files are read where the tasks run
         assert remote.numbers == local.numbers and remote.ranges == local.ranges
         assert dry_counts(remote, cfg) == dry_counts(local, cfg)
+        assert remote.filters == local.filters
 
 
 def test_no_annotation_file_is_one_error(tmp_path):
