@@ -80,9 +80,10 @@ def mix(summary: dict, out: str | None) -> None:
         r.add(f"  {reason}", n)
     r.add("samples with errors", c["errors"])
     if summary.get("filters"):
-        r.add("filters, before the strategy", "dropped (first rule failed) · lacking input · alone")
+        r.add("filter rules, in order", "")
         for f in summary["filters"]:
-            r.add(f"  {f['rule']}", f"{f['dropped']:,} · {f['lacking']:,} · {f['alone']:,}")
+            lack = f", {f['lacking']:,} of them lacking its input" if f["lacking"] else ""
+            r.add(f"  {f['rule']}", f"drops {f['dropped']:,}{lack}; alone it would drop {f['alone']:,}")
     thr = summary.get("threshold")
     r.add("threshold", "none" if thr is None else f"{_num(thr)} on {summary['threshold_column']}")
     for k, (lo, hi) in (summary.get("min_max") or {}).items():
