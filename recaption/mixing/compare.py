@@ -15,6 +15,7 @@ VARIANTS.insert(STRATEGIES.index("threshold"), ("threshold", False))
 
 
 def variant_name(strategy: str, filter_synthetic: bool) -> str:
+    """A strategy's name in the side-by-side view (`threshold --filter-synthetic` for that variant)."""
     return "threshold --filter-synthetic" if filter_synthetic else strategy
 
 

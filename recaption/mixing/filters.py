@@ -138,15 +138,18 @@ def _fmt(v) -> str:
 # -- evaluating --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rule:
+    """One rule with its value: what it tests on a table, and the reason a row fails it with."""
     name: str
     value: object
 
     @property
     def kind(self) -> Kind:
+        """What the rule's name tests."""
         return KINDS[self.name]
 
     @property
     def label(self) -> str:
+        """The rule as written: `min-side=200`."""
         return label(self.name, self.value)
 
     def test(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +245,7 @@ class FilterSet:
 
     @classmethod
     def of(cls, spec) -> "FilterSet":
+        """The rules of a spec in any form `normalize` takes."""
         return cls([Rule(k, v) for k, v in normalize(spec).items()])
 
     def __bool__(self) -> bool:
@@ -254,14 +258,17 @@ class FilterSet:
 
     @property
     def needs_metrics(self) -> bool:
+        """Whether a rule reads the `metrics` column group (not only the fixed columns)."""
         return any(r.kind.metrics for r in self.rules)
 
     @property
     def spec(self) -> dict:
+        """The rules as {name: value}, in order."""
         return {r.name: r.value for r in self.rules}
 
     @property
     def n_codes(self) -> int:
+        """How many filter codes there are: a failed and a lacking one per rule."""
         return 2 * len(self.rules)
 
     def codes(self, t: pa.Table) -> np.ndarray:
@@ -298,9 +305,11 @@ class FilterSet:
         return out
 
     def describe(self) -> list[dict]:
+        """Each rule as written, with what it tests."""
         return [{"rule": r.label, "name": r.name, "value": r.value, "help": r.kind.help} for r in self.rules]
 
 
 def missing_metrics_error(path: str) -> RecaptionError:
+    """The one line for an annotation file whose filter metrics were never computed."""
     return RecaptionError(f"{path} has no filter metrics (language, caption length, image size); "
                           "add them with `recaption score INPUT -a ANN` (with --no-clip --no-sieve: metrics only)")

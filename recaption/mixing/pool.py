@@ -61,6 +61,7 @@ class FileStats:
 
 
 def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, cache: Cache | None = None) -> FileStats:
+    """One file's part of the stats pass (and its numeric columns into the cache)."""
     t = read_file(f, colmod.columns_for(synthetic, filters=filters) + ["captioner", "error"], counts_only=True,
                   filters=filters)
     c = colmod.from_table(t, filters)
@@ -221,6 +222,7 @@ def _written(c: Columns, code: np.ndarray) -> np.ndarray:
 
 
 def select_part(f: AnnFile, scores: list[Scores], active, synthetic: bool, filters=None, cache=None) -> list:
+    """One file's answers to the pending selects."""
     c = load(f, synthetic, cache, filters)
     keys: dict[int, np.ndarray] = {}  # by population: the two ranks of a median share one
     out = []
@@ -286,6 +288,7 @@ class Outcomes:
 
 def file_outcomes(f: AnnFile, jobs: list[tuple[MixConfig, PoolNumbers]], written: bool, synthetic: bool,
                   filters=None, cache=None) -> list[Outcomes]:
+    """One file's outcome counts under each (config, numbers) job."""
     c = load(f, synthetic, cache, filters)
     out = []
     for cfg, numbers in jobs:

@@ -48,6 +48,7 @@ def _hist(name: str, x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ReportData:
+    """Everything a report page shows, already counted."""
     source: str
     kind: str  # annotations | mix | run
     summary: dict | None = None
@@ -66,6 +67,7 @@ class ReportData:
     notes: list = field(default_factory=list)
 
     def edges(self, name: str) -> np.ndarray:
+        """The fixed bin edges of a histogram."""
         return _edges(name)
 
 

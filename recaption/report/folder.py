@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recaption.errors import RecaptionError
-from recaption.io import annotations as ann
 from recaption.io.folders import read_record
 from recaption.mixing.plan import FOLDER as DECISIONS
 from recaption.mixing.strategies import MixConfig
@@ -17,6 +16,7 @@ from recaption.mixing.strategies import MixConfig
 
 @dataclass
 class Folder:
+    """A folder recaption wrote, resolved: its kind, its annotations, and its mix settings."""
     path: Path
     kind: str  # annotations | mix | run
     ann_dir: Path
@@ -28,6 +28,7 @@ class Folder:
 
     @property
     def output(self) -> bool:
+        """A mix's or a run's output folder (it has mixed shards and decisions)."""
         return self.kind in ("mix", "run")
 
 
@@ -117,6 +118,3 @@ def _input(p: Path, summary: dict | None) -> str | None:
     beside = p.parent / spec
     return str(beside) if beside.exists() else None
 
-
-def annotation_path(f: Folder, name: str) -> str:
-    return ann.path_for(str(f.ann_dir), name)
