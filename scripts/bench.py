@@ -26,7 +26,7 @@ from pathlib import Path
 def build_models(root: Path, clip_name: str, blip_size: str) -> dict:
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    from recaption.testing.tiny_models import _bert_vocab, _open_clip_dir
+    from recaption.demo.tiny_models import _bert_vocab, _open_clip_dir
 
     done = root / "ok.json"
     if done.exists():
@@ -61,7 +61,7 @@ def build_models(root: Path, clip_name: str, blip_size: str) -> dict:
 
 
 def samples(n: int, shards_dir: Path, per_shard: int):
-    from recaption.testing.samples import make_shards
+    from recaption.demo.samples import make_shards
 
     make_shards(shards_dir, n_shards=max(1, n // per_shard), per_shard=per_shard, seed=3, size=512)
 

@@ -59,7 +59,7 @@ def make_jpegs(n: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
 
 def build(root: Path) -> dict:
     """Tiny models with real input settings: BLIP processor at 384, open_clip at 224 and 336."""
-    from recaption.testing.tiny_models import build_blip, build_clip
+    from recaption.demo.tiny_models import build_blip, build_clip
 
     return {"blip": str(build_blip(root / "blip384", image_size=384)),
             "clip": build_clip(root / "clip224", image_size=224),

@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     from recaption.scoring.clip import ClipConfig
     from recaption.scoring.language import LanguageId
     from recaption.scoring.sieve import SieveConfig
-    from recaption.testing.tiny_models import build_all
+    from recaption.demo.tiny_models import build_all
 
     models = build_all(tiny_model_dir())
     shards = str(sample_shards_dir())

@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    from recaption.testing.tiny_models import build_all, build_sentence_transformer
+    from recaption.demo.tiny_models import build_all, build_sentence_transformer
 
     root = tmp_path_factory.mktemp("tiny-models")
     paths = build_all(root)
@@ -29,7 +29,7 @@ def minilm():
 
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory):
-    from recaption.testing.samples import make_shards
+    from recaption.demo.samples import make_shards
 
     d = tmp_path_factory.mktemp("shards")
     make_shards(d, n_shards=3, per_shard=6, seed=1)

@@ -1,1 +1,1 @@
-"""Offline helpers: tiny random-weight models and sample shards, for tests, the demo and benchmarks."""
+"""Test-only fixtures that ship with the package: the bad-input corpus."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from recaption.io.writer import add_member
-from recaption.testing.samples import make_sample
+from recaption.demo.samples import make_sample
 
 import random
 

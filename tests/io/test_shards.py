@@ -4,7 +4,7 @@ import json
 import tarfile
 
 from recaption.io.shards import ReadFailure, ReadOptions, Sample, iter_shard, split_member
-from recaption.testing.samples import write_tar
+from recaption.demo.samples import write_tar
 
 
 def _tar(path, members):

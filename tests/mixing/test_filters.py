@@ -18,7 +18,7 @@ from recaption.io import annotations as ann
 from recaption.mixing.filters import FilterSet, normalize
 from recaption.mixing.strategies import MixConfig, PoolNumbers, decide
 from recaption.scoring.blend import MinMax, kept_rank
-from recaption.testing.samples import write_tar
+from recaption.demo.samples import write_tar
 from tests.helpers import dropped, input_samples, read_output
 from tests.test_end_to_end import cli
 

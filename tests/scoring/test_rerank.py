@@ -45,7 +45,7 @@ def test_parse():
 
 @pytest.fixture(scope="module")
 def second_clip(tmp_path_factory):
-    from recaption.testing.tiny_models import build_clip
+    from recaption.demo.tiny_models import build_clip
 
     return build_clip(tmp_path_factory.mktemp("clip-b") / "clip", seed=7, image_size=96)
 

