@@ -26,11 +26,14 @@ def exists(url: str) -> bool:
 
 
 def file_info(url: str) -> dict:
-    """A file's size and modification time, as the filesystem reports them (for provenance)."""
+    """A file's size, modification time and ETag (null where the store has none), as the
+    filesystem reports them: one metadata request, never a read of the data (for provenance)."""
     fs, path = fs_for(url)
     i = fs.info(path)
     mtime = i.get("mtime", i.get("LastModified", i.get("updated")))
-    return {"size": i.get("size"), "mtime": None if mtime is None else str(mtime)}
+    etag = i.get("ETag", i.get("etag"))
+    return {"size": i.get("size"), "mtime": None if mtime is None else str(mtime),
+            "etag": None if etag is None else str(etag)}
 
 
 def makedirs(url: str) -> None:

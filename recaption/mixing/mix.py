@@ -75,21 +75,11 @@ class MixWriteStage:
 
     @staticmethod
     def _sample(key: str, members, row: dict, strategy: str, shard: str):
-        # scores come from the decisions file, where a missing one is null (never NaN)
-        rc = {
-            "raw_caption": row["raw_caption"], "synthetic_caption": row["synthetic_caption"],
-            "caption_source": row["caption_source"], "clip_raw": row["clip_raw"],
-            "clip_synthetic": row["clip_synthetic"], "sieve": row["sieve"], "blend": row["blend"],
-            "captioner": row["captioner"], "strategy": strategy,
-        }
         text = None
         for m in members:
             if m.field == "json":
                 text = m.data
-        meta, text = with_recaption(text, rc)
-        new = {"txt": row["caption"].encode("utf-8"), "json": text}
-        if strategy == "both" and row["synthetic_caption"] is not None:
-            new["syn.txt"] = row["synthetic_caption"].encode("utf-8")
+        meta, new = kept_members(row, strategy, text)
         # every member in its place, raw; the new ones replace theirs, or follow in this order
         out = [(m.field, new.pop(m.field)) if m.field in new else m for m in members]
         out.extend(new.items())
@@ -102,6 +92,28 @@ class MixWriteStage:
             **{k: meta.get(k) for k in ("width", "height", "original_width", "original_height", "sha256")},
         }
         return key, out, prow
+
+
+def recaption_object(row: dict, strategy: str) -> dict:
+    """The `recaption` json field of a kept sample, from its decisions row (scores there are null,
+    never NaN)."""
+    return {
+        "raw_caption": row["raw_caption"], "synthetic_caption": row["synthetic_caption"],
+        "caption_source": row["caption_source"], "clip_raw": row["clip_raw"],
+        "clip_synthetic": row["clip_synthetic"], "sieve": row["sieve"], "blend": row["blend"],
+        "captioner": row["captioner"], "strategy": strategy,
+    }
+
+
+def kept_members(row: dict, strategy: str, json_text: bytes | None) -> tuple[dict, dict[str, bytes]]:
+    """What a kept sample gets from its decisions row: its json object, and the members that
+    replace or join its own (`txt`, `json`, and `syn.txt` for `both`), in this order. The mixed
+    tars and the overlay readers (`recaption.webdataset`) both build samples here."""
+    meta, text = with_recaption(json_text, recaption_object(row, strategy))
+    new = {"txt": row["caption"].encode("utf-8"), "json": text}
+    if strategy == "both" and row["synthetic_caption"] is not None:
+        new["syn.txt"] = row["synthetic_caption"].encode("utf-8")
+    return meta, new
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # one encoder, not one a call
