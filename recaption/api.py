@@ -225,13 +225,15 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
 # -- mix -------------------------------------------------------------------------------------
 @scoped
 def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
-        overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS, execution: Execution | None = None,
-        arguments: dict | None = None, extra_summary: dict | None = None, claim: dict | None = None,
-        storage_options: dict | str | None = None) -> dict:
+        overlay: bool = False, overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS,
+        execution: Execution | None = None, arguments: dict | None = None, extra_summary: dict | None = None,
+        claim: dict | None = None, storage_options: dict | str | None = None) -> dict:
     """Write the caption-mixed shard set or, with dry_run, only say what it would do (and what
     every other strategy would do at the same threshold or fraction, in `strategies`).
 
-    `claim` is an output record already held (by `run`); otherwise `out_dir` is claimed here."""
+    With overlay, write the decisions, drops and summary but no shards: `recaption.webdataset`
+    applies them to the input shards as they are read. `claim` is an output record already held
+    (by `run`); otherwise `out_dir` is claimed here."""
     from recaption.engines import mapper, run_stage
     from recaption.mixing.compare import side_by_side
     from recaption.mixing.mix import MixWriteStage
@@ -254,10 +256,22 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
         summary["strategies"] = side_by_side(pool.source, cfg, pool, fixed={_chosen(cfg): pool.numbers.threshold})
         return summary
     preflight(ex, cpu_only=True)
-    rec = claim or folders.claim_output(out_dir, "mix", {"mix": mix_identity(cfg), "annotations": ann_dir,
-                                                         "shards": len(shards)}, overwrite)
+    settings = mix_identity(cfg)
+    if overlay:  # no output shards: how they would be cut is no part of an overlay
+        settings = {k: v for k, v in settings.items() if k not in ("samples_per_shard", "keep_sharding")}
+    # an overlay and the shards it stands for are different kinds of folder: neither resumes the other
+    rec = claim or folders.claim_output(out_dir, "overlay" if overlay else "mix",
+                                        {"mix": settings, "annotations": ann_dir, "shards": len(shards)}, overwrite)
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet", FOLDER])  # the folder, whole
+    folders.remove_summary(out_dir)  # readers take a summary for a finished plan: none while this one runs
     plans, counts = plan(pool, cfg, out_dir)
+    if overlay:
+        summary = _mix_summary(cfg, pool, counts, None, arguments, overlay=True)
+        summary.update(input=input_spec if isinstance(input_spec, str) else list(input_spec), annotations=ann_dir,
+                       seconds={"pool_and_plan": round(time.time() - t0, 3)})
+        summary.update(extra_summary or {})
+        write_text(join(out_dir, "_summary.json"), json.dumps(summary, indent=2, default=str, allow_nan=False))
+        return summary
     folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
     t_plan = time.time() - t0
     reports = run_stage(MixWriteStage(), [plan_dict(p) for p in plans], ex, desc="write",
@@ -289,10 +303,10 @@ def _chosen(cfg: MixConfig) -> str:
     return variant_name(cfg.strategy, cfg.filter_synthetic)
 
 
-def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False) -> dict:
+def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False, overlay=False) -> dict:
     dropped_total = sum(counts["dropped"].values())
     return _summary_base("mix") | {
-        "strategy": cfg.strategy, "dry_run": dry_run,
+        "strategy": cfg.strategy, "dry_run": dry_run, "overlay": overlay,
         "counts": {"read": counts["read"], "written": counts["kept"], "raw": counts["raw"],
                    "synthetic": counts["synthetic"], "dropped": dropped_total, "errors": counts["errors"],
                    "dropped_by_reason": counts["dropped"], "output_shards": n_out},

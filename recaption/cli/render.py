@@ -70,10 +70,11 @@ def annotate(summary: dict, where: str) -> None:
 def mix(summary: dict, out: str | None) -> None:
     """mix, run, demo."""
     c = summary["counts"]
-    title = "dry run, nothing written" if summary.get("dry_run") else f"mixed shards in {out}"
+    title = ("dry run, nothing written" if summary.get("dry_run") else
+             f"overlay in {out} (decisions, no shards)" if summary.get("overlay") else f"mixed shards in {out}")
     r = Rows(f"recaption mix ({summary['strategy']}): {title}")
     r.add("samples read", c["read"])
-    r.add("written" if not summary.get("dry_run") else "would write",
+    r.add("would write" if summary.get("dry_run") else "kept" if summary.get("overlay") else "written",
           f"{c['written']:,} (raw {c['raw']:,}, synthetic {c['synthetic']:,})")
     r.add("dropped", c["dropped"])
     for reason, n in sorted(c["dropped_by_reason"].items(), key=lambda x: -x[1]):

@@ -11,7 +11,7 @@ import json
 import os
 
 from recaption.errors import RecaptionError
-from recaption.io.atomic import exists, join, makedirs, read_text, remove_stale_temps, write_text
+from recaption.io.atomic import exists, join, makedirs, read_text, remove, remove_stale_temps, write_text
 from recaption.io.fs import fs_for
 from recaption.io.sources import shard_suffix
 
@@ -108,6 +108,8 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
             what = "another run's files (different settings)"
             if rec.get("kind") == "annotations":
                 what = "annotation files"
+            elif rec.get("kind") != kind and "overlay" in (kind, rec.get("kind")):
+                what = "a mix overlay (decisions, no shards)" if rec.get("kind") == "overlay" else "mixed shards"
             tail = ("; only the mix settings differ, so --overwrite redoes the mix and keeps the annotations"
                     if hint_same_annotations else "")
             raise RecaptionError(f"{out_dir} holds {what}; to resume that run, repeat its command; to replace "
@@ -148,6 +150,14 @@ def record_written(out_dir: str, rec: dict, names: list[str]) -> None:
     if new:
         rec["written"] = list(rec.get("written", [])) + new
         write_record(out_dir, rec)
+
+
+def remove_summary(out_dir: str) -> None:
+    """`_summary.json` marks a finished run (readers of an overlay wait for it); a run starting
+    again in the folder takes it away until it has finished."""
+    p = join(out_dir, "_summary.json")
+    if exists(p):
+        remove(p)
 
 
 def remove_recorded(out_dir: str, rec: dict) -> int:

@@ -1,0 +1,208 @@
+"""Apply a mix to samples as they are read from the input shards, from the decisions files an
+overlay folder holds (`recaption mix --overlay`, or any mix's `_decisions/`), without the mixed tars.
+
+A reader hands over samples as dicts keyed webdataset's way (`__url__`, `__key__`, one entry per
+member). The first sample of a shard loads that shard's decisions file (the only one in memory,
+with a few recent ones) and checks the shard against the identity the file recorded, before any
+of its samples goes on. A kept sample gets exactly the members the mixed tar holds
+(`mixing.mix.kept_members`), a dropped one is left out, and one the decisions do not know is an
+error: never kept silently.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow.compute as pc
+
+from recaption.errors import RecaptionError
+from recaption.io import annotations as ann
+from recaption.io.atomic import exists, file_info, join, read_text
+from recaption.io.fs import using
+from recaption.io.sources import shard_name
+from recaption.mixing.mix import READ, kept_members, recaption_object
+from recaption.mixing.mix import _finite
+from recaption.mixing.plan import META_KEY, VERSION, decisions_path
+
+VERIFY = ("full", "size")
+KINDS = ("overlay", "mix", "run")  # folders whose `_decisions/` a reader may apply
+_AMBIGUOUS = -2
+_DROPPED = -1
+_PIPE_NAME = re.compile(r"([^\s/'\"]+?)(?:\.tar\.gz|\.tgz|\.tar)(?=[\s'\"?#;|]|$)")
+
+
+def reader_shard_name(url: str) -> str:
+    """The shard name a reader's URL stands for; `pipe:` commands by the last shard file they name."""
+    if url.startswith("pipe:"):
+        found = _PIPE_NAME.findall(url)
+        if not found:
+            raise RecaptionError(f"cannot tell which shard {url!r} reads (no NAME.tar in the command)")
+        return found[-1]
+    return shard_name(url)
+
+
+def stat_target(url: str, recorded: str) -> str:
+    """Where to ask for the shard's size and mtime: the URL read from, except where that cannot be
+    asked (a `pipe:` command) or has lost its scheme (Ray's `bucket/key` paths): the recorded one."""
+    if url.startswith("pipe:"):
+        return recorded
+    if "://" not in url and "://" in recorded and recorded.split("://", 1)[1].lstrip("/") == url.lstrip("/"):
+        return recorded
+    return url
+
+
+def check_identity(url: str, meta: dict, verify: str = "full") -> None:
+    """Refuse a shard that is not the one the decisions were made for: its size, and its mtime or
+    ETag (what the store reports and the decisions recorded), must be the recorded ones."""
+    where = stat_target(url, meta.get("input") or url)
+    try:
+        now = file_info(where)
+    except (OSError, ValueError) as e:
+        raise RecaptionError(f"{url}: cannot check the shard against its overlay decisions ({e})") from None
+    redo = "re-annotate it and re-run the mix (with --overlay)"
+    if now.get("size") != meta.get("size"):
+        raise RecaptionError(f"{url} changed since the overlay was made (size {now.get('size')}, recorded "
+                             f"{meta.get('size')}); {redo}")
+    if verify == "size":
+        return
+    compared = False
+    for k in ("etag", "mtime"):
+        if meta.get(k) is not None and now.get(k) is not None:
+            if str(now[k]) != str(meta[k]):
+                raise RecaptionError(f"{url} changed since the overlay was made ({k} {now[k]}, recorded {meta[k]}); "
+                                     f"{redo}, or pass verify='size' if it is an unchanged copy")
+            compared = True
+    if not compared:
+        raise RecaptionError(f"{url}: its store reports no mtime or ETag to compare with the overlay's record "
+                             "(read it through the recorded URL, or pass verify='size' to compare sizes only)")
+
+
+class ShardDecisions:
+    """One input shard's decisions as a reader uses them: key -> what the mix did with it."""
+
+    def __init__(self, url: str, path: str, verify: str, key: str | None = None):
+        try:
+            t = ann.read_table(path, columns=READ)
+        except FileNotFoundError:
+            raise RecaptionError(f"{url}: sample {key!r}: the overlay has no decisions file for shard "
+                                 f"{reader_shard_name(url)!r} ({path}): the shard was not part of the mix, "
+                                 "or had no annotation file") from None
+        meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
+        if meta.get("version") != VERSION:
+            raise RecaptionError(f"{path}: decisions format {meta.get('version')!r}, this recaption reads {VERSION}")
+        missing = [c for c in READ if c not in t.column_names]
+        if missing:
+            raise RecaptionError(f"{path} is not a recaption decisions file (missing columns {missing})")
+        check_identity(url, meta, verify)  # before any sample of the shard goes on
+        self.url, self.strategy = url, meta["strategy"]
+        keyed = t.filter(pc.is_valid(t["key"]))  # a null key is a shard-level error row: no sample
+        keys = keyed["key"].to_pylist()
+        kept = keyed["kept"].to_numpy(zero_copy_only=False)
+        slot = np.full(len(keys), _DROPPED, dtype=np.int64)
+        slot[kept] = np.arange(int(kept.sum()))
+        rows = keyed.filter(keyed["kept"])
+        self.columns = {c: rows[c].to_pylist() for c in READ}  # plain lists: a row is a few indexings
+        self.index = dict(zip(keys, slot.tolist()))
+        if len(self.index) < len(keys):
+            self._mark_ambiguous(keys, slot)
+
+    def _mark_ambiguous(self, keys: list, slot: np.ndarray) -> None:
+        """A key listed twice cannot say which sample is which; it stays usable only where every
+        row of it says the same."""
+        seen: dict = {}
+        for k, s in zip(keys, slot.tolist()):
+            seen.setdefault(k, []).append(s)
+        for k, slots in seen.items():
+            if len(slots) > 1:
+                rows = {json.dumps(self.row(s), sort_keys=True) if s >= 0 else None for s in slots}
+                self.index[k] = slots[0] if len(rows) == 1 else _AMBIGUOUS
+
+    def row(self, s: int) -> dict:
+        return {c: v[s] for c, v in self.columns.items()}
+
+    def lookup(self, key: str) -> dict | None:
+        """The decisions row of a kept sample, None for a dropped one; an unknown key is an error."""
+        s = self.index.get(key)
+        if s is None:
+            raise RecaptionError(f"{self.url}: sample {key!r} is not in the overlay's decisions for this shard "
+                                 "(the shard holds samples it was not annotated with); re-annotate it")
+        if s == _AMBIGUOUS:
+            raise RecaptionError(f"{self.url}: key {key!r} appears more than once in the shard with different "
+                                 "decisions; the overlay cannot tell those samples apart")
+        return None if s == _DROPPED else self.row(s)
+
+
+class OverlayReader:
+    """Samples in, mixed samples out (or None when dropped), from an overlay folder. Picklable: a
+    DataLoader worker or a Ray task gets it without its cache and loads its own shards."""
+
+    def __init__(self, folder: str, *, verify: str = "full", shards_in_memory: int = 4,
+                 storage_options: dict | str | None = None):
+        if verify not in VERIFY:
+            raise RecaptionError(f"verify must be one of {', '.join(VERIFY)}, got {verify!r}")
+        if shards_in_memory < 1:
+            raise RecaptionError(f"shards_in_memory must be at least 1, got {shards_in_memory}")
+        self.folder, self.verify, self.size = str(folder), verify, shards_in_memory
+        self.storage_options = storage_options
+        with using(storage_options):
+            check_folder(self.folder)
+        self._cache: OrderedDict = OrderedDict()
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": OrderedDict()}
+
+    def shard(self, url: str, key: str | None = None) -> ShardDecisions:
+        """The decisions of the shard `url` reads, loaded and checked on first use (at its sample `key`)."""
+        d = self._cache.get(url)
+        if d is not None:
+            self._cache.move_to_end(url)
+            return d
+        with using(self.storage_options):
+            d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key)
+        self._cache[url] = d
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return d
+
+    def apply(self, sample: dict) -> dict | None:
+        """The sample as the mixed tars hold it (its dict updated), or None where the mix dropped it."""
+        url, key = sample.get("__url__"), sample.get("__key__")
+        if not isinstance(url, str) or not isinstance(key, str):
+            raise RecaptionError("the overlay needs samples with __url__ and __key__ (webdataset's fields): "
+                                 "apply it to the samples of tarfile_to_samples or read_webdataset")
+        d = self.shard(url, key)
+        row = d.lookup(key)
+        if row is None:
+            return None
+        text = sample.get("json")
+        if isinstance(text, dict):  # decoded already: the object the mixed json decodes to
+            sample["json"] = _finite({**text, "recaption": recaption_object(row, d.strategy)})
+            new = kept_members(row, d.strategy, None)[1]
+            new.pop("json")
+        else:
+            new = kept_members(row, d.strategy, bytes(text) if isinstance(text, (bytes, bytearray, memoryview))
+                               else None)[1]
+        if isinstance(sample.get("txt"), str):  # decoded text stays text
+            new = {k: v.decode("utf-8") if k != "json" else v for k, v in new.items()}
+        sample.update(new)
+        return sample
+
+
+def check_folder(folder: str) -> None:
+    """A folder a reader may apply: claimed by a mix (overlay, mix or run) that finished planning."""
+    from recaption.io.folders import read_record
+
+    rec = read_record(folder)
+    if rec is None or rec.get("kind") not in KINDS:
+        what = "no recaption mix" if rec is None else f"a {rec.get('kind')} folder"
+        raise RecaptionError(f"{folder} is {what}, not a mix overlay; write one with `recaption mix ... --overlay`")
+    summary = join(folder, "_summary.json")
+    if not exists(summary):
+        raise RecaptionError(f"{folder}: the mix that writes it has not finished ({summary} is missing); "
+                             "run its command again")
+    try:
+        json.loads(read_text(summary))
+    except ValueError as e:
+        raise RecaptionError(f"{summary} is not valid JSON ({e})") from None
