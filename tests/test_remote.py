@@ -141,3 +141,50 @@ def test_worker_processes_write_to_s3_with_the_options(s3_shards, local_ann, tmp
     assert cli("mix", src, "-a", local_ann, "-o", tmp_path / "ref", *MIX, "--storage-options", opts) == 0
     assert s3_tree(client, f"{b}/{engine}") == tree_bytes(tmp_path / "ref")
     assert leftovers(client, b) == {"temp_objects": [], "pending_uploads": []}
+
+
+def test_overlay_on_s3_checks_each_shard_by_etag(s3_shards, local_ann, tmp_path):
+    """An overlay written to S3 from shards on S3 records each shard's ETag; samples read from those
+    shards (webdataset, or Ray's scheme-less paths) come out mixed, and a shard rewritten with the
+    same size is refused by its ETag."""
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    from recaption.errors import RecaptionError
+    from recaption.webdataset import overlay
+
+    client, b, opts = s3_shards
+    src, ov = f"s3://{b}/shards/{{00000..00002}}.tar", f"s3://{b}/overlay"
+    assert cli("mix", src, "-a", local_ann, "-o", ov, *MIX, "--overlay", "--storage-options", opts) == 0
+    with client.open(f"{b}/overlay/_decisions/00001.parquet") as f:
+        meta = json.loads(pq.read_schema(f).metadata[b"recaption.decisions"])
+    assert meta["etag"] and meta["etag"] == client.info(f"{b}/shards/00001.tar")["ETag"]
+    assert cli("mix", shard_dir_of(client, b, tmp_path), "-a", local_ann, "-o", tmp_path / "ref", *MIX) == 0
+    want = [{k: v for k, v in s.items() if k not in ("__url__", "__local_path__")}
+            for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "ref").glob("*.tar")), shardshuffle=False)]
+
+    def read(prefix, **kw):  # the shards' own bytes, named as a reader of the bucket names them
+        local = shard_dir_of(client, b, tmp_path)
+        ds = wds.WebDataset(sorted(str(p) for p in local.glob("*.tar")), shardshuffle=False)
+        ds = ds.map(lambda s: {**s, "__url__": f"{prefix}/shards/{s['__url__'].rsplit('/', 1)[-1]}"})
+        return [{k: v for k, v in s.items() if k not in ("__url__", "__local_path__")}
+                for s in ds.compose(overlay(ov, storage_options=opts, **kw))]
+
+    assert read(f"s3://{b}") == want
+    assert read(b) == want  # Ray Data's paths: `bucket/key`, checked through the recorded s3:// URL
+    data = bytearray(client.cat(f"{b}/shards/00001.tar"))
+    data[-5000] ^= 1  # same size, other content
+    client.pipe(f"{b}/shards/00001.tar", bytes(data))
+    with pytest.raises(RecaptionError, match=r"00001\.tar changed since the overlay was made \(etag"):
+        read(f"s3://{b}")
+    assert read(f"s3://{b}", verify="size") == want
+
+
+def shard_dir_of(client, bucket, tmp_path):
+    """The bucket's shards, copied down once: the same bytes, read locally."""
+    d = tmp_path / "from-s3"
+    if not d.exists():
+        d.mkdir()
+        for p in client.ls(f"{bucket}/shards", detail=False):
+            client.get(p, str(d / p.rsplit("/", 1)[-1]))
+    return d
