@@ -19,6 +19,7 @@ whose size or mtime (ETag) changed is an error, never silently kept.
 """
 from __future__ import annotations
 
+from recaption.errors import RecaptionError
 from recaption.mixing.overlay import OverlayReader
 
 
@@ -36,21 +37,30 @@ class Overlay(OverlayReader):
 
 class RayOverlay(OverlayReader):
     """A Ray Data batch function: `ds.map_batches(RayOverlay(folder), batch_format="pandas")` over
-    `ray.data.read_webdataset(..., decoder=None)`; also takes pyarrow and numpy batches."""
+    `ray.data.read_webdataset(..., decoder=None)`; pyarrow and numpy batches work too. Rows are
+    kept or dropped and `txt`, `json` (and `syn.txt` for `both`) set; other columns are untouched."""
 
     def __call__(self, batch):
-        rows, kind = _rows(batch)
-        out = [r for r in map(self.apply, rows) if r is not None]
-        names = list(_names(batch))
-        for r in out:  # members the overlay adds (txt, json, syn.txt), after the read ones
-            names += [k for k in r if k not in names]
-        both = any(self.shard(u).strategy == "both" for u in {r["__url__"] for r in rows})  # loaded by apply
-        if both and "syn.txt" not in names:
-            names.append("syn.txt")  # every block of a `both` overlay has the column
-        for k in ("txt", "json"):
-            if k not in names:
-                names.append(k)
-        return _batch(out, names, kind)
+        get = _column_getter(batch)
+        urls, keys = get("__url__"), get("__key__")
+        if urls is None or keys is None:
+            raise RecaptionError("the overlay needs the __url__ and __key__ columns of read_webdataset")
+        txt, js = get("txt"), get("json")
+        keep, new, both = [], {"txt": [], "json": [], "syn.txt": []}, False
+        for i, (url, key) in enumerate(zip(urls, keys)):
+            sample = {"__url__": url, "__key__": key}
+            for name, col in (("txt", txt), ("json", js)):
+                if col is not None and not _missing(col[i]):
+                    sample[name] = col[i]
+            out = self.apply(sample)
+            both = both or self.shard(url, key).strategy == "both"
+            if out is not None:
+                keep.append(i)
+                for k, v in new.items():
+                    v.append(out.get(k))
+        if not both:
+            del new["syn.txt"]
+        return _with_rows(batch, keep, new)
 
 
 def overlay(folder: str, *, verify: str = "full", shards_in_memory: int = 4,
@@ -87,49 +97,48 @@ def ray_dataset(input_spec, folder: str, *, overlay_options: dict | None = None,
 
     from recaption.api import shards_of
 
+    shards = shards_of(input_spec)
     read_kw.setdefault("decoder", None)
-    ds = ray.data.read_webdataset(shards_of(input_spec), **read_kw)
+    # a block per shard: Ray then runs the overlay inside its read tasks (fused) instead of
+    # splitting each shard into small blocks that cross the object store to a task of their own
+    read_kw.setdefault("override_num_blocks", len(shards))
+    ds = ray.data.read_webdataset(shards, **read_kw)
     return ds.map_batches(ray_overlay(folder, **(overlay_options or {})), batch_format="pandas")
 
 
-# -- batches as rows and back ----------------------------------------------------------------
-def _names(batch):
-    if hasattr(batch, "column_names"):  # pyarrow (its `columns` are the arrays)
-        return batch.column_names
-    return batch.columns if hasattr(batch, "columns") else batch.keys()
-
-
-def _missing(v):
+# -- batches: pandas, pyarrow or numpy ----------------------------------------------------------
+def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)  # pandas fills an absent member with NaN
 
 
-def _rows(batch):
-    """A batch as dicts of the members each row has, and its kind."""
-    if hasattr(batch, "to_dict") and hasattr(batch, "iloc"):
-        recs, kind = batch.to_dict("records"), "pandas"
-    elif hasattr(batch, "to_pylist"):
-        recs, kind = batch.to_pylist(), "pyarrow"
-    else:
-        cols = {k: list(v) for k, v in batch.items()}
-        recs, kind = [dict(zip(cols, vals)) for vals in zip(*cols.values())], "numpy"
-    return [{k: v for k, v in r.items() if not _missing(v)} for r in recs], kind
+def _column_getter(batch):
+    if hasattr(batch, "column_names"):  # pyarrow
+        return lambda c: batch.column(c).to_pylist() if c in batch.column_names else None
+    if hasattr(batch, "iloc"):  # pandas
+        return lambda c: batch[c].tolist() if c in batch.columns else None
+    return lambda c: list(batch[c]) if c in batch else None
 
 
-def _batch(rows: list[dict], names: list[str], kind: str):
-    cols = {k: [r.get(k) for r in rows] for k in names}
-    if kind == "pandas":
-        import pandas as pd
-
-        return pd.DataFrame(cols, columns=names)
-    if kind == "pyarrow":
+def _with_rows(batch, keep: list[int], new: dict[str, list]):
+    """The batch's rows `keep`, with the columns `new` set (added at the end where absent)."""
+    if hasattr(batch, "column_names"):
         import pyarrow as pa
 
-        return pa.table({k: pa.array(v, type=pa.binary() if not any(x is not None for x in v) else None)
-                         for k, v in cols.items()})
+        out = batch.take(pa.array(keep, pa.int64()))
+        for k, v in new.items():
+            arr = pa.array(v, type=None if any(x is not None for x in v) else pa.binary())
+            out = out.set_column(out.column_names.index(k), k, arr) if k in out.column_names else out.append_column(k, arr)
+        return out
+    if hasattr(batch, "iloc"):
+        out = batch.iloc[keep].reset_index(drop=True)
+        for k, v in new.items():
+            out[k] = v
+        return out
     import numpy as np
 
-    out = {}
-    for k, v in cols.items():
+    idx = np.asarray(keep, dtype=np.int64)
+    out = {k: np.asarray(v)[idx] for k, v in batch.items()}
+    for k, v in new.items():
         a = np.empty(len(v), dtype=object)
         a[:] = v
         out[k] = a

@@ -49,7 +49,7 @@ from recaption.mixing.strategies import MixConfig
 a = json.loads(sys.argv[1])
 cfg = MixConfig(**a["cfg"])
 t1 = time.perf_counter()
-s = api.mix(a["input"], a["ann"], a.get("out"), cfg, dry_run=a["dry"],
+s = api.mix(a["input"], a["ann"], a.get("out"), cfg, dry_run=a["dry"], overlay=a.get("overlay", False),
             execution=Execution(quiet=True, workers=a.get("workers")))
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "seconds": t2 - t1, "read": s["counts"]["read"],
@@ -69,8 +69,9 @@ def _cfg(args: list[str]) -> dict:
     return cfg
 
 
-def run_measured(spec: dict) -> dict:
-    """One mix in a fresh process: its own timing (imports excluded), and its peak RSS (wait4)."""
+def run_measured(spec: dict, child: str = CHILD) -> dict:
+    """One mix (or another `child` program) in a fresh process: its own timing (imports excluded),
+    and its peak RSS (wait4)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r_fd, w_fd = os.pipe()
     pid = os.fork()
@@ -79,13 +80,13 @@ def run_measured(spec: dict) -> dict:
         os.dup2(w_fd, 1)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
-        os.execve(sys.executable, [sys.executable, "-c", CHILD, json.dumps(spec)], env)
+        os.execve(sys.executable, [sys.executable, "-c", child, json.dumps(spec)], env)
     os.close(w_fd)
     with os.fdopen(r_fd) as f:
         out = f.read()
     _, status, ru = os.wait4(pid, 0)
     if not out.strip():
-        raise SystemExit(f"mix failed (status {status}) for {spec}")
+        raise SystemExit(f"benchmark child failed (status {status}) for {spec}")
     r = json.loads(out.strip().splitlines()[-1])
     r["peak_rss_mb"] = ru.ru_maxrss / 1024
     return r

@@ -119,10 +119,11 @@ def test_ray_data_through_the_overlay_is_the_mixed_shards(shard_dir, mixes, stra
     want = [plain(r) for r in ray.data.read_webdataset(urls(full), decoder=None).take_all()]
     got = [plain(r) for r in ray_dataset(str(shard_dir), str(ov)).take_all()]
     assert by_key(got) == by_key(want) and len(got) == len(materialised(full))
-    # the batch function on its own, over a pyarrow batch format
-    arrow = ray.data.read_webdataset(urls(shard_dir), decoder=None).map_batches(ray_overlay(str(ov)),
-                                                                                  batch_format="pyarrow")
-    assert by_key(plain(r) for r in arrow.take_all()) == by_key(want)
+    # the batch function on its own, over Ray's other batch formats
+    for fmt in ("pyarrow", "numpy"):
+        ds = ray.data.read_webdataset(urls(shard_dir), decoder=None).map_batches(ray_overlay(str(ov)),
+                                                                                   batch_format=fmt)
+        assert by_key(plain(r) for r in ds.take_all()) == by_key(want), fmt
 
 
 # -- failing loudly ----------------------------------------------------------------------------

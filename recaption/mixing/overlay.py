@@ -27,6 +27,7 @@ from recaption.mixing.mix import _finite
 from recaption.mixing.plan import META_KEY, VERSION, decisions_path
 
 VERIFY = ("full", "size")
+_PROCESS_CACHES: dict[tuple, OrderedDict] = {}  # unpickled readers of one overlay, per process
 KINDS = ("overlay", "mix", "run")  # folders whose `_decisions/` a reader may apply
 _AMBIGUOUS = -2
 _DROPPED = -1
@@ -136,7 +137,7 @@ class ShardDecisions:
 
 class OverlayReader:
     """Samples in, mixed samples out (or None when dropped), from an overlay folder. Picklable: a
-    DataLoader worker or a Ray task gets it without its cache and loads its own shards."""
+    copy (a DataLoader worker's, a Ray task's) loads its own shards; copies in one process share them."""
 
     def __init__(self, folder: str, *, verify: str = "full", shards_in_memory: int = 4,
                  storage_options: dict | str | None = None):
@@ -151,7 +152,14 @@ class OverlayReader:
         self._cache: OrderedDict = OrderedDict()
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache": OrderedDict()}
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state):
+        # Ray unpickles a batch function for every task; the copies in one worker process share
+        # the shards already loaded, so a shard's decisions are not read again for each block.
+        self.__dict__.update(state)
+        key = (self.folder, self.verify, json.dumps(self.storage_options, sort_keys=True, default=str))
+        self._cache = _PROCESS_CACHES.setdefault(key, OrderedDict())
 
     def shard(self, url: str, key: str | None = None) -> ShardDecisions:
         """The decisions of the shard `url` reads, loaded and checked on first use (at its sample `key`)."""

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""Benchmark the caption overlay: `recaption mix --overlay` against a full `mix -o` on the same
+shards and against a dry run, and reading the input shards through the overlay
+(`recaption.webdataset`) against reading them plain.
+
+    python scripts/bench_overlay.py                  # 20,000 real samples, 1M annotation rows
+    python scripts/bench_overlay.py --runs 3 --no-ray
+
+Data as `scripts/bench_mix.py` builds it (real tar shards of about 36 KB a sample: noise JPEG,
+alt-text, img2dataset json; synthetic annotation sets of 10,000-row files), under --work, built
+once. Every figure is the median of --runs runs, each a fresh process (interpreter start-up and
+imports excluded; Ray's start-up too), page cache warm; reads alternate plain and overlay runs so
+that drift in the machine's load hits both. Reads go through every input sample without decoding
+images (the overlay's share is largest there): `wds.WebDataset(urls, shardshuffle=False)`, with
+`.compose(overlay(folder))` for the overlay; Ray Data `read_webdataset(urls, decoder=None,
+override_num_blocks=len(urls))` (a block per shard, so that the overlay is fused into the read
+tasks, as `recaption.webdataset.ray_dataset` reads), with `.map_batches(RayOverlay(folder),
+batch_format="pandas")`, iterated by batches.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench_mix as bm  # noqa: E402  (the data builders and the fresh-process runner)
+
+MIX = ["--strategy", "both", "--samples-per-shard", "2500"]  # keeps most samples: the most work a sample
+
+WDS_CHILD = """
+import json, sys, time
+a = json.loads(sys.argv[1])
+import webdataset as wds
+from recaption.webdataset import overlay
+ds = wds.WebDataset(a["urls"], shardshuffle=False)
+if a["overlay"]:
+    ds = ds.compose(overlay(a["overlay"]))
+t0 = time.perf_counter()
+n = sum(1 for _ in ds)
+print(json.dumps({"seconds": time.perf_counter() - t0, "yielded": n}))
+"""
+
+RAY_CHILD = """
+import json, sys, tempfile, time
+a = json.loads(sys.argv[1])
+import ray, ray.data
+ray.init(num_cpus=a["cpus"], include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp())
+ray.data.DataContext.get_current().enable_progress_bars = False
+from recaption.webdataset import RayOverlay
+ray.data.read_webdataset(a["urls"][:1], decoder=None).take(1)  # workers started before the clock
+t0 = time.perf_counter()
+# a block per shard, as recaption.webdataset.ray_dataset reads: the overlay runs in the read tasks
+ds = ray.data.read_webdataset(a["urls"], decoder=None, override_num_blocks=len(a["urls"]))
+if a["overlay"]:
+    ds = ds.map_batches(RayOverlay(a["overlay"]), batch_format="pandas")
+n = sum(len(b) for b in ds.iter_batches(batch_size=None, batch_format="pandas"))
+print(json.dumps({"seconds": time.perf_counter() - t0, "yielded": n}))
+"""
+
+
+def _median(rs: list[dict], k: str = "seconds") -> float:
+    return statistics.median(r[k] for r in rs)
+
+
+def bench_mixes(work: Path, shards: Path, ann: Path, runs: int) -> dict:
+    """Full mix, overlay and dry run over the same real shards."""
+    cfg = bm._cfg(MIX)
+    res = {}
+    for label, spec in (("full", {"dry": False}), ("overlay", {"dry": False, "overlay": True}),
+                        ("dry_run", {"dry": True})):
+        rs = []
+        for _ in range(runs):
+            out = work / f"mix-{label}"
+            shutil.rmtree(out, ignore_errors=True)
+            rs.append(bm.run_measured({"input": str(shards), "ann": str(ann), "cfg": cfg,
+                                       "out": None if spec["dry"] else str(out), **spec}))
+        res[label] = {"seconds": round(_median(rs), 3), "runs": [round(r["seconds"], 3) for r in rs],
+                      "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)), "read": rs[0]["read"]}
+    print(f"  mix of {res['full']['read']:,} samples: full {res['full']['seconds']} s, overlay "
+          f"{res['overlay']['seconds']} s, dry run {res['dry_run']['seconds']} s", flush=True)
+    return res
+
+
+def bench_pool(work: Path, rows: int, runs: int) -> dict:
+    """Overlay against a dry run over a large annotation set (the shards are empty placeholders:
+    an overlay reads only their size and mtime)."""
+    ann, listing = bm.build_annotations(work, rows)
+    for url in listing.read_text().split():
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        Path(url).touch()
+    cfg = bm._cfg(MIX)
+    res = {}
+    for label, spec in (("overlay", {"dry": False, "overlay": True}), ("dry_run", {"dry": True})):
+        rs = []
+        for _ in range(runs):
+            out = work / f"pool-{label}"
+            shutil.rmtree(out, ignore_errors=True)
+            rs.append(bm.run_measured({"input": str(listing), "ann": str(ann), "cfg": cfg,
+                                       "out": None if spec["dry"] else str(out), **spec}))
+        res[label] = {"seconds": round(_median(rs), 3), "runs": [round(r["seconds"], 3) for r in rs],
+                      "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs))}
+    res["rows"] = rows
+    res["decisions_mb"] = round(sum(p.stat().st_size for p in (work / "pool-overlay" / "_decisions").iterdir()) / 1e6, 1)
+    print(f"  {rows:,} annotation rows: overlay {res['overlay']['seconds']} s "
+          f"({res['decisions_mb']} MB of decisions), dry run {res['dry_run']['seconds']} s", flush=True)
+    return res
+
+
+def bench_read(urls: list[str], folder: str, runs: int, child: str, label: str, extra: dict | None = None) -> dict:
+    """Plain and overlay reads, alternating, each run a fresh process."""
+    plain, over = [], []
+    for _ in range(runs):
+        plain.append(bm.run_measured({"urls": urls, "overlay": None, **(extra or {})}, child))
+        over.append(bm.run_measured({"urls": urls, "overlay": folder, **(extra or {})}, child))
+    tp, to = _median(plain), _median(over)
+    n = plain[0]["yielded"]
+    res = {"samples": n, "yielded_with_overlay": over[0]["yielded"],
+           "plain_samples_per_s": round(n / tp), "overlay_samples_per_s": round(n / to),
+           "overhead_pct": round(100 * (to / tp - 1), 1),
+           "plain_runs": [round(r["seconds"], 3) for r in plain], "overlay_runs": [round(r["seconds"], 3) for r in over],
+           "plain_peak_rss_mb": round(max(r["peak_rss_mb"] for r in plain)),
+           "overlay_peak_rss_mb": round(max(r["peak_rss_mb"] for r in over))}
+    print(f"  {label}: plain {res['plain_samples_per_s']:,} input samples/s, overlay "
+          f"{res['overlay_samples_per_s']:,} -> overhead {res['overhead_pct']}% "
+          f"(peak RSS {res['plain_peak_rss_mb']} / {res['overlay_peak_rss_mb']} MB)", flush=True)
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=20_000)
+    ap.add_argument("--per-shard", type=int, default=2_500)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="annotation rows for overlay vs dry run (0: skip)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--work", default=os.environ.get("RECAPTION_BENCH_DIR", "/tmp/recaption-bench-overlay"))
+    ap.add_argument("--json", default=str(ROOT / "scripts" / "bench-overlay-results.json"))
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores", flush=True)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+              "load_before": [round(x, 2) for x in load], "mix_args": MIX}
+    shards, sann = bm.build_shards(work, a.samples, a.per_shard)
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
+    result["input_mb"] = round(sum(Path(u).stat().st_size for u in urls) / 1e6, 1)
+    for u in urls:  # page cache warm for every run
+        Path(u).read_bytes()
+    result["mix"] = bench_mixes(work, shards, sann, a.runs)
+    folder = str(work / "mix-overlay")
+    result["read_webdataset"] = bench_read(urls, folder, a.runs, WDS_CHILD, "webdataset")
+    if not a.no_ray:
+        result["read_ray"] = bench_read(urls, folder, max(1, a.runs // 2), RAY_CHILD, "Ray Data",
+                                        {"cpus": os.cpu_count()})
+    if a.rows:
+        result["pool"] = bench_pool(work, a.rows, a.runs)
+    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"load average after: {result['load_after']}; results in {a.json}\n")
+    print(markdown(result))
+    return result
+
+
+def markdown(r: dict) -> str:
+    """The figures as README tables."""
+    m = r["mix"]
+    lines = [f"| {m['full']['read']:,} samples ({r['input_mb']:,} MB), `{' '.join(r['mix_args'])}` | seconds |",
+             "| --- | ---: |",
+             f"| `mix -o` (pool pass, decisions, tars) | {m['full']['seconds']} |",
+             f"| `mix --overlay` (pool pass, decisions) | {m['overlay']['seconds']} |",
+             f"| `mix --dry-run` (pool pass) | {m['dry_run']['seconds']} |"]
+    if "pool" in r:
+        p = r["pool"]
+        lines += [f"| {p['rows']:,} annotation rows: `mix --overlay` ({p['decisions_mb']} MB of decisions) | "
+                  f"{p['overlay']['seconds']} |",
+                  f"| {p['rows']:,} annotation rows: `mix --dry-run` | {p['dry_run']['seconds']} |"]
+    lines += ["", "| reading every input sample | plain samples/s | with the overlay | overhead |",
+              "| --- | ---: | ---: | ---: |"]
+    for key, label in (("read_webdataset", "webdataset, one process"), ("read_ray", "Ray Data")):
+        if key in r:
+            x = r[key]
+            lines.append(f"| {label} | {x['plain_samples_per_s']:,} | {x['overlay_samples_per_s']:,} | "
+                         f"{x['overhead_pct']}% |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
