@@ -212,3 +212,42 @@ def test_only_a_finished_mix_folder_is_an_overlay(shard_dir, mixes, tmp_path):
     full, _ = mixes["raw"]  # a materialised mix keeps its decisions: they read the same way
     got = [plain(s) for s in wds.WebDataset(urls(shard_dir), shardshuffle=False).compose(overlay(str(full)))]
     assert got == materialised(full)
+
+
+def test_odd_json_reads_as_the_mixed_shards_hold_it(tmp_path):
+    """Samples whose json is not plain (NaN, a recaption field, one spelled with escapes, escaped
+    text, none at all, whitespace around it) and samples without txt: read through the overlay,
+    the same bytes as the mixed shards."""
+    from recaption.testing.samples import make_sample, write_tar
+
+    import random
+
+    rng = random.Random(3)
+    odd = [b'{"url": "u", "x": NaN, "y": [Infinity]}', b'{"recaption": 5, "z": 2}', b'{"\\u0072ecaption": 1}',
+           b'{"caption": "caf\\u00e9 \\"q\\" \\\\ \\n", "n": -0.0}', None, b'  {"a": {"b": []}}  \n', b"{}",
+           b'{"note": "recaption is a word"}']
+    samples = []
+    for i in range(24):
+        key = f"odd{i:03d}"
+        m = make_sample(rng, key)
+        text = odd[i % len(odd)]
+        if text is None:
+            m.pop("json")
+        else:
+            m["json"] = text
+        if i % 5 == 4:
+            m.pop("txt")
+        samples.append((key, m))
+    shards = tmp_path / "in"
+    write_tar(shards / "00000.tar", samples[:12])
+    write_tar(shards / "00001.tar", samples[12:])
+    ann = annotate_randomly(shards, tmp_path / "ann", seed=11)
+    for strategy in ("both", "synthetic"):
+        cfg = MixConfig(strategy, samples_per_shard=5)
+        full, ov = tmp_path / f"mix-{strategy}", tmp_path / f"ov-{strategy}"
+        api.mix(str(shards), str(ann), str(full), cfg, execution=QUIET)
+        api.mix(str(shards), str(ann), str(ov), cfg, overlay=True, execution=QUIET)
+        want = materialised(full)
+        got = [plain(s) for s in wds.WebDataset(urls(shards), shardshuffle=False).compose(overlay(str(ov)))]
+        assert got == want and len(want) > 8
+        assert {s["json"][:12] for s in got} >= {b'{"url": "u",', b'{"recaption"', b'{"caption": '}

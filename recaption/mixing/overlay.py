@@ -15,6 +15,7 @@ import re
 from collections import OrderedDict
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
@@ -22,8 +23,8 @@ from recaption.io import annotations as ann
 from recaption.io.atomic import exists, file_info, join, read_text
 from recaption.io.fs import using
 from recaption.io.sources import shard_name
-from recaption.mixing.mix import READ, kept_members, recaption_object
-from recaption.mixing.mix import _finite
+from recaption.mixing import recaption_field
+from recaption.mixing.mix import READ, _finite, kept_members, members, recaption_object, splice_recaption
 from recaption.mixing.plan import META_KEY, VERSION, decisions_path
 
 VERIFY = ("full", "size")
@@ -103,8 +104,11 @@ class ShardDecisions:
         kept = keyed["kept"].to_numpy(zero_copy_only=False)
         slot = np.full(len(keys), _DROPPED, dtype=np.int64)
         slot[kept] = np.arange(int(kept.sum()))
-        rows = keyed.filter(keyed["kept"])
-        self.columns = {c: rows[c].to_pylist() for c in READ}  # plain lists: a row is a few indexings
+        # what a kept sample gets, column-wise: its caption, synthetic caption and recaption field
+        self.rows = keyed.filter(keyed["kept"])
+        self.field = recaption_field.encode(self.rows, self.strategy)
+        self.txt = self.rows["caption"].cast(pa.binary()).to_pylist()
+        self.syn = self.rows["synthetic_caption"].cast(pa.binary()).to_pylist()
         self.index = dict(zip(keys, slot.tolist()))
         if len(self.index) < len(keys):
             self._mark_ambiguous(keys, slot)
@@ -121,10 +125,26 @@ class ShardDecisions:
                 self.index[k] = slots[0] if len(rows) == 1 else _AMBIGUOUS
 
     def row(self, s: int) -> dict:
-        return {c: v[s] for c, v in self.columns.items()}
+        """Kept row `s` as a dict (for samples off the common path: decoded, or json to rewrite)."""
+        return self.rows.slice(s, 1).to_pylist()[0]
 
-    def lookup(self, key: str) -> dict | None:
-        """The decisions row of a kept sample, None for a dropped one; an unknown key is an error."""
+    def members(self, s: int, text) -> dict:
+        """The members kept row `s` gives a sample whose json is `text` (bytes, a decoded object, or None)."""
+        if isinstance(text, (bytearray, memoryview)):
+            text = bytes(text)
+        if isinstance(text, bytes):
+            spliced = splice_recaption(text, self.field[s])  # the common case: no parse, no row
+            if spliced is not None:
+                return members(self.txt[s], self.syn[s], self.strategy, spliced)
+        row = self.row(s)
+        if isinstance(text, dict):  # decoded already: the object the mixed json decodes to
+            new = kept_members(row, self.strategy, None, self.field[s])[1]
+            new["json"] = _finite({**text, "recaption": recaption_object(row, self.strategy)})
+            return new
+        return kept_members(row, self.strategy, text if isinstance(text, bytes) else None, self.field[s])[1]
+
+    def lookup(self, key: str) -> int | None:
+        """The row of a kept sample, None for a dropped one; an unknown key is an error."""
         s = self.index.get(key)
         if s is None:
             raise RecaptionError(f"{self.url}: sample {key!r} is not in the overlay's decisions for this shard "
@@ -132,7 +152,7 @@ class ShardDecisions:
         if s == _AMBIGUOUS:
             raise RecaptionError(f"{self.url}: key {key!r} appears more than once in the shard with different "
                                  "decisions; the overlay cannot tell those samples apart")
-        return None if s == _DROPPED else self.row(s)
+        return None if s == _DROPPED else s
 
 
 class OverlayReader:
@@ -150,9 +170,11 @@ class OverlayReader:
         with using(storage_options):
             check_folder(self.folder)
         self._cache: OrderedDict = OrderedDict()
+        self._current = None  # (url, decisions) of the last sample: the next one is most often the same shard's
+        _preload()
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_current")}
 
     def __setstate__(self, state):
         # Ray unpickles a batch function for every task; the copies in one worker process share
@@ -160,18 +182,23 @@ class OverlayReader:
         self.__dict__.update(state)
         key = (self.folder, self.verify, json.dumps(self.storage_options, sort_keys=True, default=str))
         self._cache = _PROCESS_CACHES.setdefault(key, OrderedDict())
+        self._current = None
 
     def shard(self, url: str, key: str | None = None) -> ShardDecisions:
         """The decisions of the shard `url` reads, loaded and checked on first use (at its sample `key`)."""
+        cur = self._current
+        if cur is not None and cur[0] == url:
+            return cur[1]
         d = self._cache.get(url)
         if d is not None:
             self._cache.move_to_end(url)
-            return d
-        with using(self.storage_options):
-            d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key)
-        self._cache[url] = d
-        while len(self._cache) > self.size:
-            self._cache.popitem(last=False)
+        else:
+            with using(self.storage_options):
+                d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key)
+            self._cache[url] = d
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        self._current = (url, d)
         return d
 
     def apply(self, sample: dict) -> dict | None:
@@ -181,21 +208,23 @@ class OverlayReader:
             raise RecaptionError("the overlay needs samples with __url__ and __key__ (webdataset's fields): "
                                  "apply it to the samples of tarfile_to_samples or read_webdataset")
         d = self.shard(url, key)
-        row = d.lookup(key)
-        if row is None:
+        s = d.lookup(key)
+        if s is None:
             return None
-        text = sample.get("json")
-        if isinstance(text, dict):  # decoded already: the object the mixed json decodes to
-            sample["json"] = _finite({**text, "recaption": recaption_object(row, d.strategy)})
-            new = kept_members(row, d.strategy, None)[1]
-            new.pop("json")
-        else:
-            new = kept_members(row, d.strategy, bytes(text) if isinstance(text, (bytes, bytearray, memoryview))
-                               else None)[1]
+        new = d.members(s, sample.get("json"))
         if isinstance(sample.get("txt"), str):  # decoded text stays text
             new = {k: v.decode("utf-8") if k != "json" else v for k, v in new.items()}
         sample.update(new)
         return sample
+
+
+def _preload() -> None:
+    """pyarrow imports pandas, when installed, on its first conversion (about half a second): do it
+    where the reader is made, before DataLoader workers fork, not in every worker at its first shard."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
 
 
 def check_folder(folder: str) -> None:

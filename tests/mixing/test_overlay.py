@@ -81,3 +81,19 @@ def test_where_a_shard_is_checked():
     assert stat_target("bucket/x/00001.tar", "s3://bucket/x/00001.tar") == "s3://bucket/x/00001.tar"  # Ray's path
     assert stat_target("pipe:aws s3 cp s3://b/00001.tar -", "s3://b/00001.tar") == "s3://b/00001.tar"
     assert stat_target("/copy/00001.tar", "s3://b/00001.tar") == "/copy/00001.tar"  # read from: what is checked
+
+
+@pytest.mark.parametrize("text", [
+    b'{"url": "u", "n": 1}', b'{"url":"u"}\n', b"{ }", b"  {}  ", b'{"x": NaN}', b'{"s": "NaN"}',
+    b'{"recaption": 5, "z": 2}', b'{"\\u0072ecaption": 1}', b'{"\\u0052ecaption": 1}', b'{"s": "caf\\u00e9"}',
+    b'{"a": {"recaption": 1}}', b'{"s": "recaption"}', b'{"a": [1, {"b": "}"}]}',
+])
+def test_splicing_without_a_parse_is_what_the_writer_writes(text):
+    from recaption.mixing.mix import splice_recaption, with_recaption
+
+    rc = {"raw_caption": "r", "strategy": "raw"}
+    added = json.dumps(rc, ensure_ascii=False).encode()
+    fast = splice_recaption(text, added)
+    assert fast is None or fast == with_recaption(text, rc, added)[1]
+    if b"recaption" not in text and b"NaN" not in text and b"\\u00" not in text:
+        assert fast is not None  # the common case takes the fast path
