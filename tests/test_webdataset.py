@@ -25,6 +25,8 @@ CONFIGS = {
     "threshold": MixConfig("threshold", fraction=0.3, filter_synthetic=True, samples_per_shard=4),
     "both": MixConfig("both", fraction=0.5, samples_per_shard=4),
     "sieve": MixConfig("sieve", fraction=0.5, samples_per_shard=4),
+    # a filter's drops are decisions like the strategy's: the overlay leaves them out too
+    "filtered": MixConfig("both", fraction=0.5, samples_per_shard=4, filters=["min-clip-raw=0.2"]),
 }
 
 
@@ -39,6 +41,7 @@ def mixes(shard_dir, tmp_path_factory):
         api.mix(str(shard_dir), str(ann), str(full), cfg, execution=QUIET)
         s = api.mix(str(shard_dir), str(ann), str(ov), cfg, overlay=True, execution=QUIET)
         assert s["overlay"] and s["counts"]["written"] > 0 and s["counts"]["dropped"] > 0
+        assert any(r.startswith("filter") for r in s["counts"]["dropped_by_reason"]) == bool(cfg.filters)
         out[name] = (full, ov)
     return out
 
@@ -218,7 +221,7 @@ def test_odd_json_reads_as_the_mixed_shards_hold_it(tmp_path):
     """Samples whose json is not plain (NaN, a recaption field, one spelled with escapes, escaped
     text, none at all, whitespace around it) and samples without txt: read through the overlay,
     the same bytes as the mixed shards."""
-    from recaption.testing.samples import make_sample, write_tar
+    from recaption.demo.samples import make_sample, write_tar
 
     import random
 
