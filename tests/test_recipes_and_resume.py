@@ -82,7 +82,7 @@ KILL = textwrap.dedent("""
         a.AnnotateStage._models = killer
     else:
         from recaption.io import writer
-        import recaption.mixing.mix as m
+        import recaption.stages.write_mix as m
         orig = writer.write_shard
         def killer(out_dir, name, samples, extra_stats=None):
             if name == target:

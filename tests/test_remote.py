@@ -86,7 +86,7 @@ def s3_tree(client, prefix: str) -> dict:
 
 def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards, local_ann, annotate_args,
                                                                        tmp_path, monkeypatch):
-    from recaption.mixing.mix import MixWriteStage
+    from recaption.stages.write_mix import MixWriteStage
 
     client, b, opts = s3_shards
     src, ann_url, out = f"s3://{b}/shards/{{00000..00002}}.tar", f"s3://{b}/ann", f"s3://{b}/mixed"

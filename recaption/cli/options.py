@@ -153,6 +153,7 @@ class ExecOptions:
     actor_gpus: Annotated[Optional[float], opt(help="GPUs per Ray actor (default 1 when the cluster has GPUs)", panel=RUN)] = None
 
     def execution(self, out: "OutputOptions") -> Execution:
+        """The engine settings these options give, quiet when the output options are."""
         return Execution(engine=_value(self.engine), workers=self.workers, threads=self.threads, device=self.device,
                          ray_address=self.ray_address, actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus,
                          quiet=out.quiet)

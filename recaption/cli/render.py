@@ -26,10 +26,12 @@ class Rows:
         self.t.add_column(overflow="fold")
 
     def add(self, label: str, value) -> "Rows":
+        """Add a row (numbers formatted with separators); returns self to chain."""
         self.t.add_row(Text(label), Text(value if isinstance(value, str) else _num(value)))
         return self
 
     def print(self) -> None:
+        """Print the table to the terminal."""
         Console().print(self.t)
 
 

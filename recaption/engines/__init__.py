@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from recaption.errors import RecaptionError
+from recaption.io.decode import cpu_cores  # noqa: F401  (re-exported: engines share cores out)
 
 ENGINES = ("local", "ray")
 
@@ -47,14 +48,6 @@ class Execution:
 
             require("ray", "ray")
         return self
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(ex: Execution, workers: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 import weakref
 from collections import deque
@@ -22,6 +23,14 @@ from recaption.io.pixels import PixelSpec, resize_crop
 
 if TYPE_CHECKING:
     import torch
+
+def cpu_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
 
 def plan_threads(threads: int, device: str | None = "cpu") -> tuple[int, int]:
     """A worker's CPU share -> (decode processes, torch threads), whose sum never exceeds it.

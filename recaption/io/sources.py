@@ -170,3 +170,12 @@ def sample_count_hint(url: str) -> int | None:
         return int(n) if n is not None else None
     except (OSError, ValueError, FileNotFoundError):
         return None
+
+
+def shards_of(input_spec) -> list[str]:
+    """The input shard URLs, in order, each once; a bad INPUT is one clear error."""
+    shards = list(dict.fromkeys(list_shards(input_spec)))  # a shard listed twice is read once
+    if not shards:
+        raise RecaptionError(f"no shards in {input_spec}")
+    check_unique_names(shards)
+    return shards

@@ -32,6 +32,8 @@ def columns_for(synthetic: bool, text: bool = False, filters=None) -> list[str]:
 
 @dataclass
 class Columns:
+    """One annotation file as numpy columns: what every mix decision reads, no Python object per row."""
+
     keyed: np.ndarray  # bool: a sample row (a null key is a shard-level read error)
     ok: np.ndarray  # bool: status == "ok"
     has_raw: np.ndarray  # bool
@@ -44,10 +46,12 @@ class Columns:
 
     @property
     def n(self) -> int:
+        """Rows in the file, error rows included."""
         return len(self.keyed)
 
     @property
     def nbytes(self) -> int:
+        """Bytes the arrays hold (what the column cache counts against its budget)."""
         return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
     @property

@@ -26,6 +26,8 @@ CACHE_BYTES = 512 << 20  # numeric columns kept between passes (about 18 bytes a
 
 @dataclass
 class AnnFile:
+    """An input shard and its annotation file."""
+
     name: str  # shard name
     path: str  # its annotation file
     url: str | None = None  # the input shard (None when only annotations are known)
@@ -56,6 +58,7 @@ class Threads:
         self.n = n or min(8, cores)
 
     def map(self, fn: Callable, items: list):
+        """fn over items in order, at most 4 results per thread waiting: memory does not grow with the pool."""
         window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
         with ThreadPoolExecutor(self.n) as ex:
             futs = [ex.submit(fn, it) for it in items[:window]]
@@ -74,10 +77,12 @@ class Cache:
         self.budget, self.used, self.cols, self.lock = budget, 0, {}, threading.Lock()
 
     def get(self, path: str, synthetic: bool) -> Columns | None:
+        """The cached columns of a file, if they hold what is asked (the candidates when `synthetic`)."""
         c = self.cols.get(path)
         return c if c is not None and (c.has_syn is not None or not synthetic) else None
 
     def put(self, path: str, c: Columns) -> None:
+        """Keep a file's columns for later passes while the budget allows; a file over it is read again."""
         with self.lock:
             if path not in self.cols and self.used + c.nbytes <= self.budget:
                 self.cols[path] = c

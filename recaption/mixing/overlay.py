@@ -5,7 +5,7 @@ A reader hands over samples as dicts keyed webdataset's way (`__url__`, `__key__
 member). The first sample of a shard loads that shard's decisions file (the only one in memory,
 with a few recent ones) and checks the shard against the identity the file recorded, before any
 of its samples goes on. A kept sample gets exactly the members the mixed tar holds
-(`mixing.mix.kept_members`), a dropped one is left out, and one the decisions do not know is an
+(`mixing.members.kept_members`), a dropped one is left out, and one the decisions do not know is an
 error: never kept silently.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from recaption.io.atomic import exists, file_info, join, read_text
 from recaption.io.fs import using
 from recaption.io.sources import shard_name
 from recaption.mixing import recaption_field
-from recaption.mixing.mix import READ, _finite, kept_members, members, recaption_object, splice_recaption
+from recaption.mixing.members import READ, _finite, kept_members, members, recaption_object, splice_recaption
 from recaption.mixing.plan import META_KEY, VERSION, decisions_path
 
 VERIFY = ("full", "size")

@@ -42,6 +42,7 @@ SCHEMA = pa.schema([
 
 
 def decisions_path(out_dir: str, name: str) -> str:
+    """Where the decisions file of input shard `name` goes in a mix folder."""
     return join(join(out_dir, FOLDER), f"{name}.parquet")
 
 
@@ -76,6 +77,8 @@ def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.
 
 @dataclass
 class FilePlan:
+    """One input shard's decisions: its file, its kept count and outcome codes."""
+
     name: str
     url: str
     decisions: str
@@ -114,6 +117,8 @@ def read_meta(path: str) -> dict:
 # -- output shards ---------------------------------------------------------------------------
 @dataclass
 class Part:
+    """A slice of one input shard's kept samples that goes into an output shard."""
+
     url: str
     decisions: str
     start: int  # slice of this shard's kept samples
@@ -122,6 +127,8 @@ class Part:
 
 @dataclass
 class OutputPlan:
+    """One output shard: its name and the slices of input shards it holds, fixed before writing."""
+
     name: str
     parts: list[Part]
     strategy: str
@@ -175,4 +182,5 @@ def write_dropped(out_dir: str, files: list[tuple[str, str]]) -> None:
 
 
 def plan_dict(p: OutputPlan) -> dict:
+    """The plan as a plain dict, the form work items cross process and Ray boundaries in."""
     return asdict(p)

@@ -49,6 +49,8 @@ def category(reason: str) -> str:
 # -- 1. stats --------------------------------------------------------------------------------
 @dataclass
 class FileStats:
+    """What one annotation file adds to the pool: counts, min/max, drop reasons, filter counts."""
+
     rows: int = 0  # sample rows (a key)
     errors: int = 0  # of which not `ok`
     dropped: dict = field(default_factory=dict)  # category -> rows: error rows, shard errors
@@ -98,6 +100,8 @@ def error_reasons(error, keyed: np.ndarray):
 
 @dataclass
 class Pool:
+    """The pool's numbers (min/max, threshold in force) and counts, from one pass over the annotations."""
+
     numbers: PoolNumbers
     n_rows: int
     captioners: list[str]
@@ -124,6 +128,7 @@ class PoolSource:
     @classmethod
     def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True,
                   filters: FilterSet | None = None) -> "PoolSource":
+        """The annotation files of these input shards; one clear error when none is annotated."""
         files, missing = annotation_files(shards, ann_dir)
         if not files:
             raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
@@ -132,6 +137,7 @@ class PoolSource:
 
     @classmethod
     def of_folder(cls, ann_dir: str, names: list[str], mapper=None, filters: FilterSet | None = None) -> "PoolSource":
+        """Named annotation files of a folder, without their input shards (reports)."""
         return cls([AnnFile(n, ann.path_for(ann_dir, n)) for n in names], [], mapper, filters=filters)
 
     def map(self, fn: Callable, *args):
@@ -139,6 +145,7 @@ class PoolSource:
         return self.mapper.map(functools.partial(_call, fn, args, self.cache), self.files)
 
     def stats(self) -> Pool:
+        """Merge every file's statistics into the pool's counts, ranges and filter counts."""
         total = FileStats()
         fl = self.filters
         filtered, alone = np.zeros(fl.n_codes, np.int64), np.zeros(len(fl.rules), np.int64)
@@ -205,6 +212,7 @@ class Scores:
     cfg: MixConfig | None = None
 
     def of(self, c: Columns) -> np.ndarray:
+        """This score for the rows of one file that a fraction is taken over (NaN where missing)."""
         if self.column == "written":
             d = decide_columns(c, self.cfg, self.numbers)
             v = _written(c, d.code)
@@ -259,12 +267,15 @@ def _upper_middle(n: int) -> int:
 # -- 3. outcomes -----------------------------------------------------------------------------
 @dataclass
 class Outcomes:
+    """Counts of every outcome code over the files, and the kept count of each file."""
+
     codes: np.ndarray = field(default_factory=lambda: np.zeros(N_CODES, dtype=np.int64))
     written_sum: float = 0.0
     written_n: int = 0
     kept_per_file: list = field(default_factory=list)
 
     def add(self, o: "Outcomes") -> None:
+        """Add another file's outcomes."""
         self.codes += o.codes
         self.written_sum = math.fsum([self.written_sum, o.written_sum])
         self.written_n += o.written_n
@@ -272,13 +283,16 @@ class Outcomes:
 
     @property
     def raw(self) -> int:
+        """Samples kept with their alt-text."""
         return int(self.codes[KEEP_RAW])
 
     @property
     def synthetic(self) -> int:
+        """Samples kept with a synthetic caption."""
         return int(self.codes[KEEP_SYN])
 
     def by_category(self) -> dict[str, int]:
+        """Drops and errors per summary category (reason words without numbers)."""
         out: dict[str, int] = {}
         for code, name in CATEGORIES.items():
             if self.codes[code]:
@@ -305,6 +319,7 @@ def file_outcomes(f: AnnFile, jobs: list[tuple[MixConfig, PoolNumbers]], written
 
 # -- the pool pass of one mix ----------------------------------------------------------------
 def threshold_scores(cfg: MixConfig, numbers: PoolNumbers) -> Scores:
+    """The score a strategy's threshold applies to, as the radix select reads it."""
     return Scores(cfg.threshold_column, numbers, cfg.alpha)
 
 

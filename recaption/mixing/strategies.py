@@ -18,6 +18,8 @@ STRATEGIES = ("raw", "synthetic", "threshold", "both", "sieve")
 
 @dataclass
 class MixConfig:
+    """How to mix: strategy, threshold or fraction, blend weight, filters, output sharding."""
+
     strategy: str = "threshold"
     threshold: float | None = None
     fraction: float | None = None
@@ -28,6 +30,7 @@ class MixConfig:
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
 
     def validate(self) -> "MixConfig":
+        """Check the settings together; one error line naming the option that is wrong. Returns self."""
         from recaption.mixing.filters import normalize
 
         self.filters = normalize(self.filters)
@@ -98,21 +101,26 @@ CATEGORIES = {c: r.replace(" {t:.4f}", "").split(" (", 1)[0] for c, r in REASONS
 
 
 def reason_text(code: int, threshold: float | None) -> str:
+    """The drop reason of an outcome code, with the threshold in force where it has one."""
     r = REASONS[code]
     return r.format(t=threshold) if threshold is not None else r.replace(" {t:.4f}", "")
 
 
 @dataclass
 class Decisions:
+    """The outcome code and blend score of every row of one file."""
+
     code: np.ndarray  # uint8 outcome per row
     blend: np.ndarray  # float64, NaN = missing
 
     @property
     def kept(self) -> np.ndarray:
+        """Rows written, with either caption."""
         return self.code <= KEEP_SYN
 
 
 def blend_of(cols, numbers: PoolNumbers, alpha: float) -> np.ndarray:
+    """The blended score of every row, normalised by the pool's min/max (NaN where an input is missing)."""
     return blend_array(cols.sieve, cols.clip_raw, numbers.sieve, numbers.clip_raw, alpha)
 
 
@@ -171,6 +179,8 @@ def _synthetic(cols):
 # -- one row, as a dict ----------------------------------------------------------------------
 @dataclass
 class Decision:
+    """One row's outcome, as `decide` gives it for a single annotation row (tests, eval)."""
+
     keep: bool
     caption: str | None = None
     source: str | None = None  # raw | synthetic

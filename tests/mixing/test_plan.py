@@ -12,7 +12,7 @@ from recaption import api
 from recaption.engines import Execution
 from recaption.io import annotations as ann
 from recaption.io.shards import iter_shard
-from recaption.mixing.mix import MixWriteStage
+from recaption.stages.write_mix import MixWriteStage
 from recaption.mixing.plan import Part, assign, decisions_path, plan, plan_dict, read_meta
 from recaption.mixing.pool import pool_pass
 from recaption.mixing.strategies import MixConfig
@@ -166,7 +166,7 @@ def test_ray_engine_writes_the_same_files(shard_dir, random_ann, tmp_path, ray_l
     (b'{"recaption": 5, "z": 2}', b'{"recaption": {"a": 1}, "z": 2}'),  # replaced, in its place
 ])
 def test_recaption_field_is_added_to_the_json(text, want):
-    from recaption.mixing.mix import with_recaption
+    from recaption.mixing.members import with_recaption
 
     meta, out = with_recaption(text, {"a": 1})
     assert out == want

@@ -5,7 +5,7 @@ import random
 
 import pyarrow as pa
 
-from recaption.mixing.mix import recaption_object
+from recaption.mixing.members import recaption_object
 from recaption.mixing.plan import SCHEMA
 from recaption.mixing.recaption_field import FIELDS, encode
 

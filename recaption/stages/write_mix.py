@@ -1,4 +1,4 @@
-"""Write one output shard of a mix from its plan.
+"""The mix-write stage: one output shard of a mix, written from its plan.
 
 The plan (`recaption.mixing.plan`) names slices of input shards' kept samples; what each kept
 sample gets (caption, source, scores) is read from the shard's decisions file, never decided
@@ -8,9 +8,6 @@ the shard that are not wanted are skipped, not read.
 """
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +19,16 @@ from recaption.io.sources import shard_name
 from recaption.io.tarcopy import iter_samples
 from recaption.io.writer import is_done, write_shard
 from recaption.mixing import recaption_field
+from recaption.mixing.members import READ, kept_members
 from recaption.mixing.plan import OutputPlan, Part
 
-READ = ["key", "kept", "caption_source", "caption", "raw_caption", "synthetic_caption", "clip_raw",
-        "clip_synthetic", "sieve", "blend", "captioner"]
 PROGRESS_EVERY = 256  # the only member read; the others are copied without a look
 
 
 @dataclass
 class WriteReport:
+    """The outcome of one output shard: done, skipped (already written) or failed."""
+
     shard: str
     status: str
     samples: int = 0
@@ -95,82 +93,3 @@ class MixWriteStage:
             **{k: meta.get(k) for k in ("width", "height", "original_width", "original_height", "sha256")},
         }
         return key, out, prow
-
-
-def recaption_object(row: dict, strategy: str) -> dict:
-    """The `recaption` json field of a kept sample, from its decisions row (scores there are null,
-    never NaN); `recaption_field.encode` writes the same for many rows at once."""
-    return {**{k: row[k] for k in recaption_field.FIELDS}, "strategy": strategy}
-
-
-def kept_members(row: dict, strategy: str, json_text: bytes | None,
-                 added: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
-    """What a kept sample gets from its decisions row: its json object, and the members that
-    replace or join its own. `added` is the recaption field's json text when already encoded
-    (`recaption_field.encode`, which the writer uses)."""
-    meta, text = with_recaption(json_text, recaption_object(row, strategy), added)
-    syn = row["synthetic_caption"]
-    return meta, members(row["caption"].encode("utf-8"), None if syn is None else syn.encode("utf-8"), strategy, text)
-
-
-def members(caption: bytes, synthetic: bytes | None, strategy: str, json_text: bytes) -> dict[str, bytes]:
-    """The members a kept sample gets, in this order: `txt`, `json`, and `syn.txt` for `both`
-    where there is a synthetic caption. The mixed tars and the overlay readers
-    (`recaption.webdataset`) both build samples here."""
-    new = {"txt": caption, "json": json_text}
-    if strategy == "both" and synthetic is not None:
-        new["syn.txt"] = synthetic
-    return new
-
-
-_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # one encoder, not one a call
-
-
-def with_recaption(text: bytes | None, rc: dict, added: bytes | None = None) -> tuple[dict, bytes]:
-    """The sample's json object and its text with `"recaption": rc` added as the last field. The
-    original text is kept as it is and the field spliced in before its closing brace; where it
-    holds a NaN or infinity (JSON has none: they become null), or already a `recaption` field
-    (replaced), the object is written anew."""
-    added = _ENCODE(rc).encode("utf-8") if added is None else added
-    odd = []
-    if not text:
-        meta = {}
-    elif b"NaN" in text or b"Infinity" in text:  # maybe inside a string: let the parser say
-        meta = json.loads(text, parse_constant=lambda c: odd.append(c) or float(c))
-    else:
-        meta = json.loads(text)
-    body = text.rstrip() if text else b""
-    if text and not odd and "recaption" not in meta and body.endswith(b"}"):
-        return meta, _splice(body, added)
-    return meta, _ENCODE(_finite({**meta, "recaption": rc})).encode("utf-8")
-
-
-def _splice(body: bytes, added: bytes) -> bytes:
-    inner = body[:-1].rstrip()
-    return inner + (b"" if inner.endswith(b"{") else b", ") + b'"recaption": ' + added + b"}"
-
-
-# an escaped character from 0x60 to 0x7f (every lower-case letter) could spell a `recaption` key
-_ESCAPED_LOWER = re.compile(rb"\\u00[67][0-9a-fA-F]")
-
-
-def splice_recaption(text: bytes, added: bytes) -> bytes | None:
-    """What `with_recaption` gives for `text`, without parsing it, where the text cannot hold a
-    NaN, an infinity or a `recaption` field (not even one spelled with escapes); else None. The
-    text must be a JSON object, as every kept sample's json was when it was annotated (the overlay
-    readers check that a shard is unchanged)."""
-    body = text.rstrip()
-    if (body.endswith(b"}") and b"recaption" not in text and b"NaN" not in text and b"Infinity" not in text
-            and not _ESCAPED_LOWER.search(text)):
-        return _splice(body, added)
-    return None
-
-
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x

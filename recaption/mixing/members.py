@@ -1,0 +1,95 @@
+"""What a kept sample's members become: its `txt` (the chosen caption), its json with the
+`recaption` object, and `syn.txt` for `both`. The mix writer (`recaption.stages.write_mix`) and
+the overlay readers (`recaption.webdataset`) both build samples here, so a sample read through an
+overlay equals the written one byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from recaption.mixing import recaption_field
+
+# the decisions columns a kept sample is built from
+READ = ["key", "kept", "caption_source", "caption", "raw_caption", "synthetic_caption", "clip_raw",
+        "clip_synthetic", "sieve", "blend", "captioner"]
+
+
+def recaption_object(row: dict, strategy: str) -> dict:
+    """The `recaption` json field of a kept sample, from its decisions row (scores there are null,
+    never NaN); `recaption_field.encode` writes the same for many rows at once."""
+    return {**{k: row[k] for k in recaption_field.FIELDS}, "strategy": strategy}
+
+
+def kept_members(row: dict, strategy: str, json_text: bytes | None,
+                 added: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
+    """What a kept sample gets from its decisions row: its json object, and the members that
+    replace or join its own. `added` is the recaption field's json text when already encoded
+    (`recaption_field.encode`, which the writer uses)."""
+    meta, text = with_recaption(json_text, recaption_object(row, strategy), added)
+    syn = row["synthetic_caption"]
+    return meta, members(row["caption"].encode("utf-8"), None if syn is None else syn.encode("utf-8"), strategy, text)
+
+
+def members(caption: bytes, synthetic: bytes | None, strategy: str, json_text: bytes) -> dict[str, bytes]:
+    """The members a kept sample gets, in this order: `txt`, `json`, and `syn.txt` for `both`
+    where there is a synthetic caption. The mixed tars and the overlay readers
+    (`recaption.webdataset`) both build samples here."""
+    new = {"txt": caption, "json": json_text}
+    if strategy == "both" and synthetic is not None:
+        new["syn.txt"] = synthetic
+    return new
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # one encoder, not one a call
+
+
+def with_recaption(text: bytes | None, rc: dict, added: bytes | None = None) -> tuple[dict, bytes]:
+    """The sample's json object and its text with `"recaption": rc` added as the last field. The
+    original text is kept as it is and the field spliced in before its closing brace; where it
+    holds a NaN or infinity (JSON has none: they become null), or already a `recaption` field
+    (replaced), the object is written anew."""
+    added = _ENCODE(rc).encode("utf-8") if added is None else added
+    odd = []
+    if not text:
+        meta = {}
+    elif b"NaN" in text or b"Infinity" in text:  # maybe inside a string: let the parser say
+        meta = json.loads(text, parse_constant=lambda c: odd.append(c) or float(c))
+    else:
+        meta = json.loads(text)
+    body = text.rstrip() if text else b""
+    if text and not odd and "recaption" not in meta and body.endswith(b"}"):
+        return meta, _splice(body, added)
+    return meta, _ENCODE(_finite({**meta, "recaption": rc})).encode("utf-8")
+
+
+def _splice(body: bytes, added: bytes) -> bytes:
+    inner = body[:-1].rstrip()
+    return inner + (b"" if inner.endswith(b"{") else b", ") + b'"recaption": ' + added + b"}"
+
+
+# an escaped character from 0x60 to 0x7f (every lower-case letter) could spell a `recaption` key
+_ESCAPED_LOWER = re.compile(rb"\\u00[67][0-9a-fA-F]")
+
+
+def splice_recaption(text: bytes, added: bytes) -> bytes | None:
+    """What `with_recaption` gives for `text`, without parsing it, where the text cannot hold a
+    NaN, an infinity or a `recaption` field (not even one spelled with escapes); else None. The
+    text must be a JSON object, as every kept sample's json was when it was annotated (the overlay
+    readers check that a shard is unchanged)."""
+    body = text.rstrip()
+    if (body.endswith(b"}") and b"recaption" not in text and b"NaN" not in text and b"Infinity" not in text
+            and (b"\\u00" not in text or not _ESCAPED_LOWER.search(text))):
+        return _splice(body, added)
+    return None
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
