@@ -43,9 +43,32 @@ ds = wds.WebDataset(a["urls"], shardshuffle=False)
 t0 = time.perf_counter()
 if a["overlay"]:  # once per process, apart: checks the folder, imports what pyarrow needs
     ds = ds.compose(overlay(a["overlay"]))
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 n = sum(1 for _ in ds)
-print(json.dumps({"seconds": time.perf_counter() - t1, "setup": t1 - t0, "yielded": n}))
+print(json.dumps({"seconds": time.perf_counter() - t1, "cpu": time.process_time() - c1, "setup": t1 - t0,
+                  "yielded": n}))
+"""
+
+# the overlay's own cost, apart from reading: samples read once into memory, then the stage
+# applied to fresh copies of them, alternating with a plain pass over the same copies (per sample,
+# CPU seconds; best of the rounds, since noise only ever adds)
+APPLY_CHILD = """
+import json, sys, time
+a = json.loads(sys.argv[1])
+import webdataset as wds
+from recaption.webdataset import overlay
+t0 = time.process_time()
+samples = list(wds.WebDataset(a["urls"], shardshuffle=False))
+read = time.process_time() - t0
+plain, over = [], []
+for _ in range(a["rounds"]):
+    copies = [dict(s) for s in samples]
+    c = time.process_time(); sum(1 for _ in iter(copies)); plain.append(time.process_time() - c)
+    stage = overlay(a["overlay"])  # a fresh reader: every shard's decisions loaded again
+    copies = [dict(s) for s in samples]
+    c = time.process_time(); n = sum(1 for _ in stage(iter(copies))); over.append(time.process_time() - c)
+print(json.dumps({"samples": len(samples), "yielded": n, "read_cpu": read, "plain_cpu": min(plain),
+                  "overlay_cpu": min(over)}))
 """
 
 RAY_CHILD = """
@@ -128,14 +151,39 @@ def bench_read(urls: list[str], folder: str, runs: int, child: str, label: str, 
            "overhead_pct": round(100 * (to / tp - 1), 1),
            "overhead_pct_best_runs": round(100 * (bo / bp - 1), 1),  # fastest against fastest: least noise
            "plain_runs": [round(r["seconds"], 3) for r in plain], "overlay_runs": [round(r["seconds"], 3) for r in over],
+           **_cpu_overhead(plain, over),
            "overlay_setup_s": round(statistics.median(r.get("setup", 0.0) for r in over), 3),
            "plain_peak_rss_mb": round(max(r["peak_rss_mb"] for r in plain)),
            "overlay_peak_rss_mb": round(max(r["peak_rss_mb"] for r in over))}
+    cpu = f", CPU time {res['overhead_pct_cpu']}%" if "overhead_pct_cpu" in res else ""
     print(f"  {label}: plain {res['plain_samples_per_s']:,} input samples/s, overlay "
           f"{res['overlay_samples_per_s']:,} -> overhead {res['overhead_pct']}% (fastest runs "
-          f"{res['overhead_pct_best_runs']}%) "
+          f"{res['overhead_pct_best_runs']}%{cpu}) "
           f"(peak RSS {res['plain_peak_rss_mb']} / {res['overlay_peak_rss_mb']} MB)", flush=True)
     return res
+
+
+def bench_apply(urls: list[str], folder: str, rounds: int = 5) -> dict:
+    """The overlay stage's CPU time per sample, samples already in memory, against what reading
+    them took: the overhead the stage adds to a read, free of the read's own run-to-run noise."""
+    r = bm.run_measured({"urls": urls, "overlay": folder, "rounds": rounds}, APPLY_CHILD)
+    n = r["samples"]
+    res = {"samples": n, "read_us_per_sample": round(1e6 * r["read_cpu"] / n, 1),
+           "overlay_us_per_sample": round(1e6 * (r["overlay_cpu"] - r["plain_cpu"]) / n, 1)}
+    res["overhead_pct"] = round(100 * res["overlay_us_per_sample"] / res["read_us_per_sample"], 1)
+    print(f"  overlay stage alone: {res['overlay_us_per_sample']} us a sample (decisions loads included) "
+          f"against {res['read_us_per_sample']} us to read it -> {res['overhead_pct']}%", flush=True)
+    return res
+
+
+def _cpu_overhead(plain: list[dict], over: list[dict]) -> dict:
+    """The reading process's CPU seconds, where the child reports them (one process reads): what the
+    overlay costs, little moved by other work on the machine, unlike wall time."""
+    if "cpu" not in plain[0]:
+        return {}
+    cp, co = _median(plain, "cpu"), _median(over, "cpu")
+    return {"overhead_pct_cpu": round(100 * (co / cp - 1), 1), "plain_cpu_runs": [round(r["cpu"], 3) for r in plain],
+            "overlay_cpu_runs": [round(r["cpu"], 3) for r in over]}
 
 
 def main(argv=None):
@@ -164,6 +212,7 @@ def main(argv=None):
     result["mix"] = bench_mixes(work, shards, sann, a.runs)
     folder = str(work / "mix-overlay")
     result["read_webdataset"] = bench_read(urls, folder, a.read_runs, WDS_CHILD, "webdataset")
+    result["overlay_cost"] = bench_apply(urls, folder)
     if not a.no_ray:
         result["read_ray"] = bench_read(urls, folder, max(1, a.read_runs // 2), RAY_CHILD, "Ray Data",
                                         {"cpus": os.cpu_count()})
@@ -190,12 +239,18 @@ def markdown(r: dict) -> str:
                   f"{p['overlay']['seconds']} |",
                   f"| {p['rows']:,} annotation rows: `mix --dry-run` | {p['dry_run']['seconds']} |"]
     lines += ["", "| reading every input sample | plain samples/s | with the overlay | overhead (medians) | "
-                  "fastest runs |", "| --- | ---: | ---: | ---: | ---: |"]
+                  "fastest runs | CPU time (medians) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for key, label in (("read_webdataset", "webdataset, one process"), ("read_ray", "Ray Data")):
         if key in r:
             x = r[key]
             lines.append(f"| {label} | {x['plain_samples_per_s']:,} | {x['overlay_samples_per_s']:,} | "
-                         f"{x['overhead_pct']}% | {x['overhead_pct_best_runs']}% |")
+                         f"{x['overhead_pct']}% | {x['overhead_pct_best_runs']}% | "
+                         f"{str(x['overhead_pct_cpu']) + '%' if 'overhead_pct_cpu' in x else 'n/a'} |")
+    if "overlay_cost" in r:
+        c = r["overlay_cost"]
+        lines += ["", f"The overlay stage alone, on the {c['samples']:,} samples held in memory: "
+                      f"{c['overlay_us_per_sample']} µs of CPU a sample, decisions loads included, against "
+                      f"{c['read_us_per_sample']} µs to read it: **{c['overhead_pct']}%**."]
     return "\n".join(lines)
 
 
