@@ -13,7 +13,7 @@ def test_help_lists_every_verb_without_importing_heavy_modules():
     # what keeps `recaption --help` fast; its time is a figure in scripts/bench.py, not a test
     code = ("import sys; from recaption.cli import main\n"
             "try:\n main(['--help'])\nexcept SystemExit: pass\n"
-            "print(sorted(m for m in ('torch', 'open_clip', 'ray', 'vllm', 'transformers', 'pyarrow') "
+            "print(sorted(m for m in ('torch', 'open_clip', 'ray', 'vllm', 'transformers', 'pyarrow', 'numpy') "
             "if m in sys.modules), file=sys.stderr)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stderr.strip().splitlines()[-1] == "[]", p.stderr

@@ -21,7 +21,7 @@ from recaption.captioners.base import BACKENDS, QUANTIZE, STRATEGIES as DECODING
 from recaption.engines import ENGINES, Execution
 from recaption.io.pixels import PREPROCESS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
-from recaption.mixing.strategies import STRATEGIES
+from recaption.mixing import STRATEGIES
 from recaption.models import DTYPES
 
 log = logging.getLogger("recaption")

@@ -1,1 +1,4 @@
 """Caption mixing (docs/formats.md#mixing-strategies): columnar decisions over annotation files, then a lossless shard rewrite."""
+
+# the strategy names, here without numpy so that the CLI's --help can list them cheaply
+STRATEGIES = ("raw", "synthetic", "threshold", "both", "sieve")

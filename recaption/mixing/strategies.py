@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recaption.errors import RecaptionError
+from recaption.mixing import STRATEGIES  # noqa: F401  (re-exported)
 from recaption.scoring.blend import MinMax, blend_array, scored
 
-STRATEGIES = ("raw", "synthetic", "threshold", "both", "sieve")
 
 
 @dataclass
