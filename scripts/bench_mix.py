@@ -269,6 +269,26 @@ def bench_write(work: Path, shards: Path, ann: Path, runs: int, workers: int, pe
     return res
 
 
+def start(work_dir: str) -> tuple[Path, dict]:
+    """The work folder, made, and a result that names the machine and its load as the run starts."""
+    sys.path.insert(0, str(ROOT))
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores", flush=True)
+    return work, {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                  "load_before": [round(x, 2) for x in load]}
+
+
+def finish(result: dict, json_path: str, markdown) -> dict:
+    """Record the load as the run ends, write the JSON and print the README tables."""
+    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"load average after: {result['load_after']}; results in {json_path}\n")
+    print(markdown(result))
+    return result
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -279,24 +299,17 @@ def main(argv=None):
     ap.add_argument("--work", default=os.environ.get("RECAPTION_BENCH_DIR", "/tmp/recaption-bench-mix"))
     ap.add_argument("--json", default=str(ROOT / "scripts" / "bench-mix-results.json"))
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores", flush=True)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-              "load_before": [round(x, 2) for x in load], "dry_run": [], "write": []}
+    if a.samples < a.per_shard:
+        ap.error(f"--samples {a.samples} is fewer than one shard of --per-shard {a.per_shard}")
+    work, result = start(a.work)
+    result.update(dry_run=[], write=[])
     for rows in a.rows:
         ann, listing = build_annotations(work, rows)
         result["dry_run"] += bench_dry_run(ann, listing, rows, a.runs)
     shards, sann = build_shards(work, a.samples, a.per_shard)
     for w in a.workers:
         result["write"].append(bench_write(work, shards, sann, a.runs, w, a.per_shard))
-    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"load average after: {result['load_after']}; results in {a.json}\n")
-    print(markdown(result))
-    return result
+    return finish(result, a.json, markdown)
 
 
 def markdown(r: dict) -> str:

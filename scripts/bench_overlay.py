@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -93,20 +92,27 @@ def _median(rs: list[dict], k: str = "seconds") -> float:
     return statistics.median(r[k] for r in rs)
 
 
-def bench_mixes(work: Path, shards: Path, ann: Path, runs: int) -> dict:
-    """Full mix, overlay and dry run over the same real shards."""
-    cfg = bm._cfg(MIX)
-    res = {}
-    for label, spec in (("full", {"dry": False}), ("overlay", {"dry": False, "overlay": True}),
-                        ("dry_run", {"dry": True})):
+SPECS = {"full": {"dry": False}, "overlay": {"dry": False, "overlay": True}, "dry_run": {"dry": True}}
+
+
+def _mix_runs(prefix: Path, input_spec: str, ann: Path, runs: int, labels) -> dict:
+    """Each kind of mix `runs` times in fresh processes, into `PREFIX-LABEL` folders made anew."""
+    cfg, res = bm._cfg(MIX), {}
+    for label in labels:
         rs = []
         for _ in range(runs):
-            out = work / f"mix-{label}"
+            out = prefix.parent / f"{prefix.name}-{label}"
             shutil.rmtree(out, ignore_errors=True)
-            rs.append(bm.run_measured({"input": str(shards), "ann": str(ann), "cfg": cfg,
-                                       "out": None if spec["dry"] else str(out), **spec}))
+            rs.append(bm.run_measured({"input": input_spec, "ann": str(ann), "cfg": cfg,
+                                       "out": None if SPECS[label]["dry"] else str(out), **SPECS[label]}))
         res[label] = {"seconds": round(_median(rs), 3), "runs": [round(r["seconds"], 3) for r in rs],
-                      "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)), "read": rs[0]["read"]}
+                      "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs)), "read": rs[0].get("read")}
+    return res
+
+
+def bench_mixes(work: Path, shards: Path, ann: Path, runs: int) -> dict:
+    """Full mix, overlay and dry run over the same real shards."""
+    res = _mix_runs(work / "mix", str(shards), ann, runs, ("full", "overlay", "dry_run"))
     print(f"  mix of {res['full']['read']:,} samples: full {res['full']['seconds']} s, overlay "
           f"{res['overlay']['seconds']} s, dry run {res['dry_run']['seconds']} s", flush=True)
     return res
@@ -119,17 +125,7 @@ def bench_pool(work: Path, rows: int, runs: int) -> dict:
     for url in listing.read_text().split():
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         Path(url).touch()
-    cfg = bm._cfg(MIX)
-    res = {}
-    for label, spec in (("overlay", {"dry": False, "overlay": True}), ("dry_run", {"dry": True})):
-        rs = []
-        for _ in range(runs):
-            out = work / f"pool-{label}"
-            shutil.rmtree(out, ignore_errors=True)
-            rs.append(bm.run_measured({"input": str(listing), "ann": str(ann), "cfg": cfg,
-                                       "out": None if spec["dry"] else str(out), **spec}))
-        res[label] = {"seconds": round(_median(rs), 3), "runs": [round(r["seconds"], 3) for r in rs],
-                      "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs))}
+    res = _mix_runs(work / "pool", str(listing), ann, runs, ("overlay", "dry_run"))
     res["rows"] = rows
     res["decisions_mb"] = round(sum(p.stat().st_size for p in (work / "pool-overlay" / "_decisions").iterdir()) / 1e6, 1)
     print(f"  {rows:,} annotation rows: overlay {res['overlay']['seconds']} s "
@@ -197,13 +193,10 @@ def main(argv=None):
     ap.add_argument("--work", default=os.environ.get("RECAPTION_BENCH_DIR", "/tmp/recaption-bench-overlay"))
     ap.add_argument("--json", default=str(ROOT / "scripts" / "bench-overlay-results.json"))
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores", flush=True)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-              "load_before": [round(x, 2) for x in load], "mix_args": MIX}
+    if a.samples < a.per_shard:
+        ap.error(f"--samples {a.samples} is fewer than one shard of --per-shard {a.per_shard}")
+    work, result = bm.start(a.work)
+    result["mix_args"] = MIX
     shards, sann = bm.build_shards(work, a.samples, a.per_shard)
     urls = sorted(str(p) for p in shards.glob("*.tar"))
     result["input_mb"] = round(sum(Path(u).stat().st_size for u in urls) / 1e6, 1)
@@ -218,11 +211,7 @@ def main(argv=None):
                                         {"cpus": os.cpu_count()})
     if a.rows:
         result["pool"] = bench_pool(work, a.rows, a.runs)
-    result["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"load average after: {result['load_after']}; results in {a.json}\n")
-    print(markdown(result))
-    return result
+    return bm.finish(result, a.json, markdown)
 
 
 def markdown(r: dict) -> str:
