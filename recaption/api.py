@@ -250,23 +250,28 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     plans, counts = plan(pool, cfg, out_dir)
     if overlay:
         summary = _mix_summary(cfg, pool, counts, None, arguments, overlay=True)
-        summary.update(input=input_spec if isinstance(input_spec, str) else list(input_spec), annotations=ann_dir,
-                       seconds={"pool_and_plan": round(time.time() - t0, 3)})
-        summary.update(extra_summary or {})
-        write_text(join(out_dir, "_summary.json"), json.dumps(summary, indent=2, default=str, allow_nan=False))
-        return summary
+        return _write_mix_summary(out_dir, summary, input_spec, ann_dir, {"pool_and_plan": round(time.time() - t0, 3)},
+                                  extra_summary)
     folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
     t_plan = time.time() - t0
     reports = run_stage(MixWriteStage(), [plan_dict(p) for p in plans], ex, desc="write",
                         count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]), cpu_only=True)
     failed = [r for r in reports if r["status"] == "failed"]
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
-    summary["input"] = input_spec if isinstance(input_spec, str) else list(input_spec)
-    summary["annotations"] = ann_dir
     summary["written"] = sum(r.get("samples", 0) for r in reports if r["status"] != "failed")
     summary["failed_output_shards"] = failed
-    summary["seconds"] = {"pool_and_plan": round(t_plan, 3), "write": round(time.time() - t0 - t_plan, 3)}
-    summary.update(extra_summary or {})
+    return _write_mix_summary(out_dir, summary, input_spec, ann_dir,
+                              {"pool_and_plan": round(t_plan, 3), "write": round(time.time() - t0 - t_plan, 3)},
+                              extra_summary)
+
+
+def _write_mix_summary(out_dir: str, summary: dict, input_spec, ann_dir: str, seconds: dict,
+                       extra: dict | None) -> dict:
+    """Complete a written mix's (or overlay's) summary and write it last: its presence marks the
+    folder finished."""
+    summary.update(input=input_spec if isinstance(input_spec, str) else list(input_spec), annotations=ann_dir,
+                   seconds=seconds)
+    summary.update(extra or {})
     write_text(join(out_dir, "_summary.json"), json.dumps(summary, indent=2, default=str, allow_nan=False))
     return summary
 
