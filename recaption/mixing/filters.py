@@ -16,45 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
+from recaption.mixing.rules import PRESETS, kinds as rule_kinds
 
 SIZE = ("original_width", "original_height", "width", "height")
 
 
-@dataclass(frozen=True)
-class Kind:
-    """What a rule name tests: the columns it reads, its value's type, what a row may lack."""
-    needs: tuple[str, ...]
-    value: type | None  # int, float, str (language codes) or None (no value)
-    lacks: str  # what a row without the input lacks, in its drop reason
-    help: str
-    metrics: bool = True  # reads the `metrics` column group (else only the fixed columns)
-
-
-KINDS: dict[str, Kind] = {
-    "english": Kind(("lang",), None, "no alt-text", "top-1 language of the alt-text is en (fastText lid.176)"),
-    "lang": Kind(("lang",), str, "no alt-text", "top-1 language of the alt-text is one of these codes, e.g. lang=en,de"),
-    "min-words": Kind(("caption_words",), int, "no alt-text", "alt-text has at least N whitespace-separated words"),
-    "min-chars": Kind(("caption_chars",), int, "no alt-text", "alt-text has at least N characters"),
-    "min-side": Kind(SIZE, int, "no image size", "shorter image side >= N px (original size where recorded, else stored)"),
-    "max-aspect": Kind(SIZE, float, "no image size", "longer side / shorter side <= X (same sizes as min-side)"),
-    "min-image-bytes": Kind(("image_bytes",), int, "no image", "stored image file has at least N bytes"),
-    "min-clip-raw": Kind(("clip_raw",), float, "no clip_raw score", "CLIP score of the alt-text >= X", metrics=False),
-    "min-clip-raw-en": Kind(("clip_raw", "lang"), float, "no clip_raw score",
-                            "CLIP score of the alt-text >= X where its language is en (other rows pass)"),
-    "min-clip-raw-other": Kind(("clip_raw", "lang"), float, "no clip_raw score",
-                               "CLIP score of the alt-text >= X where its language is not en (en rows pass)"),
-}
-
-# Presets: the published filters, each rule as its source states it (docs/formats.md#filters).
-PRESETS: dict[str, dict] = {
-    # DataComp basic filtering (Gadre et al. 2023; baselines/apply_filter.py): English by fastText,
-    # more than 2 words, more than 5 characters, original min side >= 200, aspect ratio <= 3.
-    "basic": {"english": None, "min-words": 3, "min-chars": 6, "min-side": 200, "max-aspect": 3.0},
-    # LAION-5B post-processing (Schuhmann et al. 2022): alt-text of 5 characters or more, image data of
-    # 5 KB or more, CLIP cosine >= 0.28 for English (ViT-B/32) and >= 0.26 for other languages (mCLIP).
-    "laion-5b": {"min-chars": 5, "min-image-bytes": 5120, "min-clip-raw-en": 0.28, "min-clip-raw-other": 0.26},
-}
-PRESETS["datacomp-basic"] = PRESETS["basic"]
+def kinds() -> dict:
+    """Every rule kind the registered annotators offer, by name (`recaption.annotators.base.RuleKind`)."""
+    return rule_kinds()
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -77,8 +46,9 @@ def normalize(spec) -> dict:
             else:
                 out.update(PRESETS[name])
             continue
-        if name not in KINDS:
-            raise RecaptionError(f"unknown filter {name!r}; choose one of: {', '.join([*KINDS, *PRESETS])}")
+        known = kinds()
+        if name not in known:
+            raise RecaptionError(f"unknown filter {name!r}; choose one of: {', '.join([*known, *PRESETS])}")
         if value is False:
             out.pop(name, None)
             continue
@@ -96,7 +66,7 @@ def _split(item) -> tuple[str, object]:
 
 
 def _value(name: str, value):
-    kind = KINDS[name]
+    kind = kinds()[name]
     if kind.value is None:
         if value not in (None, True, "", "true"):
             raise RecaptionError(f"filter {name} takes no value, got {value!r}")
@@ -143,9 +113,9 @@ class Rule:
     value: object
 
     @property
-    def kind(self) -> Kind:
-        """What the rule's name tests."""
-        return KINDS[self.name]
+    def kind(self):
+        """What the rule's name tests (`recaption.annotators.base.RuleKind`)."""
+        return kinds()[self.name]
 
     @property
     def label(self) -> str:
@@ -154,17 +124,17 @@ class Rule:
 
     def test(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(fails, lacks) per row: the row's value fails the rule; the row lacks what it tests."""
-        n, v = t.num_rows, self.value
-        if self.name in ("english", "lang"):
-            lang = t["lang"]
-            codes = ["en"] if self.name == "english" else v.split(",")
-            ok = _bools(pc.is_in(lang, value_set=pa.array(codes, pa.string())))
-            has = _bools(lang.is_valid())
+        n, v, k = t.num_rows, self.value, self.kind
+        if k.op == "in":
+            col = t[k.column]
+            codes = [k.fixed] if k.fixed is not None else v.split(",")
+            ok = _bools(pc.is_in(col, value_set=pa.array(codes, pa.string())))
+            has = _bools(col.is_valid())
             return has & ~ok, ~has
-        if self.name in ("min-words", "min-chars", "min-image-bytes"):
-            x, has = _ints(t[{"min-words": "caption_words", "min-chars": "caption_chars",
-                              "min-image-bytes": "image_bytes"}[self.name]])
-            return has & (x < v), ~has
+        if k.op in ("min", "max"):
+            x, has = _numbers(t[k.column])
+            with np.errstate(invalid="ignore"):
+                return has & ((x < v) if k.op == "min" else (x > v)), ~has
         if self.name in ("min-side", "max-aspect"):
             lo, hi, has = sides(t)
             if self.name == "min-side":
@@ -184,11 +154,14 @@ class Rule:
 
     def measured(self, t: pa.Table) -> pa.Array:
         """The row's value as text, for drop reasons."""
-        if self.name in ("english", "lang"):
-            return pc.fill_null(t["lang"], "none")
-        if self.name in ("min-words", "min-chars", "min-image-bytes"):
-            col = {"min-words": "caption_words", "min-chars": "caption_chars", "min-image-bytes": "image_bytes"}
-            return pc.cast(t[col[self.name]], pa.string())
+        k = self.kind
+        if k.op == "in":
+            return pc.fill_null(t[k.column], "none")
+        if k.op in ("min", "max"):
+            col = t[k.column]
+            if pa.types.is_floating(col.type):
+                return pc.cast(pa.array(np.round(_numbers(col)[0], 4)), pa.string())
+            return pc.cast(col, pa.string())
         if self.name in ("min-side", "max-aspect"):
             lo, hi, _ = sides(t)
             return pc.cast(pa.array(lo if self.name == "min-side" else np.round(aspect(lo, hi), 4)), pa.string())
@@ -198,10 +171,10 @@ class Rule:
 
     def fail_text(self, t: pa.Table) -> pa.Array:
         """`filter: min-side 120 < 200` per row (the row's value, then the rule's limit)."""
-        m = self.measured(t)
-        if self.name in ("english", "lang"):
-            return pc.binary_join_element_wise(f"filter: {self.label}: lang ", m, "")
-        op = ">" if self.name == "max-aspect" else "<"
+        m, k = self.measured(t), self.kind
+        if k.op == "in":
+            return pc.binary_join_element_wise(f"filter: {self.label}: {k.column} ", m, "")
+        op = ">" if self.name == "max-aspect" or k.op == "max" else "<"
         return pc.binary_join_element_wise(f"filter: {self.name} ", m, f" {op} {_fmt(self.value)}", "")
 
 
@@ -210,6 +183,15 @@ def _bools(a) -> np.ndarray:
     if isinstance(a, pa.ChunkedArray):
         a = a.combine_chunks()
     return a.to_numpy(zero_copy_only=False)
+
+
+def _numbers(col) -> tuple[np.ndarray, np.ndarray]:
+    """(values as float64, known) of a numeric column; NaN counts as not known."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    has = col.is_valid().to_numpy(zero_copy_only=False) & ~np.isnan(x)
+    return np.where(has, x, 0.0), has
 
 
 def _ints(col) -> tuple[np.ndarray, np.ndarray]:
@@ -254,12 +236,20 @@ class FilterSet:
     @property
     def columns(self) -> list[str]:
         """The annotation columns the rules read (beyond the fixed ones a mix reads anyway)."""
-        return list(dict.fromkeys(c for r in self.rules for c in r.kind.needs if c != "clip_raw"))
+        from recaption.annotators import fixed_names
+
+        fixed = set(fixed_names())
+        return list(dict.fromkeys(c for r in self.rules for c in r.kind.needs if c not in fixed))
+
+    @property
+    def groups(self) -> list[str]:
+        """The column groups a file must hold for the rules to apply (beyond the fixed columns)."""
+        return list(dict.fromkeys(r.kind.group for r in self.rules if r.kind.group))
 
     @property
     def needs_metrics(self) -> bool:
-        """Whether a rule reads the `metrics` column group (not only the fixed columns)."""
-        return any(r.kind.metrics for r in self.rules)
+        """Whether a rule reads a column group computed at annotate time (not only the fixed columns)."""
+        return bool(self.groups)
 
     @property
     def spec(self) -> dict:
@@ -309,7 +299,9 @@ class FilterSet:
         return [{"rule": r.label, "name": r.name, "value": r.value, "help": r.kind.help} for r in self.rules]
 
 
-def missing_metrics_error(path: str) -> RecaptionError:
-    """The one line for an annotation file whose filter metrics were never computed."""
-    return RecaptionError(f"{path} has no filter metrics (language, caption length, image size); "
-                          "add them with `recaption score INPUT -a ANN` (with --no-clip --no-sieve: metrics only)")
+def missing_metrics_error(path: str, group: str = "metrics") -> RecaptionError:
+    """The one line for an annotation file without a column group the rules test."""
+    from recaption.annotators import group_hint
+
+    what = "filter metrics (language, caption length, image size)" if group == "metrics" else f"{group} columns"
+    return RecaptionError(f"{path} has no {what}; add them with `{group_hint(group)}`")

@@ -193,7 +193,9 @@ class Decision:
 def _one_row(row: dict, filters=None):
     import pyarrow as pa
 
-    from recaption.io.annotations import EXTRA_SCHEMA, GROUPS, SCHEMA
+    from recaption.annotators import column_type
+    from recaption.annotators.base import arrow_type
+    from recaption.io.annotations import SCHEMA
     from recaption.mixing.columns import from_table
 
     # Python floats are float64: keep them so, not rounded to the files' float32
@@ -203,9 +205,9 @@ def _one_row(row: dict, filters=None):
     if row.get("rerank_pick") is not None:  # a re-ranking chain's pick is the synthetic caption
         schema = schema.append(pa.field("rerank_pick", pa.int32()))
         full["rerank_pick"] = row["rerank_pick"]
-    if filters:  # the filter metrics, as a file stores them
-        for c in GROUPS["metrics"]:
-            schema = schema.append(EXTRA_SCHEMA.field(c))
+    if filters:  # the columns the rules read, as a file stores them
+        for c in filters.columns:
+            schema = schema.append(pa.field(c, arrow_type(column_type(c))))
             full[c] = row.get(c)
     t = pa.Table.from_pylist([full], schema=schema)
     return from_table(t, filters), t

@@ -2,9 +2,10 @@
 
 Keys: captioner (preset/id/path or null), caption (decoding and captioner options), clip
 ({model, pretrained} or null), sieve ({model, mask} or null; model `default` is all-MiniLM-L6-v2),
-filters (rules applied before the mix: a mapping rule -> value, a list of `NAME[=VALUE]`, or a
-preset name such as `basic`; see `recaption.mixing.filters`), mix (MixConfig fields), batch_size,
-device.
+rerank (a list of {model, pretrained, top_k}), metrics ({lang_model}), and a section per other
+registered annotator (`recaption.annotators`: its options, or true); filters (rules applied before
+the mix: a mapping rule -> value, a list of `NAME[=VALUE]`, or a preset name such as `basic`; see
+`recaption.mixing.filters`), mix (MixConfig fields), batch_size, device.
 """
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ import yaml
 from recaption.errors import RecaptionError
 
 HERE = Path(__file__).parent
-TOP_KEYS = {"description", "source", "captioner", "caption", "clip", "rerank", "sieve", "filters", "mix", "batch_size",
-            "device"}
+OWN_KEYS = {"description", "source", "filters", "mix", "batch_size", "device"}  # the annotators add theirs
 SECTION_KEYS = {
-    "clip": {"model", "pretrained", "dtype", "batch_size"},
-    "sieve": {"model", "mask"},
     "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding"},
 }
+
+
+def top_keys() -> set[str]:
+    """Every key a recipe may have: its own, and each registered annotator's sections."""
+    from recaption import annotators
+
+    return OWN_KEYS | annotators.recipe_keys()
 
 
 def list_recipes() -> dict[str, dict]:
@@ -71,9 +76,10 @@ def _set(data: dict, assignment: str):
 
 def validate(data: dict, where: str):
     """Refuse unknown sections and keys, naming the recipe and what is known."""
-    unknown = set(data) - TOP_KEYS
+    known = top_keys()
+    unknown = set(data) - known
     if unknown:
-        raise RecaptionError(f"recipe {where}: unknown keys {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
+        raise RecaptionError(f"recipe {where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     for sec, keys in SECTION_KEYS.items():
         v = data.get(sec)
         if v is None:
@@ -83,8 +89,6 @@ def validate(data: dict, where: str):
         bad = set(v) - keys
         if bad:
             raise RecaptionError(f"recipe {where}: unknown {sec} keys {sorted(bad)}; known: {sorted(keys)}")
-    if data.get("caption") is not None and not isinstance(data["caption"], dict):
-        raise RecaptionError(f"recipe {where}: caption must be a mapping")
     mix = data.get("mix") or {}
     for k in ("fraction", "threshold", "alpha"):
         if mix.get(k) is not None and not isinstance(mix[k], (int, float)):
@@ -99,52 +103,46 @@ def validate(data: dict, where: str):
 class RecipeParts:
     """A recipe as the configs the stages take."""
 
-    captioner: object  # CaptionerConfig | None
-    clip: object  # ClipConfig | None
-    sieve: object  # SieveConfig | None
+    annotators: dict  # annotator name -> config (recaption.annotators), the always-on ones included
     mix: object  # MixConfig, validated
-    rerank: tuple = ()  # RerankStep chain
+
+    @property
+    def captioner(self):
+        """The CaptionerConfig, or None."""
+        return self.annotators.get("captions")
+
+    @property
+    def clip(self):
+        """The main ClipConfig, or None."""
+        return self.annotators.get("clip")
+
+    @property
+    def sieve(self):
+        """The SieveConfig, or None."""
+        return self.annotators.get("sieve")
+
+    @property
+    def rerank(self) -> tuple:
+        """The re-ranking chain (RerankStep), empty without one."""
+        r = self.annotators.get("rerank")
+        return r.steps if r is not None else ()
+
+    @property
+    def asks_for_models(self) -> bool:
+        """Whether the recipe computes more than what every pass computes (the filter metrics)."""
+        from recaption import annotators
+
+        return any(not annotators.get(n).always for n in self.annotators)
 
 
 def recipe_parts(r: dict) -> RecipeParts:
     """Build (and so validate) every section of a recipe, before anything runs."""
-    from recaption.captioners.base import load_preset
+    from recaption import annotators
     from recaption.mixing.strategies import MixConfig
-    from recaption.scoring.clip import ClipConfig
-    from recaption.scoring.sieve import SieveConfig
 
-    cap = None
-    if r.get("captioner"):
-        cap = load_preset(str(r["captioner"]), **(r.get("caption") or {}))
-    clip = None
-    if r.get("clip"):
-        c = dict(r["clip"])
-        clip = ClipConfig(model=c.pop("model", "ViT-B-32"), pretrained=c.pop("pretrained", "openai"), **c)
-    sieve = None
-    if r.get("sieve"):
-        from recaption.scoring.sieve import default_sieve_model
-
-        model = r["sieve"].get("model") or "default"
-        sieve = SieveConfig(default_sieve_model() if model == "default" else str(model), r["sieve"].get("mask") or "sieve")
+    configs = annotators.from_recipe(r)
     try:
         mix = MixConfig(**(r.get("mix") or {}), filters=r.get("filters") or {}).validate()
     except TypeError as e:
         raise RecaptionError(f"mix: {e}") from None
-    rerank = _rerank(r.get("rerank"))
-    if rerank and clip is None:
-        raise RecaptionError("rerank needs a clip section (the main CLIP model)")
-    return RecipeParts(cap, clip, sieve, mix, rerank)
-
-
-def _rerank(steps) -> tuple:
-    from recaption.scoring.rerank import RerankStep, validate_chain
-
-    if not steps:
-        return ()
-    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
-        raise RecaptionError("rerank must be a list of {model, pretrained, top_k} steps")
-    try:
-        chain = [RerankStep(**s) for s in steps]
-    except TypeError as e:
-        raise RecaptionError(f"rerank: {e}") from None
-    return tuple(validate_chain(chain))
+    return RecipeParts(configs, mix)

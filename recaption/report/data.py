@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recaption import annotators
 from recaption.io import annotations as ann
 from recaption.mixing import columns
 from recaption.mixing.compare import side_by_side, variant_name
@@ -24,17 +25,22 @@ from recaption.report.folder import Folder, resolve
 
 K = 6  # cards per sample grid
 # Fixed bins, so per-file counts add up: (low, high, width); the last bin also takes what is above.
+# (the annotators declare more: `recaption.annotators.base.Hist`, e.g. the metrics' chars and kb)
 BINS = {
     "clip": (-1.0, 1.0, 0.01), "sieve": (-1.0, 1.0, 0.01), "blend": (0.0, 1.0, 0.005),
-    "words": (0, 60, 1), "chars": (0, 300, 5), "side": (0, 2000, 25), "aspect": (1.0, 6.0, 0.1),
-    "kb": (0, 200, 2),
+    "words": (0, 60, 1), "side": (0, 2000, 25), "aspect": (1.0, 6.0, 0.1),
 }
-SERIES = {"clip": ("raw", "synthetic"), "sieve": ("sieve",), "blend": ("blend",), "words": ("raw", "synthetic"),
-          "chars": ("raw",), "side": ("shorter side",), "aspect": ("aspect",), "kb": ("image KB",)}
+
+
+def _declared() -> dict:
+    """The histograms the registered annotators declare, by name (`recaption.annotators.base.Hist`)."""
+    from recaption import annotators
+
+    return {h.name: h for a in annotators.classes() for h in a.hists}
 
 
 def _edges(name: str) -> np.ndarray:
-    lo, hi, w = BINS[name]
+    lo, hi, w = BINS[name] if name in BINS else _declared()[name].bins
     return np.linspace(lo, hi, int(round((hi - lo) / w)) + 1)
 
 
@@ -130,10 +136,14 @@ def _bars_config(f: Folder, fraction, alpha, filters) -> MixConfig:
 def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=None) -> dict:
     """Histograms, language counts and a few picks of one annotation file."""
     meta = ann.read_metadata(f.path) or {}
-    has_metrics = "metrics" in (meta.get("groups") or {})
+    held = (meta.get("groups") or {})
+    has_metrics = "metrics" in held
+    declared = [h for h in _declared().values()
+                if any(h.column in annotators.group_columns(g) for g in held if g in annotators.names())]
     cols = columns.columns_for(True, text=True, filters=filters) + ["shard"]
     if has_metrics:
-        cols += [c for c in ann.GROUPS["metrics"] if c not in cols]
+        cols += [c for c in annotators.group_columns("metrics") if c not in cols]
+    cols += [h.column for h in declared if h.column not in cols]
     t = columns.read(f.path, list(dict.fromkeys(cols)), filters=filters)
     c = columns.from_table(t, filters)
     valid, pool = c.valid, c.pool
@@ -150,11 +160,11 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
         lo, hi, known = sides(t)
         hists["side"] = {"shorter side": _hist("side", lo[valid & known])}
         hists["aspect"] = {"aspect": _hist("aspect", aspect(lo, hi)[valid & known])}
-        hists["chars"] = {"raw": _hist("chars", _num(t["caption_chars"])[valid])}
-        hists["kb"] = {"image KB": _hist("kb", _num(t["image_bytes"])[valid] / 1024)}
         for vc in pc.value_counts(t["lang"].filter(pa.array(valid))).to_pylist():
             if vc["values"] is not None:
                 langs[vc["values"]] += vc["counts"]
+    for h in declared:  # each annotator's own histograms, over every annotated sample
+        hists[h.name] = {h.label or h.column: _hist(h.name, _num(t[h.column])[valid] / h.scale)}
     return {"pooled": int(pool.sum()), "hists": hists, "langs": langs,
             "picks": _score_picks(f.name, t, c, syn, blend, pool)}
 

@@ -17,8 +17,8 @@ TITLES = {
     "kb": "image file size (KB)",
 }
 # the filter rule whose limit each metric plot marks
-LIMITS = {"words": ("min-words", "raw"), "chars": ("min-chars", "raw"), "side": ("min-side", None),
-          "aspect": ("max-aspect", None), "kb": ("min-image-bytes", None)}
+LIMITS = {"words": ("min-words", "raw"), "side": ("min-side", None), "aspect": ("max-aspect", None)}
+ORDER = ("clip", "sieve", "blend", "words", "chars", "side", "aspect", "kb")  # then the annotators' other histograms
 THRESHOLD_OF = {"clip": "clip_raw", "blend": "blend"}
 
 
@@ -59,7 +59,7 @@ def _hist(out: Path, name: str, edges: np.ndarray, series: dict[str, np.ndarray]
         if t is not None:
             ax.axvline(t, color="k", linestyle="--", linewidth=1)
             ax.text(t, ax.get_ylim()[1] * 0.92, f" {label} {t:.4g}", fontsize=8)
-    ax.set_title(TITLES[name])
+    ax.set_title(TITLES.get(name) or name.replace("_", " "))  # an annotator's own: its name
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png")
@@ -195,7 +195,7 @@ def render(data: ReportData, out_dir: str | Path) -> Path:
     d = data
     rules = {r["rule"].split("=", 1)[0]: r["rule"].split("=", 1)[1] for r in d.filters if "=" in r["rule"]}
     plots = []
-    for name in ("clip", "sieve", "blend", "words", "chars", "side", "aspect", "kb"):
+    for name in [*ORDER, *(n for n in d.hists if n not in ORDER)]:
         series = d.hists.get(name)
         if not series:
             continue
@@ -203,8 +203,8 @@ def render(data: ReportData, out_dir: str | Path) -> Path:
         if name in THRESHOLD_OF and d.thresholds.get(THRESHOLD_OF[name]) is not None:
             lines[THRESHOLD_OF[name]] = d.thresholds[THRESHOLD_OF[name]]
         if name in LIMITS and LIMITS[name][0] in rules:
-            v = float(rules[LIMITS[name][0]])
-            lines[LIMITS[name][0]] = v / 1024 if name == "kb" else v
+            lines[LIMITS[name][0]] = float(rules[LIMITS[name][0]])
+        lines.update(_rule_lines(name, rules))
         plots.append(_hist(out, name, d.edges(name), series, lines))
     if d.langs:
         plots.append(_langs(out, d.langs))
@@ -225,6 +225,18 @@ table{{border-collapse:collapse;margin:.5em 0 1em}}td,th{{border:1px solid #ddd;
 <div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>{''.join(sections)}</body></html>"""
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
+
+
+def _rule_lines(name: str, rules: dict) -> dict:
+    """Limits of the filter rules on a declared histogram's column, in its units."""
+    from recaption import annotators
+
+    hist = next((h for a in annotators.classes() for h in a.hists if h.name == name), None)
+    if hist is None:
+        return {}
+    kinds = annotators.rule_kinds()
+    return {r: float(v) / hist.scale for r, v in rules.items()
+            if r in kinds and kinds[r].column == hist.column and kinds[r].op in ("min", "max")}
 
 
 def _f(x):

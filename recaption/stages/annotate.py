@@ -1,22 +1,22 @@
 """The annotate stage: one input shard in, one annotation parquet out.
 
-read + decode a batch ahead (inputs.py) -> caption and CLIP on the same batch (bundle.py) ->
-SIEVE over the shard's texts -> write the file whole, recording each group's settings (commit.py).
-Any engine runs it: the stage pickles before `setup()`, which builds the models in the worker.
+read + decode a batch ahead (inputs.py) -> every annotator that reads samples, in run order, on
+the same batch (captions, then the scores computed from them) -> the annotators that work on the
+whole shard's texts (SIEVE) -> write the file whole, recording each group's settings (commit.py).
+Any engine runs it: the stage pickles before `setup()`, which builds the annotators in the worker.
 """
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
+from recaption import annotators as registry
 from recaption.io import annotations as ann
 from recaption.io.shards import ReadFailure
 from recaption.io.sources import shard_name
-from recaption.stages.bundle import ModelBundle, ModelSpec
+from recaption.stages.bundle import AnnotatorSpec, Bundle
 from recaption.stages.commit import ShardWork, commit, plan_shard
 from recaption.stages.inputs import DecodeOptions, ShardBatches
-from recaption.stages.metrics import add_language, sample_metrics
 from recaption.stages.reports import ShardReport, Timer, error_reasons
 
 log = logging.getLogger("recaption")
@@ -27,10 +27,42 @@ class AnnotateSpec:
     """Everything a worker needs to annotate shards (picklable)."""
 
     ann_dir: str
-    models: ModelSpec
+    models: AnnotatorSpec
     groups: dict[str, dict]  # column group -> the settings that compute it
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     overwrite: bool = False
+
+
+class BatchRows:
+    """One batch of a shard as the annotators see it (`recaption.annotators.base.Batch`)."""
+
+    def __init__(self, shard: str, rows: list[dict], records: list, positions: list[int], batch, bundle: Bundle,
+                 timer: Timer):
+        self.shard, self.rows, self.records = shard, rows, records
+        self._pos, self._batch, self._bundle, self._timer = positions, batch, bundle, timer
+        self._decoded = set(batch.good)
+
+    def live(self) -> list[int]:
+        """Rows whose image decoded and that are still ok."""
+        return [i for i, (r, p) in enumerate(zip(self.rows, self._pos)) if r["status"] == "ok" and p in self._decoded]
+
+    def inputs(self, model, idx: list[int]) -> list:
+        """Per-sample inputs of `model` for rows `idx`."""
+        return self._batch.inputs(self._bundle.input_name(model), [self._pos[i] for i in idx])
+
+    def batched(self, model, idx: list[int]):
+        """The batch's inputs of `model` when rows `idx` are exactly its decoded samples, else None."""
+        if [self._pos[i] for i in idx] != self._batch.good:
+            return None
+        return self._batch.batched(self._bundle.input_name(model))
+
+    def source_size(self, i: int):
+        """The stored image's (width, height) of row i."""
+        return self._batch.source_size(self._pos[i])
+
+    def timer(self, name: str):
+        """Seconds spent inside, added to the named stage."""
+        return self._timer(name)
 
 
 class AnnotateStage:
@@ -40,7 +72,7 @@ class AnnotateStage:
 
     def __init__(self, spec: AnnotateSpec):
         self.spec = spec
-        self.models: ModelBundle | None = None
+        self.bundle: Bundle | None = None
         self.pool = None
         self.threads: int | None = None
 
@@ -62,11 +94,11 @@ class AnnotateStage:
         return resolve_device(self.spec.models.device)
 
     def setup(self) -> None:
-        """Build the models and the decode pool once per worker."""
-        if self.models is None:
-            self.models = ModelBundle(self.spec.models)
-        if self.pool is None and (self.models.image_models() or self.models.lid is not None):
-            self.pool = self.models.decode_pool(self.spec.decode, self._plan()[0], self._device())
+        """Build the annotators and the decode pool once per worker."""
+        if self.bundle is None:
+            self.bundle = Bundle(self.spec.models)
+        if self.pool is None and self.spec.models.reads_images:
+            self.pool = self.bundle.decode_pool(self.spec.decode, self._plan()[0], self._device())
 
     def close(self) -> None:
         """Stop the decode processes and free their shared memory."""
@@ -75,7 +107,7 @@ class AnnotateStage:
             self.pool = None
 
     def __getstate__(self):  # pickled before setup: models and pools are built in the worker
-        return {"spec": self.spec, "models": None, "pool": None, "threads": self.threads}
+        return {"spec": self.spec, "bundle": None, "pool": None, "threads": self.threads}
 
     def __call__(self, url: str, progress=None) -> ShardReport:
         name = shard_name(url)
@@ -99,83 +131,65 @@ class AnnotateStage:
         return ShardReport(name, "done", len(keyed), sum(r["status"] != "ok" for r in keyed), t.s,
                            read_error=read_error, reasons=error_reasons(rows))
 
+    def _todo(self, work: ShardWork) -> list:
+        return [a for n, a in self.bundle.annotators.items() if n in work.todo]
+
     def _rows(self, url: str, name: str, work: ShardWork, t: Timer, progress) -> list[dict]:
+        todo = self._todo(work)
+        per_batch = [a for a in todo if type(a).reads_images]
         if not work.needs_images:  # SIEVE alone: the texts are in the file
-            self._sieve(work.rows, work, t)
+            self._finish(work.rows, todo, t)
             return work.rows
-        m = self.models
         by_key = None
         rows: list[dict] = []
         if work.rows is not None:  # scoring captions already in the file
             rows = work.rows
             by_key = {r["key"]: r for r in rows if r["key"] is not None and r["status"] == "ok"}
-        with ShardBatches(url, self.spec.decode, self.pool, prepare=m.exact_preparers(),
+        b = self.bundle
+        with ShardBatches(url, self.spec.decode, self.pool, prepare=b.exact_preparers(),
                           on_wait=lambda s: t.add("wait_input", s)) as batches:
             for batch in batches:
-                todo = self._batch_rows(batch, name, rows, by_key, work, t)
-                if todo:
-                    self._models(todo, batch, name, work, t)
+                view = self._batch_rows(batch, name, rows, by_key, t)
+                if view.rows:
+                    for a in per_batch:
+                        timer = type(a).timer
+                        if timer is None:
+                            a.annotate_batch(view)
+                        else:
+                            with t(timer or a.name):
+                                a.annotate_batch(view)
                 if progress:
                     progress(len(batch.records))
-        self._sieve(rows, work, t)
+        self._finish(rows, todo, t)
         return rows
 
-    def _batch_rows(self, batch, name, rows, by_key, work, t) -> list[tuple[int, dict]]:
-        """Rows for a batch's records (new rows are appended to `rows`): (position, row) to model."""
-        todo, measured, spent = [], [], 0.0
+    def _batch_rows(self, batch, name, rows, by_key, t) -> BatchRows:
+        """The rows of a batch's samples (new rows are appended to `rows`); a sample whose image did
+        not decode is an error row (the annotators that measure every sample still see it)."""
+        mine, recs, pos = [], [], []
         for i, rec in enumerate(batch.records):
             if isinstance(rec, ReadFailure):
                 if by_key is None:
-                    rows.append(ann.error_row(rec.key, name, rec.reason))
+                    rows.append(registry.error_row(rec.key, name, rec.reason))
                 continue
             if by_key is not None:
                 row = by_key.get(rec.key)
                 if row is None:
                     continue  # a key the annotation file does not know: nothing to score
             else:
-                row = ann.empty_row(rec.key, name, rec.raw_caption)
-                if "captions" in work.todo:
-                    row["captioner"] = self.models.captioner.id
+                row = registry.empty_row(rec.key, name, rec.raw_caption)
                 rows.append(row)
-            if "metrics" in work.todo:
-                t0 = time.perf_counter()
-                row.update(sample_metrics(rec, batch.source_size(i)))
-                spent += time.perf_counter() - t0
-                measured.append(row)
             err = batch.image_error(i)
             if err is not None:
                 row.update(status="error", error=f"decode: {err}")
-                continue
-            todo.append((i, row))
-        if measured:  # the whole cost of the filter metrics is timed as `metrics`
-            t.add("metrics", spent)
-            with t("metrics"):
-                add_language(measured, self.models.lid)
-        return todo
+            mine.append(row)
+            recs.append(rec)
+            pos.append(i)
+        return BatchRows(name, mine, recs, pos, batch, self.bundle, t)
 
-    def _models(self, todo, batch, name, work, t) -> None:
-        m = self.models
-        pos = [i for i, _ in todo]
-        rows = [r for _, r in todo]
-        whole = pos == batch.good  # batched inputs cover exactly the decodable images
-
-        def inputs(model):
-            return batch.inputs(model, pos)
-
-        def batched(model):
-            return batch.batched(model) if whole else None
-
-        if "captions" in work.todo:
-            with t("caption"):
-                m.caption(rows, inputs("caption"), name, batched("caption"))
-        if "clip" in work.todo:
-            with t("clip"):
-                m.clip_score(rows, inputs("clip"), batched("clip") if all(r["status"] == "ok" for r in rows) else None)
-        if "rerank" in work.todo:
-            names = {m.reranker_name(i) for i in range(len(m.steps))}
-            m.rerank(rows, {n: inputs(n) for n in names}, {n: batched(n) for n in names}, timer=t)
-
-    def _sieve(self, rows, work, t) -> None:
-        if "sieve" in work.todo:
-            with t("sieve"):
-                self.models.sieve_score(rows)
+    @staticmethod
+    def _finish(rows, todo, t) -> None:
+        for a in todo:
+            if type(a).finish_shard is not registry.Annotator.finish_shard:
+                with t(type(a).timer or a.name):
+                    a.finish_shard(rows)

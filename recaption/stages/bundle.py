@@ -1,106 +1,56 @@
-"""The models of one annotate worker, built once from picklable configs, and what they do to a batch.
+"""The annotators of one annotate worker, built once from picklable configs, and the image models
+they share: each model is decoded for once, whichever annotators read it.
 
 The caller's configs are never changed: a worker-level device is applied to copies. Only the model
 thread touches tokenizers; `prepare` (images only) may run in the reader thread.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from recaption.captioners.base import CaptionerConfig
-from recaption.scoring.clip import ClipConfig
-from recaption.scoring.rerank import RerankStep, run_chain
-from recaption.scoring.sieve import SieveConfig
-
-log = logging.getLogger("recaption")
+from recaption.annotators import load_target, run_order
+from recaption.annotators.base import WorkerContext
 
 
 @dataclass
-class ModelSpec:
-    """What to build in a worker. None leaves a model out."""
+class AnnotatorSpec:
+    """What to build in a worker: each annotator's config, and where its class is imported from
+    (so annotators registered in the driver load in spawned workers and Ray actors too)."""
 
-    captioner: CaptionerConfig | None = None
-    clip: ClipConfig | None = None
-    sieve: SieveConfig | None = None
+    configs: dict = field(default_factory=dict)  # name -> config
+    targets: dict = field(default_factory=dict)  # name -> "module:Class"
     device: str | None = None  # applied where a config names none
-    metrics: bool = False  # filter metrics, with the language model below
-    lang_model: str | None = None  # fastText lid.176 file (default: the bundled lid.176.ftz)
-    rerank: tuple[RerankStep, ...] = ()  # candidate re-ranking chain
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether any configured annotator reads the shard's samples."""
+        return any(load_target(self.targets[n]).reads_images for n in self.configs)
 
 
-def _is_pixels(x) -> bool:
-    """A uint8 pixel batch from the fast path (rather than inputs a processor prepared)."""
-    return x is not None and str(getattr(x, "dtype", "")) == "torch.uint8"
+class Bundle:
+    """The annotators of one worker, in run order, and the pixel inputs of their image models."""
 
+    def __init__(self, spec: AnnotatorSpec):
+        ctx = WorkerContext(device=spec.device)
+        self.annotators = {n: load_target(spec.targets[n])(spec.configs[n], ctx) for n in run_order(spec.configs)}
+        self.names: dict[int, str] = {}  # id(model) -> the name its inputs travel under
+        self.models: dict[str, object] = {}
+        for a in self.annotators.values():
+            for local, m in a.image_models().items():
+                if id(m) not in self.names:
+                    name = f"{a.name}.{local}"
+                    self.names[id(m)] = name
+                    self.models[name] = m
 
-def _same_clip(model_a, pre_a, model_b, pre_b) -> bool:
-    """Same open_clip model; a local-dir:/hf-hub: model carries its weights, so its tag does not count."""
-    own = model_a.startswith(("local-dir:", "hf-hub:"))
-    return model_a == model_b and (own or pre_a == pre_b)
-
-
-def _on(cfg, device):
-    return cfg if cfg is None or cfg.device or not device else dataclasses.replace(cfg, device=device)
-
-
-class ModelBundle:
-    """Captioner, CLIP scorer and SIEVE scorer of one worker."""
-
-    def __init__(self, spec: ModelSpec):
-        self.captioner = self.clip = self.sieve = self.lid = None
-        if spec.captioner is not None:
-            from recaption.captioners import build_captioner
-
-            self.captioner = build_captioner(_on(spec.captioner, spec.device))
-        if spec.clip is not None:
-            from recaption.scoring.clip import ClipScorer
-
-            self.clip = ClipScorer(_on(spec.clip, spec.device))
-        if spec.sieve is not None:
-            from recaption.scoring.sieve import SieveScorer
-
-            s = _on(spec.sieve, spec.device)
-            self.sieve = SieveScorer(s.model, s.mask, device=s.device)
-        if spec.metrics:
-            from recaption.scoring.language import LanguageId
-
-            self.lid = LanguageId(spec.lang_model)
-        self.steps = list(spec.rerank)
-        self.rerankers = [self._reranker(st, spec) for st in self.steps]
-
-    def _reranker(self, step: RerankStep, spec: ModelSpec):
-        """The main CLIP scorer where a step names the same model (its scores are reused), else its own."""
-        if spec.clip is not None and _same_clip(step.model, step.pretrained, spec.clip.model, spec.clip.pretrained):
-            return self.clip
-        from recaption.scoring.clip import ClipScorer
-
-        base = spec.clip or ClipConfig()
-        return ClipScorer(_on(dataclasses.replace(base, model=step.model, pretrained=step.pretrained), spec.device))
+    def input_name(self, model) -> str:
+        """The name a model's inputs travel under in decoded batches."""
+        return self.names[id(model)]
 
     @property
     def draft_size(self) -> int | None:
         """The largest input any image model needs: JPEGs decode at no less than this."""
-        sizes = [m.image_size for m in (self.captioner, self.clip, *self.rerankers) if m is not None]
+        sizes = [m.image_size for m in self.models.values()]
         return max(sizes) if sizes else None
-
-    def image_models(self) -> dict[str, object]:
-        """Each model that reads pixels, under the name its inputs travel by."""
-        out = {}
-        if self.captioner is not None:
-            out["caption"] = self.captioner
-        if self.clip is not None:
-            out["clip"] = self.clip
-        for i, r in enumerate(self.rerankers):
-            if r is not self.clip:
-                out[f"rerank{i}"] = r
-        return out
-
-    def reranker_name(self, i: int) -> str:
-        """The name a re-ranking step's inputs travel under ('clip' when it reuses the main model)."""
-        return "clip" if self.rerankers[i] is self.clip else f"rerank{i}"
 
     def decode_pool(self, opts, workers: int, device: str):
         """The worker's decode pool: the fast path's pixel specs, PIL images for models that keep
@@ -108,7 +58,7 @@ class ModelBundle:
         from recaption.io.decode import DecodePool
         from recaption.io.pixels import specs_for
 
-        specs = specs_for(self.image_models(), opts.preprocess)
+        specs = specs_for(self.models, opts.preprocess)
         self.exact = [n for n, sp in specs.items() if sp is None]
         return DecodePool({n: sp for n, sp in specs.items() if sp is not None}, batch_size=opts.batch_size,
                           workers=workers, max_pixels=opts.max_pixels, draft_size=self.draft_size,
@@ -116,70 +66,4 @@ class ModelBundle:
 
     def exact_preparers(self) -> dict:
         """Image-only preparation of the models on their own processors (safe in the reader thread)."""
-        models = self.image_models()
-        return {n: models[n].prepare for n in getattr(self, "exact", [])}
-
-    def caption(self, rows: list[dict], images: list, shard: str, prepared=None) -> None:
-        """Fill `captions` of rows; a failing batch is retried sample by sample so only the bad one errors.
-        Sampling is seeded from the shard name and the batch's first key, so any worker gives the same."""
-        if _is_pixels(prepared):
-            prepared = self.captioner.prepare_pixels(prepared, [r["raw_caption"] for r in rows])
-        for r, c in zip(rows, self._caption_isolating(rows, images, shard, prepared)):
-            if c is not None:
-                r["captions"] = c
-
-    def _caption_isolating(self, rows, images, shard, prepared=None):
-        try:
-            return self.captioner.caption(images, [r["raw_caption"] for r in rows], f"{shard}/{rows[0]['key']}",
-                                          prepared)
-        except Exception as e:
-            if len(images) == 1:
-                rows[0].update(status="error", error=f"caption: {type(e).__name__}: {e}")
-                return [None]
-            log.warning("captioning a batch of %s failed (%s); retrying sample by sample", shard, e)
-            return [self._caption_isolating([r], [im], shard)[0] for r, im in zip(rows, images)]
-
-    def clip_score(self, rows: list[dict], images: list, prepared=None) -> None:
-        """Fill `clip_raw` and `clip_captions` of rows, one image embedding per sample."""
-        live = [(r, im) for r, im in zip(rows, images) if r["status"] == "ok"]
-        if not live:
-            return
-        emb = self._embed(self.clip, [im for _, im in live], prepared if len(live) == len(rows) else None)
-        raw_s, cand_s = self.clip.score(emb, [r["raw_caption"] for r, _ in live], [r["captions"] or [] for r, _ in live])
-        for (r, _), a, b in zip(live, raw_s, cand_s):
-            r["clip_raw"], r["clip_captions"] = a, b
-
-    @staticmethod
-    def _embed(scorer, images: list, prepared=None):
-        if prepared is None:
-            return scorer.encode_images(images)
-        return scorer.encode_pixels(scorer.prepare_pixels(prepared) if _is_pixels(prepared) else prepared)
-
-    def rerank(self, rows: list[dict], images: dict, prepared: dict | None = None, timer=None) -> None:
-        """Run the re-ranking chain over each ok row's candidates: per-step scores and the pick.
-        `images` and `prepared` are keyed by the model names of `image_models`."""
-        live = [(i, r) for i, r in enumerate(rows) if r["status"] == "ok" and r["captions"]]
-        whole = len(live) == len(rows)
-
-        def score_step(i, in_play):
-            scorer, name = self.rerankers[i], self.reranker_name(i)
-            with timer(f"rerank{i + 1}") if timer else contextlib.nullcontext():
-                if scorer is self.clip and all(len(r["clip_captions"] or []) == len(r["captions"]) for _, r in live):
-                    return [[r["clip_captions"][j] for j in cands] for (_, r), cands in zip(live, in_play)]
-                emb = self._embed(scorer, [images[name][k] for k, _ in live],
-                                  (prepared or {}).get(name) if whole else None)
-                texts = [[r["captions"][j] for j in cands] for (_, r), cands in zip(live, in_play)]
-                return scorer.score(emb, [None] * len(live), texts)[1]
-
-        if not live:
-            return
-        scores, picks = run_chain([st.top_k for st in self.steps], [len(r["captions"]) for _, r in live], score_step)
-        for (_, r), sc, p in zip(live, scores, picks):
-            r["rerank_scores"], r["rerank_pick"] = sc, p
-
-    def sieve_score(self, rows: list[dict]) -> None:
-        """Fill the SIEVE columns of ok rows; all texts of the shard in one embedding call."""
-        live = [r for r in rows if r["key"] is not None and r["status"] == "ok"]
-        res = self.sieve.score([r["raw_caption"] for r in live], [r["captions"] or [] for r in live])
-        for r, x in zip(live, res):
-            r["sieve"], r["sieve_mean"], r["sieve_best"] = x.sieve, x.sieve_mean, x.sieve_best
+        return {n: self.models[n].prepare for n in getattr(self, "exact", [])}

@@ -2,14 +2,16 @@
 
 An existing file records the settings that wrote each group. A group written with the wanted
 settings is finished; a group that is missing is added; a group written with other settings is
-redone only with --overwrite (the folder claim refuses it up front otherwise). New captions make
-the file's caption scores stale, so those groups are dropped unless they are being redone.
+redone only with --overwrite (the folder claim refuses it up front otherwise). New values of a
+group make the groups computed from it stale (new captions, old scores): those are dropped unless
+they are being redone.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
+from recaption import annotators as registry
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io.atomic import exists
@@ -26,8 +28,8 @@ class ShardWork:
 
     @property
     def needs_images(self) -> bool:
-        """Whether the work reads the shard's images (captions, CLIP, metrics, re-ranking)."""
-        return bool(self.todo & {"captions", "clip", "metrics", "rerank"})
+        """Whether the work reads the shard's samples (captions, CLIP, metrics, re-ranking...)."""
+        return any(registry.get(g).reads_images for g in self.todo)
 
 
 def _same(a, b) -> bool:
@@ -47,23 +49,22 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
         if g in recorded and not overwrite:
             raise RecaptionError(f"{url}: {g} were written with other settings; add --overwrite to redo them")
         todo.add(g)
-    keep = {g: s for g, s in recorded.items() if g not in todo}
-    if "captions" in todo:
-        keep = {g: s for g, s in keep.items() if g not in ann.CAPTION_SCORES}
+    stale = set().union(*(registry.dependents().get(g, set()) for g in todo)) if todo else set()
+    keep = {g: s for g, s in recorded.items() if g not in todo and g not in stale}
     work = ShardWork(todo=todo, keep=keep, existing_rows=table.num_rows)
     if todo and "captions" not in todo:
         work.rows = table.to_pylist()
         for r in work.rows:
             for g in todo:
-                ann.blank_group(r, g)
+                registry.blank_group(r, g)
     return work
 
 
 def commit(url: str, rows: list[dict], work: ShardWork, wanted: dict[str, dict]) -> None:
     """Write the file atomically, recording the settings of every group it holds."""
     groups = dict(work.keep) | {g: wanted[g] for g in work.todo}
-    for g in ann.CAPTION_SCORES:
+    for g in registry.names():
         if g not in groups:
-            for r in rows:  # no stale scores under a group the file does not claim
-                ann.blank_group(r, g)
-    ann.write(url, rows, groups)
+            for r in rows:  # no stale values under a group the file does not claim
+                registry.blank_group(r, g)
+    ann.write(url, rows, groups, registry.schema())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recaption import annotators as registry
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io.atomic import open_url
@@ -70,12 +71,12 @@ class ImportStage:
         rows, matched = [], 0
         for rec in iter_shard(url, ReadOptions(image_keys=s.image_keys)):
             if isinstance(rec, ReadFailure):
-                rows.append(ann.error_row(rec.key, name, rec.reason))
+                rows.append(registry.error_row(rec.key, name, rec.reason))
                 continue
             k = rec.key if s.key_column == "key" else str((rec.meta or {}).get(s.key_column))
             caps = self.table.get(k, [])
             matched += bool(caps)
-            rows.append(ann.empty_row(rec.key, name, rec.raw_caption) | {"captions": caps, "captioner": s.captioner})
+            rows.append(registry.empty_row(rec.key, name, rec.raw_caption) | {"captions": caps, "captioner": s.captioner})
             if progress:
                 progress(1)
         commit(out, rows, work, s.groups)

@@ -30,7 +30,7 @@ class DecodeOptions:
 
     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int = 32
+    batch_size: int | None = None  # images per batch (None: the captioner preset's, else 64; set by the API)
     preprocess: str = "fast"  # fast: batched uint8 tensor ops; exact: each model's own processor
     gpu_decode: bool = False  # nvJPEG for baseline JPEGs when the models run on CUDA
 

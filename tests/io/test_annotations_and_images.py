@@ -4,18 +4,20 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from recaption import annotators
 from recaption.io import annotations as ann
 from recaption.io.images import ImageError, decode
 
 
 def test_annotation_schema_is_exact(tmp_path):
-    rows = [ann.empty_row("k", "00000", "alt") | {"captions": ["a", "b"], "clip_captions": [0.1, 0.2],
-                                                  "captioner": "m", "clip_raw": 0.3},
-            ann.error_row("k2", "00000", "decode: bad")]
-    ann.write(str(tmp_path / "00000.parquet"), rows)
+    rows = [annotators.empty_row("k", "00000", "alt") | {"captions": ["a", "b"], "clip_captions": [0.1, 0.2],
+                                                         "captioner": "m", "clip_raw": 0.3},
+            annotators.error_row("k2", "00000", "decode: bad")]
+    ann.write(str(tmp_path / "00000.parquet"), rows, schema=annotators.schema())
     t = ann.read(str(tmp_path / "00000.parquet"))
     assert t.schema.names[: len(ann.COLUMNS)] == ann.COLUMNS  # the fixed columns first, in order
-    assert t.schema.names[len(ann.COLUMNS):] == ann.EXTRA_SCHEMA.names  # then the optional ones, typed
+    # then every annotator's other columns, typed, group by group
+    assert t.schema.names[len(ann.COLUMNS):] == [c.name for c in annotators.extra_columns()]
     assert t.schema.field("lang_prob").type == pa.float32() and t.schema.field("image_bytes").type == pa.int64()
     assert t.schema.field("clip_raw").type == pa.float32()
     assert t.schema.field("clip_captions").type == pa.list_(pa.float32())

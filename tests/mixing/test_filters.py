@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recaption import api
+from recaption import annotators, api
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.mixing.filters import FilterSet, normalize
@@ -157,7 +157,7 @@ def test_language_scoped_clip_floors(pool):
 
 
 def _table(rows: dict) -> pa.Table:
-    return ann.to_table(list(rows.values()))
+    return ann.to_table(list(rows.values()), schema=annotators.schema())
 
 
 def test_basic_preset_first_failing_rule_wins_and_counts(pool, tmp_path):
@@ -212,7 +212,7 @@ def test_a_file_without_metrics_is_one_line_naming_it(pool, tmp_path, capsys):
     old.mkdir()
     for f in ann_dir.glob("*.parquet"):  # as written before the metrics existed
         t = pq.read_table(f)
-        t = t.select([c for c in t.column_names if c not in ann.GROUPS["metrics"]])
+        t = t.select([c for c in t.column_names if c not in annotators.group_columns("metrics")])
         meta = json.loads(t.schema.metadata[b"recaption"])
         meta["groups"].pop("metrics")
         pq.write_table(t.replace_schema_metadata({b"recaption": json.dumps(meta).encode()}), old / f.name)
@@ -235,10 +235,10 @@ def test_a_file_without_metrics_is_one_line_naming_it(pool, tmp_path, capsys):
 
 
 def test_rows_lacking_what_a_rule_tests_are_dropped_saying_so():
-    rows = [ann.empty_row("a", "s", "a fine caption here"), ann.empty_row("b", "s", "another fine caption")]
+    rows = [annotators.empty_row("a", "s", "a fine caption here"), annotators.empty_row("b", "s", "another fine caption")]
     rows[0].update(lang="en", caption_words=4, caption_chars=19, width=300, height=300, image_bytes=9000)
     rows[1].update(lang="en", caption_words=3, caption_chars=20)  # no size, no image bytes recorded
-    t = ann.to_table(rows)
+    t = ann.to_table(rows, schema=annotators.schema())
     fs = FilterSet.of(["min-side=200", "min-image-bytes=5120"])
     code = fs.codes(t)
     assert code.tolist() == [-1, 1]  # rule 0 lacks its input on row 1
@@ -247,7 +247,7 @@ def test_rows_lacking_what_a_rule_tests_are_dropped_saying_so():
 
 
 def test_one_row_decide_applies_the_rules():
-    row = ann.empty_row("k", "s", "ok caption") | {"clip_raw": 0.3, "lang": "en", "caption_words": 2,
+    row = annotators.empty_row("k", "s", "ok caption") | {"clip_raw": 0.3, "lang": "en", "caption_words": 2,
                                                    "caption_chars": 10, "width": 300, "height": 300}
     pool = PoolNumbers(MinMax(None, None), MinMax(0.0, 1.0), None)
     d = decide(row, MixConfig("raw", filters=["min-words=3"]).validate(), pool)

@@ -74,7 +74,7 @@ def test_any_sentence_transformer_path_works(tiny_models):
 
 
 def test_hub_id_of_minilm_resolves_to_the_bundled_copy(minilm, scorer, monkeypatch, tmp_path):
-    from recaption.api import resolve_sieve_model
+    from recaption.scoring.sieve import resolve_sieve_model
     from recaption.scoring.sieve import DEFAULT_EMBEDDER
 
     assert resolve_sieve_model(DEFAULT_EMBEDDER) == minilm == resolve_sieve_model("all-MiniLM-L6-v2")

@@ -1,0 +1,241 @@
+"""The annotator registry: every column group of the annotation files, in one table.
+
+Everything that depends on which groups exist is derived from here: the annotation schema and a
+blank row, which groups a new result makes stale, the order they run in, the settings a folder
+records, the options the CLI and recipes offer, the report's histograms and the filter rules.
+A new annotator is a module (a subclass of `recaption.annotators.base.Annotator`) plus one line
+in `BUILTIN`, a `register(...)` call, or an entry point in the `recaption.annotators` group of a
+package's metadata. Classes are imported when first asked for, and import nothing heavy.
+"""
+from __future__ import annotations
+
+import importlib
+
+from recaption.annotators.base import Annotator, Column, RunContext  # noqa: F401  (the contract, re-exported)
+from recaption.errors import RecaptionError
+
+# name -> "module:Class"; the order is the order of the file's extra columns and the tie-break of run order
+BUILTIN = {
+    "metrics": "recaption.annotators.metrics:Metrics",
+    "captions": "recaption.annotators.captions:Captions",
+    "clip": "recaption.annotators.clip:Clip",
+    "sieve": "recaption.annotators.sieve:Sieve",
+    "rerank": "recaption.annotators.rerank:Rerank",
+}
+ENTRY_POINTS = "recaption.annotators"
+_registry: dict[str, str | type] = dict(BUILTIN)
+_loaded: dict[str, type] = {}
+_plugins_read = False
+
+
+def register(annotator: type | str, name: str | None = None) -> None:
+    """Add an annotator: its class, or "module:Class" (importable in worker processes too). A name
+    already taken is refused; options must not clash with another annotator's."""
+    _read_plugins()
+    cls = _load(annotator) if isinstance(annotator, str) else annotator
+    name = name or cls.name
+    if not name or name != cls.name:
+        raise RecaptionError(f"annotator {cls.__name__} must be registered under its name ({cls.name!r})")
+    if name in _registry:
+        raise RecaptionError(f"an annotator named {name!r} is registered already")
+    taken = {o.name: a.name for a in classes() for o in a.options}
+    clash = [o.name for o in cls.options if o.name in taken]
+    if clash:
+        raise RecaptionError(f"annotator {name}: option {clash[0]!r} is {taken[clash[0]]}'s already")
+    _registry[name] = annotator
+    _loaded.pop(name, None)
+
+
+def unregister(name: str) -> None:
+    """Remove a registered annotator (built-in ones stay)."""
+    if name in BUILTIN:
+        raise RecaptionError(f"{name} is built in")
+    _registry.pop(name, None)
+    _loaded.pop(name, None)
+
+
+def names() -> list[str]:
+    """Every registered annotator's name, in registry order."""
+    _read_plugins()
+    return list(_registry)
+
+
+def get(name: str) -> type[Annotator]:
+    """The class of a registered annotator."""
+    _read_plugins()
+    if name not in _registry:
+        raise RecaptionError(f"unknown annotator {name!r}; registered: {', '.join(_registry)}")
+    if name not in _loaded:
+        entry = _registry[name]
+        _loaded[name] = _load(entry) if isinstance(entry, str) else entry
+    return _loaded[name]
+
+
+def classes() -> list[type[Annotator]]:
+    """Every registered annotator class, in registry order."""
+    return [get(n) for n in names()]
+
+
+def target(name: str) -> str:
+    """Where a worker imports the annotator from ("module:Class")."""
+    cls = get(name)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_target(text: str) -> type[Annotator]:
+    """The class a target names (in a worker)."""
+    return _load(text)
+
+
+def _load(text: str) -> type:
+    module, _, attr = text.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise RecaptionError(f"cannot load annotator {text}: {e}") from None
+
+
+def _read_plugins() -> None:
+    """Annotators that installed packages declare as entry points, read once."""
+    global _plugins_read
+    if _plugins_read:
+        return
+    _plugins_read = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINTS):
+        if ep.name not in _registry:
+            _registry[ep.name] = ep.value
+
+
+# -- what is derived from the table ---------------------------------------------------------
+def fixed_names() -> list[str]:
+    """The columns every annotation file has (docs/formats.md#annotation-files), in order."""
+    from recaption.io.annotations import COLUMNS
+
+    return list(COLUMNS)
+
+
+def extra_columns() -> list[Column]:
+    """The columns after the fixed ones, group by group in registry order."""
+    fixed = set(fixed_names())
+    return [c for a in classes() for c in a.columns if c.name not in fixed]
+
+
+def schema():
+    """The arrow schema of an annotation file: the fixed columns, then every group's others."""
+    import pyarrow as pa
+
+    from recaption.annotators.base import arrow_type
+    from recaption.io.annotations import SCHEMA
+
+    return pa.schema(list(SCHEMA) + [pa.field(c.name, arrow_type(c.type)) for c in extra_columns()])
+
+
+def group_columns(name: str) -> tuple[str, ...]:
+    """The columns a group writes."""
+    return tuple(c.name for c in get(name).columns)
+
+
+def column_type(column: str) -> str | None:
+    """A column's declared type (None: not a group's column)."""
+    return next((c.type for a in classes() for c in a.columns if c.name == column), None)
+
+
+def blanks() -> dict:
+    """Every group column's value when not computed."""
+    return {c.name: (list(c.blank) if isinstance(c.blank, list) else c.blank) for a in classes() for c in a.columns}
+
+
+def empty_row(key, shard, raw_caption=None) -> dict:
+    """A fresh ok row: no captions, no scores."""
+    return {"key": key, "shard": shard, "raw_caption": raw_caption, **blanks(), "status": "ok", "error": None}
+
+
+def error_row(key, shard, error: str, raw_caption=None) -> dict:
+    """A row for a sample (or, with key None, a whole shard) that could not be processed."""
+    return empty_row(key, shard, raw_caption) | {"status": "error", "error": error}
+
+
+def blank_group(row: dict, group: str) -> None:
+    """Reset one group's columns in a row, in place."""
+    for c in get(group).columns:
+        row[c.name] = list(c.blank) if isinstance(c.blank, list) else c.blank
+
+
+def dependents() -> dict[str, set[str]]:
+    """group -> the groups computed from it, directly or not (new captions make scores stale)."""
+    direct = {a.name: set(a.after) for a in classes()}
+    out: dict[str, set[str]] = {}
+    for g in direct:
+        seen, todo = set(), [g]
+        while todo:
+            cur = todo.pop()
+            for other, after in direct.items():
+                if cur in after and other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+        out[g] = seen
+    return out
+
+
+def run_order(wanted) -> list[str]:
+    """The groups of `wanted` in an order where each comes after the groups it is computed from
+    (registry order otherwise)."""
+    left, order = [n for n in names() if n in set(wanted)], []
+    while left:
+        ready = next((n for n in left if not (set(get(n).after) & set(left))), left[0])
+        order.append(ready)
+        left.remove(ready)
+    return order
+
+
+def configure(values: dict, kinds=("captioner", "scorer")) -> dict:
+    """Configs of the annotators a verb offers (by `kind`), from its option values; `always`
+    annotators of other kinds get their defaults. Off ones are left out."""
+    out: dict = {}
+    for a in classes():
+        cfg = a.configure(values, out) if a.kind in kinds else a.default()
+        if cfg is not None:
+            out[a.name] = cfg
+    return out
+
+
+def from_recipe(recipe: dict) -> dict:
+    """Configs of the annotators a recipe asks for (and the `always` ones)."""
+    out: dict = {}
+    for a in classes():
+        try:
+            cfg = a.from_recipe(recipe, out)
+        except RecaptionError as e:
+            raise RecaptionError(f"{a.name}: {e}" if not str(e).startswith(a.name) else str(e)) from None
+        if cfg is not None:
+            out[a.name] = cfg
+    return out
+
+
+def recipe_keys() -> set[str]:
+    """Every recipe section an annotator reads."""
+    return {k for a in classes() for k in (a.recipe_keys or (a.name,))}
+
+
+def settings(configs: dict, run: RunContext) -> dict[str, dict]:
+    """Group -> the settings that identify its results, for every configured annotator."""
+    return {n: get(n).settings(cfg, run) for n, cfg in configs.items()}
+
+
+def rule_kinds() -> dict:
+    """Every filter rule the annotators offer, by name."""
+    out = {}
+    for a in classes():
+        for r in a.rules:
+            out[r.name] = r
+    return out
+
+
+def group_hint(group: str) -> str:
+    """How to add a group to an annotation folder, for error lines."""
+    try:
+        return get(group).add_hint
+    except RecaptionError:
+        return ""

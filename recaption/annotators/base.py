@@ -1,0 +1,261 @@
+"""The annotator contract: one column group of the annotation files (docs/formats.md#annotation-files).
+
+An annotator is declared as data on its class (the columns it writes, the options it takes, what
+it reads, the histograms a report draws and the filter rules it offers) and built inside a worker
+from a picklable config. Declarations import nothing heavy: the CLI reads them for `--help`.
+
+On the driver (class methods): `configure` turns option values into a config (None: not
+computed), `from_recipe` does the same for a recipe, `settings` says what identifies the results
+(a re-run with the same settings resumes, other settings are refused), `check` fails before any
+work on what can be known early (a missing model file, a missing extra).
+
+In a worker: `__init__(config, ctx)` builds the models (`ctx.shared` lets annotators share one:
+re-ranking reuses the main CLIP model); `image_models` names the models that read pixels, each
+with `image_size`, and `pixel_spec()` (the fast decode path) and/or `prepare(images)` (its own
+processor); `annotate_batch(batch)` fills the group's columns for one batch of samples, and
+`finish_shard(rows)` for the whole shard at once (SIEVE embeds all texts of a shard in one call).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+from recaption.errors import RecaptionError
+
+# The arrow types a column may declare, as text, so declarations need no pyarrow.
+TYPES = ("string", "bool", "int32", "int64", "float32", "float64", "list<string>", "list<float32>",
+         "list<list<float32>>", "binary")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One annotation column: its name, arrow type (as text) and value when not computed."""
+
+    name: str
+    type: str
+    blank: Any = None  # what the column holds where the group was not computed ([] for lists)
+
+    def __post_init__(self):
+        if self.type not in TYPES:
+            raise ValueError(f"column {self.name}: type {self.type!r} is not one of {TYPES}")
+
+
+def arrow_type(text: str):
+    """The pyarrow type a column declares."""
+    import pyarrow as pa
+
+    simple = {"string": pa.string(), "bool": pa.bool_(), "int32": pa.int32(), "int64": pa.int64(),
+              "float32": pa.float32(), "float64": pa.float64(), "binary": pa.binary()}
+    if text in simple:
+        return simple[text]
+    assert text.startswith("list<") and text.endswith(">"), text
+    return pa.list_(arrow_type(text[5:-1]))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting an annotator takes: a command-line option and a recipe key of its section.
+
+    `name` is the Python name (unique across annotators); the flag is `--name-with-dashes` unless
+    `flags` says otherwise. A bool is a flag that is off by default. `multiple` makes it repeatable
+    (a list). `choices` limits the values (the help lists them)."""
+
+    name: str
+    type: type = str
+    default: Any = None
+    help: str = ""
+    flags: tuple[str, ...] = ()
+    multiple: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        """The option's long flag."""
+        return next((f for f in self.flags if f.startswith("--")), "--" + self.name.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class Hist:
+    """A histogram the report draws of a numeric column (over the annotated samples), on fixed
+    bins so per-file counts add up: (low, high, width); values above go in the last bin."""
+
+    name: str
+    column: str
+    bins: tuple[float, float, float]
+    label: str | None = None  # the series name (default: the column)
+    scale: float = 1.0  # values are divided by this (bytes -> KB)
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    """A filter rule an annotator offers for `mix --filter NAME[=VALUE]` (docs/formats.md#filters).
+
+    `op` says what the rule tests: `min` (the column's value >= VALUE), `max` (<= VALUE), `in`
+    (one of the comma-separated VALUE codes; `fixed` gives them for a rule without a value), or
+    `custom` (evaluated by name in `recaption.mixing.filters`). A row without a value `lacks`
+    what the rule tests and is dropped with that reason. `group` is the column group a file must
+    hold for the rule to apply (None: the rule reads fixed columns only)."""
+
+    name: str
+    needs: tuple[str, ...]
+    value: type | None  # int, float, str or None (no value)
+    lacks: str
+    help: str
+    op: str = "custom"
+    column: str | None = None
+    group: str | None = None
+    fixed: str | None = None
+    metavar: str | None = None  # how --help shows the value (default: N, X or CODES by type)
+
+    def __post_init__(self):
+        if self.op not in ("min", "max", "in", "custom"):
+            raise ValueError(f"rule {self.name}: op must be min, max, in or custom, got {self.op!r}")
+        if self.op != "custom" and self.column is None:
+            raise ValueError(f"rule {self.name}: a {self.op} rule names its column")
+
+
+@dataclass
+class RunContext:
+    """What every annotator of one pass shares: the batch size (sampling is seeded per batch) and
+    the input path (the exact processors' pixels differ slightly from the fast path's)."""
+
+    batch_size: int = 64
+    preprocess: str = "fast"
+
+
+class Batch(Protocol):
+    """One batch of a shard as an annotator sees it (`recaption.stages.annotate` makes it)."""
+
+    shard: str  # the input shard's name
+    rows: list[dict]  # rows of the batch's samples, in order (a sample whose image failed to decode is an error row)
+    records: list  # their read records (`recaption.io.shards.Sample`: key, raw_caption, meta, image bytes)
+
+    def live(self) -> list[int]:
+        """Indexes of the rows whose image decoded and that are still `ok`."""
+
+    def inputs(self, model, idx: list[int]) -> list:
+        """Per-sample inputs of an image model for rows `idx` (uint8 pixels or PIL images)."""
+
+    def batched(self, model, idx: list[int]):
+        """The model's inputs for rows `idx` as one batch, when they are exactly the batch's decoded
+        samples (else None: use `inputs`)."""
+
+    def source_size(self, i: int) -> tuple[int, int] | None:
+        """The stored image's (width, height) of row i, None when it did not decode."""
+
+    def timer(self, name: str):
+        """A context manager adding its seconds to the named stage of the summary's timings."""
+
+
+@dataclass
+class WorkerContext:
+    """What an annotator is built with in a worker: the device, and models shared by key."""
+
+    device: str | None = None
+    models: dict = field(default_factory=dict)
+
+    def shared(self, key, build: Callable[[], Any]):
+        """One model per key in a worker, whichever annotator asks first builds it."""
+        if key not in self.models:
+            self.models[key] = build()
+        return self.models[key]
+
+
+class Annotator:
+    """One column group: its declaration (class attributes) and its work in a worker."""
+
+    name: ClassVar[str] = ""  # the group name recorded in files
+    kind: ClassVar[str] = "scorer"  # `captioner` (offered by `caption`) or `scorer` (by `score`); `annotate` offers both
+    columns: ClassVar[tuple[Column, ...]] = ()
+    after: ClassVar[tuple[str, ...]] = ()  # groups its values are computed from: new values there make it stale
+    reads_images: ClassVar[bool] = True  # needs the shard's samples (False: the file's texts suffice)
+    always: ClassVar[bool] = False  # computed by every pass (cheap): on without being asked
+    options: ClassVar[tuple[Option, ...]] = ()
+    recipe_keys: ClassVar[tuple[str, ...]] = ()  # recipe sections it reads (default: its name)
+    hists: ClassVar[tuple[Hist, ...]] = ()
+    rules: ClassVar[tuple[RuleKind, ...]] = ()
+    timer: ClassVar[str | None] = ""  # the timing name of annotate_batch (default: its name; None: it times itself)
+    add_hint: ClassVar[str] = ""  # the command that adds the group to an annotation folder
+
+    # -- on the driver ------------------------------------------------------------------------
+    @classmethod
+    def configure(cls, values: dict, others: dict) -> Any | None:
+        """The config from option values (every option of the verb, by name), or None when off.
+        `others` holds the configs of the annotators configured before (registry order).
+        By default: on when its first bool option is set (or `always`), config = its option values."""
+        mine = {o.name: values.get(o.name, o.default) for o in cls.options}
+        switch = next((o for o in cls.options if o.type is bool), None)
+        if not cls.always and switch is not None and not mine.get(switch.name):
+            return None
+        return {k: v for k, v in mine.items() if switch is None or k != switch.name}
+
+    @classmethod
+    def from_recipe(cls, recipe: dict, others: dict) -> Any | None:
+        """The config from a recipe: its section (`name: {option: value}`, `name: true`, or null)."""
+        section = recipe.get(cls.name)
+        if not section and not cls.always:
+            return None
+        if section is True or not section:
+            section = {}
+        if not isinstance(section, dict):
+            raise RecaptionError(f"{cls.name} must be a mapping of its options, true, or null")
+        names = {o.name for o in cls.options if o.type is not bool}
+        bad = set(section) - names
+        if bad:
+            raise RecaptionError(f"unknown {cls.name} keys {sorted(bad)}; known: {sorted(names)}")
+        switch = {o.name: True for o in cls.options if o.type is bool}
+        return cls.configure({**switch, **section}, others)
+
+    @classmethod
+    def default(cls) -> Any | None:
+        """The config of an `always` annotator nobody configured (None for the others)."""
+        return cls.configure({}, {}) if cls.always else None
+
+    @classmethod
+    def settings(cls, config, run: RunContext) -> dict:
+        """What identifies this group's results: the same settings resume, others are refused."""
+        return dict(config) if isinstance(config, dict) else {}
+
+    @classmethod
+    def check(cls, config) -> None:
+        """Fail, before anything is created, on what can be known early (missing files, extras)."""
+
+    # -- in a worker ----------------------------------------------------------------------------
+    def __init__(self, config, ctx: WorkerContext):
+        self.config, self.ctx = config, ctx
+
+    def image_models(self) -> dict[str, Any]:
+        """The models that read pixels, by a name of the annotator's choosing."""
+        return {}
+
+    def annotate_batch(self, batch: Batch) -> None:
+        """Fill this group's columns of `batch.rows`."""
+
+    def finish_shard(self, rows: list[dict]) -> None:
+        """Fill this group's columns once the whole shard was read (rows of every sample)."""
+
+
+def model_identity(ref: str | None) -> str | None:
+    """How a model is recorded in a group's settings: the bundled MiniLM by its hub id (so another
+    install of the same package resumes), other local paths made absolute, ids as given."""
+    from recaption.scoring.sieve import DEFAULT_EMBEDDER, default_sieve_model
+
+    if not ref or "://" in ref or not os.path.exists(ref):
+        return ref
+    p = os.path.realpath(ref)
+    bundled = default_sieve_model()
+    return DEFAULT_EMBEDDER if bundled != DEFAULT_EMBEDDER and p == os.path.realpath(bundled) else p
+
+
+def check_model_path(ref: str | None, what: str) -> None:
+    """A model given as a local path must exist; said once, before any work."""
+    if ref and ref.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(ref)):
+        raise RecaptionError(f"{what} not found: {ref}")
+
+
+def on_device(cfg, device: str | None):
+    """A config with the worker's device where it names none (the caller's config is not changed)."""
+    import dataclasses
+
+    return cfg if cfg is None or cfg.device or not device else dataclasses.replace(cfg, device=device)

@@ -1,0 +1,141 @@
+"""The `captions` group: N synthetic candidates per sample from a captioner (`recaption.captioners`)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from recaption.annotators.base import Annotator, Column, Option, model_identity, on_device
+from recaption.captioners.base import BACKENDS, QUANTIZE, STRATEGIES
+from recaption.errors import RecaptionError
+from recaption.models import DTYPES
+
+log = logging.getLogger("recaption")
+
+
+def _is_pixels(x) -> bool:
+    """A uint8 pixel batch from the fast path (rather than inputs a processor prepared)."""
+    return x is not None and str(getattr(x, "dtype", "")) == "torch.uint8"
+
+
+class Captions(Annotator):
+    """Captions every decodable image; a failing batch is retried sample by sample so only the
+    bad one errors. Sampling is seeded from the shard name and the batch's first key, so any
+    worker gives the same captions."""
+
+    name = "captions"
+    kind = "captioner"
+    columns = (Column("captions", "list<string>", []), Column("captioner", "string"))
+    recipe_keys = ("captioner", "caption")
+    timer = "caption"
+    add_hint = "recaption caption INPUT -o ANN"
+    options = (
+        Option("captioner", str, "blip-base", "preset (see `recaption models`), YAML file, HF id or local path",
+               flags=("--captioner", "-c")),
+        Option("model", str, None, "model id or local path replacing the preset's (keeps its decoding)"),
+        Option("num_captions", int, None, "candidates per image (sample or beam)"),
+        Option("decoding", str, None, "greedy, beam or sample (nucleus / top-k)", choices=STRATEGIES),
+        Option("num_beams", int, None, "beams for --decoding beam"),
+        Option("top_p", float, None, "nucleus mass for --decoding sample"),
+        Option("top_k", int, None, "top-k for --decoding sample"),
+        Option("temperature", float, None, "sampling temperature"),
+        Option("max_new_tokens", int, None, "longest caption, in tokens"),
+        Option("min_new_tokens", int, None, "shortest caption, in tokens"),
+        Option("repetition_penalty", float, None, "1.0 = none"),
+        Option("seed", int, None, "same seed, same captions"),
+        Option("prompt", str, None, "text prompt, removed from the front of each caption"),
+        Option("template", str, None, "vLLM prompt template (name in prompts/templates or a file); may use {alt_text}"),
+        Option("dtype", str, None, "auto: bf16 on CUDA and on CPUs with native bf16, else float32", choices=DTYPES),
+        Option("quantize", str, None, "bitsandbytes 8bit or 4bit (needs recaption[quant])", choices=QUANTIZE),
+        Option("backend", str, None, "when a model id does not tell which backend serves it", choices=tuple(BACKENDS)),
+        Option("trust_remote_code", bool, False, "allow model repositories to run their own code (off by default)"),
+    )
+
+    @classmethod
+    def configure(cls, values: dict, others: dict):
+        """A `CaptionerConfig` from the preset or model named by --captioner and the overrides."""
+        from recaption.captioners.base import load_preset
+
+        ref = values.get("captioner") or cls.options[0].default
+        kw = {o.name: values.get(o.name) for o in cls.options[1:]}
+        kw["strategy"] = kw.pop("decoding")
+        if not kw["trust_remote_code"]:
+            kw.pop("trust_remote_code")
+        return load_preset(str(ref), **{k: v for k, v in kw.items() if v is not None})
+
+    @classmethod
+    def coerce(cls, config):
+        """A preset name, model id or path given for a config: its `CaptionerConfig`."""
+        from recaption.captioners.base import load_preset
+
+        return load_preset(config) if isinstance(config, str) else config
+
+    @classmethod
+    def from_recipe(cls, recipe: dict, others: dict):
+        """`captioner: PRESET|ID|PATH|null` and `caption: {decoding and captioner options}`."""
+        from recaption.captioners.base import load_preset
+
+        if recipe.get("caption") is not None and not isinstance(recipe["caption"], dict):
+            raise RecaptionError("caption must be a mapping")
+        if not recipe.get("captioner"):
+            return None
+        return load_preset(str(recipe["captioner"]), **(recipe.get("caption") or {}))
+
+    @classmethod
+    def settings(cls, c, run) -> dict:
+        """Backend, model, prompt, template, dtype, quantization and decoding; the batch size where
+        sampling is seeded per batch; the input path where it is not the fast one."""
+        s = {"backend": c.backend, "model": model_identity(c.model), "revision": c.revision, "prompt": c.prompt,
+             "template": c.template, "dtype": c.dtype or "auto", "quantize": c.quantize,
+             "decoding": dataclasses.asdict(c.decoding)}
+        if c.decoding.strategy == "sample":
+            s["batch_size"] = run.batch_size
+        if run.preprocess != "fast":
+            s["preprocess"] = run.preprocess
+        return s
+
+    @classmethod
+    def check(cls, c) -> None:
+        """What would fail at build time for want of a package, said before any work."""
+        from recaption.captioners.base import backend_requirements
+        from recaption.errors import require
+
+        for module, extra in backend_requirements(c):
+            require(module, extra)
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        from recaption.captioners import build_captioner
+
+        self.captioner = build_captioner(on_device(config, ctx.device))
+        self.id = self.captioner.id
+
+    def image_models(self) -> dict:
+        """The captioner reads pixels."""
+        return {"captioner": self.captioner}
+
+    def annotate_batch(self, batch) -> None:
+        """Record the captioner on every row; caption the decodable ones."""
+        for r in batch.rows:
+            r["captioner"] = self.id
+        idx = batch.live()
+        if not idx:
+            return
+        rows = [batch.rows[i] for i in idx]
+        prepared = batch.batched(self.captioner, idx)
+        if _is_pixels(prepared):
+            prepared = self.captioner.prepare_pixels(prepared, [r["raw_caption"] for r in rows])
+        out = self._isolating(rows, batch.inputs(self.captioner, idx), batch.shard, prepared)
+        for r, c in zip(rows, out):
+            if c is not None:
+                r["captions"] = c
+
+    def _isolating(self, rows, images, shard, prepared=None):
+        try:
+            return self.captioner.caption(images, [r["raw_caption"] for r in rows], f"{shard}/{rows[0]['key']}",
+                                          prepared)
+        except Exception as e:
+            if len(images) == 1:
+                rows[0].update(status="error", error=f"caption: {type(e).__name__}: {e}")
+                return [None]
+            log.warning("captioning a batch of %s failed (%s); retrying sample by sample", shard, e)
+            return [self._isolating([r], [im], shard)[0] for r, im in zip(rows, images)]

@@ -1,0 +1,111 @@
+"""The `clip` group: the CLIP score of the raw caption and of every candidate (docs/formats.md#scores)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from recaption.annotators.base import Annotator, Column, Option, RuleKind, check_model_path, model_identity, on_device
+from recaption.annotators.captions import _is_pixels
+from recaption.errors import RecaptionError
+
+RECIPE_KEYS = {"model", "pretrained", "dtype", "batch_size"}
+
+
+def clip_scorer(ctx, cfg):
+    """The worker's CLIP scorer for a config: one per model, whichever annotator asks first."""
+    key = ("clip", json.dumps(dataclasses.asdict(on_device(cfg, ctx.device)), sort_keys=True))
+
+    def build():
+        from recaption.scoring.clip import ClipScorer
+
+        return ClipScorer(on_device(cfg, ctx.device))
+
+    return ctx.shared(key, build)
+
+
+def embed(scorer, batch, idx):
+    """Image embeddings of rows `idx`: from the batch's prepared inputs where they are exactly
+    these rows, else sample by sample."""
+    prepared = batch.batched(scorer, idx)
+    if prepared is None:
+        return scorer.encode_images(batch.inputs(scorer, idx))
+    return scorer.encode_pixels(scorer.prepare_pixels(prepared) if _is_pixels(prepared) else prepared)
+
+
+class Clip(Annotator):
+    """`clip_raw` and `clip_captions`: one image embedding per sample, every text of a batch in one call."""
+
+    name = "clip"
+    columns = (Column("clip_raw", "float32"), Column("clip_captions", "list<float32>", []))
+    after = ("captions",)
+    add_hint = "recaption score INPUT -a ANN"
+    options = (
+        Option("clip_model", str, "ViT-B-32", "open_clip name, hf-hub:org/repo or local-dir:/path"),
+        Option("clip_pretrained", str, "openai", "pretrained tag or local checkpoint file"),
+        Option("no_clip", bool, False, "skip CLIP scores", flags=("--no-clip",)),
+    )
+    # the CLIP floors of LAION-5B (docs/formats.md#filters): they read the fixed clip_raw column
+    rules = (
+        RuleKind("min-clip-raw", ("clip_raw",), float, "no clip_raw score", "CLIP score of the alt-text >= X"),
+        RuleKind("min-clip-raw-en", ("clip_raw", "lang"), float, "no clip_raw score",
+                 "CLIP score of the alt-text >= X where its language is en (other rows pass)", group="metrics"),
+        RuleKind("min-clip-raw-other", ("clip_raw", "lang"), float, "no clip_raw score",
+                 "CLIP score of the alt-text >= X where its language is not en (en rows pass)", group="metrics"),
+    )
+
+    @classmethod
+    def configure(cls, values: dict, others: dict):
+        """A `ClipConfig`, or None with --no-clip; the captioner's --dtype applies too."""
+        from recaption.scoring.clip import ClipConfig
+
+        if values.get("no_clip"):
+            return None
+        return ClipConfig(model=values.get("clip_model") or "ViT-B-32",
+                          pretrained=values.get("clip_pretrained", "openai"), dtype=values.get("dtype"))
+
+    @classmethod
+    def from_recipe(cls, recipe: dict, others: dict):
+        """`clip: {model, pretrained, dtype, batch_size}` or null."""
+        from recaption.scoring.clip import ClipConfig
+
+        c = recipe.get("clip")
+        if not c:
+            return None
+        if not isinstance(c, dict):
+            raise RecaptionError("clip must be a mapping or null")
+        bad = set(c) - RECIPE_KEYS
+        if bad:
+            raise RecaptionError(f"unknown clip keys {sorted(bad)}; known: {sorted(RECIPE_KEYS)}")
+        c = dict(c)
+        return ClipConfig(model=c.pop("model", "ViT-B-32"), pretrained=c.pop("pretrained", "openai"), **c)
+
+    @classmethod
+    def settings(cls, c, run) -> dict:
+        """Model, weights and dtype (and the input path where it is not the fast one)."""
+        s = {"model": model_identity(c.model), "pretrained": c.pretrained, "dtype": c.dtype or "auto"}
+        return s | ({"preprocess": run.preprocess} if run.preprocess != "fast" else {})
+
+    @classmethod
+    def check(cls, c) -> None:
+        """A local checkpoint or model folder must exist."""
+        check_model_path(c.pretrained, "CLIP checkpoint")
+        check_model_path(c.model.split(":", 1)[1] if c.model.startswith("local-dir:") else None, "CLIP model folder")
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.scorer = clip_scorer(ctx, config)
+
+    def image_models(self) -> dict:
+        """The CLIP image tower reads pixels."""
+        return {"clip": self.scorer}
+
+    def annotate_batch(self, batch) -> None:
+        """Score the raw caption and the candidates of every row still ok."""
+        idx = batch.live()
+        if not idx:
+            return
+        rows = [batch.rows[i] for i in idx]
+        emb = embed(self.scorer, batch, idx)
+        raw_s, cand_s = self.scorer.score(emb, [r["raw_caption"] for r in rows], [r["captions"] or [] for r in rows])
+        for r, a, b in zip(rows, raw_s, cand_s):
+            r["clip_raw"], r["clip_captions"] = a, b
