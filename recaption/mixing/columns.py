@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.scoring.blend import scored
 
@@ -72,14 +73,18 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None) 
     `filters` test the filter metrics, a file that never computed them is one line naming it."""
     def choose(meta, cols):
         if filters and filters.needs_metrics and "metrics" not in ((meta or {}).get("groups") or {}):
-            from recaption.mixing.filters import missing_metrics_error
-
             raise missing_metrics_error(url)
         cols = _scores_pair(meta, cols) if counts_only else cols
         reranked = "rerank" in ((meta or {}).get("groups") or {})
         return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
 
     return ann.read(url, columns=columns, threads=False, choose=choose)
+
+
+def missing_metrics_error(path: str) -> RecaptionError:
+    """The one line for an annotation file whose filter metrics were never computed."""
+    return RecaptionError(f"{path} has no filter metrics (language, caption length, image size); "
+                          "add them with `recaption score INPUT -a ANN` (with --no-clip --no-sieve: metrics only)")
 
 
 def scores_pair(meta: dict | None) -> bool:
@@ -159,8 +164,6 @@ def check_pairing(t: pa.Table, url: str) -> None:
     bad = np.flatnonzero((n_caps != n_sc) & pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(
         zero_copy_only=False))
     if bad.size:
-        from recaption.errors import RecaptionError
-
         i = int(bad[0])
         raise RecaptionError(f"{url}: sample {t['key'][i].as_py()!r} has {n_caps[i]} candidates but "
                              f"{n_sc[i]} CLIP scores, though the file records its scores as computed on "

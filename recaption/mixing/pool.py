@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, reason_category
 from recaption.io import annotations as ann
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
@@ -38,12 +37,6 @@ from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, N_CODES
                                          decide_columns)
 from recaption.scoring.blend import MinMax, kept_rank, scored
 from recaption.scoring.select import Select, answer, to_keys
-
-
-def category(reason: str) -> str:
-    """Group drop reasons for the summary: numbers out, the error stage kept."""
-    text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
-    return re.sub(r"\s+", " ", text).strip()[:120]
 
 
 # -- 1. stats --------------------------------------------------------------------------------
@@ -86,7 +79,7 @@ def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, ca
         reasons = error_reasons(t["error"].filter(bad), c.keyed[~valid])
         counts = Counter(s.dropped)
         for vc in pc.value_counts(reasons).to_pylist():
-            counts[category(vc["values"])] += vc["counts"]
+            counts[reason_category(vc["values"])] += vc["counts"]
         s.dropped = dict(counts)
         s.shard_errors = [{"shard": f.name, "error": e} for e in t["error"].filter(pa.array(~c.keyed)).to_pylist()]
     return s
