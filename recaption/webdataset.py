@@ -46,20 +46,19 @@ class RayOverlay(OverlayReader):
         if urls is None or keys is None:
             raise RecaptionError("the overlay needs the __url__ and __key__ columns of read_webdataset")
         txt, js = get("txt"), get("json")
-        keep, new, both = [], {"txt": [], "json": [], "syn.txt": []}, False
+        keep, new = [], {"txt": [], "json": []}
         for i, (url, key) in enumerate(zip(urls, keys)):
             sample = {"__url__": url, "__key__": key}
             for name, col in (("txt", txt), ("json", js)):
                 if col is not None and not _missing(col[i]):
                     sample[name] = col[i]
             out = self.apply(sample)
-            both = both or self.shard(url, key).strategy == "both"
+            for m in self.shard(url, key).extra_members:  # a column once any shard's strategy adds it
+                new.setdefault(m, [None] * len(keep))
             if out is not None:
                 keep.append(i)
                 for k, v in new.items():
                     v.append(out.get(k))
-        if not both:
-            del new["syn.txt"]
         return _with_rows(batch, keep, new)
 
 

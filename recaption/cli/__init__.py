@@ -10,6 +10,7 @@ import typer
 from recaption.mixing.rules import usage as filter_usage
 from recaption.cli.options import (AnnotatorOptions, CaptionerOptions, ExecOptions, InputOptions, OutputOptions,
                                    ScoringOptions, StorageOptions, StrategyChoice, dumps, opt, refresh, setup_logging, verb, STATE)
+from recaption.mixing import strategies_help
 
 app = typer.Typer(
     name="recaption", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
@@ -115,7 +116,7 @@ def mix(
     input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
     out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)")] = None,
-    strategy: Annotated[StrategyChoice, opt(help="raw, synthetic, threshold, both or sieve (docs/formats.md)")] = StrategyChoice("threshold"),
+    strategy: Annotated[StrategyChoice, opt(help=f"{strategies_help()} (docs/formats.md#mixing-strategies)")] = StrategyChoice("threshold"),
     threshold: Annotated[Optional[float], opt(help="absolute score threshold")] = None,
     fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0")] = None,
     filter_synthetic: Annotated[bool, opt(help="threshold: also drop samples whose synthetic caption scores below")] = False,

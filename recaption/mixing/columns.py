@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.scoring.blend import scored
 
@@ -74,14 +75,20 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None) 
         held = (meta or {}).get("groups") or {}
         for group in (filters.groups if filters else ()):
             if group not in held:
-                from recaption.mixing.filters import missing_metrics_error
-
                 raise missing_metrics_error(url, group)
         cols = _scores_pair(meta, cols) if counts_only else cols
         reranked = "rerank" in ((meta or {}).get("groups") or {})
         return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
 
     return ann.read(url, columns=columns, threads=False, choose=choose)
+
+
+def missing_metrics_error(path: str, group: str = "metrics") -> RecaptionError:
+    """The one line for an annotation file without a column group the filter rules test."""
+    from recaption.annotators import group_hint
+
+    what = "filter metrics (language, caption length, image size)" if group == "metrics" else f"{group} columns"
+    return RecaptionError(f"{path} has no {what}; add them with `{group_hint(group)}`")
 
 
 def scores_pair(meta: dict | None) -> bool:
@@ -161,8 +168,6 @@ def check_pairing(t: pa.Table, url: str) -> None:
     bad = np.flatnonzero((n_caps != n_sc) & pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(
         zero_copy_only=False))
     if bad.size:
-        from recaption.errors import RecaptionError
-
         i = int(bad[0])
         raise RecaptionError(f"{url}: sample {t['key'][i].as_py()!r} has {n_caps[i]} candidates but "
                              f"{n_sc[i]} CLIP scores, though the file records its scores as computed on "

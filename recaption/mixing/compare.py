@@ -5,18 +5,23 @@ from __future__ import annotations
 import dataclasses
 
 from recaption.mixing.pool import Pool, PoolSource, Scores, fraction_rank, median_ranks
-from recaption.mixing.strategies import CATEGORIES, SHARD_ERROR, STRATEGIES, MixConfig, PoolNumbers
-
-# The strategies in the order shown; `threshold` twice, as mixed with and without filtering the
-# synthetic captions (Nguyen et al.'s best mix filters them).
-VARIANTS = [(s, False) for s in STRATEGIES if s != "threshold"]
-VARIANTS.insert(STRATEGIES.index("threshold"), ("threshold", True))
-VARIANTS.insert(STRATEGIES.index("threshold"), ("threshold", False))
+from recaption.mixing.strategies import FLAGS, SHARD_ERROR, MixConfig, PoolNumbers
+from recaption.mixing.strategies.base import all_strategies
 
 
-def variant_name(strategy: str, filter_synthetic: bool) -> str:
+def variants() -> list[tuple[str, dict]]:
+    """The rows of the side-by-side view, in order: each registered strategy with the settings of
+    each of its variants (`threshold` twice, without and with `--filter-synthetic`)."""
+    return [(s.name, v) for s in all_strategies() for v in s.variants]
+
+
+def variant_name(strategy: str, filter_synthetic: bool = False) -> str:
     """A strategy's name in the side-by-side view (`threshold --filter-synthetic` for that variant)."""
-    return "threshold --filter-synthetic" if filter_synthetic else strategy
+    return _name(strategy, {"filter_synthetic": filter_synthetic})
+
+
+def _name(strategy: str, settings: dict) -> str:
+    return " ".join([strategy, *(f"--{k.replace('_', '-')}" for k, on in settings.items() if on)])
 
 
 def side_by_side(source: PoolSource, base: MixConfig, pool: Pool | None = None, fixed: dict | None = None,
@@ -33,7 +38,8 @@ def side_by_side(source: PoolSource, base: MixConfig, pool: Pool | None = None, 
     """
     pool = pool or source.stats()
     base_n = pool.numbers
-    cfgs = {variant_name(s, fs): dataclasses.replace(base, strategy=s, filter_synthetic=fs) for s, fs in VARIANTS}
+    off = dict.fromkeys(FLAGS, False)
+    cfgs = {_name(s, v): dataclasses.replace(base, strategy=s, **(off | v)) for s, v in variants()}
     t_of: dict[str, float | None] = {}
     if base.fraction is not None:
         cols = sorted({c.threshold_column for c in cfgs.values()})
@@ -44,7 +50,7 @@ def side_by_side(source: PoolSource, base: MixConfig, pool: Pool | None = None, 
         t = base.threshold if base.fraction is None else t_of[cfg.threshold_column]
         t = (fixed or {}).get(name, t)
         row = {"strategy": name, "threshold": t, "threshold_column": cfg.threshold_column}
-        if t is None and (base.fraction is not None or cfg.strategy in ("threshold", "sieve")):
+        if t is None and (base.fraction is not None or cfg.kind.needs_threshold):
             row["note"] = (f"no {cfg.threshold_column} scores to take a fraction of" if base.fraction is not None
                            else "needs --threshold or --fraction")
         else:
@@ -59,7 +65,7 @@ def side_by_side(source: PoolSource, base: MixConfig, pool: Pool | None = None, 
         kept = o.raw + o.synthetic
         row.update(kept=kept, raw=o.raw, synthetic=o.synthetic,
                    dropped=int(o.codes.sum()) - kept - int(o.codes[SHARD_ERROR]),
-                   cut={CATEGORIES[c]: int(o.codes[c]) for c in CATEGORIES if o.codes[c]})
+                   cut=o.by_category())
         if medians:
             row["mean_clip_written"] = o.written_sum / o.written_n if o.written_n else None
             name, cfg, numbers = next(j for j in jobs if j[0] == row["strategy"])
@@ -75,13 +81,20 @@ def side_by_side(source: PoolSource, base: MixConfig, pool: Pool | None = None, 
 def strategy_table(source: PoolSource, fraction: float = 0.3, alpha: float = 0.5,
                    thresholds: dict | None = None, filter_synthetic_only: bool = True) -> list[dict]:
     """eval's comparison: every strategy at `fraction` (as `mix --fraction` would do it), with the
-    mean and median CLIP score of what it writes; `threshold` with --filter-synthetic only unless
-    `filter_synthetic_only` is false. `thresholds` ({strategy: t}) replaces computed ones."""
+    mean and median CLIP score of what it writes; a strategy that takes --filter-synthetic
+    (`threshold`) only with it, under its own name, unless `filter_synthetic_only` is false.
+    `thresholds` ({strategy: t}) replaces computed ones."""
     rows = side_by_side(source, MixConfig(fraction=fraction, alpha=alpha, filters=source.filters.spec),
                         fixed=thresholds, medians=True)
-    if filter_synthetic_only:
-        rows = [r for r in rows if r["strategy"] != "threshold"]
-        for r in rows:
-            if r["strategy"] == "threshold --filter-synthetic":
-                r["strategy"] = "threshold"
-    return rows
+    if not filter_synthetic_only:
+        return rows
+    shown = variants()
+    takes = {s for s, v in shown if v.get("filter_synthetic")}
+    out = []
+    for r, (s, v) in zip(rows, shown):
+        if s in takes:
+            if not v.get("filter_synthetic"):
+                continue
+            r["strategy"] = s
+        out.append(r)
+    return out

@@ -8,7 +8,6 @@ files where they run.
 """
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Callable
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io.atomic import listdir
+from recaption.io.decode import cpu_cores
 from recaption.io.sources import shard_name
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
@@ -51,11 +51,7 @@ class Threads:
     in_process = True
 
     def __init__(self, n: int | None = None):
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        self.n = n or min(8, cores)
+        self.n = n or min(8, cpu_cores())
 
     def map(self, fn: Callable, items: list):
         """fn over items in order, at most 4 results per thread waiting: memory does not grow with the pool."""

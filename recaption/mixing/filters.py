@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.mixing.rules import PRESETS, kinds as rule_kinds
+from recaption.mixing.columns import floats
 
 SIZE = ("original_width", "original_height", "width", "height")
 
@@ -141,8 +142,6 @@ class Rule:
                 return has & (lo < v), ~has
             return has & (aspect(lo, hi) > v), ~has
         # CLIP floors (all rows, or those of one language side)
-        from recaption.mixing.columns import floats
-
         x = floats(t["clip_raw"]).astype(np.float64)
         scope = np.ones(n, bool)
         if self.name != "min-clip-raw":
@@ -165,8 +164,6 @@ class Rule:
         if self.name in ("min-side", "max-aspect"):
             lo, hi, _ = sides(t)
             return pc.cast(pa.array(lo if self.name == "min-side" else np.round(aspect(lo, hi), 4)), pa.string())
-        from recaption.mixing.columns import floats
-
         return pc.cast(pa.array(np.round(floats(t["clip_raw"]).astype(np.float64), 4)), pa.string())
 
     def fail_text(self, t: pa.Table) -> pa.Array:
@@ -298,10 +295,3 @@ class FilterSet:
         """Each rule as written, with what it tests."""
         return [{"rule": r.label, "name": r.name, "value": r.value, "help": r.kind.help} for r in self.rules]
 
-
-def missing_metrics_error(path: str, group: str = "metrics") -> RecaptionError:
-    """The one line for an annotation file without a column group the rules test."""
-    from recaption.annotators import group_hint
-
-    what = "filter metrics (language, caption length, image size)" if group == "metrics" else f"{group} columns"
-    return RecaptionError(f"{path} has no {what}; add them with `{group_hint(group)}`")

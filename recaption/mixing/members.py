@@ -10,6 +10,7 @@ import math
 import re
 
 from recaption.mixing import recaption_field
+from recaption.mixing.strategies.base import named
 
 # the decisions columns a kept sample is built from
 READ = ["key", "kept", "caption_source", "caption", "raw_caption", "synthetic_caption", "clip_raw",
@@ -33,12 +34,13 @@ def kept_members(row: dict, strategy: str, json_text: bytes | None,
 
 
 def members(caption: bytes, synthetic: bytes | None, strategy: str, json_text: bytes) -> dict[str, bytes]:
-    """The members a kept sample gets, in this order: `txt`, `json`, and `syn.txt` for `both`
-    where there is a synthetic caption. The mixed tars and the overlay readers
-    (`recaption.webdataset`) both build samples here."""
+    """The members a kept sample gets, in this order: `txt`, `json`, and the strategy's extra
+    members (`syn.txt` for `both`) where there is a synthetic caption. The mixed tars and the
+    overlay readers (`recaption.webdataset`) both build samples here."""
     new = {"txt": caption, "json": json_text}
-    if strategy == "both" and synthetic is not None:
-        new["syn.txt"] = synthetic
+    if synthetic is not None:
+        for member in named(strategy).extra_members:  # each holds synthetic_caption (base.MEMBER_SOURCES)
+            new[member] = synthetic
     return new
 
 

@@ -26,6 +26,7 @@ from recaption.io.sources import shard_name
 from recaption.mixing import recaption_field
 from recaption.mixing.members import READ, _finite, kept_members, members, recaption_object, splice_recaption
 from recaption.mixing.plan import META_KEY, VERSION, decisions_path
+from recaption.mixing.strategies.base import named
 
 VERIFY = ("full", "size")
 _PROCESS_CACHES: dict[tuple, OrderedDict] = {}  # unpickled readers of one overlay, per process
@@ -99,6 +100,7 @@ class ShardDecisions:
             raise RecaptionError(f"{path} is not a recaption decisions file (missing columns {missing})")
         check_identity(url, meta, verify)  # before any sample of the shard goes on
         self.url, self.strategy = url, meta["strategy"]
+        self.extra_members = tuple(named(self.strategy).extra_members)  # beside txt and json (syn.txt for both)
         keyed = t.filter(pc.is_valid(t["key"]))  # a null key is a shard-level error row: no sample
         keys = keyed["key"].to_pylist()
         kept = keyed["kept"].to_numpy(zero_copy_only=False)

@@ -26,8 +26,9 @@ from recaption.io.atomic import atomic_open, file_info, join, makedirs
 from recaption.mixing import columns as colmod
 from recaption.mixing.files import AnnFile, read_file
 from recaption.mixing.pool import Outcomes, Pool, error_reasons, mix_counts
-from recaption.mixing.strategies import (ERROR, FILTERED, KEEP_RAW, KEEP_SYN, N_CODES, REASONS, SHARD_ERROR,
-                                         MixConfig, PoolNumbers, decide_columns, reason_text)
+from recaption.mixing.strategies import (ERROR, FILTERED, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
+                                         PoolNumbers, decide_columns, reason_text)
+from recaption.mixing.strategies.base import n_codes
 
 VERSION = 1
 FOLDER = "_decisions"
@@ -58,7 +59,7 @@ def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.
     raw = t["raw_caption"].combine_chunks()
     is_raw, is_syn = pa.array(code == KEEP_RAW), pa.array(code == KEEP_SYN)
     none = pa.nulls(len(code), pa.string())
-    texts = pa.array([None if k not in REASONS else reason_text(k, threshold) for k in range(N_CODES)],
+    texts = pa.array([None if k not in REASONS else reason_text(k, threshold) for k in range(n_codes())],
                      pa.string())
     reason = texts.take(pa.array(code.astype(np.int32)))
     before = pa.array((code == ERROR) | (code == SHARD_ERROR))
@@ -105,7 +106,7 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     path = decisions_path(out_dir, f.name)
     with atomic_open(path) as out:
         out.write(buf.getvalue())
-    codes = np.bincount(d.code, minlength=N_CODES)
+    codes = np.bincount(d.code, minlength=n_codes())
     return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist())
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,22 +27,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, reason_category
 from recaption.io import annotations as ann
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
 from recaption.mixing.files import AnnFile, Cache, Threads, annotation_files, load, read_file
 from recaption.mixing.filters import FilterSet
-from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, N_CODES, MixConfig, PoolNumbers, blend_of,
+from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, MixConfig, PoolNumbers, blend_of,
                                          decide_columns)
+from recaption.mixing.strategies.base import n_codes
 from recaption.scoring.blend import MinMax, kept_rank, scored
 from recaption.scoring.select import Select, answer, to_keys
-
-
-def category(reason: str) -> str:
-    """Group drop reasons for the summary: numbers out, the error stage kept."""
-    text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
-    return re.sub(r"\s+", " ", text).strip()[:120]
 
 
 # -- 1. stats --------------------------------------------------------------------------------
@@ -86,7 +80,7 @@ def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, ca
         reasons = error_reasons(t["error"].filter(bad), c.keyed[~valid])
         counts = Counter(s.dropped)
         for vc in pc.value_counts(reasons).to_pylist():
-            counts[category(vc["values"])] += vc["counts"]
+            counts[reason_category(vc["values"])] += vc["counts"]
         s.dropped = dict(counts)
         s.shard_errors = [{"shard": f.name, "error": e} for e in t["error"].filter(pa.array(~c.keyed)).to_pylist()]
     return s
@@ -269,7 +263,7 @@ def _upper_middle(n: int) -> int:
 class Outcomes:
     """Counts of every outcome code over the files, and the kept count of each file."""
 
-    codes: np.ndarray = field(default_factory=lambda: np.zeros(N_CODES, dtype=np.int64))
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(n_codes(), dtype=np.int64))
     written_sum: float = 0.0
     written_n: int = 0
     kept_per_file: list = field(default_factory=list)
@@ -307,7 +301,7 @@ def file_outcomes(f: AnnFile, jobs: list[tuple[MixConfig, PoolNumbers]], written
     out = []
     for cfg, numbers in jobs:
         code = decide_columns(c, cfg, numbers).code
-        o = Outcomes(np.bincount(code, minlength=N_CODES).astype(np.int64))
+        o = Outcomes(np.bincount(code, minlength=n_codes()).astype(np.int64))
         o.kept_per_file = [int(o.codes[KEEP_RAW] + o.codes[KEEP_SYN])]
         if written:
             v = _written(c, code)
@@ -341,7 +335,7 @@ def finish_pool(pool: Pool, cfg: MixConfig) -> Pool:
             raise RecaptionError(f"--fraction needs {col} scores, and no annotated sample has one; run "
                                  "`recaption score` with the scorer this strategy uses")
         pool.numbers.threshold = t
-    if cfg.strategy in ("threshold", "sieve") and pool.numbers.threshold is None:
+    if cfg.kind.needs_threshold and pool.numbers.threshold is None:
         raise RecaptionError(f"strategy {cfg.strategy!r} has no threshold")
     return pool
 

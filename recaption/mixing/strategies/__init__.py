@@ -2,7 +2,10 @@
 
 Every row gets one outcome code: kept with the raw or the synthetic caption, or dropped for one
 named reason. A missing score (null, NaN, inf) fails every cut (docs/formats.md#missing-scores).
-`decide(row, ...)` is the same decision for one row given as a dict (tests, notebooks).
+Each strategy is an object (`base.Strategy`, one module each here, registered in
+`recaption.mixing`); `MixConfig` holds the settings and `decide_columns` applies the chosen
+strategy and then what overrides every strategy (errors, filter rules). `decide(row, ...)` is the
+same decision for one row given as a dict (tests, notebooks).
 """
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recaption.errors import RecaptionError
-from recaption.mixing import STRATEGIES  # noqa: F401  (re-exported)
+from recaption.mixing.strategies.base import (CATEGORIES, ERROR, FILTERED, FLAGS, KEEP_RAW,  # noqa: F401  (re-exported)
+                                              KEEP_SYN, REASONS, SHARD_ERROR, Rows, Strategy, named, reason_text, table)
 from recaption.scoring.blend import MinMax, blend_array, scored
-
 
 
 @dataclass
@@ -34,16 +37,17 @@ class MixConfig:
         from recaption.mixing.filters import normalize
 
         self.filters = normalize(self.filters)
-        if self.strategy not in STRATEGIES:
-            raise RecaptionError(f"unknown strategy {self.strategy!r}; choose {', '.join(STRATEGIES)}")
+        kind = self.kind  # an unknown name is one line listing the registered ones
         if self.threshold is not None and self.fraction is not None:
             raise RecaptionError("give --threshold or --fraction, not both")
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             raise RecaptionError(f"--fraction must be within [0, 1], got {self.fraction}")
-        if self.strategy in ("threshold", "sieve") and self.threshold is None and self.fraction is None:
+        if kind.needs_threshold and self.threshold is None and self.fraction is None:
             raise RecaptionError(f"strategy {self.strategy!r} needs --threshold or --fraction")
-        if self.filter_synthetic and self.strategy != "threshold":
-            raise RecaptionError("--filter-synthetic only applies to --strategy threshold")
+        for flag in FLAGS:
+            if getattr(self, flag) and flag not in kind.flags:
+                takers = " or ".join(f"--strategy {s.name}" for s in table().by_name.values() if flag in s.flags)
+                raise RecaptionError(f"--{flag.replace('_', '-')} only applies to {takers}")
         if not 0.0 <= self.alpha <= 1.0:
             raise RecaptionError(f"--alpha must be within [0, 1], got {self.alpha}")
         if self.samples_per_shard < 1:
@@ -51,9 +55,14 @@ class MixConfig:
         return self
 
     @property
+    def kind(self) -> Strategy:
+        """The strategy as an object (`base.Strategy`): what it needs, cuts on and decides."""
+        return named(self.strategy)
+
+    @property
     def threshold_column(self) -> str:
         """Which score a --fraction is taken over."""
-        return {"synthetic": "clip_synthetic", "sieve": "blend"}.get(self.strategy, "clip_raw")
+        return self.kind.column
 
     @property
     def filter_set(self):
@@ -65,7 +74,7 @@ class MixConfig:
     @property
     def needs_synthetic(self) -> bool:
         """Whether decisions depend on the synthetic caption (else its candidates need not be read)."""
-        return self.strategy in ("synthetic", "threshold")
+        return self.kind.needs_synthetic
 
 
 @dataclass
@@ -74,36 +83,6 @@ class PoolNumbers:
     sieve: MinMax
     clip_raw: MinMax
     threshold: float | None
-
-
-# -- outcome codes ---------------------------------------------------------------------------
-KEEP_RAW, KEEP_SYN, ERROR, SHARD_ERROR = 0, 1, 2, 3
-NO_RAW, NO_CLIP_RAW, CLIP_RAW_BELOW, NO_BLEND, BLEND_BELOW = 4, 5, 6, 7, 8
-NO_SYN, NO_SYN_CLIP, SYN_BELOW, RAW_BELOW_NO_SYN, BOTH_BELOW = 9, 10, 11, 12, 13
-FILTERED = 14  # dropped by a filter rule before the strategy; which one is in `Columns.fcode`
-N_CODES = 15
-
-# The reason recorded in _dropped.parquet (threshold filled in); with the numbers taken out it is
-# the category the summary counts. The row's own score is in its decisions file.
-REASONS = {
-    NO_RAW: "mix: no raw caption",
-    NO_CLIP_RAW: "mix: no clip_raw score",
-    CLIP_RAW_BELOW: "mix: clip_raw below threshold {t:.4f}",
-    NO_BLEND: "mix: no blend score (sieve or clip_raw missing)",
-    BLEND_BELOW: "mix: blend below threshold {t:.4f}",
-    NO_SYN: "mix: no synthetic caption",
-    NO_SYN_CLIP: "mix: no CLIP score for the synthetic caption",
-    SYN_BELOW: "mix: synthetic clip below threshold {t:.4f}",
-    RAW_BELOW_NO_SYN: "mix: raw caption below threshold and no synthetic caption",
-    BOTH_BELOW: "mix: raw and synthetic both below threshold {t:.4f}",
-}
-CATEGORIES = {c: r.replace(" {t:.4f}", "").split(" (", 1)[0] for c, r in REASONS.items()}
-
-
-def reason_text(code: int, threshold: float | None) -> str:
-    """The drop reason of an outcome code, with the threshold in force where it has one."""
-    r = REASONS[code]
-    return r.format(t=threshold) if threshold is not None else r.replace(" {t:.4f}", "")
 
 
 @dataclass
@@ -125,55 +104,18 @@ def blend_of(cols, numbers: PoolNumbers, alpha: float) -> np.ndarray:
 
 
 def decide_columns(cols, cfg: MixConfig, numbers: PoolNumbers) -> Decisions:
-    """The outcome of every row of one annotation file (`recaption.mixing.columns.Columns`)."""
-    s, t = cfg.strategy, numbers.threshold
+    """The outcome of every row of one annotation file (`recaption.mixing.columns.Columns`): the
+    strategy's decisions, then error and shard-error rows and rows a filter rule dropped."""
     b = blend_of(cols, numbers, cfg.alpha)
-    raw, cr = cols.has_raw, cols.clip_raw
-    code = np.full(cols.n, KEEP_RAW, dtype=np.uint8)
-
-    def cut(where, what):  # first cut wins: only rows still kept change
-        code[(code <= KEEP_SYN) & where] = what
-
-    if s in ("raw", "both", "sieve"):
-        cut(~raw, NO_RAW)
-        if s == "sieve":
-            cut(~scored(b), NO_BLEND)
-            with np.errstate(invalid="ignore"):
-                cut(b < t, BLEND_BELOW)
-        elif t is not None:
-            cut(~scored(cr), NO_CLIP_RAW)
-            with np.errstate(invalid="ignore"):
-                cut(cr < t, CLIP_RAW_BELOW)
-    else:
-        has, cs = _synthetic(cols)
-        if s == "synthetic":
-            code[:] = KEEP_SYN
-            cut(~has, NO_SYN)
-            if t is not None:
-                cut(~scored(cs), NO_SYN_CLIP)
-                with np.errstate(invalid="ignore"):
-                    cut(cs < t, SYN_BELOW)
-        else:  # threshold: raw where it scores well enough, else the synthetic caption
-            with np.errstate(invalid="ignore"):
-                raw_ok = raw & scored(cr) & (cr >= t) if t is not None else np.zeros(cols.n, bool)
-            code[~raw_ok] = KEEP_SYN
-            syn = ~raw_ok
-            cut(syn & ~has, RAW_BELOW_NO_SYN)
-            if cfg.filter_synthetic:
-                cut(syn & ~scored(cs), NO_SYN_CLIP)
-                with np.errstate(invalid="ignore"):
-                    cut(syn & (cs < t), BOTH_BELOW)
+    kind = cfg.kind
+    rows = Rows(cols, cfg, numbers.threshold, b, kind, table().dtype)
+    kind.decide(rows)
+    code = rows.code
     if cols.fcode is not None:
         code[cols.fcode >= 0] = FILTERED
     code[~cols.ok] = ERROR
     code[~cols.keyed] = SHARD_ERROR
     return Decisions(code, b)
-
-
-def _synthetic(cols):
-    if cols.has_syn is None:
-        raise RecaptionError("internal: this strategy needs the captions columns, which were not read")
-    return cols.has_syn, cols.clip_syn
 
 
 # -- one row, as a dict ----------------------------------------------------------------------
