@@ -2,3 +2,5 @@
 
 # the strategy names, here without numpy so that the CLI's --help can list them cheaply
 STRATEGIES = ("raw", "synthetic", "threshold", "both", "sieve")
+# `mix --caption-keys`: which captions get a top-level json key of their own (recaption.mixing.caption_keys)
+CAPTION_KEYS = ("none", "best", "all")

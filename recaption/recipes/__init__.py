@@ -22,7 +22,8 @@ TOP_KEYS = {"description", "source", "captioner", "caption", "clip", "rerank", "
 SECTION_KEYS = {
     "clip": {"model", "pretrained", "dtype", "batch_size"},
     "sieve": {"model", "mask"},
-    "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding"},
+    "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding",
+            "caption_keys"},
 }
 
 
