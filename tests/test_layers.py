@@ -16,7 +16,7 @@ LAYERS = [
     {"captioners", "scoring"},
     {"mixing"},
     {"stages", "engines", "recipes", "report", "webdataset"},
-    {"api"},
+    {"api", "train_open_clip"},
     {"demo"},
     {"cli", "testing", "__main__"},
 ]
