@@ -39,7 +39,8 @@ class _EpochFrom:
 
     def __call__(self, *args, **kw):
         info = self.build(*args, **kw)
-        if getattr(info, "shared_epoch", None) is not None:
+        is_train = kw["is_train"] if "is_train" in kw else len(args) > 2 and args[2]  # (args, preprocess, is_train)
+        if is_train and getattr(info, "shared_epoch", None) is not None:
             self.stage.epoch = info.shared_epoch  # read as each sample is: workers see set_epoch
         return info
 
