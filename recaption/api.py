@@ -213,11 +213,13 @@ def _write_mix_summary(out_dir: str, summary: dict, input_spec, ann_dir: str, se
 
 
 def mix_identity(cfg: MixConfig) -> dict:
-    """The mix settings a folder records; no filters leaves the key out, as folders made before
-    filters existed recorded them, so those resume."""
+    """The mix settings a folder records; no filters (no caption keys) leaves the key out, as
+    folders made before filters (caption keys) existed recorded them, so those resume."""
     d = dataclasses.asdict(cfg)
     if not d["filters"]:
         del d["filters"]
+    if d.get("caption_keys") == "none":
+        del d["caption_keys"]
     return d
 
 
@@ -236,7 +238,7 @@ def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False, 
                    "dropped_by_reason": counts["dropped"], "output_shards": n_out},
         "threshold": pool.numbers.threshold, "threshold_column": cfg.threshold_column,
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
-        "filters": counts["filters"], "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
+        "caption_keys": cfg.caption_keys, "filters": counts["filters"], "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
     }
 

@@ -11,8 +11,10 @@ input shards as webdataset or Ray Data reads them.
     ds = ray_dataset("s3://b/shards/", "s3://b/overlay")   # read_webdataset + the overlay per block
 
 Samples come out as the mixed tars would hold them: dropped ones left out, `txt` the chosen caption,
-`syn.txt` for `both`, and the `recaption` object in `json`. Put the stage before `.decode()` (it
-also takes decoded `txt`/`json`) and before sample shuffling, so that shards arrive one at a time:
+`syn.txt` for `both`, and the `recaption` object in `json`. `captions=` puts a caption chosen
+among the sample's caption keys (`mix --caption-keys`) into `txt` instead, fixed per sample and
+epoch. Put the stage before `.decode()` (after it, samples get the types decoding the mixed
+sample gives) and before sample shuffling, so that shards arrive one at a time:
 each shard's small decisions file is loaded when its first sample arrives, and checked against the
 shard it was made from. A shard without decisions, a key the decisions do not know, or a shard
 whose size or mtime (ETag) changed is an error, never silently kept.
@@ -29,8 +31,19 @@ class Overlay(OverlayReader):
 
     def __call__(self, src):
         apply = self.apply
+        waiting = []  # the first samples, while none has told whether samples arrive decoded
         for sample in src:
-            out = apply(sample)
+            if waiting or not self._knows(sample):
+                waiting.append(sample)
+                if not self._knows(sample):
+                    continue
+            for s in waiting or [sample]:
+                out = apply(s)
+                if out is not None:
+                    yield out
+            waiting = []
+        for s in waiting:  # none told: read as raw bytes (pass decoded=True where they are decoded)
+            out = apply(s)
             if out is not None:
                 yield out
 
@@ -63,11 +76,19 @@ class RayOverlay(OverlayReader):
 
 
 def overlay(folder: str, *, verify: str = "full", shards_in_memory: int = 4,
-            storage_options: dict | str | None = None) -> Overlay:
+            storage_options: dict | str | None = None, captions=None, caption_probs=None, seed: int = 0,
+            epoch=0, decoded: bool | None = None) -> Overlay:
     """The webdataset stage applying the overlay `folder`. `verify="size"` compares shard sizes
     only (for unchanged copies whose mtime differs); `shards_in_memory` bounds the decisions kept
-    (one per shard being read; more where samples of many shards arrive interleaved)."""
-    return Overlay(folder, verify=verify, shards_in_memory=shards_in_memory, storage_options=storage_options)
+    (one per shard being read; more where samples of many shards arrive interleaved).
+
+    `captions` chooses `txt` among the caption keys the mix wrote (`--caption-keys`): `"K1;K2"`
+    or a list (the first the sample has wins), or `{key: weight}` (`caption_probs`: the weights in
+    the keys' order), open_clip's `--json-text-key` rule; the draw is fixed by `seed`, the sample
+    and `epoch` (a number, `set_epoch`, or a shared value with `get_value()` or `.value`).
+    `decoded` says whether samples arrive decoded (default: their members tell)."""
+    return Overlay(folder, verify=verify, shards_in_memory=shards_in_memory, storage_options=storage_options,
+                   captions=captions, caption_probs=caption_probs, seed=seed, epoch=epoch, decoded=decoded)
 
 
 def ray_overlay(folder: str, **kw) -> RayOverlay:

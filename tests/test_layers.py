@@ -17,7 +17,7 @@ LAYERS = [
     {"annotators"},
     {"mixing"},
     {"stages", "engines", "recipes", "report", "webdataset"},
-    {"api"},
+    {"api", "train_open_clip"},
     {"demo"},
     {"cli", "testing", "__main__"},
 ]

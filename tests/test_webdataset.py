@@ -27,6 +27,9 @@ CONFIGS = {
     "sieve": MixConfig("sieve", fraction=0.5, samples_per_shard=4),
     # a filter's drops are decisions like the strategy's: the overlay leaves them out too
     "filtered": MixConfig("both", fraction=0.5, samples_per_shard=4, filters=["min-clip-raw=0.2"]),
+    # every caption under a json key of its own: the overlay writes the same keys, byte for byte
+    "keys-best": MixConfig("threshold", fraction=0.3, samples_per_shard=4, caption_keys="best"),
+    "keys-all": MixConfig("both", fraction=0.5, samples_per_shard=4, caption_keys="all"),
 }
 
 
@@ -176,6 +179,7 @@ def test_a_changed_shard_is_refused_before_any_of_its_samples(mixes, copy_of):
     target.write_bytes(target.read_bytes() + b"\0" * 1024)  # one more tar block: size changes
     seen, err = _collect(wds.WebDataset(urls(copy_of), shardshuffle=False).compose(overlay(str(ov))))
     assert "00001.tar" in err and "changed" in err and "size" in err
+    assert "sample '000010000'" in err  # the first sample read from it
     assert seen and not any(s["__url__"] == str(target) for s in seen)
 
 
@@ -183,7 +187,7 @@ def test_a_touched_shard_is_refused_unless_sizes_only_are_asked(mixes, copy_of):
     _, ov = mixes["raw"]
     os.utime(copy_of / "00000.tar", (1_000_000_000, 1_000_000_000))
     seen, err = _collect(wds.WebDataset(urls(copy_of), shardshuffle=False).compose(overlay(str(ov))))
-    assert seen == [] and "00000.tar" in err and "mtime" in err
+    assert seen == [] and "00000.tar" in err and "mtime" in err and "sample '000000000'" in err
     ds = wds.WebDataset(urls(copy_of), shardshuffle=False).compose(overlay(str(ov), verify="size"))
     assert [plain(s) for s in ds] == materialised(mixes["raw"][0])
 
@@ -227,6 +231,7 @@ def test_odd_json_reads_as_the_mixed_shards_hold_it(tmp_path):
 
     rng = random.Random(3)
     odd = [b'{"url": "u", "x": NaN, "y": [Infinity]}', b'{"recaption": 5, "z": 2}', b'{"\\u0072ecaption": 1}',
+           b'{"recaption_raw": "old", "recaption_candidate_0": 1}', b'{"\\u0072ecaption_synthetic": null}',
            b'{"caption": "caf\\u00e9 \\"q\\" \\\\ \\n", "n": -0.0}', None, b'  {"a": {"b": []}}  \n', b"{}",
            b'{"note": "recaption is a word"}']
     samples = []
@@ -245,9 +250,9 @@ def test_odd_json_reads_as_the_mixed_shards_hold_it(tmp_path):
     write_tar(shards / "00000.tar", samples[:12])
     write_tar(shards / "00001.tar", samples[12:])
     ann = annotate_randomly(shards, tmp_path / "ann", seed=11)
-    for strategy in ("both", "synthetic"):
-        cfg = MixConfig(strategy, samples_per_shard=5)
-        full, ov = tmp_path / f"mix-{strategy}", tmp_path / f"ov-{strategy}"
+    for strategy, keys in (("both", "none"), ("synthetic", "none"), ("synthetic", "all"), ("both", "best")):
+        cfg = MixConfig(strategy, samples_per_shard=5, caption_keys=keys)
+        full, ov = tmp_path / f"mix-{strategy}-{keys}", tmp_path / f"ov-{strategy}-{keys}"
         api.mix(str(shards), str(ann), str(full), cfg, execution=QUIET)
         api.mix(str(shards), str(ann), str(ov), cfg, overlay=True, execution=QUIET)
         want = materialised(full)

@@ -111,7 +111,9 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
     "recaption mix shards/ -a ann/ -o mixed/ --filter basic --strategy threshold --fraction 0.3 --filter-synthetic",
     "recaption mix shards/ -a ann/ --filter english --filter min-side=200 --filter max-aspect=3 --strategy raw --dry-run",
     "# decisions only, no shards: train on shards/ through recaption.webdataset",
-    "recaption mix shards/ -a ann/ -o overlay/ --strategy both --overlay"))
+    "recaption mix shards/ -a ann/ -o overlay/ --strategy both --overlay",
+    "# every caption under its own json key, for open_clip's --json-text-key",
+    "recaption mix shards/ -a ann/ -o mixed/ --strategy both --caption-keys all"))
 def mix(
     input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
@@ -126,6 +128,7 @@ def mix(
     filters: Annotated[Optional[List[str]], opt("--filter", help=filter_usage())] = None,
     dry_run: Annotated[bool, opt(help="print what this and every other strategy would keep and drop; write nothing")] = False,
     overlay: Annotated[bool, opt(help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset")] = False,
+    caption_keys: Annotated[str, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER); all (best + recaption_candidate_I)")] = "none",
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
     from recaption import api
@@ -138,7 +141,7 @@ def mix(
         raise RecaptionError("--overlay writes the decisions files and --dry-run writes nothing: choose one")
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
-                    filters=filters or [])
+                    filters=filters or [], caption_keys=caption_keys)
     s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overlay=overlay, overwrite=o.overwrite, image_keys=inp.keys(),
                 execution=ex.execution(o), arguments={"argv": _argv()}, storage_options=st.storage_options)
     return _show_mix(s, out, o)

@@ -64,3 +64,7 @@ register_strategy("both", "recaption.mixing.strategies.both:Both",
                   "as raw, with the synthetic caption in syn.txt")
 register_strategy("sieve", "recaption.mixing.strategies.sieve:Sieve",
                   "the alt-text where the blend of SIEVE and clip_raw reaches the threshold")
+
+
+# `mix --caption-keys`: which captions get a top-level json key of their own (recaption.mixing.caption_keys)
+CAPTION_KEYS = ("none", "best", "all")

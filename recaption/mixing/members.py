@@ -1,7 +1,8 @@
 """What a kept sample's members become: its `txt` (the chosen caption), its json with the
-`recaption` object, and `syn.txt` for `both`. The mix writer (`recaption.stages.write_mix`) and
-the overlay readers (`recaption.webdataset`) both build samples here, so a sample read through an
-overlay equals the written one byte for byte.
+`recaption` object (after the top-level caption keys of `mix --caption-keys`, where asked), and
+`syn.txt` for `both`. The mix writer (`recaption.stages.write_mix`) and the overlay readers
+(`recaption.webdataset`) both build samples here, so a sample read through an overlay equals the
+written one byte for byte.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import math
 import re
 
-from recaption.mixing import recaption_field
+from recaption.mixing import caption_keys, recaption_field
 from recaption.mixing.strategies.base import named
 
 # the decisions columns a kept sample is built from
@@ -23,12 +24,14 @@ def recaption_object(row: dict, strategy: str) -> dict:
     return {**{k: row[k] for k in recaption_field.FIELDS}, "strategy": strategy}
 
 
-def kept_members(row: dict, strategy: str, json_text: bytes | None,
-                 added: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
+def kept_members(row: dict, strategy: str, json_text: bytes | None, added: bytes | None = None,
+                 level: str = "none", keys_text: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
     """What a kept sample gets from its decisions row: its json object, and the members that
     replace or join its own. `added` is the recaption field's json text when already encoded
-    (`recaption_field.encode`, which the writer uses)."""
-    meta, text = with_recaption(json_text, recaption_object(row, strategy), added)
+    (`recaption_field.encode`, which the writer uses); `level` is the mix's `--caption-keys`,
+    `keys_text` their text when already encoded (`caption_keys.encode`)."""
+    meta, text = with_recaption(json_text, recaption_object(row, strategy), added,
+                                caption_keys.as_dict(row, level), keys_text)
     syn = row["synthetic_caption"]
     return meta, members(row["caption"].encode("utf-8"), None if syn is None else syn.encode("utf-8"), strategy, text)
 
@@ -47,12 +50,15 @@ def members(caption: bytes, synthetic: bytes | None, strategy: str, json_text: b
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # one encoder, not one a call
 
 
-def with_recaption(text: bytes | None, rc: dict, added: bytes | None = None) -> tuple[dict, bytes]:
-    """The sample's json object and its text with `"recaption": rc` added as the last field. The
-    original text is kept as it is and the field spliced in before its closing brace; where it
-    holds a NaN or infinity (JSON has none: they become null), or already a `recaption` field
-    (replaced), the object is written anew."""
+def with_recaption(text: bytes | None, rc: dict, added: bytes | None = None, keys: dict | None = None,
+                   keys_text: bytes | None = None) -> tuple[dict, bytes]:
+    """The sample's json object and its text with the caption `keys` and then `"recaption": rc`
+    added as its last fields. The original text is kept as it is and the fields spliced in before
+    its closing brace; where it holds a NaN or infinity (JSON has none: they become null), or
+    already a `recaption` field or one of `keys` (replaced), the object is written anew."""
+    keys = keys or {}
     added = _ENCODE(rc).encode("utf-8") if added is None else added
+    keys_text = caption_keys.text_of(keys) if keys_text is None else keys_text
     odd = []
     if not text:
         meta = {}
@@ -61,29 +67,34 @@ def with_recaption(text: bytes | None, rc: dict, added: bytes | None = None) -> 
     else:
         meta = json.loads(text)
     body = text.rstrip() if text else b""
-    if text and not odd and "recaption" not in meta and body.endswith(b"}"):
-        return meta, _splice(body, added)
-    return meta, _ENCODE(_finite({**meta, "recaption": rc})).encode("utf-8")
+    if text and not odd and "recaption" not in meta and not any(k in meta for k in keys) and body.endswith(b"}"):
+        return meta, _splice(body, added, keys_text)
+    return meta, _ENCODE(_finite(decoded_json(meta, rc, keys))).encode("utf-8")
 
 
-def _splice(body: bytes, added: bytes) -> bytes:
+def decoded_json(meta: dict, rc: dict, keys: dict) -> dict:
+    """The object a kept sample's json decodes to, from its original object (NaN left to `_finite`)."""
+    return {**meta, **keys, "recaption": rc}
+
+
+def _splice(body: bytes, added: bytes, keys_text: bytes = b"") -> bytes:
     inner = body[:-1].rstrip()
-    return inner + (b"" if inner.endswith(b"{") else b", ") + b'"recaption": ' + added + b"}"
+    return inner + (b"" if inner.endswith(b"{") else b", ") + keys_text + b'"recaption": ' + added + b"}"
 
 
 # an escaped character from 0x60 to 0x7f (every lower-case letter) could spell a `recaption` key
 _ESCAPED_LOWER = re.compile(rb"\\u00[67][0-9a-fA-F]")
 
 
-def splice_recaption(text: bytes, added: bytes) -> bytes | None:
+def splice_recaption(text: bytes, added: bytes, keys_text: bytes = b"") -> bytes | None:
     """What `with_recaption` gives for `text`, without parsing it, where the text cannot hold a
-    NaN, an infinity or a `recaption` field (not even one spelled with escapes); else None. The
-    text must be a JSON object, as every kept sample's json was when it was annotated (the overlay
-    readers check that a shard is unchanged)."""
+    NaN, an infinity, a `recaption` field or a caption key (each key starts `recaption_`; not even
+    one spelled with escapes); else None. The text must be a JSON object, as every kept sample's
+    json was when it was annotated (the overlay readers check that a shard is unchanged)."""
     body = text.rstrip()
     if (body.endswith(b"}") and b"recaption" not in text and b"NaN" not in text and b"Infinity" not in text
             and (b"\\u00" not in text or not _ESCAPED_LOWER.search(text))):
-        return _splice(body, added)
+        return _splice(body, added, keys_text)
     return None
 
 

@@ -6,7 +6,9 @@ member). The first sample of a shard loads that shard's decisions file (the only
 with a few recent ones) and checks the shard against the identity the file recorded, before any
 of its samples goes on. A kept sample gets exactly the members the mixed tar holds
 (`mixing.members.kept_members`), a dropped one is left out, and one the decisions do not know is an
-error: never kept silently.
+error: never kept silently. Samples already decoded (webdataset's `.decode()`) get what decoding
+the mixed sample gives: `txt` and `syn.txt` as text, `json` as an object. Where asked, `txt`
+takes a caption chosen among the sample's caption keys (`mixing.caption_choice`).
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ from recaption.io import annotations as ann
 from recaption.io.atomic import exists, file_info, join, read_text
 from recaption.io.fs import using
 from recaption.io.sources import shard_name
-from recaption.mixing import recaption_field
-from recaption.mixing.members import READ, _finite, kept_members, members, recaption_object, splice_recaption
+from recaption.mixing import caption_keys, recaption_field
+from recaption.mixing.caption_choice import CaptionChoice
+from recaption.mixing.members import (READ, _finite, decoded_json, kept_members, members, recaption_object,
+                                      splice_recaption)
 from recaption.mixing.plan import META_KEY, VERSION, decisions_path
 from recaption.mixing.strategies.base import named
 
@@ -56,17 +60,19 @@ def stat_target(url: str, recorded: str) -> str:
     return url
 
 
-def check_identity(url: str, meta: dict, verify: str = "full") -> None:
+def check_identity(url: str, meta: dict, verify: str = "full", key: str | None = None) -> None:
     """Refuse a shard that is not the one the decisions were made for: its size, and its mtime or
-    ETag (what the store reports and the decisions recorded), must be the recorded ones."""
+    ETag (what the store reports and the decisions recorded), must be the recorded ones. `key` is
+    the first sample read from it, which the error names."""
     where = stat_target(url, meta.get("input") or url)
+    at = f"{url}: sample {key!r}:" if key is not None else f"{url}:"
     try:
         now = file_info(where)
     except (OSError, ValueError) as e:
-        raise RecaptionError(f"{url}: cannot check the shard against its overlay decisions ({e})") from None
+        raise RecaptionError(f"{at} cannot check the shard against its overlay decisions ({e})") from None
     redo = "re-annotate it and re-run the mix (with --overlay)"
     if now.get("size") != meta.get("size"):
-        raise RecaptionError(f"{url} changed since the overlay was made (size {now.get('size')}, recorded "
+        raise RecaptionError(f"{at} the shard changed since the overlay was made (size {now.get('size')}, recorded "
                              f"{meta.get('size')}); {redo}")
     if verify == "size":
         return
@@ -74,11 +80,11 @@ def check_identity(url: str, meta: dict, verify: str = "full") -> None:
     for k in ("etag", "mtime"):
         if meta.get(k) is not None and now.get(k) is not None:
             if str(now[k]) != str(meta[k]):
-                raise RecaptionError(f"{url} changed since the overlay was made ({k} {now[k]}, recorded {meta[k]}); "
-                                     f"{redo}, or pass verify='size' if it is an unchanged copy")
+                raise RecaptionError(f"{at} the shard changed since the overlay was made ({k} {now[k]}, recorded "
+                                     f"{meta[k]}); {redo}, or pass verify='size' if it is an unchanged copy")
             compared = True
     if not compared:
-        raise RecaptionError(f"{url}: its store reports no mtime or ETag to compare with the overlay's record "
+        raise RecaptionError(f"{at} its store reports no mtime or ETag to compare with the overlay's record "
                              "(read it through the recorded URL, or pass verify='size' to compare sizes only)")
 
 
@@ -87,7 +93,7 @@ class ShardDecisions:
 
     def __init__(self, url: str, path: str, verify: str, key: str | None = None):
         try:
-            t = ann.read_table(path, columns=READ)
+            t = ann.read_table(path, columns=READ + ["captions"])  # captions: only where --caption-keys all
         except FileNotFoundError:
             raise RecaptionError(f"{url}: sample {key!r}: the overlay has no decisions file for shard "
                                  f"{reader_shard_name(url)!r} ({path}): the shard was not part of the mix, "
@@ -98,8 +104,9 @@ class ShardDecisions:
         missing = [c for c in READ if c not in t.column_names]
         if missing:
             raise RecaptionError(f"{path} is not a recaption decisions file (missing columns {missing})")
-        check_identity(url, meta, verify)  # before any sample of the shard goes on
-        self.url, self.strategy = url, meta["strategy"]
+        check_identity(url, meta, verify, key)  # before any sample of the shard goes on
+        self.url, self.strategy, self.name = url, meta["strategy"], reader_shard_name(url)
+        self.level = meta.get("caption_keys") or "none"  # decisions made before caption keys: none
         self.extra_members = tuple(named(self.strategy).extra_members)  # beside txt and json (syn.txt for both)
         keyed = t.filter(pc.is_valid(t["key"]))  # a null key is a shard-level error row: no sample
         keys = keyed["key"].to_pylist()
@@ -109,6 +116,8 @@ class ShardDecisions:
         # what a kept sample gets, column-wise: its caption, synthetic caption and recaption field
         self.rows = keyed.filter(keyed["kept"])
         self.field = recaption_field.encode(self.rows, self.strategy)
+        self.keys_text = caption_keys.encode(self.rows, self.level)
+        self._choice: tuple | None = None  # (CaptionChoice, its keys' values per kept row)
         self.txt = self.rows["caption"].cast(pa.binary()).to_pylist()
         self.syn = self.rows["synthetic_caption"].cast(pa.binary()).to_pylist()
         self.index = dict(zip(keys, slot.tolist()))
@@ -135,15 +144,34 @@ class ShardDecisions:
         if isinstance(text, (bytearray, memoryview)):
             text = bytes(text)
         if isinstance(text, bytes):
-            spliced = splice_recaption(text, self.field[s])  # the common case: no parse, no row
+            spliced = splice_recaption(text, self.field[s], self.keys_text[s])  # the common case: no parse, no row
             if spliced is not None:
                 return members(self.txt[s], self.syn[s], self.strategy, spliced)
         row = self.row(s)
+        kept = (self.strategy, None, self.field[s], self.level, self.keys_text[s])
         if isinstance(text, dict):  # decoded already: the object the mixed json decodes to
-            new = kept_members(row, self.strategy, None, self.field[s])[1]
-            new["json"] = _finite({**text, "recaption": recaption_object(row, self.strategy)})
+            new = kept_members(row, *kept)[1]
+            new["json"] = _finite(decoded_json(text, recaption_object(row, self.strategy),
+                                               caption_keys.as_dict(row, self.level)))
             return new
-        return kept_members(row, self.strategy, text if isinstance(text, bytes) else None, self.field[s])[1]
+        return kept_members(row, self.strategy, text if isinstance(text, bytes) else None, *kept[2:])[1]
+
+    def chosen(self, s: int, choice: CaptionChoice, key: str, epoch: int) -> bytes | None:
+        """The caption `choice` puts in kept row `s`'s txt (None: the sample has none of its keys)."""
+        if self._choice is None or self._choice[0] is not choice:
+            self._choice = (choice, self._choice_values(choice))
+        values = self._choice[1]
+        i = choice.pick([v[s] is not None for v in values], self.name, key, epoch)
+        return None if i is None else values[i][s]
+
+    def _choice_values(self, choice: CaptionChoice) -> list[list]:
+        """Per key chosen among, its value in every kept row (None where the row lacks it), column-wise."""
+        order = {"none": 0, "best": 1, "all": 2}
+        if order[self.level] < order[choice.level]:
+            raise RecaptionError(
+                f"{self.url}: the overlay's mix wrote caption keys {self.level!r}, and choosing among "
+                f"{';'.join(choice.keys)} needs --caption-keys {choice.level}: re-run the mix with it")
+        return [_nonblank(caption_values(self.rows, k)).cast(pa.binary()).to_pylist() for k in choice.keys]
 
     def lookup(self, key: str) -> int | None:
         """The row of a kept sample, None for a dropped one; an unknown key is an error."""
@@ -159,16 +187,29 @@ class ShardDecisions:
 
 class OverlayReader:
     """Samples in, mixed samples out (or None when dropped), from an overlay folder. Picklable: a
-    copy (a DataLoader worker's, a Ray task's) loads its own shards; copies in one process share them."""
+    copy (a DataLoader worker's, a Ray task's) loads its own shards; copies in one process share them.
+
+    `captions` (keys in priority order as `"K1;K2"` or a list, or a mapping key -> weight; with
+    `caption_probs` the weights in the keys' order) puts a caption chosen among the sample's
+    caption keys into `txt` (`mixing.caption_choice`), fixed per sample by `seed` and the epoch:
+    `epoch` is a number (`set_epoch`), or a shared value read as each sample is (anything with
+    `get_value()`, such as open_clip's `SharedEpoch`, or `.value`, such as `multiprocessing.Value`),
+    which DataLoader workers see change. `decoded` says whether samples arrive decoded; by default
+    each sample's own members tell (text or objects where bytes were: a decoded `txt`, `json` or
+    image), else the last sample that told (the webdataset stage holds back the first samples of
+    a stream until one tells)."""
 
     def __init__(self, folder: str, *, verify: str = "full", shards_in_memory: int = 4,
-                 storage_options: dict | str | None = None):
+                 storage_options: dict | str | None = None, captions=None, caption_probs=None,
+                 seed: int = 0, epoch=0, decoded: bool | None = None):
         if verify not in VERIFY:
             raise RecaptionError(f"verify must be one of {', '.join(VERIFY)}, got {verify!r}")
         if shards_in_memory < 1:
             raise RecaptionError(f"shards_in_memory must be at least 1, got {shards_in_memory}")
         self.folder, self.verify, self.size = str(folder), verify, shards_in_memory
         self.storage_options = storage_options
+        self.choice = None if captions is None else CaptionChoice(captions, caption_probs, seed)
+        self.epoch, self.decoded, self._told = epoch, decoded, None
         with using(storage_options):
             check_folder(self.folder)
         self._cache: OrderedDict = OrderedDict()
@@ -203,6 +244,17 @@ class OverlayReader:
         self._current = (url, d)
         return d
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the caption choice draws for (in this process: use a shared value for workers)."""
+        self.epoch = epoch
+
+    def current_epoch(self) -> int:
+        """The epoch now: the number given, or the shared value's."""
+        e = self.epoch
+        if hasattr(e, "get_value"):
+            return int(e.get_value())
+        return int(e.value) if hasattr(e, "value") else int(e)
+
     def apply(self, sample: dict) -> dict | None:
         """The sample as the mixed tars hold it (its dict updated), or None where the mix dropped it."""
         url, key = sample.get("__url__"), sample.get("__key__")
@@ -213,11 +265,70 @@ class OverlayReader:
         s = d.lookup(key)
         if s is None:
             return None
+        decoded = self._decoded(sample)
         new = d.members(s, sample.get("json"))
-        if isinstance(sample.get("txt"), str):  # decoded text stays text
-            new = {k: v.decode("utf-8") if k != "json" else v for k, v in new.items()}
+        if self.choice is not None:
+            txt = d.chosen(s, self.choice, key, self.current_epoch())
+            if txt is not None:
+                new["txt"] = txt
+        if decoded:  # what decoding the mixed sample gives: text, and json as an object
+            new = {k: v.decode("utf-8") if k != "json" else json.loads(v) if isinstance(v, bytes) else v
+                   for k, v in new.items()}
         sample.update(new)
         return sample
+
+    def _knows(self, sample: dict) -> bool:
+        """Whether this sample's type can be told: given, told before, or by its own members."""
+        if self.decoded is None and self._told is None:
+            self._told = _told_decoded(sample)
+        return self.decoded is not None or self._told is not None
+
+    def _decoded(self, sample: dict) -> bool:
+        if self.decoded is not None:
+            return self.decoded
+        told = _told_decoded(sample)
+        if told is not None:
+            self._told = told
+            return told
+        return bool(self._told)
+
+
+def _told_decoded(sample: dict) -> bool | None:
+    """Whether a sample's members show it decoded (a member that is not bytes), or raw (`txt` or
+    `json` as bytes); None when they cannot tell (only bytes, and neither txt nor json)."""
+    for k, v in sample.items():
+        if not k.startswith("__") and v is not None and not isinstance(v, (bytes, bytearray, memoryview)):
+            return True
+    return False if "txt" in sample or "json" in sample else None
+
+
+def caption_values(rows: pa.Table, name: str) -> pa.Array:
+    """The caption key `name` of every kept row (decisions columns), null where a row has none."""
+    syn = rows["synthetic_caption"].combine_chunks().cast(pa.string())
+    if name == caption_keys.RAW:
+        return rows["raw_caption"].combine_chunks().cast(pa.string())
+    if name == caption_keys.SYNTHETIC:
+        return syn
+    if name.startswith(caption_keys.BY_CAPTIONER):
+        who = pc.dictionary_encode(rows["captioner"].combine_chunks().cast(pa.string()))
+        names = pa.array([caption_keys.BY_CAPTIONER + caption_keys.captioner_name(c)
+                          for c in who.dictionary.to_pylist()], pa.string())
+        mine = pc.fill_null(pc.equal(names.take(who.indices), name), False)
+        return pc.if_else(mine, syn, pa.nulls(len(syn), pa.string()))
+    i = int(name[len(caption_keys.CANDIDATE):])
+    caps = rows["captions"].combine_chunks()
+    lens = pc.fill_null(pc.list_value_length(caps), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.zeros(len(lens), np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    flat = pc.list_flatten(caps).cast(pa.string())
+    has = lens > i
+    return flat.take(pa.array(np.where(has, starts + i, 0), mask=~has)) if len(flat) else pa.nulls(len(lens), pa.string())
+
+
+def _nonblank(col: pa.Array) -> pa.Array:
+    """Null where a caption is empty or whitespace (open_clip skips such a key)."""
+    blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False)
+    return pc.if_else(blank, pa.nulls(len(col), pa.string()), col)
 
 
 def _preload() -> None:

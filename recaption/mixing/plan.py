@@ -6,7 +6,8 @@ was dropped), `caption_source`, `caption` (the `txt` written), `raw_caption`,
 `synthetic_caption`, `clip_raw`, `clip_synthetic`, `sieve`, `blend`, `captioner`; missing scores
 are null. Its parquet metadata (`recaption.decisions`) says what made it: schema version, the
 shard's name, URL, size and mtime, the annotation file, strategy, threshold, filter rules and
-min/max. A row a filter rule dropped has that rule and its own value as its reason. The write
+min/max, and the `--caption-keys` level (`all` adds a `captions` column: every candidate, for the
+keys). A row a filter rule dropped has that rule and its own value as its reason. The write
 stage reads its slice from there and decides nothing again; the files stay after the run, so a
 loader can apply a mix without the mixed tars.
 """
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from recaption.io import annotations as ann
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
+from recaption.mixing import caption_keys
 from recaption.mixing import columns as colmod
 from recaption.mixing.files import AnnFile, read_file
 from recaption.mixing.pool import Outcomes, Pool, error_reasons, mix_counts
@@ -95,9 +97,12 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     c = colmod.from_table(t, filters)
     d = decide_columns(c, cfg, numbers)
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters)
+    if caption_keys.needs_candidates(cfg.caption_keys):  # what the keys of every candidate are written from
+        table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **file_info(f.url), "annotations": f.path,
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
+            "caption_keys": cfg.caption_keys,
             "min_max": {"clip_raw": [numbers.clip_raw.lo, numbers.clip_raw.hi],
                         "sieve": [numbers.sieve.lo, numbers.sieve.hi]}}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
@@ -134,12 +139,13 @@ class OutputPlan:
     parts: list[Part]
     strategy: str
     out_dir: str
+    caption_keys: str = "none"  # the mix's --caption-keys
 
 
 def assign(kept: list[tuple[str, str, str, int]], cfg: MixConfig, out_dir: str) -> list[OutputPlan]:
     """Output shards from (name, url, decisions, kept count) per input shard, in input order:
     runs of `samples_per_shard` kept samples, or one output shard per input shard."""
-    common = dict(strategy=cfg.strategy, out_dir=out_dir)
+    common = dict(strategy=cfg.strategy, out_dir=out_dir, caption_keys=cfg.caption_keys)
     if cfg.keep_sharding:
         return [OutputPlan(n, [Part(u, d, 0, k)], **common) for n, u, d, k in kept]
     plans, cur, room, idx = [], [], cfg.samples_per_shard, 0
@@ -161,6 +167,8 @@ def assign(kept: list[tuple[str, str, str, int]], cfg: MixConfig, out_dir: str) 
 def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], dict]:
     """Write every decisions file (mapped like the pool pass), then `_dropped.parquet` from them,
     in input order; returns the output shard plans and the counts."""
+    if cfg.caption_keys != "none":
+        caption_keys.check_captioners(pool.captioners)
     makedirs(join(out_dir, FOLDER))
     total, kept = Outcomes(), []
     for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir):

@@ -20,6 +20,11 @@ FIELDS = ("raw_caption", "synthetic_caption", "caption_source", "clip_raw", "cli
 _NEEDS_ESCAPE = r'[\x00-\x1f"\\]'  # what encode_basestring changes (non-ASCII stays as it is)
 
 
+def json_strings(col: pa.Array) -> pa.Array:
+    """Each string of `col` as json text, as Python's encoder writes it (null stays null)."""
+    return _strings(col)
+
+
 def _strings(col: pa.Array) -> pa.Array:
     quoted = pc.binary_join_element_wise('"', col, '"', "")
     needs = pc.match_substring_regex(col, _NEEDS_ESCAPE).fill_null(False).to_numpy(zero_copy_only=False)

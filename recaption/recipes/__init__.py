@@ -20,7 +20,8 @@ from recaption.errors import RecaptionError
 HERE = Path(__file__).parent
 OWN_KEYS = {"description", "source", "filters", "mix", "batch_size", "device"}  # the annotators add theirs
 SECTION_KEYS = {
-    "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding"},
+    "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding",
+            "caption_keys"},
 }
 
 

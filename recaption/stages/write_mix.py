@@ -18,7 +18,7 @@ from recaption.io.shards import open_shard
 from recaption.io.sources import shard_name
 from recaption.io.tarcopy import iter_samples
 from recaption.io.writer import is_done, write_shard
-from recaption.mixing import recaption_field
+from recaption.mixing import caption_keys, recaption_field
 from recaption.mixing.members import READ, kept_members
 from recaption.mixing.plan import OutputPlan, Part
 
@@ -53,20 +53,23 @@ class MixWriteStage:
         return WriteReport(p.name, "done", n)
 
     def _samples(self, p: OutputPlan, progress=None):
+        level = p.caption_keys
+        extra = ["captions"] if caption_keys.needs_candidates(level) else []
         for part in p.parts:
-            t = ann.read_table(part.decisions, columns=READ)
+            t = ann.read_table(part.decisions, columns=READ + extra)
             at = np.flatnonzero(t["kept"].to_numpy(zero_copy_only=False))[part.start : part.end]
             rows = t.take(at)  # at most one output shard of rows
-            want = dict(zip(at.tolist(), zip(rows.to_pylist(), recaption_field.encode(rows, p.strategy))))
+            want = dict(zip(at.tolist(), zip(rows.to_pylist(), recaption_field.encode(rows, p.strategy),
+                                             caption_keys.encode(rows, level))))
             found = 0
             with open_shard(part.url) as f:
                 for pos, key, members in iter_samples(f, set(want)):
-                    row, added = want[pos]
+                    row, added, keys_text = want[pos]
                     if key != row["key"]:
                         raise RecaptionError(f"{part.url} changed since it was annotated (sample {pos}: "
                                              f"{key!r} vs {row['key']!r}); re-annotate it")
                     found += 1
-                    yield self._sample(key, members, row, p.strategy, shard_name(part.url), added)
+                    yield self._sample(key, members, row, p.strategy, shard_name(part.url), added, level, keys_text)
                     if progress and found % PROGRESS_EVERY == 0:  # a worker's progress crosses a queue
                         progress(PROGRESS_EVERY)
             if progress and found % PROGRESS_EVERY:
@@ -75,12 +78,13 @@ class MixWriteStage:
                 raise RecaptionError(f"{part.url}: {len(want) - found} kept samples could not be read back")
 
     @staticmethod
-    def _sample(key: str, members, row: dict, strategy: str, shard: str, added: bytes | None = None):
+    def _sample(key: str, members, row: dict, strategy: str, shard: str, added: bytes | None = None,
+                level: str = "none", keys_text: bytes | None = None):
         text = None
         for m in members:
             if m.field == "json":
                 text = m.data
-        meta, new = kept_members(row, strategy, text, added)
+        meta, new = kept_members(row, strategy, text, added, level, keys_text)
         # every member in its place, raw; the new ones replace theirs, or follow in this order
         out = [(m.field, new.pop(m.field)) if m.field in new else m for m in members]
         out.extend(new.items())

@@ -16,6 +16,7 @@ import numpy as np
 from recaption.errors import RecaptionError
 from recaption.mixing.strategies.base import (CATEGORIES, ERROR, FILTERED, FLAGS, KEEP_RAW,  # noqa: F401  (re-exported)
                                               KEEP_SYN, REASONS, SHARD_ERROR, Rows, Strategy, named, reason_text, table)
+from recaption.mixing import CAPTION_KEYS, STRATEGIES  # noqa: F401  (re-exported)
 from recaption.scoring.blend import MinMax, blend_array, scored
 
 
@@ -31,6 +32,7 @@ class MixConfig:
     samples_per_shard: int = 10000
     keep_sharding: bool = False
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
+    caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.mixing.caption_keys)
 
     def validate(self) -> "MixConfig":
         """Check the settings together; one error line naming the option that is wrong. Returns self."""
@@ -52,6 +54,8 @@ class MixConfig:
             raise RecaptionError(f"--alpha must be within [0, 1], got {self.alpha}")
         if self.samples_per_shard < 1:
             raise RecaptionError("--samples-per-shard must be at least 1")
+        if self.caption_keys not in CAPTION_KEYS:
+            raise RecaptionError(f"unknown --caption-keys {self.caption_keys!r}; choose {', '.join(CAPTION_KEYS)}")
         return self
 
     @property

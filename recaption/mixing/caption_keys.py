@@ -1,0 +1,148 @@
+"""Every caption of a kept sample under a top-level json key of its own (`mix --caption-keys`).
+
+A trainer that picks its caption from the json (open_clip's `--json-text-key 'KEY1;KEY2'` with
+`--json-text-key-probs`, which reads a top-level string field per key and skips a key a sample
+lacks) can then choose among the raw alt-text and the synthetic captions without a rewrite:
+
+    none   no keys (the default): txt and the nested `recaption` object only
+    best   recaption_raw                   the alt-text
+           recaption_synthetic             the synthetic caption the mix selected
+           recaption_synthetic_<captioner> the same caption under the name of the captioner that
+                                           wrote it: each captioner's best, where shards were
+                                           annotated by different captioners
+    all    best, and recaption_candidate_<i> for every candidate (i from 0, in generation order)
+
+A key is written only where the sample has that caption (no nulls). `<captioner>` is the last
+part of the annotation's `captioner` (a model id or a path), with every character outside
+`A-Za-z0-9._-` replaced by `-`, so no key holds open_clip's `;` separator or whitespace.
+
+`encode` writes the keys of many rows at once (Arrow), `as_dict` those of one row; the json text
+`mixing.members` splices from either is the same, byte for byte.
+"""
+from __future__ import annotations
+
+import re
+from json.encoder import encode_basestring
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recaption.errors import RecaptionError
+from recaption.mixing.recaption_field import json_strings
+
+RAW = "recaption_raw"
+SYNTHETIC = "recaption_synthetic"
+BY_CAPTIONER = "recaption_synthetic_"  # + the captioner's name
+CANDIDATE = "recaption_candidate_"  # + the candidate's index
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_NAME = re.compile(rf"^(?:{RAW}|{SYNTHETIC}|{BY_CAPTIONER}[A-Za-z0-9._-]+|{CANDIDATE}(?:0|[1-9][0-9]*))$")
+
+
+def captioner_name(captioner: str) -> str:
+    """The `<captioner>` of a key: the captioner's last path part, made safe for a key."""
+    last = captioner.rstrip("/").rsplit("/", 1)[-1] or captioner
+    return _UNSAFE.sub("-", last) or "-"
+
+
+def check_captioners(captioners: list[str]) -> None:
+    """Two captioners of one pool must not share a key: one line naming them."""
+    seen: dict[str, str] = {}
+    for c in captioners:
+        other = seen.setdefault(captioner_name(c), c)
+        if other != c:
+            raise RecaptionError(f"captioners {other!r} and {c!r} would share the json key "
+                                 f"{BY_CAPTIONER}{captioner_name(c)}; give one of them another name "
+                                 "(import-captions --captioner, or annotate from a folder named otherwise)")
+
+
+def is_key(name: str) -> bool:
+    """Whether `name` is a key some level writes (a reader may choose among these)."""
+    return bool(_NAME.match(name))
+
+
+def level_of(name: str) -> str:
+    """The least level that writes the key `name`."""
+    return "all" if name.startswith(CANDIDATE) else "best"
+
+
+def needs_candidates(level: str) -> bool:
+    """Whether the level writes every candidate (the decisions then carry them)."""
+    return level == "all"
+
+
+def as_dict(row: dict, level: str) -> dict:
+    """The keys of one decisions row (with `captions` for `all`), in the order they are written."""
+    if level == "none":
+        return {}
+    raw, syn, who = row.get("raw_caption"), row.get("synthetic_caption"), row.get("captioner")
+    out = {}
+    if raw is not None:
+        out[RAW] = raw
+    if syn is not None:
+        out[SYNTHETIC] = syn
+        if who is not None:
+            out[BY_CAPTIONER + captioner_name(who)] = syn
+    if needs_candidates(level):
+        for i, c in enumerate(row.get("captions") or []):
+            if c is not None:
+                out[f"{CANDIDATE}{i}"] = c
+    return out
+
+
+def text_of(keys: dict) -> bytes:
+    """What `encode` writes for one row's keys: each `"key": "value", `."""
+    return "".join(f"{encode_basestring(k)}: {encode_basestring(v)}, " for k, v in keys.items()).encode("utf-8")
+
+
+def _member(names: pa.Array, values: pa.Array) -> pa.Array:
+    """`"name": "value", ` per row; null where the name or the value is."""
+    return pc.binary_join_element_wise(names, json_strings(values), ", ", "")
+
+
+def _same(text: str, n: int) -> pa.Array:
+    return pa.array([text], pa.string()).take(pa.array(np.zeros(n, np.int32)))
+
+
+def _by_captioner(captioner: pa.Array, syn: pa.Array) -> pa.Array:
+    enc = pc.dictionary_encode(captioner.cast(pa.string()))
+    names = pa.array([encode_basestring(BY_CAPTIONER + captioner_name(c)) + ": " for c in enc.dictionary.to_pylist()],
+                     pa.string())
+    return _member(names.take(enc.indices), syn)
+
+
+def _candidates(captions) -> pa.Array:
+    caps = captions.combine_chunks() if isinstance(captions, pa.ChunkedArray) else captions
+    if pa.types.is_large_list(caps.type):
+        caps = caps.cast(pa.list_(caps.type.value_type))
+    lens = pc.fill_null(pc.list_value_length(caps), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    flat = pc.list_flatten(caps).cast(pa.string())
+    pos = np.arange(len(flat), dtype=np.int64) - np.repeat(offsets[:-1], lens)
+    names = pa.array([encode_basestring(f"{CANDIDATE}{i}") + ": " for i in range(int(lens.max(initial=0)))],
+                     pa.string())
+    parts = pc.fill_null(_member(names.take(pa.array(pos)), flat), "")
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), parts), "")
+
+
+def _column(t: pa.Table, name: str) -> pa.Array:
+    col = t[name].combine_chunks()
+    return pa.nulls(len(col), pa.string()) if pa.types.is_null(col.type) else col.cast(pa.string())
+
+
+def encode(t: pa.Table, level: str) -> list[bytes]:
+    """`text_of(as_dict(row, level))` for every row of `t` (decisions columns), column-wise."""
+    n = len(t)
+    if level == "none" or not n:
+        return [b""] * n
+    raw, syn, who = _column(t, "raw_caption"), _column(t, "synthetic_caption"), _column(t, "captioner")
+    parts = [_member(_same(encode_basestring(RAW) + ": ", n), raw),
+             _member(_same(encode_basestring(SYNTHETIC) + ": ", n), syn),
+             _by_captioner(who, syn)]
+    if needs_candidates(level):
+        if "captions" not in t.column_names:
+            raise RecaptionError("internal: --caption-keys all needs the decisions' captions column")
+        parts.append(_candidates(t["captions"]))
+    joined = pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], "")
+    return joined.cast(pa.binary()).to_pylist()

@@ -1,0 +1,97 @@
+"""open_clip's own trainer (`open_clip_train`, the released open-clip-torch with its training extra)
+trains on what recaption writes, for a couple of steps on CPU with a tiny model: a mixed shard set
+as it is (`--dataset-type webdataset`), and the input shards read through an overlay by
+`python -m recaption.train_open_clip`, with txt drawn among the caption keys each epoch. Training
+starts, reads every kept sample once an epoch (and no dropped one), and finishes without error."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from recaption import api
+from recaption.engines import Execution
+from recaption.mixing.strategies import MixConfig
+from recaption.webdataset import overlay
+from tests.mixing.test_caption_keys import annotate_by_captioners
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = Execution(quiet=True)
+CFG = MixConfig("threshold", fraction=0.3, samples_per_shard=4, caption_keys="all")  # keeps 18 of 24
+KEYS = "recaption_raw;recaption_synthetic;recaption_candidate_0"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """Input shards, their annotations, a tiny open_clip model, a mixed set and an overlay of one mix."""
+    pytest.importorskip("open_clip_train")
+    from recaption.demo.samples import make_shards
+    from recaption.demo.tiny_models import build_clip
+
+    root = tmp_path_factory.mktemp("train")
+    make_shards(root / "shards", n_shards=3, per_shard=8, seed=4)
+    ann = annotate_by_captioners(root / "shards", root / "ann", seed=2)
+    api.mix(str(root / "shards"), str(ann), str(root / "mixed"), CFG, execution=QUIET)
+    api.mix(str(root / "shards"), str(ann), str(root / "overlay"), CFG, overlay=True, execution=QUIET)
+    return root, build_clip(root / "clip")
+
+
+def brace(folder: Path) -> str:
+    names = sorted(p.stem for p in folder.glob("*.tar"))
+    return str(folder / f"{{{names[0]}..{names[-1]}}}.tar")
+
+
+def train(root: Path, model: str, name: str, module: str, data: str, n: int, *extra, epochs: int = 1) -> list[dict]:
+    """Run MODULE's entry point through the probe for `epochs`; what its training samples were, in order."""
+    batch = max(d for d in range(1, n // 2 + 1) if n % d == 0)  # at least two steps, no partial batch
+    assert batch >= 2, f"{n} samples: choose a mix that keeps a number with a divisor"  # a contrastive loss needs pairs
+    seen = root / f"{name}.jsonl"
+    cmd = [sys.executable, str(ROOT / "tests" / "trainer_probe.py"), str(seen), module, *extra,
+           "--train-data", data, "--train-num-samples", str(n), "--dataset-type", "webdataset",
+           "--model", model, "--epochs", str(epochs), "--batch-size", str(batch), "--workers", "1", "--device", "cpu", "--precision", "fp32",
+           "--lr", "1e-4", "--warmup", "1", "--seed", "0", "--logs", str(root / "logs"), "--name", name,
+           "--log-every-n-steps", "1"]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-4000:]
+    assert "Start epoch 0" in log and f"Train Epoch: {epochs - 1} [{n}/{n} (100%)]" in log, log[-4000:]
+    assert (root / "logs" / name / "checkpoints" / f"epoch_{epochs}.pt").is_file()  # finished: saved its last epoch
+    assert f"Train Epoch: {epochs} " not in log
+    return [json.loads(line) for line in seen.read_text().splitlines()]
+
+
+def test_the_released_trainer_reads_a_mixed_set(pool):
+    root, model = pool
+    mixed = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(sorted(map(str, (root / "mixed").glob("*.tar"))),
+                                                                     shardshuffle=False)}
+    assert len(mixed) >= 6
+    seen = train(root, model, "mixed", "open_clip_train.main", brace(root / "mixed"), len(mixed))
+    assert sorted(r["key"] for r in seen) == sorted(mixed)  # every sample, once
+    assert {r["key"]: r["txt"] for r in seen} == mixed  # with the caption the mix wrote in txt
+
+
+def test_the_trainer_reads_input_shards_through_an_overlay(pool):
+    root, model = pool
+    ov = root / "overlay"
+    n = json.loads((ov / "_summary.json").read_text())["counts"]["written"]
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+
+    def through(epoch):  # what the library's own stage gives, read in order
+        stage = overlay(str(ov), captions=KEYS, caption_probs=[1, 1, 1], seed=3, epoch=epoch)
+        return {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(shards, shardshuffle=False).compose(stage)}
+
+    seen = train(root, model, "overlay", "recaption.train_open_clip", brace(root / "shards"), n, "--overlay", str(ov), "--overlay-text-key", KEYS, "--overlay-text-key-probs", "1", "1", "1",
+                 "--overlay-seed", "3", epochs=2)
+    assert len(seen) == 2 * n
+    want = [through(0), through(1)]
+    assert want[0] != want[1] and set(want[0]) == set(want[1])
+    for e in range(2):
+        epoch = seen[e * n:(e + 1) * n]
+        assert sorted(r["key"] for r in epoch) == sorted(want[e])  # every kept sample, once an epoch
+        assert {r["key"]: r["txt"] for r in epoch} == want[e]  # txt drawn for this epoch, as the stage draws it
+        assert all(r["url"] in shards for r in epoch)  # read from the input shards, not a copy
