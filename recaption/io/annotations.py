@@ -14,6 +14,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recaption.io import tarindex
 from recaption.io.atomic import atomic_open, join, local_path, open_url
 
 FORMAT_VERSION = 1
@@ -48,6 +49,8 @@ EXTRA_SCHEMA = pa.schema([
     # candidate re-ranking chain: per stage, each candidate's score (null where not scored), and the pick
     ("rerank_scores", pa.list_(pa.list_(pa.float32()))),
     ("rerank_pick", pa.int32()),
+    # where each sample's members lie in its shard (recaption.io.tarindex); identity in groups["tarindex"]
+    *[(name, pa.type_for_alias(t)) for name, t in tarindex.COLUMNS],
 ])
 FULL_SCHEMA = pa.schema(list(SCHEMA) + list(EXTRA_SCHEMA))
 COLUMNS = SCHEMA.names

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from recaption.io import annotations as ann
+from recaption.io import tarindex
 from recaption.io.shards import ReadFailure
 from recaption.io.sources import shard_name
 from recaption.stages.bundle import ModelBundle, ModelSpec
@@ -89,6 +90,8 @@ class AnnotateStage:
                 return ShardReport(name, "skipped", work.existing_rows)
             self.setup()
             rows = self._rows(url, name, work, t, progress)
+            if work.needs_images:  # the shard was read: its member index holds for it as it is now
+                work.keep[tarindex.GROUP] = tarindex.identity(url)
             with t("write"):
                 commit(out, rows, work, self.spec.groups)
         except Exception as e:  # a broken shard never stops the others
@@ -137,6 +140,7 @@ class AnnotateStage:
                 if "captions" in work.todo:
                     row["captioner"] = self.models.captioner.id
                 rows.append(row)
+            row.update(rec.index_fields())  # where its members lie in the tar (io/tarindex.py)
             if "metrics" in work.todo:
                 t0 = time.perf_counter()
                 row.update(sample_metrics(rec, batch.source_size(i)))
