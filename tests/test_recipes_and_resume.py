@@ -83,17 +83,21 @@ KILL = textwrap.dedent("""
     else:
         from recaption.io import writer
         import recaption.stages.write_mix as m
-        orig = writer.write_shard
-        def killer(out_dir, name, samples, extra_stats=None):
+        orig = writer.write_with
+        def killer(out_dir, name, fill, extra_stats=None):
             if name == target:
-                def cut():
-                    for i, s in enumerate(samples):
-                        if i == 2:
+                def cut(tar):  # dies a few pieces into the shard, as a sample is written
+                    raw, n = tar.raw, [0]
+                    def counted(b):
+                        n[0] += 1
+                        if n[0] == 7:
                             os._exit(9)
-                        yield s
-                return orig(out_dir, name, cut(), extra_stats)
-            return orig(out_dir, name, samples, extra_stats)
-        m.write_shard = killer
+                        raw(b)
+                    tar.raw = counted
+                    return fill(tar)
+                return orig(out_dir, name, cut, extra_stats)
+            return orig(out_dir, name, fill, extra_stats)
+        m.write_with = killer
     from recaption.cli import main
     main(sys.argv[3:])
 """)

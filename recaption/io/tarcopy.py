@@ -10,12 +10,13 @@ copies, cost more than the copying itself at WebDataset member sizes.
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import tarfile
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from recaption.io.shards import split_member
 
@@ -204,6 +205,28 @@ def _fd(f) -> int | None:
 
 FLUSH = 8 << 20  # bytes gathered before one write
 IOV_MAX = 1024  # pieces a writev may take
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.ETXTBSY}
+
+
+def copy_range(src: int, dst: int, offset: int, n: int) -> None:
+    """Append `n` bytes of file `src` from `offset` to `dst` at its position: in the kernel
+    (`copy_file_range`) where the files allow it, else read and written in 8 MB pieces."""
+    while n > 0 and hasattr(os, "copy_file_range"):
+        try:
+            done = os.copy_file_range(src, dst, n, offset)
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
+            break  # this pair of files cannot: copy the rest through memory
+        if done == 0:
+            raise OSError(errno.EIO, f"source ended {n} bytes early (at byte {offset})")
+        offset, n = offset + done, n - done
+    while n > 0:
+        data = os.pread(src, min(n, FLUSH), offset)
+        if not data:
+            raise OSError(errno.EIO, f"source ended {n} bytes early (at byte {offset})")
+        _writev(dst, [data])
+        offset, n = offset + len(data), n - len(data)
 
 
 def _writev(fd: int, pieces: list) -> None:
@@ -256,31 +279,68 @@ class BlockWriter:
         """Write a new member with recaption's fixed header fields."""
         self.raw(member_blocks(name, data))
 
+    @property
+    def kernel_copies(self) -> bool:
+        """Whether `span` may be used: the tar goes to an OS file."""
+        return self.fd is not None
+
+    def span(self, fd: int, offset: int, n: int) -> None:
+        """Write `n` bytes of the local file `fd` from `offset`, copied in the kernel where it can
+        (`copy_range`); `fd` must stay open until `close` returns."""
+        if self.fd is None:
+            raise ValueError("kernel copies need an OS file to write to")
+        self.pending.append((fd, offset, n))
+        self.n += n
+        self.pending_n += n
+        if self.pending_n >= FLUSH:
+            self._flush()
+
     def member(self, m: RawMember) -> None:
         """Write one member of an output sample: raw blocks or a new member."""
         self.raw(m.head)
         self.raw(m.body)
 
-    def _flush(self) -> None:
+    def flush(self, then: Callable[[], None] | None = None) -> None:
+        """Hand what is gathered to the writer now; `then()` runs once it is written (or has
+        failed), so that a caller can reuse the buffers its pieces point into."""
+        self._flush(then)
+
+    def _flush(self, then: Callable[[], None] | None = None) -> None:
         pieces, self.pending, self.pending_n = self.pending, [], 0
         if self.fd is None:
-            for i in range(0, len(pieces), IOV_MAX):
-                self.f.write(b"".join(pieces[i : i + IOV_MAX]))
+            try:
+                for i in range(0, len(pieces), IOV_MAX):
+                    self.f.write(b"".join(pieces[i : i + IOV_MAX]))
+            finally:
+                if then is not None:
+                    then()
             return
         if self._thread is None:
             self._q = queue.Queue(maxsize=2)  # at most two batches waiting: memory stays bounded
             self._thread = threading.Thread(target=self._write_batches, daemon=True)
             self._thread.start()
         self._check()
-        self._q.put(pieces)
+        self._q.put((pieces, then))
 
     def _write_batches(self) -> None:
-        while (pieces := self._q.get()) is not None:
+        while (item := self._q.get()) is not None:
+            pieces, then = item
             if self._error is None:
                 try:
-                    _writev(self.fd, pieces)
+                    self._write(pieces)
                 except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                     self._error = e
+            if then is not None:
+                then()
+
+    def _write(self, pieces: list) -> None:
+        run = 0  # pieces from here on are buffers, until a span
+        for i, p in enumerate(pieces):
+            if isinstance(p, tuple):
+                _writev(self.fd, pieces[run:i])
+                copy_range(p[0], self.fd, p[1], p[2])
+                run = i + 1
+        _writev(self.fd, pieces[run:] if run else pieces)
 
     def _check(self) -> None:
         if self._error is not None:
