@@ -87,13 +87,13 @@ KILL = textwrap.dedent("""
         def killer(out_dir, name, fill, extra_stats=None):
             if name == target:
                 def cut(tar):  # dies a few pieces into the shard, as a sample is written
-                    raw, n = tar.raw, [0]
-                    def counted(b):
-                        n[0] += 1
-                        if n[0] == 7:
+                    raw, extend, n = tar.raw, tar.extend, [0]
+                    def count(k):
+                        n[0] += k
+                        if n[0] >= 7:
                             os._exit(9)
-                        raw(b)
-                    tar.raw = counted
+                    tar.raw = lambda b: count(1) or raw(b)
+                    tar.extend = lambda pieces, size: count(len(pieces)) or extend(pieces, size)
                     return fill(tar)
                 return orig(out_dir, name, cut, extra_stats)
             return orig(out_dir, name, fill, extra_stats)

@@ -102,14 +102,14 @@ def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards
 
     def interrupted(out_dir, name, fill, extra_stats=None):
         def cut(tar):
-            raw, pieces = tar.raw, [0]
+            raw, extend, pieces = tar.raw, tar.extend, [0]
 
-            def counted(b):
-                pieces[0] += 1
-                if name == "00001" and pieces[0] == 5:  # the second output shard's second sample: Ctrl-C mid-upload
+            def count(k):
+                pieces[0] += k
+                if name == "00001" and pieces[0] >= 5:  # the second output shard, some samples in: Ctrl-C mid-upload
                     raise KeyboardInterrupt
-                raw(b)
-            tar.raw = counted
+            tar.raw = lambda b: count(1) or raw(b)
+            tar.extend = lambda p, size: count(len(p)) or extend(p, size)
             return fill(tar)
         return original(out_dir, name, cut, extra_stats)
 

@@ -195,6 +195,73 @@ def member_blocks(name: str, data: bytes) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, ENCODING, "surrogateescape") + data + _PAD[: -n % BLOCK]
 
 
+def members_blocks(names, datas):
+    """`member_blocks` for many members at once, byte for byte the same, as an Arrow binary array:
+    `names` an Arrow string array, `datas` a binary one (a null gives a null). Headers of short
+    ASCII names are built as one numpy array (name, size and checksum as columns); other names
+    go one by one."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    raw = names.cast(pa.binary())
+    datas = datas.cast(pa.binary())
+    nlen = pc.binary_length(raw).to_numpy(zero_copy_only=False)
+    dlen = pc.binary_length(datas).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = datas.is_valid().to_numpy(zero_copy_only=False)
+    plain = (nlen <= 100) & (dlen < 8 ** 11) & pc.string_is_ascii(names).to_numpy(zero_copy_only=False) & valid
+    where = np.flatnonzero(plain)
+    m = len(where)
+    blocks = pa.array([], pa.binary())
+    if m:
+        pick = pa.array(where)
+        # each name NUL-padded to 100 bytes by Arrow, then the header fields as numpy columns
+        padded = pc.binary_join_element_wise(raw.take(pick), _PADS().take(pa.array(100 - nlen[where])), b"")
+        name = np.frombuffer(padded.buffers()[2], np.uint8)[: 100 * m].reshape(m, 100)
+        head = np.tile(np.frombuffer(_HEAD, np.uint8), (m, 1))
+        head[:, :100] = name
+        size = dlen[where]
+        digits = ((size[:, None] >> (3 * np.arange(10, -1, -1))) & 7) + 48
+        head[:, 124:135] = digits
+        chk = _USTAR_SUM + name.sum(axis=1, dtype=np.int64) + digits.sum(axis=1)
+        head[:, 148:154] = ((chk[:, None] >> (3 * np.arange(5, -1, -1))) & 7) + 48
+        headers = pa.FixedSizeBinaryArray.from_buffers(pa.binary(BLOCK), m, [None, pa.py_buffer(head.tobytes())])
+        pads = _PADS().take(pa.array(-size % BLOCK))
+        blocks = pc.binary_join_element_wise(headers.cast(pa.binary()), datas.take(pick), pads, b"")
+        if m == len(names):
+            return blocks
+    out: list = [None] * len(names)
+    for k, b in zip(where.tolist(), blocks.to_pylist()):
+        out[k] = b
+    for k in np.flatnonzero(~plain & valid).tolist():
+        out[k] = member_blocks(names[k].as_py(), datas[k].as_py())
+    return pa.array(out, pa.binary())
+
+
+def views(arr) -> tuple[memoryview, list[int]]:
+    """An Arrow binary array's values as (one memoryview of its data, offsets): value k is
+    `view[offsets[k]:offsets[k + 1]]`, a slice without a copy."""
+    import numpy as np
+
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int32)[arr.offset : arr.offset + len(arr) + 1].tolist()
+    return memoryview(bufs[2] if bufs[2] is not None else b""), offsets
+
+
+# a header with the fixed fields; name, size and checksum are filled in per member
+_HEAD = b"\0" * 100 + _USTAR_MID + b"\0" * 12 + _USTAR_MTIME + b"\0\0\0\0\0\0\0 " + _USTAR_TAIL
+_PAD_ARRAY = []
+
+
+def _PADS():
+    """Zero padding of every length a member may need (0 to 511 bytes), as an Arrow array."""
+    if not _PAD_ARRAY:
+        import pyarrow as pa
+
+        _PAD_ARRAY.append(pa.array([_PAD[:k] for k in range(BLOCK)], pa.binary()))
+    return _PAD_ARRAY[0]
+
+
 def _fd(f) -> int | None:
     """The OS file descriptor behind a local file object, if there is one."""
     try:
@@ -278,6 +345,17 @@ class BlockWriter:
     def add(self, name: str, data: bytes) -> None:
         """Write a new member with recaption's fixed header fields."""
         self.raw(member_blocks(name, data))
+
+    def extend(self, pieces: list, n: int) -> None:
+        """Write many pieces at once (`n` bytes in all): buffers, as `raw` takes them, and
+        (fd, offset, length) spans of local files, as `span` takes them."""
+        if self.fd is None and any(isinstance(p, tuple) for p in pieces):
+            raise ValueError("kernel copies need an OS file to write to")
+        self.pending.extend(pieces)
+        self.n += n
+        self.pending_n += n
+        if self.pending_n >= FLUSH:
+            self._flush()
 
     @property
     def kernel_copies(self) -> bool:

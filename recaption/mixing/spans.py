@@ -18,13 +18,14 @@ import os
 import queue
 from functools import partial
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.io import tarindex
-from recaption.io.tarcopy import BLOCK, BlockWriter, member_blocks
-from recaption.mixing.members import kept_members, splice_recaption
+from recaption.io.tarcopy import BLOCK, BlockWriter, members_blocks, views
+from recaption.mixing.members import kept_members, splice_many
 
 READ_BYTES = 8 << 20  # one read covers consecutive samples up to this many bytes
 GAP = 64 << 10  # dropped samples shorter than this between kept ones are read over, not skipped
@@ -39,7 +40,8 @@ def usable(rows: pa.Table) -> bool:
 
 class Buffers:
     """A few read buffers of `READ_BYTES`, each reused once the writer has written what was read
-    into it (new ones would cost a page fault every 4 KB, and a read is copied into them)."""
+    into it (new ones would cost a page fault every 4 KB, and a read is copied into them). One
+    set serves a process (`shared`): its output shards are written one after another."""
 
     def __init__(self, most: int = 4):
         self.free: queue.SimpleQueue = queue.SimpleQueue()
@@ -55,6 +57,16 @@ class Buffers:
     def give(self, buf: bytearray) -> None:
         """Return a buffer (from the writer's thread)."""
         self.free.put(buf)
+
+
+_SHARED: list[Buffers] = []
+
+
+def shared() -> Buffers:
+    """This process's read buffers (32 MB once made)."""
+    if not _SHARED:
+        _SHARED.append(Buffers())
+    return _SHARED[0]
 
 
 class Source:
@@ -96,104 +108,148 @@ def _ints(rows: pa.Table, name: str) -> list[int]:
     return pc.fill_null(rows[name], -1).to_numpy().tolist()
 
 
+def _named(keys: pa.Array, suffix: str) -> pa.Array:
+    return pc.binary_join_element_wise(keys, suffix, "")
+
+
+def reads(start: list[int], size: list[int]):
+    """The reads of a part: (first, end) sample ranges, each sample whole in one read of at most
+    `READ_BYTES`, consecutive samples together unless more than `GAP` lies between them; a
+    sample of `LARGE` bytes or more alone, with big=True (it is not read whole)."""
+    i, n = 0, len(start)
+    while i < n:
+        s = start[i]
+        last, j = s + size[i], i + 1
+        if size[i] >= LARGE:
+            yield i, j, True
+            i = j
+            continue
+        while j < n:
+            sj = start[j]
+            ej = sj + size[j]
+            if sj < last or sj - last > GAP or ej - s > READ_BYTES or size[j] >= LARGE:
+                break
+            last, j = ej, j + 1
+        yield i, j, False
+        i = j
+
+
 def write_part(tar: BlockWriter, src: Source, rows: pa.Table, strategy: str, added: list[bytes],
                buffers: Buffers, progress=None, every: int = 256) -> dict[str, list]:
     """Write the kept samples `rows` (a decisions slice with the index, in shard order) from
     `src` to `tar`, reading into `buffers`; returns the parquet columns taken from each sample's
-    json (`META`)."""
+    json (`META`). Per read, the new members are made a column at a time (`tarcopy.members_blocks`,
+    `members.splice_many`); each sample is then two pieces (its own span, its new members) in the
+    usual layout, or its spans and new members in their places otherwise."""
     n = rows.num_rows
-    keys = rows["key"].to_pylist()
-    caps = rows["caption"].cast(pa.binary()).to_pylist()
-    syns = rows["synthetic_caption"].cast(pa.binary()).to_pylist() if strategy == "both" else [None] * n
+    keys = rows["key"].combine_chunks()
+    txt = members_blocks(_named(keys, ".txt"), rows["caption"].combine_chunks())
+    syn = (members_blocks(_named(keys, ".syn.txt"), rows["synthetic_caption"].combine_chunks())
+           if strategy == "both" else pa.nulls(n, pa.binary()))
+    json_names = _named(keys, ".json")
+    key_list = keys.to_pylist()
+    added_all = pa.array(added, pa.binary())
     start, size = _ints(rows, "tar_offset"), _ints(rows, "tar_size")
     t_off, t_size = _ints(rows, "tar_txt_offset"), _ints(rows, "tar_txt_size")
     j_off, j_size = _ints(rows, "tar_json_offset"), _ints(rows, "tar_json_size")
     s_off, s_size = _ints(rows, "tar_syn_offset"), _ints(rows, "tar_syn_size")
     jd_off, jd_size = _ints(rows, "tar_json_data_offset"), _ints(rows, "tar_json_data_size")
+    has_syn = syn.is_valid().to_numpy(zero_copy_only=False).tolist()
     kernel = tar.kernel_copies and src.fd is not None
     metas: dict[str, list] = {k: [] for k in META}
-    meta_lists = [metas[k] for k in META]
-    raw, loads = tar.raw, json.loads
-    w0 = w1 = -1
-    buf, held = memoryview(b""), None
-    for i in range(n):
-        s = start[i]
-        e = s + size[i]
-        big = e - s >= LARGE
-        if not big and (s < w0 or e > w1):  # a new read: this sample and the next ones that fit
-            last, j = e, i + 1
-            while j < n:
-                sj = start[j]
-                ej = sj + size[j]
-                if sj < last or sj - last > GAP or ej - s > READ_BYTES or ej - sj >= LARGE:
-                    break
-                last, j = ej, j + 1
-            if held is not None:  # the previous read's pieces are all handed over: free it once written
-                tar.flush(partial(buffers.give, held))
-            held = buffers.take()
-            buf, w0, w1 = src.read(s, last - s, held), s, last
-        key = keys[i]
-        _check_name(src.read(s, BLOCK) if big else buf[s - w0 : s - w0 + BLOCK], key, src.url, s)
-        jo = j_off[i]
-        if jo < 0:
-            text = None
-        elif big:
-            text = bytes(src.read(jd_off[i], jd_size[i]))
-        else:
-            a = jd_off[i] - w0
-            text = bytes(buf[a : a + jd_size[i]])
-        new_json = splice_recaption(text, added[i]) if text else None
-        if new_json is not None:
-            meta = loads(text)
-        else:  # no json, or one to be written anew: the slow path's own function
-            meta, new = kept_members(rows.slice(i, 1).to_pylist()[0], strategy, text, added[i])
-            new_json = new["json"]
-        for lst, k in zip(meta_lists, META):
-            lst.append(meta.get(k))
-        txt = member_blocks(f"{key}.txt", caps[i])
-        jsn = member_blocks(f"{key}.json", new_json)
-        syn = None if syns[i] is None else member_blocks(f"{key}.syn.txt", syns[i])
-        to = t_off[i]
-        if not big and to >= 0 and jo == to + t_size[i] and jo + j_size[i] == e and (syn is None or s_off[i] < 0):
-            # the usual layout (other members, then txt and json): one span, then the new members
-            raw(buf[s - w0 : to - w0])
-            raw(txt)
-            raw(jsn)
-            if syn is not None:
-                raw(syn)
-        else:  # each replaced member in its place, raw spans between; missing ones after, in order
-            so = s_off[i] if syn is not None else -1
-            reps = sorted((o, z, b) for o, z, b in ((to, t_size[i], txt), (jo, j_size[i], jsn), (so, s_size[i], syn))
-                          if o >= 0)
-            cur = s
-            for o, z, b in reps:
-                _copy(tar, src, buf, w0, cur, o, kernel)
-                raw(b)
-                cur = o + z
-            _copy(tar, src, buf, w0, cur, e, kernel)
-            for o, b in ((to, txt), (jo, jsn), (so, syn)):
-                if o < 0 and b is not None:
-                    raw(b)
-        if progress and (i + 1) % every == 0:
-            progress(every)
-    if held is not None:
-        tar.flush(partial(buffers.give, held))
+    held = None
+    try:
+        for i, j, big in reads(start, size):
+            m = j - i
+            held = None if big else buffers.take()
+            w0 = start[i]
+            buf = None if big else src.read(w0, start[j - 1] + size[j - 1] - w0, held)
+            texts = [None if j_off[k] < 0 else bytes(src.read(jd_off[k], jd_size[k])) if big
+                     else bytes(buf[jd_off[k] - w0 : jd_off[k] - w0 + jd_size[k]]) for k in range(i, j)]
+            jsn, meta = _jsons(texts, added_all.slice(i, m), rows, i, strategy)
+            for name, lst in metas.items():
+                lst.extend(d.get(name) for d in meta)
+            jblocks = members_blocks(json_names.slice(i, m), jsn)
+            new = pc.binary_join_element_wise(txt.slice(i, m), jblocks, syn.slice(i, m).fill_null(b""), b"")
+            new_view, new_at = views(new)
+            pieces, nbytes = [], 0
+            for k in range(i, j):
+                s = start[k]
+                _check_name(src.read(s, BLOCK) if big else buf[s - w0 : s - w0 + BLOCK], key_list[k], src.url, s)
+                e, to, jo, q = s + size[k], t_off[k], j_off[k], k - i
+                usual = to >= 0 and jo == to + t_size[k] and jo + j_size[k] == e and not (has_syn[k] and s_off[k] >= 0)
+                if usual and not big:
+                    # the usual layout (other members, then txt and json): its span, then the new members
+                    pieces.append(buf[s - w0 : to - w0])
+                    pieces.append(new_view[new_at[q] : new_at[q + 1]])
+                    nbytes += to - s + new_at[q + 1] - new_at[q]
+                else:
+                    nbytes += _placed(pieces, src, buf, w0, s, e, kernel, big,
+                                      (to, t_size[k], txt[k].as_py()), (jo, j_size[k], jblocks[q].as_py()),
+                                      (s_off[k] if has_syn[k] else -1, s_size[k], syn[k].as_py()))
+            tar.extend(pieces, nbytes)
+            tar.flush(None if held is None else partial(buffers.give, held))
+            held = None
+            if progress and (j // every) != (i // every):
+                progress((j // every - i // every) * every)
+    finally:
+        if held is not None:  # a read not handed to the writer (an error): its buffer goes back
+            buffers.give(held)
     if progress and n % every:
         progress(n % every)
     return metas
 
 
-def _copy(tar: BlockWriter, src: Source, buf: memoryview, w0: int, a: int, b: int, kernel: bool) -> None:
-    """Bytes [a, b) of the shard: from the read buffer, or (a large sample) copied or read apart."""
+def _jsons(texts: list, added: pa.Array, rows: pa.Table, i0: int, strategy: str) -> tuple[pa.Array, list[dict]]:
+    """The new json text of each sample of a read, and its parsed object (for the parquet)."""
+    spliced = splice_many(texts, added)
+    ok = spliced.is_valid().to_numpy(zero_copy_only=False)
+    good = [t for t, y in zip(texts, ok) if y]
+    try:  # one parse for the read: the texts are JSON objects (annotate parsed each one)
+        parsed = iter(json.loads(b"[" + b",".join(good) + b"]")) if good else iter(())
+    except ValueError:
+        parsed = iter([json.loads(t) for t in good])
+    meta = [next(parsed) if y else None for y in ok]
+    if not ok.all():  # no json, or one to be written anew: the slow path's own function
+        out = spliced.to_pylist()
+        for q in np.flatnonzero(~ok).tolist():
+            meta[q], made = kept_members(rows.slice(i0 + q, 1).to_pylist()[0], strategy, texts[q], added[q].as_py())
+            out[q] = made["json"]
+        spliced = pa.array(out, pa.binary())
+    return spliced, meta
+
+
+def _placed(pieces: list, src: Source, buf, w0: int, s: int, e: int, kernel: bool, big: bool, *members) -> int:
+    """A sample's pieces where its layout is not the usual one: each replaced member's new blocks in
+    its place, spans of its own between them, the new members it lacked after, in order."""
+    reps = sorted((o, z, b) for o, z, b in members if o >= 0 and b is not None)
+    n, cur = 0, s
+    for o, z, b in reps:
+        n += _copy(pieces, src, buf, w0, cur, o, kernel, big)
+        pieces.append(b)
+        n += len(b)
+        cur = o + z
+    n += _copy(pieces, src, buf, w0, cur, e, kernel, big)
+    for o, _, b in members:
+        if o < 0 and b is not None:
+            pieces.append(b)
+            n += len(b)
+    return n
+
+
+def _copy(pieces: list, src: Source, buf, w0: int, a: int, b: int, kernel: bool, big: bool) -> int:
+    """Bytes [a, b) of the shard as pieces: from the read buffer, or (a large sample) a kernel
+    copy, or read apart."""
     if b <= a:
-        return
-    if w0 <= a and b <= w0 + len(buf):
-        tar.raw(buf[a - w0 : b - w0])
+        return 0
+    if not big:
+        pieces.append(buf[a - w0 : b - w0])
     elif kernel:
-        tar.span(src.fd, a, b - a)
+        pieces.append((src.fd, a, b - a))
     else:
         for at in range(a, b, READ_BYTES):
-            tar.raw(src.read(at, min(READ_BYTES, b - at)))
+            pieces.append(src.read(at, min(READ_BYTES, b - at)))
+    return b - a
 
 
 _EXTENDED = frozenset(b"xgLKX")  # pax, pax global, GNU long name and link, Solaris: the name lies further on

@@ -82,7 +82,7 @@ class MixWriteStage:
         return WriteReport(p.name, "done", n)
 
     def _fill(self, tar: BlockWriter, p: OutputPlan, files: contextlib.ExitStack, progress) -> pa.Table:
-        written, buffers = [], spans.Buffers()
+        written, buffers = [], spans.shared()
         for part in p.parts:
             t = ann.read_table(part.decisions, columns=READ + list(tarindex.NAMES))
             at = np.flatnonzero(t["kept"].to_numpy(zero_copy_only=False))[part.start : part.end]
@@ -156,7 +156,8 @@ def output_table(parts: list[_Written]) -> pa.Table:
         return pa.table({"key": pa.array([], pa.string())})
     cols = {}
     for c in DECIDED:
-        col = pa.chunked_array([w.rows[c] for w in parts], parts[0].rows.schema.field(c).type).combine_chunks()
+        col = pa.chunked_array([ch for w in parts for ch in w.rows[c].chunks], parts[0].rows.schema.field(c).type)
+        col = col.combine_chunks()
         cols[c] = pa.nulls(n) if col.null_count == n else col
     shards = [w.shard for w in parts for _ in range(w.rows.num_rows)]
     cols |= {"source_shard": pa.array(shards), "status": pa.array(["success"] * n), "error_message": pa.nulls(n)}

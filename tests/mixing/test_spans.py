@@ -171,7 +171,8 @@ def test_the_index_is_the_bytes_a_header_walk_copies(odd_dir):
                 continue
             ix = rec.index_fields()
             members = walked[rec.key]
-            assert data[ix["tar_offset"] : ix["tar_offset"] + ix["tar_size"]] == b"".join(m.head + m.body for m in members)
+            run = data[ix["tar_offset"] : ix["tar_offset"] + ix["tar_size"]]
+            assert run == b"".join(m.head + m.body for m in members)
             for m in members:
                 if m.field in tarindex.MEMBERS:
                     p = tarindex.MEMBERS[m.field]
@@ -310,3 +311,39 @@ def test_import_captions_records_the_index(shard_dir, tmp_path):
         assert [{c: r[c] for c in tarindex.NAMES} for r in rows] == [x.index_fields() for x in recs]
         assert all(r["tar_offset"] is not None for r in rows)
         assert ann.read_metadata(str(f))["groups"][tarindex.GROUP] == tarindex.identity(str(t))
+
+
+AWKWARD_JSON = [b'{"a": 1}', b'{}', b' {  } \n', b'{"a": NaN}', b'{"recaption": 1}', b'{"\\u0072ecaption": 1}',
+                b'{"\\u00e9": 1}', b'{"a": "Infinity"}', b'{"a": -Infinity}', None, b"", b'{"a": [1, {"b": 2}]}\r\n\x0b',
+                b'{"a":1}\x0c', b"[1]", '{"ü": "x"}'.encode(), b'{"a": "\\\\u0070"}', b'{"a":1 }  ', b'{"a": "recap',
+                b'tion"}', b'{"b": "\xff"}']
+
+
+def test_splicing_many_texts_at_once_is_splicing_each():
+    import pyarrow as pa
+
+    from recaption.mixing.members import splice_many, splice_recaption
+
+    added = [b'{"n": %d}' % i for i in range(len(AWKWARD_JSON))]
+    checked = 0
+    for a in range(len(AWKWARD_JSON)):  # every run of texts, as reads group them
+        for b in range(a + 1, len(AWKWARD_JSON) + 1):
+            got = splice_many(AWKWARD_JSON[a:b], pa.array(added[a:b], pa.binary())).to_pylist()
+            assert got == [(t and splice_recaption(t, x)) or None for t, x in zip(AWKWARD_JSON[a:b], added[a:b])]
+            checked += 1
+    assert checked == len(AWKWARD_JSON) * (len(AWKWARD_JSON) + 1) // 2
+
+
+def test_member_blocks_made_a_column_at_a_time_are_tarfile_s():
+    import pyarrow as pa
+
+    names = ["000000001.txt", "a.json", "k" * 96 + ".txt", "k" * 97 + ".json", "ü.txt", "d/0001.json",
+             "x" * 120 + ".txt", "z.syn.txt", "e.txt", "k" * 100]
+    datas = [b"abc", b"x" * 512, b"", b"long", "ü".encode(), bytes(range(256)) * 4, b"abc", None, b"y" * 511, b"q"]
+    want = [None if d is None else tc.member_blocks(n, d) for n, d in zip(names, datas)]
+    for a in range(len(names)):
+        for b in range(a, len(names) + 1):
+            got = tc.members_blocks(pa.array(names).slice(a, b - a), pa.array(datas, pa.binary()).slice(a, b - a))
+            assert got.to_pylist() == want[a:b]
+            view, at = tc.views(got.fill_null(b""))
+            assert [bytes(view[at[k] : at[k + 1]]) for k in range(b - a)] == [w or b"" for w in want[a:b]]
