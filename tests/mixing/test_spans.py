@@ -347,3 +347,29 @@ def test_member_blocks_made_a_column_at_a_time_are_tarfile_s():
             assert got.to_pylist() == want[a:b]
             view, at = tc.views(got.fill_null(b""))
             assert [bytes(view[at[k] : at[k + 1]]) for k in range(b - a)] == [w or b"" for w in want[a:b]]
+
+
+def test_captioning_and_scoring_record_the_index(shard_dir, tiny_models, tmp_path):
+    """The annotate stage records the index for the rows it makes, and a scoring pass that reads
+    the images adds it to a file written before the index existed."""
+    from tests.test_end_to_end import cli
+
+    shard = shard_dir / "00001.tar"
+    a = tmp_path / "a"
+    assert cli("caption", shard, "-o", a, "-c", tiny_models["blip"], "--max-new-tokens", 3, "-q") == 0
+    f = a / "00001.parquet"
+    want = [r.index_fields() for r in iter_shard(str(shard))]
+    assert [{c: r[c] for c in tarindex.NAMES} for r in ann.read_rows(str(f))] == want
+    assert all(w["tar_offset"] is not None for w in want)
+    groups = ann.read_metadata(str(f))["groups"]
+    assert groups[tarindex.GROUP] == tarindex.identity(str(shard)) and "captions" in groups
+
+    t = pq.read_table(f)  # as a file written before the index: no columns, no identity
+    meta = json.loads(t.schema.metadata[b"recaption"])
+    del meta["groups"][tarindex.GROUP]
+    pq.write_table(t.drop_columns(list(tarindex.NAMES)).replace_schema_metadata(
+        {b"recaption": json.dumps(meta).encode()}), f)
+    assert cli("score", shard, "-a", a, "--clip-model", tiny_models["clip"], "--no-sieve", "-q") == 0  # reads images
+    rows = ann.read_rows(str(f))
+    assert [{c: r[c] for c in tarindex.NAMES} for r in rows] == want and rows[0]["clip_captions"]
+    assert ann.read_metadata(str(f))["groups"][tarindex.GROUP] == tarindex.identity(str(shard))
