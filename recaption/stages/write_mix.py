@@ -60,11 +60,7 @@ class _Written:
 
 
 class MixWriteStage:
-    """Writes one output shard from its plan; picklable, so any engine can run it. `spans=False`
-    forces the slow path (tests compare the two)."""
-
-    def __init__(self, spans: bool = True):
-        self.spans = spans
+    """Writes one output shard from its plan; picklable, so any engine can run it."""
 
     def __call__(self, p, progress=None) -> WriteReport:
         if isinstance(p, dict):
@@ -88,7 +84,7 @@ class MixWriteStage:
             at = np.flatnonzero(t["kept"].to_numpy(zero_copy_only=False))[part.start : part.end]
             rows = t.take(at)  # at most one output shard of rows
             added = recaption_field.encode(rows, p.strategy)
-            if self.spans and spans.usable(rows) and not is_gzip_name(part.url):
+            if spans.usable(rows) and not is_gzip_name(part.url):
                 meta = json.loads(t.schema.metadata[META_KEY])
                 change = tarindex.change(tarindex.identity(part.url), meta)
                 if change is not None:
