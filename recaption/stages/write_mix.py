@@ -12,6 +12,7 @@ column by column from the decisions and the fields read from each sample's json.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ class MixWriteStage:
                 progress(n)
             return WriteReport(p.name, "skipped", n)
         try:
-            with contextlib.ExitStack() as files:  # input shards stay open until the tar is closed
+            with contextlib.ExitStack() as files, _no_cycle_collection():  # shards stay open until the tar closes
                 n = write_with(p.out_dir, p.name, lambda tar: self._fill(tar, p, files, progress))["count"]
         except Exception as e:
             return WriteReport(p.name, "failed", error=f"{type(e).__name__}: {e}")
@@ -132,6 +133,20 @@ class MixWriteStage:
         if found != len(want):
             raise RecaptionError(f"{part.url}: {len(want) - found} kept samples could not be read back")
         return fields
+
+
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """Python's cycle collector paused while a shard is written: the write makes no cycles, but
+    its many small objects (parsed json, pieces) would set it off, each time walking every object
+    of the process (a tenth of the write's time, measured with perf)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _source(url: str, files: contextlib.ExitStack) -> spans.Source:
