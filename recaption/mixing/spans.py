@@ -1,15 +1,17 @@
 """The mix writer's fast path: an input shard's kept samples copied as byte spans found by the
 member index its decisions carry (`recaption.io.tarindex`), never by parsing a tar header.
 
-Consecutive kept samples are read together (one read of up to `READ_BYTES`, reading over short
-runs of dropped samples rather than seeking past them); each sample is then a few pieces of that
-buffer (its members before, between and after the replaced ones) and its new members, handed to
-the `BlockWriter`, which writes them in batched `writev`s from a thread of its own. A sample of
-`LARGE` bytes or more is not read: its spans are copied in the kernel (`copy_file_range`) where
-both files are local, and only its json text is read. The json gets the `recaption` field
-spliced in without parsing where `members.splice_recaption` can (it parses only to fill the
-parquet row); anything else goes through `members.kept_members`, as the slow path does, so both
-paths write the same bytes.
+Consecutive kept samples are read together (one read of up to `READ_BYTES` into a reused
+buffer, reading over short runs of dropped samples rather than seeking past them). A read's new
+members are then made a column at a time: `txt` and `syn.txt` from the decisions, `json` with the
+`recaption` field spliced into each sample's own text (`members.splice_many`, the rules of
+`members.splice_recaption`; texts it cannot splice, and samples without json, go through
+`members.kept_members` as on the slow path), their tar headers as numpy columns
+(`tarcopy.members_blocks`). Each sample is then two pieces, its own members up to its `txt` and
+its new members, handed to the `BlockWriter`, which writes them in batched `writev`s from a thread
+of its own; a sample laid out otherwise gets its spans and new members in their places. A sample
+of `LARGE` bytes or more is not read: its spans are copied in the kernel (`copy_file_range`)
+where both files are local, and only its json text is read. Both paths write the same bytes.
 """
 from __future__ import annotations
 
