@@ -4,14 +4,22 @@ annotation sets, and write MB/s beside a plain `cp` of the same shards.
 
     python scripts/bench_mix.py                          # 1M and 10M rows, 10,000 real samples
     python scripts/bench_mix.py --rows 1000000 --runs 1  # quicker
+    python scripts/bench_mix.py --rows                   # the write benchmark alone
 
 Annotation sets: annotation files of 10,000 rows each (4 to 8 candidates of 6 to 14 words, scores
 rounded to 3 decimals so thresholds fall on ties, 10% without alt-text, 1% error rows, the column
-groups recorded as annotate records them), built once under --work and reused. Shards: real tar shards (JPEG, txt, img2dataset json) of about
-36 KB a sample, with annotations for their keys. Each figure is the median of --runs runs, every
-run a fresh process (`recaption mix` as a user runs it, minus interpreter start-up); peak RSS is
-that process's maximum resident set. Write MB/s is output tar bytes over the write stage's
-seconds; `cp` copies the input shards to a fresh folder, page cache warm for both.
+groups recorded as annotate records them), built once under --work and reused. Shards: real tar
+shards (JPEG, txt, img2dataset json) of about 36 KB a sample, with annotations for their keys that
+carry the member index annotate records (`recaption.io.tarindex`), and a copy of them without it
+(the writer's fallback: a walk over the tar headers). Each figure is the median of --runs runs,
+every run a fresh process (`recaption mix` as a user runs it, minus interpreter start-up); peak
+RSS is that process's maximum resident set. The write is also timed warm: one process plans once,
+writes the shards once to warm up, then --runs more times (what every output shard after the
+first sees in a long mix), with `cp` before each round. Write MB/s is output tar bytes over the write stage's
+seconds; `cp` copies the input shards to a fresh folder right before each mix, page cache warm
+for both, and dirty pages written out (`sync`) before each; the setups take turns round by round. With one worker the write stage runs in the measuring process, so its CPU
+time is also given per sample: user time (Python, and pyarrow for the parquet) and system time
+(the kernel copying bytes).
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ GROUPS = {  # the column groups a BLIP-2 + CLIP ViT-L/14 + SIEVE annotate pass r
     "sieve": {"model": "sentence-transformers/all-MiniLM-L6-v2", "mask": "sieve"},
 }
 DATA_VERSION = "2"  # bump when the generated files change: older sets are rebuilt
+SHARDS_VERSION = "3"  # the same for the real shards and their annotations (3: with the member index)
 STRATEGIES = [  # (label, mix arguments)
     ("raw, fraction 0.3", ["--strategy", "raw", "--fraction", "0.3"]),
     ("threshold 0.3 + filter", ["--strategy", "threshold", "--fraction", "0.3", "--filter-synthetic"]),
@@ -41,19 +50,31 @@ STRATEGIES = [  # (label, mix arguments)
 ]
 
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 t0 = time.perf_counter()
 from recaption import api
 from recaption.engines import Execution
 from recaption.mixing.strategies import MixConfig
+from recaption.stages.write_mix import MixWriteStage
 a = json.loads(sys.argv[1])
 cfg = MixConfig(**a["cfg"])
+cpu = {"user": 0.0, "system": 0.0}
+call = MixWriteStage.__call__
+def measured(self, *args, **kw):  # in this process only: one worker writes in-process
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        return call(self, *args, **kw)
+    finally:
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["user"] += r1.ru_utime - r0.ru_utime
+        cpu["system"] += r1.ru_stime - r0.ru_stime
+MixWriteStage.__call__ = measured
 t1 = time.perf_counter()
 s = api.mix(a["input"], a["ann"], a.get("out"), cfg, dry_run=a["dry"], overlay=a.get("overlay", False),
             execution=Execution(quiet=True, workers=a.get("workers")))
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "seconds": t2 - t1, "read": s["counts"]["read"],
-                  "written": s["counts"]["written"], "stage_seconds": s.get("seconds")}))
+                  "written": s["counts"]["written"], "stage_seconds": s.get("seconds"), "write_cpu": cpu}))
 """
 
 
@@ -183,7 +204,7 @@ def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
     from recaption.io.writer import add_member
 
     d, a = work / "shards", work / "shards-ann"
-    if (d / "_complete").exists() and (d / "_complete").read_text() == DATA_VERSION:
+    if (d / "_complete").exists() and (d / "_complete").read_text() == SHARDS_VERSION:
         return d, a
     d.mkdir(parents=True, exist_ok=True)
     a.mkdir(parents=True, exist_ok=True)
@@ -207,9 +228,48 @@ def build_shards(work: Path, samples: int, per_shard: int) -> tuple[Path, Path]:
                 add_member(tar, f"{k}.jpg", jpegs[r.randrange(len(jpegs))])
                 add_member(tar, f"{k}.txt", alt.encode())
                 add_member(tar, f"{k}.json", json.dumps(meta).encode())
-        pq.write_table(annotation_table(rng, vocab, name, keys), a / f"{name}.parquet", compression="zstd")
-    (d / "_complete").write_text(DATA_VERSION)
+        pq.write_table(indexed(annotation_table(rng, vocab, name, keys), d / f"{name}.tar"), a / f"{name}.parquet",
+                       compression="zstd")
+    (d / "_complete").write_text(SHARDS_VERSION)
     return d, a
+
+
+def unindexed(work: Path, ann: Path) -> Path:
+    """A copy of the shards' annotation files without the member index (as files written before
+    it existed): the writer falls back to walking the tar headers. Built once."""
+    import pyarrow.parquet as pq
+
+    from recaption.io import tarindex
+
+    d = work / "shards-ann-noindex"
+    if (d / "_complete").exists() and (d / "_complete").read_text() == SHARDS_VERSION:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    for f in sorted(ann.glob("*.parquet")):
+        t = pq.read_table(f)
+        meta = json.loads(t.schema.metadata[b"recaption"])
+        meta["groups"].pop(tarindex.GROUP, None)
+        t = t.drop_columns(list(tarindex.NAMES))
+        pq.write_table(t.replace_schema_metadata({b"recaption": json.dumps(meta, sort_keys=True).encode()}),
+                       d / f.name, compression="zstd")
+    (d / "_complete").write_text(SHARDS_VERSION)
+    return d
+
+
+def indexed(t, shard: Path):
+    """An annotation table with the shard's member index, as annotate records it (read here by the
+    same reader), and the shard's identity in its metadata."""
+    import pyarrow as pa
+
+    from recaption.io import tarindex
+    from recaption.io.shards import iter_shard
+
+    fields = [r.index_fields() for r in iter_shard(str(shard))]
+    for name, typ in tarindex.COLUMNS:
+        t = t.append_column(name, pa.array([f[name] for f in fields], typ))
+    meta = json.loads(t.schema.metadata[b"recaption"])
+    meta["groups"][tarindex.GROUP] = tarindex.identity(str(shard))
+    return t.replace_schema_metadata({b"recaption": json.dumps(meta, sort_keys=True).encode()})
 
 
 # -- measurements ----------------------------------------------------------------------------
@@ -232,41 +292,132 @@ def _tar_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.glob("*.tar"))
 
 
-def bench_write(work: Path, shards: Path, ann: Path, runs: int, workers: int, per_shard: int = 2500) -> dict:
+WARM_CHILD = """
+import json, os, resource, shutil, subprocess, sys, time
+from pathlib import Path
+from recaption.mixing.plan import plan, plan_dict
+from recaption.mixing.pool import pool_pass
+from recaption.mixing.strategies import MixConfig
+from recaption.stages.write_mix import MixWriteStage
+a = json.loads(sys.argv[1])
+cfg, out, dst = MixConfig(**a["cfg"]), Path(a["out"]), Path(a["cp_out"])
+out.mkdir(parents=True, exist_ok=True)
+plans, _ = plan(pool_pass(a["shards"], a["ann"], cfg), cfg, str(out))
+res = []
+for r in range(a["runs"] + 1):  # the first round warms the process up and is not counted
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    os.sync()
+    t0 = time.perf_counter()
+    subprocess.run(["cp", *a["shards"], str(dst)], check=True)
+    cp = time.perf_counter() - t0
+    shutil.rmtree(dst)
+    for f in out.glob("0*"):
+        f.unlink()
+    os.sync()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    n = sum(MixWriteStage()(plan_dict(p)).samples for p in plans)
+    w = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    size = sum(f.stat().st_size for f in out.glob("*.tar"))
+    res.append({"cp": cp, "write": w, "n": n, "bytes": size, "user": r1.ru_utime - r0.ru_utime,
+                "system": r1.ru_stime - r0.ru_stime})
+print(json.dumps(res[1:]))
+"""
+
+
+def bench_write_warm(work: Path, shards: Path, ann: Path, runs: int, per_shard: int = 2500) -> dict:
+    """The write stage again in a process that has written the shards once already (what each
+    output shard after the first sees in a long mix): no start-up, imports or first allocations;
+    `cp` before each round, from the same process."""
+    tars = [str(p) for p in sorted(shards.glob("*.tar"))]
     size = _tar_bytes(shards)
-    for p in shards.glob("*.tar"):  # warm the page cache for both
-        p.read_bytes()
-    cps, writes, totals, out_bytes = [], [], [], 0
+    args = ["--strategy", "threshold", "--fraction", "0.3", "--samples-per-shard", str(per_shard)]
+    out = work / "mix-warm"
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    spec = {"shards": tars, "ann": str(ann), "cfg": _cfg(args), "out": str(out), "cp_out": str(work / "cp-warm"),
+            "runs": runs}
+    done = subprocess.run([sys.executable, "-c", WARM_CHILD, json.dumps(spec)], env=env, check=True,
+                          capture_output=True, text=True)
+    rounds = json.loads(done.stdout.strip().splitlines()[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    n, out_bytes = rounds[0]["n"], rounds[0]["bytes"]
+    cp_mbs = size / 1e6 / statistics.median(r["cp"] for r in rounds)
+    w_mbs = out_bytes / 1e6 / statistics.median(r["write"] for r in rounds)
+    res = {"path": "member index, warm process", "input_mb": round(size / 1e6, 1), "output_mb": round(out_bytes / 1e6, 1),
+           "samples": n, "workers": 1, "cp_mb_s": round(cp_mbs), "write_mb_s": round(w_mbs),
+           "write_vs_cp": round(w_mbs / cp_mbs, 2), "cp_runs": [round(r["cp"], 3) for r in rounds],
+           "write_runs": [round(r["write"], 3) for r in rounds],
+           "user_us_per_sample": round(statistics.median(r["user"] for r in rounds) / n * 1e6, 1),
+           "system_us_per_sample": round(statistics.median(r["system"] for r in rounds) / n * 1e6, 1)}
+    print(f"  write, member index, warm process: {res['write_mb_s']} MB/s write stage; cp {res['cp_mb_s']} MB/s -> "
+          f"{res['write_vs_cp']}x of cp; CPU a sample {res['user_us_per_sample']} us user, "
+          f"{res['system_us_per_sample']} us system", flush=True)
+    return res
+
+
+def _cp_once(work: Path, tars: list[str]) -> float:
+    dst = work / "cp-out"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    os.sync()  # no dirty pages of the step before are written back during this one
+    t0 = time.perf_counter()
+    subprocess.run(["cp", *tars, str(dst)], check=True)
+    took = time.perf_counter() - t0
+    shutil.rmtree(dst)
+    return took
+
+
+def bench_writes(work: Path, shards: Path, setups: list[tuple[str, Path, int]], runs: int,
+                 per_shard: int = 2500) -> list[dict]:
+    """Each setup (label, annotation folder, workers) `runs` times, the setups taking turns round by
+    round (on a shared machine the state of memory drifts: no setup gets all the good minutes),
+    each mix right after a `cp` of the same shards."""
+    size = _tar_bytes(shards)
+    tars = [str(p) for p in sorted(shards.glob("*.tar"))]
+    for p in tars:  # warm the page cache for both
+        Path(p).read_bytes()
     # keeps every sample with a candidate; four output shards, so that two workers have work
     args = ["--strategy", "threshold", "--fraction", "0.3", "--samples-per-shard", str(per_shard)]
+    got = {(label, w): {"cp": [], "write": [], "mix": [], "user": [], "system": []} for label, _, w in setups}
+    sizes = {}
     for _ in range(runs):
-        dst = work / "cp-out"
-        shutil.rmtree(dst, ignore_errors=True)
-        dst.mkdir()
-        t0 = time.perf_counter()
-        subprocess.run(["cp", *[str(p) for p in sorted(shards.glob("*.tar"))], str(dst)], check=True)
-        cps.append(time.perf_counter() - t0)
-        shutil.rmtree(dst)
-        out = work / "mix-out"
-        shutil.rmtree(out, ignore_errors=True)
-        r = run_measured({"input": str(shards), "ann": str(ann), "out": str(out), "cfg": _cfg(args),
-                          "dry": False, "workers": workers})
-        writes.append(r["stage_seconds"]["write"])
-        totals.append(r["seconds"])
-        out_bytes = _tar_bytes(out)
-        shutil.rmtree(out)
-    cp_mbs = size / 1e6 / statistics.median(cps)
-    w_mbs = out_bytes / 1e6 / statistics.median(writes)
-    t_mbs = out_bytes / 1e6 / statistics.median(totals)
-    res = {"input_mb": round(size / 1e6, 1), "output_mb": round(out_bytes / 1e6, 1), "workers": workers,
-           "cp_mb_s": round(cp_mbs), "write_mb_s": round(w_mbs), "mix_mb_s": round(t_mbs),
-           "write_vs_cp": round(w_mbs / cp_mbs, 2), "mix_vs_cp": round(t_mbs / cp_mbs, 2),
-           "cp_runs": [round(x, 3) for x in cps], "write_runs": [round(x, 3) for x in writes],
-           "mix_runs": [round(x, 3) for x in totals]}
-    print(f"  write ({workers} worker{'s' if workers > 1 else ''}): {res['write_mb_s']} MB/s write stage, "
-          f"{res['mix_mb_s']} MB/s whole mix; cp {res['cp_mb_s']} MB/s -> {res['write_vs_cp']}x of cp "
-          f"(whole mix {res['mix_vs_cp']}x)", flush=True)
-    return res
+        for label, ann, workers in setups:
+            g = got[label, workers]
+            g["cp"].append(_cp_once(work, tars))
+            out = work / "mix-out"
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()
+            r = run_measured({"input": str(shards), "ann": str(ann), "out": str(out), "cfg": _cfg(args),
+                              "dry": False, "workers": workers})
+            g["write"].append(r["stage_seconds"]["write"])
+            g["mix"].append(r["seconds"])
+            g["user"].append(r["write_cpu"]["user"])
+            g["system"].append(r["write_cpu"]["system"])
+            sizes[label, workers] = (_tar_bytes(out), r["written"])
+            shutil.rmtree(out)
+    results = []
+    for label, _, workers in setups:
+        g, (out_bytes, n) = got[label, workers], sizes[label, workers]
+        cp_mbs = size / 1e6 / statistics.median(g["cp"])
+        w_mbs = out_bytes / 1e6 / statistics.median(g["write"])
+        t_mbs = out_bytes / 1e6 / statistics.median(g["mix"])
+        res = {"path": label, "input_mb": round(size / 1e6, 1), "output_mb": round(out_bytes / 1e6, 1),
+               "samples": n, "workers": workers, "cp_mb_s": round(cp_mbs), "write_mb_s": round(w_mbs),
+               "mix_mb_s": round(t_mbs), "write_vs_cp": round(w_mbs / cp_mbs, 2),
+               "mix_vs_cp": round(t_mbs / cp_mbs, 2), "cp_runs": [round(x, 3) for x in g["cp"]],
+               "write_runs": [round(x, 3) for x in g["write"]], "mix_runs": [round(x, 3) for x in g["mix"]]}
+        cpu = ""
+        if workers == 1:  # the stage ran in the measured process: its CPU time a sample
+            res["user_us_per_sample"] = round(statistics.median(g["user"]) / n * 1e6, 1)
+            res["system_us_per_sample"] = round(statistics.median(g["system"]) / n * 1e6, 1)
+            cpu = f"; CPU a sample {res['user_us_per_sample']} us user, {res['system_us_per_sample']} us system"
+        print(f"  write, {label} ({workers} worker{'s' if workers > 1 else ''}): {res['write_mb_s']} MB/s write "
+              f"stage, {res['mix_mb_s']} MB/s whole mix; cp {res['cp_mb_s']} MB/s -> {res['write_vs_cp']}x of cp "
+              f"(whole mix {res['mix_vs_cp']}x){cpu}", flush=True)
+        results.append(res)
+    return results
 
 
 def start(work_dir: str) -> tuple[Path, dict]:
@@ -291,7 +442,8 @@ def finish(result: dict, json_path: str, markdown) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 10_000_000],
+                    help="annotation rows of the dry-run sets (none: the write benchmark alone)")
     ap.add_argument("--samples", type=int, default=10_000, help="real samples for the write benchmark")
     ap.add_argument("--per-shard", type=int, default=2_500)
     ap.add_argument("--runs", type=int, default=3)
@@ -307,8 +459,9 @@ def main(argv=None):
         ann, listing = build_annotations(work, rows)
         result["dry_run"] += bench_dry_run(ann, listing, rows, a.runs)
     shards, sann = build_shards(work, a.samples, a.per_shard)
-    for w in a.workers:
-        result["write"].append(bench_write(work, shards, sann, a.runs, w, a.per_shard))
+    setups = [("member index", sann, w) for w in a.workers] + [("fallback: no index", unindexed(work, sann), 1)]
+    result["write"] = bench_writes(work, shards, setups, a.runs, a.per_shard)
+    result["write"].append(bench_write_warm(work, shards, sann, a.runs, a.per_shard))
     return finish(result, a.json, markdown)
 
 
@@ -317,12 +470,16 @@ def markdown(r: dict) -> str:
     lines = ["| dry run | rows | rows/s | peak RSS |", "| --- | ---: | ---: | ---: |"]
     for d in r["dry_run"]:
         lines.append(f"| {d['strategy']} | {d['rows']:,} | {d['rows_per_s']:,} | {d['peak_rss_mb']} MB |")
-    lines += ["", "| write, 10,000 samples | MB/s | `cp` MB/s | vs `cp` |", "| --- | ---: | ---: | ---: |"]
+    lines += ["", "| write, 10,000 samples | MB/s | `cp` MB/s | vs `cp` | CPU a sample (user + system) |",
+              "| --- | ---: | ---: | ---: | ---: |"]
     for w in r["write"]:
-        n = f"{w['workers']} worker{'s' if w['workers'] > 1 else ''}"
-        lines.append(f"| write stage, {n} | {w['write_mb_s']} | {w['cp_mb_s']} | {w['write_vs_cp']}x |")
-        lines.append(f"| whole mix (pool pass, plan, write), {n} | {w['mix_mb_s']} | {w['cp_mb_s']} | "
-                     f"{w['mix_vs_cp']}x |")
+        n = f"{w['workers']} process{'es' if w['workers'] > 1 else ''}"
+        cpu = (f"{w['user_us_per_sample']} + {w['system_us_per_sample']} us" if "user_us_per_sample" in w else "")
+        lines.append(f"| write stage, {w.get('path', 'member index')}, {n} | {w['write_mb_s']} | {w['cp_mb_s']} | "
+                     f"{w['write_vs_cp']}x | {cpu} |")
+        if "mix_mb_s" in w:
+            lines.append(f"| whole mix (pool pass, plan, write), {n} | {w['mix_mb_s']} | {w['cp_mb_s']} | "
+                         f"{w['mix_vs_cp']}x | |")
     return "\n".join(lines)
 
 

@@ -83,17 +83,21 @@ KILL = textwrap.dedent("""
     else:
         from recaption.io import writer
         import recaption.stages.write_mix as m
-        orig = writer.write_shard
-        def killer(out_dir, name, samples, extra_stats=None):
+        orig = writer.write_with
+        def killer(out_dir, name, fill, extra_stats=None):
             if name == target:
-                def cut():
-                    for i, s in enumerate(samples):
-                        if i == 2:
+                def cut(tar):  # dies a few pieces into the shard, as a sample is written
+                    raw, extend, n = tar.raw, tar.extend, [0]
+                    def count(k):
+                        n[0] += k
+                        if n[0] >= 7:
                             os._exit(9)
-                        yield s
-                return orig(out_dir, name, cut(), extra_stats)
-            return orig(out_dir, name, samples, extra_stats)
-        m.write_shard = killer
+                    tar.raw = lambda b: count(1) or raw(b)
+                    tar.extend = lambda pieces, size: count(len(pieces)) or extend(pieces, size)
+                    return fill(tar)
+                return orig(out_dir, name, cut, extra_stats)
+            return orig(out_dir, name, fill, extra_stats)
+        m.write_with = killer
     from recaption.cli import main
     main(sys.argv[3:])
 """)

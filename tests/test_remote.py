@@ -86,7 +86,7 @@ def s3_tree(client, prefix: str) -> dict:
 
 def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards, local_ann, annotate_args,
                                                                        tmp_path, monkeypatch):
-    from recaption.stages.write_mix import MixWriteStage
+    from recaption.stages import write_mix
 
     client, b, opts = s3_shards
     src, ann_url, out = f"s3://{b}/shards/{{00000..00002}}.tar", f"s3://{b}/ann", f"s3://{b}/mixed"
@@ -98,22 +98,29 @@ def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards
             assert pq.read_table(f).to_pylist() == rows
 
     mix = ["mix", src, "-a", ann_url, "-o", out, *MIX, "--storage-options", opts]
-    original, calls = MixWriteStage._sample, {"n": 0}
+    original = write_mix.write_with
 
-    def interrupted(*a):
-        calls["n"] += 1
-        if calls["n"] == 7:  # the second sample of the second output shard: Ctrl-C mid-upload
-            raise KeyboardInterrupt
-        return original(*a)
+    def interrupted(out_dir, name, fill, extra_stats=None):
+        def cut(tar):
+            raw, extend, pieces = tar.raw, tar.extend, [0]
 
-    monkeypatch.setattr(MixWriteStage, "_sample", staticmethod(interrupted))
+            def count(k):
+                pieces[0] += k
+                if name == "00001" and pieces[0] >= 5:  # the second output shard, some samples in: Ctrl-C mid-upload
+                    raise KeyboardInterrupt
+            tar.raw = lambda b: count(1) or raw(b)
+            tar.extend = lambda p, size: count(len(p)) or extend(p, size)
+            return fill(tar)
+        return original(out_dir, name, cut, extra_stats)
+
+    monkeypatch.setattr(write_mix, "write_with", interrupted)
     assert cli(*mix) == 130
     names = sorted(p.rsplit("/", 1)[-1] for p in client.ls(f"{b}/mixed", detail=False))
     assert names == ["00000.parquet", "00000.tar", "00000_stats.json", "_decisions", "_dropped.parquet",
                      "_recaption.json"]
     assert leftovers(client, b) == {"temp_objects": [], "pending_uploads": []}
 
-    monkeypatch.setattr(MixWriteStage, "_sample", staticmethod(original))
+    monkeypatch.setattr(write_mix, "write_with", original)
     monkeypatch.setattr(sys, "argv", ["recaption", *map(str, mix)])  # what _summary.json records
     assert cli(*mix) == 0  # the same command resumes: 00000 is skipped, the rest written
     assert leftovers(client, b) == {"temp_objects": [], "pending_uploads": []}

@@ -123,13 +123,16 @@ def extra_columns() -> list[Column]:
 
 
 def schema():
-    """The arrow schema of an annotation file: the fixed columns, then every group's others."""
+    """The arrow schema of an annotation file: the fixed columns, then every group's others, then
+    the shard's member index (`recaption.io.tarindex`, recorded by whatever reads the shard)."""
     import pyarrow as pa
 
     from recaption.annotators.base import arrow_type
+    from recaption.io import tarindex
     from recaption.io.annotations import SCHEMA
 
-    return pa.schema(list(SCHEMA) + [pa.field(c.name, arrow_type(c.type)) for c in extra_columns()])
+    return pa.schema(list(SCHEMA) + [pa.field(c.name, arrow_type(c.type)) for c in extra_columns()]
+                     + [pa.field(n, arrow_type(t)) for n, t in tarindex.COLUMNS])
 
 
 def group_columns(name: str) -> tuple[str, ...]:

@@ -125,7 +125,7 @@ class ExecOptions:
     batch_size: Annotated[Optional[int], opt(help="images per model batch (default: the preset's)", panel=RUN)] = None
     device: Annotated[Optional[str], opt(help="cuda, cuda:1 or cpu (default: cuda when present)", panel=RUN)] = None
     engine: Annotated[EngineChoice, opt(help="local (a worker per GPU, or in-process) or ray", panel=RUN)] = EngineChoice("local")
-    workers: Annotated[Optional[int], opt(help="worker processes or Ray actors (default: one per GPU, else one)", panel=RUN)] = None
+    workers: Annotated[Optional[int], opt(help="worker processes or Ray actors (default: one per GPU, else one; writing a mix: one per two cores, each with 50,000 samples or more)", panel=RUN)] = None
     threads: Annotated[Optional[int], opt(help="torch threads per worker (default: CPU cores / workers)", panel=RUN)] = None
     ray_address: Annotated[Optional[str], opt(help="Ray cluster address, e.g. auto (--engine ray)", panel=RUN)] = None
     actor_cpus: Annotated[Optional[float], opt(help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", panel=RUN)] = None

@@ -22,7 +22,7 @@ class Execution:
     """Where and how stages run (the Execution options of every verb)."""
 
     engine: str = "local"
-    workers: int | None = None  # worker processes/actors (default: one per GPU, else one)
+    workers: int | None = None  # worker processes/actors (default: one per GPU, else one; mix writes: local.cpu_workers)
     threads: int | None = None  # torch threads per worker (default: cores // workers)
     device: str | None = None
     ray_address: str | None = None

@@ -1,5 +1,6 @@
-"""Local engine: in-process with one worker, else one process per worker (one per visible GPU by
-default) with items handed out dynamically (the next free worker takes the next item)."""
+"""Local engine: in-process with one worker, else one process per worker (by default one per
+visible GPU; for CPU-only stages such as the mix write, one per two cores where the work pays for
+starting them) with items handed out dynamically (the next free worker takes the next item)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -8,7 +9,7 @@ import queue
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from recaption.engines import Execution, as_dict, limit_threads, restore_threads, threads_per_worker
+from recaption.engines import Execution, as_dict, cpu_cores, limit_threads, restore_threads, threads_per_worker
 from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
 
@@ -24,6 +25,17 @@ def gpu_count() -> int:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:
         return 0
+
+
+SAMPLES_PER_PROCESS = 50_000  # what a process writes in a few seconds: starting one costs about a second
+
+
+def cpu_workers(samples: int | None, cores: int) -> int:
+    """Processes for a CPU-only stage (output shards are independent): one per two cores, since
+    a writing process keeps about two busy (its own thread, and its writer thread's copies in the
+    kernel), and no more than the samples pay for (a spawned process imports pyarrow first)."""
+    most = max(1, cores // 2)
+    return most if samples is None else max(1, min(most, samples // SAMPLES_PER_PROCESS))
 
 
 def _init(stage, gpu_queue, progress_queue, threads, storage_options=None):
@@ -44,11 +56,11 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
     """Run `stage` over `items`; the bar counts samples as the workers process them. A `cpu_only`
     stage (writing shards) never asks for GPUs, so it does not import torch."""
     n_gpu = 0 if cpu_only else gpu_count()
-    workers = ex.workers or max(1, n_gpu)
-    threads = threads_per_worker(ex, workers)
-    workers = min(workers, max(1, len(items)))
     counts = [count_of(i) if count_of else None for i in items]
     total = sum(counts) if counts and all(c is not None for c in counts) else None
+    workers = ex.workers or (cpu_workers(total, cpu_cores()) if cpu_only else max(1, n_gpu))
+    threads = threads_per_worker(ex, workers)
+    workers = min(workers, max(1, len(items)))
     reports: list[dict] = []
     with Progress(desc, total=total, quiet=ex.quiet, log_every=ex.log_every) as bar:
         def finished(r):

@@ -15,6 +15,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from recaption.io import tarindex
 from recaption.io.fs import open_url
 from recaption.io.sources import is_gzip_name, shard_name
 
@@ -31,11 +32,16 @@ class Sample:
     raw_caption: str | None = None
     meta: dict | None = None
     index: int = 0  # position in its shard
+    tar_index: dict | None = None  # where its members lie in the tar (`recaption.io.tarindex`)
 
     @property
     def image_bytes(self) -> bytes:
         """The bytes of the sample's image member."""
         return self.members[self.image_field]
+
+    def index_fields(self) -> dict:
+        """The sample's member index as annotation columns (null where there is none)."""
+        return dict(self.tar_index) if self.tar_index else tarindex.no_index()
 
 
 @dataclass
@@ -83,6 +89,7 @@ class _Group:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     problem: str | None = None
+    spans: tarindex.Recorder | None = None  # None: the shard's offsets are not file offsets
 
 
 def _finish(group: _Group, shard: str, index: int, opts: ReadOptions) -> Sample | ReadFailure:
@@ -112,7 +119,7 @@ def _finish(group: _Group, shard: str, index: int, opts: ReadOptions) -> Sample 
             return ReadFailure(group.key, shard, f"read: invalid json ({e})", index)
         if not isinstance(meta, dict):
             return ReadFailure(group.key, shard, f"read: json is a {type(meta).__name__}, not an object", index)
-    return Sample(group.key, shard, m, img, raw, meta, index)
+    return Sample(group.key, shard, m, img, raw, meta, index, group.spans and group.spans.fields())
 
 
 def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | ReadFailure]:
@@ -126,7 +133,11 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
         with open_url(url, "rb") as raw, _decompressed(url, raw) as f:
             # "r|*" also reads a compressed tar whose name does not say so
             with tarfile.open(fileobj=f, mode="r|*") as tar:
+                # offsets index the file only when tarfile reads it as it is (not decompressed)
+                plain = f is raw and getattr(tar.fileobj, "comptype", None) == "tar"
+                end = 0  # where the member read last ends: the next one's header blocks start there
                 for info in tar:
+                    start, end = end, tar.offset
                     if not info.isfile():
                         continue
                     name = info.name
@@ -138,13 +149,15 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
                         if group is not None:
                             yield _finish(group, shard, index, opts)
                             index += 1
-                        group = _Group(key)
+                        group = _Group(key, spans=tarindex.Recorder(start) if plain else None)
                         if key in seen:
                             group.problem = "duplicate key in shard (members not contiguous or repeated)"
                         seen.add(key)
                     why = unsafe_name(name)
                     if why:
                         group.problem = f"{why}: {name!r}"
+                    if group.spans is not None:
+                        group.spans.add(fld, start, end, info.offset_data, info.size, info.issparse())
                     data = tar.extractfile(info).read()
                     if fld in group.members and not group.problem:
                         group.problem = f"field .{fld} appears twice"

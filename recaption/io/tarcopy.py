@@ -6,16 +6,19 @@ every other kind (GNU long names, pax records, sparse maps, global headers), so 
 exactly as `iter_shard` reads it. A member's raw blocks (extended headers, header, data, padding)
 are then copied unchanged. The data of members nobody wants is skipped with a seek. I/O goes in
 large pieces (the reader's buffer, 8 MB `writev`s): per-member system calls, even in-kernel
-copies, cost more than the copying itself at WebDataset member sizes.
+copies, cost more than the copying itself at WebDataset member sizes. The writer also takes
+pieces of other buffers and spans of local files (the span writer, `recaption.mixing.spans`), and
+new members' blocks are made many at a time (`members_blocks`), byte for byte as one at a time.
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import tarfile
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from recaption.io.shards import split_member
 
@@ -194,6 +197,73 @@ def member_blocks(name: str, data: bytes) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, ENCODING, "surrogateescape") + data + _PAD[: -n % BLOCK]
 
 
+def members_blocks(names, datas):
+    """`member_blocks` for many members at once, byte for byte the same, as an Arrow binary array:
+    `names` an Arrow string array, `datas` a binary one (a null gives a null). Headers of short
+    ASCII names are built as one numpy array (name, size and checksum as columns); other names
+    go one by one."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    raw = names.cast(pa.binary())
+    datas = datas.cast(pa.binary())
+    nlen = pc.binary_length(raw).to_numpy(zero_copy_only=False)
+    dlen = pc.binary_length(datas).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = datas.is_valid().to_numpy(zero_copy_only=False)
+    plain = (nlen <= 100) & (dlen < 8 ** 11) & pc.string_is_ascii(names).to_numpy(zero_copy_only=False) & valid
+    where = np.flatnonzero(plain)
+    m = len(where)
+    blocks = pa.array([], pa.binary())
+    if m:
+        pick = pa.array(where)
+        # each name NUL-padded to 100 bytes by Arrow, then the header fields as numpy columns
+        padded = pc.binary_join_element_wise(raw.take(pick), _PADS().take(pa.array(100 - nlen[where])), b"")
+        name = np.frombuffer(padded.buffers()[2], np.uint8)[: 100 * m].reshape(m, 100)
+        head = np.tile(np.frombuffer(_HEAD, np.uint8), (m, 1))
+        head[:, :100] = name
+        size = dlen[where]
+        digits = ((size[:, None] >> (3 * np.arange(10, -1, -1))) & 7) + 48
+        head[:, 124:135] = digits
+        chk = _USTAR_SUM + name.sum(axis=1, dtype=np.int64) + digits.sum(axis=1)
+        head[:, 148:154] = ((chk[:, None] >> (3 * np.arange(5, -1, -1))) & 7) + 48
+        headers = pa.FixedSizeBinaryArray.from_buffers(pa.binary(BLOCK), m, [None, pa.py_buffer(head.tobytes())])
+        pads = _PADS().take(pa.array(-size % BLOCK))
+        blocks = pc.binary_join_element_wise(headers.cast(pa.binary()), datas.take(pick), pads, b"")
+        if m == len(names):
+            return blocks
+    out: list = [None] * len(names)
+    for k, b in zip(where.tolist(), blocks.to_pylist()):
+        out[k] = b
+    for k in np.flatnonzero(~plain & valid).tolist():
+        out[k] = member_blocks(names[k].as_py(), datas[k].as_py())
+    return pa.array(out, pa.binary())
+
+
+def views(arr) -> tuple[memoryview, list[int]]:
+    """An Arrow binary array's values as (one memoryview of its data, offsets): value k is
+    `view[offsets[k]:offsets[k + 1]]`, a slice without a copy."""
+    import numpy as np
+
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], np.int32)[arr.offset : arr.offset + len(arr) + 1].tolist()
+    return memoryview(bufs[2] if bufs[2] is not None else b""), offsets
+
+
+# a header with the fixed fields; name, size and checksum are filled in per member
+_HEAD = b"\0" * 100 + _USTAR_MID + b"\0" * 12 + _USTAR_MTIME + b"\0\0\0\0\0\0\0 " + _USTAR_TAIL
+_PAD_ARRAY = []
+
+
+def _PADS():
+    """Zero padding of every length a member may need (0 to 511 bytes), as an Arrow array."""
+    if not _PAD_ARRAY:
+        import pyarrow as pa
+
+        _PAD_ARRAY.append(pa.array([_PAD[:k] for k in range(BLOCK)], pa.binary()))
+    return _PAD_ARRAY[0]
+
+
 def _fd(f) -> int | None:
     """The OS file descriptor behind a local file object, if there is one."""
     try:
@@ -204,6 +274,28 @@ def _fd(f) -> int | None:
 
 FLUSH = 8 << 20  # bytes gathered before one write
 IOV_MAX = 1024  # pieces a writev may take
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.ETXTBSY}
+
+
+def copy_range(src: int, dst: int, offset: int, n: int) -> None:
+    """Append `n` bytes of file `src` from `offset` to `dst` at its position: in the kernel
+    (`copy_file_range`) where the files allow it, else read and written in 8 MB pieces."""
+    while n > 0 and hasattr(os, "copy_file_range"):
+        try:
+            done = os.copy_file_range(src, dst, n, offset)
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY:
+                raise
+            break  # this pair of files cannot: copy the rest through memory
+        if done == 0:
+            raise OSError(errno.EIO, f"source ended {n} bytes early (at byte {offset})")
+        offset, n = offset + done, n - done
+    while n > 0:
+        data = os.pread(src, min(n, FLUSH), offset)
+        if not data:
+            raise OSError(errno.EIO, f"source ended {n} bytes early (at byte {offset})")
+        _writev(dst, [data])
+        offset, n = offset + len(data), n - len(data)
 
 
 def _writev(fd: int, pieces: list) -> None:
@@ -256,31 +348,79 @@ class BlockWriter:
         """Write a new member with recaption's fixed header fields."""
         self.raw(member_blocks(name, data))
 
+    def extend(self, pieces: list, n: int) -> None:
+        """Write many pieces at once (`n` bytes in all): buffers, as `raw` takes them, and
+        (fd, offset, length) spans of local files, as `span` takes them."""
+        if self.fd is None and any(isinstance(p, tuple) for p in pieces):
+            raise ValueError("kernel copies need an OS file to write to")
+        self.pending.extend(pieces)
+        self.n += n
+        self.pending_n += n
+        if self.pending_n >= FLUSH:
+            self._flush()
+
+    @property
+    def kernel_copies(self) -> bool:
+        """Whether `span` may be used: the tar goes to an OS file."""
+        return self.fd is not None
+
+    def span(self, fd: int, offset: int, n: int) -> None:
+        """Write `n` bytes of the local file `fd` from `offset`, copied in the kernel where it can
+        (`copy_range`); `fd` must stay open until `close` returns."""
+        if self.fd is None:
+            raise ValueError("kernel copies need an OS file to write to")
+        self.pending.append((fd, offset, n))
+        self.n += n
+        self.pending_n += n
+        if self.pending_n >= FLUSH:
+            self._flush()
+
     def member(self, m: RawMember) -> None:
         """Write one member of an output sample: raw blocks or a new member."""
         self.raw(m.head)
         self.raw(m.body)
 
-    def _flush(self) -> None:
+    def flush(self, then: Callable[[], None] | None = None) -> None:
+        """Hand what is gathered to the writer now; `then()` runs once it is written (or has
+        failed), so that a caller can reuse the buffers its pieces point into."""
+        self._flush(then)
+
+    def _flush(self, then: Callable[[], None] | None = None) -> None:
         pieces, self.pending, self.pending_n = self.pending, [], 0
         if self.fd is None:
-            for i in range(0, len(pieces), IOV_MAX):
-                self.f.write(b"".join(pieces[i : i + IOV_MAX]))
+            try:
+                for i in range(0, len(pieces), IOV_MAX):
+                    self.f.write(b"".join(pieces[i : i + IOV_MAX]))
+            finally:
+                if then is not None:
+                    then()
             return
         if self._thread is None:
             self._q = queue.Queue(maxsize=2)  # at most two batches waiting: memory stays bounded
             self._thread = threading.Thread(target=self._write_batches, daemon=True)
             self._thread.start()
         self._check()
-        self._q.put(pieces)
+        self._q.put((pieces, then))
 
     def _write_batches(self) -> None:
-        while (pieces := self._q.get()) is not None:
+        while (item := self._q.get()) is not None:
+            pieces, then = item
             if self._error is None:
                 try:
-                    _writev(self.fd, pieces)
+                    self._write(pieces)
                 except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
                     self._error = e
+            if then is not None:
+                then()
+
+    def _write(self, pieces: list) -> None:
+        run = 0  # pieces from here on are buffers, until a span
+        for i, p in enumerate(pieces):
+            if isinstance(p, tuple):
+                _writev(self.fd, pieces[run:i])
+                copy_range(p[0], self.fd, p[1], p[2])
+                run = i + 1
+        _writev(self.fd, pieces[run:] if run else pieces)
 
     def _check(self) -> None:
         if self._error is not None:

@@ -10,7 +10,7 @@ import io
 import json
 import tarfile
 import time
-from typing import Iterable, Union
+from typing import Callable, Iterable, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,10 +51,8 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, Members, dict]],
                 extra_stats: dict | None = None) -> dict:
     """samples: (key, members in order, parquet row). Returns the stats written."""
-    p = shard_paths(out_dir, name)
-    rows: list[dict] = []
-    start = time.time()
-    with atomic_open(p["tar"]) as f, BlockWriter(f) as tar:
+    def fill(tar: BlockWriter) -> pa.Table:
+        rows: list[dict] = []
         for key, members, row in samples:
             for m in (members.items() if isinstance(members, dict) else members):
                 if isinstance(m, tuple):
@@ -64,22 +62,35 @@ def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, Members, d
                 else:
                     tar.raw(m)
             rows.append(row)
+        return pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
+
+    return write_with(out_dir, name, fill, extra_stats)
+
+
+def write_with(out_dir: str, name: str, fill: Callable[[BlockWriter], pa.Table],
+               extra_stats: dict | None = None) -> dict:
+    """An output shard whose members `fill` writes into the tar, returning the parquet table (one
+    row a sample, in order). Returns the stats written."""
+    p = shard_paths(out_dir, name)
+    start = time.time()
+    with atomic_open(p["tar"]) as f, BlockWriter(f) as tar:
+        table = fill(tar)
         tar.close()
-    table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
     buf = io.BytesIO()
     pq.write_table(table, buf)
     with atomic_open(p["parquet"]) as f:
         f.write(buf.getvalue())
     end = time.time()
+    n = table.num_rows
     stats = {
-        "count": len(rows),
-        "successes": len(rows),
+        "count": n,
+        "successes": n,
         "failed_to_download": 0,
         "failed_to_resize": 0,
         "duration": round(end - start, 3),
         "start_time": start,
         "end_time": end,
-        "status_dict": {"success": len(rows)},
+        "status_dict": {"success": n},
     } | (extra_stats or {})
     with atomic_open(p["stats"], "wb") as f:
         f.write(json.dumps(stats, indent=2).encode())

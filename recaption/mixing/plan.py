@@ -4,12 +4,14 @@ fix which kept samples each output shard holds.
 A decisions file has one row per annotation row, in input order: `key`, `kept`, `reason` (why it
 was dropped), `caption_source`, `caption` (the `txt` written), `raw_caption`,
 `synthetic_caption`, `clip_raw`, `clip_synthetic`, `sieve`, `blend`, `captioner`; missing scores
-are null. Its parquet metadata (`recaption.decisions`) says what made it: schema version, the
-shard's name, URL, size and mtime, the annotation file, strategy, threshold, filter rules and
-min/max, and the `--caption-keys` level (`all` adds a `captions` column: every candidate, for the
-keys). A row a filter rule dropped has that rule and its own value as its reason. The write
-stage reads its slice from there and decides nothing again; the files stay after the run, so a
-loader can apply a mix without the mixed tars.
+are null; then the shard's member index (`recaption.io.tarindex`), where the annotation file has
+one made from the shard as it is now, so that the writer copies spans. Its parquet metadata
+(`recaption.decisions`) says what made it: schema version, the shard's name, URL, size and mtime,
+the annotation file, strategy, threshold, filter rules and min/max, and the `--caption-keys`
+level (`all` adds a `captions` column: every candidate, for the keys). A row a filter rule
+dropped has that rule and its own value as its reason. The write stage reads its slice from
+there and decides nothing again; the files stay after the run, so a loader can apply a mix
+without the mixed tars.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recaption.io import annotations as ann
+from recaption.io import tarindex
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
 from recaption.mixing import caption_keys
 from recaption.mixing import columns as colmod
@@ -99,7 +102,9 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters)
     if caption_keys.needs_candidates(cfg.caption_keys):  # what the keys of every candidate are written from
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
-    meta = {"version": VERSION, "shard": f.name, "input": f.url, **file_info(f.url), "annotations": f.path,
+    shard_now = file_info(f.url)
+    table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
+    meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
             "caption_keys": cfg.caption_keys,

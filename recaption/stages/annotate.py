@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from recaption import annotators as registry
 from recaption.io import annotations as ann
+from recaption.io import tarindex
 from recaption.io.shards import ReadFailure
 from recaption.io.sources import shard_name
 from recaption.stages.bundle import AnnotatorSpec, Bundle
@@ -121,6 +122,8 @@ class AnnotateStage:
                 return ShardReport(name, "skipped", work.existing_rows)
             self.setup()
             rows = self._rows(url, name, work, t, progress)
+            if work.needs_images:  # the shard was read: its member index holds for it as it is now
+                work.keep[tarindex.GROUP] = tarindex.identity(url)
             with t("write"):
                 commit(out, rows, work, self.spec.groups)
         except Exception as e:  # a broken shard never stops the others
@@ -179,6 +182,7 @@ class AnnotateStage:
             else:
                 row = registry.empty_row(rec.key, name, rec.raw_caption)
                 rows.append(row)
+            row.update(rec.index_fields())  # where its members lie in the tar (io/tarindex.py)
             err = batch.image_error(i)
             if err is not None:
                 row.update(status="error", error=f"decode: {err}")

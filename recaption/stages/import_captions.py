@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from recaption import annotators as registry
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
+from recaption.io import tarindex
 from recaption.io.atomic import open_url
 from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadOptions, iter_shard
 from recaption.io.sources import shard_name
@@ -76,9 +77,11 @@ class ImportStage:
             k = rec.key if s.key_column == "key" else str((rec.meta or {}).get(s.key_column))
             caps = self.table.get(k, [])
             matched += bool(caps)
-            rows.append(registry.empty_row(rec.key, name, rec.raw_caption) | {"captions": caps, "captioner": s.captioner})
+            rows.append(registry.empty_row(rec.key, name, rec.raw_caption) | {"captions": caps, "captioner": s.captioner}
+                        | rec.index_fields())
             if progress:
                 progress(1)
+        work.keep[tarindex.GROUP] = tarindex.identity(url)  # the shard its member index describes
         commit(out, rows, work, s.groups)
         keyed = [r for r in rows if r["key"] is not None]
         return ShardReport(name, "done", len(keyed), sum(r["status"] != "ok" for r in keyed),

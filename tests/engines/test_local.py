@@ -23,3 +23,13 @@ def test_two_worker_processes_match_in_process(shard_dir, tiny_models, minilm, t
             assert x["clip_captions"] == pytest.approx(y["clip_captions"], abs=1e-5)
             same = {k: v for k, v in x.items() if k not in FLOATS + ("clip_captions",)}
             assert same == {k: v for k, v in y.items() if k not in FLOATS + ("clip_captions",)}
+
+
+def test_cpu_only_stages_take_a_process_per_two_cores_where_the_work_pays():
+    from recaption.engines.local import SAMPLES_PER_PROCESS, cpu_workers
+
+    assert cpu_workers(None, 16) == 8 and cpu_workers(None, 1) == 1  # count unknown: the cores decide
+    assert cpu_workers(100 * SAMPLES_PER_PROCESS, 16) == 8
+    assert cpu_workers(3 * SAMPLES_PER_PROCESS, 16) == 3  # no process without its share of samples
+    assert cpu_workers(SAMPLES_PER_PROCESS - 1, 16) == 1 and cpu_workers(0, 2) == 1
+    assert cpu_workers(100 * SAMPLES_PER_PROCESS, 2) == 1  # two cores: one process and its writer thread
