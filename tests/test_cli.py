@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 VERBS = ["caption", "score", "annotate", "mix", "run", "import-captions", "report", "recipes", "models", "demo"]
 

@@ -5,17 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from recaption.cli import main
 from recaption.io import annotations as ann
-from tests.helpers import dropped, input_samples, read_output, summary
-
-
-def cli(*args):
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
+from tests.helpers import cli, dropped, input_samples, read_output, summary
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from recaption.io import folders
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 @pytest.fixture()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from recaption.io import annotations as ann
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

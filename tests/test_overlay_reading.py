@@ -14,8 +14,8 @@ from recaption.engines import Execution
 from recaption.errors import RecaptionError
 from recaption.mixing.strategies import MixConfig
 from recaption.webdataset import overlay, ray_overlay
-from tests.mixing.test_caption_keys import annotate_by_captioners
-from tests.test_webdataset import plain, urls
+from tests.helpers import annotate_by_captioners
+from tests.helpers import plain, urls
 
 QUIET = Execution(quiet=True)
 STRATEGIES = {"raw": MixConfig("raw", fraction=0.7), "synthetic": MixConfig("synthetic"),

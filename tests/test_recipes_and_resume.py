@@ -9,7 +9,7 @@ from recaption.io import annotations as ann
 from recaption.recipes import list_recipes, load_recipe
 from recaption.errors import RecaptionError
 from tests.helpers import dropped, input_samples, read_output, summary, tree_bytes
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def tiny_sets(recipe, m, minilm):

@@ -10,7 +10,7 @@ import pytest
 from recaption.io import annotations as ann
 from tests.helpers import tree_bytes
 from tests.servers import http_server, leftovers, need_http_client, s3_client_fs
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 pytestmark = pytest.mark.remote
 MIX = ["--strategy", "both", "--samples-per-shard", 5, "-q"]

@@ -8,7 +8,7 @@ import pytest
 from recaption.io import annotations as ann
 from recaption.io import folders
 from recaption.io import tarindex
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def _rows(d):

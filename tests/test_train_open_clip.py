@@ -16,7 +16,7 @@ from recaption import api
 from recaption.engines import Execution
 from recaption.mixing.strategies import MixConfig
 from recaption.webdataset import overlay
-from tests.mixing.test_caption_keys import annotate_by_captioners
+from tests.helpers import annotate_by_captioners
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

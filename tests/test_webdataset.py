@@ -16,7 +16,7 @@ from recaption.engines import Execution
 from recaption.errors import RecaptionError
 from recaption.mixing.strategies import MixConfig
 from recaption.webdataset import overlay, ray_dataset, ray_overlay
-from tests.mixing.test_plan import annotate_randomly
+from tests.helpers import annotate_randomly, plain, urls
 
 QUIET = Execution(quiet=True)
 CONFIGS = {
@@ -47,16 +47,6 @@ def mixes(shard_dir, tmp_path_factory):
         assert any(r.startswith("filter") for r in s["counts"]["dropped_by_reason"]) == bool(cfg.filters)
         out[name] = (full, ov)
     return out
-
-
-def urls(folder) -> list[str]:
-    return sorted(str(p) for p in folder.glob("*.tar"))
-
-
-def plain(s: dict) -> dict:
-    """A sample without where it was read from, and without the members it lacks (None, or NaN
-    where Ray's reader keeps a column of some samples' members as Python objects)."""
-    return {k: v for k, v in s.items() if k not in ("__url__", "__local_path__") and v is not None and v == v}
 
 
 def materialised(full) -> list[dict]:

@@ -13,7 +13,7 @@ from PIL import Image
 from recaption import annotators
 from recaption.demo.samples import write_tar
 from tests.annotators.brightness import Brightness
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def _jpeg(level: int) -> bytes:

@@ -4,7 +4,7 @@ workers on two cores run torch with one thread each and in-process work with two
 import pytest
 
 from recaption.io import annotations as ann
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 FLOATS = ("clip_raw", "sieve", "sieve_mean")
 

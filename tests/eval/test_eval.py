@@ -143,7 +143,7 @@ def test_caption_eval_runs_on_bundled_set(tiny_models, tmp_path):
 
 
 def test_compare_strategies_table(tiny_models, minilm, shard_dir, tmp_path):
-    from tests.test_end_to_end import cli
+    from tests.helpers import cli
 
     a = tmp_path / "ann"
     assert cli("annotate", shard_dir, "-o", a, "-c", "sieve", "--model", tiny_models["blip"], "--num-captions", 2,

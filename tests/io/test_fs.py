@@ -6,7 +6,7 @@ import pytest
 
 from recaption.errors import MissingExtra, RecaptionError
 from recaption.io import fs as rfs
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 @pytest.fixture(autouse=True)

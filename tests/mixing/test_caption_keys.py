@@ -14,23 +14,9 @@ from recaption.errors import RecaptionError
 from recaption.mixing import caption_keys as ck
 from recaption.mixing.caption_choice import CaptionChoice
 from recaption.mixing.members import splice_recaption, with_recaption
-from tests.helpers import read_output
-from tests.mixing.test_plan import annotate_randomly
+from tests.helpers import CAPTIONERS, annotate_by_captioners, read_output
 
 QUIET = Execution(quiet=True)
-CAPTIONERS = {"00000": "Salesforce/blip-image-captioning-base", "00001": "/models/coca;ViT L", "00002": "imported"}
-
-
-def annotate_by_captioners(shard_dir, ann_dir, captioners=CAPTIONERS, seed=0):
-    """Random annotations whose shards were captioned by different captioners."""
-    annotate_randomly(shard_dir, ann_dir, seed=seed)
-    for name, who in captioners.items():
-        path = ann_dir / f"{name}.parquet"
-        t = pq.read_table(path)
-        i = t.column_names.index("captioner")
-        t = t.set_column(i, "captioner", pa.array([who] * len(t), pa.string()))
-        pq.write_table(t, path)  # the schema metadata (the groups) stays
-    return ann_dir
 
 
 def test_column_encoding_is_one_row_at_a_time():
@@ -124,7 +110,7 @@ def test_every_caption_under_its_own_top_level_key(shard_dir, keyed_ann, tmp_pat
 
 
 def test_caption_keys_are_a_recorded_setting(shard_dir, keyed_ann, tmp_path, capsys):
-    from tests.test_end_to_end import cli
+    from tests.helpers import cli
 
     out = tmp_path / "out"
     base = ["mix", shard_dir, "-a", keyed_ann, "-o", out, "--strategy", "both", "-q"]

@@ -20,7 +20,7 @@ from recaption.mixing.strategies import MixConfig, PoolNumbers, decide
 from recaption.scoring.blend import MinMax, kept_rank
 from recaption.demo.samples import write_tar
 from tests.helpers import dropped, input_samples, read_output
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 EN = "a small red bird sitting on a green branch"  # English, 9 words, 42 characters
 

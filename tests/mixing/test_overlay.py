@@ -8,8 +8,8 @@ import pytest
 from recaption.errors import RecaptionError
 from recaption.mixing.overlay import reader_shard_name, stat_target
 from tests.helpers import summary
-from tests.mixing.test_plan import annotate_randomly
-from tests.test_end_to_end import cli
+from tests.helpers import annotate_randomly
+from tests.helpers import cli
 
 MIX = ["--strategy", "threshold", "--fraction", "0.3", "--filter-synthetic", "-q"]
 

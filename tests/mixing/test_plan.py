@@ -11,14 +11,12 @@ import pytest
 from recaption import api
 from recaption.engines import Execution
 from recaption.io import annotations as ann
-from recaption.io.shards import iter_shard
 from recaption.stages.write_mix import MixWriteStage
 from recaption.mixing.plan import Part, assign, decisions_path, plan, plan_dict, read_meta
 from recaption.mixing.pool import pool_pass
 from recaption.mixing.strategies import MixConfig
-from tests.helpers import dropped, read_output
-from tests.mixing import oracle
-from tests.test_end_to_end import cli
+from tests.helpers import annotate_randomly, dropped, read_output
+from tests.helpers import cli
 
 QUIET = Execution(quiet=True)
 
@@ -35,20 +33,6 @@ def test_assign_cuts_runs_of_kept_samples():
     same = assign(kept, MixConfig("raw", keep_sharding=True), "out")
     assert [(p.name, p.parts) for p in same] == [(n, [Part(u, d, 0, k)]) for n, u, d, k in kept]
     assert assign([], MixConfig("raw"), "out") == []
-
-
-def annotate_randomly(shard_dir, ann_dir, seed=0):
-    """Annotation files for real shards: their keys, random scores with ties, NaN and nulls."""
-    ann_dir.mkdir(exist_ok=True)
-    for t in sorted(shard_dir.glob("*.tar")):
-        recs = list(iter_shard(str(t)))
-        rows = oracle.random_rows(len(recs), seed=seed + int(t.stem), shard=t.stem)
-        for r, rec in zip(rows, recs):
-            r["key"], r["raw_caption"] = rec.key, getattr(rec, "raw_caption", None)
-            if not hasattr(rec, "members"):
-                r.update(status="error", error=rec.reason)
-        ann.write(str(ann_dir / f"{t.stem}.parquet"), rows)
-    return ann_dir
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +99,19 @@ def test_mix_output_extracts_with_gnu_tar(shard_dir, random_ann, tmp_path):
     out = tmp_path / "out"
     api.mix(str(shard_dir), str(random_ann), str(out), MixConfig("both", samples_per_shard=5), execution=QUIET)
     got = read_output(out)
-    for t in sorted(out.glob("*.tar")):
+    tars, extracted = sorted(out.glob("*.tar")), 0
+    for t in tars:
         dest = tmp_path / t.stem
         dest.mkdir()
         subprocess.run(["tar", "-xf", str(t), "-C", str(dest)], check=True)
         for p in dest.iterdir():
+            extracted += 1
             key, field = p.name.split(".", 1)
             assert got[key].members[field] == p.read_bytes()
             if field == "json":
                 json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in json"))
+    # the loops ran: every member of every sample written was extracted and compared
+    assert tars and extracted == sum(len(s.members) for s in got.values())
 
 
 def test_mix_without_annotation_files_creates_nothing(shard_dir, tmp_path, capsys):
@@ -153,7 +141,9 @@ def test_ray_engine_writes_the_same_files(shard_dir, random_ann, tmp_path, ray_l
     api.mix(str(shard_dir), str(random_ann), str(tmp_path / "local"), cfg, execution=QUIET)
     api.mix(str(shard_dir), str(random_ann), str(tmp_path / "ray"), cfg, execution=Execution(engine="ray", quiet=True))
     assert tree_bytes(tmp_path / "local") == tree_bytes(tmp_path / "ray")
-    for d in sorted((tmp_path / "local" / "_decisions").iterdir()):
+    decided = sorted((tmp_path / "local" / "_decisions").iterdir())
+    assert len(decided) == len(list(shard_dir.glob("*.tar")))  # one decisions file a shard, each compared
+    for d in decided:
         assert pq.read_table(d).equals(pq.read_table(tmp_path / "ray" / "_decisions" / d.name))
 
 

@@ -352,7 +352,7 @@ def test_member_blocks_made_a_column_at_a_time_are_tarfile_s():
 def test_captioning_and_scoring_record_the_index(shard_dir, tiny_models, tmp_path):
     """The annotate stage records the index for the rows it makes, and a scoring pass that reads
     the images adds it to a file written before the index existed."""
-    from tests.test_end_to_end import cli
+    from tests.helpers import cli
 
     shard = shard_dir / "00001.tar"
     a = tmp_path / "a"

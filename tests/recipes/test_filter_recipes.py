@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from recaption.resources import sample_shards_dir
 from tests.helpers import dropped, input_samples, read_output, summary
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def _accounted(out):

@@ -2,7 +2,7 @@
 from the paper fails here; each names its source and what it does not reproduce."""
 from recaption.captioners.base import list_presets
 from recaption.recipes import list_recipes, load_recipe, recipe_parts
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def test_every_recipe_names_its_source():

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from recaption.report.data import load
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 N = 18  # samples in the session's shard_dir
 

@@ -7,7 +7,7 @@ from recaption.io.images import decode
 from recaption.io.shards import iter_shard
 from recaption.scoring.clip import ClipConfig, ClipScorer
 from recaption.scoring.rerank import RerankStep, keep_top, run_chain, validate_chain
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def test_keep_top_prefers_the_first_on_ties_and_skips_unscored():

@@ -1,7 +1,7 @@
 """A shard that fails is reported to the user once, in one line; the traceback only with --debug."""
 import logging
 
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def _disk_full(*a, **k):

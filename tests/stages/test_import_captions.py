@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 
 from recaption.io import annotations as ann
 from tests.helpers import input_samples
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def test_import_by_key_csv_then_score_and_mix(shard_dir, tmp_path, tiny_models, minilm):

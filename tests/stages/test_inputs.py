@@ -1,5 +1,5 @@
 """The annotate pass reads images through the fast input path by default; the exact path agrees."""
-from tests.test_end_to_end import cli
+from tests.helpers import cli
 
 
 def test_fast_and_exact_input_paths_agree(shard_dir, tiny_models, tmp_path):
