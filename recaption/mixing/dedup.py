@@ -100,11 +100,11 @@ class DedupResult:
         return self.files.get(index) or _no_drops()
 
 
-
 # -- per file ----------------------------------------------------------------------------------
 def file_keys(table, config: DedupConfig, eligible: np.ndarray | None = None) -> FileKeys:
     """An annotation table (pyarrow, with `config.columns()`) -> its FileKeys: the rows of
-    `eligible` (default: all) that have a fingerprint the rules read."""
+    `eligible` (default: all) that have a fingerprint the rules read (every eligible row when the
+    embedding rule runs: rows without an embedding are skipped there)."""
     n = table.num_rows
     ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool).copy()
     hi = lo = has_sha = p = m = has_p = score = None
@@ -114,11 +114,12 @@ def file_keys(table, config: DedupConfig, eligible: np.ndarray | None = None) ->
         p, pv = uint64_column(table.column(PHASH_COLUMN))
         m, mv = uint64_column(table.column(MIRROR_COLUMN))
         has_p = pv & mv
-    present = np.zeros(n, dtype=bool)
-    for mask in (has_sha, has_p):
-        if mask is not None:
-            present |= mask
-    ok &= present
+    if config.cosine is None:  # the embedding rule reads the embedding files: every row may take part
+        present = np.zeros(n, dtype=bool)
+        for mask in (has_sha, has_p):
+            if mask is not None:
+                present |= mask
+        ok &= present
     rows = np.flatnonzero(ok).astype(np.int32)
     if config.score:
         score = np.asarray(table.column(config.score).to_numpy(zero_copy_only=False), dtype=np.float32)[rows]
@@ -178,7 +179,8 @@ class Duplicates:
         self._files: dict[int, FileKeys] = {}
 
     def add(self, index: int, keys: FileKeys) -> None:
-        """One file's keys (a file index added twice is an error)."""
+        """One file's keys, handed over: `run` releases their arrays as it copies them (a file
+        index added twice is an error)."""
         if index in self._files:
             raise ValueError(f"file {index} added twice")
         self._files[index] = keys
@@ -227,17 +229,18 @@ class _Pool:
         self.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
         self.n = int(self.offsets[-1])
         parts = [files[i] for i in order]
-        self.rows = _cat([f.rows for f in parts], np.int32)
+        # column by column, each file's arrays released once copied: the pool is never held twice
+        self.rows = _take(parts, "rows", np.int32)
         self.alive = np.ones(self.n, dtype=bool)
         self.last_candidates = 0
         if cfg.exact:
-            self.sha_hi, self.sha_lo = _cat([f.sha_hi for f in parts], np.uint64), _cat([f.sha_lo for f in parts], np.uint64)
-            self.has_sha = _cat([f.has_sha for f in parts], bool)
+            self.sha_hi, self.sha_lo = _take(parts, "sha_hi", np.uint64), _take(parts, "sha_lo", np.uint64)
+            self.has_sha = _take(parts, "has_sha", bool)
         if cfg.phash_k is not None:
-            self.phash, self.mirror = _cat([f.phash for f in parts], np.uint64), _cat([f.mirror for f in parts], np.uint64)
-            self.has_phash = _cat([f.has_phash for f in parts], bool)
+            self.phash, self.mirror = _take(parts, "phash", np.uint64), _take(parts, "mirror", np.uint64)
+            self.has_phash = _take(parts, "has_phash", bool)
         if cfg.score:
-            score = _cat([f.score for f in parts], np.float32)
+            score = _take(parts, "score", np.float32)
             score = np.where(np.isnan(score), -np.inf, score)
             self.rank = np.empty(self.n, dtype=np.int64)
             self.rank[np.lexsort((np.arange(self.n), -score))] = np.arange(self.n)  # best first, then input order
@@ -259,16 +262,16 @@ class _Pool:
     # -- rules: each returns (dropped positions, partner positions, code, value) ---------------
     def exact(self):
         """Equal sha256: every member of a group but the first names the first."""
-        g = np.flatnonzero(self.alive & self.has_sha)
-        self.last_candidates = len(g)
-        hi = self.sha_hi[g]
-        s = np.sort(hi)
-        dup = s[1:][s[1:] == s[:-1]]
-        if not len(dup):
+        mask = self.alive & self.has_sha
+        whole = bool(mask.all())
+        g = None if whole else np.flatnonzero(mask)
+        del mask
+        self.last_candidates = self.n if whole else len(g)
+        hi = self.sha_hi if whole else self.sha_hi[g]
+        sub = np.flatnonzero(_repeats(hi))  # only rows whose first word repeats: the rest are unique
+        if not len(sub):
             return _no_rule()
-        dup = np.unique(dup)
-        pos = np.searchsorted(dup, hi).clip(0, len(dup) - 1)
-        sub = g[dup[pos] == hi]  # only rows whose first word repeats: the rest are unique
+        sub = sub if whole else g[sub]
         h, lo = self.sha_hi[sub], self.sha_lo[sub]
         order = np.lexsort((self.ranks(sub), lo, h))
         sub, h, lo = sub[order], h[order], lo[order]
@@ -285,6 +288,7 @@ class _Pool:
         if len(g) < 2:
             return _no_rule()
         p, m = (self.phash, self.mirror) if len(g) == self.n else (self.phash[g], self.mirror[g])
+        self.free_phash()  # this rule is their last reader: keep only the candidates' copy
         rep = _same_pair(p, m, self.ranks(g))  # None, or per sample the first with the same pair
         reps = g if rep is None else g[rep == np.arange(len(g))]
         if rep is not None:
@@ -315,8 +319,9 @@ class _Pool:
 
         g = np.flatnonzero(self.alive)
         self.last_candidates = len(g)
-        fidx = np.searchsorted(self.offsets, g, side="right") - 1
-        files = [(int(self.file_ids[f]), self.rows[g[fidx == f]], g[fidx == f]) for f in np.unique(fidx)]
+        cut = np.searchsorted(g, self.offsets)  # g is sorted: each file's positions are one slice
+        files = [(int(self.file_ids[f]), self.rows[g[cut[f]:cut[f + 1]]], g[cut[f]:cut[f + 1]])
+                 for f in range(len(self.file_ids)) if cut[f + 1] > cut[f]]
         a, b, cos = semantic.pairs(files, embeddings, cosine, cluster_size=self.cfg.cluster_size,
                                    seed=self.cfg.seed, tmpdir=tmpdir)
         idx = np.searchsorted(g, np.concatenate([a, b]))
@@ -369,20 +374,39 @@ def _same_pair(p: np.ndarray, m: np.ndarray, rank: np.ndarray) -> np.ndarray | N
     first), or None when no two samples share one: only samples whose p repeats are sorted, so a
     pool of distinct hashes costs one sort."""
     n = len(p)
-    s = np.sort(p)
-    dup = s[1:][s[1:] == s[:-1]]
-    del s
-    if not len(dup):
+    sub = np.flatnonzero(_repeats(p))
+    if not len(sub):
         return None
     rep = np.arange(n)
-    dup = np.unique(dup)
-    sub = np.flatnonzero(dup[np.searchsorted(dup, p).clip(0, len(dup) - 1)] == p)
     order = np.lexsort((rank[sub], m[sub], p[sub]))
     sub = sub[order]
     ps, ms = p[sub], m[sub]
     new = np.r_[True, (ps[1:] != ps[:-1]) | (ms[1:] != ms[:-1])]
     rep[sub] = sub[np.maximum.accumulate(np.where(new, np.arange(len(sub)), 0))]
     return rep
+
+
+def _repeats(values: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """bool: which values occur more than once (one sort, then a membership test a slice at a time,
+    so no index array as long as the input is made)."""
+    s = np.sort(values)
+    dup = np.unique(s[1:][s[1:] == s[:-1]])
+    del s
+    out = np.zeros(len(values), dtype=bool)
+    if len(dup):
+        for a in range(0, len(values), step):
+            v = values[a:a + step]
+            at = np.minimum(np.searchsorted(dup, v), len(dup) - 1)
+            out[a:a + step] = dup[at] == v
+    return out
+
+
+def _take(parts, name: str, dtype) -> np.ndarray:
+    """One FileKeys field of every file, side by side; the files' own arrays are let go."""
+    out = _cat([getattr(p, name) for p in parts], dtype)
+    for p in parts:
+        setattr(p, name, None)
+    return out
 
 
 def _cat(parts, dtype) -> np.ndarray:

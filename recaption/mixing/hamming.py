@@ -9,7 +9,7 @@ at most k. Keys wider than 32 bits are folded to 32 by a multiplicative hash: a 
 candidates, which the distance check removes, so the result stays exact. s is chosen per call from
 the sizes (fewer, wider tables against more candidates); small inputs are compared all against all.
 
-Memory: a few uint64 buffers of the input's length, allocated once and reused by every table, and
+Memory: one uint64 buffer as long as the input, allocated once and reused by every table, and
 candidates in chunks of CHUNK.
 """
 from __future__ import annotations
@@ -88,39 +88,26 @@ def _blocks(m: int) -> list[tuple[int, int]]:
 
 
 class _Buffers:
-    """Reusable arrays for x and y together: (key << 32 | id) sorted, ids of y after x's. Fresh
-    memory is slow to fault in on some hosts, and reuse bounds the peak too."""
+    """x's and y's (key << 32 | id) for one table, sorted, ids of y after x's: one uint64 a hash,
+    allocated once and reused by every table (keys are computed a slice at a time). Fresh memory
+    is slow to fault in on some hosts, and reuse bounds the peak too."""
+
+    SLICE = 1 << 20
 
     def __init__(self, nx: int, ny: int):
         self.nx = nx
         self.packed = np.empty(nx + ny, dtype=np.uint64)
-        self.tmp = np.empty(max(nx, ny), dtype=np.uint64)
-        self.ids = np.arange(nx + ny, dtype=np.uint32)
 
     def sort_keys(self, x: np.ndarray, y: np.ndarray, blocks) -> None:
         """packed <- (key of each hash on these blocks) << 32 | id, sorted."""
-        self._keys(x, self.packed[:self.nx], self.tmp[:len(x)], blocks)
-        self._keys(y, self.packed[self.nx:], self.tmp[:len(y)], blocks)
-        p = self.packed
-        np.left_shift(p, _32, out=p)
-        np.bitwise_or(p, self.ids, out=p)
-        p.sort()
-
-    @staticmethod
-    def _keys(h, p, t, blocks) -> None:
-        width = 0
-        for n_block, (lo, hi) in enumerate(blocks):
-            n = hi - lo
-            dst = p if n_block == 0 else t
-            np.right_shift(h, np.uint64(lo), out=dst)
-            np.bitwise_and(dst, np.uint64((1 << n) - 1), out=dst)
-            if n_block:
-                np.left_shift(p, np.uint64(n), out=p)
-                np.bitwise_or(p, t, out=p)
-            width += n
-        if width > 32:
-            np.multiply(p, _FOLD, out=p)
-            np.right_shift(p, _32, out=p)
+        for h, offset in ((x, 0), (y, self.nx)):
+            for s in range(0, len(h), self.SLICE):
+                part = h[s:s + self.SLICE]
+                out = self.packed[offset + s:offset + s + len(part)]
+                _key_into(part, blocks, out)
+                np.left_shift(out, _32, out=out)
+                np.bitwise_or(out, np.arange(offset + s, offset + s + len(part), dtype=np.uint64), out=out)
+        self.packed.sort()
 
     def keys(self) -> np.ndarray:
         """The sorted keys (a strided view of the high halves)."""
@@ -129,6 +116,23 @@ class _Buffers:
     def order(self) -> np.ndarray:
         """The ids in key order (a strided view of the low halves)."""
         return self.packed.view(np.uint32)[0::2]
+
+
+def _key_into(h: np.ndarray, blocks, out: np.ndarray) -> None:
+    """out <- the chosen blocks' bits of h side by side, folded to 32 bits when wider."""
+    width = 0
+    for lo, hi in blocks:
+        n = hi - lo
+        bits = (h >> np.uint64(lo)) & np.uint64((1 << n) - 1)
+        if width:
+            np.left_shift(out, np.uint64(n), out=out)
+            np.bitwise_or(out, bits, out=out)
+        else:
+            out[...] = bits
+        width += n
+    if width > 32:
+        np.multiply(out, _FOLD, out=out)
+        np.right_shift(out, _32, out=out)
 
 
 def _runs(buf: _Buffers, x: np.ndarray, y: np.ndarray, k: int, within: bool) -> tuple[Pairs, Pairs]:

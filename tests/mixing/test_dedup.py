@@ -261,6 +261,9 @@ def test_file_keys_skips_rows_without_fingerprints_and_outside_eligible():
     assert k.has_sha.tolist() == [True] and k.has_phash.tolist() == [True]
     assert k.sha_hi[0] == int.from_bytes(b"a" * 8, "big") and k.score.tolist() == [0.5]
     assert D.DedupConfig(score="clip_raw").columns() == [D.SHA_COLUMN, D.PHASH_COLUMN, D.MIRROR_COLUMN, "clip_raw"]
+    # with the embedding rule every eligible row takes part (the embedding files say which have one)
+    k = D.file_keys(t, D.DedupConfig(cosine=0.9), eligible=np.array([True, True, False, True]))
+    assert k.rows.tolist() == [0, 1, 3]
 
 
 # -- bounded memory ------------------------------------------------------------------------

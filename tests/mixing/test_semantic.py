@@ -104,3 +104,32 @@ def test_without_faiss_the_rule_says_which_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
     with pytest.raises(MissingExtra, match=r"recaption\[dedup\]"):
         semantic.pairs([(0, np.arange(3), np.arange(3))], lambda f: np.eye(3), 0.9)
+
+
+def test_rules_run_in_turn_each_on_what_the_earlier_kept(planted):
+    """The first 20 planted groups are also byte copies: the sha256 rule drops their copies, and the
+    embedding rule neither drops them again nor names them as partners. (One cluster here, so the
+    two runs compare the same pairs.)"""
+    ann, x, groups = planted
+    n = FILES * ROWS
+    sha = np.arange(n, dtype=np.uint64)
+    for g in groups[:20]:
+        sha[g] = sha[g.min()]
+    cfg = D.DedupConfig(exact=True, phash_k=None, cosine=0.9, cluster_size=n)
+    dup = D.Duplicates(cfg)
+    for f in range(FILES):
+        s = slice(f * ROWS, (f + 1) * ROWS)
+        dup.add(f, D.FileKeys(np.arange(ROWS, dtype=np.int32), sha[s], np.zeros(ROWS, np.uint64),
+                              np.ones(ROWS, bool)))
+    result = dup.run(embeddings=lambda f: E.read_vectors(ann, f"{f:05d}"))
+    exact = sum(len(g) - 1 for g in groups[:20])
+    assert result.counts["sha256"] == exact
+    embedded = [sum(bool(x[m].any()) for m in g) for g in groups[:20]]
+    alone = len(flat(run(ann, cluster_size=n)))
+    assert result.counts["embedding"] == alone - sum(max(0, e - 1) for e in embedded)
+    assert result.candidates["embedding"] == n - exact
+    by_exact = {f * ROWS + int(r) for f in range(FILES) for r, c in zip(result.file(f).rows, result.file(f).code)
+                if c == D.EXACT}
+    named = {int(pf) * ROWS + int(pr) for f in range(FILES) for pf, pr, c in
+             zip(result.file(f).partner_file, result.file(f).partner_row, result.file(f).code) if c == D.EMBEDDING}
+    assert not by_exact & named
