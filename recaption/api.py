@@ -160,6 +160,10 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
+    if overlay and dry_run:
+        raise RecaptionError("--overlay writes the decisions files and --dry-run writes nothing: choose one")
+    if out_dir is None and not dry_run:
+        raise RecaptionError("give --out, or --dry-run to only see the numbers")
     ex = (execution or Execution()).validate()
     shards = shards_of(input_spec)
     if out_dir is not None and not dry_run:

@@ -1,6 +1,7 @@
 """The package keeps the shape recaption/ARCHITECTURE.md draws. Imports go one way, down the data
 path: a package imports only packages of a lower layer, lazy imports inside functions included, so
-io knows no model, stages never reach for an engine, and nothing below the CLI imports it. And
+io knows no model, engines know no model and no mixing, stages never reach for an engine, and
+nothing below the CLI imports it. Inside a package, modules import each other without a loop. And
 every public definition says in a line what it is for."""
 import ast
 from pathlib import Path
@@ -11,12 +12,12 @@ PACKAGE = Path(recaption.__file__).parent
 
 LAYERS = [
     {"errors"},
-    {"resources", "models", "progress"},
+    {"resources", "models", "progress", "declare"},
     {"io"},
-    {"captioners", "scoring"},
+    {"captioners", "scoring", "engines"},
     {"annotators"},
     {"mixing"},
-    {"stages", "engines", "recipes", "report", "webdataset"},
+    {"stages", "recipes", "report", "webdataset"},
     {"api", "train_open_clip"},
     {"demo"},
     {"cli", "testing", "__main__"},
@@ -36,6 +37,12 @@ def imported(tree: ast.AST) -> set[str]:
     return out
 
 
+# Pairs that the layers would allow but the design forbids: the stages are what engines run, so
+# they never reach for one (an engine hands a stage its CPU share through `set_threads`), and
+# annotators are built inside whichever engine's worker.
+NEVER = {("stages", "engines"), ("annotators", "engines")}
+
+
 def test_every_package_has_a_layer():
     tops = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
@@ -53,6 +60,82 @@ def test_imports_only_go_down():
             if RANK.get(other, -1) >= RANK[top]:
                 upward.append(f"{rel} imports recaption.{other}")
     assert not upward, "\n".join(upward)
+
+
+def test_forbidden_pairs_are_absent():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        top = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        for other in imported(ast.parse(path.read_text())):
+            if (top, other) in NEVER:
+                found.append(f"{path.relative_to(PACKAGE)} imports recaption.{other}")
+    assert not found, "\n".join(found)
+
+
+def module_name(path: Path) -> str:
+    """`recaption.mixing.columns` for recaption/mixing/columns.py (a package by its __init__)."""
+    parts = ("recaption",) + path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_imports(tree: ast.AST, modules: set[str]) -> set[str]:
+    """The recaption modules a module imports, anywhere in it (`from pkg import mod` counts mod)."""
+    out = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module and n.module.startswith("recaption"):
+            for a in n.names:
+                sub = f"{n.module}.{a.name}"
+                out.add(sub if sub in modules else n.module)
+        elif isinstance(n, ast.Import):
+            out |= {a.name for a in n.names if a.name.startswith("recaption.")}
+    return out & modules
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of a graph (its strongly connected components of more than one module)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_inside_a_package():
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {o for o in module_imports(ast.parse(p.read_text()), set(paths)) if o != m}
+             for m, p in paths.items()}
+    # a package's submodules may use its __init__ (the registry they belong to); the reverse goes
+    # through the registry's names, not an import, so a cycle is a loop between modules
+    found = [c for c in cycles(graph)]
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_check_finds_a_loop():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
 
 
 def test_the_check_sees_a_lazy_import():

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol
 
+from recaption.declare import Option  # noqa: F401  (part of the contract, re-exported)
 from recaption.errors import RecaptionError
 
 # The arrow types a column may declare, as text, so declarations need no pyarrow.
@@ -51,28 +52,6 @@ def arrow_type(text: str):
         return simple[text]
     assert text.startswith("list<") and text.endswith(">"), text
     return pa.list_(arrow_type(text[5:-1]))
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting an annotator takes: a command-line option and a recipe key of its section.
-
-    `name` is the Python name (unique across annotators); the flag is `--name-with-dashes` unless
-    `flags` says otherwise. A bool is a flag that is off by default. `multiple` makes it repeatable
-    (a list). `choices` limits the values (the help lists them)."""
-
-    name: str
-    type: type = str
-    default: Any = None
-    help: str = ""
-    flags: tuple[str, ...] = ()
-    multiple: bool = False
-    choices: tuple[str, ...] = ()
-
-    @property
-    def flag(self) -> str:
-        """The option's long flag."""
-        return next((f for f in self.flags if f.startswith("--")), "--" + self.name.replace("_", "-"))
 
 
 @dataclass(frozen=True)

@@ -135,10 +135,6 @@ def mix(
     from recaption.errors import RecaptionError
     from recaption.mixing.strategies import MixConfig
 
-    if out is None and not dry_run:
-        raise RecaptionError("give --out, or --dry-run to only see the numbers")
-    if overlay and dry_run:
-        raise RecaptionError("--overlay writes the decisions files and --dry-run writes nothing: choose one")
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
                     filters=filters or [], caption_keys=caption_keys)

@@ -31,7 +31,7 @@ def _choice(name: str, values) -> type[Enum]:
 
 
 StrategyChoice = _choice("StrategyChoice", STRATEGIES)
-EngineChoice = _choice("EngineChoice", ENGINES)
+EngineChoice = _choice("EngineChoice", list(ENGINES))
 PreprocessChoice = _choice("PreprocessChoice", PREPROCESS)
 
 
@@ -76,25 +76,24 @@ def _annotator_params(group: type[AnnotatorOptions], exclude, defaults) -> list[
     """Typer parameters for the options of the annotators of `group`'s kinds, in registry order."""
     from recaption import annotators
 
-    params = []
-    for a in annotators.classes():
-        if a.kind not in group.kinds:
-            continue
-        panel = CAP if a.kind == "captioner" else SCO
-        for o in a.options:
-            if o.name in exclude:
-                continue
-            t = _choice(f"{o.name.title()}Choice", o.choices) if o.choices else o.type
-            if o.multiple:
-                t = Optional[List[t]]
-            elif o.type is not bool and o.default is None:
-                t = Optional[t]
-            default = defaults.get(o.name, o.default)
-            if o.choices and default is not None:
-                default = t(default) if not o.multiple else default
-            ann = Annotated[t, opt(*(o.flags or (o.flag,)), help=o.help, panel=panel)]
-            params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default))
-    return params
+    return [_param(o, CAP if a.kind == "captioner" else SCO, defaults)
+            for a in annotators.classes() if a.kind in group.kinds for o in a.options if o.name not in exclude]
+
+
+def _param(o, panel: str, defaults: dict) -> inspect.Parameter:
+    """The typer parameter of a declared option (`recaption.declare.Option`)."""
+    base = _choice(f"{o.name.title().replace('_', '')}Choice", o.choices) if o.choices else o.type
+    default = defaults.get(o.name, o.default)
+    if o.choices and default is not None and not o.multiple:
+        default = base(default)
+    if o.multiple:
+        t = Optional[List[base]]
+    elif o.type is not bool and default is None:
+        t = Optional[base]
+    else:
+        t = base
+    ann = Annotated[t, opt(*(o.flags or (o.flag,)), help=o.help, panel=panel)]
+    return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
 
 
 @dataclass
@@ -120,22 +119,26 @@ class InputOptions:
 
 @dataclass
 class ExecOptions:
-    """Where and how the work runs."""
+    """Where and how the work runs: what every engine takes, then each engine's own options
+    (`extra`, declared by the engine modules of `recaption.engines`)."""
 
     batch_size: Annotated[Optional[int], opt(help="images per model batch (default: the preset's)", panel=RUN)] = None
     device: Annotated[Optional[str], opt(help="cuda, cuda:1 or cpu (default: cuda when present)", panel=RUN)] = None
     engine: Annotated[EngineChoice, opt(help="local (a worker per GPU, or in-process) or ray", panel=RUN)] = EngineChoice("local")
-    workers: Annotated[Optional[int], opt(help="worker processes or Ray actors (default: one per GPU, else one; writing a mix: one per two cores, each with 50,000 samples or more)", panel=RUN)] = None
+    workers: Annotated[Optional[int], opt(help="worker processes or Ray actors (default: one per GPU, else one; mix writes: one per two cores)", panel=RUN)] = None
     threads: Annotated[Optional[int], opt(help="torch threads per worker (default: CPU cores / workers)", panel=RUN)] = None
-    ray_address: Annotated[Optional[str], opt(help="Ray cluster address, e.g. auto (--engine ray)", panel=RUN)] = None
-    actor_cpus: Annotated[Optional[float], opt(help="CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)", panel=RUN)] = None
-    actor_gpus: Annotated[Optional[float], opt(help="GPUs per Ray actor (default 1 when the cluster has GPUs)", panel=RUN)] = None
+
+    @staticmethod
+    def extra_options() -> list:
+        """Every registered engine's own options."""
+        from recaption.engines import ENGINES, engine
+
+        return [o for name in ENGINES for o in engine(name).OPTIONS]
 
     def execution(self, out: "OutputOptions") -> Execution:
         """The engine settings these options give, quiet when the output options are."""
         return Execution(engine=_value(self.engine), workers=self.workers, threads=self.threads, device=self.device,
-                         ray_address=self.ray_address, actor_cpus=self.actor_cpus, actor_gpus=self.actor_gpus,
-                         quiet=out.quiet)
+                         quiet=out.quiet, options={k: v for k, v in getattr(self, "extra", {}).items() if v is not None})
 
 
 @dataclass
@@ -245,7 +248,7 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                 if isinstance(ann, type) and issubclass(ann, AnnotatorOptions):
                     extra = _annotator_params(ann, exclude, defaults)
                     params += extra
-                    groups[pname] = (ann, [p.name for p in extra])
+                    groups[pname] = (ann, [p.name for p in extra], [])
                 elif dataclasses.is_dataclass(ann):
                     fh = typing.get_type_hints(ann, include_extras=True)
                     names = []
@@ -255,7 +258,10 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                                         annotation=fh[f.name], default=defaults.get(f.name, f.default)))
                         names.append(f.name)
-                    groups[pname] = (ann, names)
+                    extra = [_param(o, RUN, defaults) for o in ann.extra_options() if o.name not in exclude] \
+                        if hasattr(ann, "extra_options") else []
+                    params += extra
+                    groups[pname] = (ann, names, [p.name for p in extra])
                 else:
                     p = inspect.signature(fn).parameters[pname]
                     params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann))
@@ -265,8 +271,14 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
 
         def command(**kw):
             setup_logging(kw.pop("debug"), kw.pop("log_file"))
-            args = {p: cls({n: _value(kw.pop(n)) for n in names}) if issubclass(cls, AnnotatorOptions)
-                    else cls(**{n: kw.pop(n) for n in names}) for p, (cls, names) in groups.items()}
+            args = {}
+            for p, (cls, names, extra) in groups.items():
+                if issubclass(cls, AnnotatorOptions):
+                    args[p] = cls({n: _value(kw.pop(n)) for n in names})
+                    continue
+                args[p] = cls(**{n: kw.pop(n) for n in names})
+                if extra:
+                    args[p].extra = {n: _value(kw.pop(n)) for n in extra}
             code = fn(**args, **kw)
             if code:
                 raise typer.Exit(code)

@@ -1,53 +1,90 @@
-"""Executors: map a per-item stage (annotate one shard, write one output shard) over work items.
+"""Executors: map a per-item stage (annotate one shard, write one output shard) over work items,
+and a function over annotation files (the mix's pool pass and plan).
 
-Both engines run the same stage objects and so write the same files; they differ only in where
-the stage runs. A stage is picklable before `setup()`, which builds its models in the worker.
-Every worker runs torch with the same number of threads for a given command on either engine,
-so the numbers computed do not depend on the engine.
+Engines are a registry of modules (`ENGINES`: name -> module). An engine module provides:
+
+    OPTIONS                     its own command-line options (`recaption.declare.Option`), read
+                                from `Execution.options`; the shared ones are Execution's fields
+    validate(ex)                refuse what it cannot honour, before anything is created
+                                (missing extra, impossible option values)
+    preflight(ex, cpu_only)     check the resources asked for (a Ray cluster: connect, compare)
+    run(stage, items, ex, *, desc, count_of, cpu_only) -> [report dict]
+                                run a stage (`recaption.stages.Stage`) over JSON-able items,
+                                copying the process's storage options into every worker
+    mapper(ex)                  how a function of one annotation file is mapped over many:
+                                an object with `map(fn, items)` yielding results in item order,
+                                and `in_process` (True: a column cache may be shared)
+
+Every engine runs the same stage objects and so writes the same files; they differ only in where
+the stage runs. Every worker runs torch with the same number of threads for a given command on
+either engine, so the numbers computed do not depend on the engine. Engines know no model and no
+mixing: they sit below both (tests/test_layers.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-from dataclasses import dataclass
+import importlib
+import json
+from dataclasses import dataclass, field
 
 from recaption.errors import RecaptionError
 from recaption.io.decode import cpu_cores  # noqa: F401  (re-exported: engines share cores out)
 
-ENGINES = ("local", "ray")
+# name -> module providing OPTIONS, validate, preflight, run, mapper (see the module docstring)
+ENGINES: dict[str, str] = {
+    "local": "recaption.engines.local",
+    "ray": "recaption.engines.ray",
+}
+
+
+def engine(name: str):
+    """The module of a registered engine."""
+    if name not in ENGINES:
+        raise RecaptionError(f"unknown engine {name!r}; choose {', '.join(ENGINES)}")
+    return importlib.import_module(ENGINES[name])
+
+
+def option_owners() -> dict[str, str]:
+    """Each engine-specific option's name -> the engine that takes it."""
+    return {o.name: name for name in ENGINES for o in engine(name).OPTIONS}
 
 
 @dataclass
 class Execution:
-    """Where and how stages run (the Execution options of every verb)."""
+    """Where and how stages run (the Execution options of every verb): what every engine takes,
+    and the chosen engine's own options in `options` (e.g. {"ray_address": "auto"})."""
 
     engine: str = "local"
     workers: int | None = None  # worker processes/actors (default: one per GPU, else one; mix writes: local.cpu_workers)
     threads: int | None = None  # torch threads per worker (default: cores // workers)
     device: str | None = None
-    ray_address: str | None = None
-    actor_cpus: float | None = None
-    actor_gpus: float | None = None
     quiet: bool = False
     log_every: float = 30.0  # seconds between progress log lines when stderr is not a terminal
+    options: dict = field(default_factory=dict)
 
     def validate(self) -> "Execution":
-        """Refuse settings no engine can honour (and a missing Ray); returns self."""
-        if self.engine not in ENGINES:
-            raise RecaptionError(f"unknown engine {self.engine!r}; choose {', '.join(ENGINES)}")
+        """Refuse settings no engine can honour, another engine's options, and what the chosen
+        engine refuses (a missing Ray); returns self."""
+        mod = engine(self.engine)
         for name in ("workers", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise RecaptionError(f"--{name} must be at least 1, got {v}")
-        for name in ("actor_cpus", "actor_gpus"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise RecaptionError(f"--{name.replace('_', '-')} must not be negative, got {v}")
-        if self.engine == "ray":
-            from recaption.errors import require
-
-            require("ray", "ray")
+        own = {o.name for o in mod.OPTIONS}
+        owners = option_owners()
+        for k, v in self.options.items():
+            if k in own or v is None:
+                continue
+            if k not in owners:
+                raise RecaptionError(f"unknown engine option {k!r}")
+            raise RecaptionError(f"--{k.replace('_', '-')} is an option of the {owners[k]} engine; "
+                                 f"add --engine {owners[k]}, or leave it out")
+        mod.validate(self)
         return self
+
+    def get(self, name: str):
+        """One of the engine's own options (None when not given)."""
+        return self.options.get(name)
 
 
 def threads_per_worker(ex: Execution, workers: int) -> int:
@@ -75,15 +112,6 @@ def limit_threads(n: int | None, stage=None) -> int | None:
     return before
 
 
-def preflight(ex: Execution, cpu_only: bool = False) -> None:
-    """Check, before anything is written, that the engine can give what was asked (Ray: connect and
-    compare the actor resources with the cluster's nodes)."""
-    if ex.engine == "ray":
-        from recaption.engines.ray import actor_resources
-
-        actor_resources(ex, cpu_only)
-
-
 def restore_threads(before: int | None) -> None:
     """Put back the torch thread count an in-process run replaced."""
     if before:
@@ -92,28 +120,29 @@ def restore_threads(before: int | None) -> None:
         torch.set_num_threads(before)
 
 
+def preflight(ex: Execution, cpu_only: bool = False) -> None:
+    """Check, before anything is written, that the engine can give what was asked (Ray: connect and
+    compare the actor resources with the cluster's nodes)."""
+    engine(ex.engine).preflight(ex, cpu_only)
+
+
 def run_stage(stage, items: list, execution: Execution | None = None, *, desc: str = "", count_of=None,
               cpu_only: bool = False) -> list[dict]:
     """Run `stage` over `items` with the chosen engine; one report dict per item, in any order.
 
+    Items must be JSON-able (the contract every engine relies on; checked here for all).
     `count_of(item)` gives an item's sample count where known (for the progress bar's total);
     `cpu_only` stages (writing shards) take no GPU even where the cluster has some."""
     ex = (execution or Execution()).validate()
-    if ex.engine == "local":
-        from recaption.engines.local import run
-
-        return run(stage, items, ex, desc=desc, count_of=count_of, cpu_only=cpu_only)
-    from recaption.engines.ray import run
-
-    return run(stage, items, ex, desc=desc, count_of=count_of, cpu_only=cpu_only)
+    try:
+        json.dumps(items)
+    except TypeError as e:
+        raise RecaptionError(f"internal: a stage's work items must be JSON-able ({e})") from None
+    return engine(ex.engine).run(stage, items, ex, desc=desc, count_of=count_of, cpu_only=cpu_only)
 
 
 def mapper(ex: Execution | None = None):
-    """How a pass over annotation files runs (the mix's pool pass and plan): None for `local`
-    (threads in this process, the pool pass's default), one Ray Data task per file for `ray`."""
+    """How a pass over annotation files runs (the mix's pool pass and plan): the engine's mapper
+    (threads in this process for `local`, one Ray Data task per file for `ray`)."""
     ex = (ex or Execution()).validate()
-    if ex.engine == "local":
-        return None
-    from recaption.engines.ray import RayMapper
-
-    return RayMapper(ex.ray_address, num_cpus=1.0, quiet=True)
+    return engine(ex.engine).mapper(ex)

@@ -7,7 +7,8 @@ import multiprocessing as mp
 import os
 import queue
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from typing import Callable
 
 from recaption.engines import Execution, as_dict, cpu_cores, limit_threads, restore_threads, threads_per_worker
 from recaption.io.fs import get_options, set_options
@@ -15,6 +16,42 @@ from recaption.progress import Progress
 
 _STAGE = None
 _PROGRESS = None
+OPTIONS = ()  # the local engine takes only the shared options (workers, threads, device)
+
+
+def validate(ex: Execution) -> None:
+    """Nothing beyond the shared checks."""
+
+
+def preflight(ex: Execution, cpu_only: bool = False) -> None:
+    """Nothing to reach: this machine's resources are checked where they are used (the device)."""
+
+
+def mapper(ex: Execution) -> "Threads":
+    """A few threads in this process."""
+    return Threads()
+
+
+class Threads:
+    """The local mapper: a few threads (pyarrow and numpy release the GIL), results in order."""
+    in_process = True
+
+    def __init__(self, n: int | None = None):
+        self.n = n or min(8, cpu_cores())
+
+    def map(self, fn: Callable, items: list):
+        """fn over items in order, at most 4 results per thread waiting: memory does not grow with the pool."""
+        window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
+        with ThreadPoolExecutor(self.n) as ex:
+            futs = [ex.submit(fn, it) for it in items[:window]]
+            for i in range(len(items)):
+                r = futs[i].result()
+                futs[i] = None
+                if i + window < len(items):
+                    futs.append(ex.submit(fn, items[i + window]))
+                yield r
+
+
 
 
 def gpu_count() -> int:

@@ -11,10 +11,36 @@ import json
 import tempfile
 import threading
 
+from recaption.declare import Option
 from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
 from recaption.errors import RecaptionError, require
 from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
+
+OPTIONS = (
+    Option("ray_address", str, None, "Ray cluster address, e.g. auto (--engine ray)"),
+    Option("actor_cpus", float, None, "CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)"),
+    Option("actor_gpus", float, None, "GPUs per Ray actor (default 1 when the cluster has GPUs)"),
+)
+
+
+def validate(ex: Execution) -> None:
+    """Ray must be installed (recaption[ray]); actor resources are not negative."""
+    for name in ("actor_cpus", "actor_gpus"):
+        v = ex.get(name)
+        if v is not None and v < 0:
+            raise RecaptionError(f"--{name.replace('_', '-')} must not be negative, got {v}")
+    require("ray", "ray")
+
+
+def preflight(ex: Execution, cpu_only: bool = False) -> None:
+    """Connect to the cluster and refuse actor resources no node has."""
+    actor_resources(ex, cpu_only)
+
+
+def mapper(ex: Execution) -> "RayMapper":
+    """One Ray Data task per annotation file."""
+    return RayMapper(ex.get("ray_address"), num_cpus=1.0, quiet=True)
 
 
 class _StageActor:
@@ -74,10 +100,11 @@ def check_resources(ray, cpus: float, gpus: float) -> None:
 
 def actor_resources(ex: Execution, cpu_only: bool = False) -> tuple[float, float]:
     """(CPUs, GPUs) per actor, checked against the cluster (connecting to it first)."""
-    ray = ensure_ray(ex.ray_address)
+    ray = ensure_ray(ex.get("ray_address"))
     has_gpu = bool(ray.cluster_resources().get("GPU", 0))
-    gpus = 0.0 if cpu_only else float(ex.actor_gpus if ex.actor_gpus is not None else (1.0 if has_gpu else 0.0))
-    cpus = float(ex.actor_cpus if ex.actor_cpus is not None else (1.0 if gpus else 0.5))
+    want_gpus, want_cpus = ex.get("actor_gpus"), ex.get("actor_cpus")
+    gpus = 0.0 if cpu_only else float(want_gpus if want_gpus is not None else (1.0 if has_gpu else 0.0))
+    cpus = float(want_cpus if want_cpus is not None else (1.0 if gpus else 0.5))
     check_resources(ray, cpus, gpus)
     return cpus, gpus
 
@@ -85,7 +112,7 @@ def actor_resources(ex: Execution, cpu_only: bool = False) -> tuple[float, float
 def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) -> list[dict]:
     """Run `stage` over `items` in an actor pool; returns the reports."""
     cpus, gpus = actor_resources(ex, cpu_only)
-    ray = ensure_ray(ex.ray_address)
+    ray = ensure_ray(ex.get("ray_address"))
     import ray.data
 
     workers = ex.workers or (int(ray.cluster_resources().get("GPU", 0)) if gpus else 1) or 1

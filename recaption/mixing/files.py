@@ -1,22 +1,19 @@
 """The annotation files of a run, and how a pass maps a function over them.
 
 A pass is a function of one file (and its numeric columns); a mapper runs it over every file and
-gives the results back in order. The local mapper is a few threads (pyarrow and numpy release the
-GIL) that keep each file's numeric columns, up to `CACHE_BYTES`, so the passes after the first
-need not read them again; `recaption.engines.mapper` gives the Ray one, whose tasks read the
-files where they run.
+gives the results back in order (`recaption.engines`: each engine has one). In process (the local
+engine's threads: pyarrow and numpy release the GIL) each file's numeric columns are kept, up to
+`CACHE_BYTES`, so the passes after the first need not read them again; the Ray engine's tasks
+read the files where they run.
 """
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io.atomic import listdir
-from recaption.io.decode import cpu_cores
 from recaption.io.sources import shard_name
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
@@ -44,26 +41,6 @@ def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], li
         else:
             missing.append(f.name)
     return present, missing
-
-
-class Threads:
-    """The local mapper: a few threads (pyarrow and numpy release the GIL), results in order."""
-    in_process = True
-
-    def __init__(self, n: int | None = None):
-        self.n = n or min(8, cpu_cores())
-
-    def map(self, fn: Callable, items: list):
-        """fn over items in order, at most 4 results per thread waiting: memory does not grow with the pool."""
-        window = 4 * self.n  # bounded read-ahead: results wait in order, never the whole pool
-        with ThreadPoolExecutor(self.n) as ex:
-            futs = [ex.submit(fn, it) for it in items[:window]]
-            for i in range(len(items)):
-                r = futs[i].result()
-                futs[i] = None
-                if i + window < len(items):
-                    futs.append(ex.submit(fn, items[i + window]))
-                yield r
 
 
 class Cache:

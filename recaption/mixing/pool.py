@@ -31,7 +31,8 @@ from recaption.errors import RecaptionError, reason_category
 from recaption.io import annotations as ann
 from recaption.mixing import columns as colmod
 from recaption.mixing.columns import Columns
-from recaption.mixing.files import AnnFile, Cache, Threads, annotation_files, load, read_file
+from recaption.engines.local import Threads
+from recaption.mixing.files import AnnFile, Cache, annotation_files, load, read_file
 from recaption.mixing.filters import FilterSet
 from recaption.mixing.strategies import (CATEGORIES, KEEP_RAW, KEEP_SYN, MixConfig, PoolNumbers, blend_of,
                                          decide_columns)

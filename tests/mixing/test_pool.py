@@ -9,7 +9,8 @@ import pytest
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.mixing.compare import strategy_table
-from recaption.mixing.files import Cache, Threads
+from recaption.engines.local import Threads
+from recaption.mixing.files import Cache
 from recaption.mixing.pool import PoolSource, dry_counts, finish_pool, pool_pass
 from recaption.mixing.strategies import MixConfig
 from tests.mixing import oracle
