@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip
 QUIET_PIP := 2>&1 | awk '/^WARNING: Location .* is ignored: it is neither a file nor a directory/ {next} \
 	/BuildBackendWarning: Editable installation/ {skip=1} skip && /WheelFile\(wheel_path/ {skip=0; next} !skip'
 
-.PHONY: install test demo bench bench-mix clean
+.PHONY: install test test-fast lint demo bench bench-mix clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,14 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the suite without the tests marked slow (processes, Ray, browser, wheel, trainer): under 2 minutes here
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff's rules as pyproject.toml configures them; CI runs this before the tests
+lint: $(STAMP)
+	$(BIN)/ruff check recaption tests scripts eval prompts
 
 demo: $(STAMP)
 	$(BIN)/recaption demo --out demo-out

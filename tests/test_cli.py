@@ -40,6 +40,7 @@ def test_each_verb_has_help_with_examples(verb, capsys):
      "SIEVE model not found"),
     (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "nope", "--dry-run"], "Invalid value for '--strategy'"),
 ])
+@pytest.mark.slow
 def test_errors_are_one_line(args, msg, shard_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     subs = {"{tmp}": str(tmp_path), "{shards}": str(shard_dir), "{empty}": str(tmp_path / "empty")}
@@ -76,6 +77,7 @@ def test_models_and_recipes_list(capsys, monkeypatch):
     assert all(r in out for r in ("sieve", "nguyen-blip2", "laion-coco", "datacomp-clip"))
 
 
+@pytest.mark.slow
 def test_log_file_before_or_after_the_verb(shard_dir, tiny_models, tmp_path):
     for where in ("before", "after"):
         log = tmp_path / f"{where}.log"

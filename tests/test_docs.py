@@ -86,3 +86,24 @@ def test_the_checker_catches_bad_links(tmp_path):
     (tmp_path / "outside.md").write_text("# Out\n")
     assert [p.split(":")[0] for p in link_problems(md, repo)] == [
         "docs/b.md", "../outside.md", "/etc/passwd", "docs/a.md#nope"]
+
+
+def test_the_how_to_add_section_names_files_that_exist():
+    """recaption/ARCHITECTURE.md says, per kind of extension, which files it touches: each named
+    file exists, and the count stays small (an annotator 3, a strategy 2, an engine 3)."""
+    text = (ROOT / "recaption" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    section = text.split("## How to add...", 1)[1].split("\n## ", 1)[0]
+    items = {m.group(1): m.group(2) for m in re.finditer(r"^\* \*\*(.+?)\*\*(.*?)(?=^\* \*\*|\Z)", section, re.M | re.S)}
+    assert {"A captioner backend", "An annotator", "A filter rule", "A mixing strategy", "A storage backend",
+            "An engine"} <= {k.split(" (")[0].rstrip(":") for k in items}
+    named = {}
+    for kind, body in items.items():
+        paths = set(re.findall(r"`((?:recaption|tests|docs)/[\w/.-]+|pyproject\.toml)`", body))
+        for p in paths:
+            if "NAME" not in p:
+                assert (ROOT / p).exists(), f"{kind}: {p} does not exist"
+        named[kind.split(" (")[0].rstrip(":")] = {p for p in paths if not p.startswith("tests/")}
+    # the files a new extension of each kind touches (its own module counts, tests do not)
+    assert len(named["An annotator"] - {"recaption/annotators/base.py"}) <= 3, named["An annotator"]
+    assert len(named["A mixing strategy"] - {"recaption/mixing/strategies/base.py"}) <= 2, named["A mixing strategy"]
+    assert len(named["An engine"] - {"recaption/stages/__init__.py"}) <= 3, named["An engine"]

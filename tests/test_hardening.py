@@ -6,6 +6,9 @@ from tests.helpers import dropped, read_output, summary
 from tests.helpers import cli
 
 
+pytestmark = pytest.mark.slow  # a whole run over a corpus of every bad input
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return build(tmp_path_factory.mktemp("corpus"))

@@ -6,6 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def test_the_package_list_covers_the_source_tree():
     assert cfg["package-dir"]["recaption.prompts"] == "prompts"
 
 
+@pytest.mark.slow
 def test_the_wheel_runs_the_demo_from_outside_the_checkout(tmp_path):
     dist, site, work = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"
     work.mkdir()

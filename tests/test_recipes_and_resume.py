@@ -112,6 +112,7 @@ def uninterrupted(tmp_path_factory, shard_dir, tiny_models, minilm):
     return out, args
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,target", [("caption", "00001"), ("write", "00000")])
 def test_killed_run_resumes_to_the_same_output(point, target, uninterrupted, shard_dir, tmp_path):
     full, args = uninterrupted
@@ -134,6 +135,7 @@ def test_killed_run_resumes_to_the_same_output(point, target, uninterrupted, sha
     assert not [p for p in out.rglob("*.tmp")]
 
 
+@pytest.mark.slow
 def test_local_and_ray_engines_write_the_same_files(shard_dir, tiny_models, minilm, tmp_path, ray_local):
     # the same command on either engine: same worker count, so the same torch threads per worker
     common = ["-c", "sieve", "--model", tiny_models["blip"], "--num-captions", 2, "--clip-model",

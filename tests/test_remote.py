@@ -84,6 +84,7 @@ def s3_tree(client, prefix: str) -> dict:
         return tree_bytes(Path(d))
 
 
+@pytest.mark.slow
 def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards, local_ann, annotate_args,
                                                                        tmp_path, monkeypatch):
     from recaption.stages import write_mix
@@ -135,6 +136,7 @@ def test_s3_annotate_then_mix_to_s3_resumes_after_an_interrupted_write(s3_shards
     assert s3_tree(client, f"{b}/mixed") == tree_bytes(tmp_path / "ref")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["workers", "ray"])
 def test_worker_processes_write_to_s3_with_the_options(s3_shards, local_ann, tmp_path, engine, request):
     """Spawned workers and Ray actors get the storage options: without them they would not find

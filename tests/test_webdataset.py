@@ -74,6 +74,7 @@ def test_webdataset_through_the_overlay_is_the_mixed_shards(shard_dir, mixes, st
         assert any("syn.txt" in s for s in got) and all(("syn.txt" in s) == ("syn.txt" in w) for s, w in zip(got, want))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("strategy", list(CONFIGS))
 def test_dataloader_workers_read_the_mixed_samples(shard_dir, mixes, strategy, workers):
@@ -106,6 +107,7 @@ def test_the_overlay_takes_decoded_samples_too(shard_dir, mixes):
     assert got == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(CONFIGS))
 def test_ray_data_through_the_overlay_is_the_mixed_shards(shard_dir, mixes, strategy, ray_local):
     import ray.data
@@ -190,6 +192,7 @@ def test_errors_cross_dataloader_workers(mixes, copy_of):
         list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
 
 
+@pytest.mark.slow
 def test_ray_data_refuses_a_shard_without_decisions(mixes, copy_of, ray_local):
     _, ov = mixes["raw"]
     shutil.copy(copy_of / "00002.tar", copy_of / "00009.tar")

@@ -52,6 +52,7 @@ def test_required_presets_exist():
             "coca-vit-l-14", "sieve", "qwen2.5-vl-3b", "llava-1.5-7b"} <= set(list_presets())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["8bit", "4bit"])
 def test_blip2_quantized_loads_and_generates(tiny_models, quantize, caplog):
     import bitsandbytes as bnb

@@ -9,6 +9,7 @@ from tests.helpers import cli
 FLOATS = ("clip_raw", "sieve", "sieve_mean")
 
 
+@pytest.mark.slow
 def test_two_worker_processes_match_in_process(shard_dir, tiny_models, minilm, tmp_path):
     common = ["-c", "sieve", "--model", tiny_models["blip"], "--num-captions", 2, "--clip-model",
               tiny_models["clip"], "--sieve-model", minilm, "--batch-size", 4, "-q"]

@@ -5,6 +5,9 @@ import pytest
 from recaption.engines import Execution, cpu_cores, run_stage
 
 
+pytestmark = pytest.mark.slow  # worker processes and Ray actors
+
+
 class ThreadProbe:
     uses_torch = True
 

@@ -57,6 +57,7 @@ def check(batch, datas, bad):
     assert batch.pixels["clip"].dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_processes_and_in_process_give_the_same_pixels_and_errors():
     datas, bad = mixed()
     with DecodePool(SPECS, batch_size=32, workers=0, max_pixels=400_000) as p0:
@@ -72,6 +73,7 @@ def test_processes_and_in_process_give_the_same_pixels_and_errors():
     assert torch.equal(a.pixels["clip"][0], one["clip"])
 
 
+@pytest.mark.slow
 def test_batches_come_back_in_order_with_images_when_asked():
     datas = [p.read_bytes() for p in PHOTOS]
     lists = [[datas[i % len(datas)], datas[(i + 1) % len(datas)], b"bad" if i % 3 == 0 else datas[2]]
@@ -94,6 +96,7 @@ def test_exact_path_pool_returns_images_only():
     assert b.pixels == {} and len(b.images) == len(b.ok) == len(datas) - len(bad)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_costs_no_sample():
     datas = [p.read_bytes() for p in PHOTOS]
     with DecodePool(SPECS, batch_size=8, workers=2) as pool:
@@ -138,6 +141,7 @@ def test_gpu_jpeg_decoding_matches_cpu_and_falls_back():
         assert d.mean() < 3  # nvJPEG's IDCT and full-size decoding vs Pillow's draft mode
 
 
+@pytest.mark.slow
 def test_a_batch_left_early_does_not_leak_into_the_next():
     datas = [p.read_bytes() for p in PHOTOS]
     with DecodePool(SPECS, batch_size=8, workers=2, depth=2) as pool:

@@ -133,6 +133,7 @@ def test_dry_run_writes_nothing_and_counts_as_the_mix(shard_dir, random_ann, tmp
     assert dry["counts"] == real["counts"] and dry["threshold"] == real["threshold"]
 
 
+@pytest.mark.slow
 def test_ray_engine_writes_the_same_files(shard_dir, random_ann, tmp_path, ray_local):
     """Pool pass, decisions and writes as Ray tasks: the same bytes as the local engine."""
     from tests.helpers import tree_bytes

@@ -79,6 +79,7 @@ def test_cache_and_mappers_give_the_same_pool(pool_dir):
     assert all(r == results[0] for r in results)
 
 
+@pytest.mark.slow
 def test_ray_tasks_give_the_same_pool(pool_dir, ray_local):
     from recaption.engines import Execution, mapper
 

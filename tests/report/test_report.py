@@ -58,6 +58,7 @@ def folders(tmp_path_factory, shard_dir, tiny_models, minilm):
 KINDS = ["annotations", "mix", "run"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_report_data_of_every_folder_kind(folders, shard_dir, kind):
     d = load(folders[kind], input_spec=str(shard_dir) if kind == "annotations" else None)
@@ -122,6 +123,7 @@ CHECK = """<script>window.addEventListener('load', () => {
 });</script></body>"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_report_renders_in_chromium(folders, shard_dir, kind, tmp_path, chromium):
     out = tmp_path / "report"

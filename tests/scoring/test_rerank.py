@@ -54,6 +54,7 @@ def _rows(a):
     return [r for f in sorted(a.glob("*.parquet")) for r in ann.read_rows(str(f))]
 
 
+@pytest.mark.slow
 def test_a_two_step_chain_picks_what_both_steps_pick_by_hand(shard_dir, tiny_models, second_clip, tmp_path):
     a = tmp_path / "a"
     one = shard_dir / "00000.tar"

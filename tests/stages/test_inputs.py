@@ -1,11 +1,12 @@
 """The annotate pass reads images through the fast input path by default; the exact path agrees."""
+import pytest
+
 from tests.helpers import cli
 
 
+@pytest.mark.slow
 def test_fast_and_exact_input_paths_agree(shard_dir, tiny_models, tmp_path):
     """The annotate pass on the fast input path (default) against each model's own processor."""
-    import pytest
-
     from recaption.io import annotations as ann
 
     rows = {}
