@@ -87,3 +87,26 @@ def test_log_file_before_or_after_the_verb(shard_dir, tiny_models, tmp_path):
         p = subprocess.run([sys.executable, "-m", "recaption.cli", *argv], capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-1500:]
         assert "score: 6/6 samples (100%)" in log.read_text()  # the progress line, off a terminal
+
+
+def test_every_option_of_every_verb_is_in_the_readme():
+    """What `--help` shows, README.md documents (options built from the annotators' and engines'
+    declarations included)."""
+    from pathlib import Path
+
+    import typer
+
+    from recaption.cli import app
+    from recaption.cli.options import refresh
+
+    refresh()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    group = typer.main.get_command(app)
+    missing, seen = [], 0
+    for name, cmd in group.commands.items():
+        for p in cmd.params:
+            for flag in [o for o in p.opts + p.secondary_opts if o.startswith("--") and o != "--help"]:
+                seen += 1
+                if flag not in readme:
+                    missing.append(f"{name} {flag}")
+    assert seen > 50 and not missing, missing

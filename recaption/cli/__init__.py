@@ -121,13 +121,13 @@ def mix(
     strategy: Annotated[StrategyChoice, opt(help=f"{strategies_help()} (docs/formats.md#mixing-strategies)")] = StrategyChoice("threshold"),
     threshold: Annotated[Optional[float], opt(help="absolute score threshold")] = None,
     fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0")] = None,
-    filter_synthetic: Annotated[bool, opt(help="threshold: also drop samples whose synthetic caption scores below")] = False,
+    filter_synthetic: Annotated[bool, opt("--filter-synthetic", help="threshold: also drop samples whose synthetic caption scores below")] = False,
     alpha: Annotated[float, opt(help="blend weight: (1 - alpha) · norm(sieve) + alpha · norm(clip_raw)")] = 0.5,
     samples_per_shard: Annotated[int, opt(help="samples per output shard")] = 10000,
-    keep_sharding: Annotated[bool, opt(help="one output shard per input shard, same names")] = False,
+    keep_sharding: Annotated[bool, opt("--keep-sharding", help="one output shard per input shard, same names")] = False,
     filters: Annotated[Optional[List[str]], opt("--filter", help=filter_usage())] = None,
-    dry_run: Annotated[bool, opt(help="print what this and every other strategy would keep and drop; write nothing")] = False,
-    overlay: Annotated[bool, opt(help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset")] = False,
+    dry_run: Annotated[bool, opt("--dry-run", help="print what this and every other strategy would keep and drop; write nothing")] = False,
+    overlay: Annotated[bool, opt("--overlay", help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset")] = False,
     caption_keys: Annotated[str, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER); all (best + recaption_candidate_I)")] = "none",
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""

@@ -103,7 +103,7 @@ class InputOptions:
     image_keys: Annotated[str, opt(help="image fields, in priority order", panel=INP)] = ",".join(DEFAULT_IMAGE_KEYS)
     max_pixels: Annotated[Optional[int], opt(help="decompression-bomb limit in pixels per image", panel=INP)] = None
     preprocess: Annotated[PreprocessChoice, opt(help="fast: decode once, resize and crop for every model as batched uint8 tensor ops (docs/input-path.md); exact: each model's own processor", panel=INP)] = PreprocessChoice("fast")
-    gpu_decode: Annotated[bool, opt(help="decode baseline JPEGs on the GPU (nvJPEG) when the models run on CUDA; the rest on the CPU", panel=INP)] = False
+    gpu_decode: Annotated[bool, opt("--gpu-decode", help="decode baseline JPEGs on the GPU (nvJPEG) when the models run on CUDA; the rest on the CPU", panel=INP)] = False
 
     def keys(self) -> tuple[str, ...]:
         """The image fields, in priority order."""
@@ -145,7 +145,7 @@ class ExecOptions:
 class OutputOptions:
     """What a run may replace and what it prints."""
 
-    overwrite: Annotated[bool, opt(help="redo work done with other settings; removes only files recaption wrote", panel=OUT)] = False
+    overwrite: Annotated[bool, opt("--overwrite", help="redo work done with other settings; removes only files recaption wrote", panel=OUT)] = False
     quiet: Annotated[bool, opt("--quiet", "-q", help="no progress bar or progress log lines", panel=OUT)] = False
     json: Annotated[bool, opt("--json", help="print the summary as JSON instead of a table", panel=OUT)] = False
 
