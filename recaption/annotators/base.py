@@ -215,6 +215,20 @@ class Annotator:
         """Fill this group's columns once the whole shard was read (rows of every sample)."""
 
 
+def recipe_section(recipe: dict, name: str, keys: set[str]) -> dict | None:
+    """A recipe's section for an annotator: None when absent or null, else a mapping of known keys
+    (one line naming the section and the known keys otherwise)."""
+    section = recipe.get(name)
+    if not section:
+        return None
+    if not isinstance(section, dict):
+        raise RecaptionError(f"{name} must be a mapping or null")
+    bad = set(section) - keys
+    if bad:
+        raise RecaptionError(f"unknown {name} keys {sorted(bad)}; known: {sorted(keys)}")
+    return dict(section)
+
+
 def model_identity(ref: str | None) -> str | None:
     """How a model is recorded in a group's settings: the bundled MiniLM by its hub id (so another
     install of the same package resumes), other local paths made absolute, ids as given."""

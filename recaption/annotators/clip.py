@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from recaption.annotators.base import Annotator, Column, Option, RuleKind, check_model_path, model_identity, on_device
+from recaption.annotators.base import (Annotator, Column, Option, RuleKind, check_model_path, model_identity,
+                                       on_device, recipe_section)
 from recaption.annotators.captions import _is_pixels
-from recaption.errors import RecaptionError
 
 RECIPE_KEYS = {"model", "pretrained", "dtype", "batch_size"}
 
@@ -68,15 +68,9 @@ class Clip(Annotator):
         """`clip: {model, pretrained, dtype, batch_size}` or null."""
         from recaption.scoring.clip import ClipConfig
 
-        c = recipe.get("clip")
-        if not c:
+        c = recipe_section(recipe, "clip", RECIPE_KEYS)
+        if c is None:
             return None
-        if not isinstance(c, dict):
-            raise RecaptionError("clip must be a mapping or null")
-        bad = set(c) - RECIPE_KEYS
-        if bad:
-            raise RecaptionError(f"unknown clip keys {sorted(bad)}; known: {sorted(RECIPE_KEYS)}")
-        c = dict(c)
         return ClipConfig(model=c.pop("model", "ViT-B-32"), pretrained=c.pop("pretrained", "openai"), **c)
 
     @classmethod

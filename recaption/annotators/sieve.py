@@ -1,8 +1,8 @@
 """The `sieve` group: SIEVE's similarity of the masked alt-text and candidates (docs/formats.md#sieve-score)."""
 from __future__ import annotations
 
-from recaption.annotators.base import Annotator, Column, Option, check_model_path, model_identity, on_device
-from recaption.errors import RecaptionError
+from recaption.annotators.base import (Annotator, Column, Option, check_model_path, model_identity, on_device,
+                                       recipe_section)
 
 RECIPE_KEYS = {"model", "mask"}
 
@@ -37,14 +37,9 @@ class Sieve(Annotator):
         """`sieve: {model, mask}` (model `default`: all-MiniLM-L6-v2) or null."""
         from recaption.scoring.sieve import SieveConfig, default_sieve_model
 
-        s = recipe.get("sieve")
-        if not s:
+        s = recipe_section(recipe, "sieve", RECIPE_KEYS)
+        if s is None:
             return None
-        if not isinstance(s, dict):
-            raise RecaptionError("sieve must be a mapping or null")
-        bad = set(s) - RECIPE_KEYS
-        if bad:
-            raise RecaptionError(f"unknown sieve keys {sorted(bad)}; known: {sorted(RECIPE_KEYS)}")
         model = s.get("model") or "default"
         return SieveConfig(default_sieve_model() if model == "default" else str(model), s.get("mask") or "sieve")
 
