@@ -147,7 +147,10 @@ def _with_rows(batch, keep: list[int], new: dict[str, list]):
         out = batch.take(pa.array(keep, pa.int64()))
         for k, v in new.items():
             arr = pa.array(v, type=None if any(x is not None for x in v) else pa.binary())
-            out = out.set_column(out.column_names.index(k), k, arr) if k in out.column_names else out.append_column(k, arr)
+            if k in out.column_names:
+                out = out.set_column(out.column_names.index(k), k, arr)
+            else:
+                out = out.append_column(k, arr)
         return out
     if hasattr(batch, "iloc"):
         out = batch.iloc[keep].reset_index(drop=True)

@@ -154,7 +154,8 @@ def main():
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA and on CPUs with AMX/AVX512-BF16), float32, ...")
+    ap.add_argument("--dtype", default="auto",
+                    help="auto (bf16 on CUDA and on CPUs with AMX/AVX512-BF16), float32, ...")
     ap.add_argument("--clip", default="ViT-B-32")
     ap.add_argument("--blip", default="base", choices=["base", "large"])
     ap.add_argument("--naive-samples", type=int, default=16, help="samples for the (slow) baseline")
@@ -221,7 +222,8 @@ def main():
 
     Path(a.json).write_text(json.dumps(res, indent=2))
     print(f"\nrecaption bench on {res['machine']['device']} ({res['machine']['cpus']} CPUs"
-          f"{', ' + res['machine']['gpu'] if res['machine']['gpu'] else ''}): BLIP-{a.blip} + {a.clip}, greedy 20 tokens, "
+          f"{', ' + res['machine']['gpu'] if res['machine']['gpu'] else ''}): BLIP-{a.blip} + {a.clip}, "
+          "greedy 20 tokens, "
           f"{res['config']['dtype']}, batch {a.batch_size}")
     print(f"{'stage':<24}{'samples/s':>12}")
     for k, v in res["stages_samples_per_s"].items():

@@ -67,7 +67,8 @@ def main(argv=None) -> dict:
     for label, size in SIZES.items():
         datas = make_jpegs(a.images, size)
         n = len(datas)
-        decode_clip = per_image(lambda: [decode_pixels(d, {"clip": clip}, draft_size=draft) for d in datas], n, a.repeats)
+        decode_clip = per_image(lambda: [decode_pixels(d, {"clip": clip}, draft_size=draft) for d in datas], n,
+                                a.repeats)
         decoded = [torch.from_numpy(np.array(decode(d, draft_size=draft))).permute(2, 0, 1) for d in datas]
         resize = per_image(lambda: [resize_crop(x, fp.FINGERPRINT_SPEC) for x in decoded], n, a.repeats)
         decode_alone = per_image(lambda: [decode_pixels(d, {"f": fp.FINGERPRINT_SPEC},

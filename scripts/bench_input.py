@@ -200,6 +200,7 @@ def run(a) -> dict:
             print(f"{name:<10}{path:<26}" + "".join(f"{v[k]:>10.0f}" for k in cores) + f"{per:>10.0f}")
     print("\nfast path vs each model's own processor, |difference| in 0..255 levels:")
     for label, d in res["pixel_diff_levels"].items():
-        print(f"  {label:<58} max {d['max']:.2f}  mean {d['mean']:.4f}  identical {d['images_identical']}/{d['images']}")
+        print(f"  {label:<58} max {d['max']:.2f}  mean {d['mean']:.4f}  "
+              f"identical {d['images_identical']}/{d['images']}")
     print(f"JSON: {out_json}")
     return res

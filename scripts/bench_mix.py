@@ -17,9 +17,9 @@ RSS is that process's maximum resident set. The write is also timed warm: one pr
 writes the shards once to warm up, then --runs more times (what every output shard after the
 first sees in a long mix), with `cp` before each round. Write MB/s is output tar bytes over the write stage's
 seconds; `cp` copies the input shards to a fresh folder right before each mix, page cache warm
-for both, and dirty pages written out (`sync`) before each; the setups take turns round by round. With one worker the write stage runs in the measuring process, so its CPU
-time is also given per sample: user time (Python, and pyarrow for the parquet) and system time
-(the kernel copying bytes).
+for both, and dirty pages written out (`sync`) before each; the setups take turns round by round.
+With one worker the write stage runs in the measuring process, so its CPU time is also given per
+sample: user time (Python, and pyarrow for the parquet) and system time (the kernel copying bytes).
 """
 from __future__ import annotations
 
@@ -345,7 +345,8 @@ def bench_write_warm(work: Path, shards: Path, ann: Path, runs: int, per_shard: 
     n, out_bytes = rounds[0]["n"], rounds[0]["bytes"]
     cp_mbs = size / 1e6 / statistics.median(r["cp"] for r in rounds)
     w_mbs = out_bytes / 1e6 / statistics.median(r["write"] for r in rounds)
-    res = {"path": "member index, warm process", "input_mb": round(size / 1e6, 1), "output_mb": round(out_bytes / 1e6, 1),
+    res = {"path": "member index, warm process", "input_mb": round(size / 1e6, 1),
+           "output_mb": round(out_bytes / 1e6, 1),
            "samples": n, "workers": 1, "cp_mb_s": round(cp_mbs), "write_mb_s": round(w_mbs),
            "write_vs_cp": round(w_mbs / cp_mbs, 2), "cp_runs": [round(r["cp"], 3) for r in rounds],
            "write_runs": [round(r["write"], 3) for r in rounds],

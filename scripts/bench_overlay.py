@@ -20,7 +20,6 @@ batch_format="pandas")`, iterated by batches.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -127,7 +126,8 @@ def bench_pool(work: Path, rows: int, runs: int) -> dict:
         Path(url).touch()
     res = _mix_runs(work / "pool", str(listing), ann, runs, ("overlay", "dry_run"))
     res["rows"] = rows
-    res["decisions_mb"] = round(sum(p.stat().st_size for p in (work / "pool-overlay" / "_decisions").iterdir()) / 1e6, 1)
+    decisions = (work / "pool-overlay" / "_decisions").iterdir()
+    res["decisions_mb"] = round(sum(p.stat().st_size for p in decisions) / 1e6, 1)
     print(f"  {rows:,} annotation rows: overlay {res['overlay']['seconds']} s "
           f"({res['decisions_mb']} MB of decisions), dry run {res['dry_run']['seconds']} s", flush=True)
     return res
@@ -146,7 +146,8 @@ def bench_read(urls: list[str], folder: str, runs: int, child: str, label: str, 
            "plain_samples_per_s": round(n / tp), "overlay_samples_per_s": round(n / to),
            "overhead_pct": round(100 * (to / tp - 1), 1),
            "overhead_pct_best_runs": round(100 * (bo / bp - 1), 1),  # fastest against fastest: least noise
-           "plain_runs": [round(r["seconds"], 3) for r in plain], "overlay_runs": [round(r["seconds"], 3) for r in over],
+           "plain_runs": [round(r["seconds"], 3) for r in plain],
+           "overlay_runs": [round(r["seconds"], 3) for r in over],
            **_cpu_overhead(plain, over),
            "overlay_setup_s": round(statistics.median(r.get("setup", 0.0) for r in over), 3),
            "plain_peak_rss_mb": round(max(r["peak_rss_mb"] for r in plain)),

@@ -93,7 +93,8 @@ def test_the_how_to_add_section_names_files_that_exist():
     file exists, and the count stays small (an annotator 3, a strategy 2, an engine 3)."""
     text = (ROOT / "recaption" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     section = text.split("## How to add...", 1)[1].split("\n## ", 1)[0]
-    items = {m.group(1): m.group(2) for m in re.finditer(r"^\* \*\*(.+?)\*\*(.*?)(?=^\* \*\*|\Z)", section, re.M | re.S)}
+    item = re.compile(r"^\* \*\*(.+?)\*\*(.*?)(?=^\* \*\*|\Z)", re.M | re.S)
+    items = {m.group(1): m.group(2) for m in item.finditer(section)}
     assert {"A captioner backend", "An annotator", "A filter rule", "A mixing strategy", "A storage backend",
             "An engine"} <= {k.split(" (")[0].rstrip(":") for k in items}
     named = {}

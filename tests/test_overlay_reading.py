@@ -114,7 +114,7 @@ def test_txt_is_chosen_among_the_keys_per_sample_and_epoch(keyed):
     epochs = [_read(shards, ov, captions=CHOICE, epoch=e) for e in range(4)]
     assert _read(shards, ov, captions=CHOICE, epoch=2) == epochs[2]  # fixed per sample and epoch
     chosen = Counter()
-    for e, got in enumerate(epochs):
+    for got in epochs:
         assert got.keys() == mixed.keys()
         for key, s in got.items():
             obj = json.loads(s["json"])
@@ -127,7 +127,7 @@ def test_txt_is_chosen_among_the_keys_per_sample_and_epoch(keyed):
     assert any(epochs[0][k]["txt"] != epochs[1][k]["txt"] for k in mixed)  # the epoch changes the draw
     # priority order, no weights: the first key the sample has
     prio = _read(shards, ov, captions="recaption_candidate_2;recaption_raw")
-    for key, s in prio.items():
+    for s in prio.values():
         obj = json.loads(s["json"])
         assert s["txt"] == obj.get("recaption_candidate_2", obj["recaption_raw"]).encode()
 
@@ -159,6 +159,7 @@ def test_a_choice_the_mix_did_not_write_is_refused(lacking, keyed, tmp_path):
     api.mix(str(shards), str(lacking[1]), str(best), MixConfig("both", fraction=0.7, caption_keys="best"),
             overlay=True, execution=QUIET)
     with pytest.raises(RecaptionError, match="needs --caption-keys all"):
-        list(wds.WebDataset(urls(shards), shardshuffle=False).compose(overlay(str(best), captions="recaption_candidate_0")))
+        stage = overlay(str(best), captions="recaption_candidate_0")
+        list(wds.WebDataset(urls(shards), shardshuffle=False).compose(stage))
     with pytest.raises(RecaptionError, match="not a caption key"):
         overlay(str(keyed[1]), captions="caption")

@@ -25,7 +25,7 @@ def test_pickled_weights_are_not_executed(tiny_models, tmp_path, monkeypatch):
     (d / "model.safetensors").unlink()
     with open(d / "pytorch_model.bin", "wb") as f:
         pickle.dump({"x": Evil()}, f)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017  (any refusal to load will do: what matters is nothing ran)
         build_captioner(load_preset(str(d)))
     assert not marker.exists()
 

@@ -52,7 +52,8 @@ def train(root: Path, model: str, name: str, module: str, data: str, n: int, *ex
     seen = root / f"{name}.jsonl"
     cmd = [sys.executable, str(ROOT / "tests" / "trainer_probe.py"), str(seen), module, *extra,
            "--train-data", data, "--train-num-samples", str(n), "--dataset-type", "webdataset",
-           "--model", model, "--epochs", str(epochs), "--batch-size", str(batch), "--workers", "1", "--device", "cpu", "--precision", "fp32",
+           "--model", model, "--epochs", str(epochs), "--batch-size", str(batch), "--workers", "1", "--device", "cpu",
+           "--precision", "fp32",
            "--lr", "1e-4", "--warmup", "1", "--seed", "0", "--logs", str(root / "logs"), "--name", name,
            "--log-every-n-steps", "1"]
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
@@ -85,7 +86,8 @@ def test_the_trainer_reads_input_shards_through_an_overlay(pool):
         stage = overlay(str(ov), captions=KEYS, caption_probs=[1, 1, 1], seed=3, epoch=epoch)
         return {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(shards, shardshuffle=False).compose(stage)}
 
-    seen = train(root, model, "overlay", "recaption.train_open_clip", brace(root / "shards"), n, "--overlay", str(ov), "--overlay-text-key", KEYS, "--overlay-text-key-probs", "1", "1", "1",
+    seen = train(root, model, "overlay", "recaption.train_open_clip", brace(root / "shards"), n, "--overlay", str(ov),
+                 "--overlay-text-key", KEYS, "--overlay-text-key-probs", "1", "1", "1",
                  "--overlay-seed", "3", epochs=2)
     assert len(seen) == 2 * n
     want = [through(0), through(1)]

@@ -60,7 +60,8 @@ class Decoding:
         if self.strategy == "greedy" and self.num_captions > 1:
             raise RecaptionError("greedy decoding gives one caption; use strategy 'sample' or 'beam' for more")
         if self.strategy == "beam" and self.num_beams < self.num_captions:
-            raise RecaptionError(f"beam search needs num_beams >= num_captions ({self.num_beams} < {self.num_captions})")
+            raise RecaptionError(f"beam search needs num_beams >= num_captions "
+                                 f"({self.num_beams} < {self.num_captions})")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise RecaptionError(f"top_p must be in (0, 1], got {self.top_p}")
         return self
@@ -68,7 +69,8 @@ class Decoding:
 
 @dataclass
 class CaptionerConfig:
-    """Everything that builds a captioner in a worker (picklable): backend, model, prompt, decoding, dtype, quantization."""
+    """Everything that builds a captioner in a worker (picklable): backend, model, prompt, decoding,
+    dtype, quantization."""
     backend: str = "blip"
     model: str = "Salesforce/blip-image-captioning-base"
     revision: str | None = None

@@ -17,13 +17,13 @@ def _qkv(attn: torch.nn.MultiheadAttention, x):
 
 
 def _heads(x, n):  # [B, L, E] -> [B, n, L, E/n]
-    b, l, e = x.shape
-    return x.view(b, l, n, e // n).transpose(1, 2)
+    b, length, e = x.shape
+    return x.view(b, length, n, e // n).transpose(1, 2)
 
 
 def _merge(x):  # [B, n, L, d] -> [B, L, n*d]
-    b, n, l, d = x.shape
-    return x.transpose(1, 2).reshape(b, l, n * d)
+    b, n, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, n * d)
 
 
 class _SelfCache:

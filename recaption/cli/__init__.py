@@ -132,7 +132,6 @@ def mix(
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
     from recaption import api
-    from recaption.errors import RecaptionError
     from recaption.mixing.strategies import MixConfig
 
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,

@@ -200,7 +200,8 @@ def build_coca(out: str | Path, *, seed: int = 0, width: int = 64, image_size: i
     cfg = {
         "embed_dim": width,  # CoCa's decoder attends to pooled image tokens of this width
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "patch_size": 16,
-                       "attentional_pool": True, "attn_pooler_queries": 16, "attn_pooler_heads": 2, "output_tokens": True},
+                       "attentional_pool": True, "attn_pooler_queries": 16, "attn_pooler_heads": 2,
+                       "output_tokens": True},
         "text_cfg": {"context_length": 76, "vocab_size": 49408, "width": width, "heads": 2,
                      "layers": 2, "embed_cls": True, "output_tokens": True},
         "multimodal_cfg": {"context_length": 76, "vocab_size": 49408, "width": width, "heads": 2,

@@ -55,7 +55,8 @@ class Execution:
     and the chosen engine's own options in `options` (e.g. {"ray_address": "auto"})."""
 
     engine: str = "local"
-    workers: int | None = None  # worker processes/actors (default: one per GPU, else one; mix writes: local.cpu_workers)
+    # worker processes/actors (default: one per GPU, else one; mix writes: local.cpu_workers)
+    workers: int | None = None
     threads: int | None = None  # torch threads per worker (default: cores // workers)
     device: str | None = None
     quiet: bool = False

@@ -113,7 +113,7 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
     """Run `stage` over `items` in an actor pool; returns the reports."""
     cpus, gpus = actor_resources(ex, cpu_only)
     ray = ensure_ray(ex.get("ray_address"))
-    import ray.data
+    import ray.data  # noqa: F811  (the same module, with its data package loaded)
 
     workers = ex.workers or (int(ray.cluster_resources().get("GPU", 0)) if gpus else 1) or 1
     threads = threads_per_worker(ex, workers)
@@ -175,7 +175,7 @@ class RayMapper:
         if not items:
             return
         ray = ensure_ray(self.address)
-        import ray.data
+        import ray.data  # noqa: F811  (the same module, with its data package loaded)
 
         ray.data.DataContext.get_current().enable_progress_bars = not self.quiet
         ds = ray.data.from_items([{"i": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],

@@ -1,4 +1,5 @@
-"""Caption mixing (docs/formats.md#mixing-strategies): columnar decisions over annotation files, then a lossless shard rewrite.
+"""Caption mixing (docs/formats.md#mixing-strategies): columnar decisions over annotation files, then a
+lossless shard rewrite.
 
 The mixing strategies are registered here by name, as "module:Class" targets imported on first
 use, with a line of help: the CLI lists them (and its --help) without importing numpy. A

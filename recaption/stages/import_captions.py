@@ -77,7 +77,8 @@ class ImportStage:
             k = rec.key if s.key_column == "key" else str((rec.meta or {}).get(s.key_column))
             caps = self.table.get(k, [])
             matched += bool(caps)
-            rows.append(registry.empty_row(rec.key, name, rec.raw_caption) | {"captions": caps, "captioner": s.captioner}
+            rows.append(registry.empty_row(rec.key, name, rec.raw_caption)
+                        | {"captions": caps, "captioner": s.captioner}
                         | rec.index_fields())
             if progress:
                 progress(1)

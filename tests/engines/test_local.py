@@ -20,7 +20,8 @@ def test_two_worker_processes_match_in_process(shard_dir, tiny_models, minilm, t
         assert len(a) == len(b)
         for x, y in zip(a, b):
             for col in FLOATS:
-                assert (x[col] is None) == (y[col] is None) and (x[col] is None or x[col] == pytest.approx(y[col], abs=1e-5))
+                assert (x[col] is None) == (y[col] is None)
+                assert x[col] is None or x[col] == pytest.approx(y[col], abs=1e-5)
             assert x["clip_captions"] == pytest.approx(y["clip_captions"], abs=1e-5)
             same = {k: v for k, v in x.items() if k not in FLOATS + ("clip_captions",)}
             assert same == {k: v for k, v in y.items() if k not in FLOATS + ("clip_captions",)}

@@ -235,7 +235,8 @@ def test_a_file_without_metrics_is_one_line_naming_it(pool, tmp_path, capsys):
 
 
 def test_rows_lacking_what_a_rule_tests_are_dropped_saying_so():
-    rows = [annotators.empty_row("a", "s", "a fine caption here"), annotators.empty_row("b", "s", "another fine caption")]
+    rows = [annotators.empty_row("a", "s", "a fine caption here"),
+            annotators.empty_row("b", "s", "another fine caption")]
     rows[0].update(lang="en", caption_words=4, caption_chars=19, width=300, height=300, image_bytes=9000)
     rows[1].update(lang="en", caption_words=3, caption_chars=20)  # no size, no image bytes recorded
     t = ann.to_table(rows, schema=annotators.schema())

@@ -89,7 +89,7 @@ def test_the_writer_decides_nothing(shard_dir, tmp_path):
         ann.write(str(f), [r | {"captions": [c.upper() for c in r["captions"]]} for r in rows])
     for p in plans:
         assert MixWriteStage()(plan_dict(p)).status == "done"
-    for k, sample in read_output(out).items():
+    for sample in read_output(out).values():
         assert sample.members["txt"].decode().startswith("cap ")  # lower case: from the plan
 
 

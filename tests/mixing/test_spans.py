@@ -314,7 +314,8 @@ def test_import_captions_records_the_index(shard_dir, tmp_path):
 
 
 AWKWARD_JSON = [b'{"a": 1}', b'{}', b' {  } \n', b'{"a": NaN}', b'{"recaption": 1}', b'{"\\u0072ecaption": 1}',
-                b'{"\\u00e9": 1}', b'{"a": "Infinity"}', b'{"a": -Infinity}', None, b"", b'{"a": [1, {"b": 2}]}\r\n\x0b',
+                b'{"\\u00e9": 1}', b'{"a": "Infinity"}', b'{"a": -Infinity}', None, b"",
+                b'{"a": [1, {"b": 2}]}\r\n\x0b',
                 b'{"a":1}\x0c', b"[1]", '{"ü": "x"}'.encode(), b'{"a": "\\\\u0070"}', b'{"a":1 }  ', b'{"a": "recap',
                 b'tion"}', b'{"b": "\xff"}']
 
