@@ -92,3 +92,14 @@ def test_basic_filtering_on_any_recipe():
         assert (p.mix.strategy, p.mix.fraction, p.mix.filter_synthetic) == ("threshold", 0.3, True)
     p = recipe_parts(load_recipe("datacomp-basic", ["filters.min-side=300"]))
     assert p.mix.filters["min-side"] == 300 and list(p.mix.filters)[3] == "min-side"  # the order stays
+
+
+def test_any_recipe_takes_the_language_model_of_the_filter_metrics(shard_dir, tmp_path, capsys):
+    """`metrics.lang_model`: DataComp's exact filter wants the full lid.176.bin; a missing file is
+    one line before anything is created."""
+    p = recipe_parts(load_recipe("datacomp-basic", ["metrics.lang_model=/models/lid.176.bin"]))
+    assert p.annotators["metrics"] == {"lang_model": "/models/lid.176.bin"}
+    assert recipe_parts(load_recipe("datacomp-basic")).annotators["metrics"] == {"lang_model": None}
+    out = tmp_path / "out"
+    assert cli("run", "datacomp-basic", shard_dir, "-o", out, "--set", "metrics.lang_model=/nope/lid.bin") == 2
+    assert "language model not found: /nope/lid.bin" in capsys.readouterr().err and not out.exists()
