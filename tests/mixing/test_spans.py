@@ -260,7 +260,8 @@ def test_an_index_of_another_shard_state_is_not_carried(tmp_path, monkeypatch, o
     assert "tar_offset" not in pq.read_schema(tmp_path / "out" / "_decisions" / "00000.parquet").names
 
 
-def test_a_shard_changed_after_the_plan_fails_with_one_line(tmp_path, odd_dir):
+def _planned_copy(tmp_path, odd_dir):
+    """A copy of an odd shard, annotated with its index and planned as a raw mix: (shard, plan)."""
     d = tmp_path / "shards"
     d.mkdir()
     shard = d / "00000.tar"
@@ -270,6 +271,12 @@ def test_a_shard_changed_after_the_plan_fails_with_one_line(tmp_path, odd_dir):
     out.mkdir()
     cfg = MixConfig("raw")
     plans, _ = plan(pool_pass([str(shard)], str(a), cfg), cfg, str(out))
+    return shard, plans[0]
+
+
+def test_a_shard_changed_after_the_plan_fails_with_one_line(tmp_path, odd_dir):
+    shard, p = _planned_copy(tmp_path, odd_dir)
+    plans = [p]
     os.utime(shard, ns=(1, 1))
     r = MixWriteStage()(plan_dict(plans[0]))
     assert r.status == "failed" and "\n" not in r.error
@@ -277,15 +284,8 @@ def test_a_shard_changed_after_the_plan_fails_with_one_line(tmp_path, odd_dir):
 
 
 def test_a_sample_not_where_its_index_says_is_refused(tmp_path, odd_dir):
-    d = tmp_path / "shards"
-    d.mkdir()
-    shard = d / "00000.tar"
-    shard.write_bytes((odd_dir / "00000.tar").read_bytes())
-    a = annotate(d, tmp_path / "ann", seed=2)
-    out = tmp_path / "out"
-    out.mkdir()
-    cfg = MixConfig("raw")
-    plans, _ = plan(pool_pass([str(shard)], str(a), cfg), cfg, str(out))
+    shard, p = _planned_copy(tmp_path, odd_dir)
+    plans = [p]
     st = shard.stat()
     data = bytearray(shard.read_bytes())
     at = data.index(b"f.jpg")  # rename sample f's first member in place: same size, mtime put back
