@@ -24,8 +24,8 @@ from typing import Any, Callable, ClassVar, Protocol
 from recaption.errors import RecaptionError
 
 # The arrow types a column may declare, as text, so declarations need no pyarrow.
-TYPES = ("string", "bool", "int32", "int64", "float32", "float64", "list<string>", "list<float32>",
-         "list<list<float32>>", "binary")
+TYPES = ("string", "bool", "int32", "int64", "uint64", "float32", "float64", "list<string>", "list<float32>",
+         "list<list<float32>>", "binary", "binary[32]")
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,11 @@ def arrow_type(text: str):
     import pyarrow as pa
 
     simple = {"string": pa.string(), "bool": pa.bool_(), "int32": pa.int32(), "int64": pa.int64(),
-              "float32": pa.float32(), "float64": pa.float64(), "binary": pa.binary()}
+              "uint64": pa.uint64(), "float32": pa.float32(), "float64": pa.float64(), "binary": pa.binary()}
     if text in simple:
         return simple[text]
+    if text.startswith("binary[") and text.endswith("]"):  # fixed size: binary[32] is 32 bytes a value
+        return pa.binary(int(text[7:-1]))
     assert text.startswith("list<") and text.endswith(">"), text
     return pa.list_(arrow_type(text[5:-1]))
 
