@@ -14,6 +14,12 @@ re-ranking reuses the main CLIP model); `image_models` names the models that rea
 with `image_size`, and `pixel_spec()` (the fast decode path) and/or `prepare(images)` (its own
 processor); `annotate_batch(batch)` fills the group's columns for one batch of samples, and
 `finish_shard(rows)` for the whole shard at once (SIEVE embeds all texts of a shard in one call).
+
+Files beside the annotation file: an annotator may write files of its own for a shard (the clip
+group's `--save-embeddings`), in `ctx.ann_dir` (the annotation folder) from `finish_shard`, which
+runs before the annotation file is written: rows come in the file's order, so `rows[i]` is the
+file's row i. It declares them with `files(settings, ann_dir, name)`; a group recorded with the
+wanted settings is redone for a shard while one of its files is missing.
 """
 from __future__ import annotations
 
@@ -152,10 +158,12 @@ class Batch(Protocol):
 
 @dataclass
 class WorkerContext:
-    """What an annotator is built with in a worker: the device, and models shared by key."""
+    """What an annotator is built with in a worker: the device, models shared by key, and the
+    annotation folder the shards' files go to (for files an annotator writes beside them)."""
 
     device: str | None = None
     models: dict = field(default_factory=dict)
+    ann_dir: str | None = None
 
     def shared(self, key, build: Callable[[], Any]):
         """One model per key in a worker, whichever annotator asks first builds it."""
@@ -222,6 +230,12 @@ class Annotator:
     @classmethod
     def check(cls, config) -> None:
         """Fail, before anything is created, on what can be known early (missing files, extras)."""
+
+    @classmethod
+    def files(cls, settings: dict, ann_dir: str, name: str) -> list[str]:
+        """The files this group writes beside annotation file `ann_dir/NAME.parquet` when computed
+        with `settings` (none by default); while one is missing the group is not finished there."""
+        return []
 
     # -- in a worker ----------------------------------------------------------------------------
     def __init__(self, config, ctx: WorkerContext):
