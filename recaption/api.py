@@ -288,7 +288,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
     ann_summary = {}
-    if parts.asks_for_models or parts.mix.filter_set.needs_metrics:
+    if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
         ann_summary = annotate(input_spec, ann_dir, cfgs, decode=DecodeOptions(batch_size=r.get("batch_size"),
                                                                               max_pixels=max_pixels),
                                overwrite=overwrite and not same_annotations, execution=ex)
@@ -300,7 +300,8 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
 
 def _without_mix(identity) -> str:
     ident = dict(identity or {})
-    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items() if k not in ("mix", "filters")}
+    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items()
+                       if k not in ("mix", "filters", "dedup", "decontaminate")}
     return json.dumps(ident, sort_keys=True, default=str)
 
 

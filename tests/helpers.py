@@ -3,6 +3,9 @@ output folders and samples. Test modules import these from here, never from each
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -159,3 +162,20 @@ def accounted(out: Path, shards: Path) -> tuple[set, dict]:
     assert not written & set(drops), written & set(drops)
     assert written | set(drops) == inputs, inputs ^ (written | set(drops))
     return written, drops
+
+
+def find_chromium():
+    """A headless Chromium for the report tests, installed with apt where it is missing and allowed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() == 0 and shutil.which("apt-get"):  # the test set-up installs it where missing
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, timeout=600, check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, timeout=900, check=False,
+                           capture_output=True)
+        except subprocess.TimeoutExpired:
+            return None
+        return shutil.which("chromium")
+    return None

@@ -115,3 +115,37 @@ def numeric_columns() -> list[str]:
     numeric = ("int32", "int64", "uint64", "float32", "float64")
     return fixed + [c.name for c in annotators.extra_columns() if c.type in numeric and c.name not in fixed
                     and c.name not in ("phash", "phash_mirror")]
+
+
+# -- recipes ----------------------------------------------------------------------------------
+DEDUP_KEYS = {"exact", "phash", "embedding", "keep"}
+DECONTAMINATE_KEYS = {"eval", "exact", "phash", "embedding", "model"}
+
+
+def from_recipe(r: dict) -> dict:
+    """The MixConfig fields of a recipe's `dedup` and `decontaminate` sections."""
+    out: dict = {}
+    d = r.get("dedup")
+    if isinstance(d, dict):
+        bad = set(d) - DEDUP_KEYS
+        if bad:
+            raise RecaptionError(f"unknown dedup keys {sorted(bad)}; known: {sorted(DEDUP_KEYS)}")
+        out["dedup"] = {k: v for k, v in d.items() if k != "keep" and v is not None}
+        out["dedup_keep"] = d.get("keep") or "first"
+    elif d:
+        out["dedup"] = d
+    e = r.get("decontaminate")
+    if isinstance(e, str):
+        out["decontaminate"] = e
+    elif isinstance(e, dict):
+        bad = set(e) - DECONTAMINATE_KEYS
+        if bad:
+            raise RecaptionError(f"unknown decontaminate keys {sorted(bad)}; known: {sorted(DECONTAMINATE_KEYS)}")
+        if not e.get("eval"):
+            raise RecaptionError("decontaminate needs eval: PATH (a folder of images or shards)")
+        out["decontaminate"], out["decontaminate_model"] = str(e["eval"]), e.get("model")
+        out["decontaminate_rules"] = {k: v for k, v in e.items() if k in ("exact", "phash", "embedding")
+                                      and v is not None}
+    elif e:
+        raise RecaptionError("decontaminate is an EVAL path or a mapping {eval: PATH, ...}")
+    return out
