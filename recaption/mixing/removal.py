@@ -18,7 +18,6 @@ Found once per pool, after the filter rules and before the pool's statistics:
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +34,6 @@ from recaption.mixing.files import AnnFile
 from recaption.mixing.overlap import EvalSet, OverlapConfig
 from recaption.mixing.strategies.base import DUPLICATE, OVERLAP
 
-log = logging.getLogger("recaption")
 DUPLICATE_PREFIX, OVERLAP_PREFIX = "duplicate of ", "overlaps "  # how their reasons start
 
 

@@ -135,7 +135,7 @@ def test_decontaminate_at_the_documented_thresholds(pool, eval_dir, tmp_path):
     assert drops["orig-chelsea"] == "overlaps bench/val/chelsea.jpg (sha256, identical)"
     assert drops["chelsea-crop5"] == "overlaps bench/val/chelsea.jpg (phash, 4)"
     assert drops["astronaut-mirror"].startswith("overlaps bench/val/astronaut.png (phash mirrored, ")
-    assert {f"orig-rocket", *(f"rocket-{k}" for k in COPIES)} <= written  # a photograph not in EVAL
+    assert {"orig-rocket", *(f"rocket-{k}" for k in COPIES)} <= written  # a photograph not in EVAL
     s = summary(tmp_path / "out")
     ev = s["decontaminate"]
     assert (ev["images"], ev["unreadable"]) == (5, 1) and ev["errors"][0]["name"] == "notes.jpg"
