@@ -230,12 +230,14 @@ def load_eval(cfg, source, ann_dir: str) -> EvalSet:
     """EVAL fingerprinted, and embedded where the embedding rule runs: with the model the pool's
     embeddings were made with (as their files record it), or `--decontaminate-model` naming where
     that model loads from here."""
-    rules = cfg.decontaminate_rules
-    if "embedding" not in rules:
-        return overlap.load_eval(cfg.decontaminate)
-    embed = EvalEmbedder(_model_of(source, ann_dir, cfg.decontaminate_model))
-    ev = overlap.load_eval(cfg.decontaminate, embed=embed)
-    ev.model = embed.model
+    embed = None
+    if "embedding" in cfg.decontaminate_rules:
+        embed = EvalEmbedder(_model_of(source, ann_dir, cfg.decontaminate_model))
+    try:
+        ev = overlap.load_eval(cfg.decontaminate, embed=embed)
+    except RecaptionError as e:  # say which option's path it is
+        raise RecaptionError(f"--decontaminate {cfg.decontaminate}: {e}") from None
+    ev.model = embed.model if embed is not None else None
     return ev
 
 
@@ -257,8 +259,9 @@ def _model_of(source, ann_dir: str, given: str | None) -> dict:
 
 class EvalEmbedder:
     """Image bytes -> L2-normalised CLIP image embeddings (float32 [n, d]; zeros where an image does
-    not decode), the way annotate embeds the pool: one decode (JPEG draft mode at the size that
-    pass decoded at), the model's pixel spec, normalised on the model's device; the model's own
+    not decode), the way annotate embeds the pool: one decode (JPEG draft mode at the size the CLIP
+    and fingerprint inputs need; a pass that also captioned decoded larger drafts, which moves an
+    embedding slightly), the model's pixel spec, normalised on the model's device; the model's own
     processor where it has no fast path. Built once, in the driver."""
 
     def __init__(self, model: dict):
