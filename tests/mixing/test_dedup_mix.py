@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -206,6 +207,13 @@ def test_the_embedding_rules_plumbing_with_the_tiny_clip(pool, eval_dir, tmp_pat
         assert m and float(m.group(1)) >= 0.99, drops[key]
     ev = summary(tmp_path / "ev")["decontaminate"]
     assert ev["model"]["model"] == tiny_models["clip"]
+
+    # the same model from elsewhere (a recorded name that does not load here): named, it is used
+    copy = tmp_path / "clip-copy"
+    shutil.copytree(tiny_models["clip"].split(":", 1)[1], copy)
+    _, again = _mix(shards, ann, tmp_path / "ev2", "--decontaminate", eval_dir, "--decontaminate-rule",
+                    "embedding=0.99", "--decontaminate-model", f"local-dir:{copy}")
+    assert again == drops and summary(tmp_path / "ev2")["decontaminate"]["model"]["model"] == f"local-dir:{copy}"
 
 
 def test_the_embedding_rule_needs_the_embedding_files(pool, tmp_path, tiny_models, capsys):
