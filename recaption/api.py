@@ -217,13 +217,17 @@ def _write_mix_summary(out_dir: str, summary: dict, input_spec, ann_dir: str, se
 
 
 def mix_identity(cfg: MixConfig) -> dict:
-    """The mix settings a folder records; no filters (no caption keys) leaves the key out, as
-    folders made before filters (caption keys) existed recorded them, so those resume."""
+    """The mix settings a folder records; no filters (no caption keys, no duplicate or overlap
+    rules) leaves the key out, as folders made before they existed recorded them, so those resume."""
     d = dataclasses.asdict(cfg)
     if not d["filters"]:
         del d["filters"]
     if d.get("caption_keys") == "none":
         del d["caption_keys"]
+    for k, default in (("dedup", {}), ("dedup_keep", "first"), ("decontaminate", None), ("decontaminate_rules", {}),
+                       ("decontaminate_model", None)):  # as folders made before these existed recorded them
+        if d.get(k) == default:
+            del d[k]
     return d
 
 
@@ -242,9 +246,20 @@ def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False, 
                    "dropped_by_reason": counts["dropped"], "output_shards": n_out},
         "threshold": pool.numbers.threshold, "threshold_column": cfg.threshold_column,
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
-        "caption_keys": cfg.caption_keys, "filters": counts["filters"], "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
+        "caption_keys": cfg.caption_keys, "filters": counts["filters"], **_removal_summary(pool),
+        "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
     }
+
+
+def _removal_summary(pool) -> dict:
+    """`dedup` (per rule: what it dropped, of how many compared) and `decontaminate` (EVAL, its
+    images, per rule what it dropped), where the mix had them."""
+    r = pool.removal
+    if r is None:
+        return {}
+    out = {"dedup": r.dedup} if r.dedup else {}
+    return out | ({"decontaminate": r.decontaminate} if r.decontaminate else {})
 
 
 # -- run: annotate + mix from a recipe ---------------------------------------------------------
@@ -277,7 +292,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
     ann_summary = {}
-    if parts.asks_for_models or parts.mix.filter_set.needs_metrics:
+    if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
         ann_summary = annotate(input_spec, ann_dir, cfgs, decode=DecodeOptions(batch_size=r.get("batch_size"),
                                                                               max_pixels=max_pixels),
                                overwrite=overwrite and not same_annotations, execution=ex)
@@ -289,7 +304,8 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
 
 def _without_mix(identity) -> str:
     ident = dict(identity or {})
-    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items() if k not in ("mix", "filters")}
+    ident["recipe"] = {k: v for k, v in (ident.get("recipe") or {}).items()
+                       if k not in ("mix", "filters", "dedup", "decontaminate")}
     return json.dumps(ident, sort_keys=True, default=str)
 
 

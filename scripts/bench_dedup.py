@@ -17,11 +17,20 @@
    hours on a few cores, so it runs for --brute-queries query rows and its time is also given
    scaled to all rows; the rule's recall is measured against it on those rows.
 
+3. The pool pass (`--only pool`): --pool-rows annotation rows (default 1M) as `recaption mix`
+   reads them (annotation files of 10,000 rows shaped as scripts/bench_mix.py makes them, every
+   row ok, with the fingerprint columns of measurement 1 and its planted groups, --pool-groups of
+   them), through `api.mix --dry-run` (raw, fraction 0.3) with and without `--dedup exact,phash`:
+   rows/s and peak RSS of the whole pass (the files read again for the keys, the rules on the
+   driver, the removed rows carried through the statistics, select and count passes), and every
+   planted copy dropped.
+
 Each measurement runs in a fresh process, whose peak RSS is reported (ru_maxrss). Prints a table
 and writes scripts/bench-dedup-results.json.
 
     python scripts/bench_dedup.py                              # 10M fingerprints, 1M embeddings
     python scripts/bench_dedup.py --rows 1000000 --emb-rows 100000   # quicker
+    python scripts/bench_dedup.py --only pool --pool-rows 1000000    # the wired pool pass
 """
 from __future__ import annotations
 
@@ -289,7 +298,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--brute-queries", type=int, default=4_000)
     ap.add_argument("--work", default=os.environ.get("RECAPTION_BENCH_DIR", "/tmp/recaption-bench-dedup"))
     ap.add_argument("--json", default=str(ROOT / "scripts" / "bench-dedup-results.json"))
-    ap.add_argument("--only", choices=["fingerprints", "embeddings"], help="one of the two measurements")
+    ap.add_argument("--pool-rows", type=int, default=1_000_000)
+    ap.add_argument("--pool-groups", type=int, default=10_000)
+    ap.add_argument("--only", choices=["fingerprints", "embeddings", "pool"], help="one of the measurements")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     work = Path(a.work)
@@ -300,6 +311,13 @@ def main(argv=None) -> dict:
            "load_before": [round(x, 2) for x in load]}
     if Path(a.json).exists() and a.only:  # one part again: keep the other's last figures
         res = {**json.loads(Path(a.json).read_text()), **res}
+    if a.only == "pool":  # its own load figures: the file's top-level ones belong to the other two
+        old = json.loads(Path(a.json).read_text()) if Path(a.json).exists() else {}
+        res = {**old, "pool": {**run_pool(work, a.pool_rows, a.pool_groups), "load_before": res["load_before"],
+                               "load_after": [round(x, 2) for x in os.getloadavg()]}}
+        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+        print(pool_markdown(res["pool"]))
+        return res
     if a.only != "embeddings":
         res["fingerprints"] = child("run_fingerprints", a.rows, a.groups)
         print(json.dumps(res["fingerprints"]), flush=True)
@@ -316,6 +334,95 @@ def main(argv=None) -> dict:
     print(f"load average after: {res['load_after']}; results in {a.json}\n")
     print(markdown(res))
     return res
+
+
+# -- 3. the pool pass ---------------------------------------------------------------------------
+POOL_CHILD = """
+import json, sys, time
+from recaption import api
+from recaption.engines import Execution
+from recaption.mixing.strategies import MixConfig
+a = json.loads(sys.argv[1])
+t = time.perf_counter()
+s = api.mix(a["input"], a["ann"], None, MixConfig(**a["cfg"]), dry_run=True, execution=Execution(quiet=True))
+print(json.dumps({"seconds": time.perf_counter() - t, "read": s["counts"]["read"], "written": s["counts"]["written"],
+                  "dropped_by_reason": s["counts"]["dropped_by_reason"], "dedup": s.get("dedup")}))
+"""
+
+
+def build_pool(work: Path, rows: int, groups: int) -> tuple[Path, Path, int]:
+    """Annotation files with fingerprints and planted groups (built once): folder, shard list,
+    planted copies."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import bench_mix
+
+    d, listing = work / f"pool-{rows}-{groups}", work / f"pool-{rows}-{groups}.txt"
+    planted = plant(rows, groups, seed=1)
+    if (d / "_complete").exists():
+        return d, listing, len(planted["member"])
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(rows)
+    vocab = bench_mix._words(rng, 20_000)
+    files = -(-rows // PER_FILE)
+    for f in range(files):
+        name = f"{f:05d}"
+        t = bench_mix.annotation_table(rng, vocab, name, n=min(PER_FILE, rows - f * PER_FILE))
+        k = file_keys(f, rows, planted)
+        n = t.num_rows
+        t = t.set_column(t.schema.get_field_index("status"), "status", pa.array(["ok"] * n))
+        t = t.set_column(t.schema.get_field_index("error"), "error", pa.nulls(n, pa.string()))
+        words = np.zeros((n, 32), np.uint8)
+        words[:, :8] = k.sha_hi.astype(">u8").view(np.uint8).reshape(n, 8)
+        words[:, 8:16] = k.sha_lo.astype(">u8").view(np.uint8).reshape(n, 8)
+        sha = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), n, [None, pa.py_buffer(words.tobytes())])
+        meta = json.loads(t.schema.metadata[b"recaption"])
+        meta["groups"]["fingerprints"] = {"sha256": "image bytes", "phash": "dct 32x32 -> 8x8, with mirror"}
+        t = t.append_column("image_sha256", sha).append_column("phash", pa.array(k.phash, pa.uint64()))
+        t = t.append_column("phash_mirror", pa.array(k.mirror, pa.uint64()))
+        pq.write_table(t.replace_schema_metadata({b"recaption": json.dumps(meta).encode()}), d / f"{name}.parquet",
+                       compression="zstd")
+    listing.write_text("".join(f"{work}/pool-shards/{f:05d}.tar\n" for f in range(files)))
+    (d / "_complete").write_text("1")
+    return d, listing, len(planted["member"])
+
+
+def run_pool(work: Path, rows: int, groups: int) -> dict:
+    """The dry run with and without the duplicate rules, each in fresh processes (median of 3)."""
+    import statistics
+
+    import bench_mix
+
+    t = time.perf_counter()
+    ann, listing, copies = build_pool(work, rows, groups)
+    built = round(time.perf_counter() - t, 1)
+    out = {"rows": rows, "planted_groups": groups, "planted_copies": copies, "build_s": built}
+    for label, extra in (("without", {}), ("dedup", {"dedup": ["exact", "phash"]})):
+        runs = [bench_mix.run_measured({"input": str(listing), "ann": str(ann),
+                                        "cfg": {"strategy": "raw", "fraction": 0.3, **extra}}, POOL_CHILD)
+                for _ in range(3)]
+        secs = statistics.median(r["seconds"] for r in runs)
+        out[label] = {"seconds": round(secs, 2), "rows_per_s": round(rows / secs),
+                      "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
+                      "runs": [round(r["seconds"], 2) for r in runs], "dedup": runs[0]["dedup"]}
+        print(f"  pool pass {rows:,} rows, {label} dedup: {out[label]['rows_per_s']:,} rows/s, "
+              f"peak RSS {out[label]['peak_rss_mb']} MB (runs {out[label]['runs']})", flush=True)
+    found = sum(r["dropped"] for r in out["dedup"]["dedup"])
+    out["copies_dropped"], out["all_found"] = found, found == copies
+    return out
+
+
+def pool_markdown(p: dict) -> str:
+    """The pool pass's figures as a table."""
+    rows = ["| `mix --dry-run` (raw, fraction 0.3), {:,} rows | seconds | rows/s | peak RSS |".format(p["rows"]),
+            "| --- | ---: | ---: | ---: |"]
+    for label, name in (("without", "no duplicate rules"), ("dedup", "`--dedup exact,phash`")):
+        r = p[label]
+        rows.append(f"| {name} | {r['seconds']} | {r['rows_per_s']:,} | {r['peak_rss_mb']} MB |")
+    rows.append(f"\nplanted copies dropped: {p['copies_dropped']:,} of {p['planted_copies']:,}")
+    return "\n".join(rows)
 
 
 def markdown(r: dict) -> str:

@@ -3,6 +3,9 @@ output folders and samples. Test modules import these from here, never from each
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -97,3 +100,82 @@ def plain(s: dict) -> dict:
     """A sample without where it was read from, and without the members it lacks (None, or NaN
     where Ray's reader keeps a column of some samples' members as Python objects)."""
     return {k: v for k, v in s.items() if k not in ("__url__", "__local_path__") and v is not None and v == v}
+
+
+# -- real photographs and their near-copies (the duplicate and overlap tests) -------------------
+PHOTOS = sorted((Path(__file__).parent / "data" / "photos").glob("*.jpg"))
+COPIES = ("bytes", "q60", "half", "mirror", "crop5")  # per photograph, in the copies shard
+
+
+def jpeg(im, quality: int = 90) -> bytes:
+    """A PIL image as JPEG bytes."""
+    import io
+
+    b = io.BytesIO()
+    im.save(b, "JPEG", quality=quality)
+    return b.getvalue()
+
+
+def near_copies(data: bytes) -> dict[str, bytes]:
+    """A photograph's copies, as a pool would hold them: the same bytes, re-encoded at JPEG quality
+    60, half size, mirrored, cropped by 5% (the centre 95% of width and height)."""
+    import io
+
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    cw, ch = round(w * 0.95), round(h * 0.95)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return {"bytes": data, "q60": jpeg(im, 60), "half": jpeg(im.resize((w // 2, h // 2), Image.Resampling.BICUBIC)),
+            "mirror": jpeg(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+            "crop5": jpeg(im.crop((left, top, left + cw, top + ch)))}
+
+
+def _photo_sample(key: str, image: bytes | None, text: str) -> tuple[str, dict]:
+    members = {"jpg": image} if image is not None else {}
+    return key, {**members, "txt": text.encode(), "json": json.dumps({"key": key}).encode()}
+
+
+def photo_shards(folder: Path) -> Path:
+    """Two shards: 00000 holds the five photographs (`orig-NAME`), an image that does not decode
+    (`broken`) and a sample without image (`noimage`); 00001 holds every photograph's copies
+    (`NAME-bytes`, `NAME-q60`, `NAME-half`, `NAME-mirror`, `NAME-crop5`). Each photograph is a
+    different photograph to the others'."""
+    from recaption.demo.samples import write_tar
+
+    originals = [_photo_sample(f"orig-{p.stem}", p.read_bytes(), f"a photograph of {p.stem}") for p in PHOTOS]
+    write_tar(folder / "00000.tar", originals + [_photo_sample("broken", b"not an image at all", "broken"),
+                                                 _photo_sample("noimage", None, "no image")])
+    copies = [_photo_sample(f"{p.stem}-{kind}", data, f"{kind} of {p.stem}")
+              for p in PHOTOS for kind, data in near_copies(p.read_bytes()).items()]
+    write_tar(folder / "00001.tar", copies)
+    return folder
+
+
+def accounted(out: Path, shards: Path) -> tuple[set, dict]:
+    """(keys written, {key: reason} dropped) of a mix folder, checked to hold every input sample
+    exactly once."""
+    written = set(read_output(out))
+    drops = {k: r for (k, _), r in dropped(out).items()}
+    inputs = {s.key for t in sorted(shards.glob("*.tar")) for s in iter_shard(str(t)) if s.key is not None}
+    assert not written & set(drops), written & set(drops)
+    assert written | set(drops) == inputs, inputs ^ (written | set(drops))
+    return written, drops
+
+
+def find_chromium():
+    """A headless Chromium for the report tests, installed with apt where it is missing and allowed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() == 0 and shutil.which("apt-get"):  # the test set-up installs it where missing
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, timeout=600, check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, timeout=900, check=False,
+                           capture_output=True)
+        except subprocess.TimeoutExpired:
+            return None
+        return shutil.which("chromium")
+    return None

@@ -25,7 +25,7 @@ def test_caption_after_raw_only_score_adds_the_captions(shard_dir, tiny_models, 
     # the CLIP scores were of a caption-less file: they no longer hold and are not kept under a false claim
     # (beside the groups: the identity of the shard the member index was read from)
     meta = ann.read_metadata(str(a / "00000.parquet"))
-    assert set(meta["groups"]) == {"captions", "metrics", tarindex.GROUP}
+    assert set(meta["groups"]) == {"captions", "metrics", "fingerprints", tarindex.GROUP}
     assert meta["format_version"] == ann.FORMAT_VERSION
     assert all(r["clip_raw"] is None for r in rows.values())
     assert cli("score", shard_dir, "-a", a, "--clip-model", tiny_models["clip"], "--no-sieve", "-q") == 0

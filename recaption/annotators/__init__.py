@@ -21,6 +21,7 @@ BUILTIN = {
     "clip": "recaption.annotators.clip:Clip",
     "sieve": "recaption.annotators.sieve:Sieve",
     "rerank": "recaption.annotators.rerank:Rerank",
+    "fingerprints": "recaption.annotators.fingerprints:Fingerprints",
 }
 ENTRY_POINTS = "recaption.annotators"
 _registry: dict[str, str | type] = dict(BUILTIN)

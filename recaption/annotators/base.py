@@ -14,6 +14,12 @@ re-ranking reuses the main CLIP model); `image_models` names the models that rea
 with `image_size`, and `pixel_spec()` (the fast decode path) and/or `prepare(images)` (its own
 processor); `annotate_batch(batch)` fills the group's columns for one batch of samples, and
 `finish_shard(rows)` for the whole shard at once (SIEVE embeds all texts of a shard in one call).
+
+Files beside the annotation file: an annotator may write files of its own for a shard (the clip
+group's `--save-embeddings`), in `ctx.ann_dir` (the annotation folder) from `finish_shard`, which
+runs before the annotation file is written: rows come in the file's order, so `rows[i]` is the
+file's row i. It declares them with `files(settings, ann_dir, name)`; a group recorded with the
+wanted settings is redone for a shard while one of its files is missing.
 """
 from __future__ import annotations
 
@@ -25,8 +31,8 @@ from recaption.declare import Option  # noqa: F401  (part of the contract, re-ex
 from recaption.errors import RecaptionError
 
 # The arrow types a column may declare, as text, so declarations need no pyarrow.
-TYPES = ("string", "bool", "int32", "int64", "float32", "float64", "list<string>", "list<float32>",
-         "list<list<float32>>", "binary")
+TYPES = ("string", "bool", "int32", "int64", "uint64", "float32", "float64", "list<string>", "list<float32>",
+         "list<list<float32>>", "binary", "binary[32]")
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,11 @@ def arrow_type(text: str):
     import pyarrow as pa
 
     simple = {"string": pa.string(), "bool": pa.bool_(), "int32": pa.int32(), "int64": pa.int64(),
-              "float32": pa.float32(), "float64": pa.float64(), "binary": pa.binary()}
+              "uint64": pa.uint64(), "float32": pa.float32(), "float64": pa.float64(), "binary": pa.binary()}
     if text in simple:
         return simple[text]
+    if text.startswith("binary[") and text.endswith("]"):  # fixed size: binary[32] is 32 bytes a value
+        return pa.binary(int(text[7:-1]))
     assert text.startswith("list<") and text.endswith(">"), text
     return pa.list_(arrow_type(text[5:-1]))
 
@@ -129,10 +137,12 @@ class Batch(Protocol):
 
 @dataclass
 class WorkerContext:
-    """What an annotator is built with in a worker: the device, and models shared by key."""
+    """What an annotator is built with in a worker: the device, models shared by key, and the
+    annotation folder the shards' files go to (for files an annotator writes beside them)."""
 
     device: str | None = None
     models: dict = field(default_factory=dict)
+    ann_dir: str | None = None
 
     def shared(self, key, build: Callable[[], Any]):
         """One model per key in a worker, whichever annotator asks first builds it."""
@@ -199,6 +209,12 @@ class Annotator:
     @classmethod
     def check(cls, config) -> None:
         """Fail, before anything is created, on what can be known early (missing files, extras)."""
+
+    @classmethod
+    def files(cls, settings: dict, ann_dir: str, name: str) -> list[str]:
+        """The files this group writes beside annotation file `ann_dir/NAME.parquet` when computed
+        with `settings` (none by default); while one is missing the group is not finished there."""
+        return []
 
     # -- in a worker ----------------------------------------------------------------------------
     def __init__(self, config, ctx: WorkerContext):

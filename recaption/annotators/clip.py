@@ -8,12 +8,15 @@ from recaption.annotators.base import (Annotator, Column, Option, RuleKind, chec
                                        on_device, recipe_section)
 from recaption.annotators.captions import _is_pixels
 
-RECIPE_KEYS = {"model", "pretrained", "dtype", "batch_size"}
+RECIPE_KEYS = {"model", "pretrained", "dtype", "batch_size", "save_embeddings"}
+EMBEDDINGS = "float16"  # what the settings record when the image embeddings are kept (recaption.io.embeddings)
 
 
 def clip_scorer(ctx, cfg):
     """The worker's CLIP scorer for a config: one per model, whichever annotator asks first."""
-    key = ("clip", json.dumps(dataclasses.asdict(on_device(cfg, ctx.device)), sort_keys=True))
+    model = dataclasses.asdict(on_device(cfg, ctx.device))
+    model.pop("save_embeddings", None)  # what annotate keeps is no part of the model
+    key = ("clip", json.dumps(model, sort_keys=True))
 
     def build():
         from recaption.scoring.clip import ClipScorer
@@ -33,7 +36,9 @@ def embed(scorer, batch, idx):
 
 
 class Clip(Annotator):
-    """`clip_raw` and `clip_captions`: one image embedding per sample, every text of a batch in one call."""
+    """`clip_raw` and `clip_captions`: one image embedding per sample, every text of a batch in one
+    call; with `--save-embeddings`, those embeddings kept per shard beside the annotation file
+    (`recaption.io.embeddings`, rows aligned with it)."""
 
     name = "clip"
     columns = (Column("clip_raw", "float32"), Column("clip_captions", "list<float32>", []))
@@ -43,6 +48,9 @@ class Clip(Annotator):
         Option("clip_model", str, "ViT-B-32", "open_clip name, hf-hub:org/repo or local-dir:/path"),
         Option("clip_pretrained", str, "openai", "pretrained tag or local checkpoint file"),
         Option("no_clip", bool, False, "skip CLIP scores", flags=("--no-clip",)),
+        Option("save_embeddings", bool, False, "keep the CLIP image embeddings (float16, clip-retrieval's layout) in "
+                                               "ANN/embeddings/, rows aligned with each annotation file: what "
+                                               "mix --dedup semantic and the embedding overlap rule read"),
     )
     # the CLIP floors of LAION-5B (docs/formats.md#filters): they read the fixed clip_raw column
     rules = (
@@ -61,7 +69,8 @@ class Clip(Annotator):
         if values.get("no_clip"):
             return None
         return ClipConfig(model=values.get("clip_model") or "ViT-B-32",
-                          pretrained=values.get("clip_pretrained", "openai"), dtype=values.get("dtype"))
+                          pretrained=values.get("clip_pretrained", "openai"), dtype=values.get("dtype"),
+                          save_embeddings=bool(values.get("save_embeddings")))
 
     @classmethod
     def from_recipe(cls, recipe: dict, others: dict):
@@ -75,9 +84,19 @@ class Clip(Annotator):
 
     @classmethod
     def settings(cls, c, run) -> dict:
-        """Model, weights and dtype (and the input path where it is not the fast one)."""
-        s = {"model": model_identity(c.model), "pretrained": c.pretrained, "dtype": c.dtype or "auto"}
-        return s | ({"preprocess": run.preprocess} if run.preprocess != "fast" else {})
+        """Model, weights and dtype (and the input path where it is not the fast one); `embeddings`
+        where they are kept, so a shard whose embedding files are missing is redone."""
+        s = model_settings(c) | ({"preprocess": run.preprocess} if run.preprocess != "fast" else {})
+        return s | ({"embeddings": EMBEDDINGS} if getattr(c, "save_embeddings", False) else {})
+
+    @classmethod
+    def files(cls, settings: dict, ann_dir: str, name: str) -> list[str]:
+        """The shard's embedding files, where the settings keep them."""
+        from recaption.io import embeddings
+
+        if not settings.get("embeddings"):
+            return []
+        return [embeddings.npy_url(ann_dir, name), embeddings.metadata_url(ann_dir, name)]
 
     @classmethod
     def check(cls, c) -> None:
@@ -88,6 +107,8 @@ class Clip(Annotator):
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self.scorer = clip_scorer(ctx, config)
+        self.kept: dict[int, object] = {}  # id(row) -> its image embedding (float32), while a shard is read
+        self.shard: str | None = None
 
     def image_models(self) -> dict:
         """The CLIP image tower reads pixels."""
@@ -103,3 +124,44 @@ class Clip(Annotator):
         raw_s, cand_s = self.scorer.score(emb, [r["raw_caption"] for r in rows], [r["captions"] or [] for r in rows])
         for r, a, b in zip(rows, raw_s, cand_s):
             r["clip_raw"], r["clip_captions"] = a, b
+        if self.config.save_embeddings:
+            if batch.shard != self.shard:  # a new shard (one that failed never reached finish_shard)
+                self.kept, self.shard = {}, batch.shard
+            vectors = emb.float().cpu().numpy()
+            for r, v in zip(rows, vectors):
+                self.kept[id(r)] = v
+
+    def finish_shard(self, rows: list[dict]) -> None:
+        """Write the shard's embeddings (rows aligned with the annotation file, zeros where a row
+        has none); without --save-embeddings, remove the ones an earlier pass left for it (they
+        belong to results this pass replaces)."""
+        from recaption.io import embeddings
+
+        kept, self.kept, self.shard = self.kept, {}, None
+        name = next((r["shard"] for r in rows), None)
+        if name is None or self.ctx.ann_dir is None:
+            return
+        if not self.config.save_embeddings:
+            embeddings.remove(self.ctx.ann_dir, name)
+            return
+        import numpy as np
+
+        dim = next((len(v) for v in kept.values()), None) or image_dim(self.scorer)
+        vectors = np.zeros((len(rows), dim), dtype=np.float32)
+        done = np.zeros(len(rows), dtype=bool)
+        for i, r in enumerate(rows):
+            v = kept.get(id(r))
+            if v is not None:
+                vectors[i], done[i] = v, True
+        embeddings.write(self.ctx.ann_dir, name, vectors, [r["key"] for r in rows], shard=name, embedded=done,
+                         settings=model_settings(self.config))
+
+
+def model_settings(c) -> dict:
+    """The model a CLIP config names, as group settings and embedding files record it."""
+    return {"model": model_identity(c.model), "pretrained": c.pretrained, "dtype": c.dtype or "auto"}
+
+
+def image_dim(scorer) -> int:
+    """The width of a CLIP model's image embeddings."""
+    return int(getattr(scorer.model.visual, "output_dim", 0) or scorer.model.text_projection.shape[1])

@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from recaption.mixing.dedup_spec import usage as dedup_usage
 from recaption.mixing.rules import usage as filter_usage
 from recaption.cli.options import (AnnotatorOptions, CaptionerOptions, ExecOptions, InputOptions, OutputOptions,
                                    ScoringOptions, StorageOptions, StrategyChoice, dumps, opt, refresh, setup_logging, verb, STATE)
@@ -113,7 +114,9 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
     "# decisions only, no shards: train on shards/ through recaption.webdataset",
     "recaption mix shards/ -a ann/ -o overlay/ --strategy both --overlay",
     "# every caption under its own json key, for open_clip's --json-text-key",
-    "recaption mix shards/ -a ann/ -o mixed/ --strategy both --caption-keys all"))
+    "recaption mix shards/ -a ann/ -o mixed/ --strategy both --caption-keys all",
+    "# exact and near duplicates out (the best CLIP score of each group stays), and copies of a test set",
+    "recaption mix shards/ -a ann/ -o mixed/ --dedup exact --dedup phash --dedup-keep best:clip_raw --decontaminate imagenet-val/"))
 def mix(
     input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
@@ -129,6 +132,11 @@ def mix(
     dry_run: Annotated[bool, opt("--dry-run", help="print what this and every other strategy would keep and drop; write nothing")] = False,
     overlay: Annotated[bool, opt("--overlay", help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset")] = False,
     caption_keys: Annotated[str, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER); all (best + recaption_candidate_I)")] = "none",
+    dedup: Annotated[Optional[List[str]], opt("--dedup", help=dedup_usage())] = None,
+    dedup_keep: Annotated[str, opt(help="which sample of a duplicate group stays: first (input order) or best:COLUMN (the highest of an annotation column, e.g. best:clip_raw; missing last)")] = "first",
+    decontaminate: Annotated[Optional[str], opt(help="EVAL: a folder of images and/or shards (a benchmark's test images); every pool sample that copies one is dropped before the strategy")] = None,
+    decontaminate_rule: Annotated[Optional[List[str]], opt("--decontaminate-rule", help=dedup_usage(overlap=True))] = None,
+    decontaminate_model: Annotated[Optional[str], opt(help="embedding rule: where the CLIP model the pool's embeddings were made with loads from here, NAME[@PRETRAINED] (open_clip name, hf-hub:, local-dir:); default: the model their files record")] = None,
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
     from recaption import api
@@ -136,7 +144,9 @@ def mix(
 
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
-                    filters=filters or [], caption_keys=caption_keys)
+                    filters=filters or [], caption_keys=caption_keys, dedup=dedup or [], dedup_keep=dedup_keep,
+                    decontaminate=decontaminate, decontaminate_rules=decontaminate_rule or [],
+                    decontaminate_model=decontaminate_model)
     s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overlay=overlay, overwrite=o.overwrite, image_keys=inp.keys(),
                 execution=ex.execution(o), arguments={"argv": _argv()}, storage_options=st.storage_options)
     return _show_mix(s, out, o)

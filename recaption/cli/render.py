@@ -87,6 +87,17 @@ def mix(summary: dict, out: str | None) -> None:
         for f in summary["filters"]:
             lack = f", {f['lacking']:,} of them lacking its input" if f["lacking"] else ""
             r.add(f"  {f['rule']}", f"drops {f['dropped']:,}{lack}; alone it would drop {f['alone']:,}")
+    ev = summary.get("decontaminate")
+    if ev:
+        bad = f", {ev['unreadable']:,} unreadable" if ev.get("unreadable") else ""
+        r.add("evaluation overlap", f"{ev['eval']}: {ev['images']:,} images{bad}")
+        for f in ev["rules"]:
+            r.add(f"  {f['rule']}", f"drops {f['dropped']:,}" + (f" ({f['mirrored']:,} mirrored)" if f.get("mirrored") else ""))
+    if summary.get("dedup"):
+        r.add("duplicate rules, in order", "")
+        for f in summary["dedup"]:
+            mirrored = f" ({f['mirrored']:,} mirrored)" if f.get("mirrored") else ""
+            r.add(f"  {f['rule']}", f"drops {f['dropped']:,}{mirrored} of {f['compared']:,} compared")
     thr = summary.get("threshold")
     r.add("threshold", "none" if thr is None else f"{_num(thr)} on {summary['threshold_column']}")
     for k, (lo, hi) in (summary.get("min_max") or {}).items():

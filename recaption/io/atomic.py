@@ -127,7 +127,7 @@ def remove_stale_temps(url: str) -> int:
     return n
 
 
-RECAPTION_SUFFIXES = (".tar", ".parquet", "_stats.json", "_summary.json", "_recaption.json")
+RECAPTION_SUFFIXES = (".tar", ".parquet", "_stats.json", "_summary.json", "_recaption.json", ".npy")
 
 
 def _abort_s3_uploads(fs, path: str) -> int:

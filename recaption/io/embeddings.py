@@ -75,6 +75,19 @@ def write(ann: str, name: str, vectors, keys, *, shard: str, embedded=None, sett
         pq.write_table(table, f)
 
 
+def remove(ann: str, name: str) -> bool:
+    """Remove one shard's embeddings where recaption wrote them (the metadata file carries its
+    footer); returns whether it did. A lone `.npy` (a write cut short) is left to be overwritten."""
+    from recaption.io.atomic import remove as remove_url
+
+    if not exists(metadata_url(ann, name)) or not settings(ann, name).get("format_version"):
+        return False
+    if exists(npy_url(ann, name)):
+        remove_url(npy_url(ann, name))
+    remove_url(metadata_url(ann, name))
+    return True
+
+
 def has(ann: str, name: str) -> bool:
     """Whether a shard's embeddings were written (both files present)."""
     return exists(npy_url(ann, name)) and exists(metadata_url(ann, name))

@@ -199,10 +199,18 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
                     groups.pop(dep, None)
     groups.update(wanted)
     makedirs(ann_dir)
-    remove_stale_temps(ann_dir)
+    for folder in (ann_dir, *embedding_folders(ann_dir)):
+        remove_stale_temps(folder)
     if rec is None or _canonical(rec.get("groups")) != _canonical(groups):
         write_record(ann_dir, {"kind": "annotations", "groups": groups})
     return groups
+
+
+def embedding_folders(ann_dir: str) -> list[str]:
+    """The folders of an annotation folder's embedding files (`recaption.io.embeddings`) that exist."""
+    from recaption.io.embeddings import FOLDER
+
+    return [f for f in (join(ann_dir, f"{FOLDER}/img_emb"), join(ann_dir, f"{FOLDER}/metadata")) if exists(f)]
 
 
 def _refuse_foreign_annotations(ann_dir: str) -> None:

@@ -44,6 +44,7 @@ class Columns:
     syn_idx: np.ndarray | None = None  # int: index of the synthetic caption, -1 none
     clip_syn: np.ndarray | None = None  # float (the file's float type), NaN = missing
     fcode: np.ndarray | None = None  # int16 filter outcome: -1 passed, else the rule's code (None: no rules)
+    removed: np.ndarray | None = None  # uint8: 0, or the outcome of a duplicate or overlap (None: none removed)
 
     @property
     def n(self) -> int:
@@ -62,8 +63,10 @@ class Columns:
 
     @property
     def pool(self) -> np.ndarray:
-        """Rows that count for pool statistics and thresholds: valid rows that pass the filters."""
-        return self.valid if self.fcode is None else self.valid & (self.fcode < 0)
+        """Rows that count for pool statistics and thresholds: valid rows that pass the filters and
+        are neither a duplicate nor an evaluation overlap."""
+        p = self.valid if self.fcode is None else self.valid & (self.fcode < 0)
+        return p if self.removed is None else p & (self.removed == 0)
 
 
 def read(url: str, columns: list[str], counts_only: bool = False, filters=None) -> pa.Table:
@@ -119,8 +122,9 @@ def floats(col) -> np.ndarray:
     return np.where(scored(x), x, np.nan).astype(x.dtype, copy=False)
 
 
-def from_table(t: pa.Table, filters=None) -> Columns:
-    """Columns of one annotation table (read with `columns_for`), with the outcome of `filters`."""
+def from_table(t: pa.Table, filters=None, removed=None) -> Columns:
+    """Columns of one annotation table (read with `columns_for`), with the outcome of `filters`
+    and the rows `removed` (`recaption.mixing.removal.Removed`) takes out of the pool."""
     keyed = t["key"].is_valid().to_numpy(zero_copy_only=False)
     ok = pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(zero_copy_only=False)
     has_raw = t["raw_caption"].is_valid().to_numpy(zero_copy_only=False)
@@ -136,6 +140,9 @@ def from_table(t: pa.Table, filters=None) -> Columns:
                    t["clip_captions"])
     if filters:
         c.fcode = filters.codes(t)
+    if removed is not None and len(removed):
+        c.removed = np.zeros(c.n, dtype=np.uint8)
+        c.removed[removed.rows] = removed.code
     return c
 
 

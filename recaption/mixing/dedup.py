@@ -26,13 +26,11 @@ from typing import Callable
 import numpy as np
 
 from recaption.mixing import hamming
+from recaption.mixing.dedup_spec import PHASH_K  # the pool's pHash threshold, in bits (docs/formats.md#thresholds)
 from recaption.mixing.survivors import first_kept
 
 # Annotation columns the rules read (the fingerprint annotator writes them).
 SHA_COLUMN, PHASH_COLUMN, MIRROR_COLUMN = "image_sha256", "phash", "phash_mirror"
-
-# Near-duplicate pHash threshold for the pool, in bits (docs/formats.md#duplicates-and-evaluation-overlap).
-PHASH_K = 2
 
 # Rule codes in FileDrops.code, and their names in reasons and counts.
 EXACT, PHASH, PHASH_MIRRORED, EMBEDDING = 1, 2, 3, 4

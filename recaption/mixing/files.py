@@ -28,6 +28,7 @@ class AnnFile:
     name: str  # shard name
     path: str  # its annotation file
     url: str | None = None  # the input shard (None when only annotations are known)
+    removed: object = None  # its duplicates and evaluation overlaps (`recaption.mixing.removal.Removed`)
 
 
 def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], list[str]]:
@@ -64,11 +65,11 @@ class Cache:
 
 def load(f: AnnFile, synthetic: bool, cache: Cache | None = None, filters=None) -> Columns:
     """A file's numeric columns: from the cache, or read (and kept, if the budget allows). A cache
-    belongs to one pool source, so its files were read with the same `filters`."""
+    belongs to one pool source, so its files were read with the same `filters` and removals."""
     c = cache.get(f.path, synthetic) if cache else None
     if c is None:
         t = read_file(f, colmod.columns_for(synthetic, filters=filters), counts_only=True, filters=filters)
-        c = colmod.from_table(t, filters)
+        c = colmod.from_table(t, filters, f.removed)
         if cache:
             cache.put(f.path, c)
     return c

@@ -24,9 +24,8 @@ from recaption.errors import RecaptionError, require
 from recaption.mixing import hamming
 from recaption.mixing.dedup import EMBEDDING, EXACT, MIRROR_COLUMN, PHASH, PHASH_COLUMN, PHASH_MIRRORED, \
     RULE_NAMES, SHA_COLUMN, FileKeys
+from recaption.mixing.dedup_spec import OVERLAP_PHASH_K  # against an evaluation set, in bits (docs/formats.md#thresholds)
 
-# pHash threshold against an evaluation set, in bits (docs/formats.md#duplicates-and-evaluation-overlap).
-OVERLAP_PHASH_K = 8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -57,6 +56,7 @@ class EvalSet:
     has_phash: np.ndarray  # False where the image could not be decoded (its sha256 still counts)
     embeddings: np.ndarray | None = None  # float [n, d], set by the caller (the pool's CLIP model)
     errors: list[dict] = field(default_factory=list)  # {"name", "error"}: unreadable or undecodable
+    model: dict | None = None  # the model that made `embeddings`, as recorded
 
     def __len__(self):
         return len(self.names)
@@ -76,9 +76,11 @@ class FileOverlaps:
 
 
 # -- the evaluation set ------------------------------------------------------------------------
-def load_eval(path: str, *, name: str | None = None, batch: int = 256, max_pixels: int | None = None) -> EvalSet:
+def load_eval(path: str, *, name: str | None = None, batch: int = 256, max_pixels: int | None = None,
+              embed=None) -> EvalSet:
     """Fingerprint every image of EVAL: image files anywhere under a folder (sorted by path) and
-    the samples of its shards, or one shard (or a list or pattern `recaption.io.sources` reads)."""
+    the samples of its shards, or one shard (or a list or pattern `recaption.io.sources` reads).
+    `embed(list of image bytes) -> float [n, d]` (zeros where it could not) fills `embeddings`."""
     from recaption.io.fs import fs_for
     from recaption.io.sources import list_shards, shard_suffix
 
@@ -93,7 +95,7 @@ def load_eval(path: str, *, name: str | None = None, batch: int = 256, max_pixel
     if not images and not shards:
         raise RecaptionError(f"no images (nor shards) in {path}")
     label = name or posixpath.basename(str(path).rstrip("/")).split(".")[0] or "eval"
-    out = _Builder(label, batch, max_pixels)
+    out = _Builder(label, batch, max_pixels, embed)
     for p, r in zip(images, rel):
         try:
             with fs.open(p, "rb") as f:
@@ -103,6 +105,31 @@ def load_eval(path: str, *, name: str | None = None, batch: int = 256, max_pixel
     for url in shards:
         _add_shard(out, url)
     return out.finish()
+
+
+def eval_image(path: str, name: str) -> bytes | None:
+    """The bytes of one EVAL image named as reasons name it (its path inside the folder, or
+    SHARD/KEY), for the report's thumbnails; None where it is gone."""
+    from recaption.io.fs import fs_for
+    from recaption.io.shards import iter_shard
+    from recaption.io.sources import list_shards, shard_name, shard_suffix
+
+    fs, root = fs_for(path)
+    if fs.isdir(root):
+        p = f"{root.rstrip('/')}/{name}"
+        if fs.isfile(p):
+            with fs.open(p, "rb") as f:
+                return f.read()
+        shards = [fs.unstrip_protocol(x) if "://" in path else x for x in sorted(fs.find(root)) if shard_suffix(x)]
+    else:
+        shards = list_shards(path)
+    shard, _, key = name.rpartition("/")
+    for url in shards:
+        if shard_name(url) == shard:
+            for s in iter_shard(url):
+                if getattr(s, "key", None) == key and getattr(s, "image_field", None):
+                    return s.image_bytes
+    return None
 
 
 def _add_shard(out: "_Builder", url: str) -> None:
@@ -116,9 +143,9 @@ def _add_shard(out: "_Builder", url: str) -> None:
 
 
 class _Builder:
-    def __init__(self, name: str, batch: int, max_pixels):
-        self.name, self.batch, self.max_pixels = name, batch, max_pixels
-        self.names, self.errors, self.parts, self._pending = [], [], [], []
+    def __init__(self, name: str, batch: int, max_pixels, embed=None):
+        self.name, self.batch, self.max_pixels, self.embed = name, batch, max_pixels, embed
+        self.names, self.errors, self.parts, self._pending, self.vectors = [], [], [], [], []
 
     def add(self, name: str, data: bytes) -> None:
         self._pending.append((name, data))
@@ -136,6 +163,8 @@ class _Builder:
             self.errors.append({"name": names[i], "error": f"decode: {e}"})
         self.names += names
         self.parts.append((sha, p, m, ok))
+        if self.embed is not None:
+            self.vectors.append(np.asarray(self.embed([d for _, d in self._pending]), dtype=np.float32))
         self._pending = []
 
     def finish(self) -> EvalSet:
@@ -146,7 +175,11 @@ class _Builder:
         hi = sha[:, :8].copy().view(">u8").ravel().astype(np.uint64)
         lo = sha[:, 8:16].copy().view(">u8").ravel().astype(np.uint64)
         p, m, ok = (np.concatenate([x[i] for x in self.parts]) for i in (1, 2, 3))
-        return EvalSet(self.name, self.names, hi, lo, p, m, ok, errors=self.errors)
+        emb = None
+        if self.vectors:
+            d = max(v.shape[1] for v in self.vectors)
+            emb = np.concatenate([v if v.shape[1] == d else np.zeros((len(v), d), np.float32) for v in self.vectors])
+        return EvalSet(self.name, self.names, hi, lo, p, m, ok, embeddings=emb, errors=self.errors)
 
 
 # -- matching ----------------------------------------------------------------------------------

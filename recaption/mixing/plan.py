@@ -58,8 +58,9 @@ def _null_floats(x: np.ndarray) -> pa.Array:
 
 
 def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.ndarray,
-                    threshold: float | None, filters=None) -> pa.Table:
-    """One annotation table's decisions (columns as SCHEMA), built column by column."""
+                    threshold: float | None, filters=None, removed=None) -> pa.Table:
+    """One annotation table's decisions (columns as SCHEMA), built column by column; `removed`
+    (`recaption.mixing.removal.Removed`, with reasons) gives its duplicates' and overlaps'."""
     syn = colmod.synthetic_text(t["captions"], c.syn_idx)
     raw = t["raw_caption"].combine_chunks()
     is_raw, is_syn = pa.array(code == KEEP_RAW), pa.array(code == KEEP_SYN)
@@ -71,6 +72,10 @@ def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.
     reason = pc.if_else(before, error_reasons(t["error"].combine_chunks(), c.keyed), reason)
     if filters and np.any(code == FILTERED):  # the rule and the row's own value
         reason = pc.if_else(pa.array(code == FILTERED), filters.reasons(t, c.fcode), reason)
+    if removed is not None and len(removed):  # the partner or evaluation image, the rule and its value
+        at = np.full(len(code), -1, dtype=np.int64)
+        at[removed.rows] = np.arange(len(removed))
+        reason = pc.if_else(pa.array(at >= 0), removed.reasons.take(pa.array(at, mask=at < 0)), reason)
     source = pa.array(["raw", "synthetic"], pa.string()).take(pa.array(np.minimum(code, 1).astype(np.int32),
                                                                        mask=code > KEEP_SYN))
     return pa.table([
@@ -97,9 +102,9 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     filters = cfg.filter_set
     t = read_file(f, colmod.columns_for(True, text=True, filters=filters), filters=filters)
     colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
-    c = colmod.from_table(t, filters)
+    c = colmod.from_table(t, filters, f.removed)
     d = decide_columns(c, cfg, numbers)
-    table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters)
+    table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters, f.removed)
     if caption_keys.needs_candidates(cfg.caption_keys):  # what the keys of every candidate are written from
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     shard_now = file_info(f.url)
@@ -107,7 +112,7 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
-            "caption_keys": cfg.caption_keys,
+            "caption_keys": cfg.caption_keys, **removal_settings(cfg),
             "min_max": {"clip_raw": [numbers.clip_raw.lo, numbers.clip_raw.hi],
                         "sieve": [numbers.sieve.lo, numbers.sieve.hi]}}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
@@ -118,6 +123,16 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         out.write(buf.getvalue())
     codes = np.bincount(d.code, minlength=n_codes())
     return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist())
+
+
+def removal_settings(cfg: MixConfig) -> dict:
+    """The duplicate and overlap settings a decisions file records (none without them)."""
+    out = {}
+    if cfg.dedup:
+        out["dedup"], out["dedup_keep"] = cfg.dedup, cfg.dedup_keep
+    if cfg.decontaminate:
+        out["decontaminate"], out["decontaminate_rules"] = cfg.decontaminate, cfg.decontaminate_rules
+    return out
 
 
 def read_meta(path: str) -> dict:
@@ -176,7 +191,9 @@ def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], di
         caption_keys.check_captioners(pool.captioners)
     makedirs(join(out_dir, FOLDER))
     total, kept = Outcomes(), []
-    for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir):
+    removal = pool.source.removal
+    files = removal.with_reasons(pool.source.files) if removal is not None else None
+    for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir, files=files):
         total.add(Outcomes(np.array(fp.codes, dtype=np.int64)))
         kept.append((fp.name, fp.url, fp.decisions, fp.kept))
     write_dropped(out_dir, [(n, d) for n, _, d, _ in kept])

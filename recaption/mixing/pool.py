@@ -17,6 +17,7 @@ between passes, or Ray tasks.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections import Counter
@@ -61,7 +62,7 @@ def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, ca
     """One file's part of the stats pass (and its numeric columns into the cache)."""
     t = read_file(f, colmod.columns_for(synthetic, filters=filters) + ["captioner", "error"], counts_only=True,
                   filters=filters)
-    c = colmod.from_table(t, filters)
+    c = colmod.from_table(t, filters, f.removed)
     if cache:
         cache.put(f.path, c)
     s = FileStats(rows=int(c.keyed.sum()), errors=int((c.keyed & ~c.ok).sum()))
@@ -107,6 +108,11 @@ class Pool:
     source: "PoolSource | None" = None
     filters: list = field(default_factory=list)  # per rule: {rule, dropped, lacking, alone}
 
+    @property
+    def removal(self):
+        """What the duplicate and overlap rules removed (`recaption.mixing.removal.Removal`), or None."""
+        return self.source.removal if self.source is not None else None
+
 
 class PoolSource:
     """A run's annotation files and how to map over them (threads with a cache, or Ray), and the
@@ -119,6 +125,7 @@ class PoolSource:
         self.cache = Cache() if getattr(self.mapper, "in_process", False) else None
         self.synthetic = synthetic  # read the candidates (needed for synthetic captions)
         self.filters = filters or FilterSet()
+        self.removal = None  # set by `remove`: the files then carry their removed rows
 
     @classmethod
     def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True,
@@ -135,9 +142,19 @@ class PoolSource:
         """Named annotation files of a folder, without their input shards (reports)."""
         return cls([AnnFile(n, ann.path_for(ann_dir, n)) for n in names], [], mapper, filters=filters)
 
-    def map(self, fn: Callable, *args):
-        """fn(file, *args, cache=...) over every file, results in order."""
-        return self.mapper.map(functools.partial(_call, fn, args, self.cache), self.files)
+    def map(self, fn: Callable, *args, files: list[AnnFile] | None = None):
+        """fn(file, *args, cache=...) over every file (or over `files`, the same files carrying
+        more), results in order."""
+        return self.mapper.map(functools.partial(_call, fn, args, self.cache), self.files if files is None else files)
+
+    def remove(self, cfg: MixConfig, ann_dir: str) -> None:
+        """Find the pool's evaluation overlaps and duplicates (`recaption.mixing.removal`), before any
+        other pass: every later pass leaves them out of the pool."""
+        from recaption.mixing import removal
+
+        self.removal = removal.find(self, cfg, ann_dir)
+        self.files = [dataclasses.replace(f, removed=self.removal.files.get(i)) for i, f in enumerate(self.files)]
+        self.cache = Cache() if self.cache is not None else None
 
     def stats(self) -> Pool:
         """Merge every file's statistics into the pool's counts, ranges and filter counts."""
@@ -156,6 +173,8 @@ class PoolSource:
             total.shard_errors += s.shard_errors
             captioners.update(s.captioners)
             total.sieve, total.clip_raw = total.sieve.merge(s.sieve), total.clip_raw.merge(s.clip_raw)
+        for k, v in (self.removal.counts if self.removal is not None else {}).items():
+            total.dropped[k] = total.dropped.get(k, 0) + v
         shard_errors = [{"shard": n, "error": "no annotation file (shard not annotated)"} for n in self.missing]
         ranges = {"clip_raw": [total.clip_raw.lo, total.clip_raw.hi], "sieve": [total.sieve.lo, total.sieve.hi]}
         rules = [{"rule": r.label, "dropped": int(filtered[2 * i] + filtered[2 * i + 1]),
@@ -319,10 +338,13 @@ def threshold_scores(cfg: MixConfig, numbers: PoolNumbers) -> Scores:
 
 
 def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None, synthetic: bool | None = None) -> Pool:
-    """Min/max and the threshold in force for `cfg`; raises when no shard is annotated.
-    `synthetic`: read the candidates even where `cfg` does not need them (the side-by-side view)."""
+    """Min/max and the threshold in force for `cfg`, over the pool left after its filters, evaluation
+    overlaps and duplicates; raises when no shard is annotated. `synthetic`: read the candidates
+    even where `cfg` does not need them (the side-by-side view)."""
     source = PoolSource.of_shards(shards, ann_dir, mapper, cfg.needs_synthetic if synthetic is None else synthetic,
                                   cfg.filter_set)
+    if cfg.removes:
+        source.remove(cfg, ann_dir)
     return finish_pool(source.stats(), cfg)
 
 

@@ -5,7 +5,10 @@ Keys: captioner (preset/id/path or null), caption (decoding and captioner option
 rerank (a list of {model, pretrained, top_k}), metrics ({lang_model}), and a section per other
 registered annotator (`recaption.annotators`: its options, or true); filters (rules applied before
 the mix: a mapping rule -> value, a list of `NAME[=VALUE]`, or a preset name such as `basic`; see
-`recaption.mixing.filters`), mix (MixConfig fields), batch_size, device.
+`recaption.mixing.filters`), dedup (duplicate rules after the filters: `{exact: true, phash: 2,
+embedding: COSINE, keep: first}` or a list of `NAME[=VALUE]`), decontaminate (evaluation-set overlap:
+`{eval: PATH, exact: true, phash: 8, embedding: COSINE, model: NAME}`, or the EVAL path alone),
+mix (MixConfig fields), batch_size, device (`recaption.mixing.dedup_spec`).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import yaml
 from recaption.errors import RecaptionError
 
 HERE = Path(__file__).parent
-OWN_KEYS = {"description", "source", "filters", "mix", "batch_size", "device"}  # the annotators add theirs
+OWN_KEYS = {"description", "source", "filters", "dedup", "decontaminate", "mix", "batch_size",
+            "device"}  # the annotators add theirs
 SECTION_KEYS = {
     "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding",
             "caption_keys"},
@@ -139,11 +143,16 @@ class RecipeParts:
 def recipe_parts(r: dict) -> RecipeParts:
     """Build (and so validate) every section of a recipe, before anything runs."""
     from recaption import annotators
+    from recaption.mixing import dedup_spec
     from recaption.mixing.strategies import MixConfig
 
     configs = annotators.from_recipe(r)
     try:
-        mix = MixConfig(**(r.get("mix") or {}), filters=r.get("filters") or {}).validate()
+        mix = MixConfig(**(r.get("mix") or {}), filters=r.get("filters") or {}, **dedup_spec.from_recipe(r)).validate()
     except TypeError as e:
         raise RecaptionError(f"mix: {e}") from None
+    embedding = "embedding" in mix.dedup or "embedding" in mix.decontaminate_rules
+    clip = configs.get("clip")
+    if embedding and not (clip is not None and getattr(clip, "save_embeddings", False)):
+        raise RecaptionError("the embedding rule reads the CLIP image embeddings: set clip.save_embeddings: true")
     return RecipeParts(configs, mix)

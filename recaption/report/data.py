@@ -3,6 +3,7 @@ bins, the filter metrics' distributions, a few sample picks per file (merged), a
 side by side from the pool pass a mix uses. Nothing grows with the pool but the bin counts."""
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from recaption.mixing.strategies import MixConfig, blend_of
 from recaption.report.folder import Folder, resolve
 
 K = 6  # cards per sample grid
+OVERLAPS = 48  # evaluation overlaps shown side by side
 # Fixed bins, so per-file counts add up: (low, high, width); the last bin also takes what is above.
 # (the annotators declare more: `recaption.annotators.base.Hist`, e.g. the metrics' chars and kb)
 BINS = {
@@ -69,8 +71,11 @@ class ReportData:
     hists: dict = field(default_factory=dict)  # name -> {series: counts}
     langs: Counter = field(default_factory=Counter)
     grids: dict = field(default_factory=dict)  # title -> cards (dicts)
-    images: dict = field(default_factory=dict)  # key -> image bytes (only for the grids' cards)
+    images: dict = field(default_factory=dict)  # key -> image bytes (only for the grids' cards and overlaps)
     notes: list = field(default_factory=list)
+    overlaps: list = field(default_factory=list)  # {shard, key, eval, reason}: a pool sample and the EVAL image it copies
+    overlaps_total: int = 0  # all the folder's overlaps (the page shows the first OVERLAPS)
+    eval_images: dict = field(default_factory=dict)  # EVAL image name -> bytes
 
     def edges(self, name: str) -> np.ndarray:
         """The fixed bin edges of a histogram."""
@@ -85,6 +90,8 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
     cfg = _bars_config(f, fraction, alpha, filters)
     fs = cfg.filter_set
     source = PoolSource.of_folder(str(f.ann_dir), f.names, filters=fs)
+    if f.output:  # the duplicates and overlaps the mix removed, as its decisions say: out of the pool
+        source.files = [dataclasses.replace(a, removed=_removed(f, a.name)) for a in source.files]
     pool = source.stats()
     d = ReportData(str(f.path), f.kind, f.summary, pool.n_rows, pool.n_rows - pool.errors, cfg=cfg,
                    filters=pool.filters)
@@ -107,12 +114,51 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
     d.hists = {n: {s: c for s, c in ser.items() if c.any()} for n, ser in d.hists.items()}
     d.hists = {n: ser for n, ser in d.hists.items() if ser}
     d.grids = {t: cards for t, cards in (_decision_grids(f, fs) if f.output else {}).items() if cards}
+    if f.output and f.cfg is not None and f.cfg.decontaminate:
+        _overlaps(d, f)
     if not d.grids:  # an annotation folder, or an output folder without decisions files
         d.grids = {t: cards for t, cards in _score_grids(parts).items() if cards}
     _pick_images(d, f)
     if not d.images and not f.input and not f.output:
         d.notes.append("give --input SHARDS to see the images of the samples")
     return d
+
+
+def _removed(f: Folder, name: str):
+    from recaption.mixing.removal import from_decisions
+
+    path = decisions_path(str(f.path), name)
+    return from_decisions(path) if Path(path).is_file() else None
+
+
+def _overlaps(d: ReportData, f: Folder) -> None:
+    """The folder's evaluation overlaps (from its decisions), the first OVERLAPS with both images."""
+    from recaption.mixing.overlap import eval_image
+    from recaption.mixing.removal import OVERLAP_PREFIX
+
+    for name in f.names:
+        path = decisions_path(str(f.path), name)
+        if not Path(path).is_file():
+            continue
+        t = ann.read_table(path, columns=["key", "reason"])
+        hit = pc.fill_null(pc.starts_with(pc.fill_null(t["reason"], ""), OVERLAP_PREFIX), False)
+        t = t.filter(hit)
+        d.overlaps_total += t.num_rows
+        for r in t.slice(0, max(0, OVERLAPS - len(d.overlaps))).to_pylist():
+            ev = r["reason"][len(OVERLAP_PREFIX):].split(" (", 1)[0]  # EVAL/NAME
+            d.overlaps.append({"shard": name, "key": r["key"], "eval": ev, "reason": r["reason"]})
+    root = f.cfg.decontaminate
+    for o in d.overlaps:
+        inside = o["eval"].split("/", 1)[1] if "/" in o["eval"] else o["eval"]
+        if o["eval"] not in d.eval_images:
+            try:
+                data = eval_image(root, inside)
+            except Exception:  # EVAL moved or unreadable here: the pair shows its pool side only
+                data = None
+            if data is not None:
+                d.eval_images[o["eval"]] = data
+    if d.overlaps and not d.eval_images:
+        d.notes.append(f"the evaluation set {root} is not readable from here; overlaps show the pool images only")
 
 
 def _bars_config(f: Folder, fraction, alpha, filters) -> MixConfig:
@@ -145,7 +191,7 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
         cols += [c for c in annotators.group_columns("metrics") if c not in cols]
     cols += [h.column for h in declared if h.column not in cols]
     t = columns.read(f.path, list(dict.fromkeys(cols)), filters=filters)
-    c = columns.from_table(t, filters)
+    c = columns.from_table(t, filters, f.removed)
     valid, pool = c.valid, c.pool
     syn = columns.synthetic_text(t["captions"], c.syn_idx)
     blend = blend_of(c, numbers, alpha)
@@ -263,6 +309,7 @@ def _pick_images(d: ReportData, f: Folder) -> None:
     from recaption.io.sources import list_shards, shard_name
 
     want = {r["key"]: r["shard"] for cards in d.grids.values() for r in cards}
+    want |= {o["key"]: o["shard"] for o in d.overlaps}
     if f.output:
         for out in sorted(f.path.glob("*.parquet")):
             if not want.keys() - d.images.keys():

@@ -104,6 +104,10 @@ def _mix_config(summary: dict, ident: dict) -> MixConfig:
             mix["threshold"] = summary["threshold"]
     filters = mix.pop("filters", None) or (ident.get("recipe") or {}).get("filters") or \
         [r["rule"] for r in summary.get("filters") or []]
+    if ident.get("recipe"):  # a run's duplicate and overlap rules are recipe sections
+        from recaption.mixing.dedup_spec import from_recipe
+
+        mix.update(from_recipe(ident["recipe"]))
     known = {f for f in MixConfig.__dataclass_fields__}
     return MixConfig(**{k: v for k, v in mix.items() if k in known}, filters=filters).validate()
 

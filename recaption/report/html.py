@@ -157,6 +157,42 @@ def _filters(d: ReportData) -> str:
             _table(rows, ("rule", "dropped (first rule failed)", "of which lacking its input", "would drop alone")))
 
 
+def _removal(d: ReportData) -> str:
+    """The folder's duplicate and overlap rules, as its summary counted them."""
+    s = d.summary or {}
+    out = ""
+    ev = s.get("decontaminate")
+    if ev:
+        rows = [(r["rule"], _n(r["dropped"])) for r in ev.get("rules", [])]
+        out += (f"<h2>evaluation overlap: {html.escape(str(ev.get('eval')))} ({_n(ev.get('images'))} images"
+                f"{', ' + _n(ev.get('unreadable')) + ' unreadable' if ev.get('unreadable') else ''})</h2>"
+                + _table(rows, ("rule", "pool samples dropped")))
+    if s.get("dedup"):
+        rows = [(r["rule"], _n(r["dropped"]), _n(r.get("compared"))) for r in s["dedup"]]
+        out += "<h2>duplicates, after the filters</h2>" + _table(rows, ("rule", "dropped", "compared"))
+    return out
+
+
+def _overlap_pairs(d: ReportData, out: Path) -> str:
+    """Each overlap as two thumbnails side by side: the pool sample, then the EVAL image it copies."""
+    if not d.overlaps:
+        return ""
+    cells = []
+    for i, o in enumerate(d.overlaps):
+        imgs = ""
+        for side, data in (("pool", d.images.get(o["key"])), ("eval", d.eval_images.get(o["eval"]))):
+            name = f"overlap-{i}-{side}.jpg"
+            if data is not None and _thumb(data, out / "img" / name):
+                imgs += f'<img src="img/{name}" alt="{side}: {html.escape(o["key"] if side == "pool" else o["eval"])}">'
+        cells.append(f'<div class="pair"><div class="imgs">{imgs}</div>'
+                     f'<div class="k">{html.escape(o["shard"])}/{html.escape(o["key"])}</div>'
+                     f'<div class="r">{html.escape(o["reason"])}</div></div>')
+    more = (f"<p class='note'>the first {len(d.overlaps):,} of {d.overlaps_total:,}; every one is in "
+            "_dropped.parquet</p>" if d.overlaps_total > len(d.overlaps) else "")
+    return (f"<h2>evaluation overlaps: pool sample, then the evaluation image ({d.overlaps_total:,})</h2>"
+            f"{more}<div class='pairs'>{''.join(cells)}</div>")
+
+
 def _strategies(d: ReportData) -> str:
     rows = []
     for r in d.per_strategy:
@@ -220,9 +256,10 @@ def render(data: ReportData, out_dir: str | Path) -> Path:
 table{{border-collapse:collapse;margin:.5em 0 1em}}td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
 .plots img{{width:48%;margin:.5%}}.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}}
 .card{{border:1px solid #ddd;padding:8px;font-size:12px}}.card span{{color:#666}}.k{{color:#999}}.s{{color:#555}}
-.r{{color:#a33}}.note{{color:#777}}</style>
-</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_strategies(d)}
-<div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>{''.join(sections)}</body></html>"""
+.r{{color:#a33}}.note{{color:#777}}.pairs{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}}
+.pair{{border:1px solid #ddd;padding:8px;font-size:12px}}.pair .imgs{{display:flex;gap:6px}}.pair img{{width:48%}}</style>
+</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{_strategies(d)}
+<div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>{_overlap_pairs(d, out)}{''.join(sections)}</body></html>"""
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
 

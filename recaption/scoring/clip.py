@@ -19,6 +19,7 @@ class ClipConfig:
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 256
+    save_embeddings: bool = False  # annotate keeps the image embeddings beside the annotation files (the scorer ignores it)
 
 
 class ClipScorer:

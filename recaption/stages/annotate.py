@@ -97,7 +97,7 @@ class AnnotateStage:
     def setup(self) -> None:
         """Build the annotators and the decode pool once per worker."""
         if self.bundle is None:
-            self.bundle = Bundle(self.spec.models)
+            self.bundle = Bundle(self.spec.models, self.spec.ann_dir)
         if self.pool is None and self.spec.models.reads_images:
             self.pool = self.bundle.decode_pool(self.spec.decode, self._plan()[0], self._device())
 

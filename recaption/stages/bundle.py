@@ -30,8 +30,8 @@ class AnnotatorSpec:
 class Bundle:
     """The annotators of one worker, in run order, and the pixel inputs of their image models."""
 
-    def __init__(self, spec: AnnotatorSpec):
-        ctx = WorkerContext(device=spec.device)
+    def __init__(self, spec: AnnotatorSpec, ann_dir: str | None = None):
+        ctx = WorkerContext(device=spec.device, ann_dir=ann_dir)
         self.annotators = {n: load_target(spec.targets[n])(spec.configs[n], ctx) for n in run_order(spec.configs)}
         self.names: dict[int, str] = {}  # id(model) -> the name its inputs travel under
         self.models: dict[str, object] = {}

@@ -37,14 +37,21 @@ def _same(a, b) -> bool:
 
 
 def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
-    """Decide the groups to compute for `url` (an annotation file that may exist)."""
+    """Decide the groups to compute for `url` (an annotation file that may exist): those it lacks,
+    those recorded with other settings (with `overwrite`), and those whose own files beside it
+    (`Annotator.files`) are missing."""
     if not exists(url):
         return ShardWork(todo=set(wanted))
     table = ann.read(url)
     recorded = (ann.metadata(table) or {}).get("groups") or {}
+    ann_dir, _, base = url.rpartition("/")
+    name = base[:-len(".parquet")] if base.endswith(".parquet") else base
     todo = set()
     for g, settings in wanted.items():
         if g in recorded and _same(recorded[g], settings):
+            if all(exists(f) for f in registry.get(g).files(settings, ann_dir, name)):
+                continue
+            todo.add(g)  # its results are in the file, but not the files it writes beside it
             continue
         if g in recorded and not overwrite:
             raise RecaptionError(f"{url}: {g} were written with other settings; add --overwrite to redo them")

@@ -28,7 +28,7 @@ def test_datacomp_basic_on_the_sample_shards(tmp_path):
     # the bundled samples record an original size of 384 x 384: the image rules pass them all
     assert all(f["dropped"] == 0 for f in s["filters"][3:])
     groups = json.loads((out / "_annotations" / "_recaption.json").read_text())["groups"]
-    assert set(groups) == {"metrics"}
+    assert set(groups) == {"metrics", "fingerprints"}  # what every pass computes, no model
     # only the rules change: the annotations are kept, the mix is redone
     before = {p.name: p.stat().st_mtime_ns for p in (out / "_annotations").glob("*.parquet")}
     assert cli("run", "datacomp-basic", sample_shards_dir(), "-o", out, "--set", "filters.min-side=500",

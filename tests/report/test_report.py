@@ -2,7 +2,6 @@
 output) and renders in headless Chromium: every image loads, every plot has data (coloured
 pixels, not an empty frame), every sample grid shows cards."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -10,30 +9,14 @@ import subprocess
 import pytest
 
 from recaption.report.data import load
-from tests.helpers import cli
+from tests.helpers import cli, find_chromium
 
 N = 18  # samples in the session's shard_dir
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.geteuid() == 0 and shutil.which("apt-get"):  # the test set-up installs it where missing
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        try:
-            subprocess.run(["apt-get", "update", "-qq"], env=env, timeout=600, check=False, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, timeout=900, check=False,
-                           capture_output=True)
-        except subprocess.TimeoutExpired:
-            return None
-        return shutil.which("chromium")
-    return None
-
-
 @pytest.fixture(scope="module")
 def chromium():
-    path = _chromium()
+    path = find_chromium()
     if not path:
         pytest.skip("no Chromium and no way to install it (needs root and apt)")
     return path

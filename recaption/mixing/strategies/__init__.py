@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recaption.errors import RecaptionError
-from recaption.mixing.strategies.base import (CATEGORIES, ERROR, FILTERED, FLAGS, KEEP_RAW,  # noqa: F401  (re-exported)
-                                              KEEP_SYN, REASONS, SHARD_ERROR, Rows, Strategy, named, reason_text, table)
+from recaption.mixing.strategies.base import (CATEGORIES, DUPLICATE, ERROR, FILTERED, FLAGS, KEEP_RAW,  # noqa: F401
+                                              KEEP_SYN, OVERLAP, REASONS, SHARD_ERROR, Rows, Strategy, named,
+                                              reason_text, table)  # (re-exported)
 from recaption.mixing import CAPTION_KEYS, STRATEGIES  # noqa: F401  (re-exported)
 from recaption.scoring.blend import MinMax, blend_array, scored
 
@@ -33,12 +34,32 @@ class MixConfig:
     keep_sharding: bool = False
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
     caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.mixing.caption_keys)
+    # duplicates and evaluation-set overlap, removed after the filters (recaption.mixing.dedup_spec, .removal)
+    dedup: dict = field(default_factory=dict)  # rule -> value, in run order: exact, phash (bits), embedding (cosine)
+    dedup_keep: str = "first"  # which sample of a group stays: first (input order) or best:COLUMN
+    decontaminate: str | None = None  # EVAL: a folder of images and/or shards, or shards as INPUT takes them
+    decontaminate_rules: dict = field(default_factory=dict)  # as dedup; exact and phash=8 when EVAL is given alone
+    decontaminate_model: str | None = None  # where the pool embeddings' CLIP model loads from here (NAME[@PRETRAINED])
 
     def validate(self) -> "MixConfig":
         """Check the settings together; one error line naming the option that is wrong. Returns self."""
+        from recaption.mixing import dedup_spec
         from recaption.mixing.filters import normalize
 
         self.filters = normalize(self.filters)
+        self.dedup = dedup_spec.normalize(self.dedup)
+        self.dedup_keep = self.dedup_keep or "first"
+        dedup_spec.keep_column(self.dedup_keep)
+        if self.dedup_keep != "first" and not self.dedup:
+            raise RecaptionError("--dedup-keep chooses among duplicates: give --dedup too")
+        self.decontaminate_rules = dedup_spec.normalize(self.decontaminate_rules, overlap=True)
+        if not self.decontaminate and (self.decontaminate_rules or self.decontaminate_model):
+            raise RecaptionError("--decontaminate-rule and --decontaminate-model need --decontaminate EVAL")
+        if self.decontaminate and not self.decontaminate_rules:
+            self.decontaminate_rules = dict(dedup_spec.DEFAULT_OVERLAP)
+        if self.decontaminate_model and "embedding" not in self.decontaminate_rules:
+            raise RecaptionError("--decontaminate-model is the model of the embedding rule: add "
+                                 "--decontaminate-rule embedding=COSINE")
         kind = self.kind  # an unknown name is one line listing the registered ones
         if self.threshold is not None and self.fraction is not None:
             raise RecaptionError("give --threshold or --fraction, not both")
@@ -74,6 +95,11 @@ class MixConfig:
         from recaption.mixing.filters import FilterSet
 
         return FilterSet.of(self.filters)
+
+    @property
+    def removes(self) -> bool:
+        """Whether duplicates or evaluation-set overlaps are removed before the strategy."""
+        return bool(self.dedup or self.decontaminate)
 
     @property
     def needs_synthetic(self) -> bool:
@@ -117,6 +143,9 @@ def decide_columns(cols, cfg: MixConfig, numbers: PoolNumbers) -> Decisions:
     code = rows.code
     if cols.fcode is not None:
         code[cols.fcode >= 0] = FILTERED
+    if cols.removed is not None:  # duplicates and evaluation overlaps (recaption.mixing.removal)
+        gone = cols.removed > 0
+        code[gone] = cols.removed[gone]
     code[~cols.ok] = ERROR
     code[~cols.keyed] = SHARD_ERROR
     return Decisions(code, b)

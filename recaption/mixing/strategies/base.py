@@ -8,8 +8,8 @@ pass, the plan, the comparison, the members of a kept sample and `MixConfig.vali
 declarations; none of them names a strategy.
 
 Every row gets one outcome code (uint8): kept with the raw or the synthetic caption, dropped
-before any strategy (an error row, a shard error, a filter rule), or dropped by one of a
-strategy's own reasons. Reason codes are allocated from the registry, in registration order, when
+before any strategy (an error row, a shard error, a filter rule, an evaluation-set overlap, a
+duplicate), or dropped by one of a strategy's own reasons. Reason codes are allocated from the registry, in registration order, when
 the table is loaded; codes are never stored (decisions files hold the reason text), so only a
 process's own table must agree with itself.
 """
@@ -26,7 +26,8 @@ from recaption.errors import RecaptionError
 from recaption.scoring.blend import scored
 
 KEEP_RAW, KEEP_SYN, ERROR, SHARD_ERROR, FILTERED = 0, 1, 2, 3, 4  # FILTERED: which rule is in `Columns.fcode`
-FIRST_REASON = 5  # the strategies' own drop reasons follow
+DUPLICATE, OVERLAP = 5, 6  # a duplicate of a kept sample, a copy of an evaluation image (`recaption.mixing.removal`)
+FIRST_REASON = 7  # the strategies' own drop reasons follow
 
 COLUMNS = ("clip_raw", "clip_synthetic", "blend")  # what a threshold or a fraction can cut on
 FLAGS = ("filter_synthetic",)  # MixConfig settings only some strategies take: those whose variants set them
