@@ -438,7 +438,8 @@ def markdown(r: dict) -> str:
         f"| embedding, cosine >= {s['cosine']}, {s['clusters']:,} clusters | {s['rows']:,} | {s['seconds']} s | "
         f"{s['rows_per_s']:,} | {s['peak_rss_mb']} MB | {s['planted_found']:,} of {s['planted']:,} |",
         f"| brute-force faiss IndexFlatIP, {b['queries']:,} query rows | {b['rows']:,} | {b['search_s']} s "
-        f"(+ {b['index_s']} s to load; all rows: ~{b['search_all_rows_s_estimated']:,} s) | - | {b['peak_rss_mb']} MB | "
+        f"(+ {b['index_s']} s to load; all rows: ~{b['search_all_rows_s_estimated']:,} s) | - | "
+        f"{b['peak_rss_mb']} MB | "
         f"embedding rule's recall of its pairs on those rows: {b['rule_recall']} |",
     ]
     return "\n".join(lines)

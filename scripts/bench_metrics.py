@@ -99,7 +99,8 @@ def fingerprint_resize_seconds(shards: str, clip_model: str) -> float:
         for rec in iter_shard(url):
             if getattr(rec, "image_field", None):
                 try:
-                    decoded.append(torch.from_numpy(np.array(decode(rec.image_bytes, draft_size=draft))).permute(2, 0, 1))
+                    px = np.array(decode(rec.image_bytes, draft_size=draft))
+                    decoded.append(torch.from_numpy(px).permute(2, 0, 1))
                 except ImageError:
                     continue
     torch.set_num_threads(1)  # a decode worker's share

@@ -155,7 +155,8 @@ class Annotator:
     """One column group: its declaration (class attributes) and its work in a worker."""
 
     name: ClassVar[str] = ""  # the group name recorded in files
-    kind: ClassVar[str] = "scorer"  # `captioner` (offered by `caption`) or `scorer` (by `score`); `annotate` offers both
+    # `captioner` (offered by `caption`) or `scorer` (by `score`); `annotate` offers both
+    kind: ClassVar[str] = "scorer"
     columns: ClassVar[tuple[Column, ...]] = ()
     after: ClassVar[tuple[str, ...]] = ()  # groups its values are computed from: new values there make it stale
     reads_images: ClassVar[bool] = True  # needs the shard's samples (False: the file's texts suffice)

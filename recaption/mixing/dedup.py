@@ -50,7 +50,8 @@ class DedupConfig:
 
     def columns(self) -> list[str]:
         """The annotation columns `file_keys` reads for these rules."""
-        cols = ([SHA_COLUMN] if self.exact else []) + ([PHASH_COLUMN, MIRROR_COLUMN] if self.phash_k is not None else [])
+        cols = [SHA_COLUMN] if self.exact else []
+        cols += [PHASH_COLUMN, MIRROR_COLUMN] if self.phash_k is not None else []
         return cols + ([self.score] if self.score else [])
 
 
@@ -73,12 +74,13 @@ class FileKeys:
 
 @dataclass
 class FileDrops:
-    """One file's duplicates: per dropped row, the rule and the kept sample it duplicates."""
+    """One file's duplicates: per dropped row, the rule and the kept sample it duplicates (or, for
+    an evaluation-set overlap, `recaption.mixing.overlap`, the EVAL image it copies)."""
 
     rows: np.ndarray  # int32, increasing
     code: np.ndarray  # int8: EXACT, PHASH, PHASH_MIRRORED or EMBEDDING
-    partner_file: np.ndarray  # int32: index of the partner's annotation file
-    partner_row: np.ndarray  # int32: its row there
+    partner_file: np.ndarray  # int32: index of the partner's annotation file (0 for an EVAL image)
+    partner_row: np.ndarray  # int32: its row there (the image's index in EVAL's order)
     value: np.ndarray  # float32: pHash bits, or cosine; 0 for sha256
 
     def __len__(self):
@@ -121,7 +123,9 @@ def file_keys(table, config: DedupConfig, eligible: np.ndarray | None = None) ->
     rows = np.flatnonzero(ok).astype(np.int32)
     if config.score:
         score = np.asarray(table.column(config.score).to_numpy(zero_copy_only=False), dtype=np.float32)[rows]
-    pick = (lambda a: None if a is None else a[rows])
+    def pick(a):
+        return None if a is None else a[rows]
+
     return FileKeys(rows, pick(hi), pick(lo), pick(has_sha), pick(p), pick(m), pick(has_p), score)
 
 

@@ -22,9 +22,10 @@ import numpy as np
 
 from recaption.errors import RecaptionError, require
 from recaption.mixing import hamming
-from recaption.mixing.dedup import EMBEDDING, EXACT, MIRROR_COLUMN, PHASH, PHASH_COLUMN, PHASH_MIRRORED, \
-    RULE_NAMES, SHA_COLUMN, FileKeys
-from recaption.mixing.dedup_spec import OVERLAP_PHASH_K  # against an evaluation set, in bits (docs/formats.md#thresholds)
+from recaption.mixing.dedup import (EMBEDDING, EXACT, MIRROR_COLUMN, PHASH, PHASH_COLUMN, PHASH_MIRRORED, RULE_NAMES,
+                                    SHA_COLUMN, FileDrops, FileKeys)
+# k against an evaluation set, in bits (docs/formats.md#thresholds)
+from recaption.mixing.dedup_spec import OVERLAP_PHASH_K
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -40,7 +41,8 @@ class OverlapConfig:
 
     def columns(self) -> list[str]:
         """The annotation columns the per-file keys are read from."""
-        return ([SHA_COLUMN] if self.exact else []) + ([PHASH_COLUMN, MIRROR_COLUMN] if self.phash_k is not None else [])
+        cols = [SHA_COLUMN] if self.exact else []
+        return cols + ([PHASH_COLUMN, MIRROR_COLUMN] if self.phash_k is not None else [])
 
 
 @dataclass
@@ -60,19 +62,6 @@ class EvalSet:
 
     def __len__(self):
         return len(self.names)
-
-
-@dataclass
-class FileOverlaps:
-    """One annotation file's rows that overlap the evaluation set."""
-
-    rows: np.ndarray  # int32, increasing
-    code: np.ndarray  # int8: EXACT, PHASH, PHASH_MIRRORED or EMBEDDING
-    eval_index: np.ndarray  # int32: the image in EvalSet order
-    value: np.ndarray  # float32: pHash bits, or cosine; 0 for sha256
-
-    def __len__(self):
-        return len(self.rows)
 
 
 # -- the evaluation set ------------------------------------------------------------------------
@@ -183,7 +172,8 @@ class _Builder:
 
 
 # -- matching ----------------------------------------------------------------------------------
-def overlaps(keys: FileKeys, ev: EvalSet, config: OverlapConfig, embeddings: np.ndarray | None = None) -> FileOverlaps:
+def overlaps(keys: FileKeys, ev: EvalSet, config: OverlapConfig,
+             embeddings: np.ndarray | None = None) -> FileDrops:
     """The rows of one file (its FileKeys, from `dedup.file_keys(table, config)`) that overlap EVAL.
 
     `embeddings`: the file's embeddings, one row per annotation row (needed by the embedding rule)."""
@@ -200,7 +190,9 @@ def overlaps(keys: FileKeys, ev: EvalSet, config: OverlapConfig, embeddings: np.
             raise ValueError("the embedding overlap rule needs the pool's and the evaluation set's embeddings")
         _embedding(keys, ev, float(config.cosine), np.asarray(embeddings), code, which, value)
     hit = code > 0
-    return FileOverlaps(keys.rows[hit], code[hit], which[hit].astype(np.int32), value[hit])
+    # a duplicate of an EVAL image: its partner is image `partner_row` of the set (file 0)
+    return FileDrops(keys.rows[hit], code[hit], np.zeros(int(hit.sum()), np.int32), which[hit].astype(np.int32),
+                     value[hit])
 
 
 def _exact(keys, ev, code, which) -> None:
@@ -266,21 +258,19 @@ def _embedding(keys, ev, cosine: float, emb: np.ndarray, code, which, value) -> 
     code[r], which[r], value[r] = EMBEDDING, idx[first], dist[first]
 
 
-def reasons(ov: FileOverlaps, ev: EvalSet):
+def reasons(ov: FileDrops, ev: EvalSet):
     """Drop reasons as a string array: `overlaps EVAL/NAME (rule, value)`."""
     import pyarrow as pa
-
-    from recaption.mixing.dedup import FileDrops, reasons as dup_reasons
-
     import pyarrow.compute as pc
 
+    from recaption.mixing.dedup import reasons as dup_reasons
+
     names = pc.binary_join_element_wise(ev.name, pc.take(pa.array(ev.names, pa.string()),
-                                                         pa.array(ov.eval_index.astype(np.int64))), "/")
-    drops = FileDrops(ov.rows, ov.code, np.zeros(len(ov), np.int32), ov.eval_index, ov.value)
-    return dup_reasons(drops, names, prefix="overlaps")
+                                                         pa.array(ov.partner_row.astype(np.int64))), "/")
+    return dup_reasons(ov, names, prefix="overlaps")
 
 
-def counts(per_file: list[FileOverlaps], config: OverlapConfig) -> dict[str, int]:
+def counts(per_file: list[FileDrops], config: OverlapConfig) -> dict[str, int]:
     """Rows overlapping, per rule name (every rule of the config listed, zeros included)."""
     names = (["sha256"] if config.exact else []) + (["phash", "phash mirrored"] if config.phash_k is not None else []) \
         + (["embedding"] if config.cosine is not None else [])

@@ -59,7 +59,7 @@ class Removal:
     dedup: list[dict] = field(default_factory=list)  # per --dedup rule: rule, dropped, compared
     decontaminate: dict | None = None  # EVAL, its images, unreadable ones, per rule what it dropped
     duplicates: DedupResult = field(default_factory=DedupResult)
-    overlaps: dict = field(default_factory=dict)  # file index -> overlap.FileOverlaps
+    overlaps: dict = field(default_factory=dict)  # file index -> dedup.FileDrops (partner: the EVAL image)
     eval_set: EvalSet | None = None
 
     def with_reasons(self, files: list[AnnFile]) -> list[AnnFile]:
@@ -123,7 +123,7 @@ def fingerprint_columns(dcfg: DedupConfig | None, ocfg: OverlapConfig | None) ->
 def file_keys(f: AnnFile, filters, dcfg: DedupConfig | None, ocfg: OverlapConfig | None, ev: EvalSet | None,
               ann_dir: str, cache=None):
     """One file's rows that overlap EVAL, and the keys of its other pool rows for the duplicate
-    rules: (dedup.FileKeys or None, overlap.FileOverlaps or None)."""
+    rules: (dedup.FileKeys or None, dedup.FileDrops (partner: the EVAL image) or None)."""
     fp = fingerprint_columns(dcfg, ocfg)
     wanted = colmod.columns_for(False, filters=filters) + [c for c in fp if c not in colmod.BASE]
     t = _read(f, list(dict.fromkeys(wanted)), filters, needs_fingerprints=any(

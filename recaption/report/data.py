@@ -73,7 +73,8 @@ class ReportData:
     grids: dict = field(default_factory=dict)  # title -> cards (dicts)
     images: dict = field(default_factory=dict)  # key -> image bytes (only for the grids' cards and overlaps)
     notes: list = field(default_factory=list)
-    overlaps: list = field(default_factory=list)  # {shard, key, eval, reason}: a pool sample and the EVAL image it copies
+    # {shard, key, eval, reason}: a pool sample and the EVAL image it copies
+    overlaps: list = field(default_factory=list)
     overlaps_total: int = 0  # all the folder's overlaps (the page shows the first OVERLAPS)
     eval_images: dict = field(default_factory=dict)  # EVAL image name -> bytes
 
@@ -199,7 +200,8 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
         "clip": {"raw": _hist("clip", c.clip_raw[pool]), "synthetic": _hist("clip", c.clip_syn[pool])},
         "sieve": {"sieve": _hist("sieve", c.sieve[pool])},
         "blend": {"blend": _hist("blend", blend[pool])},
-        "words": {"raw": _hist("words", _words(t["raw_caption"])[pool]), "synthetic": _hist("words", _words(syn)[pool])},
+        "words": {"raw": _hist("words", _words(t["raw_caption"])[pool]),
+                  "synthetic": _hist("words", _words(syn)[pool])},
     }
     langs: Counter = Counter()
     if has_metrics:  # the filter metrics, over every annotated sample: what the rules cut from

@@ -99,7 +99,8 @@ def _mix_config(summary: dict, ident: dict) -> MixConfig:
     """The settings of the mix that wrote an output folder (its record, else its summary)."""
     mix = dict(ident.get("mix") or (ident.get("recipe") or {}).get("mix") or {})
     if not mix:
-        mix = {k: summary.get(k) for k in ("strategy", "fraction", "alpha", "filter_synthetic") if summary.get(k) is not None}
+        mix = {k: summary.get(k) for k in ("strategy", "fraction", "alpha", "filter_synthetic")
+               if summary.get(k) is not None}
         if mix.get("fraction") is None and summary.get("threshold") is not None:
             mix["threshold"] = summary["threshold"]
     filters = mix.pop("filters", None) or (ident.get("recipe") or {}).get("filters") or \

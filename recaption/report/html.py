@@ -88,8 +88,8 @@ def _langs(out: Path, langs, top: int = 12):
 def _bars(out: Path, per: list[dict], own: str | None):
     plt = _plt()
     rows = [r for r in per if "kept" in r]
-    names = [("▶ " if r["strategy"] == own else "") + r["strategy"].replace(" --filter-synthetic", "\n+filter-synthetic")
-             for r in rows]
+    names = [("▶ " if r["strategy"] == own else "")
+             + r["strategy"].replace(" --filter-synthetic", "\n+filter-synthetic") for r in rows]
     parts = {"raw": [r["raw"] for r in rows], "synthetic": [r["synthetic"] for r in rows],
              "cut by the strategy": [sum(r["cut"].values()) for r in rows],
              "dropped before (filters, errors)": [r["dropped"] - sum(r["cut"].values()) for r in rows]}
@@ -253,13 +253,17 @@ def render(data: ReportData, out_dir: str | Path) -> Path:
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in d.notes)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recaption report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}img{{max-width:100%}}
-table{{border-collapse:collapse;margin:.5em 0 1em}}td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
-.plots img{{width:48%;margin:.5%}}.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}}
+table{{border-collapse:collapse;margin:.5em 0 1em}}
+td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
+.plots img{{width:48%;margin:.5%}}
+.grid{{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:12px}}
 .card{{border:1px solid #ddd;padding:8px;font-size:12px}}.card span{{color:#666}}.k{{color:#999}}.s{{color:#555}}
 .r{{color:#a33}}.note{{color:#777}}.pairs{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}}
-.pair{{border:1px solid #ddd;padding:8px;font-size:12px}}.pair .imgs{{display:flex;gap:6px}}.pair img{{width:48%}}</style>
+.pair{{border:1px solid #ddd;padding:8px;font-size:12px}}
+.pair .imgs{{display:flex;gap:6px}}.pair img{{width:48%}}</style>
 </head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{_strategies(d)}
-<div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>{_overlap_pairs(d, out)}{''.join(sections)}</body></html>"""
+<div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>
+{_overlap_pairs(d, out)}{''.join(sections)}</body></html>"""
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
 

@@ -19,7 +19,8 @@ class ClipConfig:
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 256
-    save_embeddings: bool = False  # annotate keeps the image embeddings beside the annotation files (the scorer ignores it)
+    # annotate keeps the image embeddings beside the annotation files (the scorer ignores it)
+    save_embeddings: bool = False
 
 
 class ClipScorer:

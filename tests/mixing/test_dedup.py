@@ -162,7 +162,8 @@ def oracle(files: list[dict], k: int, by_score: bool):
     for rule in ("sha256", "phash"):
         idx = np.flatnonzero(alive & (cat["has_sha"] if rule == "sha256" else cat["has_p"]))
         if rule == "sha256":
-            same = (cat["sha"][idx, None, 0] == cat["sha"][None, idx, 0]) & (cat["sha"][idx, None, 1] == cat["sha"][None, idx, 1])
+            sha = cat["sha"]
+            same = (sha[idx, None, 0] == sha[None, idx, 0]) & (sha[idx, None, 1] == sha[None, idx, 1])
             dist = np.where(same, 0, 99)
         else:
             p, m = cat["p"][idx], cat["m"][idx]
@@ -291,11 +292,13 @@ def test_driver_memory_per_row_is_bounded():
     n = 400_000
     rng = np.random.default_rng(1)
     dup = D.Duplicates(D.DedupConfig())
+    s = n // 8
+
+    def words():
+        return rng.integers(0, 2 ** 63, s, dtype=np.uint64)
+
     for f in range(8):
-        s = n // 8
-        dup.add(f, D.FileKeys(np.arange(s, dtype=np.int32), rng.integers(0, 2 ** 63, s, dtype=np.uint64),
-                              rng.integers(0, 2 ** 63, s, dtype=np.uint64), np.ones(s, bool),
-                              rng.integers(0, 2 ** 63, s, dtype=np.uint64), rng.integers(0, 2 ** 63, s, dtype=np.uint64),
+        dup.add(f, D.FileKeys(np.arange(s, dtype=np.int32), words(), words(), np.ones(s, bool), words(), words(),
                               np.ones(s, bool)))
     tracemalloc.start()
     dup.run()

@@ -175,7 +175,8 @@ def test_other_dedup_settings_refuse_to_resume(pool, eval_dir, tmp_path, capsys)
 
 def test_rules_are_checked_before_anything_is_written(pool, tmp_path, capsys):
     shards, ann = pool
-    for bad, said in ((["--dedup", "phash=2.5"], "whole number of bits"), (["--dedup", "phash=x"], "number of bits"), (["--dedup", "fuzzy"], "unknown --dedup rule"),
+    for bad, said in ((["--dedup", "phash=2.5"], "whole number of bits"), (["--dedup", "phash=x"], "number of bits"),
+                      (["--dedup", "fuzzy"], "unknown --dedup rule"),
                       (["--dedup", "embedding"], "needs a cosine"), (["--dedup-keep", "best:clip_raw"], "give --dedup"),
                       (["--dedup", "exact", "--dedup-keep", "best:nothing"], "not a numeric annotation column"),
                       (["--decontaminate-rule", "exact"], "need --decontaminate EVAL"),
@@ -221,7 +222,8 @@ def test_the_embedding_rule_needs_the_embedding_files(pool, tmp_path, tiny_model
     ann = tmp_path / "ann"
     assert cli("score", shards / "00000.tar", "-a", ann, "--no-clip", "--no-sieve", "-q") == 0
     capsys.readouterr()
-    assert cli("mix", shards / "00000.tar", "-a", ann, "--strategy", "raw", "--dedup", "embedding=0.9", "--dry-run") == 2
+    assert cli("mix", shards / "00000.tar", "-a", ann, "--strategy", "raw", "--dedup", "embedding=0.9",
+               "--dry-run") == 2
     assert "--save-embeddings" in capsys.readouterr().err
 
 

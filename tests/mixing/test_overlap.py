@@ -56,7 +56,7 @@ def test_pool_copies_of_eval_images_overlap_and_others_do_not(eval_dir):
     ov = O.overlaps(D.file_keys(t, cfg), ev, cfg)
     names = list(pool)
     got = {names[r]: (D.RULE_NAMES[int(c)], ev.names[int(i)], float(v))
-           for r, c, i, v in zip(ov.rows, ov.code, ov.eval_index, ov.value)}
+           for r, c, i, v in zip(ov.rows, ov.code, ov.partner_row, ov.value)}
     assert got["copy"] == ("sha256", "astronaut.jpg", 0.0)
     assert got["chelsea"] == ("sha256", "sub/chelsea.jpg", 0.0)
     assert got["q60"][:2] == got["half"][:2] == ("phash", "astronaut.jpg")
@@ -81,7 +81,7 @@ def test_the_embedding_rule_against_eval_embeddings():
                    np.zeros(20, bool), embeddings=e)
     keys = D.FileKeys(np.arange(50, dtype=np.int32))
     ov = O.overlaps(keys, ev, O.OverlapConfig(exact=False, phash_k=None, cosine=0.9), embeddings=pool)
-    assert ov.rows.tolist() == [7] and ov.eval_index.tolist() == [3] and ov.value[0] > 0.99
+    assert ov.rows.tolist() == [7] and ov.partner_row.tolist() == [3] and ov.value[0] > 0.99
     assert O.reasons(ov, ev).to_pylist()[0].startswith("overlaps ev/i3 (embedding, 0.99")
 
 

@@ -12,7 +12,8 @@ from tests.helpers import PHOTOS, accounted, cli, photo_shards, summary
 
 
 def test_sections_through_set():
-    p = recipe_parts(load_recipe("datacomp-basic", ["dedup.exact=true", "dedup.phash=true", "dedup.keep=best:clip_raw"]))
+    sets = ["dedup.exact=true", "dedup.phash=true", "dedup.keep=best:clip_raw"]
+    p = recipe_parts(load_recipe("datacomp-basic", sets))
     assert p.mix.dedup == {"exact": None, "phash": 2} and p.mix.dedup_keep == "best:clip_raw"
     p = recipe_parts(load_recipe("datacomp-basic", ["dedup=[exact, phash=3]", "decontaminate=/data/imagenet-val"]))
     assert p.mix.dedup == {"exact": None, "phash": 3}

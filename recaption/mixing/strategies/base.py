@@ -9,9 +9,9 @@ declarations; none of them names a strategy.
 
 Every row gets one outcome code (uint8): kept with the raw or the synthetic caption, dropped
 before any strategy (an error row, a shard error, a filter rule, an evaluation-set overlap, a
-duplicate), or dropped by one of a strategy's own reasons. Reason codes are allocated from the registry, in registration order, when
-the table is loaded; codes are never stored (decisions files hold the reason text), so only a
-process's own table must agree with itself.
+duplicate), or dropped by one of a strategy's own reasons. Reason codes are allocated from the
+registry, in registration order, when the table is loaded; codes are never stored (decisions files
+hold the reason text), so only a process's own table must agree with itself.
 """
 from __future__ import annotations
 
