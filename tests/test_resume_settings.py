@@ -41,7 +41,8 @@ def test_other_caption_settings_are_refused_then_redone_with_overwrite(shard_dir
     before = (a / "00000.parquet").read_bytes()
     assert cli(*args, "--max-new-tokens", 5) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other settings" in err[0] and "--overwrite" in err[0] and "max_new_tokens=3" in err[0]
+    assert len(err) == 1 and "other settings" in err[0] and "--overwrite" in err[0]
+    assert "decoding.max_new_tokens 3 -> 5" in err[0]  # only what differs, was and now
     assert (a / "00000.parquet").read_bytes() == before
     assert cli(*args, "--max-new-tokens", 3, "--json") == 0  # the same command: nothing to redo
     assert json.loads(capsys.readouterr().out)["shards"]["skipped"] == 1

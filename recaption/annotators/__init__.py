@@ -47,6 +47,16 @@ def register(annotator: type | str, name: str | None = None) -> None:
     _loaded.pop(name, None)
 
 
+def ensure(targets: dict[str, str]) -> None:
+    """Make annotators known here by their targets (name -> "module:Class"): a worker process or
+    Ray actor learns the annotators the driver registered at run time, which its own imports did
+    not register."""
+    _read_plugins()
+    for name, t in targets.items():
+        if name not in _registry:
+            _registry[name] = t
+
+
 def unregister(name: str) -> None:
     """Remove a registered annotator (built-in ones stay)."""
     if name in BUILTIN:

@@ -50,7 +50,8 @@ class Clip(Annotator):
         Option("no_clip", bool, False, "skip CLIP scores", flags=("--no-clip",)),
         Option("save_embeddings", bool, False, "keep the CLIP image embeddings (float16, clip-retrieval's layout) in "
                                                "ANN/embeddings/, rows aligned with each annotation file: what "
-                                               "mix --dedup semantic and the embedding overlap rule read"),
+                                               "mix --dedup embedding=COSINE and --decontaminate's embedding rule "
+                                               "read"),
     )
     # the CLIP floors of LAION-5B (docs/formats.md#filters): they read the fixed clip_raw column
     rules = (

@@ -10,7 +10,7 @@ import typer
 from recaption.mixing.dedup_spec import usage as dedup_usage
 from recaption.mixing.rules import usage as filter_usage
 from recaption.cli.options import (AnnotatorOptions, CaptionerOptions, ExecOptions, InputOptions, OutputOptions,
-                                   ScoringOptions, StorageOptions, StrategyChoice, dumps, opt, refresh, setup_logging, verb, STATE)
+                                   ScoringOptions, StorageOptions, StrategyChoice, CaptionKeysChoice, dumps, opt, refresh, setup_logging, verb, STATE)
 from recaption.mixing import strategies_help
 
 app = typer.Typer(
@@ -120,23 +120,23 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
 def mix(
     input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
-    out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)")] = None,
-    strategy: Annotated[StrategyChoice, opt(help=f"{strategies_help()} (docs/formats.md#mixing-strategies)")] = StrategyChoice("threshold"),
-    threshold: Annotated[Optional[float], opt(help="absolute score threshold")] = None,
-    fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0")] = None,
-    filter_synthetic: Annotated[bool, opt("--filter-synthetic", help="threshold: also drop samples whose synthetic caption scores below")] = False,
-    alpha: Annotated[float, opt(help="blend weight: (1 - alpha) · norm(sieve) + alpha · norm(clip_raw)")] = 0.5,
-    samples_per_shard: Annotated[int, opt(help="samples per output shard")] = 10000,
-    keep_sharding: Annotated[bool, opt("--keep-sharding", help="one output shard per input shard, same names")] = False,
-    filters: Annotated[Optional[List[str]], opt("--filter", help=filter_usage())] = None,
-    dry_run: Annotated[bool, opt("--dry-run", help="print what this and every other strategy would keep and drop; write nothing")] = False,
-    overlay: Annotated[bool, opt("--overlay", help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset")] = False,
-    caption_keys: Annotated[str, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER); all (best + recaption_candidate_I)")] = "none",
-    dedup: Annotated[Optional[List[str]], opt("--dedup", help=dedup_usage())] = None,
-    dedup_keep: Annotated[str, opt(help="which sample of a duplicate group stays: first (input order) or best:COLUMN (the highest of an annotation column, e.g. best:clip_raw; missing last)")] = "first",
-    decontaminate: Annotated[Optional[str], opt(help="EVAL: a folder of images and/or shards (a benchmark's test images); every pool sample that copies one is dropped before the strategy")] = None,
-    decontaminate_rule: Annotated[Optional[List[str]], opt("--decontaminate-rule", help=dedup_usage(overlap=True))] = None,
-    decontaminate_model: Annotated[Optional[str], opt(help="embedding rule: where the CLIP model the pool's embeddings were made with loads from here, NAME[@PRETRAINED] (open_clip name, hf-hub:, local-dir:); default: the model their files record")] = None,
+    out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)", panel="Output")] = None,
+    strategy: Annotated[StrategyChoice, opt(help=f"{strategies_help()} (docs/formats.md#mixing-strategies)", panel="Strategy")] = StrategyChoice("threshold"),
+    threshold: Annotated[Optional[float], opt(help="absolute threshold on the strategy's own score: clip_raw (raw, both, threshold), the synthetic caption's CLIP score (synthetic), the blend (sieve)", panel="Strategy")] = None,
+    fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0", panel="Strategy")] = None,
+    filter_synthetic: Annotated[bool, opt("--filter-synthetic", help="with --strategy threshold: also drop samples whose synthetic caption scores below the threshold", panel="Strategy")] = False,
+    alpha: Annotated[float, opt(help="blend weight: (1 - alpha) · norm(sieve) + alpha · norm(clip_raw)", panel="Strategy")] = 0.5,
+    samples_per_shard: Annotated[int, opt(help="samples per output shard", panel="Output")] = 10000,
+    keep_sharding: Annotated[bool, opt("--keep-sharding", help="one output shard per input shard, same names", panel="Output")] = False,
+    filters: Annotated[Optional[List[str]], opt("--filter", help=filter_usage, panel="Filters and duplicates")] = None,
+    dry_run: Annotated[bool, opt("--dry-run", help="print what this and every other strategy would keep and drop; write nothing", panel="Output")] = False,
+    overlay: Annotated[bool, opt("--overlay", help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset", panel="Output")] = False,
+    caption_keys: Annotated[CaptionKeysChoice, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER); all (best + recaption_candidate_I)", panel="Output")] = CaptionKeysChoice("none"),
+    dedup: Annotated[Optional[List[str]], opt("--dedup", help=dedup_usage(), panel="Filters and duplicates")] = None,
+    dedup_keep: Annotated[str, opt(help="which sample of a duplicate group stays: first (input order) or best:COLUMN (the highest of an annotation column, e.g. best:clip_raw; missing last)", panel="Filters and duplicates")] = "first",
+    decontaminate: Annotated[Optional[str], opt(help="EVAL: a folder of images and/or shards (a benchmark's test images); every pool sample that copies one is dropped before the strategy", panel="Filters and duplicates")] = None,
+    decontaminate_rule: Annotated[Optional[List[str]], opt("--decontaminate-rule", help=dedup_usage(overlap=True), panel="Filters and duplicates")] = None,
+    decontaminate_model: Annotated[Optional[str], opt(help="embedding rule: where the CLIP model the pool's embeddings were made with loads from here, NAME[@PRETRAINED] (open_clip name, hf-hub:, local-dir:); default: the model their files record", panel="Filters and duplicates")] = None,
 ):
     """Write a caption-mixed shard set from annotations; every sample is written or recorded as dropped."""
     from recaption import api
@@ -144,7 +144,7 @@ def mix(
 
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
-                    filters=filters or [], caption_keys=caption_keys, dedup=dedup or [], dedup_keep=dedup_keep,
+                    filters=filters or [], caption_keys=caption_keys.value, dedup=dedup or [], dedup_keep=dedup_keep,
                     decontaminate=decontaminate, decontaminate_rules=decontaminate_rule or [],
                     decontaminate_model=decontaminate_model)
     s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overlay=overlay, overwrite=o.overwrite, image_keys=inp.keys(),

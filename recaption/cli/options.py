@@ -6,6 +6,7 @@ built from the package's own constants; a renamed field renames its option and i
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import json
@@ -20,7 +21,7 @@ import typer
 from recaption.engines import ENGINES, Execution
 from recaption.io.pixels import PREPROCESS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS
-from recaption.mixing import STRATEGIES
+from recaption.mixing import CAPTION_KEYS, STRATEGIES
 
 log = logging.getLogger("recaption")
 CAP, SCO, INP, RUN, OUT, STO, GLOB = "Captioner", "Scoring", "Input", "Execution", "Output", "Storage", "Logging"
@@ -31,6 +32,7 @@ def _choice(name: str, values) -> type[Enum]:
 
 
 StrategyChoice = _choice("StrategyChoice", STRATEGIES)
+CaptionKeysChoice = _choice("CaptionKeysChoice", CAPTION_KEYS)
 EngineChoice = _choice("EngineChoice", list(ENGINES))
 PreprocessChoice = _choice("PreprocessChoice", PREPROCESS)
 
@@ -225,6 +227,21 @@ _GLOBAL = [
 ]
 
 
+def _live_help(ann):
+    """An annotation whose option help is a function, with the help it gives now (what the
+    registries hold when the command is built: a filter rule an annotator registered at run time)."""
+    if typing.get_origin(ann) is not Annotated:
+        return ann
+    base, *meta = typing.get_args(ann)
+    fresh = []
+    for m in meta:
+        if callable(getattr(m, "help", None)):
+            m = copy.copy(m)
+            m.help = m.help()
+        fresh.append(m)
+    return Annotated[(base, *fresh)]
+
+
 _COMMANDS: list = []  # (command, signature builder): rebuilt by `refresh` when annotators change
 
 
@@ -264,7 +281,7 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                     groups[pname] = (ann, names, [p.name for p in extra])
                 else:
                     p = inspect.signature(fn).parameters[pname]
-                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann))
+                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=_live_help(ann)))
             params += _GLOBAL
             command.__signature__ = inspect.Signature(params)
             command.__annotations__ = {p.name: p.annotation for p in params}

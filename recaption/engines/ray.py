@@ -8,6 +8,8 @@ once with one line, instead of waiting forever for resources.
 from __future__ import annotations
 
 import json
+import logging
+import re
 import tempfile
 import threading
 
@@ -17,6 +19,7 @@ from recaption.errors import RecaptionError, require
 from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
 
+log = logging.getLogger("recaption")
 OPTIONS = (
     Option("ray_address", str, None, "Ray cluster address, e.g. auto (--engine ray)"),
     Option("actor_cpus", float, None, "CPUs per Ray actor (default 0.5 on CPU, 1 with GPUs)"),
@@ -78,11 +81,28 @@ def ensure_ray(address: str | None = None):
 
     if not ray.is_initialized():
         if address:
+            log.info("connecting to the Ray cluster at %s", address)
+            check_reachable(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         else:
             ray.init(include_dashboard=False, ignore_reinit_error=True,
                      _temp_dir=tempfile.mkdtemp(prefix="recaption-ray-"), log_to_driver=False)
     return ray
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A `HOST:PORT` (or `ray://HOST:PORT`) address must accept a connection: Ray itself retries an
+    unreachable one for ever, silently. `auto` and other forms are left to Ray."""
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]\s]+?)\]?:(\d+)", address.strip())
+    if not m:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as e:
+        raise RecaptionError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one "
+                             "(`ray start --head`) or check --ray-address") from None
 
 
 def check_resources(ray, cpus: float, gpus: float) -> None:

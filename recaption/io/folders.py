@@ -105,7 +105,7 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
         _refuse_foreign_files(out_dir)
     elif rec.get("kind") != kind or _canonical(rec.get("identity")) != _canonical(identity):
         if not overwrite:
-            what = "another run's files (different settings)"
+            what = f"another run's files (different settings: {differences(rec.get('identity'), identity)})"
             if rec.get("kind") == "annotations":
                 what = "annotation files"
             elif rec.get("kind") != kind and "overlay" in (kind, rec.get("kind")):
@@ -190,7 +190,7 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
     if clash and not overwrite:
         g = clash[0]
         raise RecaptionError(
-            f"{ann_dir} holds {g} written with other settings ({describe(groups[g])}; now {describe(wanted[g])}); "
+            f"{ann_dir} holds {g} written with other settings ({differences(groups[g], wanted[g])}); "
             "to resume that run, repeat its command; to replace them, add --overwrite; or choose another folder")
     for g in wanted:
         if g in clash or g not in groups:
@@ -218,12 +218,24 @@ def _refuse_foreign_annotations(ann_dir: str) -> None:
         raise RecaptionError(f"{ann_dir} holds shards (*.tar, *.tar.gz); annotation files go in a folder of their own")
 
 
-def describe(settings: dict) -> str:
-    """A short human line for group settings."""
-    parts = []
-    for k, v in settings.items():
-        if isinstance(v, dict):
-            parts.append(" ".join(f"{a}={b}" for a, b in v.items() if b is not None))
-        elif v is not None:
-            parts.append(f"{k}={v}")
-    return ", ".join(parts)
+def differences(was, now, most: int = 4) -> str:
+    """What differs between two settings, key by key (`decoding.num_captions 2 -> 3`), the first
+    few; nested keys are dotted."""
+    def flat(x, pre=""):
+        if isinstance(x, dict) and x:
+            out = {}
+            for k, v in x.items():
+                out |= flat(v, f"{pre}{k}.")
+            return out
+        return {pre.rstrip("."): x}
+
+    a, b = flat(was or {}), flat(now or {})
+    gone = object()  # a key one side lacks (unlike a key set to null)
+    keys = [k for k in dict.fromkeys([*a, *b]) if k not in a or k not in b or _canonical(a[k]) != _canonical(b[k])]
+    parts = [f"{k} {_short(a.get(k, gone))} -> {_short(b.get(k, gone))}" for k in keys[:most]]
+    return ", ".join(parts + ([f"and {len(keys) - most} more"] if len(keys) > most else [])) or "none shown"
+
+
+def _short(v) -> str:
+    text = "null" if v is None else "unset" if not isinstance(v, (str, int, float, bool, list, dict)) else str(v)
+    return text if len(text) <= 60 else text[:57] + "..."

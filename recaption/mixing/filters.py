@@ -109,14 +109,17 @@ def _fmt(v) -> str:
 # -- evaluating --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rule:
-    """One rule with its value: what it tests on a table, and the reason a row fails it with."""
+    """One rule with its value: what it tests on a table, and the reason a row fails it with. The
+    rule carries its kind, looked up where the rules are parsed, so the processes and Ray tasks
+    that evaluate it need no registry of their own (an annotator registered at run time)."""
     name: str
     value: object
+    kind_of: object = None  # the RuleKind (default: looked up by name)
 
     @property
     def kind(self):
         """What the rule's name tests (`recaption.annotators.base.RuleKind`)."""
-        return kinds()[self.name]
+        return self.kind_of if self.kind_of is not None else kinds()[self.name]
 
     @property
     def label(self) -> str:
@@ -225,7 +228,8 @@ class FilterSet:
     @classmethod
     def of(cls, spec) -> "FilterSet":
         """The rules of a spec in any form `normalize` takes."""
-        return cls([Rule(k, v) for k, v in normalize(spec).items()])
+        known = kinds()
+        return cls([Rule(k, v, known[k]) for k, v in normalize(spec).items()])
 
     def __bool__(self) -> bool:
         return bool(self.rules)

@@ -131,6 +131,10 @@ class PoolSource:
     def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True,
                   filters: FilterSet | None = None) -> "PoolSource":
         """The annotation files of these input shards; one clear error when none is annotated."""
+        from recaption.io.atomic import exists
+
+        if not exists(ann_dir):
+            raise RecaptionError(f"annotation folder not found: {ann_dir}")
         files, missing = annotation_files(shards, ann_dir)
         if not files:
             raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "

@@ -13,7 +13,7 @@ PRESETS: dict[str, dict] = {
     "laion-5b": {"min-chars": 5, "min-image-bytes": 5120, "min-clip-raw-en": 0.28, "min-clip-raw-other": 0.26},
 }
 PRESETS["datacomp-basic"] = PRESETS["basic"]
-SOURCES = {"basic": "DataComp", "laion-5b": "LAION-5B"}  # the presets --help shows
+SOURCES = {"basic": "DataComp", "datacomp-basic": "the same", "laion-5b": "LAION-5B"}  # the presets --help shows
 
 
 def kinds() -> dict:

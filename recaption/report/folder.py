@@ -36,6 +36,8 @@ def resolve(path: str | Path, annotations: str | None = None, input_spec: str | 
     """The folder at `path`; `annotations` overrides where its annotation files are. One line
     naming the folder when it is none of the kinds recaption writes."""
     p = Path(path)
+    if not p.exists():
+        raise RecaptionError(f"{p} not found")
     if not p.is_dir():
         raise RecaptionError(f"{p} is not a folder of annotations or mixed shards")
     rec = read_record(str(p)) or {}

@@ -111,6 +111,7 @@ class AnnotateStage:
         return {"spec": self.spec, "bundle": None, "pool": None, "threads": self.threads}
 
     def __call__(self, url: str, progress=None) -> ShardReport:
+        registry.ensure(self.spec.models.targets)  # annotators the driver registered at run time
         name = shard_name(url)
         out = ann.path_for(self.spec.ann_dir, name)
         t = Timer()

@@ -44,6 +44,14 @@ def _rows(ann_dir):
     return {r["key"]: r for r in t.to_pylist()}, json.loads(t.schema.metadata[b"recaption"])["groups"]
 
 
+def test_the_cli_learns_its_options_and_rules(brightness, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli("score", "--help") == 0
+    assert "--brightness-size" in capsys.readouterr().out
+    assert cli("mix", "--help") == 0
+    assert "min-brightness=X" in capsys.readouterr().out
+
+
 def test_registration_is_checked(brightness):
     with pytest.raises(Exception, match="registered already"):
         annotators.register(Brightness)
@@ -66,7 +74,8 @@ def test_the_toy_annotator_flows_through_every_verb(brightness, shards, tmp_path
 
     # resume refusal: other settings are refused, --overwrite redoes them; the same ones are skipped
     assert cli("score", src, "-a", ann, "--no-clip", "--no-sieve", "--brightness", "--brightness-size", 8, "-q") == 2
-    assert "brightness written with other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "brightness written with other settings (brightness_size 32 -> 8)" in err  # only what differs
     assert cli("score", src, "-a", ann, "--no-clip", "--no-sieve", "--brightness", "--brightness-size", 8,
                "--overwrite", "-q") == 0
     assert _rows(ann)[1]["brightness"] == {"brightness_size": 8}
@@ -111,3 +120,20 @@ def test_a_recipe_takes_its_section(brightness, shards, tmp_path):
     assert kept == 1  # only the light picture passes
     recipe.write_text("brightness: {size: 16}\nmix: {strategy: raw}\n")
     assert cli("run", recipe, src, "-o", tmp_path / "out2", "-q") == 2
+
+
+@pytest.mark.slow
+def test_worker_processes_and_ray_tasks_learn_an_annotator_registered_at_run_time(brightness, shards, tmp_path,
+                                                                                  ray_local):
+    """The registration happened in this process only: spawned workers learn the annotator from the
+    work they are handed, Ray tasks evaluate its filter rule from the rule itself."""
+    src, levels = shards
+    ann = tmp_path / "ann"
+    assert cli("score", src, "-a", ann, "--no-clip", "--no-sieve", "--brightness", "--workers", 2, "-q") == 0
+    rows, groups = _rows(ann)
+    assert groups["brightness"] == {"brightness_size": 32} and abs(rows["light"]["brightness"] - 245) < 3
+    out = tmp_path / "out"
+    assert cli("mix", src, "-a", ann, "-o", out, "--strategy", "raw", "--filter", "min-brightness=100",
+               "--engine", "ray", "-q") == 0
+    drops = {r["key"] for r in pq.read_table(out / "_dropped.parquet").to_pylist()}
+    assert drops == {"dark", "broken"}

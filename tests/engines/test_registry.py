@@ -64,3 +64,18 @@ def test_overlay_and_dry_run_are_refused_together_by_the_api(shard_dir, tmp_path
     with pytest.raises(RecaptionError, match="give --out"):
         api.mix(str(shard_dir), str(tmp_path), None, MixConfig("raw"))
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unreachable_ray_address_is_one_line_not_a_hang(shard_dir, tmp_path, capsys):
+    """Ray retries an unreachable cluster for ever; recaption tries the port once and says so."""
+    import socket
+
+    ann = annotate_randomly(shard_dir, tmp_path / "ann")
+
+    with socket.socket() as s:  # a port nobody listens on: bound, never accepted
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli("mix", shard_dir, "-a", ann, "--strategy", "raw", "--dry-run", "--engine", "ray",
+               "--ray-address", f"127.0.0.1:{port}") == 2
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "error" in ln]
+    assert len(err) == 1 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in err[0]

@@ -168,7 +168,8 @@ def test_other_dedup_settings_refuse_to_resume(pool, eval_dir, tmp_path, capsys)
     for other in (["--dedup", "phash"], ["--dedup", "exact", "--dedup-keep", "best:clip_raw"],
                   ["--dedup", "exact", "--decontaminate", eval_dir], []):
         assert cli("mix", shards, "-a", ann, "-o", out, "--strategy", "raw", *other, "-q") == 2, other
-        assert "different settings" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "different settings: mix.d" in err, err  # names what differs (the dedup or decontaminate keys)
     rec = json.loads((out / "_recaption.json").read_text())
     assert rec["identity"]["mix"]["dedup"] == {"exact": None}
 

@@ -116,12 +116,15 @@ def test_mix_output_extracts_with_gnu_tar(shard_dir, random_ann, tmp_path):
 
 def test_mix_without_annotation_files_creates_nothing(shard_dir, tmp_path, capsys):
     out = tmp_path / "never"
-    for args in (["-o", out], ["--dry-run"]):
-        code = cli("mix", shard_dir, "-a", tmp_path / "empty", "--strategy", "raw", *args)
-        err = capsys.readouterr().err
-        assert code != 0 and "no annotation files" in err
-        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not out.exists() and not (tmp_path / "empty").exists()
+    (tmp_path / "empty").mkdir()
+    for folder, said in ((tmp_path / "empty", "no annotation files"),
+                         (tmp_path / "gone", "annotation folder not found")):
+        for args in (["-o", out], ["--dry-run"]):
+            code = cli("mix", shard_dir, "-a", folder, "--strategy", "raw", *args)
+            err = capsys.readouterr().err
+            assert code != 0 and said in err
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "gone").exists() and not any((tmp_path / "empty").iterdir())
 
 
 def test_dry_run_writes_nothing_and_counts_as_the_mix(shard_dir, random_ann, tmp_path):

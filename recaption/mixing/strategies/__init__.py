@@ -47,6 +47,7 @@ class MixConfig:
         from recaption.mixing.filters import normalize
 
         self.filters = normalize(self.filters)
+        self.filter_set  # noqa: B018  (made here, in the driver: it travels with the config)
         self.dedup = dedup_spec.normalize(self.dedup)
         self.dedup_keep = self.dedup_keep or "first"
         dedup_spec.keep_column(self.dedup_keep)
@@ -91,10 +92,15 @@ class MixConfig:
 
     @property
     def filter_set(self):
-        """The rules as a `recaption.mixing.filters.FilterSet` (empty: none)."""
+        """The rules as a `recaption.mixing.filters.FilterSet` (empty: none). Made once, where the
+        config is validated, and pickled with it: a Ray task evaluating the rules needs no registry
+        of the annotators that declared them (one registered at run time, say)."""
         from recaption.mixing.filters import FilterSet
 
-        return FilterSet.of(self.filters)
+        made = self.__dict__.get("_filter_set")
+        if made is None or made[0] != self.filters:
+            made = self.__dict__["_filter_set"] = (dict(self.filters), FilterSet.of(self.filters))
+        return made[1]
 
     @property
     def removes(self) -> bool:
