@@ -79,10 +79,11 @@ def ensure_ray(address: str | None = None):
     require("ray", "ray")
     import ray
 
+    if address:  # checked even where this process is connected already: the address must be right
+        check_reachable(address)
     if not ray.is_initialized():
         if address:
             log.info("connecting to the Ray cluster at %s", address)
-            check_reachable(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         else:
             ray.init(include_dashboard=False, ignore_reinit_error=True,

@@ -16,11 +16,20 @@ PRESETS["datacomp-basic"] = PRESETS["basic"]
 SOURCES = {"basic": "DataComp", "datacomp-basic": "the same", "laion-5b": "LAION-5B"}  # the presets --help shows
 
 
+_REMEMBERED: dict = {}  # kinds a pickled mix config brought along (its annotator not registered here)
+
+
 def kinds() -> dict:
-    """Every rule kind, by name (`recaption.annotators.base.RuleKind`), from the registered annotators."""
+    """Every rule kind, by name (`recaption.annotators.base.RuleKind`), from the registered annotators
+    (and any a mix config brought from the process that made it)."""
     from recaption import annotators
 
-    return annotators.rule_kinds()
+    return {**_REMEMBERED, **annotators.rule_kinds()}
+
+
+def remember(extra: dict) -> None:
+    """Rule kinds known where a config was made, for this process (a worker, a Ray task)."""
+    _REMEMBERED.update(extra)
 
 
 def usage() -> str:

@@ -118,8 +118,12 @@ def test_caption_keys_are_a_recorded_setting(shard_dir, keyed_ann, tmp_path, cap
     assert cli(*base, "--caption-keys", "best") == 0  # the same command resumes
     capsys.readouterr()
     assert cli(*base) == 2 and "--overwrite" in capsys.readouterr().err  # other settings are refused
-    assert cli(*base, "--caption-keys", "every") == 2
-    assert "unknown --caption-keys 'every'; choose none, best, all" in capsys.readouterr().err
+    assert cli(*base, "--caption-keys", "every") == 2  # the CLI knows the choices
+    assert "'every' is not one of 'none', 'best', 'all'" in capsys.readouterr().err
+    from recaption.mixing.strategies import MixConfig
+
+    with pytest.raises(RecaptionError, match="unknown --caption-keys 'every'; choose none, best, all"):
+        MixConfig("raw", caption_keys="every").validate()  # and so does the API
 
 
 def test_a_recipe_takes_caption_keys():

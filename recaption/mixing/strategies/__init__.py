@@ -47,7 +47,6 @@ class MixConfig:
         from recaption.mixing.filters import normalize
 
         self.filters = normalize(self.filters)
-        self.filter_set  # noqa: B018  (made here, in the driver: it travels with the config)
         self.dedup = dedup_spec.normalize(self.dedup)
         self.dedup_keep = self.dedup_keep or "first"
         dedup_spec.keep_column(self.dedup_keep)
@@ -92,15 +91,25 @@ class MixConfig:
 
     @property
     def filter_set(self):
-        """The rules as a `recaption.mixing.filters.FilterSet` (empty: none). Made once, where the
-        config is validated, and pickled with it: a Ray task evaluating the rules needs no registry
-        of the annotators that declared them (one registered at run time, say)."""
+        """The rules as a `recaption.mixing.filters.FilterSet` (empty: none)."""
         from recaption.mixing.filters import FilterSet
 
-        made = self.__dict__.get("_filter_set")
-        if made is None or made[0] != self.filters:
-            made = self.__dict__["_filter_set"] = (dict(self.filters), FilterSet.of(self.filters))
-        return made[1]
+        return FilterSet.of(self.filters)
+
+    def __getstate__(self) -> dict:
+        # the kinds of its filter rules travel with a pickled config, so a Ray task or worker
+        # process evaluates a rule of an annotator registered at run time in the driver
+        from recaption.mixing.rules import kinds
+
+        known = kinds()
+        names = self.filters if isinstance(self.filters, dict) else {}
+        return {**self.__dict__, "__rule_kinds__": {n: known[n] for n in names if n in known}}
+
+    def __setstate__(self, state: dict) -> None:
+        from recaption.mixing.rules import remember
+
+        remember(state.pop("__rule_kinds__", {}))
+        self.__dict__.update(state)
 
     @property
     def removes(self) -> bool:
