@@ -179,3 +179,15 @@ def find_chromium():
             return None
         return shutil.which("chromium")
     return None
+
+
+def render_dom(chromium: str, page: Path, profile: Path):
+    """Headless Chromium's DOM of a local page after its scripts ran (the flags this closed
+    network needs: no background networking, no component updates, no sync)."""
+    import subprocess
+
+    return subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={profile}", "--allow-file-access-from-files",
+                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)

@@ -4,12 +4,11 @@ pixels, not an empty frame), every sample grid shows cards."""
 import json
 import re
 import shutil
-import subprocess
 
 import pytest
 
 from recaption.report.data import load
-from tests.helpers import cli, find_chromium
+from tests.helpers import cli, find_chromium, render_dom
 
 N = 18  # samples in the session's shard_dir
 
@@ -115,11 +114,7 @@ def test_report_renders_in_chromium(folders, shard_dir, kind, tmp_path, chromium
     page = (out / "index.html").read_text()
     assert "<pre>" not in page and "scored samples" not in page  # a table, not a JSON dump
     (out / "check.html").write_text(page.replace("</body>", CHECK))
-    p = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
-                        "--virtual-time-budget=5000", "--dump-dom", (out / "check.html").as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    p = render_dom(chromium, out / "check.html", tmp_path / "profile")
     m = re.search(r"LOADED (\d+)/(\d+) INK (\S*) GRIDS ([\d,]*)", p.stdout)
     assert m, p.stderr[-2000:]
     ok, total = int(m.group(1)), int(m.group(2))

@@ -4,13 +4,12 @@ headless Chromium, where every image loads."""
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 from PIL import Image
 
 from recaption.report.data import load
-from tests.helpers import PHOTOS, cli, find_chromium, photo_shards, summary
+from tests.helpers import PHOTOS, cli, find_chromium, photo_shards, render_dom, summary
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +55,7 @@ def test_overlaps_render_side_by_side_in_chromium(mixed, tmp_path):
     assert "evaluation overlaps: pool sample, then the evaluation image (12)" in page
     assert "duplicates, after the filters" in page and "phash=8" in page
     (out / "check.html").write_text(page.replace("</body>", CHECK))
-    p = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--allow-file-access-from-files",
-                        "--virtual-time-budget=5000", "--dump-dom", (out / "check.html").as_uri()],
-                       capture_output=True, text=True, timeout=120)
+    p = render_dom(chromium, out / "check.html", tmp_path / "profile")
     m = re.search(r"LOADED (\d+)/(\d+) PAIRS ([\d,]*)", p.stdout)
     assert m, p.stderr[-2000:]
     assert int(m.group(1)) == int(m.group(2))
