@@ -74,6 +74,9 @@ def identity(url: str) -> dict:
     return file_info(url)
 
 
+NO_STAMP = "no mtime or ETag to compare"  # what `change` says where the size is all it could compare
+
+
 def change(now: dict, recorded: dict) -> str | None:
     """How a shard differs from a recorded identity ("size 10, recorded 12"), or None when it is
     the same: the size, and the ETag or mtime wherever both sides have one (the overlay's rule)."""
@@ -85,7 +88,7 @@ def change(now: dict, recorded: dict) -> str | None:
             if str(now[k]) != str(recorded[k]):
                 return f"{k} {now[k]}, recorded {recorded[k]}"
             compared = True
-    return None if compared else "no mtime or ETag to compare"
+    return None if compared else NO_STAMP
 
 
 def carry(table, ann_path: str, shard_now: dict):

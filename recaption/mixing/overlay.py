@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
+from recaption.io import tarindex
 from recaption.io.atomic import exists, file_info, join, read_text
 from recaption.io.fs import using
 from recaption.io.sources import shard_name
@@ -71,21 +72,18 @@ def check_identity(url: str, meta: dict, verify: str = "full", key: str | None =
     except (OSError, ValueError) as e:
         raise RecaptionError(f"{at} cannot check the shard against its overlay decisions ({e})") from None
     redo = "re-annotate it and re-run the mix (with --overlay)"
-    if now.get("size") != meta.get("size"):
-        raise RecaptionError(f"{at} the shard changed since the overlay was made (size {now.get('size')}, recorded "
-                             f"{meta.get('size')}); {redo}")
+    differs = tarindex.change(now, meta)  # the rule the mix writer checks shards by, too
+    if differs is None:
+        return
+    if differs.startswith("size "):
+        raise RecaptionError(f"{at} the shard changed since the overlay was made ({differs}); {redo}")
     if verify == "size":
         return
-    compared = False
-    for k in ("etag", "mtime"):
-        if meta.get(k) is not None and now.get(k) is not None:
-            if str(now[k]) != str(meta[k]):
-                raise RecaptionError(f"{at} the shard changed since the overlay was made ({k} {now[k]}, recorded "
-                                     f"{meta[k]}); {redo}, or pass verify='size' if it is an unchanged copy")
-            compared = True
-    if not compared:
+    if differs == tarindex.NO_STAMP:
         raise RecaptionError(f"{at} its store reports no mtime or ETag to compare with the overlay's record "
                              "(read it through the recorded URL, or pass verify='size' to compare sizes only)")
+    raise RecaptionError(f"{at} the shard changed since the overlay was made ({differs}); {redo}, or pass "
+                         "verify='size' if it is an unchanged copy")
 
 
 class ShardDecisions:
