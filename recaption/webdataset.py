@@ -22,7 +22,7 @@ whose size or mtime (ETag) changed is an error, never silently kept.
 from __future__ import annotations
 
 from recaption.errors import RecaptionError
-from recaption.mixing.overlay import OverlayReader
+from recaption.overlay.reader import OverlayReader
 
 
 class Overlay(OverlayReader):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the duplicate rules at pool scale (recaption.mixing.dedup).
+"""Benchmark the duplicate rules at pool scale (recaption.dedup.duplicates).
 
 1. Fingerprints: --rows synthetic rows (default 10M) in files of 10,000 through the exact
    (sha256) and pHash rules (k = 2, either orientation), as the driver runs them: every file's
@@ -86,7 +86,7 @@ def file_keys(f: int, rows: int, planted: dict):
     """File f's FileKeys: counter-hash fingerprints, planted members overwritten."""
     import numpy as np
 
-    from recaption.mixing.dedup import FileKeys
+    from recaption.dedup.duplicates import FileKeys
 
     start, stop = f * PER_FILE, min(rows, (f + 1) * PER_FILE)
     g = np.arange(start, stop, dtype=np.uint64)
@@ -115,7 +115,7 @@ def run_fingerprints(rows: int, groups: int) -> dict:
 
     import numpy as np
 
-    from recaption.mixing.dedup import PHASH_K, DedupConfig, Duplicates, _Pool
+    from recaption.dedup.duplicates import PHASH_K, DedupConfig, Duplicates, _Pool
 
     planted = plant(rows, groups)
     files = (rows + PER_FILE - 1) // PER_FILE
@@ -206,8 +206,8 @@ def run_semantic(ann: str, planted: str, rows: int) -> dict:
     import numpy as np
 
     from recaption.io import embeddings as E
-    from recaption.mixing import semantic
-    from recaption.mixing.dedup import DedupConfig, Duplicates, FileKeys
+    from recaption.dedup import semantic
+    from recaption.dedup.duplicates import DedupConfig, Duplicates, FileKeys
 
     files = (rows + PER_FILE - 1) // PER_FILE
     found_pairs = {}

@@ -11,9 +11,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import numpy as np
+
 from recaption.cli import main
 from recaption.io import annotations as ann
 from recaption.io.shards import iter_shard
+from recaption.io.tarcopy import BlockWriter, RawMember
+from recaption.io.writer import write_with
+from recaption.scoring.blend import as_scores, kept_rank, scored
 from tests.mixing import oracle
 
 
@@ -191,3 +196,37 @@ def render_dom(chromium: str, page: Path, profile: Path):
                            "--disable-sync", f"--user-data-dir={profile}", "--allow-file-access-from-files",
                            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                           capture_output=True, text=True, timeout=120)
+
+
+def write_shard(out_dir: str, name: str, samples, extra_stats: dict | None = None) -> dict:
+    """An output shard written from (key, members in order, parquet row) triples: members are
+    field -> bytes, (field, bytes) pairs, raw tar blocks or `RawMember`s. The reference writers of
+    the tests (the writer as it was before the member index) write through it."""
+    def fill(tar: BlockWriter) -> pa.Table:
+        rows: list[dict] = []
+        for key, members, row in samples:
+            for m in (members.items() if isinstance(members, dict) else members):
+                if isinstance(m, tuple):
+                    tar.add(f"{key}.{m[0]}", m[1])
+                elif isinstance(m, RawMember):
+                    tar.member(m)
+                else:
+                    tar.raw(m)
+            rows.append(row)
+        return pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
+
+    return write_with(out_dir, name, fill, extra_stats)
+
+
+def fraction_threshold(scores, fraction: float) -> float | None:
+    """DataComp's get_threshold over an in-memory list, the reference the radix select is held to:
+    n = int(N * fraction), the n-th highest (0-based); keep >= it. Fraction 1 keeps every scored
+    sample. None when nothing is scored."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be within [0, 1], got {fraction}")
+    a = as_scores(scores)
+    a = a[scored(a)]
+    if not a.size:
+        return None
+    r = kept_rank(a.size, fraction)
+    return float(np.partition(a, r)[r])

@@ -16,7 +16,9 @@ LAYERS = [
     {"io"},
     {"captioners", "scoring", "engines"},
     {"annotators"},
+    {"dedup", "output"},  # libraries below the mix: no pool, no strategy
     {"mixing"},
+    {"overlay"},  # the read side: decisions the mix made, applied as samples are read
     {"stages", "recipes", "report", "webdataset"},
     {"api", "train_open_clip"},
     {"demo"},
@@ -41,6 +43,9 @@ def imported(tree: ast.AST) -> set[str]:
 # they never reach for one (an engine hands a stage its CPU share through `set_threads`), and
 # annotators are built inside whichever engine's worker.
 NEVER = {("stages", "engines"), ("annotators", "engines")}
+
+# The mix reaches the duplicate rules through one bridge (its options are read by MixConfig too).
+DEDUP_BRIDGES = {"recaption.mixing.removal", "recaption.mixing.strategies"}
 
 
 def test_every_package_has_a_layer():
@@ -70,6 +75,33 @@ def test_forbidden_pairs_are_absent():
             if (top, other) in NEVER:
                 found.append(f"{path.relative_to(PACKAGE)} imports recaption.{other}")
     assert not found, "\n".join(found)
+
+
+def test_the_mix_reaches_dedup_through_its_bridge():
+    found = []
+    for path in sorted((PACKAGE / "mixing").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        if "dedup" in imported(tree) and module_name(path) not in DEDUP_BRIDGES:
+            found.append(module_name(path))
+    assert not found, f"only {sorted(DEDUP_BRIDGES)} may import recaption.dedup: {found}"
+
+
+def private_imports(tree: ast.AST, own: str) -> list[str]:
+    """`module._name` for each underscore name a module imports from another recaption module."""
+    return [f"{n.module}.{a.name}" for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").startswith("recaption")
+            and n.module != own for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = [f"{module_name(p)} imports {name}" for p in sorted(PACKAGE.rglob("*.py"))
+             for name in private_imports(ast.parse(p.read_text()), module_name(p))]
+    assert not found, "make these public, or move them where both sides may import them:\n" + "\n".join(found)
+
+
+def test_the_private_check_sees_one():
+    tree = ast.parse("from recaption.output.members import READ, _finite\n")
+    assert private_imports(tree, "recaption.overlay.reader") == ["recaption.output.members._finite"]
 
 
 def module_name(path: Path) -> str:

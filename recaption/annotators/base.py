@@ -269,3 +269,8 @@ def on_device(cfg, device: str | None):
     import dataclasses
 
     return cfg if cfg is None or cfg.device or not device else dataclasses.replace(cfg, device=device)
+
+
+def is_pixels(x) -> bool:
+    """A uint8 pixel batch from the fast path (rather than inputs a processor prepared)."""
+    return x is not None and str(getattr(x, "dtype", "")) == "torch.uint8"

@@ -4,17 +4,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from recaption.annotators.base import Annotator, Column, Option, model_identity, on_device
+from recaption.annotators.base import Annotator, Column, Option, is_pixels, model_identity, on_device
 from recaption.captioners.base import BACKENDS, QUANTIZE, STRATEGIES
 from recaption.errors import RecaptionError
 from recaption.models import DTYPES
 
 log = logging.getLogger("recaption")
-
-
-def _is_pixels(x) -> bool:
-    """A uint8 pixel batch from the fast path (rather than inputs a processor prepared)."""
-    return x is not None and str(getattr(x, "dtype", "")) == "torch.uint8"
 
 
 class Captions(Annotator):
@@ -122,7 +117,7 @@ class Captions(Annotator):
             return
         rows = [batch.rows[i] for i in idx]
         prepared = batch.batched(self.captioner, idx)
-        if _is_pixels(prepared):
+        if is_pixels(prepared):
             prepared = self.captioner.prepare_pixels(prepared, [r["raw_caption"] for r in rows])
         out = self._isolating(rows, batch.inputs(self.captioner, idx), batch.shard, prepared)
         for r, c in zip(rows, out):

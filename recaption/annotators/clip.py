@@ -5,8 +5,7 @@ import dataclasses
 import json
 
 from recaption.annotators.base import (Annotator, Column, Option, RuleKind, check_model_path, model_identity,
-                                       on_device, recipe_section)
-from recaption.annotators.captions import _is_pixels
+                                       is_pixels, on_device, recipe_section)
 
 RECIPE_KEYS = {"model", "pretrained", "dtype", "batch_size", "save_embeddings"}
 EMBEDDINGS = "float16"  # what the settings record when the image embeddings are kept (recaption.io.embeddings)
@@ -32,7 +31,7 @@ def embed(scorer, batch, idx):
     prepared = batch.batched(scorer, idx)
     if prepared is None:
         return scorer.encode_images(batch.inputs(scorer, idx))
-    return scorer.encode_pixels(scorer.prepare_pixels(prepared) if _is_pixels(prepared) else prepared)
+    return scorer.encode_pixels(scorer.prepare_pixels(prepared) if is_pixels(prepared) else prepared)
 
 
 class Clip(Annotator):

@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from recaption.mixing.dedup_spec import usage as dedup_usage
+from recaption.dedup.options import usage as dedup_usage
 from recaption.mixing.rules import usage as filter_usage
 from recaption.cli.options import (AnnotatorOptions, CaptionerOptions, ExecOptions, InputOptions, OutputOptions,
                                    ScoringOptions, StorageOptions, StrategyChoice, CaptionKeysChoice, dumps, opt, refresh, setup_logging, verb, STATE)

@@ -7,7 +7,7 @@ exactly as `iter_shard` reads it. A member's raw blocks (extended headers, heade
 are then copied unchanged. The data of members nobody wants is skipped with a seek. I/O goes in
 large pieces (the reader's buffer, 8 MB `writev`s): per-member system calls, even in-kernel
 copies, cost more than the copying itself at WebDataset member sizes. The writer also takes
-pieces of other buffers and spans of local files (the span writer, `recaption.mixing.spans`), and
+pieces of other buffers and spans of local files (the span writer, `recaption.output.spans`), and
 new members' blocks are made many at a time (`members_blocks`), byte for byte as one at a time.
 """
 from __future__ import annotations

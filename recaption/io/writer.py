@@ -2,7 +2,8 @@
 
 The tar streams to a temporary name and is renamed when complete; the stats file is written last,
 so its presence marks a finished shard for resume. Members are either new (field -> bytes, given
-fixed headers) or raw tar blocks copied from an input shard unchanged (`recaption.io.tarcopy`).
+fixed headers) or raw tar blocks copied from an input shard unchanged (`recaption.io.tarcopy`),
+written by the caller's `fill` into the tar.
 """
 from __future__ import annotations
 
@@ -10,17 +11,14 @@ import io
 import json
 import tarfile
 import time
-from typing import Callable, Iterable, Union
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recaption.io.atomic import atomic_open, exists, join
-from recaption.io.tarcopy import MTIME, BlockWriter, RawMember
+from recaption.io.tarcopy import MTIME, BlockWriter
 
-# A sample's members: field -> new bytes, or a sequence of (field, new bytes) pairs, raw tar blocks
-# (bytes) and members read by `tarcopy.iter_samples`, in order
-Members = Union[dict, list]
 
 
 def shard_paths(out_dir: str, name: str) -> dict[str, str]:
@@ -46,25 +44,6 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mode = 0o444
     info.uname = info.gname = "bigdata"
     tar.addfile(info, io.BytesIO(data))
-
-
-def write_shard(out_dir: str, name: str, samples: Iterable[tuple[str, Members, dict]],
-                extra_stats: dict | None = None) -> dict:
-    """samples: (key, members in order, parquet row). Returns the stats written."""
-    def fill(tar: BlockWriter) -> pa.Table:
-        rows: list[dict] = []
-        for key, members, row in samples:
-            for m in (members.items() if isinstance(members, dict) else members):
-                if isinstance(m, tuple):
-                    tar.add(f"{key}.{m[0]}", m[1])
-                elif isinstance(m, RawMember):
-                    tar.member(m)
-                else:
-                    tar.raw(m)
-            rows.append(row)
-        return pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
-
-    return write_with(out_dir, name, fill, extra_stats)
 
 
 def write_with(out_dir: str, name: str, fill: Callable[[BlockWriter], pa.Table],

@@ -67,5 +67,5 @@ register_strategy("sieve", "recaption.mixing.strategies.sieve:Sieve",
                   "the alt-text where the blend of SIEVE and clip_raw reaches the threshold")
 
 
-# `mix --caption-keys`: which captions get a top-level json key of their own (recaption.mixing.caption_keys)
+# `mix --caption-keys`: which captions get a top-level json key of their own (recaption.output.caption_keys)
 CAPTION_KEYS = ("none", "best", "all")

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
-from recaption.scoring.blend import scored
+from recaption.io import arrays
+from recaption.scoring.blend import score_column
 
 BASE = ["key", "status", "raw_caption", "clip_raw", "sieve"]
 SYNTHETIC = ["captions", "clip_captions"]
@@ -106,31 +107,15 @@ def _scores_pair(meta: dict | None, columns: list[str]) -> list[str]:
     return [c for c in columns if c != "captions"] if scores_pair(meta) and "clip_captions" in columns else columns
 
 
-def _one(col) -> pa.Array:
-    """A column as one array (no copy when it is one chunk already, as a file's usually is)."""
-    if isinstance(col, pa.ChunkedArray):
-        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-    return col
-
-
-def floats(col) -> np.ndarray:
-    """A float column as numpy (float32 stays float32), NaN for null, NaN, +-inf."""
-    a = _one(col)
-    if not pa.types.is_floating(a.type):
-        a = a.cast(pa.float64())
-    x = a.to_numpy(zero_copy_only=False)
-    return np.where(scored(x), x, np.nan).astype(x.dtype, copy=False)
-
-
 def from_table(t: pa.Table, filters=None, removed=None) -> Columns:
     """Columns of one annotation table (read with `columns_for`), with the outcome of `filters`
     and the rows `removed` (`recaption.mixing.removal.Removed`) takes out of the pool."""
     keyed = t["key"].is_valid().to_numpy(zero_copy_only=False)
     ok = pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(zero_copy_only=False)
     has_raw = t["raw_caption"].is_valid().to_numpy(zero_copy_only=False)
-    clip = floats(t["clip_raw"])
+    clip = score_column(t["clip_raw"])
     clip = np.where(has_raw, clip, np.nan).astype(clip.dtype, copy=False)
-    c = Columns(keyed, ok, has_raw, clip, floats(t["sieve"]))
+    c = Columns(keyed, ok, has_raw, clip, score_column(t["sieve"]))
     if "captions" in t.column_names:
         c.has_syn, c.syn_idx, c.clip_syn = synthetic(t["captions"], t["clip_captions"])
     elif "clip_captions" in t.column_names:  # read with counts_only from a file whose scores pair
@@ -148,7 +133,7 @@ def from_table(t: pa.Table, filters=None, removed=None) -> Columns:
 
 def _use_picks(c: Columns, picks, captions, clip_captions) -> None:
     """A re-ranking chain's pick is the synthetic caption; its CLIP score stays the main model's."""
-    pick = pc.fill_null(_one(picks), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    pick = pc.fill_null(arrays.one(picks), -1).to_numpy(zero_copy_only=False).astype(np.int64)
     n_caps = pc.fill_null(pc.list_value_length(_list(captions)), 0).to_numpy(zero_copy_only=False)
     valid = (pick >= 0) & (pick < n_caps)
     if not valid.any():
@@ -157,7 +142,7 @@ def _use_picks(c: Columns, picks, captions, clip_captions) -> None:
     n_sc = pc.fill_null(pc.list_value_length(scores), 0).to_numpy(zero_copy_only=False)
     starts = np.zeros(len(n_sc), dtype=np.int64)
     np.cumsum(n_sc[:-1], out=starts[1:])
-    vals = floats(pc.list_flatten(scores))
+    vals = score_column(pc.list_flatten(scores))
     paired = valid & (n_sc == n_caps)
     at = np.where(paired, starts + np.where(paired, pick, 0), 0)
     picked = np.where(paired, vals[at] if len(vals) else np.nan, np.nan).astype(c.clip_syn.dtype, copy=False)
@@ -182,7 +167,7 @@ def check_pairing(t: pa.Table, url: str) -> None:
 
 
 def _list(col) -> pa.ListArray:
-    a = _one(col)
+    a = arrays.one(col)
     return a.cast(pa.list_(a.type.value_type)) if pa.types.is_large_list(a.type) else a
 
 
@@ -198,7 +183,7 @@ def synthetic(captions, clip_captions) -> tuple[np.ndarray, np.ndarray, np.ndarr
     n = len(n_caps)
     has = n_caps > 0
     idx = np.where(has, 0, -1).astype(np.int16 if n_caps.max(initial=0) < 2**15 else np.int32)
-    vals = floats(pc.list_flatten(scores))  # the file's float type: comparisons stay exact
+    vals = score_column(pc.list_flatten(scores))  # the file's float type: comparisons stay exact
     best = np.full(n, np.nan, dtype=vals.dtype)
     paired = has & (n_sc == n_caps)
     rows = np.flatnonzero(paired)

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.mixing.rules import PRESETS, kinds as rule_kinds
-from recaption.mixing.columns import floats
+from recaption.io import arrays
+from recaption.scoring.blend import score_column
 
 SIZE = ("original_width", "original_height", "width", "height")
 
@@ -132,11 +133,11 @@ class Rule:
         if k.op == "in":
             col = t[k.column]
             codes = [k.fixed] if k.fixed is not None else v.split(",")
-            ok = _bools(pc.is_in(col, value_set=pa.array(codes, pa.string())))
-            has = _bools(col.is_valid())
+            ok = arrays.bools(pc.is_in(col, value_set=pa.array(codes, pa.string())))
+            has = arrays.valid(col)
             return has & ~ok, ~has
         if k.op in ("min", "max"):
-            x, has = _numbers(t[k.column])
+            x, has = arrays.numbers(t[k.column])
             with np.errstate(invalid="ignore"):
                 return has & ((x < v) if k.op == "min" else (x > v)), ~has
         if self.name in ("min-side", "max-aspect"):
@@ -145,10 +146,10 @@ class Rule:
                 return has & (lo < v), ~has
             return has & (aspect(lo, hi) > v), ~has
         # CLIP floors (all rows, or those of one language side)
-        x = floats(t["clip_raw"]).astype(np.float64)
+        x = score_column(t["clip_raw"]).astype(np.float64)
         scope = np.ones(n, bool)
         if self.name != "min-clip-raw":
-            en = _bools(pc.equal(t["lang"], "en"))
+            en = arrays.bools(pc.equal(t["lang"], "en"))
             scope = en if self.name == "min-clip-raw-en" else ~en
         has = ~np.isnan(x)
         with np.errstate(invalid="ignore"):
@@ -162,12 +163,12 @@ class Rule:
         if k.op in ("min", "max"):
             col = t[k.column]
             if pa.types.is_floating(col.type):
-                return pc.cast(pa.array(np.round(_numbers(col)[0], 4)), pa.string())
+                return pc.cast(pa.array(np.round(arrays.numbers(col)[0], 4)), pa.string())
             return pc.cast(col, pa.string())
         if self.name in ("min-side", "max-aspect"):
             lo, hi, _ = sides(t)
             return pc.cast(pa.array(lo if self.name == "min-side" else np.round(aspect(lo, hi), 4)), pa.string())
-        return pc.cast(pa.array(np.round(floats(t["clip_raw"]).astype(np.float64), 4)), pa.string())
+        return pc.cast(pa.array(np.round(score_column(t["clip_raw"]).astype(np.float64), 4)), pa.string())
 
     def fail_text(self, t: pa.Table) -> pa.Array:
         """`filter: min-side 120 < 200` per row (the row's value, then the rule's limit)."""
@@ -178,36 +179,13 @@ class Rule:
         return pc.binary_join_element_wise(f"filter: {self.name} ", m, f" {op} {_fmt(self.value)}", "")
 
 
-def _bools(a) -> np.ndarray:
-    a = pc.fill_null(a, False)
-    if isinstance(a, pa.ChunkedArray):
-        a = a.combine_chunks()
-    return a.to_numpy(zero_copy_only=False)
-
-
-def _numbers(col) -> tuple[np.ndarray, np.ndarray]:
-    """(values as float64, known) of a numeric column; NaN counts as not known."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    x = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-    has = col.is_valid().to_numpy(zero_copy_only=False) & ~np.isnan(x)
-    return np.where(has, x, 0.0), has
-
-
-def _ints(col) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    has = col.is_valid().to_numpy(zero_copy_only=False)
-    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64), has
-
-
 def sides(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(shorter side, longer side, known) per row: the original size where the sample's json
     recorded it (img2dataset), else the stored image's, as DataComp's basic filter reads it."""
-    ow, has_ow = _ints(t["original_width"])
-    oh, has_oh = _ints(t["original_height"])
-    w, has_w = _ints(t["width"])
-    h, has_h = _ints(t["height"])
+    ow, has_ow = arrays.ints(t["original_width"])
+    oh, has_oh = arrays.ints(t["original_height"])
+    w, has_w = arrays.ints(t["width"])
+    h, has_h = arrays.ints(t["height"])
     orig = has_ow & has_oh
     w, h = np.where(orig, ow, w), np.where(orig, oh, h)
     return np.minimum(w, h), np.maximum(w, h), orig | (has_w & has_h)
@@ -294,8 +272,4 @@ class FilterSet:
             if np.any(code == 2 * i + 1):
                 out = pc.if_else(pa.array(code == 2 * i + 1), pa.scalar(f"filter: {r.name}: {r.kind.lacks}"), out)
         return out
-
-    def describe(self) -> list[dict]:
-        """Each rule as written, with what it tests."""
-        return [{"rule": r.label, "name": r.name, "value": r.value, "help": r.kind.help} for r in self.rules]
 

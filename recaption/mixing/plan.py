@@ -27,13 +27,14 @@ import pyarrow.parquet as pq
 from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
-from recaption.mixing import caption_keys
 from recaption.mixing import columns as colmod
 from recaption.mixing.files import AnnFile, read_file
 from recaption.mixing.pool import Outcomes, Pool, error_reasons, mix_counts
 from recaption.mixing.strategies import (ERROR, FILTERED, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
                                          PoolNumbers, decide_columns, reason_text)
 from recaption.mixing.strategies.base import n_codes
+from recaption.output import caption_keys
+from recaption.scoring.blend import score_column
 
 VERSION = 1
 FOLDER = "_decisions"
@@ -81,7 +82,7 @@ def decisions_table(t: pa.Table, c: colmod.Columns, code: np.ndarray, blend: np.
     return pa.table([
         t["key"].combine_chunks(), pa.array(code <= KEEP_SYN), reason, source,
         pc.if_else(is_raw, raw, pc.if_else(is_syn, syn, none)), raw, syn,
-        _null_floats(colmod.floats(t["clip_raw"])), _null_floats(c.clip_syn), _null_floats(colmod.floats(t["sieve"])),
+        _null_floats(score_column(t["clip_raw"])), _null_floats(c.clip_syn), _null_floats(score_column(t["sieve"])),
         _null_floats(blend), t["captioner"].combine_chunks(),
     ], schema=SCHEMA)
 

@@ -6,8 +6,8 @@ Found once per pool, after the filter rules and before the pool's statistics:
 
 1. per annotation file (threads or Ray tasks, `PoolSource.map`), `file_keys` takes the rows still
    in the pool (ok, through the filters), settles there the rows that overlap EVAL (the set is
-   small and goes to every file; `recaption.mixing.overlap`), and hands the fingerprints of the
-   others to the driver (`recaption.mixing.dedup.FileKeys`, about 40 bytes a row);
+   small and goes to every file; `recaption.dedup.overlap`), and hands the fingerprints of the
+   others to the driver (`recaption.dedup.duplicates.FileKeys`, about 40 bytes a row);
 2. on the driver, `Duplicates` runs the duplicate rules over the whole pool, across files;
 3. what is removed then travels with each file (`Removed`: its rows and their outcome code,
    `OVERLAP` or `DUPLICATE`), so every later pass (statistics, fraction thresholds, counts,
@@ -26,12 +26,14 @@ import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
-from recaption.io import embeddings
+from recaption.io import arrays, embeddings
 from recaption.mixing import columns as colmod
-from recaption.mixing import dedup, dedup_spec, overlap
-from recaption.mixing.dedup import RULE_NAMES, DedupConfig, DedupResult, Duplicates
+from recaption.dedup import duplicates
+from recaption.dedup import options as dedup_options
+from recaption.dedup import overlap
+from recaption.dedup.duplicates import RULE_NAMES, DedupConfig, DedupResult, Duplicates
 from recaption.mixing.files import AnnFile
-from recaption.mixing.overlap import EvalSet, OverlapConfig
+from recaption.dedup.overlap import EvalSet, OverlapConfig
 from recaption.mixing.strategies.base import DUPLICATE, OVERLAP
 
 DUPLICATE_PREFIX, OVERLAP_PREFIX = "duplicate of ", "overlaps "  # how their reasons start
@@ -59,13 +61,13 @@ class Removal:
     dedup: list[dict] = field(default_factory=list)  # per --dedup rule: rule, dropped, compared
     decontaminate: dict | None = None  # EVAL, its images, unreadable ones, per rule what it dropped
     duplicates: DedupResult = field(default_factory=DedupResult)
-    overlaps: dict = field(default_factory=dict)  # file index -> dedup.FileDrops (partner: the EVAL image)
+    overlaps: dict = field(default_factory=dict)  # file index -> duplicates.FileDrops (partner: the EVAL image)
     eval_set: EvalSet | None = None
 
     def with_reasons(self, files: list[AnnFile]) -> list[AnnFile]:
         """The files with their removed rows' reasons, for the decisions (partners named by reading
         the key column of the files they are in, once each)."""
-        names = dedup.partner_names(self.duplicates, lambda i: files[i].name, lambda i: _keys(files[i]))
+        names = duplicates.partner_names(self.duplicates, lambda i: files[i].name, lambda i: _keys(files[i]))
         out = []
         for i, f in enumerate(files):
             r = self.files.get(i)
@@ -78,16 +80,12 @@ class Removal:
                 parts.append((ov.rows, overlap.reasons(ov, self.eval_set)))
             d = self.duplicates.file(i)
             if len(d):
-                parts.append((d.rows, dedup.reasons(d, names[i])))
+                parts.append((d.rows, duplicates.reasons(d, names[i])))
             rows = np.concatenate([p[0] for p in parts])
-            text = pa.concat_arrays([_array(p[1]) for p in parts])
+            text = pa.concat_arrays([arrays.one(p[1]) for p in parts])
             reasons = text.take(pa.array(np.argsort(rows, kind="stable")))
             out.append(dataclasses.replace(f, removed=Removed(r.rows, r.code, reasons)))
         return out
-
-
-def _array(a) -> pa.Array:
-    return a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a
 
 
 def _keys(f: AnnFile):
@@ -101,7 +99,7 @@ def dedup_config(cfg) -> DedupConfig | None:
     if not d:
         return None
     return DedupConfig(exact="exact" in d, phash_k=d.get("phash") if "phash" in d else None,
-                       cosine=d.get("embedding"), score=dedup_spec.keep_column(cfg.dedup_keep))
+                       cosine=d.get("embedding"), score=dedup_options.keep_column(cfg.dedup_keep))
 
 
 def overlap_config(cfg) -> OverlapConfig | None:
@@ -123,11 +121,11 @@ def fingerprint_columns(dcfg: DedupConfig | None, ocfg: OverlapConfig | None) ->
 def file_keys(f: AnnFile, filters, dcfg: DedupConfig | None, ocfg: OverlapConfig | None, ev: EvalSet | None,
               ann_dir: str, cache=None):
     """One file's rows that overlap EVAL, and the keys of its other pool rows for the duplicate
-    rules: (dedup.FileKeys or None, dedup.FileDrops (partner: the EVAL image) or None)."""
+    rules: (duplicates.FileKeys or None, duplicates.FileDrops (partner: the EVAL image) or None)."""
     fp = fingerprint_columns(dcfg, ocfg)
     wanted = colmod.columns_for(False, filters=filters) + [c for c in fp if c not in colmod.BASE]
     t = _read(f, list(dict.fromkeys(wanted)), filters, needs_fingerprints=any(
-        c in fp for c in (dedup.SHA_COLUMN, dedup.PHASH_COLUMN)))
+        c in fp for c in (duplicates.SHA_COLUMN, duplicates.PHASH_COLUMN)))
     c = colmod.from_table(t, filters)
     eligible = c.pool.copy()
     ov = keys = None
@@ -136,10 +134,10 @@ def file_keys(f: AnnFile, filters, dcfg: DedupConfig | None, ocfg: OverlapConfig
         check_embeddings(ann_dir, f, t)
     if ocfg is not None:
         vectors = embeddings.read_vectors(ann_dir, f.name) if ocfg.cosine is not None else None
-        ov = overlap.overlaps(dedup.file_keys(t, ocfg, eligible), ev, ocfg, embeddings=vectors)
+        ov = overlap.overlaps(duplicates.file_keys(t, ocfg, eligible), ev, ocfg, embeddings=vectors)
         eligible[ov.rows] = False  # an overlapping sample takes no part in the duplicate rules
     if dcfg is not None:
-        keys = dedup.file_keys(t, dcfg, eligible)
+        keys = duplicates.file_keys(t, dcfg, eligible)
     return keys, ov
 
 
@@ -210,7 +208,7 @@ def _summarise(out: Removal, cfg, dcfg, ocfg) -> None:
             out.decontaminate["model"] = ev.model
     if dcfg is not None:
         res = out.duplicates
-        out.counts |= {dedup.category(code): res.counts.get(name, 0) for code, name in RULE_NAMES.items()
+        out.counts |= {duplicates.category(code): res.counts.get(name, 0) for code, name in RULE_NAMES.items()
                        if res.counts.get(name)}
         compared = {"exact": "sha256", "phash": "phash", "embedding": "embedding"}
         out.dedup = [_rule_row(r, v, res.counts) | {"compared": res.candidates.get(compared[r], 0)}
@@ -219,7 +217,7 @@ def _summarise(out: Removal, cfg, dcfg, ocfg) -> None:
 
 def _rule_row(rule: str, value, per: dict) -> dict:
     names = {"exact": ["sha256"], "phash": ["phash", "phash mirrored"], "embedding": ["embedding"]}[rule]
-    row = {"rule": dedup_spec.label(rule, value), "dropped": sum(per.get(n, 0) for n in names)}
+    row = {"rule": dedup_options.label(rule, value), "dropped": sum(per.get(n, 0) for n in names)}
     if rule == "phash":
         row["mirrored"] = per.get("phash mirrored", 0)
     return row

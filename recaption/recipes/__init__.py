@@ -8,7 +8,7 @@ the mix: a mapping rule -> value, a list of `NAME[=VALUE]`, or a preset name suc
 `recaption.mixing.filters`), dedup (duplicate rules after the filters: `{exact: true, phash: 2,
 embedding: COSINE, keep: first}` or a list of `NAME[=VALUE]`), decontaminate (evaluation-set overlap:
 `{eval: PATH, exact: true, phash: 8, embedding: COSINE, model: NAME}`, or the EVAL path alone),
-mix (MixConfig fields), batch_size, device (`recaption.mixing.dedup_spec`).
+mix (MixConfig fields), batch_size, device (`recaption.dedup.options`).
 """
 from __future__ import annotations
 
@@ -143,12 +143,13 @@ class RecipeParts:
 def recipe_parts(r: dict) -> RecipeParts:
     """Build (and so validate) every section of a recipe, before anything runs."""
     from recaption import annotators
-    from recaption.mixing import dedup_spec
+    from recaption.dedup import options as dedup_options
     from recaption.mixing.strategies import MixConfig
 
     configs = annotators.from_recipe(r)
     try:
-        mix = MixConfig(**(r.get("mix") or {}), filters=r.get("filters") or {}, **dedup_spec.from_recipe(r)).validate()
+        removal = dedup_options.from_recipe(r)
+        mix = MixConfig(**(r.get("mix") or {}), filters=r.get("filters") or {}, **removal).validate()
     except TypeError as e:
         raise RecaptionError(f"mix: {e}") from None
     embedding = "embedding" in mix.dedup or "embedding" in mix.decontaminate_rules

@@ -134,7 +134,7 @@ def _removed(f: Folder, name: str):
 
 def _overlaps(d: ReportData, f: Folder) -> None:
     """The folder's evaluation overlaps (from its decisions), the first OVERLAPS with both images."""
-    from recaption.mixing.overlap import eval_image
+    from recaption.dedup.overlap import eval_image
     from recaption.mixing.removal import OVERLAP_PREFIX
 
     for name in f.names:

@@ -108,7 +108,7 @@ def _mix_config(summary: dict, ident: dict) -> MixConfig:
     filters = mix.pop("filters", None) or (ident.get("recipe") or {}).get("filters") or \
         [r["rule"] for r in summary.get("filters") or []]
     if ident.get("recipe"):  # a run's duplicate and overlap rules are recipe sections
-        from recaption.mixing.dedup_spec import from_recipe
+        from recaption.dedup.options import from_recipe
 
         mix.update(from_recipe(ident["recipe"]))
     known = {f for f in MixConfig.__dataclass_fields__}

@@ -22,6 +22,20 @@ def scored(x) -> np.ndarray:
     return np.isfinite(x)
 
 
+def score_column(col) -> np.ndarray:
+    """An Arrow score column as numpy (float32 stays float32), NaN where a score is missing (null,
+    NaN, +-inf: `scored`)."""
+    import pyarrow as pa
+
+    from recaption.io.arrays import one
+
+    a = one(col)
+    if not pa.types.is_floating(a.type):
+        a = a.cast(pa.float64())
+    x = a.to_numpy(zero_copy_only=False)
+    return np.where(scored(x), x, np.nan).astype(x.dtype, copy=False)
+
+
 def as_scores(values) -> np.ndarray:
     """float64 array of scores with every missing one (None, NaN, inf) as NaN."""
     a = np.array([np.nan if v is None else v for v in values], dtype=np.float64) \
@@ -91,17 +105,3 @@ def kept_rank(n_scored: int, fraction: float) -> int:
         raise ValueError(f"fraction must be within [0, 1], got {fraction}")
     n = min(int(n_scored * fraction), n_scored - 1)
     return n_scored - 1 - n
-
-
-def fraction_threshold(scores, fraction: float) -> float | None:
-    """DataComp's get_threshold over an in-memory list: n = int(N * fraction), the n-th highest
-    (0-based); keep >= it. Fraction 1 keeps every scored sample. None when nothing is scored.
-    Pools too large for memory go through `recaption.mixing.pool` (same rule, radix select)."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be within [0, 1], got {fraction}")
-    a = as_scores(scores)
-    a = a[scored(a)]
-    if not a.size:
-        return None
-    r = kept_rank(a.size, fraction)
-    return float(np.partition(a, r)[r])

@@ -112,14 +112,3 @@ class Select:
 
     def _end(self, value: float | None) -> None:
         self.value, self.done = value, True
-
-
-def select_in_memory(values: np.ndarray, rank: int) -> float:
-    """The same answer for one array (tests and small pools)."""
-    s = Select(lambda n: rank)
-    keys = to_keys(values[np.isfinite(values)])
-    while (q := s.query()) is not None:
-        s.start()
-        s.add(answer(keys, q))
-        s.finish()
-    return s.value

@@ -3,7 +3,7 @@
 The plan (`recaption.mixing.plan`) names slices of input shards' kept samples; what each kept
 sample gets (caption, source, scores) is read from the shard's decisions file, never decided
 again. Where the decisions carry the shard's member index, the samples are copied as byte spans
-(`recaption.mixing.spans`) after the shard's size and mtime/ETag are checked against the
+(`recaption.output.spans`) after the shard's size and mtime/ETag are checked against the
 decisions' record; otherwise the input tar is read as raw blocks (`recaption.io.tarcopy`), the
 slow path. Either way members other than `txt` and `json` (and `syn.txt` for `both`) are copied
 byte for byte, headers included, and the output is the same. The parquet beside the tar is built
@@ -28,9 +28,9 @@ from recaption.io.shards import open_shard
 from recaption.io.sources import is_gzip_name, shard_name
 from recaption.io.tarcopy import BlockWriter, iter_samples
 from recaption.io.writer import is_done, write_with
-from recaption.mixing import caption_keys, recaption_field, spans
+from recaption.output import caption_keys, recaption_field, spans
 from recaption.mixing.strategies.base import named
-from recaption.mixing.members import READ, kept_members
+from recaption.output.members import READ, kept_members
 from recaption.mixing.plan import META_KEY, OutputPlan, Part
 
 PROGRESS_EVERY = 256  # a worker's progress crosses a queue: not a message a sample
@@ -84,7 +84,8 @@ class MixWriteStage:
         level = p.caption_keys
         extra = ["captions"] if caption_keys.needs_candidates(level) else []
         # the span path knows the one extra member the built-in strategies write (syn.txt)
-        plain = set(named(p.strategy).extra_members) <= {"syn.txt"}
+        extra_members = tuple(named(p.strategy).extra_members)
+        plain = set(extra_members) <= {"syn.txt"}
         for part in p.parts:
             t = ann.read_table(part.decisions, columns=READ + extra + list(tarindex.NAMES))
             at = np.flatnonzero(t["kept"].to_numpy(zero_copy_only=False))[part.start : part.end]
@@ -99,15 +100,16 @@ class MixWriteStage:
                                          "re-annotate it and re-run the mix")
                 src = _source(part.url, files)
                 fields = spans.write_part(tar, src, rows, p.strategy, added, buffers, progress, PROGRESS_EVERY,
-                                          level, keys)
+                                          level, keys, extra=extra_members)
             else:
-                fields = self._slow(tar, part, at, rows, added, p.strategy, progress, level, keys)
+                fields = self._slow(tar, part, at, rows, added, p.strategy, extra_members, progress, level, keys)
             written.append(_Written(rows, shard_name(part.url), fields))
         return output_table(written)
 
     @staticmethod
     def _slow(tar: BlockWriter, part: Part, at: np.ndarray, rows: pa.Table, added: list[bytes], strategy: str,
-              progress, level: str = "none", keys: list[bytes] | None = None) -> dict[str, list]:
+              extra: tuple[str, ...], progress, level: str = "none",
+              keys: list[bytes] | None = None) -> dict[str, list]:
         """The part from a walk over the tar's headers (no member index, or a gzipped shard)."""
         cols = READ + (["captions"] if "captions" in rows.column_names else [])
         want = dict(zip(at.tolist(), zip(rows.select(cols).to_pylist(), added, keys or [None] * len(added))))
@@ -124,7 +126,7 @@ class MixWriteStage:
                 for m in members:
                     if m.field == "json":
                         text = m.data
-                meta, new = kept_members(row, strategy, text, add, level, keys_text)
+                meta, new = kept_members(row, strategy, text, add, level, keys_text, extra=extra)
                 for m in members:  # every member in its place, raw; the new ones replace theirs
                     if m.field in new:
                         tar.add(f"{key}.{m.field}", new.pop(m.field))

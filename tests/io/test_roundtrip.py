@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from recaption.io.shards import iter_shard
-from recaption.io.writer import write_shard
+from tests.helpers import write_shard
 
 
 def test_roundtrip_is_byte_identical_and_reads_with_webdataset(shard_dir, tmp_path):

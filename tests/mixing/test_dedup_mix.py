@@ -261,7 +261,7 @@ def test_local_threads_and_ray_tasks_decide_the_same(pool, eval_dir, tmp_path, r
 
 
 def test_thumbnail_data_of_an_eval_image(eval_dir):
-    from recaption.mixing.overlap import eval_image
+    from recaption.dedup.overlap import eval_image
 
     assert Image.open(io.BytesIO(eval_image(str(eval_dir), "val/chelsea.jpg"))).size == (451, 300)
     assert eval_image(str(eval_dir), "more/h1") == PHOTOS[3].read_bytes()

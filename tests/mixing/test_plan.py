@@ -160,7 +160,7 @@ def test_ray_engine_writes_the_same_files(shard_dir, random_ann, tmp_path, ray_l
     (b'{"recaption": 5, "z": 2}', b'{"recaption": {"a": 1}, "z": 2}'),  # replaced, in its place
 ])
 def test_recaption_field_is_added_to_the_json(text, want):
-    from recaption.mixing.members import with_recaption
+    from recaption.output.members import with_recaption
 
     meta, out = with_recaption(text, {"a": 1})
     assert out == want

@@ -1,6 +1,7 @@
 import pytest
 
-from recaption.scoring.blend import MinMax, blend, fraction_threshold
+from recaption.scoring.blend import MinMax, blend
+from tests.helpers import fraction_threshold
 
 
 def test_minmax_and_blend():

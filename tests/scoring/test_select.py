@@ -3,8 +3,9 @@ a plain numpy sort (ties, missing values, fraction 0 and 1, deep refinements).""
 import numpy as np
 import pytest
 
-from recaption.scoring.blend import fraction_threshold, kept_rank
-from recaption.scoring.select import Select, answer, from_key, select_in_memory, to_keys
+from recaption.scoring.blend import kept_rank
+from recaption.scoring.select import Select, answer, from_key, to_keys
+from tests.helpers import fraction_threshold
 
 
 def run(parts: list[np.ndarray], rank_of, **kw) -> tuple[float | None, int]:
@@ -68,7 +69,7 @@ def test_refinement_down_to_the_last_bit_with_tiny_passes():
 def test_a_single_value_and_no_value():
     assert run([np.full(10, 0.5)], lambda N: 3)[0] == 0.5
     assert run([np.full(10, np.nan), np.empty(0)], lambda N: 0)[0] is None
-    assert select_in_memory(np.array([0.1, np.nan, 0.3, 0.2]), 1) == 0.2
+    assert run([np.array([0.1, np.nan, 0.3, 0.2])], lambda N: 1)[0] == 0.2
 
 
 def test_in_memory_fraction_threshold_is_the_same_rule():

@@ -33,8 +33,8 @@ class MixConfig:
     samples_per_shard: int = 10000
     keep_sharding: bool = False
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
-    caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.mixing.caption_keys)
-    # duplicates and evaluation-set overlap, removed after the filters (recaption.mixing.dedup_spec, .removal)
+    caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.output.caption_keys)
+    # duplicates and evaluation-set overlap, removed after the filters (recaption.dedup.options, .removal)
     dedup: dict = field(default_factory=dict)  # rule -> value, in run order: exact, phash (bits), embedding (cosine)
     dedup_keep: str = "first"  # which sample of a group stays: first (input order) or best:COLUMN
     decontaminate: str | None = None  # EVAL: a folder of images and/or shards, or shards as INPUT takes them
@@ -43,20 +43,20 @@ class MixConfig:
 
     def validate(self) -> "MixConfig":
         """Check the settings together; one error line naming the option that is wrong. Returns self."""
-        from recaption.mixing import dedup_spec
+        from recaption.dedup import options as dedup_options
         from recaption.mixing.filters import normalize
 
         self.filters = normalize(self.filters)
-        self.dedup = dedup_spec.normalize(self.dedup)
+        self.dedup = dedup_options.normalize(self.dedup)
         self.dedup_keep = self.dedup_keep or "first"
-        dedup_spec.keep_column(self.dedup_keep)
+        dedup_options.keep_column(self.dedup_keep)
         if self.dedup_keep != "first" and not self.dedup:
             raise RecaptionError("--dedup-keep chooses among duplicates: give --dedup too")
-        self.decontaminate_rules = dedup_spec.normalize(self.decontaminate_rules, overlap=True)
+        self.decontaminate_rules = dedup_options.normalize(self.decontaminate_rules, overlap=True)
         if not self.decontaminate and (self.decontaminate_rules or self.decontaminate_model):
             raise RecaptionError("--decontaminate-rule and --decontaminate-model need --decontaminate EVAL")
         if self.decontaminate and not self.decontaminate_rules:
-            self.decontaminate_rules = dict(dedup_spec.DEFAULT_OVERLAP)
+            self.decontaminate_rules = dict(dedup_options.DEFAULT_OVERLAP)
         if self.decontaminate_model and "embedding" not in self.decontaminate_rules:
             raise RecaptionError("--decontaminate-model is the model of the embedding rule: add "
                                  "--decontaminate-rule embedding=COSINE")

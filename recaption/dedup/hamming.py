@@ -29,15 +29,6 @@ _32 = np.uint64(32)
 Pairs = tuple  # (i int64, j int64, distance uint8), sorted by (i, j), unique
 
 
-def pairs_within(x: np.ndarray, k: int, y: np.ndarray | None = None) -> Pairs:
-    """(i, j, distance) for every pair with popcount(x[i] ^ y[j]) <= k.
-
-    Without `y`, pairs within `x` with i < j (a self-join); with `y`, every i of x against every j
-    of y. Pairs are unique and sorted by (i, j); ids are int64, distances uint8."""
-    own, cross = join(x, k, y, within=y is None)
-    return own if y is None else cross
-
-
 def join(x: np.ndarray, k: int, y: np.ndarray | None = None, *, within: bool = True) -> tuple[Pairs, Pairs]:
     """Pairs within `x` (i < j; empty unless `within`) and pairs of x against y (empty without
     `y`), in one pass over the tables: each table sorts x and y together once."""

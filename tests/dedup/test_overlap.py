@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from recaption.errors import RecaptionError
-from recaption.mixing import dedup as D
-from recaption.mixing import overlap as O
-from tests.mixing.test_dedup import PHOTOS, near_copies, table_of
+from recaption.dedup import duplicates as D
+from recaption.dedup import overlap as O
+from tests.dedup.test_dedup import PHOTOS, near_copies, table_of
 
 
 def shard(path: Path, samples: dict[str, bytes]) -> None:

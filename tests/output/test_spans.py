@@ -18,12 +18,13 @@ from recaption.io import tarindex
 from recaption.io.shards import iter_shard, open_shard
 from recaption.io.sources import shard_name
 from recaption.io.tarcopy import iter_samples
-from recaption.io.writer import write_shard
-from recaption.mixing import recaption_field, spans
-from recaption.mixing.members import READ, kept_members
+from tests.helpers import write_shard
 from recaption.mixing.plan import plan, plan_dict
 from recaption.mixing.pool import pool_pass
 from recaption.mixing.strategies import MixConfig
+from recaption.mixing.strategies.base import named
+from recaption.output import recaption_field, spans
+from recaption.output.members import READ, kept_members
 from recaption.stages import write_mix
 from recaption.stages.write_mix import MixWriteStage
 from tests.mixing import oracle
@@ -50,7 +51,8 @@ def old_write(p) -> None:
                     for m in members:
                         if m.field == "json":
                             text = m.data
-                    meta, new = kept_members(row, p.strategy, text, added)
+                    meta, new = kept_members(row, p.strategy, text, added,
+                                             extra=tuple(named(p.strategy).extra_members))
                     out = [(m.field, new.pop(m.field)) if m.field in new else m for m in members]
                     out.extend(new.items())
                     yield key, out, {
@@ -323,7 +325,7 @@ AWKWARD_JSON = [b'{"a": 1}', b'{}', b' {  } \n', b'{"a": NaN}', b'{"recaption": 
 def test_splicing_many_texts_at_once_is_splicing_each():
     import pyarrow as pa
 
-    from recaption.mixing.members import splice_many, splice_recaption
+    from recaption.output.members import splice_many, splice_recaption
 
     added = [b'{"n": %d}' % i for i in range(len(AWKWARD_JSON))]
     checked = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recaption.mixing import hamming
+from recaption.dedup import hamming
 from recaption.scoring.fingerprint import popcount
 
 
@@ -54,7 +54,7 @@ def test_the_chosen_plan_and_all_against_all_agree():
     rng = np.random.default_rng(7)
     x = clustered(rng, 3000)
     for k in (0, 1, 2, 4, 12):
-        a, b, _ = hamming.pairs_within(x, k)
+        a, b, _ = hamming.join(x, k)[0]
         assert set(zip(a.tolist(), b.tolist())) == all_pairs(x, k)
 
 
@@ -63,7 +63,7 @@ def test_a_run_larger_than_a_chunk_is_walked_in_blocks(monkeypatch):
     layout(monkeypatch, 2)
     x = np.full(400, 12345, dtype=np.uint64)
     x[::3] ^= np.uint64(1 << 40)  # one key for the table of the low blocks: a run of 400 rows
-    a, b, _ = hamming.pairs_within(x, 1)
+    a, b, _ = hamming.join(x, 1)[0]
     assert len(a) == 400 * 399 // 2
     assert set(zip(a.tolist(), b.tolist())) == all_pairs(x, 1)
 
@@ -74,7 +74,7 @@ def test_the_pool_plan_for_ten_million_rows_is_tables():
 
 def test_empty_sides_and_negative_k():
     x = np.arange(10, dtype=np.uint64)
-    assert all(len(v) == 0 for v in hamming.pairs_within(x[:0], 3))
-    assert all(len(v) == 0 for v in hamming.pairs_within(x, -1))
+    assert all(len(v) == 0 for v in hamming.join(x[:0], 3)[0])
+    assert all(len(v) == 0 for v in hamming.join(x, -1)[0])
     own, cross = hamming.join(x, 3, x[:0])
     assert len(own[0]) and not len(cross[0])

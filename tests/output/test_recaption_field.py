@@ -5,9 +5,9 @@ import random
 
 import pyarrow as pa
 
-from recaption.mixing.members import recaption_object
+from recaption.output.members import recaption_object
 from recaption.mixing.plan import SCHEMA
-from recaption.mixing.recaption_field import FIELDS, encode
+from recaption.output.recaption_field import FIELDS, encode
 
 ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 

@@ -17,7 +17,7 @@ part of the annotation's `captioner` (a model id or a path), with every characte
 `A-Za-z0-9._-` replaced by `-`, so no key holds open_clip's `;` separator or whitespace.
 
 `encode` writes the keys of many rows at once (Arrow), `as_dict` those of one row; the json text
-`mixing.members` splices from either is the same, byte for byte.
+`output.members` splices from either is the same, byte for byte.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
-from recaption.mixing.recaption_field import json_strings
+from recaption.output.recaption_field import json_strings
 
 RAW = "recaption_raw"
 SYNTHETIC = "recaption_synthetic"

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recaption.errors import RecaptionError, require
-from recaption.mixing import hamming
-from recaption.mixing.dedup import (EMBEDDING, EXACT, MIRROR_COLUMN, PHASH, PHASH_COLUMN, PHASH_MIRRORED, RULE_NAMES,
-                                    SHA_COLUMN, FileDrops, FileKeys)
+from recaption.dedup import hamming
+from recaption.dedup.duplicates import (EMBEDDING, EXACT, MIRROR_COLUMN, PHASH, PHASH_COLUMN, PHASH_MIRRORED,
+                                        RULE_NAMES, SHA_COLUMN, FileDrops, FileKeys)
 # k against an evaluation set, in bits (docs/formats.md#thresholds)
-from recaption.mixing.dedup_spec import OVERLAP_PHASH_K
+from recaption.dedup.options import OVERLAP_PHASH_K
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -263,7 +263,7 @@ def reasons(ov: FileDrops, ev: EvalSet):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from recaption.mixing.dedup import reasons as dup_reasons
+    from recaption.dedup.duplicates import reasons as dup_reasons
 
     names = pc.binary_join_element_wise(ev.name, pc.take(pa.array(ev.names, pa.string()),
                                                          pa.array(ov.partner_row.astype(np.int64))), "/")

@@ -15,7 +15,7 @@ import hashlib
 import math
 
 from recaption.errors import RecaptionError
-from recaption.mixing import caption_keys
+from recaption.output import caption_keys
 
 
 class CaptionChoice:

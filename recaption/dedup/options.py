@@ -16,7 +16,6 @@ from recaption.errors import RecaptionError
 PHASH_K = 2  # among the pool's own samples: 10^7 samples at k = 2 give about 0.03 chance matches
 OVERLAP_PHASH_K = 8  # against an evaluation set: 10^7 x 50,000 pairs at k = 8 give about 350
 RULES = ("exact", "phash", "embedding")  # the order they run in
-KEEP = ("first", "best:COLUMN")
 DEFAULT_OVERLAP = {"exact": None, "phash": OVERLAP_PHASH_K}  # --decontaminate without rules
 
 

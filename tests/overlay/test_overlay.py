@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.errors import RecaptionError
-from recaption.mixing.overlay import reader_shard_name, stat_target
+from recaption.overlay.reader import reader_shard_name, stat_target
 from tests.helpers import summary
 from tests.helpers import annotate_randomly
 from tests.helpers import cli
@@ -89,7 +89,7 @@ def test_where_a_shard_is_checked():
     b'{"a": {"recaption": 1}}', b'{"s": "recaption"}', b'{"a": [1, {"b": "}"}]}',
 ])
 def test_splicing_without_a_parse_is_what_the_writer_writes(text):
-    from recaption.mixing.members import splice_recaption, with_recaption
+    from recaption.output.members import splice_recaption, with_recaption
 
     rc = {"raw_caption": "r", "strategy": "raw"}
     added = json.dumps(rc, ensure_ascii=False).encode()

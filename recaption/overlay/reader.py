@@ -5,10 +5,10 @@ A reader hands over samples as dicts keyed webdataset's way (`__url__`, `__key__
 member). The first sample of a shard loads that shard's decisions file (the only one in memory,
 with a few recent ones) and checks the shard against the identity the file recorded, before any
 of its samples goes on. A kept sample gets exactly the members the mixed tar holds
-(`mixing.members.kept_members`), a dropped one is left out, and one the decisions do not know is an
+(`output.members.kept_members`), a dropped one is left out, and one the decisions do not know is an
 error: never kept silently. Samples already decoded (webdataset's `.decode()`) get what decoding
 the mixed sample gives: `txt` and `syn.txt` as text, `json` as an object. Where asked, `txt`
-takes a caption chosen among the sample's caption keys (`mixing.caption_choice`).
+takes a caption chosen among the sample's caption keys (`overlay.caption_choice`).
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ from recaption.io import tarindex
 from recaption.io.atomic import exists, file_info, join, read_text
 from recaption.io.fs import using
 from recaption.io.sources import shard_name
-from recaption.mixing import caption_keys, recaption_field
-from recaption.mixing.caption_choice import CaptionChoice
-from recaption.mixing.members import (READ, _finite, decoded_json, kept_members, members, recaption_object,
-                                      splice_recaption)
 from recaption.mixing.plan import META_KEY, VERSION, decisions_path
 from recaption.mixing.strategies.base import named
+from recaption.output import caption_keys, recaption_field
+from recaption.output.members import (READ, decoded_json, finite, kept_members, members, recaption_object,
+                                      splice_recaption)
+from recaption.overlay.caption_choice import CaptionChoice
 
 VERIFY = ("full", "size")
 _PROCESS_CACHES: dict[tuple, OrderedDict] = {}  # unpickled readers of one overlay, per process
@@ -144,15 +144,16 @@ class ShardDecisions:
         if isinstance(text, bytes):
             spliced = splice_recaption(text, self.field[s], self.keys_text[s])  # the common case: no parse, no row
             if spliced is not None:
-                return members(self.txt[s], self.syn[s], self.strategy, spliced)
+                return members(self.txt[s], self.syn[s], spliced, self.extra_members)
         row = self.row(s)
         kept = (self.strategy, None, self.field[s], self.level, self.keys_text[s])
         if isinstance(text, dict):  # decoded already: the object the mixed json decodes to
-            new = kept_members(row, *kept)[1]
-            new["json"] = _finite(decoded_json(text, recaption_object(row, self.strategy),
+            new = kept_members(row, *kept, extra=self.extra_members)[1]
+            new["json"] = finite(decoded_json(text, recaption_object(row, self.strategy),
                                                caption_keys.as_dict(row, self.level)))
             return new
-        return kept_members(row, self.strategy, text if isinstance(text, bytes) else None, *kept[2:])[1]
+        text = text if isinstance(text, bytes) else None
+        return kept_members(row, self.strategy, text, *kept[2:], extra=self.extra_members)[1]
 
     def chosen(self, s: int, choice: CaptionChoice, key: str, epoch: int) -> bytes | None:
         """The caption `choice` puts in kept row `s`'s txt (None: the sample has none of its keys)."""
@@ -189,7 +190,7 @@ class OverlayReader:
 
     `captions` (keys in priority order as `"K1;K2"` or a list, or a mapping key -> weight; with
     `caption_probs` the weights in the keys' order) puts a caption chosen among the sample's
-    caption keys into `txt` (`mixing.caption_choice`), fixed per sample by `seed` and the epoch:
+    caption keys into `txt` (`overlay.caption_choice`), fixed per sample by `seed` and the epoch:
     `epoch` is a number (`set_epoch`), or a shared value read as each sample is (anything with
     `get_value()`, such as open_clip's `SharedEpoch`, or `.value`, such as `multiprocessing.Value`),
     which DataLoader workers see change. `decoded` says whether samples arrive decoded; by default

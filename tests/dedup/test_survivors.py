@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recaption.mixing import survivors
-from recaption.mixing.survivors import first_kept
+from recaption.dedup import survivors
+from recaption.dedup.survivors import first_kept
 
 
 def one_at_a_time(rank, a, b, value):

@@ -25,10 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recaption.errors import RecaptionError
-from recaption.io import tarindex
+from recaption.io import arrays, tarindex
 from recaption.io.tarcopy import BLOCK, BlockWriter, members_blocks, views
-from recaption.mixing.members import kept_members, splice_many
-from recaption.mixing.strategies.base import named
+from recaption.output.members import kept_members, splice_many
 
 READ_BYTES = 8 << 20  # one read covers consecutive samples up to this many bytes
 GAP = 64 << 10  # dropped samples shorter than this between kept ones are read over, not skipped
@@ -107,8 +106,8 @@ class Source:
         return memoryview(buf)
 
 
-def _ints(rows: pa.Table, name: str) -> list[int]:
-    return pc.fill_null(rows[name], -1).to_numpy().tolist()
+def _list(col) -> list[int]:
+    return arrays.ints(col, -1)[0].tolist()  # -1: no such member
 
 
 def _named(keys: pa.Array, suffix: str) -> pa.Array:
@@ -139,26 +138,27 @@ def reads(start: list[int], size: list[int]):
 
 def write_part(tar: BlockWriter, src: Source, rows: pa.Table, strategy: str, added: list[bytes],
                buffers: Buffers, progress=None, every: int = 256, level: str = "none",
-               keys_text: list[bytes] | None = None) -> dict[str, list]:
+               keys_text: list[bytes] | None = None, *, extra: tuple[str, ...]) -> dict[str, list]:
     """Write the kept samples `rows` (a decisions slice with the index, in shard order) from
     `src` to `tar`, reading into `buffers`; returns the parquet columns taken from each sample's
     json (`META`). Per read, the new members are made a column at a time (`tarcopy.members_blocks`,
     `members.splice_many`); each sample is then two pieces (its own span, its new members) in the
-    usual layout, or its spans and new members in their places otherwise."""
+    usual layout, or its spans and new members in their places otherwise. `extra` is the
+    strategy's extra members (only `syn.txt` is copied this way)."""
     n = rows.num_rows
     keys = rows["key"].combine_chunks()
     txt = members_blocks(_named(keys, ".txt"), rows["caption"].combine_chunks())
     syn = (members_blocks(_named(keys, ".syn.txt"), rows["synthetic_caption"].combine_chunks())
-           if "syn.txt" in named(strategy).extra_members else pa.nulls(n, pa.binary()))
+           if "syn.txt" in extra else pa.nulls(n, pa.binary()))
     json_names = _named(keys, ".json")
     key_list = keys.to_pylist()
     added_all = pa.array(added, pa.binary())
     keys_all = pa.array(keys_text if keys_text is not None else [b""] * n, pa.binary())  # the --caption-keys
-    start, size = _ints(rows, "tar_offset"), _ints(rows, "tar_size")
-    t_off, t_size = _ints(rows, "tar_txt_offset"), _ints(rows, "tar_txt_size")
-    j_off, j_size = _ints(rows, "tar_json_offset"), _ints(rows, "tar_json_size")
-    s_off, s_size = _ints(rows, "tar_syn_offset"), _ints(rows, "tar_syn_size")
-    jd_off, jd_size = _ints(rows, "tar_json_data_offset"), _ints(rows, "tar_json_data_size")
+    start, size = _list(rows["tar_offset"]), _list(rows["tar_size"])
+    t_off, t_size = _list(rows["tar_txt_offset"]), _list(rows["tar_txt_size"])
+    j_off, j_size = _list(rows["tar_json_offset"]), _list(rows["tar_json_size"])
+    s_off, s_size = _list(rows["tar_syn_offset"]), _list(rows["tar_syn_size"])
+    jd_off, jd_size = _list(rows["tar_json_data_offset"]), _list(rows["tar_json_data_size"])
     has_syn = syn.is_valid().to_numpy(zero_copy_only=False).tolist()
     kernel = tar.kernel_copies and src.fd is not None
     metas: dict[str, list] = {k: [] for k in META}
@@ -171,7 +171,7 @@ def write_part(tar: BlockWriter, src: Source, rows: pa.Table, strategy: str, add
             buf = None if big else src.read(w0, start[j - 1] + size[j - 1] - w0, held)
             texts = [None if j_off[k] < 0 else bytes(src.read(jd_off[k], jd_size[k])) if big
                      else bytes(buf[jd_off[k] - w0 : jd_off[k] - w0 + jd_size[k]]) for k in range(i, j)]
-            jsn, meta = _jsons(texts, added_all.slice(i, m), rows, i, strategy, keys_all.slice(i, m), level)
+            jsn, meta = _jsons(texts, added_all.slice(i, m), rows, i, strategy, keys_all.slice(i, m), level, extra)
             for name, lst in metas.items():
                 lst.extend(d.get(name) for d in meta)
             jblocks = members_blocks(json_names.slice(i, m), jsn)
@@ -206,7 +206,7 @@ def write_part(tar: BlockWriter, src: Source, rows: pa.Table, strategy: str, add
 
 
 def _jsons(texts: list, added: pa.Array, rows: pa.Table, i0: int, strategy: str, keys: pa.Array,
-           level: str) -> tuple[pa.Array, list[dict]]:
+           level: str, extra: tuple[str, ...]) -> tuple[pa.Array, list[dict]]:
     """The new json text of each sample of a read, and its parsed object (for the parquet)."""
     spliced = splice_many(texts, added, keys)
     ok = spliced.is_valid().to_numpy(zero_copy_only=False)
@@ -220,7 +220,7 @@ def _jsons(texts: list, added: pa.Array, rows: pa.Table, i0: int, strategy: str,
         out = spliced.to_pylist()
         for q in np.flatnonzero(~ok).tolist():
             meta[q], made = kept_members(rows.slice(i0 + q, 1).to_pylist()[0], strategy, texts[q], added[q].as_py(),
-                                         level, keys[q].as_py())
+                                         level, keys[q].as_py(), extra=extra)
             out[q] = made["json"]
         spliced = pa.array(out, pa.binary())
     return spliced, meta

@@ -11,9 +11,9 @@ import pytest
 from recaption import api
 from recaption.engines import Execution
 from recaption.errors import RecaptionError
-from recaption.mixing import caption_keys as ck
-from recaption.mixing.caption_choice import CaptionChoice
-from recaption.mixing.members import splice_recaption, with_recaption
+from recaption.output import caption_keys as ck
+from recaption.overlay.caption_choice import CaptionChoice
+from recaption.output.members import splice_recaption, with_recaption
 from tests.helpers import CAPTIONERS, annotate_by_captioners, read_output
 
 QUIET = Execution(quiet=True)

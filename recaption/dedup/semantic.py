@@ -14,7 +14,7 @@ spilled to temporary files grouped by cluster, so the driver holds one group of 
 
 Which pairs it misses: near duplicates that k-means puts in different clusters (rare for
 near-identical images, SemDeDup's premise). Which one survives is decided elsewhere
-(`recaption.mixing.survivors`); SemDeDup's own rule keeps by distance to the centroid instead.
+(`recaption.dedup.survivors`); SemDeDup's own rule keeps by distance to the centroid instead.
 Results depend on the pool, the seed and faiss's thread count (k-means sums in parallel).
 """
 from __future__ import annotations

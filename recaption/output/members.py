@@ -10,8 +10,9 @@ import json
 import math
 import re
 
-from recaption.mixing import caption_keys, recaption_field
-from recaption.mixing.strategies.base import named
+from recaption.output import caption_keys
+
+from recaption.output import recaption_field
 
 # the decisions columns a kept sample is built from
 READ = ["key", "kept", "caption_source", "caption", "raw_caption", "synthetic_caption", "clip_raw",
@@ -25,24 +26,26 @@ def recaption_object(row: dict, strategy: str) -> dict:
 
 
 def kept_members(row: dict, strategy: str, json_text: bytes | None, added: bytes | None = None,
-                 level: str = "none", keys_text: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
+                 level: str = "none", keys_text: bytes | None = None, *,
+                 extra: tuple[str, ...]) -> tuple[dict, dict[str, bytes]]:
     """What a kept sample gets from its decisions row: its json object, and the members that
     replace or join its own. `added` is the recaption field's json text when already encoded
     (`recaption_field.encode`, which the writer uses); `level` is the mix's `--caption-keys`,
-    `keys_text` their text when already encoded (`caption_keys.encode`)."""
+    `keys_text` their text when already encoded (`caption_keys.encode`); `extra` the strategy's
+    extra members (its `extra_members`: the output side knows no strategy)."""
     meta, text = with_recaption(json_text, recaption_object(row, strategy), added,
                                 caption_keys.as_dict(row, level), keys_text)
     syn = row["synthetic_caption"]
-    return meta, members(row["caption"].encode("utf-8"), None if syn is None else syn.encode("utf-8"), strategy, text)
+    return meta, members(row["caption"].encode("utf-8"), None if syn is None else syn.encode("utf-8"), text, extra)
 
 
-def members(caption: bytes, synthetic: bytes | None, strategy: str, json_text: bytes) -> dict[str, bytes]:
-    """The members a kept sample gets, in this order: `txt`, `json`, and the strategy's extra
+def members(caption: bytes, synthetic: bytes | None, json_text: bytes, extra: tuple[str, ...]) -> dict[str, bytes]:
+    """The members a kept sample gets, in this order: `txt`, `json`, and the strategy's `extra`
     members (`syn.txt` for `both`) where there is a synthetic caption. The mixed tars and the
     overlay readers (`recaption.webdataset`) both build samples here."""
     new = {"txt": caption, "json": json_text}
     if synthetic is not None:
-        for member in named(strategy).extra_members:  # each holds synthetic_caption (base.MEMBER_SOURCES)
+        for member in extra:  # each holds synthetic_caption (strategies.base.MEMBER_SOURCES)
             new[member] = synthetic
     return new
 
@@ -69,11 +72,11 @@ def with_recaption(text: bytes | None, rc: dict, added: bytes | None = None, key
     body = text.rstrip() if text else b""
     if text and not odd and "recaption" not in meta and not any(k in meta for k in keys) and body.endswith(b"}"):
         return meta, _splice(body, added, keys_text)
-    return meta, _ENCODE(_finite(decoded_json(meta, rc, keys))).encode("utf-8")
+    return meta, _ENCODE(finite(decoded_json(meta, rc, keys))).encode("utf-8")
 
 
 def decoded_json(meta: dict, rc: dict, keys: dict) -> dict:
-    """The object a kept sample's json decodes to, from its original object (NaN left to `_finite`)."""
+    """The object a kept sample's json decodes to, from its original object (NaN left to `finite`)."""
     return {**meta, **keys, "recaption": rc}
 
 
@@ -132,11 +135,12 @@ def splice_many(texts: list, added, keys=None):
     return pc.if_else(ok, new, pa.nulls(len(texts), pa.binary()))
 
 
-def _finite(x):
+def finite(x):
+    """x with every NaN and infinity, however deeply nested, as None (JSON has neither)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: finite(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_finite(v) for v in x]
+        return [finite(v) for v in x]
     return x

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from recaption.io import embeddings as E
-from recaption.mixing import dedup as D
-from recaption.mixing import semantic
-from tests.mixing.test_survivors import one_at_a_time
+from recaption.dedup import duplicates as D
+from recaption.dedup import semantic
+from tests.dedup.test_survivors import one_at_a_time
 
 pytest.importorskip("faiss")
 

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from recaption.mixing import dedup as D
+from recaption.dedup import duplicates as D
 from recaption.scoring.fingerprint import fingerprint_bytes, hamming
-from tests.mixing.test_survivors import one_at_a_time
+from tests.dedup.test_survivors import one_at_a_time
 
 PHOTOS = sorted((Path(__file__).parents[1] / "data" / "photos").glob("*.jpg"))
 

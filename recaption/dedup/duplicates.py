@@ -7,13 +7,13 @@ Work is per annotation file, then merged on the driver in bounded memory:
    a score);
 2. on the driver, `Duplicates.add` collects them and `Duplicates.run` applies the rules in turn,
    each to the samples the earlier ones kept: exact duplicates (equal sha256), near duplicates
-   (pHash within k bits, either orientation: `recaption.mixing.hamming`), semantic duplicates
-   (embedding cosine >= t inside k-means clusters: `recaption.mixing.semantic`, which reads the
+   (pHash within k bits, either orientation: `recaption.dedup.hamming`), semantic duplicates
+   (embedding cosine >= t inside k-means clusters: `recaption.dedup.semantic`, which reads the
    embedding files itself, file by file);
 3. the outcome is columnar per file (`FileDrops`: row -> rule, partner file and row, value), plus
    counts per rule for a dry run; `reasons` writes `duplicate of SHARD/KEY (rule, value)`.
 
-Survivors follow `recaption.mixing.survivors`: the first sample in order is kept, the order being
+Survivors follow `recaption.dedup.survivors`: the first sample in order is kept, the order being
 input order (file, then row) or, with a score, best score first. A sample is never its own
 duplicate, and files are compared with each other. Rules and thresholds:
 docs/formats.md#duplicates-and-evaluation-overlap.
@@ -25,9 +25,10 @@ from typing import Callable
 
 import numpy as np
 
-from recaption.mixing import hamming
-from recaption.mixing.dedup_spec import PHASH_K  # the pool's pHash threshold, in bits (docs/formats.md#thresholds)
-from recaption.mixing.survivors import first_kept
+from recaption.dedup import hamming
+from recaption.dedup.options import PHASH_K  # the pool's pHash threshold, in bits (docs/formats.md#thresholds)
+from recaption.dedup.survivors import first_kept
+from recaption.io import arrays
 
 # Annotation columns the rules read (the fingerprint annotator writes them).
 SHA_COLUMN, PHASH_COLUMN, MIRROR_COLUMN = "image_sha256", "phash", "phash_mirror"
@@ -75,7 +76,7 @@ class FileKeys:
 @dataclass
 class FileDrops:
     """One file's duplicates: per dropped row, the rule and the kept sample it duplicates (or, for
-    an evaluation-set overlap, `recaption.mixing.overlap`, the EVAL image it copies)."""
+    an evaluation-set overlap, `recaption.dedup.overlap`, the EVAL image it copies)."""
 
     rows: np.ndarray  # int32, increasing
     code: np.ndarray  # int8: EXACT, PHASH, PHASH_MIRRORED or EMBEDDING
@@ -136,8 +137,8 @@ def sha_words(col) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    col = arrays.one(col)
+    valid = arrays.valid(col)
     n = len(col)
     if pa.types.is_fixed_size_binary(col.type):
         raw = np.frombuffer(col.buffers()[1], dtype=np.uint8, count=(col.offset + n) * col.type.byte_width)
@@ -154,11 +155,10 @@ def sha_words(col) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def uint64_column(col) -> tuple[np.ndarray, np.ndarray]:
     """A uint64 (or int64) column -> (values as uint64 with 0 for null, valid)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    col = arrays.one(col)
+    valid = arrays.valid(col)
     values = pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
     return values.astype(np.int64).view(np.uint64) if values.dtype == np.int64 else values.astype(np.uint64), valid
 
@@ -316,8 +316,8 @@ class _Pool:
         return self._drop(g[dropped], partner_g, code, value)
 
     def semantic(self, embeddings, cosine: float, tmpdir):
-        """Embedding cosine >= `cosine` inside k-means clusters (recaption.mixing.semantic)."""
-        from recaption.mixing import semantic
+        """Embedding cosine >= `cosine` inside k-means clusters (recaption.dedup.semantic)."""
+        from recaption.dedup import semantic
 
         g = np.flatnonzero(self.alive)
         self.last_candidates = len(g)
