@@ -156,7 +156,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     from recaption.engines import mapper, run_stage
     from recaption.mixing.compare import side_by_side
     from recaption.stages.write_mix import MixWriteStage
-    from recaption.mixing.plan import FOLDER, plan, plan_dict
+    from recaption.mixing.plan import FOLDER, check_shards, plan, plan_dict
     from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
@@ -178,6 +178,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
         summary = _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=True)
         summary["strategies"] = side_by_side(pool.source, cfg, pool, fixed={_chosen(cfg): pool.numbers.threshold})
         return summary
+    check_shards(pool)  # every shard is the one it was annotated from, before anything is written
     preflight(ex, cpu_only=True)
     settings = mix_identity(cfg)
     if overlay:  # no output shards: how they would be cut is no part of an overlay
@@ -193,6 +194,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
         return _write_mix_summary(out_dir, summary, input_spec, ann_dir, {"pool_and_plan": round(time.time() - t0, 3)},
                                   extra_summary)
     folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
+    removed = _remove_unplanned(out_dir, rec, {p.name for p in plans})
     t_plan = time.time() - t0
     reports = run_stage(MixWriteStage(), [plan_dict(p) for p in plans], ex, desc="write",
                         count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]), cpu_only=True)
@@ -200,9 +202,32 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
     summary["written"] = sum(r.get("samples", 0) for r in reports if r["status"] != "failed")
     summary["failed_output_shards"] = failed
+    summary["output_shards_rewritten"] = sum(r["status"] == "rewritten" for r in reports)
+    summary["output_shards_removed"] = removed
+    if summary["output_shards_rewritten"] or removed:
+        log.info("rewrote %d output shard(s) whose inputs changed, removed %d no longer planned",
+                 summary["output_shards_rewritten"], removed)
     return _write_mix_summary(out_dir, summary, input_spec, ann_dir,
                               {"pool_and_plan": round(t_plan, 3), "write": round(time.time() - t0 - t_plan, 3)},
                               extra_summary)
+
+
+def _remove_unplanned(out_dir: str, rec: dict, planned: set[str]) -> int:
+    """Output shards an earlier plan of this folder wrote that the plan now has no place for (fewer
+    kept samples): their files go (only files the record lists). Returns how many shards."""
+    from recaption.io.atomic import exists, remove
+
+    names = {n.rsplit("_stats.json", 1)[0] for n in rec.get("written", []) if n.endswith("_stats.json")}
+    gone = 0
+    for name in sorted(names - planned):
+        found = False
+        for suffix in ("_stats.json", ".tar", ".parquet"):  # the stats first: a shard without them is unfinished
+            p = join(out_dir, name + suffix)
+            if exists(p):
+                remove(p)
+                found = True
+        gone += found
+    return gone
 
 
 def _write_mix_summary(out_dir: str, summary: dict, input_spec, ann_dir: str, seconds: dict,
@@ -350,6 +375,15 @@ def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: 
     from recaption.report.html import render
 
     return render(load(path, input_spec, fraction, annotations=annotations, filters=filters), out_dir)
+
+
+def verify(folder: str, input_spec=None) -> list[str]:
+    """What in a mix, overlay or annotation folder disagrees with its record and its inputs, one
+    line each (`recaption.mixing.verify`); empty when it holds. `input_spec` gives an annotation
+    folder's shards."""
+    from recaption.mixing.verify import verify as check
+
+    return check(folder, shards_of(input_spec) if input_spec is not None else None)
 
 
 def recipes() -> dict[str, dict]:

@@ -211,6 +211,26 @@ def report(
     print(f"report: {api.report(path, out, input_spec=input, fraction=fraction, annotations=annotations, filters=filters)}")
 
 
+@verb(app, epilog=_examples("recaption verify mixed/", "recaption verify ann/ --input shards/"))
+def verify(
+    path: Annotated[str, typer.Argument(help="a mix, overlay or run folder, or an annotation folder", metavar="PATH", show_default=False)],
+    input: Annotated[Optional[str], opt("--input", "-i", help="an annotation folder's shards, to check each file against its shard")] = None,
+):
+    """Re-check a folder against its record and its inputs: the shards and annotation files a mix
+    read, every output shard against the decisions it was built from, every sample in exactly one
+    place. Prints what disagrees and exits 1, or says that it holds."""
+    from recaption import api
+
+    problems = api.verify(path, input)
+    for line in problems[:50]:
+        print(f"verify: {line}")
+    if len(problems) > 50:
+        print(f"verify: ... and {len(problems) - 50} more")
+    if not problems:
+        print(f"verify: {path} holds")
+    return 1 if problems else 0
+
+
 @verb(app, epilog=_examples("recaption recipes", "recaption recipes laion-coco"))
 def recipes(name: Annotated[Optional[str], typer.Argument(help="show this recipe in full, with its source", metavar="[RECIPE]",
                                                             show_default=False)] = None):

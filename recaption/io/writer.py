@@ -16,7 +16,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recaption.io.atomic import atomic_open, exists, join
+from recaption.io.atomic import atomic_open, join
 from recaption.io.tarcopy import MTIME, BlockWriter
 
 
@@ -28,12 +28,6 @@ def shard_paths(out_dir: str, name: str) -> dict[str, str]:
         "parquet": join(out_dir, f"{name}.parquet"),
         "stats": join(out_dir, f"{name}_stats.json"),
     }
-
-
-def is_done(out_dir: str, name: str) -> bool:
-    """Whether an output shard was written whole (its stats file is written last)."""
-    p = shard_paths(out_dir, name)
-    return exists(p["stats"]) and exists(p["tar"])
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

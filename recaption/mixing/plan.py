@@ -28,6 +28,7 @@ from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
 from recaption.mixing import columns as colmod
+from recaption.mixing import provenance
 from recaption.mixing.files import AnnFile, read_file
 from recaption.mixing.pool import Outcomes, Pool, error_reasons, mix_counts
 from recaption.mixing.strategies import (ERROR, FILTERED, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
@@ -96,6 +97,7 @@ class FilePlan:
     decisions: str
     kept: int
     codes: list
+    digest: str = ""  # of the decisions file's bytes (`provenance.decisions_digest`)
 
 
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
@@ -110,7 +112,11 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     shard_now = file_info(f.url)
     table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
+    recorded = provenance.recorded_identity(f.path)
+    weak = bool(recorded) and tarindex.change(shard_now, recorded) == tarindex.NO_STAMP
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
+            "annotation_digest": provenance.table_digest(t), "annotation_columns": sorted(t.column_names),
+            **({provenance.VERIFY_IMAGES: True} if weak else {}),
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
             "caption_keys": cfg.caption_keys, **removal_settings(cfg),
@@ -123,7 +129,8 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     with atomic_open(path) as out:
         out.write(buf.getvalue())
     codes = np.bincount(d.code, minlength=n_codes())
-    return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist())
+    return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist(),
+                    provenance.decisions_digest(buf.getvalue()))
 
 
 def removal_settings(cfg: MixConfig) -> dict:
@@ -150,6 +157,7 @@ class Part:
     decisions: str
     start: int  # slice of this shard's kept samples
     end: int
+    digest: str = ""  # the decisions file's, when planned (`provenance.built_from`)
 
 
 @dataclass
@@ -163,18 +171,19 @@ class OutputPlan:
     caption_keys: str = "none"  # the mix's --caption-keys
 
 
-def assign(kept: list[tuple[str, str, str, int]], cfg: MixConfig, out_dir: str) -> list[OutputPlan]:
-    """Output shards from (name, url, decisions, kept count) per input shard, in input order:
-    runs of `samples_per_shard` kept samples, or one output shard per input shard."""
+def assign(kept: list[tuple], cfg: MixConfig, out_dir: str) -> list[OutputPlan]:
+    """Output shards from (name, url, decisions, kept count[, decisions digest]) per input shard,
+    in input order: runs of `samples_per_shard` kept samples, or one output shard per input shard."""
     common = dict(strategy=cfg.strategy, out_dir=out_dir, caption_keys=cfg.caption_keys)
+    kept = [(*x, "")[:5] for x in kept]
     if cfg.keep_sharding:
-        return [OutputPlan(n, [Part(u, d, 0, k)], **common) for n, u, d, k in kept]
+        return [OutputPlan(n, [Part(u, d, 0, k, g)], **common) for n, u, d, k, g in kept]
     plans, cur, room, idx = [], [], cfg.samples_per_shard, 0
-    for _, u, d, k in kept:
+    for _, u, d, k, g in kept:
         start = 0
         while start < k:
             take = min(room, k - start)
-            cur.append(Part(u, d, start, start + take))
+            cur.append(Part(u, d, start, start + take, g))
             start += take
             room -= take
             if room == 0:
@@ -196,9 +205,16 @@ def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], di
     files = removal.with_reasons(pool.source.files) if removal is not None else None
     for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir, files=files):
         total.add(Outcomes(np.array(fp.codes, dtype=np.int64)))
-        kept.append((fp.name, fp.url, fp.decisions, fp.kept))
-    write_dropped(out_dir, [(n, d) for n, _, d, _ in kept])
+        kept.append((fp.name, fp.url, fp.decisions, fp.kept, fp.digest))
+    write_dropped(out_dir, [(n, d) for n, _, d, _, _ in kept])
     return assign(kept, cfg, out_dir), mix_counts(pool, total)
+
+
+def check_shards(pool: Pool) -> None:
+    """Every input shard is the one its annotation file was made from (`provenance.check_shard`),
+    checked before a mix writes anything; mapped like the pool pass."""
+    for _ in pool.source.map(provenance.check_shard):
+        pass
 
 
 def write_dropped(out_dir: str, files: list[tuple[str, str]]) -> None:

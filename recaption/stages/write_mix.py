@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,16 +23,17 @@ import pyarrow as pa
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io import tarindex
-from recaption.io.atomic import local_path
+from recaption.io.atomic import exists, local_path, read_text
 from recaption.io.fs import open_url
-from recaption.io.shards import open_shard
+from recaption.io.shards import DEFAULT_IMAGE_KEYS, open_shard
 from recaption.io.sources import is_gzip_name, shard_name
 from recaption.io.tarcopy import BlockWriter, iter_samples
-from recaption.io.writer import is_done, write_with
-from recaption.output import caption_keys, recaption_field, spans
-from recaption.mixing.strategies.base import named
-from recaption.output.members import READ, kept_members
+from recaption.io.writer import shard_paths, write_with
+from recaption.mixing import provenance
 from recaption.mixing.plan import META_KEY, OutputPlan, Part
+from recaption.mixing.strategies.base import named
+from recaption.output import caption_keys, recaption_field, spans
+from recaption.output.members import READ, kept_members
 
 PROGRESS_EVERY = 256  # a worker's progress crosses a queue: not a message a sample
 # the parquet row of a sample: decisions columns, then where it came from, then its json's fields
@@ -44,7 +46,8 @@ ROW = ("key", "caption", "caption_source", "url", "raw_caption", "synthetic_capt
 
 @dataclass
 class WriteReport:
-    """The outcome of one output shard: done, skipped (already written) or failed."""
+    """The outcome of one output shard: done, rewritten (its inputs changed since it was written),
+    skipped (written already from the same inputs) or failed."""
 
     shard: str
     status: str
@@ -67,17 +70,21 @@ class MixWriteStage:
     def __call__(self, p, progress=None) -> WriteReport:
         if isinstance(p, dict):
             p = OutputPlan(**{**p, "parts": [Part(**x) for x in p["parts"]]})
-        if is_done(p.out_dir, p.name):
+        want = provenance.built_from(p)
+        before = recorded_build(p.out_dir, p.name)
+        if before == want:
             n = sum(x.end - x.start for x in p.parts)
             if progress:
                 progress(n)
             return WriteReport(p.name, "skipped", n)
+        parts = [asdict(x) | {"decisions": x.decisions.rsplit("/", 1)[-1].removesuffix(".parquet")} for x in p.parts]
+        built = {"built_from": want, "parts": parts}
         try:
             with contextlib.ExitStack() as files, _no_cycle_collection():  # shards stay open until the tar closes
-                n = write_with(p.out_dir, p.name, lambda tar: self._fill(tar, p, files, progress))["count"]
+                n = write_with(p.out_dir, p.name, lambda tar: self._fill(tar, p, files, progress), built)["count"]
         except Exception as e:
             return WriteReport(p.name, "failed", error=f"{type(e).__name__}: {e}")
-        return WriteReport(p.name, "done", n)
+        return WriteReport(p.name, "done" if before is None else "rewritten", n)
 
     def _fill(self, tar: BlockWriter, p: OutputPlan, files: contextlib.ExitStack, progress) -> pa.Table:
         written, buffers = [], spans.shared()
@@ -88,12 +95,14 @@ class MixWriteStage:
         plain = set(extra_members) <= {"syn.txt"}
         for part in p.parts:
             t = ann.read_table(part.decisions, columns=READ + extra + list(tarindex.NAMES))
+            _refuse_repeated_keys(t, part, p.name)
             at = np.flatnonzero(t["kept"].to_numpy(zero_copy_only=False))[part.start : part.end]
             rows = t.take(at)  # at most one output shard of rows
             added = recaption_field.encode(rows, p.strategy)
             keys = caption_keys.encode(rows, level)
-            if plain and spans.usable(rows) and not is_gzip_name(part.url):
-                meta = json.loads(t.schema.metadata[META_KEY])
+            meta = json.loads(t.schema.metadata[META_KEY])
+            images = _recorded_images(meta, at) if meta.get(provenance.VERIFY_IMAGES) else None
+            if plain and images is None and spans.usable(rows) and not is_gzip_name(part.url):
                 change = tarindex.change(tarindex.identity(part.url), meta)
                 if change is not None:
                     raise RecaptionError(f"{part.url} changed since the mix was planned ({change}); "
@@ -102,15 +111,17 @@ class MixWriteStage:
                 fields = spans.write_part(tar, src, rows, p.strategy, added, buffers, progress, PROGRESS_EVERY,
                                           level, keys, extra=extra_members)
             else:
-                fields = self._slow(tar, part, at, rows, added, p.strategy, extra_members, progress, level, keys)
+                fields = self._slow(tar, part, at, rows, added, p.strategy, extra_members, progress, level, keys,
+                                    images)
             written.append(_Written(rows, shard_name(part.url), fields))
         return output_table(written)
 
     @staticmethod
     def _slow(tar: BlockWriter, part: Part, at: np.ndarray, rows: pa.Table, added: list[bytes], strategy: str,
               extra: tuple[str, ...], progress, level: str = "none",
-              keys: list[bytes] | None = None) -> dict[str, list]:
-        """The part from a walk over the tar's headers (no member index, or a gzipped shard)."""
+              keys: list[bytes] | None = None, images: list | None = None) -> dict[str, list]:
+        """The part from a walk over the tar's headers (no member index, or a gzipped shard);
+        with `images` (each kept row's recorded image sha256), every image is checked against it."""
         cols = READ + (["captions"] if "captions" in rows.column_names else [])
         want = dict(zip(at.tolist(), zip(rows.select(cols).to_pylist(), added, keys or [None] * len(added))))
         fields: dict[str, list] = {k: [] for k in spans.META}
@@ -126,6 +137,8 @@ class MixWriteStage:
                 for m in members:
                     if m.field == "json":
                         text = m.data
+                if images is not None:
+                    _check_image(part.url, key, members, images[found - 1])
                 meta, new = kept_members(row, strategy, text, add, level, keys_text, extra=extra)
                 for m in members:  # every member in its place, raw; the new ones replace theirs
                     if m.field in new:
@@ -143,6 +156,49 @@ class MixWriteStage:
         if found != len(want):
             raise RecaptionError(f"{part.url}: {len(want) - found} kept samples could not be read back")
         return fields
+
+
+def recorded_build(out_dir: str, name: str) -> str | None:
+    """What an output shard's stats say it was built from (`provenance.built_from`): None when it
+    is not written whole, "" when written before stats recorded it."""
+    p = shard_paths(out_dir, name)
+    if not (exists(p["stats"]) and exists(p["tar"])):
+        return None
+    try:
+        return json.loads(read_text(p["stats"])).get("built_from") or ""
+    except ValueError:
+        return ""
+
+
+def _refuse_repeated_keys(t: pa.Table, part: Part, name: str) -> None:
+    """A key with two annotation rows cannot say which sample is which: the output shard fails."""
+    import pyarrow.compute as pc
+
+    keys = t["key"].drop_null()
+    if pc.count_distinct(keys).as_py() == len(keys):
+        return
+    counts = pc.value_counts(keys)
+    twice = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    meta = json.loads(t.schema.metadata[META_KEY])
+    raise RecaptionError(f"{meta.get('annotations')}: key {twice!r} has more than one annotation row; "
+                         f"output shard {name} is not written (repair or re-annotate {part.url})")
+
+
+def _recorded_images(meta: dict, at: np.ndarray) -> list:
+    """The image sha256 the annotation file recorded for kept rows `at` (bytes, or None)."""
+    t = ann.read_table(meta["annotations"], columns=["image_sha256"]).take(pa.array(at))
+    return [None if v is None else bytes.fromhex(v) if isinstance(v, str) else bytes(v)
+            for v in t["image_sha256"].to_pylist()]
+
+
+def _check_image(url: str, key: str, members, want: bytes | None) -> None:
+    """A sample's image is the one annotated (a shard whose identity could not prove it unchanged)."""
+    images = sorted((DEFAULT_IMAGE_KEYS.index(m.field), m) for m in members if m.field in DEFAULT_IMAGE_KEYS)
+    if want is None or not images:
+        return
+    if hashlib.sha256(images[0][1].data).digest() != want:
+        raise RecaptionError(f"{url} changed since it was annotated: sample {key!r}'s image is not the one "
+                             "annotated (image_sha256); re-annotate it")
 
 
 @contextlib.contextmanager

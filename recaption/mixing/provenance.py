@@ -1,0 +1,116 @@
+"""What each output shard of a mix was built from, so that a re-run rewrites exactly the shards
+whose inputs changed, and `recaption verify` can say whether a folder still agrees with them.
+
+* An input shard is checked against the identity its annotation file recorded when the shard was
+  first read (size, and mtime or ETag: `io.tarindex.change`) before a mix writes anything: a shard
+  rewritten since, or an annotation folder made from other shards with the same names, is one
+  line naming the shard and its first sample that differs. A shard whose store reports no mtime or
+  ETag (and the same size) cannot be proven unchanged by its identity: its decisions say so
+  (`verify_images`) and the writer checks each image against the annotation's `image_sha256`.
+* A decisions file's digest is the sha256 of its bytes; the columns of the annotation file that
+  the mix read have their own digest in the decisions' metadata (`annotation_digest`), so adding
+  another annotator's columns to a file later changes neither.
+* An output shard's `built_from` is the digest of its parts (input shard, decisions digest, slice)
+  and the strategy and caption keys it writes with; its stats file records it, and a shard whose
+  record differs from its plan now is rewritten.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from recaption.errors import RecaptionError
+from recaption.io import annotations as ann
+from recaption.io import tarindex
+
+VERIFY_IMAGES = "verify_images"  # decisions metadata: the writer checks image bytes against image_sha256
+
+
+def table_digest(t) -> str:
+    """sha256 of a table's columns (names and values, chunking and metadata left out)."""
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for name in sorted(t.column_names):
+        col = t[name].combine_chunks() if isinstance(t[name], pa.ChunkedArray) else t[name]
+        sink = pa.BufferOutputStream()
+        one = pa.table({name: col})
+        with pa.ipc.new_stream(sink, one.schema) as w:
+            w.write_table(one)
+        h.update(name.encode() + b"\0" + sink.getvalue().to_pybytes())
+    return h.hexdigest()
+
+
+def annotation_digest(ann_path: str, columns: list[str]) -> str:
+    """`table_digest` of the columns a mix read from an annotation file, read as the mix reads them."""
+    return table_digest(ann.read(ann_path, columns=columns, threads=False))
+
+
+def recorded_identity(ann_path: str) -> dict | None:
+    """The input shard's identity as its annotation file recorded it (None: not recorded)."""
+    meta = ann.read_metadata(ann_path) or {}
+    return (meta.get("groups") or {}).get(tarindex.GROUP)
+
+
+def check_shard(f, cache=None) -> bool:
+    """Refuse (one line) an input shard that is not the one its annotation file was made from;
+    returns whether only its images can tell (no mtime or ETag to compare)."""
+    recorded = recorded_identity(f.path)
+    if not recorded or f.url is None:
+        return False  # annotated before identities were recorded: the writer compares keys
+    change = tarindex.change(tarindex.identity(f.url), recorded)
+    if change is None:
+        return False
+    if change == tarindex.NO_STAMP:
+        return True
+    where = first_difference(f.url, f.path)
+    raise RecaptionError(f"{f.url} is not the shard {f.path} was made from ({change}){where}: re-annotate it "
+                         "(annotate/score with --overwrite), or give the annotation folder of these shards")
+
+
+def first_difference(url: str, ann_path: str, limit: int = 1_000_000) -> str:
+    """", first differing sample KEY (...)" between a shard and its annotation rows, read in order
+    (keys, then image sha256 where recorded); empty where none is found in the first `limit`."""
+    from recaption.io.shards import ReadFailure, iter_shard
+
+    cols = ["key", "image_sha256"]
+    with ann.open_parquet(ann_path) as pf:
+        have = [c for c in cols if c in pf.schema_arrow.names]
+        rows = pf.read(columns=have).to_pylist()
+    keyed = [r for r in rows if r.get("key") is not None]
+    i = 0
+    try:
+        for s in iter_shard(url):
+            if isinstance(s, ReadFailure) and s.key is None:
+                break
+            if i >= len(keyed):
+                return f", first differing sample {s.key!r} (no annotation row)"
+            want = keyed[i]
+            if s.key != want["key"]:
+                return f", first differing sample {s.key!r} (annotated: {want['key']!r})"
+            sha = want.get("image_sha256")
+            if sha is not None and not isinstance(s, ReadFailure) and s.image_field:
+                now = hashlib.sha256(s.image_bytes).digest()
+                if now != (bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha)):
+                    return f", first differing sample {s.key!r} (its image)"
+            i += 1
+            if i >= limit:
+                break
+    except Exception:  # the shard cannot be read: the identity alone says it changed
+        return ""
+    if i < len(keyed):
+        return f", first differing sample {keyed[i]['key']!r} (annotated, not in the shard)"
+    return ""
+
+
+def built_from(plan) -> str:
+    """The digest an output shard's stats record: its parts and how they are written."""
+    parts = [[p.url, p.digest, p.start, p.end] for p in plan.parts]
+    body = json.dumps({"strategy": plan.strategy, "caption_keys": plan.caption_keys, "parts": parts},
+                      sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def decisions_digest(data: bytes) -> str:
+    """The digest of a decisions file's bytes (its parts name it)."""
+    return hashlib.sha256(data).hexdigest()
