@@ -241,7 +241,7 @@ def describe_remote_error(e: BaseException, url: str) -> str | None:
             retried = x.status >= 500 and tries > 1
             return f"HTTP {x.status} from {url}" + (f" after {tries} tries" if retried else "")
         if isinstance(x, aiohttp.ServerTimeoutError) or isinstance(x, TimeoutError):
-            return f"no data from {url} for {cfg['read_timeout']:g} s (read timeout; storage option read_timeout)"
+            return f"no data from {url} for {cfg['read_timeout']:g} s: the read timeout, storage option read_timeout"
         if isinstance(x, aiohttp.ClientPayloadError):
             return f"the transfer from {url} broke off ({x})"
         if isinstance(x, aiohttp.ClientError):

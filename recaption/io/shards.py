@@ -322,9 +322,9 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
         detail = remote or f"{type(e).__name__}: {e}"
         if group is not None and group.members:
             yield ReadFailure(group.key, shard, f"read: sample cut off by shard error ({detail})", index)
-        if remote and not opened:
-            what = "cannot open shard"
-        elif isinstance(e, (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)) or remote:
+        if remote:
+            what = "transfer failed" if opened else "cannot open shard"
+        elif isinstance(e, (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)):
             what = "not a tar file" if index == 0 and group is None else "truncated or corrupt tar"
         else:
             what = "shard read failed"

@@ -161,7 +161,8 @@ def test_json_limits_are_options(tmp_path):
     assert "is 5008 bytes, over the limit of 2000 (--max-json-bytes)" in why["big"]
     assert "over the limit of 2000 (--max-json-bytes)" in why["deep"]  # refused by size, before it is read
     assert [r.key for r in recs if isinstance(r, Sample)] == ["a", "deepobj", "str", "z"]
-    p = _tar(tmp_path / "n.tar", [("a.jpg", b"x"), ("a.json", b'{"n": -12345}'), ("b.jpg", b"x"), ("b.json", b'{"n": 123}')])
+    p = _tar(tmp_path / "n.tar", [("a.jpg", b"x"), ("a.json", b'{"n": -12345}'),
+                                  ("b.jpg", b"x"), ("b.json", b'{"n": 123}')])
     a, b = iter_shard(str(p), ReadOptions(limits=ReadLimits(max_json_int_digits=3)))
     assert "integer of 5 digits, over the limit of 3" in a.reason and b.meta == {"n": 123}
 
