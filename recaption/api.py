@@ -30,7 +30,7 @@ from recaption.io.atomic import join, write_text
 from recaption.io.fs import scoped
 from recaption.io.images import DEFAULT_MAX_PIXELS
 from recaption.io.pixels import PREPROCESS
-from recaption.io.shards import DEFAULT_IMAGE_KEYS
+from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadLimits
 from recaption.io.sources import sample_count_hint, shards_of
 from recaption.mixing.strategies import MixConfig
 from recaption.scoring.sieve import default_sieve_model, resolve_sieve_model  # noqa: F401  (the API's helpers)
@@ -98,6 +98,7 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
         raise RecaptionError(f"--batch-size must be at least 1, got {d.batch_size}")
     if d.max_pixels is not None and d.max_pixels < 1:
         raise RecaptionError(f"--max-pixels must be at least 1, got {d.max_pixels}")
+    d.limits.checked()
     cap = cfgs.get("captions")
     d = dataclasses.replace(d, image_keys=tuple(d.image_keys), max_pixels=d.max_pixels or DEFAULT_MAX_PIXELS,
                             batch_size=d.batch_size or (cap.batch_size if cap is not None else 64))
@@ -291,7 +292,7 @@ def _removal_summary(pool) -> dict:
 @scoped
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, overwrite: bool = False, max_pixels: int | None = None,
-        execution: Execution | None = None, arguments: dict | None = None,
+        limits: ReadLimits | None = None, execution: Execution | None = None, arguments: dict | None = None,
         storage_options: dict | str | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
     changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
@@ -299,6 +300,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
     parts = recipe_parts(r)  # every section validated before anything is created
+    limits = (limits or ReadLimits()).checked()
     ex = (execution or Execution()).validate()
     if ex.device is None and r.get("device"):
         ex = dataclasses.replace(ex, device=r["device"])
@@ -319,7 +321,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     ann_summary = {}
     if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
         ann_summary = annotate(input_spec, ann_dir, cfgs, decode=DecodeOptions(batch_size=r.get("batch_size"),
-                                                                              max_pixels=max_pixels),
+                                                                              max_pixels=max_pixels, limits=limits),
                                overwrite=overwrite and not same_annotations, execution=ex)
     summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
                   extra_summary={"annotate": ann_summary, "recipe": r})
@@ -338,6 +340,7 @@ def _without_mix(identity) -> str:
 @scoped
 def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str = "key",
                     caption_column: str = "caption", captioner: str = "imported", overwrite: bool = False,
+                    image_keys=DEFAULT_IMAGE_KEYS, limits: ReadLimits | None = None,
                     execution: Execution | None = None, storage_options: dict | str | None = None) -> dict:
     """Write annotation files whose captions come from a CSV/parquet made elsewhere."""
     from recaption.engines import run_stage
@@ -345,6 +348,7 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
     from recaption.stages.import_captions import ImportSpec, ImportStage
 
     ex = (execution or Execution()).validate()
+    limits = (limits or ReadLimits()).checked()
     if not exists(captions):
         raise RecaptionError(f"caption file not found: {captions}")
     shards = shards_of(input_spec)
@@ -353,7 +357,8 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
                            "caption_column": caption_column, "captioner": captioner}}
     folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
     t0 = time.time()
-    spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite, groups=groups)
+    spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite, image_keys=tuple(image_keys),
+                      groups=groups, limits=limits)
     reports = run_stage(ImportStage(spec), shards, dataclasses.replace(ex, workers=1), desc="import")
     summary = summarise(reports, time.time() - t0, "import-captions")
     summary["matched"] = sum((r.get("info") or {}).get("matched", 0) for r in reports)

@@ -76,3 +76,72 @@ def leftovers(fs, bucket: str) -> dict:
     tmp = [p for p in fs.find(bucket) if p.endswith(".tmp") or "/." in p]
     uploads = fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
     return {"temp_objects": tmp, "pending_uploads": [u["Key"] for u in uploads]}
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """Serves files of `directory` the ways servers fail: /500/NAME always answers 500,
+    /flaky/NAME answers 500 to its first `flaky` requests, /noclen/NAME sends the file without a
+    Content-Length (the end of the body is the end of the connection), /stall/NAME sends its
+    headers and half the file, then nothing until the server stops (bounded: `stall_s`)."""
+
+    protocol_version = "HTTP/1.0"  # a body without Content-Length ends when the connection does
+    directory = "."
+    hits: dict = {}
+    flaky = 2
+    stall_s = 30.0
+    stop: threading.Event = threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self._answer(body=False)
+
+    def do_GET(self):
+        self._answer(body=True)
+
+    def _answer(self, body: bool):
+        import os
+
+        _, mode, name = self.path.split("/", 2)
+        key = (mode, name)
+        self.hits[key] = self.hits.get(key, 0) + 1
+        path = os.path.join(self.directory, name)
+        if mode == "500" or (mode == "flaky" and self.hits[key] <= self.flaky) or not os.path.isfile(path):
+            self.send_response(500 if os.path.isfile(path) else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        with open(path, "rb") as f:
+            data = f.read()
+        self.send_response(200)
+        if mode in ("flaky",):
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if not body:
+            return
+        if mode == "stall":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.stop.wait(self.stall_s)
+            return
+        self.wfile.write(data)
+
+
+@contextlib.contextmanager
+def hostile_http_server(directory, flaky: int = 2):
+    """A loopback server of the failures `_Hostile` names; yields (base URL, hits per (mode, name))."""
+    hits: dict = {}
+    stop = threading.Event()
+    handler = type("Hostile", (_Hostile,), {"directory": str(directory), "hits": hits, "flaky": flaky, "stop": stop})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", hits
+    finally:
+        stop.set()
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=10)

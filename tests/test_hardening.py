@@ -47,8 +47,9 @@ def test_every_sample_lands_in_exactly_one_place(corpus, result):
     assert by_key["dup"][0][1].startswith("read: duplicate key")  # the second 'dup' is refused
     assert "'..'" in by_key["../escape"][0][1] and "absolute" in by_key["/abs"][0][1]
     shard_errors = {s: r for s, r in by_key[None]}
-    assert set(shard_errors) == {"00002", "00003", "00004"}
+    assert set(shard_errors) == {"00002", "00003", "00004", "00005"}
     assert "truncated" in shard_errors["00002"] and "not a tar" in shard_errors["00003"]
+    assert "end-of-archive" in shard_errors["00005"]  # cut between two samples
     assert "no samples" in shard_errors["00004"]
     # the truncated shard: samples before the cut are written, the one cut through is dropped, none after
     s2 = [f"s2_{i}" for i in range(4)]
@@ -91,12 +92,13 @@ def test_annotate_names_every_shard_not_read_whole_and_exits_1(corpus, tiny_mode
     shards, _ = corpus
     d = tmp_path / "shards"
     shutil.copytree(shards, d)
-    (d / "00005.tar").write_bytes(b"")  # a 0-byte file
+    (d / "00006.tar").write_bytes(b"")  # a 0-byte file
     code = cli("score", d, "-a", tmp_path / "a", "--clip-model", tiny_models["clip"], "--no-sieve", "-q", "--json")
     assert code == 1
     s = json.loads(capsys.readouterr().out)
     failed = {f["shard"]: f["error"] for f in s["failed_shards"]}
-    assert set(failed) == {"00002", "00003", "00004", "00005"}
+    assert set(failed) == {"00002", "00003", "00004", "00005", "00006"}
+    assert "end-of-archive" in failed["00005"]
     assert "truncated" in failed["00002"] and "not a tar" in failed["00003"] and "no samples" in failed["00004"]
     assert s["errors"] > 0 and s["error_reasons"]
 

@@ -103,7 +103,9 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
     return _show_annotate(s, out, o)
 
 
-@verb(app, exclude=("batch_size", "device", "threads", "max_pixels"), epilog=_examples(
+# mix copies members as bytes and parses no sample: the read limits are not its options
+@verb(app, exclude=("batch_size", "device", "threads", "max_pixels", "max_member_bytes", "max_json_bytes",
+                    "max_json_depth", "max_json_int_digits"), epilog=_examples(
     "# Nguyen et al.: raw (top 30%) + synthetic (remaining 70%, filtered)",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy threshold --fraction 0.3 --filter-synthetic",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5",
@@ -168,16 +170,16 @@ def run(
     from recaption import api
 
     s = api.run(recipe, input, out, sets=set or [], annotations=annotations, overwrite=o.overwrite,
-                max_pixels=inp.max_pixels, execution=ex.execution(o), arguments={"argv": _argv()},
+                max_pixels=inp.max_pixels, limits=inp.limits(), execution=ex.execution(o), arguments={"argv": _argv()},
                 storage_options=st.storage_options)
     return _show_mix(s, out, o)
 
 
-@verb(app, name="import-captions", epilog=_examples(
+@verb(app, name="import-captions", exclude=("max_pixels", "preprocess", "gpu_decode"), epilog=_examples(
     "recaption import-captions shards/ --captions blip2_captions.parquet -o ann/ --key-column uid",
     "recaption import-captions shards/ --captions caps.csv -o ann/ --caption-column text --captioner blip2"))
 def import_captions(
-    input: InputArg, o: OutputOptions, st: StorageOptions,
+    input: InputArg, inp: InputOptions, o: OutputOptions, st: StorageOptions,
     captions: Annotated[str, opt("--captions", help="CSV or parquet with a key column and a caption column")] = ...,
     out: Annotated[str, opt("--out", "-o", help="annotation folder to write")] = ...,
     key_column: Annotated[str, opt(help="`key` (the sample key) or a json field such as `uid` (DataComp)")] = "key",
@@ -189,7 +191,8 @@ def import_captions(
     from recaption.engines import Execution
 
     s = api.import_captions(input, out, captions, key_column=key_column, caption_column=caption_column,
-                            captioner=captioner, overwrite=o.overwrite, execution=Execution(quiet=o.quiet),
+                            captioner=captioner, overwrite=o.overwrite, image_keys=inp.keys(), limits=inp.limits(),
+                            execution=Execution(quiet=o.quiet),
                             storage_options=st.storage_options)
     return _show_annotate(s, out, o)
 

@@ -20,7 +20,8 @@ import typer
 
 from recaption.engines import ENGINES, Execution
 from recaption.io.pixels import PREPROCESS
-from recaption.io.shards import DEFAULT_IMAGE_KEYS
+from recaption.io.shards import (DEFAULT_IMAGE_KEYS, DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_JSON_DEPTH,
+                                 DEFAULT_MAX_JSON_INT_DIGITS, DEFAULT_MAX_MEMBER_BYTES)
 from recaption.mixing import CAPTION_KEYS, STRATEGIES
 
 log = logging.getLogger("recaption")
@@ -107,6 +108,17 @@ class InputOptions:
     preprocess: Annotated[PreprocessChoice, opt(help="fast: decode once, resize and crop for every model as batched uint8 tensor ops (docs/input-path.md); exact: each model's own processor", panel=INP)] = PreprocessChoice("fast")
     gpu_decode: Annotated[bool, opt("--gpu-decode", help="decode baseline JPEGs on the GPU (nvJPEG) when the models run on CUDA; the rest on the CPU", panel=INP)] = False
 
+    max_member_bytes: Annotated[int, opt(help="a sample with a tar member larger than this is an error row, its member never read (gzipped shards too)", panel=INP)] = DEFAULT_MAX_MEMBER_BYTES
+    max_json_bytes: Annotated[int, opt(help="a sample whose json member is larger is an error row", panel=INP)] = DEFAULT_MAX_JSON_BYTES
+    max_json_depth: Annotated[int, opt(help="a sample whose json nests arrays and objects deeper is an error row (at most 500)", panel=INP)] = DEFAULT_MAX_JSON_DEPTH
+    max_json_int_digits: Annotated[int, opt(help="a sample whose json holds an integer with more digits is an error row", panel=INP)] = DEFAULT_MAX_JSON_INT_DIGITS
+
+    def limits(self):
+        """What one sample may cost to read (`recaption.io.shards.ReadLimits`)."""
+        from recaption.io.shards import ReadLimits
+
+        return ReadLimits(self.max_member_bytes, self.max_json_bytes, self.max_json_depth, self.max_json_int_digits)
+
     def keys(self) -> tuple[str, ...]:
         """The image fields, in priority order."""
         return tuple(k.strip() for k in self.image_keys.split(",") if k.strip())
@@ -116,7 +128,7 @@ class InputOptions:
         from recaption.stages.inputs import DecodeOptions
 
         return DecodeOptions(image_keys=self.keys(), max_pixels=self.max_pixels, batch_size=batch_size,
-                             preprocess=_value(self.preprocess), gpu_decode=self.gpu_decode)
+                             preprocess=_value(self.preprocess), gpu_decode=self.gpu_decode, limits=self.limits())
 
 
 @dataclass

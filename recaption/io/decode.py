@@ -5,7 +5,9 @@ largest size any model needs, then resized and cropped per model (`pixels.resize
 the worker, which writes the result straight into a shared-memory batch slot. The parent copies
 each finished slot once, into pinned memory when the models run on CUDA; normalisation happens on
 the model's device. A bad image is a per-sample `ImageError`, never a failed batch, and a decoder
-that kills its process costs only that sample.
+that kills its process costs only that sample. Slots are named after the process that made them
+(pid and start time), so a pool removes the segments of runs killed before they could (`kill -9`
+of a process group takes the resource tracker too).
 """
 from __future__ import annotations
 
@@ -146,6 +148,55 @@ def _attach(layout, shms=None):
     return out, slots
 
 
+SHM_PREFIX = "rcp"  # rcp{pid}_{start time}_{random}: whose segment it is, so a later run can tell
+SHM_DIR = "/dev/shm"
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux), or None when it is not running:
+    with its pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat.rsplit(b")", 1)[1].split()[19].decode()
+
+
+def shm_name() -> str:
+    """A fresh shared-memory name that says which process made it."""
+    import secrets
+
+    return f"{SHM_PREFIX}{os.getpid()}_{_start_time(os.getpid()) or 0}_{secrets.token_hex(4)}"
+
+
+def sweep_orphans() -> list[str]:
+    """Remove the decode-pool segments whose owner is gone (killed with -9, its resource tracker
+    with it, as a scheduler kills a process group); returns their names. Linux only: elsewhere
+    segments have no folder to look in, and the resource tracker is the one clean-up."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        if not name.startswith(SHM_PREFIX):
+            continue
+        try:
+            pid, start, _ = name[len(SHM_PREFIX):].split("_")
+            pid = int(pid)
+        except ValueError:
+            continue
+        if _start_time(pid) == start:
+            continue  # its process is alive (the same one: pid and start time agree)
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+            gone.append(name)
+        except OSError:  # another run swept it first, or it is not ours to remove
+            pass
+    return gone
+
+
 def _release(shms):
     for shm in shms:
         try:
@@ -196,11 +247,13 @@ class DecodePool:
         self.gpu_decode = bool(gpu_decode and self.cuda and not images)
         self.depth = max(1, int(depth))
         layout, owned = [], []
+        if self.specs:
+            sweep_orphans()  # what a killed run left in /dev/shm goes before this one adds its own
         for _ in range(self.depth):
             slot = {}
             for name, spec in self.specs.items():
                 shape = (self.batch_size, 3, *spec.size)
-                shm = shared_memory.SharedMemory(create=True, size=max(1, math.prod(shape)))
+                shm = shared_memory.SharedMemory(name=shm_name(), create=True, size=max(1, math.prod(shape)))
                 owned.append(shm)
                 slot[name] = (shm.name, shape)
             layout.append(slot)

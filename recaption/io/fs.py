@@ -22,6 +22,9 @@ EXTRAS = {
 # Stores where an upload is all-or-nothing and a rename is a server-side copy plus a delete.
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "oci", "hf"}
 LOCAL = {"file", "local"}
+HTTP = {"http", "https"}
+# HTTP defaults (docs/formats.md#remote-reads); each is a key of the http storage options.
+HTTP_DEFAULTS = {"tries": 3, "backoff": 1.0, "read_timeout": 60.0, "connect_timeout": 30.0}
 
 _options: dict = {}
 
@@ -137,7 +140,131 @@ def options_for(protocol: str) -> dict:
         # A listing cached in this process would hide files other workers wrote since (resume
         # and mix read folders that other processes fill), so listings are always fresh.
         out.setdefault("use_listings_cache", False)
+    if protocol in HTTP or HTTP & set(names):
+        out = _http_client(out)
     return out
+
+
+def http_settings(opts: dict | None = None) -> dict:
+    """recaption's own HTTP keys (tries, backoff, read_timeout, connect_timeout) in force: the
+    defaults, overridden by the http storage options."""
+    opts = _http_options() if opts is None else opts
+    out = dict(HTTP_DEFAULTS)
+    for k, default in HTTP_DEFAULTS.items():
+        if k in opts:
+            v = opts[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < (1 if k == "tries" else 0):
+                raise RecaptionError(f"storage option {k!r} for http takes a number"
+                                     f"{' of at least 1' if k == 'tries' else ''}, got {v!r}")
+            out[k] = type(default)(v)
+    return out
+
+
+def _http_options() -> dict:
+    if _keyed(_options):
+        return {**_options.get("http", {}), **_options.get("https", {})}
+    return dict(_options)
+
+
+def _http_client(opts: dict) -> dict:
+    """fsspec's HTTP options with aiohttp's own means of bounding a read: a client middleware
+    that retries GET and HEAD on 5xx answers and connection errors with exponential backoff, and
+    a socket read timeout, so a stalled server costs `read_timeout` seconds, not forever."""
+    import aiohttp
+
+    cfg = http_settings(opts)
+    out = {k: v for k, v in opts.items() if k not in HTTP_DEFAULTS}
+    ck = dict(out.get("client_kwargs") or {})
+    ck.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=cfg["connect_timeout"],
+                                                   sock_read=cfg["read_timeout"]))
+    ck["middlewares"] = (*ck.get("middlewares", ()), _Retry(int(cfg["tries"]), cfg["backoff"]))
+    out["client_kwargs"] = ck
+    return out
+
+
+class _Retry:
+    """aiohttp client middleware: a GET or HEAD answered 5xx, or whose connection failed, is
+    tried again after backoff, 2*backoff, ... seconds, `tries` times in all. Its repr is its
+    settings, so fsspec's instance cache sees equal options as equal."""
+
+    def __init__(self, tries: int, backoff: float):
+        self.tries, self.backoff = tries, backoff
+
+    def __repr__(self):
+        return f"_Retry(tries={self.tries}, backoff={self.backoff})"
+
+    def __eq__(self, other):
+        return isinstance(other, _Retry) and repr(self) == repr(other)
+
+    def __hash__(self):
+        return hash(repr(self))
+
+    async def __call__(self, request, handler):
+        """Send the request, again after a 5xx answer or a connection error."""
+        import asyncio
+
+        import aiohttp
+
+        if request.method not in ("GET", "HEAD"):
+            return await handler(request)
+        for attempt in range(self.tries):
+            last = attempt == self.tries - 1
+            try:
+                resp = await handler(request)
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                if last:
+                    raise
+            else:
+                if resp.status < 500 or last:
+                    return resp
+                resp.release()
+            await asyncio.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+
+def describe_remote_error(e: BaseException, url: str) -> str | None:
+    """A failed HTTP read in words that name what happened (`HTTP 500 from URL after 3 tries`,
+    a read timeout, a refused connection); None when `e` is no HTTP client error."""
+    import sys
+
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None or not str(url).startswith(("http://", "https://")):
+        return None
+    chain, x = [], e
+    while x is not None and len(chain) < 8:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    cfg = http_settings()
+    tries = int(cfg["tries"])
+    for x in chain:
+        if isinstance(x, aiohttp.ClientResponseError):
+            retried = x.status >= 500 and tries > 1
+            return f"HTTP {x.status} from {url}" + (f" after {tries} tries" if retried else "")
+        if isinstance(x, aiohttp.ServerTimeoutError) or isinstance(x, TimeoutError):
+            return f"no data from {url} for {cfg['read_timeout']:g} s: the read timeout, storage option read_timeout"
+        if isinstance(x, aiohttp.ClientPayloadError):
+            return f"the transfer from {url} broke off ({x})"
+        if isinstance(x, aiohttp.ClientError):
+            return f"cannot reach {url} after {tries} tries ({type(x).__name__}: {x})"
+    return None
+
+
+def exists(url: str) -> bool:
+    """Whether a URL names something; over HTTP only a 404 or 410 says no (a 5xx or a dropped
+    connection is left for the read to report, with its status)."""
+    fs, path = fs_for(url)
+    if not (protocols(fs) & HTTP):
+        return fs.exists(path)
+    import aiohttp
+
+    try:
+        return fs.exists(path, strict=True)
+    except FileNotFoundError:
+        return False
+    except aiohttp.ClientResponseError as e:
+        return e.status not in (404, 410)
+    except (aiohttp.ClientError, OSError):
+        return True
 
 
 def fs_for(url: str):

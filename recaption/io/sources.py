@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from braceexpand import braceexpand
 
 from recaption.errors import RecaptionError
-from recaption.io.fs import fs_for, is_local, open_url
+from recaption.io.fs import exists, fs_for, is_local, open_url
 
 # Shards are plain or gzipped tars; the whole suffix goes when naming one (`00000.tar.gz` -> `00000`).
 SHARD_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -66,7 +66,7 @@ def list_shards(spec: str | os.PathLike | list) -> list[str]:
         if not found:
             raise RecaptionError(f"no shards match {spec}")
         return [_unstrip(fs, spec, p) for p in found]
-    if not fs.exists(path):
+    if not exists(spec):
         raise RecaptionError(f"input not found: {spec}")
     # A named shard is taken as one without asking isdir: over HTTP that would fetch the whole
     # file to look for links in it.
@@ -101,8 +101,7 @@ def _expand_braces(spec: str) -> list[str]:
 
 
 def _exists(url: str) -> bool:
-    fs, path = fs_for(url)
-    return fs.exists(path)
+    return exists(url)
 
 
 def _read_list_or_shard(fs, path: str, spec: str) -> list[str]:

@@ -9,7 +9,7 @@ from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import open_url
-from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadOptions, iter_shard
+from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadLimits, ReadOptions, iter_shard
 from recaption.io.sources import shard_name
 from recaption.stages.commit import commit, plan_shard
 from recaption.stages.reports import ShardReport, error_reasons
@@ -49,6 +49,7 @@ class ImportSpec:
     overwrite: bool = False
     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS
     groups: dict = field(default_factory=dict)  # {"captions": settings}, recorded in each file
+    limits: ReadLimits = field(default_factory=ReadLimits)  # what one sample may cost to read
 
 
 class ImportStage:
@@ -70,7 +71,7 @@ class ImportStage:
         if self.table is None:
             self.table = load_caption_table(s.captions, s.key_column, s.caption_column)
         rows, matched = [], 0
-        for rec in iter_shard(url, ReadOptions(image_keys=s.image_keys)):
+        for rec in iter_shard(url, ReadOptions(image_keys=s.image_keys, limits=s.limits)):
             if isinstance(rec, ReadFailure):
                 rows.append(registry.error_row(rec.key, name, rec.reason))
                 continue

@@ -19,7 +19,7 @@ from typing import Callable
 from recaption.io.decode import DecodedBatch, DecodePool
 from recaption.io.images import DEFAULT_MAX_PIXELS, ImageError
 from recaption.io.pixels import PREPROCESS  # noqa: F401  (the choices, for callers)
-from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadOptions, iter_shard
+from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadFailure, ReadLimits, ReadOptions, iter_shard
 
 log = logging.getLogger("recaption")
 
@@ -33,6 +33,7 @@ class DecodeOptions:
     batch_size: int | None = None  # images per batch (None: the captioner preset's, else 64; set by the API)
     preprocess: str = "fast"  # fast: batched uint8 tensor ops; exact: each model's own processor
     gpu_decode: bool = False  # nvJPEG for baseline JPEGs when the models run on CUDA
+    limits: ReadLimits = field(default_factory=ReadLimits)  # what one sample may cost to read
 
 
 @dataclass
@@ -120,7 +121,7 @@ class ShardBatches:
         return False
 
     def _run(self):
-        records = iter_shard(self.url, ReadOptions(image_keys=self.opts.image_keys))
+        records = iter_shard(self.url, ReadOptions(image_keys=self.opts.image_keys, limits=self.opts.limits))
         lists: list = []
         decoded = self.pool.map(self._record_lists(records, lists))
         try:

@@ -71,6 +71,8 @@ def build(out: str | Path, huge_caption_chars: int = 100_000) -> tuple[Path, dic
     add("badutf8", {"jpg": img, "txt": b"caf\xe9 \xff"}, "not UTF-8")
     add("badjson", {"jpg": img, "txt": b"x", "json": b"{oops"}, "invalid json")
     add("listjson", {"jpg": img, "txt": b"x", "json": b"[1]"}, "not an object")
+    add("bigint", {"jpg": img, "txt": b"x", "json": b'{"n": ' + b"9" * 5001 + b"}"}, "integer of 5001 digits")
+    add("deepjson", {"jpg": img, "txt": b"x", "json": b"[" * 200_000 + b"]" * 200_000}, "levels deep")
     add("huge", {"jpg": img, "txt": ("very long caption " * (huge_caption_chars // 18)).encode()}, None)
     add("dup", {"jpg": img, "txt": b"first"}, None)
     add("between", {"jpg": img, "txt": b"between"}, None)
@@ -90,5 +92,16 @@ def build(out: str | Path, huge_caption_chars: int = 100_000) -> tuple[Path, dic
     (out / "00002.tar").write_bytes(data[: int(len(data) * 0.6)])  # truncated mid-member
     (out / "00003.tar").write_bytes(b"<html>not a tar</html>" * 40)
     _raw_tar(out / "00004.tar", [])
+    # cut exactly between two samples, as a partial copy or an early-closed transfer leaves it
+    between = [(f"s5_{i}", make_sample(rng, f"s5_{i}")) for i in range(4)]
+    _raw_tar(out / "00005.tar", [(f"{k}.{f}", d) for k, fs in between[:3] for f, d in fs.items()])
+    whole = (out / "00005.tar").read_bytes()
+    with tarfile.open(out / "00005.tar") as t:
+        end = t.getmembers()[-1]
+        cut = end.offset_data + -(-end.size // 512) * 512  # after the last member's data blocks
+    (out / "00005.tar").write_bytes(whole[:cut])
+    for k, _ in between[:2]:
+        expect[k] = None
+    expect["s5_2"] = "may be cut off"  # its later members could be what was lost
     del full
     return out, expect

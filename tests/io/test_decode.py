@@ -153,3 +153,38 @@ def test_a_batch_left_early_does_not_leak_into_the_next():
     for g in again:
         assert torch.equal(g.pixels["caption"], got.pixels["caption"])
     assert len(pool._free) == 2
+
+
+_HOLDER = """
+import sys, time
+from recaption.io.decode import DecodePool
+from recaption.io.pixels import PixelSpec
+pool = DecodePool({"m": PixelSpec("squash", (32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)}, batch_size=4, workers=1)
+pool.decode([open(sys.argv[1], "rb").read()])
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow  # starts a process group and kills it
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="segments are files in /dev/shm on Linux only")
+def test_a_run_killed_with_its_process_group_leaves_nothing_the_next_run_keeps(tmp_path):
+    import subprocess
+    import sys
+
+    before = set(os.listdir("/dev/shm"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(PHOTOS[0])], stdout=subprocess.PIPE, env=env,
+                            start_new_session=True)  # its own group, killed whole, as a scheduler does
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    time.sleep(0.5)  # its decode worker, resource tracker included, dies with the group
+    # multiprocessing's own semaphores (sem.mp-*) carry no owner to tell them by: only the pool's segments
+    left = {n for n in set(os.listdir("/dev/shm")) - before if not n.startswith("sem.")}
+    assert left, "the killed run held shared memory"
+    with DecodePool(SPECS, batch_size=2, workers=0) as pool:  # the next run
+        assert pool.decode([PHOTOS[0].read_bytes()]).ok == [0]
+    assert not left & set(os.listdir("/dev/shm")), "segments of the killed run survived the next one"
