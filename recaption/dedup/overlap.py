@@ -147,7 +147,8 @@ class _Builder:
         if not self._pending:
             return
         names = [n for n, _ in self._pending]
-        sha, p, m, ok, errors = fingerprint_bytes([d for _, d in self._pending], max_pixels=self.max_pixels)
+        sha, p, m, ok, errors = fingerprint_bytes([d for _, d in self._pending], max_pixels=self.max_pixels,
+                                                    exact=True)  # EVAL hashed as imagehash does (docs/formats.md)
         for i, e in errors.items():
             self.errors.append({"name": names[i], "error": f"decode: {e}"})
         self.names += names

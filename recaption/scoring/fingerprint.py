@@ -106,29 +106,39 @@ def phash_images(images: Iterable) -> tuple["np.ndarray", "np.ndarray"]:
     return phash_grey(grey)
 
 
-def fingerprint_bytes(datas: list[bytes | None], *, max_pixels: int | None = None):
+def fingerprint_bytes(datas: list[bytes | None], *, max_pixels: int | None = None, exact: bool = False):
     """Image bytes -> (sha256 uint8 [N, 32], phash, phash_mirror uint64 [N], ok bool [N], errors
-    {index: reason}), decoding each image as the fast path does (`FINGERPRINT_SPEC`): for images
-    outside a shard, such as an evaluation set."""
+    {index: reason}): for images outside a shard, such as an evaluation set. `exact` hashes each
+    decoded image as imagehash does (`phash_images`: full decode, grey, Lanczos); otherwise as the
+    fast path does (`FINGERPRINT_SPEC`)."""
     import numpy as np
 
     from recaption.io.decode import decode_pixels
-    from recaption.io.images import DEFAULT_MAX_PIXELS, ImageError
+    from recaption.io.images import DEFAULT_MAX_PIXELS, ImageError, decode
 
     sha, present = sha256s(datas)
     px = np.zeros((len(datas), 3, SIDE, SIDE), dtype=np.uint8)
     ok = np.zeros(len(datas), dtype=bool)
-    errors = {}
+    images, errors = {}, {}
     for i, d in enumerate(datas):
         try:
-            out, _, _ = decode_pixels(d, {"fingerprint": FINGERPRINT_SPEC}, draft_size=FINGERPRINT_SPEC.draft_size,
-                                      max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+            if exact:
+                images[i] = decode(d, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+            else:
+                out, _, _ = decode_pixels(d, {"fingerprint": FINGERPRINT_SPEC}, draft_size=FINGERPRINT_SPEC.draft_size,
+                                          max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+                px[i] = out["fingerprint"].numpy()
         except ImageError as e:
             errors[i] = str(e)
             continue
-        px[i] = out["fingerprint"].numpy()
         ok[i] = True
-    p, m = phash_pixels(px)
+    if exact:
+        p, m = np.zeros(len(datas), np.uint64), np.zeros(len(datas), np.uint64)
+        if images:
+            at = np.array(sorted(images), dtype=np.int64)
+            p[at], m[at] = phash_images(images[i] for i in at.tolist())
+    else:
+        p, m = phash_pixels(px)
     p[~ok] = m[~ok] = 0
     return sha, p, m, ok & present, errors
 

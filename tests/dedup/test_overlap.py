@@ -98,3 +98,22 @@ def test_one_shard_as_eval(eval_dir):
 
 def test_overlap_columns_are_the_fingerprints():
     assert O.OverlapConfig().columns() == [D.SHA_COLUMN, D.PHASH_COLUMN, D.MIRROR_COLUMN]
+
+
+def test_eval_images_are_hashed_as_imagehash_hashes_them(tmp_path):
+    """docs/formats.md: EVAL images are PIL images, hashed exactly as imagehash does (the value a
+    reason reports is then the one its rule compared)."""
+    import imagehash
+    from PIL import Image
+
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for p in PHOTOS:
+        im = Image.open(p)
+        im.save(folder / f"{p.stem}.jpg", quality=70)  # a re-encode: the fast path's hash can move by bits
+    ev = O.load_eval(str(folder))
+    want = [int(str(imagehash.phash(Image.open(folder / n))), 16) for n in ev.names]
+    assert ev.phash.tolist() == want
+    mirrored = [int(str(imagehash.phash(Image.open(folder / n).transpose(Image.Transpose.FLIP_LEFT_RIGHT))), 16)
+                for n in ev.names]
+    assert ev.mirror.tolist() == mirrored
