@@ -69,7 +69,7 @@ def check_some_match(shards: list[str], table: dict, key_column: str, captions: 
     example = next(iter(table), None)
     ours = f"the file's first key is {example!r}" if example is not None else "the file has no keyed caption"
     raise RecaptionError(f"no caption in {captions} matches a sample by --key-column {key_column}: {theirs}, "
-                         f"{ours}; choose the column both share (key, or a json field such as uid)")
+                         f"{ours}; keys are compared as text, by --key-column (key, or a json field such as uid)")
 
 
 @dataclass
