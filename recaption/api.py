@@ -112,8 +112,30 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
                                                              device=ex.device),
                         groups=wanted, decode=d, overwrite=overwrite)
     t0 = time.time()
-    reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_count_hint)
+    reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_counts(ann_dir))
     return summarise(reports, time.time() - t0, verb)
+
+
+def sample_counts(ann_dir: str):
+    """`count_of` for a stage over input shards (the progress total, known before it starts): a
+    shard's annotation file's row count where it has one (every sample a row), else
+    img2dataset's stats file beside it; None where neither says."""
+    from recaption.io import annotations as ann
+    from recaption.io.atomic import listdir
+    from recaption.io.sources import shard_name
+
+    present = set(listdir(ann_dir))  # one listing, not a request per shard
+
+    def count(url: str) -> int | None:
+        name = shard_name(url)
+        if f"{name}.parquet" in present:
+            try:
+                return ann.row_count(ann.path_for(ann_dir, name))
+            except Exception:  # unreadable: the stage says so for that shard
+                pass
+        return sample_count_hint(url)
+
+    return count
 
 
 def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> dict:
@@ -345,7 +367,7 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
     """Write annotation files whose captions come from a CSV/parquet made elsewhere."""
     from recaption.engines import run_stage
     from recaption.io.atomic import exists
-    from recaption.stages.import_captions import ImportSpec, ImportStage
+    from recaption.stages.import_captions import ImportSpec, ImportStage, check_some_match, load_caption_table
 
     ex = (execution or Execution()).validate()
     limits = (limits or ReadLimits()).checked()
@@ -353,13 +375,18 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
         raise RecaptionError(f"caption file not found: {captions}")
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
+    t0 = time.time()
+    table = load_caption_table(captions, key_column, caption_column)
+    check_some_match(shards, table, key_column, captions, tuple(image_keys))
     groups = {"captions": {"imported": model_identity(captions), "key_column": key_column,
                            "caption_column": caption_column, "captioner": captioner}}
     folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
-    t0 = time.time()
     spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite, image_keys=tuple(image_keys),
                       groups=groups, limits=limits)
-    reports = run_stage(ImportStage(spec), shards, dataclasses.replace(ex, workers=1), desc="import")
+    stage = ImportStage(spec)
+    stage.table = table  # run in this process (one worker): the table read for the check is the one used
+    reports = run_stage(stage, shards, dataclasses.replace(ex, workers=1), desc="import",
+                        count_of=sample_counts(ann_dir))
     summary = summarise(reports, time.time() - t0, "import-captions")
     summary["matched"] = sum((r.get("info") or {}).get("matched", 0) for r in reports)
     return summary

@@ -110,3 +110,123 @@ def test_every_option_of_every_verb_is_in_the_readme():
                 if flag not in readme:
                     missing.append(f"{name} {flag}")
     assert seen > 50 and not missing, missing
+
+
+BOX = set("─│┌┐└┘├┤┬┴┼━┃┏┓┗┛┡┩╇╭╮╰╯")
+
+
+def test_a_folder_given_as_clip_model_is_one_line_before_any_shard(shard_dir, tmp_path, tiny_models, capsys):
+    folder = tiny_models["clip"].split(":", 1)[1]  # the open_clip folder, without its local-dir: prefix
+    a = tmp_path / "a"
+    assert cli("score", shard_dir, "-a", a, "--clip-model", folder, "--no-sieve", "-q") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"recaption: error: CLIP model '{folder}' is a folder, not an open_clip name; "
+                   f"did you mean local-dir:{folder}?"]
+    assert not a.exists()  # said before any shard was read or any folder made
+    assert cli("score", shard_dir, "-a", a, "--clip-model", "ViT-B-3", "--no-sieve", "-q") == 2
+    assert "nearest: ViT-B-32" in capsys.readouterr().err
+
+
+def test_import_captions_matching_no_key_names_both_sides(shard_dir, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import input_samples
+
+    uids = [s.meta["uid"] for s in input_samples(shard_dir).values()]
+    pq.write_table(pa.table({"key": ["0", "1"], "uid": uids[:2], "caption": ["a", "b"]}), tmp_path / "c.parquet")
+    a = tmp_path / "a"
+    assert cli("import-captions", shard_dir, "--captions", tmp_path / "c.parquet", "-o", a, "-q") == 2  # by key
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--key-column key" in err[0] and "'000000000'" in err[0] and "'0'" in err[0]
+    assert not a.exists()  # said before anything was written
+    assert cli("import-captions", shard_dir, "--captions", tmp_path / "c.parquet", "-o", a, "-q",
+               "--key-column", "uid") == 0
+
+
+def _readme_examples(start: str) -> list[tuple[str, str]]:
+    """(command, the line it prints) of README.md's examples: `$ recaption ...` then its output line."""
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").splitlines()
+    return [(a.strip()[2:], b.strip()) for a, b in zip(lines, lines[1:])
+            if a.strip().startswith("$ recaption ") and b.strip().startswith(start)]
+
+
+def test_readme_error_examples_are_what_the_cli_prints(shard_dir, tmp_path, capsys):
+    """Every `recaption: error:` line README shows after a command is what that command prints (its
+    placeholders made real; quoted values such as keys may differ)."""
+    import re
+    import shlex
+
+    (tmp_path / "models" / "my-clip").mkdir(parents=True)
+    (tmp_path / "caps.csv").write_text("key,caption\n0,a red square\n1,a blue circle\n")
+    real = {"shards/": f"{shard_dir}/", "ann/": f"{tmp_path}/ann/", "/models/": f"{tmp_path}/models/",
+            "caps.csv": f"{tmp_path}/caps.csv"}
+
+    def made_real(text):
+        for k, v in real.items():
+            text = text.replace(k, v)
+        return text
+
+    examples = _readme_examples("recaption: error:")
+    assert len(examples) >= 2
+    for command, expected in examples:
+        assert cli(*shlex.split(made_real(command))[1:], "-q") == 2, command
+        got = capsys.readouterr().err.strip()
+        pattern = re.sub(r"'[^']*'", "'[^']*'", re.escape(made_real(expected)))
+        assert re.fullmatch(pattern, got), (command, got)
+
+
+def test_readme_import_example_matches(tmp_path, capsys):
+    """README's own import-captions example (the sample shards, one caption by key) matches a sample."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    csv = next(ln for ln in text.splitlines() if ln.startswith("printf 'key,caption"))
+    (tmp_path / "caps.csv").write_text(csv.split("'")[1].replace("\\n", "\n"))
+    assert "recaption import-captions $S --captions $W/caps.csv -o $W/imported" in text
+    assert cli("import-captions", root / "recaption/data/sample-shards", "--captions", tmp_path / "caps.csv",
+               "-o", tmp_path / "imported", "--json") == 0
+    assert '"matched": 1' in capsys.readouterr().out
+
+
+def test_tables_read_at_80_columns_and_piped(tmp_path, capsys, monkeypatch):
+    """Piped (capsys) at 80 columns: no box art, no cell cut short (no `…`), every threshold in full,
+    the presets' `needs` column there; flags in --help show no type."""
+    import json
+
+    from recaption.captioners.base import list_presets
+    from recaption.demo.samples import make_shards
+    from recaption.mixing import STRATEGIES
+    from tests.helpers import annotate_randomly
+
+    monkeypatch.setenv("COLUMNS", "80")
+    make_shards(tmp_path / "s", n_shards=2, per_shard=20, seed=3)
+    annotate_randomly(tmp_path / "s", tmp_path / "a")
+    args = ("mix", tmp_path / "s", "-a", tmp_path / "a", "--strategy", "sieve", "--fraction", "0.3", "--dry-run")
+    assert cli(*args, "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert cli(*args) == 0
+    out = capsys.readouterr().out
+    assert not BOX & set(out) and "…" not in out
+    assert all(len(ln) <= 80 for ln in out.splitlines() if not ln.startswith("    cut by"))
+    from recaption.cli.render import _num
+
+    for row in summary["strategies"]:
+        assert row["strategy"] in out
+        if row.get("threshold") is not None:
+            assert f"{_num(row['threshold'])} on {row['threshold_column']}" in out
+    assert set(STRATEGIES) <= {r["strategy"].split()[0] for r in summary["strategies"]}
+    assert cli("models") == 0
+    out = capsys.readouterr().out
+    assert not BOX & set(out) and "…" not in out
+    vllm = [n for n, p in list_presets().items() if p["backend"] == "vllm"]
+    assert vllm and out.count("recaption[vllm], GPU") == len(vllm)
+    assert all(p["model"] in out for p in list_presets().values())
+    assert cli("recipes") == 0
+    assert not BOX & set(capsys.readouterr().out)
+    for verb in VERBS:
+        assert cli(verb, "--help") == 0
+        assert "<bool>" not in capsys.readouterr().out, verb

@@ -100,7 +100,11 @@ class Clip(Annotator):
 
     @classmethod
     def check(cls, c) -> None:
-        """A local checkpoint or model folder must exist."""
+        """The model is an open_clip name, hf-hub: or local-dir: (a bare path is refused with the prefix it
+        needs); a local checkpoint or model folder must exist."""
+        from recaption.scoring.clip import check_model_name
+
+        check_model_name(c.model)
         check_model_path(c.pretrained, "CLIP checkpoint")
         check_model_path(c.model.split(":", 1)[1] if c.model.startswith("local-dir:") else None, "CLIP model folder")
 

@@ -75,6 +75,14 @@ class Rerank(Annotator):
         return RerankConfig(tuple(steps), others["clip"])
 
     @classmethod
+    def check(cls, c) -> None:
+        """Every step's model is an open_clip name, hf-hub: or local-dir: (said before any shard is read)."""
+        from recaption.scoring.clip import check_model_name
+
+        for i, st in enumerate(c.steps):
+            check_model_name(st.model, f"re-rank step {i + 1}'s CLIP model")
+
+    @classmethod
     def settings(cls, c, run) -> dict:
         """The chain's models and top-k, and the main CLIP model's settings."""
         from recaption.scoring.rerank import settings as chain_settings

@@ -238,11 +238,8 @@ def verify(
 def recipes(name: Annotated[Optional[str], typer.Argument(help="show this recipe in full, with its source", metavar="[RECIPE]",
                                                             show_default=False)] = None):
     """List the recipes shipped with recaption and the paper each one follows."""
-    from rich.console import Console
-    from rich.table import Column, Table
-    from rich.text import Text
-
     from recaption import api
+    from recaption.cli import render
 
     if name:
         import yaml
@@ -253,13 +250,13 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="show this recipe
         return
     from recaption.mixing.filters import label, normalize
 
-    t = Table(Column("recipe", no_wrap=True), "captioner", "filters", "mix", "source")
+    rows = []
     for rname, r in api.recipes().items():
         mix = r.get("mix") or {}
         rules = " ".join(label(k, v) for k, v in normalize(r.get("filters")).items())
-        t.add_row(Text(rname), Text(str(r.get("captioner"))), Text(rules or "none"),
-                  Text(" ".join(f"{k}={v}" for k, v in mix.items())), Text((r.get("source") or {}).get("paper", "")))
-    Console().print(t)
+        rows.append([rname, str(r.get("captioner") or "none"), rules or "none", " ".join(f"{k}={v}" for k, v in mix.items()),
+                     (r.get("source") or {}).get("paper", "")])
+    render.show("recipes", ["recipe", "captioner", "filters", "mix", "source"], rows)
     print("`recaption recipes NAME` shows one in full: the values taken from its source and where it differs.\n"
           "Any recipe runs on a DataComp basic-filtered pool with `--set filters=basic`.")
 
@@ -281,11 +278,8 @@ def _decoding_summary(dec: dict) -> str:
 def models(name: Annotated[Optional[str], typer.Argument(help="show this preset in full", metavar="[PRESET]",
                                                            show_default=False)] = None):
     """List captioner presets (data files in recaption/captioners/presets)."""
-    from rich.console import Console
-    from rich.table import Column, Table
-    from rich.text import Text
-
     from recaption import api
+    from recaption.cli import render
 
     presets = api.presets()
     if name:
@@ -297,13 +291,11 @@ def models(name: Annotated[Optional[str], typer.Argument(help="show this preset 
             raise RecaptionError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
         print(yaml.safe_dump(presets[name], sort_keys=False, allow_unicode=True, width=100).rstrip())
         return
-    longest = max(len(p["model"]) for p in presets.values())
-    t = Table(Column("preset", no_wrap=True), Column("model", min_width=longest, overflow="fold"),
-              Column("decoding", overflow="fold"), Column("needs", no_wrap=True))
+    rows = []
     for pname, p in presets.items():
         needs = "recaption[quant]" if p.get("quantize") else "recaption[vllm], GPU" if p["backend"] == "vllm" else ""
-        t.add_row(Text(pname), Text(p["model"]), Text(_decoding_summary(p.get("decoding", {}))), Text(needs))
-    Console().print(t)
+        rows.append([pname, p["model"], _decoding_summary(p.get("decoding", {})), needs])
+    render.show("captioner presets", ["preset", "model", "decoding", "needs"], rows)
     print("`recaption models NAME` shows one in full; -c also takes a YAML file, a Hugging Face id or a local folder.")
 
 

@@ -44,6 +44,29 @@ def _value(x):
     return x.value if isinstance(x, Enum) else x
 
 
+def _flags_show_no_type() -> None:
+    """A flag takes no value, so --help shows no type for it: typer's rich help asks every option
+    for `display_type_rich`, which says `<bool>` for a flag (--help itself included)."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # a typer without it renders flags without a type already
+        return
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_flags_untyped", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._flags_untyped = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
 def opt(*names, help=None, panel=None, **kw):
     """typer.Option with its help panel."""
     return typer.Option(*names, help=help, rich_help_panel=panel, **kw)

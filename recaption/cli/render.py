@@ -17,22 +17,56 @@ def _num(x, digits: int = 4) -> str:
     return str(x)
 
 
+def _cell_width(cell: str) -> int:
+    return max((len(line) for line in cell.split("\n")), default=0)
+
+
+def show(title: str, headers: list[str] | None, rows: list[list[str]], right: tuple[int, ...] = ()) -> None:
+    """A table where it fits the width whole (no cell cut or folded: a number is never `-0.0…`),
+    else a list, a block a row; table art (box lines) only on a terminal, so logs and pipes read
+    plain. `right`: the columns of numbers, right-aligned."""
+    from rich import box
+
+    console = Console()
+    n = len(headers) if headers else max((len(r) for r in rows), default=0)
+    widths = [max([_cell_width(headers[i]) if headers else 0] + [_cell_width(r[i]) for r in rows]) for i in range(n)]
+    framed = console.is_terminal
+    need = sum(widths) + (3 * n + 1 if framed else 2 * (n - 1))
+    if need <= console.width:
+        t = Table(title=Text(title), title_justify="left", show_header=bool(headers), pad_edge=framed,
+                  box=box.SQUARE if framed else None, padding=(0, 1) if framed else (0, 2, 0, 0))
+        for i in range(n):
+            t.add_column(Text(headers[i]) if headers else None, no_wrap=True, justify="right" if i in right else "left")
+        for r in rows:
+            t.add_row(*[Text(c) for c in r])
+        console.print(t)
+        return
+    print(title)
+    for r in rows:
+        if headers:  # a block a row: its first cell, then each other cell under its header
+            print(r[0])
+            for h, c in zip(headers[1:], r[1:]):
+                if c:
+                    print(f"    {h}: {'; '.join(c.splitlines())}")
+        else:
+            print(f"{r[0]}: {'; '.join(r[1].splitlines())}" if r[1] else r[0])
+
+
 class Rows:
     """A two-column table built row by row; cells are plain text."""
 
     def __init__(self, title: str):
-        self.t = Table(title=Text(title), show_header=False, title_justify="left")
-        self.t.add_column(no_wrap=True)
-        self.t.add_column(overflow="fold")
+        self.title = title
+        self.rows: list[list[str]] = []
 
     def add(self, label: str, value) -> "Rows":
         """Add a row (numbers formatted with separators); returns self to chain."""
-        self.t.add_row(Text(label), Text(value if isinstance(value, str) else _num(value)))
+        self.rows.append([label, value if isinstance(value, str) else _num(value)])
         return self
 
     def print(self) -> None:
-        """Print the table to the terminal."""
-        Console().print(self.t)
+        """Print the table (a list where it does not fit the width)."""
+        show(self.title, None, self.rows)
 
 
 def _timings(rows: Rows, stage_seconds: dict) -> None:
@@ -128,19 +162,15 @@ def strategies(summary: dict) -> None:
     chosen = variant_name(summary["strategy"], summary.get("filter_synthetic", False))
     at = (f"fraction {_num(summary['fraction'])}" if summary.get("fraction") is not None
           else f"threshold {_num(summary['threshold'])}" if summary.get("threshold") is not None else "no threshold")
-    t = Table(title=Text(f"every strategy at {at} (same pool, same filters); > marks the chosen one"),
-              title_justify="left")
-    for col, kw in (("strategy", {"no_wrap": True}), ("threshold", {}), ("would write", {"justify": "right"}),
-                    ("raw", {"justify": "right"}), ("synthetic", {"justify": "right"}),
-                    ("dropped", {"justify": "right"}), ("cut by the strategy", {"overflow": "fold"})):
-        t.add_column(col, **kw)
+    headers = ["strategy", "threshold", "would write", "raw", "synthetic", "dropped", "cut by the strategy"]
+    rows = []
     for row in summary["strategies"]:
         name = ("> " if row["strategy"] == chosen else "  ") + row["strategy"]
         thr = "none" if row.get("threshold") is None else f"{_num(row['threshold'])} on {row['threshold_column']}"
         if "note" in row:
-            t.add_row(Text(name), Text(row["note"]), *[Text("") for _ in range(5)])
+            rows.append([name, row["note"], *[""] * 5])
             continue
         cut = "\n".join(f"{k}: {v:,}" for k, v in sorted(row["cut"].items(), key=lambda kv: -kv[1])) or "none"
-        t.add_row(Text(name), Text(thr), Text(_num(row["kept"])), Text(_num(row["raw"])),
-                  Text(_num(row["synthetic"])), Text(_num(row["dropped"])), Text(cut))
-    Console().print(t)
+        rows.append([name, thr, _num(row["kept"]), _num(row["raw"]), _num(row["synthetic"]), _num(row["dropped"]), cut])
+    show(f"every strategy at {at} (same pool, same filters); > marks the chosen one", headers, rows,
+         right=(2, 3, 4, 5))

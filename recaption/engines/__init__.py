@@ -127,6 +127,19 @@ def preflight(ex: Execution, cpu_only: bool = False) -> None:
     engine(ex.engine).preflight(ex, cpu_only)
 
 
+def item_counts(items: list, count_of=None) -> list:
+    """Each item's sample count where `count_of` knows it (None where not), looked up a few at a
+    time: for remote shards each is a request."""
+    if count_of is None:
+        return [None] * len(items)
+    if len(items) < 8:
+        return [count_of(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(count_of, items))
+
+
 def run_stage(stage, items: list, execution: Execution | None = None, *, desc: str = "", count_of=None,
               cpu_only: bool = False) -> list[dict]:
     """Run `stage` over `items` with the chosen engine; one report dict per item, in any order.

@@ -10,7 +10,8 @@ import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Callable
 
-from recaption.engines import Execution, as_dict, cpu_cores, limit_threads, restore_threads, threads_per_worker
+from recaption.engines import (Execution, as_dict, cpu_cores, item_counts, limit_threads, restore_threads,
+                               threads_per_worker)
 from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
 
@@ -93,24 +94,22 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
     """Run `stage` over `items`; the bar counts samples as the workers process them. A `cpu_only`
     stage (writing shards) never asks for GPUs, so it does not import torch."""
     n_gpu = 0 if cpu_only else gpu_count()
-    counts = [count_of(i) if count_of else None for i in items]
-    total = sum(counts) if counts and all(c is not None for c in counts) else None
+    counts = item_counts(items, count_of)
+    total = sum(counts) if all(c is not None for c in counts) else None
     workers = ex.workers or (cpu_workers(total, cpu_cores()) if cpu_only else max(1, n_gpu))
     threads = threads_per_worker(ex, workers)
     workers = min(workers, max(1, len(items)))
     reports: list[dict] = []
-    with Progress(desc, total=total, quiet=ex.quiet, log_every=ex.log_every) as bar:
-        def finished(r):
+    with Progress(desc, quiet=ex.quiet, log_every=ex.log_every, counts=counts) as bar:
+        def finished(i, r):
             reports.append(r)
-            bar.note(r)
-            if bar.total is None and r.get("samples"):  # estimate the rest from what one item held
-                bar.set_total(int(r["samples"] * len(items)))
+            bar.finished(i, r)
 
         if workers <= 1:
             before = limit_threads(threads, stage)
             try:
-                for item in items:
-                    finished(as_dict(stage(item, progress=bar.advance)))
+                for i, item in enumerate(items):
+                    finished(i, as_dict(stage(item, progress=bar.advance)))
             finally:
                 restore_threads(before)
                 if hasattr(stage, "close"):  # its decode pool: processes and shared memory
@@ -126,9 +125,9 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
         try:
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
                                      initargs=(stage, gpus, progress, threads, get_options())) as ex_:
-                futs = [ex_.submit(_work, it) for it in items]
+                futs = {ex_.submit(_work, it): i for i, it in enumerate(items)}
                 for f in as_completed(futs):
-                    finished(f.result())
+                    finished(futs[f], f.result())
         finally:
             stop.set()
             drain.join()

@@ -14,7 +14,7 @@ import tempfile
 import threading
 
 from recaption.declare import Option
-from recaption.engines import Execution, as_dict, limit_threads, threads_per_worker
+from recaption.engines import Execution, as_dict, item_counts, limit_threads, threads_per_worker
 from recaption.errors import RecaptionError, require
 from recaption.io.fs import get_options, set_options
 from recaption.progress import Progress
@@ -65,13 +65,17 @@ class _StageActor:
 class _Counter:
     def __init__(self):
         self.n = 0
+        self.notes: list[str] = []
 
     def add(self, n):
-        self.n += n
+        if isinstance(n, str):  # what a worker does before its samples (loading models)
+            self.notes.append(n)
+        else:
+            self.n += n
 
     def take(self):
-        n, self.n = self.n, 0
-        return n
+        (n, self.n), (notes, self.notes) = (self.n, 0), (self.notes, [])
+        return n, notes
 
 
 def ensure_ray(address: str | None = None):
@@ -148,9 +152,8 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
                                             "storage_options": get_options()}, batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
     )
-    counts = [count_of(i) if count_of else None for i in items]
-    total = sum(counts) if counts and all(c is not None for c in counts) else None
-    with Progress(desc, total=total, quiet=ex.quiet, log_every=ex.log_every) as bar:
+    counts = item_counts(items, count_of)
+    with Progress(desc, quiet=ex.quiet, log_every=ex.log_every, counts=counts) as bar:
         stop = threading.Event()
         poll = threading.Thread(target=_poll, args=(ray, counter, bar, stop), daemon=True)
         poll.start()
@@ -159,17 +162,25 @@ def run(stage, items, ex: Execution, *, desc="", count_of=None, cpu_only=False) 
         finally:
             stop.set()
             poll.join()
-        bar.advance(ray.get(counter.take.remote()))
-        for r in reports:
-            bar.note(r)
+        _advance(bar, ray.get(counter.take.remote()))
+        for n, r in enumerate(reports):  # all finished: which is which matters no more, only their counts
+            bar.finished(n, r)
     ray.kill(counter)
     return reports
+
+
+def _advance(bar, taken) -> None:
+    n, notes = taken
+    for text in notes:
+        bar.say(text)
+    if n:
+        bar.advance(n)
 
 
 def _poll(ray, counter, bar, stop):
     while not stop.wait(0.5):
         try:
-            bar.advance(ray.get(counter.take.remote(), timeout=5))
+            _advance(bar, ray.get(counter.take.remote(), timeout=5))
         except Exception:
             return
 

@@ -114,6 +114,12 @@ def metadata(t: pa.Table | pa.Schema) -> dict | None:
     return json.loads(raw) if raw else None
 
 
+def row_count(url: str) -> int:
+    """Rows of an annotation file (one a sample of its shard), from the footer alone."""
+    with open_parquet(url) as pf:
+        return pf.metadata.num_rows
+
+
 def read_metadata(url: str) -> dict | None:
     """`metadata` from the file footer alone (no data pages read)."""
     with open_url(url, "rb") as f:

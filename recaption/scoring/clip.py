@@ -9,6 +9,36 @@ if TYPE_CHECKING:
 
 DEFAULT_CLIP = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
+SCHEMAS = ("hf-hub:", "local-dir:")  # how open_clip names a model that is not one of its own
+
+
+def check_model_name(model: str, what: str = "CLIP model") -> None:
+    """An open_clip name, `hf-hub:ORG/REPO` or `local-dir:PATH`, checked once before any shard is
+    read: open_clip's own error for anything else lists every model it knows, once per shard."""
+    import os
+
+    from recaption.errors import RecaptionError
+
+    if model.startswith(SCHEMAS):
+        return
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        raise RecaptionError(f"{what} {model!r} is a folder, not an open_clip name; did you mean local-dir:{model}?")
+    if os.path.isfile(path):
+        raise RecaptionError(f"{what} {model!r} is a file, not an open_clip name; a checkpoint goes to "
+                             f"--clip-pretrained (with its architecture's name here), a model folder is local-dir:PATH")
+    if "/" in model or model.startswith(("~", ".")):
+        raise RecaptionError(f"{what} {model!r} is neither an open_clip name nor an existing path "
+                             "(a model folder is given as local-dir:PATH, a Hub model as hf-hub:ORG/REPO)")
+    import difflib
+
+    import open_clip
+
+    known = open_clip.list_models()
+    if model not in known:
+        near = difflib.get_close_matches(model, known, n=3, cutoff=0.5)
+        hint = f"; nearest: {', '.join(near)}" if near else ""
+        raise RecaptionError(f"unknown {what} {model!r}{hint} (or hf-hub:ORG/REPO, local-dir:PATH)")
 
 
 @dataclass

@@ -15,7 +15,8 @@ The contract between a stage and an engine (`recaption.engines`), which every st
 * A stage that runs torch says so (`uses_torch = True`) and may take the worker's CPU share
   through `set_threads(n)` (to split it between decode processes and torch threads).
 * `progress(n)`, when given, is called with sample counts as they are processed (a worker's
-  calls cross a queue: batch them).
+  calls cross a queue: batch them); `progress(text)` says what the worker does before its samples
+  come (`"loading models"`), shown until the first count.
 * Remote storage options reach the stage's process through the engine (`io.fs.set_options` in
   every worker), never through the stage's own state.
 """
@@ -27,5 +28,5 @@ from typing import Any, Callable, Protocol
 class Stage(Protocol):
     """What an engine runs (see the module docstring for the whole contract)."""
 
-    def __call__(self, item: Any, progress: Callable[[int], None] | None = None) -> Any:
+    def __call__(self, item: Any, progress: Callable[[int | str], None] | None = None) -> Any:
         """Process one work item; a report (dataclass or dict of plain values)."""

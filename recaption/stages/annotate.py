@@ -121,6 +121,11 @@ class AnnotateStage:
                 if progress:
                     progress(work.existing_rows)
                 return ShardReport(name, "skipped", work.existing_rows)
+            if self.bundle is None:  # the worker's first shard: its models load now, counted as a stage
+                if progress:
+                    progress("loading models")
+                with t("load_models"):
+                    self.setup()
             self.setup()
             rows = self._rows(url, name, work, t, progress)
             if work.needs_images:  # the shard was read: its member index holds for it as it is now

@@ -38,6 +38,40 @@ def load_caption_table(path: str, key_column: str, caption_column: str) -> dict[
     return out
 
 
+def sample_key(rec, key_column: str) -> str | None:
+    """What a sample is matched by: its key, or a field of its json (None where the json lacks it)."""
+    if key_column == "key":
+        return rec.key
+    v = (rec.meta or {}).get(key_column)
+    return None if v is None else str(v)
+
+
+def check_some_match(shards: list[str], table: dict, key_column: str, captions: str,
+                     image_keys: tuple[str, ...] = DEFAULT_IMAGE_KEYS) -> None:
+    """Refuse, before anything is written, a caption file that matches no sample: the samples are
+    read (without decoding) until the first one that matches, usually the first sample; when none
+    does, the error names the key column and an example key from each side."""
+    first = None
+    for url in shards:
+        for rec in iter_shard(url, ReadOptions(image_keys=image_keys)):
+            if isinstance(rec, ReadFailure):
+                continue
+            k = sample_key(rec, key_column)
+            if k is not None and k in table:
+                return
+            first = first or (shard_name(url), rec, k)
+    if first is None:
+        return  # no readable sample: each shard's failure is reported as usual
+    shard, rec, k = first
+    theirs = (f"the first sample's key is {rec.key!r} ({shard})" if key_column == "key" else
+              f"the first sample's json has no {key_column!r} (its key is {rec.key!r}, {shard})" if k is None else
+              f"the first sample's {key_column} is {k!r} ({shard})")
+    example = next(iter(table), None)
+    ours = f"the file's first key is {example!r}" if example is not None else "the file has no keyed caption"
+    raise RecaptionError(f"no caption in {captions} matches a sample by --key-column {key_column}: {theirs}, "
+                         f"{ours}; keys are compared as text, by --key-column (key, or a json field such as uid)")
+
+
 @dataclass
 class ImportSpec:
     """Where imported captions come from and how they match samples (picklable)."""
@@ -59,6 +93,9 @@ class ImportStage:
         self.spec = spec
         self.table = None
 
+    def __getstate__(self):  # a worker loads the table itself: a pickled one would cross with every item
+        return {"spec": self.spec, "table": None}
+
     def __call__(self, url: str, progress=None) -> ShardReport:
         s = self.spec
         name = shard_name(url)
@@ -75,8 +112,7 @@ class ImportStage:
             if isinstance(rec, ReadFailure):
                 rows.append(registry.error_row(rec.key, name, rec.reason))
                 continue
-            k = rec.key if s.key_column == "key" else str((rec.meta or {}).get(s.key_column))
-            caps = self.table.get(k, [])
+            caps = self.table.get(sample_key(rec, s.key_column), [])
             matched += bool(caps)
             rows.append(registry.empty_row(rec.key, name, rec.raw_caption)
                         | {"captions": caps, "captioner": s.captioner}
