@@ -375,18 +375,75 @@ def remove_summary(out_dir: str) -> None:
         remove(p)
 
 
-def remove_recorded(out_dir: str, rec: dict) -> int:
-    """Remove the files a record lists (and nothing else); returns how many were removed."""
+def remove_recorded(out_dir: str, rec: dict, nested: bool = False) -> int:
+    """Remove the files a record lists (and nothing else); returns how many were removed. Names
+    are plain, or with `nested` (a report's `img/SHARD/KEY.jpg`) relative paths without `..`;
+    a folder a nested file leaves empty goes too."""
     fs, path = fs_for(out_dir)
     n = 0
     for name in rec.get("written", []):
-        if "/" in name.strip("/") or name in ("", ".", ".."):
-            continue  # records list plain names; anything else is not ours to follow
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or (len(parts) > 1 and not nested):
+            continue  # anything else is not ours to follow
         p = f"{path.rstrip('/')}/{name}"
         if fs.exists(p):
             fs.rm(p, recursive=fs.isdir(p))
             n += 1
+        for up in range(len(parts) - 1, 0, -1):  # the folders it was in, where now empty
+            d = f"{path.rstrip('/')}/{'/'.join(parts[:up])}"
+            with contextlib.suppress(Exception):
+                if fs.isdir(d) and not fs.ls(d, detail=False):
+                    fs.rmdir(d)
     return n
+
+
+# -- report folders ----------------------------------------------------------------------------
+def claim_report(out_dir: str, identity: dict) -> dict:
+    """Claim `out_dir` for a report: a new or empty folder, or one recaption wrote a report into
+    (an earlier report is replaced: `publish` removes the files of it this one does not write
+    again). Any other folder is refused in one line."""
+    rec = read_record(out_dir)
+    if rec is None:
+        theirs = sorted(n for n in _names(out_dir) or [] if n != LOCK)
+        if theirs:
+            raise RecaptionError(f"{out_dir} already holds files recaption did not write there ({', '.join(theirs[:3])}"
+                                 f"{', ...' if len(theirs) > 3 else ''}); choose a new or empty --out for the report")
+        rec = {"kind": "report", "identity": identity, "written": []}
+    elif rec.get("kind") != "report":
+        raise RecaptionError(f"{out_dir} is recaption's {rec.get('kind')} folder, not a report's; "
+                             "choose another --out for the report")
+    makedirs(out_dir)
+    for folder in {out_dir, *(join(out_dir, n.rsplit("/", 1)[0]) for n in rec.get("written", []) if "/" in n)}:
+        if exists(folder):
+            remove_stale_temps(folder)
+    rec = {**rec, "identity": identity}
+    write_record(out_dir, rec)
+    return rec
+
+
+def publish(out_dir: str, rec: dict, files: dict[str, bytes], last: str | None = None) -> None:
+    """Write `files` (relative name -> bytes) into a claimed folder, each whole, every name recorded
+    before it is written and `last` written last; then remove the recorded files of an earlier
+    write that this one did not write again, and record only this one's."""
+    for name in files:
+        _plain_relative(name)
+    before = list(rec.get("written", []))
+    record_written(out_dir, rec, list(files))
+    for name in sorted(files, key=lambda n: n == last):
+        if "/" in name:
+            makedirs(join(out_dir, name.rsplit("/", 1)[0]))
+        atomic.write_bytes(join(out_dir, name), files[name])
+    gone = {"written": [n for n in before if n not in files]}
+    remove_recorded(out_dir, gone, nested=True)
+    rec["written"] = list(files)
+    write_record(out_dir, rec)
+
+
+def _plain_relative(name: str) -> str:
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise RecaptionError(f"internal: {name!r} is not a plain name inside its folder")
+    return name
 
 
 # -- annotation folders ----------------------------------------------------------------------
