@@ -66,7 +66,7 @@ def test_stale_cleanup_aborts_a_killed_runs_uploads_and_removes_old_temps(s3):
     other = client.open(f"{b}/out/notes.csv", "wb", block_size=5 * MIB)  # not recaption's: left alone
     other.write(b"z" * (6 * MIB))
     other.flush()
-    client.pipe(f"{b}/out/.00003.tar.1a2b3c4d.tmp", b"old temp")  # from a rename-style writer
+    client.pipe(f"{b}/out/.00003.tar.recaption-4194305-1a2b3c4d.tmp", b"old temp")  # from a rename-style writer
     client.pipe(f"{b}/out/00000.tar", b"finished")
     assert sorted(leftovers(client, b)["pending_uploads"]) == ["out/00002.tar", "out/notes.csv"]
     assert atomic.remove_stale_temps(f"s3://{b}/out") == 2
