@@ -4,7 +4,7 @@ and a mix that reads scores the recipe does not compute."""
 import pytest
 
 from recaption import annotators
-from recaption.recipes import list_recipes, load_recipe, missing_groups, recipe_parts
+from recaption.recipes import list_recipes, load_recipe, recipe_parts
 from tests.helpers import cli
 
 
@@ -43,6 +43,8 @@ def test_mix_refuses_a_missing_evaluation_set_before_creating_anything(shard_dir
 
 
 def test_every_bundled_recipe_passes_its_own_checks():
+    from recaption.recipes import missing_groups
+
     for name in list_recipes():
         parts = recipe_parts(load_recipe(name))
         assert missing_groups(parts) == [], name  # each computes what its mix reads
@@ -55,7 +57,7 @@ def test_a_value_of_the_right_type_is_accepted():
 
 def test_each_strategy_names_the_groups_its_cut_reads():
     from recaption.mixing.strategies.base import table
-    from recaption.recipes import CUT_COLUMNS
+    from recaption.recipes import CUT_COLUMNS, missing_groups
 
     owner = {c: g for g in annotators.names() for c in annotators.group_columns(g)}
     for name, kind in table().by_name.items():
