@@ -286,9 +286,11 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
         storage_options: dict | str | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
     changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
-    from recaption.recipes import load_recipe, recipe_parts
+    from recaption.recipes import load_recipe, recipe_parts, validate
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
+    if isinstance(recipe, dict):
+        validate(r, "given")  # its values' types and ranges, as a loaded recipe's are
     parts = recipe_parts(r)  # every section validated before anything is created
     ex = (execution or Execution()).validate()
     if ex.device is None and r.get("device"):

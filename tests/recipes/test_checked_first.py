@@ -68,3 +68,14 @@ def test_each_strategy_names_the_groups_its_cut_reads():
             r = dict(base, **{section: None})
             assert group in missing_groups(recipe_parts(r)), (name, group)
         assert missing_groups(recipe_parts(base)) == []
+
+
+def test_a_recipe_given_as_a_dict_is_checked_as_a_loaded_one(shard_dir, tmp_path):
+    from recaption import api
+    from recaption.errors import RecaptionError
+
+    r = load_recipe("sieve")
+    r["caption"] = {"num_captions": 1.5}
+    with pytest.raises(RecaptionError, match="caption.num_captions must be a whole number"):
+        api.run(r, str(shard_dir), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
