@@ -152,3 +152,27 @@ def test_relations_compare_devices_and_inodes(bound):
     assert folders.related(str(alias), str(src)) == "is"
     assert folders.related(str(alias / "x"), str(src)) == "lies inside"
     assert folders.related(str(src.parent), str(alias)) == "contains"
+
+
+def test_a_run_may_enter_its_own_folder_again_but_another_thread_may_not(tmp_path):
+    import threading
+
+    out = str(tmp_path / "out")
+    errors = []
+    with folders.locked(out):
+        with folders.locked(out):  # a run's mix inside the run: the same hold
+            pass
+        assert (tmp_path / "out" / folders.LOCK).exists()  # still held by the outer block
+
+        def other():
+            try:
+                with folders.locked(out):
+                    pass
+            except Exception as e:
+                errors.append(str(e))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(errors) == 1 and "another thread" in errors[0]
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -115,7 +116,9 @@ def _show(n: str) -> str:
 
 
 # -- the lock ------------------------------------------------------------------------------------
-_HELD: dict[str, dict] = {}  # normalized folder -> this process's hold on it (runs nest: run -> mix)
+# normalized folder -> this process's hold on it: the thread that holds it may enter again (a run
+# holds its folder, then its mix enters it); another thread is another run
+_HELD: dict[str, dict] = {}
 
 
 @contextlib.contextmanager
@@ -128,6 +131,8 @@ def locked(folder: str):
     object written then read back, and checked before each file is committed (best effort). The
     same process may enter a folder it holds again."""
     key = normalize(folder)
+    if key in _HELD and _HELD[key]["thread"] != threading.get_ident():
+        raise RecaptionError(f"{folder} is being written by another run in this process (another thread)")
     if key in _HELD:
         _HELD[key]["depth"] += 1
         try:
@@ -138,7 +143,7 @@ def locked(folder: str):
     fs, path = fs_for(folder)
     created = not fs.exists(path)
     me = _acquire(folder, fs)
-    _HELD[key] = {"depth": 1, "token": me["token"]}
+    _HELD[key] = {"depth": 1, "token": me["token"], "thread": threading.get_ident()}
     guard = None
     if is_object_store(fs):
         guard = atomic.add_commit_check(path, lambda: _still_ours(folder, me))
