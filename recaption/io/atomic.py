@@ -8,6 +8,8 @@ be a server-side copy plus a delete. Either way a file that exists is a finished
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import uuid
 
 from recaption.errors import RecaptionError
@@ -79,10 +81,34 @@ def atomic_open(url: str, mode: str = "wb"):
         raise RecaptionError(f"cannot write {url}: {reason}") from e
 
 
+# A temporary name says whose it is: recaption's, and which process wrote it, so that cleaning up
+# after a killed run removes only recaption's leftovers, never another tool's hidden *.tmp files,
+# and never those of a process still writing.
+TEMP = re.compile(r"^\..+\.recaption-(\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def temp_name(base: str) -> str:
+    """The temporary name `base` is written under before its rename: `.BASE.recaption-PID-RAND.tmp`."""
+    return f".{base}.recaption-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _via_temp(fs, path: str, mode: str):
     d, base = path.rsplit("/", 1) if "/" in path else ("", path)
-    tmp = (d + "/" if d else "") + f".{base}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = (d + "/" if d else "") + temp_name(base)
     try:
         with fs.open(tmp, mode) as f:
             yield f
@@ -92,12 +118,33 @@ def _via_temp(fs, path: str, mode: str):
         raise
 
 
+# Checks run before an object-store upload is committed, by folder (`recaption.io.folders.locked`
+# registers one: the folder's lock is still this run's); an object store has no exclusive create,
+# so a lock there is checked at each commit instead (best effort).
+_COMMIT_CHECKS: dict[int, tuple[str, object]] = {}
+
+
+def add_commit_check(folder_path: str, check) -> int:
+    """Run `check()` (it raises to refuse) before committing any upload under `folder_path`; returns a handle."""
+    handle = id(check)
+    _COMMIT_CHECKS[handle] = (folder_path.rstrip("/") + "/", check)
+    return handle
+
+
+def remove_commit_check(handle: int) -> None:
+    """Stop running a check `add_commit_check` registered."""
+    _COMMIT_CHECKS.pop(handle, None)
+
+
 @contextlib.contextmanager
 def _direct(fs, path: str, mode: str):
     """Upload to the final name; commit on close, abort the upload on any error."""
     f = fs.open(path, mode)
     try:
         yield f
+        for prefix, check in list(_COMMIT_CHECKS.values()):
+            if path.startswith(prefix):
+                check()
         f.close()  # completes the upload: the object becomes visible whole, now
     except BaseException:
         with contextlib.suppress(Exception):
@@ -113,12 +160,14 @@ def _discard(fs, tmp: str) -> None:
 
 
 def remove_stale_temps(url: str) -> int:
-    """Delete what a killed run left behind: `.NAME.xxxx.tmp` files, and on S3 the unfinished
+    """Delete what a killed run left behind: recaption's temporary files (`temp_name`) whose process
+    is gone (any other hidden `*.tmp` file is not ours and stays), and on S3 the unfinished
     multipart uploads of recaption's file names in this folder. Returns how many."""
     fs, path = fs_for(url)
     n = 0
     for b in listdir(url):
-        if b.startswith(".") and b.endswith(".tmp"):
+        m = TEMP.match(b)
+        if m and not (is_local(fs) and _alive(int(m.group(1)))):
             with contextlib.suppress(Exception):
                 fs.rm(join(path, b))
                 n += 1
@@ -169,5 +218,5 @@ def local_path(url: str) -> str | None:
     return path if is_local(fs) else None
 
 
-__all__ = ["atomic_open", "write_bytes", "write_text", "read_text", "open_url", "exists", "file_info", "makedirs",
-           "join", "listdir", "local_path", "remove", "remove_stale_temps"]
+__all__ = ["atomic_open", "temp_name", "write_bytes", "write_text", "read_text", "open_url", "exists", "file_info",
+           "makedirs", "join", "listdir", "local_path", "remove", "remove_stale_temps"]

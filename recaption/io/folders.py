@@ -4,18 +4,28 @@ and removing, on --overwrite, only the files recaption recorded writing there.
 Every folder recaption writes carries `_recaption.json`: the kind of folder, the settings that
 wrote it and (for output folders) the names of the files written. The same settings resume;
 other settings are refused unless --overwrite; --overwrite never touches a file not recorded.
+While a run writes a folder it holds the folder's lock, `_recaption.lock` (`locked`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
+import threading
+import time
+import uuid
 
 from recaption.errors import RecaptionError
+from recaption.io import atomic
 from recaption.io.atomic import exists, join, makedirs, read_text, remove, remove_stale_temps, write_text
-from recaption.io.fs import fs_for
+from recaption.io.fs import fs_for, is_local, is_object_store
 from recaption.io.sources import shard_suffix
 
+log = logging.getLogger("recaption")
 RECORD = "_recaption.json"
+LOCK = "_recaption.lock"
 FORMAT_VERSION = 1
 
 
@@ -45,11 +55,49 @@ def input_folders(shards: list[str]) -> set[str]:
     return {normalize(s).rsplit("/", 1)[0] for s in shards}
 
 
+def related(a: str, b: str) -> str | None:
+    """How folder `a` relates to folder `b` (as `relation`), by their paths and, for local
+    folders, by device and inode too: a bind mount or a second mount of the same folder has
+    another path but is the same folder."""
+    na, nb = normalize(a), normalize(b)
+    return relation(na, nb) or (_same_files(_show(na), _show(nb)) if _is_file_url(na) and _is_file_url(nb) else None)
+
+
+def _is_file_url(n: str) -> bool:
+    return n.startswith("file://")
+
+
+def _chain(path: str) -> list[tuple[int, int] | None]:
+    """(device, inode) of a path and of each folder above it, nearest first; None where a part
+    does not exist (yet)."""
+    out = []
+    while True:
+        try:
+            st = os.stat(path)
+            out.append((st.st_dev, st.st_ino))
+        except OSError:
+            out.append(None)
+        up = os.path.dirname(path)
+        if up == path:
+            return out
+        path = up
+
+
+def _same_files(a: str, b: str) -> str | None:
+    ca, cb = _chain(a), _chain(b)
+    if ca[0] is not None and ca[0] == cb[0]:
+        return "is"
+    if cb[0] is not None and cb[0] in ca[1:]:
+        return "lies inside"
+    if ca[0] is not None and ca[0] in cb[1:]:
+        return "contains"
+    return None
+
+
 def refuse_overlap(out: str, shards: list[str], what: str = "output folder") -> None:
     """An output that is, contains or lies inside an input shard folder could destroy the input."""
-    o = normalize(out)
     for d in sorted(input_folders(shards)):
-        rel = relation(o, d)
+        rel = related(out, d)
         if rel:
             raise RecaptionError(f"{what} {out} {rel} the input shard folder {_show(d)}; "
                                  "choose a folder outside the input")
@@ -57,7 +105,7 @@ def refuse_overlap(out: str, shards: list[str], what: str = "output folder") -> 
 
 def refuse_annotation_overlap(out: str, ann_dir: str) -> None:
     """Mix output into the annotation folder (or below it) would mix shards and annotation files."""
-    rel = relation(normalize(out), normalize(ann_dir))
+    rel = related(out, ann_dir)
     if rel in ("is", "lies inside"):
         raise RecaptionError(f"output folder {out} {rel} the annotation folder {ann_dir}; "
                              "choose an --out outside it")
@@ -65,6 +113,178 @@ def refuse_annotation_overlap(out: str, ann_dir: str) -> None:
 
 def _show(n: str) -> str:
     return n[len("file://"):] if n.startswith("file://") else n
+
+
+# -- the lock ------------------------------------------------------------------------------------
+# normalized folder -> this process's hold on it: the thread that holds it may enter again (a run
+# holds its folder, then its mix enters it); another thread is another run
+_HELD: dict[str, dict] = {}
+
+
+@contextlib.contextmanager
+def locked(folder: str):
+    """Hold `folder`'s lock (`_recaption.lock`: pid, host, start time) while the block writes there.
+
+    A lock whose process is gone (its pid dead on this host) is named in a warning and taken
+    over; a live one is refused in one line naming its pid, host and start. Locally the lock is
+    created exclusively (O_EXCL); on object stores, which have no exclusive create, it is an
+    object written then read back, and checked before each file is committed (best effort). The
+    same process may enter a folder it holds again."""
+    key = normalize(folder)
+    if key in _HELD and _HELD[key]["thread"] != threading.get_ident():
+        raise RecaptionError(f"{folder} is being written by another run in this process (another thread)")
+    if key in _HELD:
+        _HELD[key]["depth"] += 1
+        try:
+            yield
+        finally:
+            _HELD[key]["depth"] -= 1
+        return
+    fs, path = fs_for(folder)
+    created = not fs.exists(path)
+    me = _acquire(folder, fs)
+    _HELD[key] = {"depth": 1, "token": me["token"], "thread": threading.get_ident()}
+    guard = None
+    if is_object_store(fs):
+        guard = atomic.add_commit_check(path, lambda: _still_ours(folder, me))
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if guard is not None:
+            atomic.remove_commit_check(guard)
+        _release(folder, me, fs, created)
+
+
+def _me() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "process_start": _process_start(os.getpid()), "token": uuid.uuid4().hex}
+
+
+def _process_start(pid: int) -> str | None:
+    """When a process started (Linux: /proc/PID/stat), so a reused pid is not taken for the holder."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _read_lock(url: str) -> dict | None:
+    """A lock's content; None where it is gone; {} where it cannot be read (being written)."""
+    for _ in range(20):
+        try:
+            text = read_text(url)
+        except FileNotFoundError:
+            return None
+        try:
+            lock = json.loads(text)
+            if isinstance(lock, dict) and "pid" in lock:
+                return lock
+        except ValueError:
+            pass
+        time.sleep(0.05)  # created, not yet written
+    return {}
+
+
+def _stale(lock: dict) -> bool:
+    """The holder ran on this host and runs no longer (its pid is dead, or is another process now)."""
+    if lock.get("host") != socket.gethostname() or not isinstance(lock.get("pid"), int):
+        return False
+    if not atomic._alive(lock["pid"]):
+        return True
+    start = _process_start(lock["pid"])
+    return bool(lock.get("process_start") and start and start != lock["process_start"])
+
+
+def _holder(lock: dict) -> str:
+    return f"pid {lock.get('pid')} on {lock.get('host')}, started {lock.get('started')}"
+
+
+def _busy(folder: str, lock: dict):
+    if not lock:
+        return RecaptionError(f"{folder} is locked by {join(folder, LOCK)}, which is not a recaption lock "
+                              "this version can read; remove it if no recaption run writes there")
+    return RecaptionError(f"{folder} is being written by another recaption run ({_holder(lock)}); wait for it to "
+                          f"finish, or, if that run is gone, remove {join(folder, LOCK)}")
+
+
+def _acquire(folder: str, fs) -> dict:
+    me = _me()
+    url = join(folder, LOCK)
+    makedirs(folder)
+    if not is_local(fs):
+        return _acquire_remote(folder, url, me)
+    path = fs_for(url)[1]
+    for _ in range(5):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            lock = _read_lock(url)
+            if lock is None:
+                continue  # released meanwhile
+            if not _stale(lock):
+                raise _busy(folder, lock) from None
+            _take_over(folder, path, lock)
+            continue
+        except OSError as e:
+            raise RecaptionError(f"cannot lock {folder}: {e.strerror or e}") from e
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return me
+    raise RecaptionError(f"cannot lock {folder}: {url} keeps changing; is another recaption run starting there?")
+
+
+def _take_over(folder: str, path: str, lock: dict) -> None:
+    """Move a dead run's lock aside (a rename: of two runs taking it over, one wins) and remove it."""
+    aside = f"{path}.{uuid.uuid4().hex[:8]}.stale"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return  # another run took it over first
+    try:
+        with open(aside) as f:
+            moved = json.load(f)
+    except (OSError, ValueError):
+        moved = {}
+    if moved.get("token") != lock.get("token"):  # not the lock judged stale: a run that just took it
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+        os.unlink(aside)
+        raise _busy(folder, moved)
+    os.unlink(aside)
+    log.warning("%s: taking over the lock of a recaption run that is no longer running (%s)", folder, _holder(lock))
+
+
+def _acquire_remote(folder: str, url: str, me: dict) -> dict:
+    lock = _read_lock(url)
+    if lock is not None:
+        if not _stale(lock):
+            raise _busy(folder, lock)
+        log.warning("%s: taking over the lock of a recaption run that is no longer running (%s)", folder,
+                    _holder(lock))
+    write_text(url, json.dumps(me))
+    now = _read_lock(url)
+    if not now or now.get("token") != me["token"]:  # another run wrote its lock at the same moment
+        raise _busy(folder, now or {})
+    return me
+
+
+def _still_ours(folder: str, me: dict) -> None:
+    lock = _read_lock(join(folder, LOCK))
+    if not lock or lock.get("token") != me["token"]:
+        raise RecaptionError(f"{folder}: another recaption run took this folder's lock "
+                             f"({_holder(lock) if lock else 'lock removed'}); this run stops writing there")
+
+
+def _release(folder: str, me: dict, fs, created: bool) -> None:
+    url = join(folder, LOCK)
+    with contextlib.suppress(Exception):
+        lock = _read_lock(url)
+        if lock and lock.get("token") == me["token"]:
+            remove(url)
+        if created and is_local(fs) and not fs.ls(fs_for(folder)[1]):
+            fs.rmdir(fs_for(folder)[1])  # the lock made the folder and nothing else was written: leave none
 
 
 # -- records ---------------------------------------------------------------------------------
@@ -160,18 +380,75 @@ def remove_summary(out_dir: str) -> None:
         remove(p)
 
 
-def remove_recorded(out_dir: str, rec: dict) -> int:
-    """Remove the files a record lists (and nothing else); returns how many were removed."""
+def remove_recorded(out_dir: str, rec: dict, nested: bool = False) -> int:
+    """Remove the files a record lists (and nothing else); returns how many were removed. Names
+    are plain, or with `nested` (a report's `img/SHARD/KEY.jpg`) relative paths without `..`;
+    a folder a nested file leaves empty goes too."""
     fs, path = fs_for(out_dir)
     n = 0
     for name in rec.get("written", []):
-        if "/" in name.strip("/") or name in ("", ".", ".."):
-            continue  # records list plain names; anything else is not ours to follow
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or (len(parts) > 1 and not nested):
+            continue  # anything else is not ours to follow
         p = f"{path.rstrip('/')}/{name}"
         if fs.exists(p):
             fs.rm(p, recursive=fs.isdir(p))
             n += 1
+        for up in range(len(parts) - 1, 0, -1):  # the folders it was in, where now empty
+            d = f"{path.rstrip('/')}/{'/'.join(parts[:up])}"
+            with contextlib.suppress(Exception):
+                if fs.isdir(d) and not fs.ls(d, detail=False):
+                    fs.rmdir(d)
     return n
+
+
+# -- report folders ----------------------------------------------------------------------------
+def claim_report(out_dir: str, identity: dict) -> dict:
+    """Claim `out_dir` for a report: a new or empty folder, or one recaption wrote a report into
+    (an earlier report is replaced: `publish` removes the files of it this one does not write
+    again). Any other folder is refused in one line."""
+    rec = read_record(out_dir)
+    if rec is None:
+        theirs = sorted(n for n in _names(out_dir) or [] if n != LOCK)
+        if theirs:
+            raise RecaptionError(f"{out_dir} already holds files recaption did not write there ({', '.join(theirs[:3])}"
+                                 f"{', ...' if len(theirs) > 3 else ''}); choose a new or empty --out for the report")
+        rec = {"kind": "report", "identity": identity, "written": []}
+    elif rec.get("kind") != "report":
+        raise RecaptionError(f"{out_dir} is recaption's {rec.get('kind')} folder, not a report's; "
+                             "choose another --out for the report")
+    makedirs(out_dir)
+    for folder in {out_dir, *(join(out_dir, n.rsplit("/", 1)[0]) for n in rec.get("written", []) if "/" in n)}:
+        if exists(folder):
+            remove_stale_temps(folder)
+    rec = {**rec, "identity": identity}
+    write_record(out_dir, rec)
+    return rec
+
+
+def publish(out_dir: str, rec: dict, files: dict[str, bytes], last: str | None = None) -> None:
+    """Write `files` (relative name -> bytes) into a claimed folder, each whole, every name recorded
+    before it is written and `last` written last; then remove the recorded files of an earlier
+    write that this one did not write again, and record only this one's."""
+    for name in files:
+        _plain_relative(name)
+    before = list(rec.get("written", []))
+    record_written(out_dir, rec, list(files))
+    for name in sorted(files, key=lambda n: n == last):
+        if "/" in name:
+            makedirs(join(out_dir, name.rsplit("/", 1)[0]))
+        atomic.write_bytes(join(out_dir, name), files[name])
+    gone = {"written": [n for n in before if n not in files]}
+    remove_recorded(out_dir, gone, nested=True)
+    rec["written"] = list(files)
+    write_record(out_dir, rec)
+
+
+def _plain_relative(name: str) -> str:
+    parts = name.split("/")
+    if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise RecaptionError(f"internal: {name!r} is not a plain name inside its folder")
+    return name
 
 
 # -- annotation folders ----------------------------------------------------------------------

@@ -13,6 +13,9 @@ mix (MixConfig fields), batch_size, device (`recaption.dedup.options`).
 from __future__ import annotations
 
 import copy
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,9 +102,144 @@ def validate(data: dict, where: str):
         if mix.get(k) is not None and not isinstance(mix[k], (int, float)):
             raise RecaptionError(f"recipe {where}: mix.{k} must be a number, got {mix[k]!r}")
     try:
-        recipe_parts(data)
+        check_types(data, None)  # the top level and mix, before a config is built from them
+        try:
+            parts = recipe_parts(data)
+        except TypeError as e:  # a value of the wrong type broke a config's own check: name its key
+            check_types(data, recipe_parts(_probe(data)))
+            raise RecaptionError(str(e)) from None
+        check_types(data, parts)
     except RecaptionError as e:
         raise RecaptionError(f"recipe {where}: {e}") from None
+
+
+def _probe(data: dict) -> dict:
+    """The recipe with each section reduced to its model: configs of the same classes, to read
+    the declared types from."""
+    out = dict(data)
+    for k, v in data.items():
+        if isinstance(v, dict) and k not in OWN_KEYS:
+            out[k] = {m: v[m] for m in ("model",) if m in v}
+    return out
+
+
+TOP_TYPES = {"batch_size": int | None, "device": str | None, "description": str | None}
+AT_LEAST_ONE = ("batch_size", "num_")  # whole numbers named so count things: 0 or less is no setting
+
+
+def check_types(data: dict, parts: "RecipeParts | None") -> None:
+    """Every value a recipe sets against the type its setting declares (the config dataclass field,
+    or the annotator's Option), and counts against their range: one line naming the key. Without
+    `parts`, the top-level keys and mix; with it, the annotators' sections."""
+    if parts is None:
+        from recaption.mixing.strategies import MixConfig
+
+        for k, hint in TOP_TYPES.items():
+            _check_value(k, data.get(k), hint)
+        for k, v in (data.get("mix") or {}).items():
+            _check_value(f"mix.{k}", v, _hints(MixConfig).get(k))
+        return
+    from recaption import annotators
+
+    for name, cfg in parts.annotators.items():
+        cls = annotators.get(name)
+        for key in cls.recipe_keys or (name,):
+            section = data.get(key)
+            if not isinstance(section, dict):
+                continue
+            options = {o.name: o.type for o in cls.options}
+            for k, v in section.items():
+                _check_value(f"{key}.{k}", v, _field_hint(cfg, k) or options.get(k))
+
+
+def _hints(cls) -> dict:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # a config class whose hints cannot be resolved here: its own checks stand
+        return {}
+
+
+def _field_hint(cfg, key: str):
+    """The declared type of `key` in a config dataclass or a dataclass it holds (`caption.top_p`
+    is `CaptionerConfig.decoding.top_p`)."""
+    if not dataclasses.is_dataclass(cfg):
+        return None
+    hints = _hints(type(cfg))
+    if key in hints:
+        return hints[key]
+    for f in dataclasses.fields(cfg):
+        hint = _field_hint(getattr(cfg, f.name), key)
+        if hint is not None:
+            return hint
+    return None
+
+
+def _check_value(key: str, v, hint) -> None:
+    if hint is None or v is None and _accepts(hint, None):
+        return
+    if not _accepts(hint, v):
+        raise RecaptionError(f"{key} must be {_describe(hint)}, got {v!r}")
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(v, int) and not isinstance(v, bool) and leaf.startswith(AT_LEAST_ONE) and v < 1:
+        raise RecaptionError(f"{key} must be at least 1, got {v}")
+
+
+def _args(hint) -> tuple:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _accepts(hint, v) -> bool:
+    for a in _args(hint):
+        base = typing.get_origin(a) or a
+        if a is type(None):
+            ok = v is None
+        elif a is bool:
+            ok = isinstance(v, bool)
+        elif a is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif a is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif a is str:
+            ok = isinstance(v, str)
+        elif base in (list, tuple):
+            ok = isinstance(v, (list, tuple))
+        elif base is dict:
+            ok = isinstance(v, dict)
+        else:
+            ok = True  # anything else is the config's own check
+        if ok:
+            return True
+    return False
+
+
+WORDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a mapping",
+         list: "a list", tuple: "a list"}
+
+
+def _describe(hint) -> str:
+    names = [WORDS.get(typing.get_origin(a) or a, getattr(a, "__name__", str(a))) for a in _args(hint)
+             if a is not type(None)]
+    return " or ".join(dict.fromkeys(names)) + (" or null" if type(None) in _args(hint) else "")
+
+
+# The annotator groups whose columns a strategy's cut reads (`mixing.strategies.base.COLUMNS`),
+# and the group its synthetic caption comes from.
+CUT_COLUMNS = {"clip_raw": ("clip_raw",), "clip_synthetic": ("clip_captions",), "blend": ("clip_raw", "sieve")}
+
+
+def missing_groups(parts: "RecipeParts") -> list[str]:
+    """The annotator groups the recipe's mix reads and the recipe does not compute."""
+    from recaption import annotators
+
+    kind = parts.mix.kind
+    cuts = kind.needs_threshold or parts.mix.threshold is not None or parts.mix.fraction is not None
+    columns = list(CUT_COLUMNS.get(kind.column, ()) if cuts else ())
+    columns += ["captions"] if kind.needs_synthetic else []
+    owner = {c: g for g in annotators.names() for c in annotators.group_columns(g)}
+    needed = dict.fromkeys(owner[c] for c in columns if c in owner)
+    return [g for g in needed if g not in parts.annotators]
 
 
 @dataclass

@@ -71,12 +71,15 @@ class ReportData:
     hists: dict = field(default_factory=dict)  # name -> {series: counts}
     langs: Counter = field(default_factory=Counter)
     grids: dict = field(default_factory=dict)  # title -> cards (dicts)
-    images: dict = field(default_factory=dict)  # key -> image bytes (only for the grids' cards and overlaps)
+    images: dict = field(default_factory=dict)  # (shard, key) -> image bytes (the grids' cards and overlaps)
+    shown_of: dict = field(default_factory=dict)  # grid title -> how many samples it picked from
     notes: list = field(default_factory=list)
     # {shard, key, eval, reason}: a pool sample and the EVAL image it copies
     overlaps: list = field(default_factory=list)
     overlaps_total: int = 0  # all the folder's overlaps (the page shows the first OVERLAPS)
     eval_images: dict = field(default_factory=dict)  # EVAL image name -> bytes
+    ann_dir: str | None = None  # where the annotation files were read
+    input: str | None = None  # the input shards, where known and reachable
 
     def edges(self, name: str) -> np.ndarray:
         """The fixed bin edges of a histogram."""
@@ -95,7 +98,7 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
         source.files = [dataclasses.replace(a, removed=_removed(f, a.name)) for a in source.files]
     pool = source.stats()
     d = ReportData(str(f.path), f.kind, f.summary, pool.n_rows, pool.n_rows - pool.errors, cfg=cfg,
-                   filters=pool.filters)
+                   filters=pool.filters, ann_dir=str(f.ann_dir), input=f.input)
     own = variant_name(f.cfg.strategy, f.cfg.filter_synthetic) if f.cfg else None
     same = f.cfg is not None and cfg.fraction == f.cfg.fraction and cfg.threshold == f.cfg.threshold
     fixed = {own: f.summary["threshold"]} if same and f.summary and f.summary.get("threshold") is not None else None
@@ -114,11 +117,13 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
                 d.hists[name][s] = counts if cur is None else cur + counts
     d.hists = {n: {s: c for s, c in ser.items() if c.any()} for n, ser in d.hists.items()}
     d.hists = {n: ser for n, ser in d.hists.items() if ser}
-    d.grids = {t: cards for t, cards in (_decision_grids(f, fs) if f.output else {}).items() if cards}
+    grids, d.shown_of = _decision_grids(f, fs) if f.output else ({}, {})
+    d.grids = {t: cards for t, cards in grids.items() if cards}
     if f.output and f.cfg is not None and f.cfg.decontaminate:
         _overlaps(d, f)
     if not d.grids:  # an annotation folder, or an output folder without decisions files
-        d.grids = {t: cards for t, cards in _score_grids(parts).items() if cards}
+        grids, d.shown_of = _score_grids(parts)
+        d.grids = {t: cards for t, cards in grids.items() if cards}
     _pick_images(d, f)
     if not d.images and not f.input and not f.output:
         d.notes.append("give --input SHARDS to see the images of the samples")
@@ -260,14 +265,18 @@ def _score_picks(name: str, t, c, syn, blend, pool) -> dict:
         return _card(base, i, extra)
 
     return {"high": cards(order[::-1][:K]), "low": cards(order[:K]),
-            "random": cards(take, sorted(rand)[:K])}
+            "random": cards(take, sorted(rand)[:K]), "scored": len(scored), "pooled": len(rows)}
 
 
-def _score_grids(parts: list[dict]) -> dict:
+def _score_grids(parts: list[dict]) -> tuple[dict, dict]:
+    """The grids of an annotation folder, and how many samples each picked from."""
     high = sorted((x for p in parts for x in p["picks"]["high"]), key=lambda r: -r["clip_raw"])[:K]
     low = sorted((x for p in parts for x in p["picks"]["low"]), key=lambda r: r["clip_raw"])[:K]
     rand = sorted((x for p in parts for x in p["picks"]["random"]), key=lambda r: r["rank"])[:K]
-    return {"highest CLIP (raw)": high, "lowest CLIP (raw)": low, "random": rand}
+    scored = sum(p["picks"]["scored"] for p in parts)
+    pooled = sum(p["picks"]["pooled"] for p in parts)
+    return ({"highest CLIP (raw)": high, "lowest CLIP (raw)": low, "random": rand},
+            {"highest CLIP (raw)": scored, "lowest CLIP (raw)": scored, "random": pooled})
 
 
 # -- an output folder's decisions --------------------------------------------------------------
@@ -275,9 +284,11 @@ DECIDED = ["key", "kept", "reason", "caption_source", "caption", "raw_caption", 
            "clip_synthetic", "sieve", "blend"]
 
 
-def _decision_grids(f: Folder, filters: FilterSet) -> dict:
-    """A seeded random few written with each caption source, and dropped (each with its reason)."""
+def _decision_grids(f: Folder, filters: FilterSet) -> tuple[dict, dict]:
+    """A seeded random few written with each caption source, and dropped (each with its reason);
+    and how many samples each grid picked from."""
     groups = {"written with the alt-text": [], "written with the synthetic caption": [], "dropped": []}
+    totals = dict.fromkeys(groups, 0)
     for name in f.names:
         path = decisions_path(str(f.path), name)
         if not Path(path).is_file():
@@ -292,6 +303,7 @@ def _decision_grids(f: Folder, filters: FilterSet) -> dict:
                              ("written with the synthetic caption", kept & (src == "synthetic")),
                              ("dropped", ~kept & keyed)):
             i = np.flatnonzero(where)
+            totals[title] += len(i)
             i = i[np.argsort(rand[i], kind="stable")[:K]]
             sub = t.take(pa.array(i))
             for j, r in enumerate(sub.to_pylist()):
@@ -300,28 +312,30 @@ def _decision_grids(f: Folder, filters: FilterSet) -> dict:
                                       "clip_syn": r["clip_synthetic"], "sieve": r["sieve"], "blend": r["blend"],
                                       "written": r["caption"], "source": r["caption_source"], "reason": r["reason"],
                                       "kept": r["kept"], "rank": float(rand[i[j]])})
-    return {k: sorted(v, key=lambda r: r["rank"])[:K] for k, v in groups.items()}
+    return {k: sorted(v, key=lambda r: r["rank"])[:K] for k, v in groups.items()}, totals
 
 
 # -- images for the cards ----------------------------------------------------------------------
 def _pick_images(d: ReportData, f: Folder) -> None:
-    """Image bytes of the cards' samples: from the folder's own tars (kept samples), else from the
-    input shards the cards came from; only the shards that hold a card are read."""
+    """Image bytes of the cards' samples, by (shard, key): from the folder's own tars (kept
+    samples, each with its input shard in the tar's parquet), else from the input shards the cards
+    came from; only the shards that hold a card are read."""
     from recaption.io.shards import iter_shard
     from recaption.io.sources import list_shards, shard_name
 
-    want = {r["key"]: r["shard"] for cards in d.grids.values() for r in cards}
-    want |= {o["key"]: o["shard"] for o in d.overlaps}
+    want = {(r["shard"], r["key"]) for cards in d.grids.values() for r in cards}
+    want |= {(o["shard"], o["key"]) for o in d.overlaps}
     if f.output:
         for out in sorted(f.path.glob("*.parquet")):
-            if not want.keys() - d.images.keys():
+            if not want - d.images.keys():
                 break
             if not (f.path / f"{out.stem}.tar").is_file() or out.name.startswith("_"):
                 continue
-            keys = set(ann.read_table(str(out), columns=["key"])["key"].to_pylist())
-            if keys & (want.keys() - d.images.keys()):
-                _read_images(d, iter_shard(str(f.path / f"{out.stem}.tar")), want)
-    left = {s for k, s in want.items() if k not in d.images}
+            t = ann.read_table(str(out), columns=["key", "source_shard"])
+            sources = list(zip(t["source_shard"].to_pylist(), t["key"].to_pylist()))
+            if set(sources) & (want - d.images.keys()):
+                _read_images(d, iter_shard(str(f.path / f"{out.stem}.tar")), want, sources)
+    left = {s for s, k in want if (s, k) not in d.images}
     if left and f.input:
         try:
             urls = [u for u in list_shards(f.input) if shard_name(u) in left]
@@ -329,10 +343,13 @@ def _pick_images(d: ReportData, f: Folder) -> None:
             d.notes.append(f"input shards not readable ({type(e).__name__}); cards show no images")
             return
         for u in urls:
-            _read_images(d, iter_shard(u), want)
+            _read_images(d, iter_shard(u), want, shard=shard_name(u))
 
 
-def _read_images(d: ReportData, samples, want: dict) -> None:
-    for rec in samples:
-        if rec.key in want and hasattr(rec, "members") and rec.image_field:
-            d.images[rec.key] = rec.image_bytes
+def _read_images(d: ReportData, samples, want: set, sources: list | None = None, shard: str | None = None) -> None:
+    """Keep the wanted images of one tar; its samples' input shard is `shard`, or, for an output
+    tar, the (source shard, key) its parquet lists in the same order."""
+    for i, rec in enumerate(samples):
+        src = shard if sources is None else (sources[i][0] if i < len(sources) and sources[i][1] == rec.key else None)
+        if (src, rec.key) in want and hasattr(rec, "members") and rec.image_field:
+            d.images[(src, rec.key)] = rec.image_bytes

@@ -1,8 +1,15 @@
 """Render a ReportData as PNG plots (matplotlib, headless) and one static HTML page. A plot is
-drawn only where it has data, and a sample grid only where it has cards."""
+drawn only where it has data, and a sample grid only where it has cards.
+
+The report folder is one recaption owns, as a mix's is (`recaption.io.folders.claim_report`):
+recorded in `_recaption.json`, locked while written, every file written whole (a temporary name,
+then a rename) and recorded before it is written, `index.html` last; files of an earlier report
+that this one does not write again are removed, and nothing else is."""
 from __future__ import annotations
 
 import html
+import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +55,23 @@ def _crop(edges: np.ndarray, series: dict[str, np.ndarray], max_bars: int = 60):
     return e[lo:hi + 1:step], out
 
 
-def _hist(out: Path, name: str, edges: np.ndarray, series: dict[str, np.ndarray], lines: dict[str, float]):
+def _png(fig) -> bytes:
+    """A figure as PNG bytes (closed after), so it is written whole like every other file."""
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _counts_axis(ax) -> None:
+    """Counts are whole numbers: no tick at 0.5 samples."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _hist(files: dict, name: str, edges: np.ndarray, series: dict[str, np.ndarray], lines: dict[str, float]):
     plt = _plt()
     e, series = _crop(edges, series)
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
@@ -61,13 +84,13 @@ def _hist(out: Path, name: str, edges: np.ndarray, series: dict[str, np.ndarray]
             ax.text(t, ax.get_ylim()[1] * 0.92, f" {label} {t:.4g}", fontsize=8)
     ax.set_title(TITLES.get(name) or name.replace("_", " "))  # an annotator's own: its name
     ax.legend(fontsize=8)
+    _counts_axis(ax)
     fig.tight_layout()
-    fig.savefig(out / f"{name}.png")
-    plt.close(fig)
+    files[f"{name}.png"] = _png(fig)
     return f"{name}.png"
 
 
-def _langs(out: Path, langs, top: int = 12):
+def _langs(files: dict, langs, top: int = 12):
     plt = _plt()
     common = langs.most_common(top)
     rest = sum(langs.values()) - sum(n for _, n in common)
@@ -79,13 +102,13 @@ def _langs(out: Path, langs, top: int = 12):
     for i, v in enumerate(vals):
         ax.text(i, v, f"{100 * v / total:.0f}%", ha="center", va="bottom", fontsize=7)
     ax.set_title("alt-text language (fastText lid.176, top-1)")
+    _counts_axis(ax)
     fig.tight_layout()
-    fig.savefig(out / "lang.png")
-    plt.close(fig)
+    files["lang.png"] = _png(fig)
     return "lang.png"
 
 
-def _bars(out: Path, per: list[dict], own: str | None):
+def _bars(files: dict, per: list[dict], own: str | None):
     plt = _plt()
     rows = [r for r in per if "kept" in r]
     names = [("▶ " if r["strategy"] == own else "")
@@ -101,22 +124,33 @@ def _bars(out: Path, per: list[dict], own: str | None):
     ax.set_title("what each strategy would write")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False)
+    _counts_axis(ax)
     fig.tight_layout()
-    fig.savefig(out / "strategies.png")
-    plt.close(fig)
+    files["strategies.png"] = _png(fig)
     return "strategies.png"
 
 
-def _thumb(data: bytes, path: Path) -> bool:
+def _thumb(data: bytes | None, files: dict, name: str) -> bool:
+    """A JPEG thumbnail of an image into `files` under `name`; False where it does not decode."""
     from recaption.io.images import ImageError, decode
 
+    if data is None:
+        return False
     try:
         im = decode(data, draft_size=256)
     except ImageError:
         return False
     im.thumbnail((192, 192))
-    im.convert("RGB").save(path, format="JPEG", quality=85)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=85)
+    files[name] = buf.getvalue()
     return True
+
+
+def thumb_name(shard: str | None, key: str) -> str:
+    """`img/SHARD/KEY.jpg`: two shards may hold the same key, so the shard names the folder; a
+    name changed to be file-safe carries a hash of the original, so two keys never share one."""
+    return f"img/{_safe(shard or '_')}/{_safe(key)}.jpg"
 
 
 def _table(rows: list[tuple[str, str]], head: tuple[str, ...] | None = None) -> str:
@@ -173,17 +207,17 @@ def _removal(d: ReportData) -> str:
     return out
 
 
-def _overlap_pairs(d: ReportData, out: Path) -> str:
+def _overlap_pairs(d: ReportData, files: dict) -> str:
     """Each overlap as two thumbnails side by side: the pool sample, then the EVAL image it copies."""
     if not d.overlaps:
         return ""
     cells = []
     for i, o in enumerate(d.overlaps):
         imgs = ""
-        for side, data in (("pool", d.images.get(o["key"])), ("eval", d.eval_images.get(o["eval"]))):
-            name = f"overlap-{i}-{side}.jpg"
-            if data is not None and _thumb(data, out / "img" / name):
-                imgs += f'<img src="img/{name}" alt="{side}: {html.escape(o["key"] if side == "pool" else o["eval"])}">'
+        for side, data in (("pool", d.images.get((o["shard"], o["key"]))), ("eval", d.eval_images.get(o["eval"]))):
+            name = f"img/overlap-{i}-{side}.jpg"
+            if _thumb(data, files, name):
+                imgs += f'<img src="{name}" alt="{side}: {html.escape(o["key"] if side == "pool" else o["eval"])}">'
         cells.append(f'<div class="pair"><div class="imgs">{imgs}</div>'
                      f'<div class="k">{html.escape(o["shard"])}/{html.escape(o["key"])}</div>'
                      f'<div class="r">{html.escape(o["reason"])}</div></div>')
@@ -209,10 +243,11 @@ def _strategies(d: ReportData) -> str:
             _table(rows, ("strategy", "threshold", "would write", "raw", "synthetic", "cut by the strategy")))
 
 
-def _card(r: dict, d: ReportData, out: Path) -> str:
+def _card(r: dict, d: ReportData, files: dict) -> str:
     img = ""
-    if r["key"] in d.images and _thumb(d.images[r["key"]], out / "img" / f"{_safe(r['key'])}.jpg"):
-        img = f'<img src="img/{_safe(r["key"])}.jpg" alt="{html.escape(r["key"])}">'
+    name = thumb_name(r.get("shard"), r["key"])
+    if _thumb(d.images.get((r.get("shard"), r["key"])), files, name):
+        img = f'<img src="{html.escape(name)}" alt="{html.escape(r["key"])}">'
     lines = [f'<div class="k">{html.escape(r["key"])} · {html.escape(r.get("shard") or "")}</div>',
              f'<div><b>raw</b> {html.escape(r["raw"] or "—")} <span>{_f(r["clip_raw"])}</span></div>',
              f'<div><b>synthetic</b> {html.escape(r["synthetic"] or "—")} <span>{_f(r["clip_syn"])}</span></div>',
@@ -223,11 +258,43 @@ def _card(r: dict, d: ReportData, out: Path) -> str:
 
 
 def render(data: ReportData, out_dir: str | Path) -> Path:
-    """Write the report's plots and index.html into out_dir; returns the page's path."""
-    out = Path(out_dir)
-    (out / "img").mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):  # a plot without data this time must not linger from an earlier report
-        old.unlink()
+    """Write the report's plots, thumbnails and index.html into out_dir (a folder recaption owns:
+    `recaption.io.folders.claim_report`); returns the page's path."""
+    from recaption.io import folders
+
+    out = str(out_dir)
+    _refuse_overlaps(data, out)
+    files = pages(data)
+    with folders.locked(out):
+        rec = folders.claim_report(out, {"report_of": data.source})
+        folders.publish(out, rec, files, last="index.html")
+    return Path(out) / "index.html"
+
+
+def _refuse_overlaps(d: ReportData, out: str) -> None:
+    """The report goes in a folder of its own: never the folder reported on, its annotation
+    folder, or the input shard folders."""
+    from recaption.errors import RecaptionError
+    from recaption.io import folders
+
+    for what, path in (("the folder reported on", d.source), ("its annotation folder", d.ann_dir)):
+        rel = folders.related(out, path) if path else None
+        if rel in ("is", "lies inside"):
+            raise RecaptionError(f"report folder {out} {rel} {what} {path}; choose an --out of its own")
+    if d.input:
+        from recaption.io.sources import list_shards
+
+        try:
+            shards = list_shards(d.input)
+        except Exception:  # unreadable input: the report shows no images, and writes nowhere near it
+            shards = []
+        folders.refuse_overlap(out, shards, "report folder")
+
+
+def pages(data: ReportData) -> dict[str, bytes]:
+    """Every file of the report by its name in the report folder (`index.html`, `NAME.png`,
+    `img/SHARD/KEY.jpg`), as bytes: nothing is written here."""
+    files: dict[str, bytes] = {}
     d = data
     rules = {r["rule"].split("=", 1)[0]: r["rule"].split("=", 1)[1] for r in d.filters if "=" in r["rule"]}
     plots = []
@@ -241,16 +308,18 @@ def render(data: ReportData, out_dir: str | Path) -> Path:
         if name in LIMITS and LIMITS[name][0] in rules:
             lines[LIMITS[name][0]] = float(rules[LIMITS[name][0]])
         lines.update(_rule_lines(name, rules))
-        plots.append(_hist(out, name, d.edges(name), series, lines))
+        plots.append(_hist(files, name, d.edges(name), series, lines))
     if d.langs:
-        plots.append(_langs(out, d.langs))
+        plots.append(_langs(files, d.langs))
     if any("kept" in r for r in d.per_strategy):
-        plots.append(_bars(out, d.per_strategy, d.own))
+        plots.append(_bars(files, d.per_strategy, d.own))
     sections = []
     for title, cards in d.grids.items():
-        sections.append(f"<h2>{html.escape(title)}</h2><div class='grid'>"
-                        f"{''.join(_card(r, d, out) for r in cards)}</div>")
+        total = max(d.shown_of.get(title, len(cards)), len(cards))
+        sections.append(f"<h2>{html.escape(title)} ({len(cards):,} of {total:,} shown)</h2><div class='grid'>"
+                        f"{''.join(_card(r, d, files) for r in cards)}</div>")
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in d.notes)
+    overlaps = _overlap_pairs(d, files)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recaption report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}img{{max-width:100%}}
 table{{border-collapse:collapse;margin:.5em 0 1em}}
@@ -263,9 +332,9 @@ td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
 .pair .imgs{{display:flex;gap:6px}}.pair img{{width:48%}}</style>
 </head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{_strategies(d)}
 <div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>
-{_overlap_pairs(d, out)}{''.join(sections)}</body></html>"""
-    (out / "index.html").write_text(page, encoding="utf-8")
-    return out / "index.html"
+{overlaps}{''.join(sections)}</body></html>"""
+    files["index.html"] = page.encode("utf-8")
+    return files
 
 
 def _rule_lines(name: str, rules: dict) -> dict:
@@ -285,4 +354,5 @@ def _f(x):
 
 
 def _safe(key: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in key)
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in key)[:100]
+    return safe if safe == key else f"{safe}-{zlib.crc32(key.encode('utf-8')):08x}"

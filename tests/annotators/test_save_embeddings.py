@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.io import embeddings
-from tests.helpers import cli, photo_shards
+from tests.helpers import cli, dead_pid, photo_shards
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_a_missing_embedding_file_is_made_again_and_stale_temporaries_go(setup, 
     _, ann, args = setup
     before = (ann / "embeddings/img_emb/img_emb_00000.npy").read_bytes()
     (ann / "embeddings/img_emb/img_emb_00000.npy").unlink()
-    stale = ann / "embeddings/metadata/.metadata_00001.parquet.abcd1234.tmp"
+    stale = ann / f"embeddings/metadata/.metadata_00001.parquet.recaption-{dead_pid()}-abcd1234.tmp"
     stale.write_bytes(b"left by a killed run")
     mtime = (ann / "00001.parquet").stat().st_mtime_ns
     capsys.readouterr()

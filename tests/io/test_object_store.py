@@ -66,7 +66,7 @@ def test_stale_cleanup_aborts_a_killed_runs_uploads_and_removes_old_temps(s3):
     other = client.open(f"{b}/out/notes.csv", "wb", block_size=5 * MIB)  # not recaption's: left alone
     other.write(b"z" * (6 * MIB))
     other.flush()
-    client.pipe(f"{b}/out/.00003.tar.1a2b3c4d.tmp", b"old temp")  # from a rename-style writer
+    client.pipe(f"{b}/out/.00003.tar.recaption-4194305-1a2b3c4d.tmp", b"old temp")  # from a rename-style writer
     client.pipe(f"{b}/out/00000.tar", b"finished")
     assert sorted(leftovers(client, b)["pending_uploads"]) == ["out/00002.tar", "out/notes.csv"]
     assert atomic.remove_stale_temps(f"s3://{b}/out") == 2
@@ -116,3 +116,29 @@ def test_claiming_an_s3_folder_resumes_refuses_and_overwrites_like_a_local_one(s
     client.pipe(f"{b}/afile", b"x")
     with pytest.raises(RecaptionError, match="not a folder"):
         claim_output(f"s3://{b}/afile", "mix", {}, overwrite=False)
+
+
+def test_a_lock_object_refuses_a_second_run_and_is_checked_before_each_commit(s3):
+    """Issue 31.5 on an object store: no exclusive create there, so the lock is an object read back
+    after it is written, and checked again before every upload commits (best effort)."""
+    import json
+
+    from recaption.io import folders
+
+    client, b = s3
+    out = f"s3://{b}/out"
+    client.pipe(f"{b}/out/{folders.LOCK}", json.dumps({"pid": 1, "host": "elsewhere.example",
+                                                        "started": "2024-01-01T00:00:00", "token": "x"}).encode())
+    with pytest.raises(RecaptionError, match="pid 1 on elsewhere.example"):
+        with folders.locked(out):
+            pass
+    client.rm(f"{b}/out/{folders.LOCK}")
+    with folders.locked(out):
+        atomic.write_text(f"{out}/_summary.json", "{}")  # the lock is this run's: the commit goes through
+        client.pipe(f"{b}/out/{folders.LOCK}", json.dumps({"pid": 2, "host": "elsewhere.example",
+                                                            "started": "now", "token": "theirs"}).encode())
+        with pytest.raises(RecaptionError, match="took this folder's lock"):
+            atomic.write_text(f"{out}/00000.parquet", "partial")
+    assert not client.exists(f"{b}/out/00000.parquet")  # refused before the upload became visible
+    assert json.loads(client.cat(f"{b}/out/{folders.LOCK}"))["token"] == "theirs"  # the other run's lock stays
+    assert leftovers(client, b)["pending_uploads"] == []

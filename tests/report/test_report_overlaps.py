@@ -32,7 +32,8 @@ def test_the_report_reads_the_overlaps_and_their_images(mixed):
     n = sum(v for k, v in s["counts"]["dropped_by_reason"].items() if k.startswith("overlap: "))
     assert n == d.overlaps_total == len(d.overlaps) == 12  # two photographs, each with its five copies
     assert {o["eval"] for o in d.overlaps} == {"bench/astronaut.png", "bench/chelsea.png"}
-    assert all(o["key"] in d.images for o in d.overlaps) and set(d.eval_images) == {o["eval"] for o in d.overlaps}
+    assert all((o["shard"], o["key"]) in d.images for o in d.overlaps)
+    assert set(d.eval_images) == {o["eval"] for o in d.overlaps}
     own = next(r for r in d.per_strategy if r["strategy"] == "raw")
     assert d.pooled == s["counts"]["written"] and own["dropped"] + own["kept"] == d.rows  # the mix's own pool
 
