@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io import tarindex
 
+log = logging.getLogger("recaption")
 VERIFY_IMAGES = "verify_images"  # decisions metadata: the writer checks image bytes against image_sha256
 
 
@@ -54,7 +56,9 @@ def recorded_identity(ann_path: str) -> dict | None:
 
 def check_shard(f, cache=None) -> bool:
     """Refuse (one line) an input shard that is not the one its annotation file was made from;
-    returns whether only its images can tell (no mtime or ETag to compare)."""
+    returns whether only its images can tell (no mtime or ETag to compare). A shard whose identity
+    differs but whose samples are the annotated ones, key for key and image for image (a copy, the
+    same tar gzipped), is read through to prove it and then used."""
     recorded = recorded_identity(f.path)
     if not recorded or f.url is None:
         return False  # annotated before identities were recorded: the writer compares keys
@@ -64,13 +68,17 @@ def check_shard(f, cache=None) -> bool:
     if change == tarindex.NO_STAMP:
         return True
     where = first_difference(f.url, f.path)
+    if where is None:
+        log.info("%s differs from its annotation's record (%s) but holds the annotated samples: used", f.url, change)
+        return False
     raise RecaptionError(f"{f.url} is not the shard {f.path} was made from ({change}){where}: re-annotate it "
                          "(annotate/score with --overwrite), or give the annotation folder of these shards")
 
 
-def first_difference(url: str, ann_path: str, limit: int = 1_000_000) -> str:
+def first_difference(url: str, ann_path: str) -> str | None:
     """", first differing sample KEY (...)" between a shard and its annotation rows, read in order
-    (keys, then image sha256 where recorded); empty where none is found in the first `limit`."""
+    (keys, then image sha256 where recorded); "" when the shard cannot be read through; None when
+    every sample is the annotated one."""
     from recaption.io.shards import ReadFailure, iter_shard
 
     cols = ["key", "image_sha256"]
@@ -94,13 +102,11 @@ def first_difference(url: str, ann_path: str, limit: int = 1_000_000) -> str:
                 if now != (bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha)):
                     return f", first differing sample {s.key!r} (its image)"
             i += 1
-            if i >= limit:
-                break
     except Exception:  # the shard cannot be read: the identity alone says it changed
         return ""
     if i < len(keyed):
         return f", first differing sample {keyed[i]['key']!r} (annotated, not in the shard)"
-    return ""
+    return None
 
 
 def built_from(plan) -> str:
