@@ -171,16 +171,17 @@ def recorded_build(out_dir: str, name: str) -> str | None:
 
 
 def _refuse_repeated_keys(t: pa.Table, part: Part, name: str) -> None:
-    """A key with two annotation rows cannot say which sample is which: the output shard fails."""
+    """A key kept in two annotation rows cannot say which sample is which: the output shard fails.
+    (A key the shard itself repeats has its later samples recorded as errors, which are dropped.)"""
     import pyarrow.compute as pc
 
-    keys = t["key"].drop_null()
+    keys = t.filter(t["kept"])["key"].drop_null()
     if pc.count_distinct(keys).as_py() == len(keys):
         return
     counts = pc.value_counts(keys)
     twice = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
     meta = json.loads(t.schema.metadata[META_KEY])
-    raise RecaptionError(f"{meta.get('annotations')}: key {twice!r} has more than one annotation row; "
+    raise RecaptionError(f"{meta.get('annotations')}: key {twice!r} is kept in more than one annotation row; "
                          f"output shard {name} is not written (repair or re-annotate {part.url})")
 
 
