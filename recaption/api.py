@@ -457,7 +457,8 @@ def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: 
     return render(load(path, input_spec, fraction, annotations=annotations, filters=filters), out_dir)
 
 
-def verify(folder: str, input_spec=None) -> list[str]:
+@scoped
+def verify(folder: str, input_spec=None, *, storage_options: dict | str | None = None) -> list[str]:
     """What in a mix, overlay or annotation folder disagrees with its record and its inputs, one
     line each (`recaption.mixing.verify`); empty when it holds. `input_spec` gives an annotation
     folder's shards."""

@@ -59,12 +59,33 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
 
 
 def cli(*args):
-    """Run the `recaption` command line in this process; its exit status."""
+    """Run the `recaption` command line in this process; its exit status. Every mix or run that
+    exits 0 is then re-checked by `recaption verify` (exit 0 means the folder agrees with its
+    record and its inputs)."""
+    argv = [str(a) for a in args]
     try:
-        main([str(a) for a in args])
+        main(argv)
+        code = 0
     except SystemExit as e:
-        return e.code
-    return 0
+        code = e.code
+    out = written_folder(argv)
+    if code == 0 and out is not None:
+        from recaption.api import verify
+
+        st = argv[argv.index("--storage-options") + 1] if "--storage-options" in argv[:-1] else None
+        problems = verify(out, storage_options=st)
+        assert not problems, f"recaption verify {out} after {' '.join(argv)}:\n" + "\n".join(problems)
+    return code
+
+
+def written_folder(argv: list[str]) -> str | None:
+    """The folder a mix or run command line writes (None for other verbs and dry runs)."""
+    if not argv or argv[0] not in ("mix", "run") or "--dry-run" in argv or "--help" in argv:
+        return None
+    for flag in ("-o", "--out"):
+        if flag in argv[:-1]:
+            return argv[argv.index(flag) + 1]
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
 
 
 def annotate_randomly(shard_dir, ann_dir, seed=0):

@@ -217,6 +217,7 @@ def report(
 @verb(app, epilog=_examples("recaption verify mixed/", "recaption verify ann/ --input shards/"))
 def verify(
     path: Annotated[str, typer.Argument(help="a mix, overlay or run folder, or an annotation folder", metavar="PATH", show_default=False)],
+    st: StorageOptions,
     input: Annotated[Optional[str], opt("--input", "-i", help="an annotation folder's shards, to check each file against its shard")] = None,
 ):
     """Re-check a folder against its record and its inputs: the shards and annotation files a mix
@@ -224,7 +225,7 @@ def verify(
     place. Prints what disagrees and exits 1, or says that it holds."""
     from recaption import api
 
-    problems = api.verify(path, input)
+    problems = api.verify(path, input, storage_options=st.storage_options)
     for line in problems[:50]:
         print(f"verify: {line}")
     if len(problems) > 50:
