@@ -61,9 +61,9 @@ def annotator_configs(configs: dict) -> dict:
     before anything is created (model files, extras)."""
     out = {}
     for name, cfg in configs.items():
+        cls = annotators.get(name)  # a typo is refused even with None (off) as its value
         if cfg is None:
             continue
-        cls = annotators.get(name)
         out[name] = cls.coerce(cfg) if hasattr(cls, "coerce") else cfg
     for cls in annotators.classes():
         if cls.name not in out and cls.always:
@@ -172,7 +172,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     t0 = time.time()
     # annotations only, columnar; fails with one line (no annotation file at all) before anything exists
     dry = dry_run or out_dir is None
-    pool = pool_pass(shards, ann_dir, cfg, mapper(ex), synthetic=True if dry else None)
+    pool = pool_pass(shards, ann_dir, cfg, mapper(ex), synthetic=True if dry else None, compare=dry)
     if dry:
         counts, n_out = dry_counts(pool, cfg)
         summary = _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=True)
