@@ -119,3 +119,18 @@ def test_a_registry_refuses_a_taken_name_and_keeps_its_built_ins():
     reg.unregister("b")
     with pytest.raises(RecaptionError, match="unknown toy 'b'"):
         reg.get("b")
+
+
+@pytest.mark.parametrize("name", __import__("recaption.captioners.base", fromlist=["BACKENDS"]).BACKENDS.names())
+def test_every_backend_prepares_as_the_input_thread_calls_it(name):
+    """The input thread calls `prepare(images)`; a backend wanting more lost its prepare-ahead."""
+    import inspect
+
+    from recaption.captioners.base import BACKENDS, Captioner
+
+    cls = load(BACKENDS.get(name).target)
+    assert issubclass(cls, Captioner)
+    params = list(inspect.signature(cls.prepare).parameters)
+    assert params == ["self", "images"], (name, params)
+    if hasattr(cls, "prepare_pixels"):
+        assert list(inspect.signature(cls.prepare_pixels).parameters) == ["self", "pixels"], name

@@ -118,7 +118,7 @@ class Captions(Annotator):
         rows = [batch.rows[i] for i in idx]
         prepared = batch.batched(self.captioner, idx)
         if is_pixels(prepared):
-            prepared = self.captioner.prepare_pixels(prepared, [r["raw_caption"] for r in rows])
+            prepared = self.captioner.prepare_pixels(prepared)
         out = self._isolating(rows, batch.inputs(self.captioner, idx), batch.shard, prepared)
         for r, c in zip(rows, out):
             if c is not None:

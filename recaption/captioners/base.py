@@ -218,7 +218,9 @@ def guess_backend(model: str) -> str:
 
 
 class Captioner:
-    """Subclasses implement `_generate(images, raw_captions) -> list[list[str]]`."""
+    """Subclasses implement `_generate(images, raw_captions) -> list[list[str]]`; for the input
+    thread's prepare-ahead, `prepare(images)` and `_generate_prepared(prepared, raw_captions)`;
+    for the fast input path, `pixel_spec()` and `prepare_pixels(pixels)`."""
 
     def __init__(self, cfg: CaptionerConfig):
         self.cfg = cfg
@@ -229,9 +231,10 @@ class Captioner:
         """The input size this captioner needs (JPEGs decode at no less)."""
         return self.cfg.image_size or 384
 
-    def prepare(self, images, raw_captions):
-        """CPU-side inputs for a batch (processor, transforms); run ahead of the model, off its thread.
-        None means the backend takes images as they are."""
+    def prepare(self, images):
+        """CPU-side inputs for a batch of images (processor, transforms); run ahead of the model by
+        the input thread, which has the images only (text inputs are the model thread's: tokenizers
+        are not thread-safe). None means the backend takes images as they are."""
         return None
 
     def caption(self, images, raw_captions, seed_key: str = "", prepared=None) -> list[list[str]]:

@@ -97,7 +97,7 @@ class HFCaptioner(Captioner):
             self._pixel_spec = from_hf_image_processor(ip) if ip is not None else None
         return self._pixel_spec
 
-    def prepare(self, images, raw_captions=None):
+    def prepare(self, images):
         """Pixel values from the image processor (no tokenizer: safe off the model thread), plus the
         prepared text inputs repeated per image. Per-sample uint8 pixels from the fast path (its
         retries and OOM halving) are stacked instead."""
@@ -106,14 +106,14 @@ class HFCaptioner(Captioner):
         from recaption.io.pixels import is_pixels
 
         if is_pixels(images):
-            return self.prepare_pixels(torch.stack(list(images)), raw_captions)
+            return self.prepare_pixels(torch.stack(list(images)))
         pix = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         inputs = {"pixel_values": pix} | {k: v.repeat(len(images), 1) for k, v in self._text.items()}
         if self.device != "cpu":
             inputs = {k: v.pin_memory() for k, v in inputs.items()}
         return inputs
 
-    def prepare_pixels(self, pixels, raw_captions=None):
+    def prepare_pixels(self, pixels):
         """Inputs for a uint8 [N, 3, h, w] batch at `pixel_spec().size`; normalised on the device."""
         inputs = {k: v.repeat(len(pixels), 1) for k, v in self._text.items()}
         if self.device != "cpu":
@@ -123,7 +123,7 @@ class HFCaptioner(Captioner):
         return {"pixel_values": pixels} | inputs
 
     def _generate(self, images, raw_captions):
-        return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
+        return self._generate_prepared(self.prepare(images), raw_captions)
 
     def _generate_prepared(self, inputs, raw_captions):
         import torch
