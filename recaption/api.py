@@ -30,7 +30,6 @@ from recaption.io.atomic import join, write_text
 from recaption.io.fs import scoped
 from recaption.io.images import DEFAULT_MAX_PIXELS
 from recaption.io.pixels import PREPROCESS
-from recaption.io.shards import DEFAULT_IMAGE_KEYS
 from recaption.io.sources import sample_count_hint, shards_of
 from recaption.mixing.strategies import MixConfig
 from recaption.scoring.sieve import default_sieve_model, resolve_sieve_model  # noqa: F401  (the API's helpers)
@@ -144,7 +143,7 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
 # -- mix -------------------------------------------------------------------------------------
 @scoped
 def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
-        overlay: bool = False, overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS,
+        overlay: bool = False, overwrite: bool = False,
         execution: Execution | None = None, arguments: dict | None = None, extra_summary: dict | None = None,
         claim: dict | None = None, storage_options: dict | str | None = None) -> dict:
     """Write the caption-mixed shard set or, with dry_run, only say what it would do (and what
@@ -266,10 +265,12 @@ def _removal_summary(pool) -> dict:
 @scoped
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, overwrite: bool = False, max_pixels: int | None = None,
-        execution: Execution | None = None, arguments: dict | None = None,
+        decode: DecodeOptions | None = None, execution: Execution | None = None, arguments: dict | None = None,
         storage_options: dict | str | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
-    changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
+    changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix.
+    `decode` says how images are read for the annotate part (image keys, the input path, nvJPEG);
+    its batch size is the recipe's; `max_pixels` replaces its decompression-bomb limit."""
     from recaption.recipes import load_recipe, recipe_parts
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
@@ -284,7 +285,12 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     folders.refuse_overlap(out_dir, shards)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     folders.refuse_annotation_overlap(out_dir, ann_dir)
+    d = dataclasses.replace(decode or DecodeOptions(), batch_size=r.get("batch_size"))
+    if max_pixels is not None:
+        d = dataclasses.replace(d, max_pixels=max_pixels)
     identity = {"recipe": r, "annotations": None if annotations is None else annotations}
+    if d.preprocess != "fast":  # the annotations differ (their groups record it): so does the run
+        identity["preprocess"] = d.preprocess
     prev = folders.read_record(out_dir)
     same_annotations = bool(prev and prev.get("kind") == "run" and
                             _without_mix(prev.get("identity")) == _without_mix(identity))
@@ -293,9 +299,8 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
     ann_summary = {}
     if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
-        ann_summary = annotate(input_spec, ann_dir, cfgs, decode=DecodeOptions(batch_size=r.get("batch_size"),
-                                                                              max_pixels=max_pixels),
-                               overwrite=overwrite and not same_annotations, execution=ex)
+        ann_summary = annotate(input_spec, ann_dir, cfgs, decode=d, overwrite=overwrite and not same_annotations,
+                               execution=ex)
     summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
                   extra_summary={"annotate": ann_summary, "recipe": r})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
