@@ -10,6 +10,7 @@ time or by an entry point is accepted wherever a built-in is. `load` is the one 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import types
@@ -150,6 +151,21 @@ class Registry:
     def unknown(self, name, extra: str = "") -> RecaptionError:
         """The one-line error for a name not registered: the nearest known ones, then all."""
         return unknown(self.kind, name, list(self._entries), extra)
+
+    def read_plugins(self) -> None:
+        """Read the entry-point group again (a package installed since this process first read it)."""
+        self._plugins_read = self.group is None
+        self._read_plugins()
+
+    @contextlib.contextmanager
+    def saved(self):
+        """Whatever is registered or unregistered inside is undone on leaving (tests, trials)."""
+        state = (dict(self._entries), dict(self._meta), dict(self._loaded), set(self._builtin), self._plugins_read)
+        try:
+            yield self
+        finally:
+            self._entries, self._meta, self._loaded, self._builtin, self._plugins_read = state
+            self.changes += 1
 
     def _read_plugins(self) -> None:
         """Entries installed packages declare in this registry's entry-point group, read once."""

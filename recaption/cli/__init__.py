@@ -121,7 +121,7 @@ def mix(
     input: InputArg, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
     out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)", panel="Output")] = None,
-    strategy: Annotated[StrategyChoice, opt(help=f"{strategies_help()} (docs/formats.md#mixing-strategies)", panel="Strategy")] = StrategyChoice("threshold"),
+    strategy: Annotated[StrategyChoice, opt(help=lambda: f"{strategies_help()} (docs/formats.md#mixing-strategies)", panel="Strategy")] = StrategyChoice("threshold"),
     threshold: Annotated[Optional[float], opt(help="absolute threshold on the strategy's own score: clip_raw (raw, both, threshold), the synthetic caption's CLIP score (synthetic), the blend (sieve)", panel="Strategy")] = None,
     fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0", panel="Strategy")] = None,
     filter_synthetic: Annotated[bool, opt("--filter-synthetic", help="with --strategy threshold: also drop samples whose synthetic caption scores below the threshold", panel="Strategy")] = False,
