@@ -15,12 +15,11 @@ from recaption.errors import RecaptionError
 from recaption.mixing.strategies import MixConfig
 from recaption.webdataset import overlay, ray_overlay
 from tests.helpers import annotate_by_captioners
-from tests.helpers import plain, urls
+from tests.helpers import config_for, plain, strategy_names, urls
 
 QUIET = Execution(quiet=True)
-STRATEGIES = {"raw": MixConfig("raw", fraction=0.7), "synthetic": MixConfig("synthetic"),
-              "threshold": MixConfig("threshold", fraction=0.4), "both": MixConfig("both", fraction=0.7),
-              "sieve": MixConfig("sieve", fraction=0.7)}
+# every registered strategy (a threshold where one is needed; threshold's lower, so its fallback shows)
+STRATEGIES = {s: config_for(s, 0.4 if s == "threshold" else 0.7) for s in strategy_names()}
 
 
 @pytest.fixture(scope="module")
