@@ -131,6 +131,7 @@ def test_txt_is_chosen_among_the_keys_per_sample_and_epoch(keyed):
         assert s["txt"] == obj.get("recaption_candidate_2", obj["recaption_raw"]).encode()
 
 
+@pytest.mark.slow
 def test_workers_and_ray_draw_the_same(keyed, ray_local):
     """A shared epoch set after the workers started reaches them; Ray draws as webdataset does."""
     import ray.data
