@@ -134,3 +134,14 @@ def test_every_backend_prepares_as_the_input_thread_calls_it(name):
     assert params == ["self", "images"], (name, params)
     if hasattr(cls, "prepare_pixels"):
         assert list(inspect.signature(cls.prepare_pixels).parameters) == ["self", "pixels"], name
+
+
+def test_a_backend_on_a_shared_class_is_not_guessed_into_another_model():
+    """HFCaptioner once loaded BLIP-2 for any backend name but `blip`."""
+    from recaption.captioners.base import BACKENDS, Backend, CaptionerConfig, build_captioner
+
+    with BACKENDS.saved():
+        BACKENDS.register("blip3", Backend("recaption.captioners.hf:HFCaptioner"))
+        with pytest.raises(RecaptionError, match="serves the blip and blip2 backends, not 'blip3'"):
+            build_captioner(CaptionerConfig(backend="blip3", model="nowhere/blip3", device="cpu"))
+    assert "blip3" not in BACKENDS

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recaption.captioners.base import Captioner, CaptionerConfig
-from recaption.errors import require
+from recaption.errors import RecaptionError, require
 
 
 def generate_kwargs(cfg: CaptionerConfig) -> dict:
@@ -48,7 +48,10 @@ class HFCaptioner(Captioner):
         quiet_hub()
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        cls = BlipForConditionalGeneration if cfg.backend == "blip" else Blip2ForConditionalGeneration
+        classes = {"blip": BlipForConditionalGeneration, "blip2": Blip2ForConditionalGeneration}
+        if cfg.backend not in classes:  # another backend registered on this class: say so, guess nothing
+            raise RecaptionError(f"HFCaptioner serves the blip and blip2 backends, not {cfg.backend!r}")
+        cls = classes[cfg.backend]
         common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
         q = quantization_config(cfg.quantize, self.dtype)
         load = {"dtype": self.dtype, "use_safetensors": None}
