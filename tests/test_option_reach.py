@@ -233,3 +233,23 @@ def test_global_options_reach_the_log(world, tmp_path, capsys):
     assert log.is_file() and "a debug line" in log.read_text()
     STATE.update(debug=False, log_file=None)
     setup_logging()
+
+
+def test_every_api_parameter_is_read():
+    """The API's side of the walk: each parameter of a verb's function is read in its body (mix
+    once took `image_keys` and never read it). What it changes, the CLI walk above checks."""
+    import ast
+    import inspect
+
+    from recaption import api
+
+    unread = []
+    for name in ("annotate", "mix", "run", "import_captions", "report"):
+        fn = inspect.unwrap(getattr(api, name))
+        tree = ast.parse(inspect.getsource(fn).lstrip())
+        body = tree.body[0]
+        read = {n.id for stmt in body.body for n in ast.walk(stmt) if isinstance(n, ast.Name)}
+        params = [p for p in inspect.signature(fn).parameters.values() if p.kind != p.VAR_KEYWORD]
+        # storage_options is read by the @scoped wrapper (recaption.io.fs.scoped), before the body
+        unread += [f"api.{name}({p.name})" for p in params if p.name not in read and p.name != "storage_options"]
+    assert not unread, unread
