@@ -61,9 +61,9 @@ def annotator_configs(configs: dict) -> dict:
     before anything is created (model files, extras)."""
     out = {}
     for name, cfg in configs.items():
+        cls = annotators.get(name)  # a typo is refused even with None (off) as its value
         if cfg is None:
             continue
-        cls = annotators.get(name)
         out[name] = cls.coerce(cfg) if hasattr(cls, "coerce") else cfg
     for cls in annotators.classes():
         if cls.name not in out and cls.always:
@@ -171,7 +171,7 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
 # -- mix -------------------------------------------------------------------------------------
 @scoped
 def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
-        overlay: bool = False, overwrite: bool = False, image_keys=DEFAULT_IMAGE_KEYS,
+        overlay: bool = False, overwrite: bool = False,
         execution: Execution | None = None, arguments: dict | None = None, extra_summary: dict | None = None,
         claim: dict | None = None, storage_options: dict | str | None = None) -> dict:
     """Write the caption-mixed shard set or, with dry_run, only say what it would do (and what
@@ -199,7 +199,7 @@ def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_ru
     t0 = time.time()
     # annotations only, columnar; fails with one line (no annotation file at all) before anything exists
     dry = dry_run or out_dir is None
-    pool = pool_pass(shards, ann_dir, cfg, mapper(ex), synthetic=True if dry else None)
+    pool = pool_pass(shards, ann_dir, cfg, mapper(ex), synthetic=True if dry else None, compare=dry)
     if dry:
         counts, n_out = dry_counts(pool, cfg)
         summary = _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=True)
@@ -331,17 +331,19 @@ def _removal_summary(pool) -> dict:
 @scoped
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, overwrite: bool = False, max_pixels: int | None = None,
-        limits: ReadLimits | None = None, execution: Execution | None = None, arguments: dict | None = None,
+        decode: DecodeOptions | None = None, execution: Execution | None = None, arguments: dict | None = None,
         storage_options: dict | str | None = None) -> dict:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
-    changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix."""
+    changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix.
+    `decode` says how images are read for the annotate part (image keys, the input path, nvJPEG);
+    its batch size is the recipe's; `max_pixels` replaces its decompression-bomb limit; its read
+    limits are checked before anything is created."""
     from recaption.recipes import load_recipe, recipe_parts, validate
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
     if isinstance(recipe, dict):
         validate(r, "given")  # its values' types and ranges, as a loaded recipe's are
     parts = recipe_parts(r)  # every section validated before anything is created
-    limits = (limits or ReadLimits()).checked()
     ex = (execution or Execution()).validate()
     if ex.device is None and r.get("device"):
         ex = dataclasses.replace(ex, device=r["device"])
@@ -352,11 +354,16 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     folders.refuse_overlap(out_dir, shards)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     folders.refuse_annotation_overlap(out_dir, ann_dir)
+    d = dataclasses.replace(decode or DecodeOptions(), batch_size=r.get("batch_size"))
+    if max_pixels is not None:
+        d = dataclasses.replace(d, max_pixels=max_pixels)
     identity = {"recipe": r, "annotations": None if annotations is None else annotations}
+    if d.preprocess != "fast":  # the annotations differ (their groups record it): so does the run
+        identity["preprocess"] = d.preprocess
     prev = folders.read_record(out_dir)
     same_annotations = bool(prev and prev.get("kind") == "run" and
                             _without_mix(prev.get("identity")) == _without_mix(identity))
-    decode = decode_options(DecodeOptions(batch_size=r.get("batch_size"), max_pixels=max_pixels, limits=limits), cfgs)
+    decode = decode_options(d, cfgs)  # checked (read limits included) before any folder exists
     _check_inputs(parts.mix, "decontaminate")
     _check_recipe_scores(parts, annotations)
     preflight(ex)

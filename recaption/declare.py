@@ -14,7 +14,9 @@ class Option:
 
     `name` is the Python name (unique across the extensions of a kind); the flag is `--name-with-dashes` unless
     `flags` says otherwise. A bool is a flag that is off by default. `multiple` makes it repeatable
-    (a list). `choices` limits the values (the help lists them)."""
+    (a list). `choices` limits the values (the help lists them): a tuple, or a registry (an object
+    with `names()`) or a function read each time a command is built, so an entry registered at
+    run time is a choice like a built-in one."""
 
     name: str
     type: type = str
@@ -22,7 +24,14 @@ class Option:
     help: str = ""
     flags: tuple[str, ...] = ()
     multiple: bool = False
-    choices: tuple[str, ...] = ()
+    choices: Any = ()  # tuple[str, ...], or a registry / function giving them when asked
+
+    def choice_list(self) -> tuple[str, ...]:
+        """The values the option takes now (empty: any value of its type)."""
+        c = self.choices
+        if hasattr(c, "names"):
+            return tuple(c.names())
+        return tuple(c() if callable(c) else c)
 
     @property
     def flag(self) -> str:

@@ -27,3 +27,15 @@ def reason_category(reason: str) -> str:
     """Group error and drop reasons for summaries: numbers and parenthesised details left out."""
     text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
     return re.sub(r"\s+", " ", text).strip()[:120]
+
+
+def unknown(what: str, name, known, extra: str = "") -> RecaptionError:
+    """The one line for a name nothing registered answers to: the name, the nearest known ones
+    (difflib), then every known one, so a typo is fixed from the message alone."""
+    import difflib
+
+    known = [str(k) for k in known]
+    near = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    listed = f" (known: {', '.join(known)})" if known else " (none is registered)"
+    return RecaptionError(f"unknown {what} {name!r}{hint}{listed}{extra}")

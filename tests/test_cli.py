@@ -9,6 +9,7 @@ from tests.helpers import cli
 VERBS = ["caption", "score", "annotate", "mix", "run", "import-captions", "report", "recipes", "models", "demo"]
 
 
+@pytest.mark.slow
 def test_help_lists_every_verb_without_importing_heavy_modules():
     # what keeps `recaption --help` fast; its time is a figure in scripts/bench.py, not a test
     code = ("import sys; from recaption.cli import main\n"
@@ -56,6 +57,7 @@ def test_errors_are_one_line(args, msg, shard_dir, tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_missing_extra_names_the_install(shard_dir, tmp_path):
     p = subprocess.run([sys.executable, "-m", "recaption.cli", "caption", str(shard_dir), "-o", str(tmp_path / "a"),
                         "-c", "qwen2.5-vl-3b"], capture_output=True, text=True, timeout=300)

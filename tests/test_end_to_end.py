@@ -105,6 +105,7 @@ def test_mix_accounts_for_every_sample(annotated, shard_dir, tmp_path, strategy,
         assert t == vals[int(len(vals) * 0.3)]
 
 
+@pytest.mark.slow
 def test_mix_output_reads_with_ray_data(annotated, shard_dir, tmp_path, ray_local):
     import ray.data
 

@@ -12,7 +12,7 @@ PACKAGE = Path(recaption.__file__).parent
 
 LAYERS = [
     {"errors"},
-    {"resources", "models", "progress", "declare"},
+    {"resources", "models", "progress", "declare", "registry"},
     {"io"},
     {"captioners", "scoring", "engines"},
     {"annotators"},

@@ -15,12 +15,11 @@ from recaption.errors import RecaptionError
 from recaption.mixing.strategies import MixConfig
 from recaption.webdataset import overlay, ray_overlay
 from tests.helpers import annotate_by_captioners
-from tests.helpers import plain, urls
+from tests.helpers import config_for, plain, strategy_names, urls
 
 QUIET = Execution(quiet=True)
-STRATEGIES = {"raw": MixConfig("raw", fraction=0.7), "synthetic": MixConfig("synthetic"),
-              "threshold": MixConfig("threshold", fraction=0.4), "both": MixConfig("both", fraction=0.7),
-              "sieve": MixConfig("sieve", fraction=0.7)}
+# every registered strategy (a threshold where one is needed; threshold's lower, so its fallback shows)
+STRATEGIES = {s: config_for(s, 0.4 if s == "threshold" else 0.7) for s in strategy_names()}
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +131,7 @@ def test_txt_is_chosen_among_the_keys_per_sample_and_epoch(keyed):
         assert s["txt"] == obj.get("recaption_candidate_2", obj["recaption_raw"]).encode()
 
 
+@pytest.mark.slow
 def test_workers_and_ray_draw_the_same(keyed, ray_local):
     """A shared epoch set after the workers started reaches them; Ray draws as webdataset does."""
     import ray.data

@@ -34,7 +34,7 @@ def test_quiet_says_nothing(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_workers_report_samples_as_they_go(engine, request, caplog):
     if engine == "ray":
         request.getfixturevalue("ray_local")

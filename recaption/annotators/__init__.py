@@ -9,10 +9,9 @@ package's metadata. Classes are imported when first asked for, and import nothin
 """
 from __future__ import annotations
 
-import importlib
-
 from recaption.annotators.base import Annotator, Column, RunContext  # noqa: F401  (the contract, re-exported)
 from recaption.errors import RecaptionError
+from recaption.registry import Registry, load, target_of
 
 # name -> "module:Class"; the order is the order of the file's extra columns and the tie-break of run order
 BUILTIN = {
@@ -24,62 +23,55 @@ BUILTIN = {
     "fingerprints": "recaption.annotators.fingerprints:Fingerprints",
 }
 ENTRY_POINTS = "recaption.annotators"
-_registry: dict[str, str | type] = dict(BUILTIN)
-_loaded: dict[str, type] = {}
-_plugins_read = False
+
+
+def _check(name: str, cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Annotator)):
+        raise RecaptionError(f"annotator {name!r}: {cls!r} is not an Annotator class")
+    if cls.name != name:
+        raise RecaptionError(f"annotator {cls.__name__} must be registered under its name ({cls.name!r}), not {name!r}")
+
+
+REGISTRY = Registry("annotator", ENTRY_POINTS, _check)
+for _name, _target in BUILTIN.items():
+    REGISTRY.register(_name, _target, builtin=True)
 
 
 def register(annotator: type | str, name: str | None = None) -> None:
     """Add an annotator: its class, or "module:Class" (importable in worker processes too). A name
     already taken is refused; options must not clash with another annotator's."""
-    _read_plugins()
-    cls = _load(annotator) if isinstance(annotator, str) else annotator
+    cls = load(annotator, "annotator") if isinstance(annotator, str) else annotator
     name = name or cls.name
-    if not name or name != cls.name:
-        raise RecaptionError(f"annotator {cls.__name__} must be registered under its name ({cls.name!r})")
-    if name in _registry:
+    _check(name, cls)
+    if name in REGISTRY:
         raise RecaptionError(f"an annotator named {name!r} is registered already")
     taken = {o.name: a.name for a in classes() for o in a.options}
     clash = [o.name for o in cls.options if o.name in taken]
     if clash:
         raise RecaptionError(f"annotator {name}: option {clash[0]!r} is {taken[clash[0]]}'s already")
-    _registry[name] = annotator
-    _loaded.pop(name, None)
+    REGISTRY.register(name, annotator)
 
 
 def ensure(targets: dict[str, str]) -> None:
     """Make annotators known here by their targets (name -> "module:Class"): a worker process or
     Ray actor learns the annotators the driver registered at run time, which its own imports did
     not register."""
-    _read_plugins()
-    for name, t in targets.items():
-        if name not in _registry:
-            _registry[name] = t
+    REGISTRY.ensure(targets)
 
 
 def unregister(name: str) -> None:
     """Remove a registered annotator (built-in ones stay)."""
-    if name in BUILTIN:
-        raise RecaptionError(f"{name} is built in")
-    _registry.pop(name, None)
-    _loaded.pop(name, None)
+    REGISTRY.unregister(name)
 
 
 def names() -> list[str]:
     """Every registered annotator's name, in registry order."""
-    _read_plugins()
-    return list(_registry)
+    return REGISTRY.names()
 
 
 def get(name: str) -> type[Annotator]:
-    """The class of a registered annotator."""
-    _read_plugins()
-    if name not in _registry:
-        raise RecaptionError(f"unknown annotator {name!r}; registered: {', '.join(_registry)}")
-    if name not in _loaded:
-        entry = _registry[name]
-        _loaded[name] = _load(entry) if isinstance(entry, str) else entry
-    return _loaded[name]
+    """The class of a registered annotator (an unknown name: one line with the nearest ones)."""
+    return REGISTRY.get(name)
 
 
 def classes() -> list[type[Annotator]]:
@@ -89,34 +81,12 @@ def classes() -> list[type[Annotator]]:
 
 def target(name: str) -> str:
     """Where a worker imports the annotator from ("module:Class")."""
-    cls = get(name)
-    return f"{cls.__module__}:{cls.__qualname__}"
+    return target_of(get(name))
 
 
 def load_target(text: str) -> type[Annotator]:
     """The class a target names (in a worker)."""
-    return _load(text)
-
-
-def _load(text: str) -> type:
-    module, _, attr = text.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise RecaptionError(f"cannot load annotator {text}: {e}") from None
-
-
-def _read_plugins() -> None:
-    """Annotators that installed packages declare as entry points, read once."""
-    global _plugins_read
-    if _plugins_read:
-        return
-    _plugins_read = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINTS):
-        if ep.name not in _registry:
-            _registry[ep.name] = ep.value
+    return load(text, "annotator")
 
 
 # -- what is derived from the table ---------------------------------------------------------

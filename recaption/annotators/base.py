@@ -80,9 +80,13 @@ class RuleKind:
 
     `op` says what the rule tests: `min` (the column's value >= VALUE), `max` (<= VALUE), `in`
     (one of the comma-separated VALUE codes; `fixed` gives them for a rule without a value), or
-    `custom` (evaluated by name in `recaption.mixing.filters`). A row without a value `lacks`
-    what the rule tests and is dropped with that reason. `group` is the column group a file must
-    hold for the rule to apply (None: the rule reads fixed columns only)."""
+    `custom`: `test` ("module:function", or the function) is called as `test(table, value)` on
+    an annotation table holding the `needs` columns and returns numpy arrays `(fails, lacks,
+    measured)` per row (the row fails the rule; lacks what it tests; its value, for drop reasons,
+    where `sign` says how a failing value compares with the limit). A custom rule without its
+    test is refused here, where it is declared. A row without a value `lacks` what the rule
+    tests and is dropped with that reason. `group` is the column group a file must hold for the
+    rule to apply (None: the rule reads fixed columns only)."""
 
     name: str
     needs: tuple[str, ...]
@@ -94,12 +98,29 @@ class RuleKind:
     group: str | None = None
     fixed: str | None = None
     metavar: str | None = None  # how --help shows the value (default: N, X or CODES by type)
+    test: Any = None  # custom: "module:function" or the function, (table, value) -> (fails, lacks, measured)
+    sign: str = "<"  # custom: how a failing value compares with the limit in a drop reason
 
     def __post_init__(self):
-        if self.op not in ("min", "max", "in", "custom"):
-            raise ValueError(f"rule {self.name}: op must be min, max, in or custom, got {self.op!r}")
+        if self.op not in RULE_OPS:
+            raise RecaptionError(f"rule {self.name}: op must be one of {', '.join(RULE_OPS)}, got {self.op!r}")
         if self.op != "custom" and self.column is None:
-            raise ValueError(f"rule {self.name}: a {self.op} rule names its column")
+            raise RecaptionError(f"rule {self.name}: a {self.op} rule names its column")
+        if self.op == "custom" and self.test is None:
+            raise RecaptionError(f"rule {self.name}: a custom rule names its test "
+                                 "(test=\"module:function\", called as test(table, value))")
+        if self.op != "custom" and self.test is not None:
+            raise RecaptionError(f"rule {self.name}: only a custom rule takes a test "
+                                 f"(a {self.op} rule tests {self.column})")
+
+    def tester(self) -> Callable:
+        """The custom rule's test function, loaded."""
+        from recaption.registry import load
+
+        return load(self.test, f"the test of filter rule {self.name!r}") if isinstance(self.test, str) else self.test
+
+
+RULE_OPS = ("min", "max", "in", "custom")
 
 
 @dataclass

@@ -41,7 +41,7 @@ class Captions(Annotator):
         Option("template", str, None, "vLLM prompt template (name in prompts/templates or a file); may use {alt_text}"),
         Option("dtype", str, None, "auto: bf16 on CUDA and on CPUs with native bf16, else float32", choices=DTYPES),
         Option("quantize", str, None, "bitsandbytes 8bit or 4bit (needs recaption[quant])", choices=QUANTIZE),
-        Option("backend", str, None, "when a model id does not tell which backend serves it", choices=tuple(BACKENDS)),
+        Option("backend", str, None, "when a model id does not tell which backend serves it", choices=BACKENDS),
         Option("trust_remote_code", bool, False, "allow model repositories to run their own code (off by default)"),
     )
 
@@ -118,7 +118,7 @@ class Captions(Annotator):
         rows = [batch.rows[i] for i in idx]
         prepared = batch.batched(self.captioner, idx)
         if is_pixels(prepared):
-            prepared = self.captioner.prepare_pixels(prepared, [r["raw_caption"] for r in rows])
+            prepared = self.captioner.prepare_pixels(prepared)
         out = self._isolating(rows, batch.inputs(self.captioner, idx), batch.shard, prepared)
         for r, c in zip(rows, out):
             if c is not None:

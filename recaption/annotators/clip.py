@@ -54,11 +54,14 @@ class Clip(Annotator):
     )
     # the CLIP floors of LAION-5B (docs/formats.md#filters): they read the fixed clip_raw column
     rules = (
-        RuleKind("min-clip-raw", ("clip_raw",), float, "no clip_raw score", "CLIP score of the alt-text >= X"),
+        RuleKind("min-clip-raw", ("clip_raw",), float, "no clip_raw score", "CLIP score of the alt-text >= X",
+                 test="recaption.annotators.clip:min_clip_raw"),
         RuleKind("min-clip-raw-en", ("clip_raw", "lang"), float, "no clip_raw score",
-                 "CLIP score of the alt-text >= X where its language is en (other rows pass)", group="metrics"),
+                 "CLIP score of the alt-text >= X where its language is en (other rows pass)", group="metrics",
+                 test="recaption.annotators.clip:min_clip_raw_en"),
         RuleKind("min-clip-raw-other", ("clip_raw", "lang"), float, "no clip_raw score",
-                 "CLIP score of the alt-text >= X where its language is not en (en rows pass)", group="metrics"),
+                 "CLIP score of the alt-text >= X where its language is not en (en rows pass)", group="metrics",
+                 test="recaption.annotators.clip:min_clip_raw_other"),
     )
 
     @classmethod
@@ -169,3 +172,39 @@ def model_settings(c) -> dict:
 def image_dim(scorer) -> int:
     """The width of a CLIP model's image embeddings."""
     return int(getattr(scorer.model.visual, "output_dim", 0) or scorer.model.text_projection.shape[1])
+
+
+# -- the CLIP floors' tests (RuleKind.test): columnar over an annotation table ------------------
+def _floor(t, value, scope=None):
+    import numpy as np
+
+    from recaption.scoring.blend import score_column
+
+    x = score_column(t["clip_raw"]).astype(np.float64)
+    scope = np.ones(t.num_rows, bool) if scope is None else scope
+    has = ~np.isnan(x)
+    with np.errstate(invalid="ignore"):
+        return scope & has & (x < value), scope & ~has, x
+
+
+def _english(t):
+    import pyarrow.compute as pc
+
+    from recaption.io import arrays
+
+    return arrays.bools(pc.equal(t["lang"], "en"))
+
+
+def min_clip_raw(t, value):
+    """`min-clip-raw=X` on every row: (fails, lacks, clip_raw)."""
+    return _floor(t, value)
+
+
+def min_clip_raw_en(t, value):
+    """`min-clip-raw-en=X` on the rows whose alt-text is English; the others pass."""
+    return _floor(t, value, _english(t))
+
+
+def min_clip_raw_other(t, value):
+    """`min-clip-raw-other=X` on the rows whose alt-text is not English; the English ones pass."""
+    return _floor(t, value, ~_english(t))

@@ -70,9 +70,10 @@ class Metrics(Annotator):
                  op="min", column="caption_chars", group="metrics"),
         RuleKind("min-side", SIZE, int, "no image size",
                  "shorter image side >= N px (original size where recorded, else stored)", group="metrics",
-                 metavar="PX"),
+                 metavar="PX", test="recaption.annotators.metrics:min_side"),
         RuleKind("max-aspect", SIZE, float, "no image size",
-                 "longer side / shorter side <= X (same sizes as min-side)", group="metrics"),
+                 "longer side / shorter side <= X (same sizes as min-side)", group="metrics",
+                 test="recaption.annotators.metrics:max_aspect", sign=">"),
         RuleKind("min-image-bytes", ("image_bytes",), int, "no image", "stored image file has at least N bytes",
                  op="min", column="image_bytes", group="metrics"),
     )
@@ -104,3 +105,42 @@ class Metrics(Annotator):
         labels, probs = self.lid.predict([r["raw_caption"] for r in batch.rows])
         for r, label, p in zip(batch.rows, labels, probs):
             r["lang"], r["lang_prob"] = label, p
+
+
+# -- the custom filter rules' tests (RuleKind.test): columnar over an annotation table ----------
+def sides(t):
+    """(shorter side, longer side, known) per row: the original size where the sample's json
+    recorded it (img2dataset), else the stored image's, as DataComp's basic filter reads it."""
+    import numpy as np
+
+    from recaption.io import arrays
+
+    ow, has_ow = arrays.ints(t["original_width"])
+    oh, has_oh = arrays.ints(t["original_height"])
+    w, has_w = arrays.ints(t["width"])
+    h, has_h = arrays.ints(t["height"])
+    orig = has_ow & has_oh
+    w, h = np.where(orig, ow, w), np.where(orig, oh, h)
+    return np.minimum(w, h), np.maximum(w, h), orig | (has_w & has_h)
+
+
+def aspect(lo, hi):
+    """Longer / shorter side, float64 as DataComp divides; a zero side is infinitely elongated."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = hi.astype(np.float64) / lo.astype(np.float64)
+    return np.where(lo > 0, r, np.inf)
+
+
+def min_side(t, value):
+    """`min-side=N`: (fails, lacks, the shorter side) per row."""
+    lo, _, has = sides(t)
+    return has & (lo < value), ~has, lo
+
+
+def max_aspect(t, value):
+    """`max-aspect=X`: (fails, lacks, the aspect ratio) per row."""
+    lo, hi, has = sides(t)
+    r = aspect(lo, hi)
+    return has & (r > value), ~has, r

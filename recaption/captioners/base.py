@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
+from recaption.registry import Registry, load
 
 log = logging.getLogger("recaption")
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -20,19 +23,57 @@ QUANTIZE = ("8bit", "4bit")
 
 @dataclass(frozen=True)
 class Backend:
-    """Where a backend's captioner class lives (imported only when used) and what it needs installed."""
+    """A captioner backend as a declaration: where its captioner class lives ("module:Class",
+    imported only when used), what it needs installed, and `serves(model)`, whether it serves a
+    model id or local folder (cheap: names and config files, no model), which `guess_backend` asks."""
 
-    target: str  # "module:Class"
+    target: str  # "module:Class" of a `Captioner` subclass
     requires: tuple[tuple[str, str], ...] = ()  # (module, extra) pairs
+    serves: Callable[[str], bool] | None = None  # None: only chosen by name (--backend, a preset)
 
 
-# The registry: a new backend is one module plus one line here.
-BACKENDS: dict[str, Backend] = {
-    "blip": Backend("recaption.captioners.hf:HFCaptioner"),
-    "blip2": Backend("recaption.captioners.hf:HFCaptioner"),
-    "coca": Backend("recaption.captioners.coca:CocaCaptioner"),
+def _builtin_guess(model: str) -> str | None:
+    """Which built-in backend serves a model id or local folder, from its name or its config files."""
+    m = model.lower()
+    if "coca" in m:
+        return "coca"
+    if "blip2" in m or "blip-2" in m:
+        return "blip2"
+    if "blip" in m:
+        return "blip"
+    if Path(model).is_dir():
+        cfg = Path(model) / "config.json"
+        if cfg.is_file():
+            text = cfg.read_text()
+            if '"blip-2"' in text or "Blip2" in text:
+                return "blip2"
+            if '"blip"' in text or "BlipFor" in text:
+                return "blip"
+        if (Path(model) / "open_clip_config.json").is_file():
+            return "coca"
+    return None
+
+
+def _serves(name: str, model: str) -> bool:
+    return _builtin_guess(model) == name
+
+
+def _check_backend(name: str, b) -> None:
+    if not isinstance(b, Backend):
+        raise RecaptionError(f"captioner backend {name!r}: {b!r} is not a Backend declaration "
+                             "(recaption.captioners.base.Backend)")
+
+
+# The registry: a new backend is one module plus one `BACKENDS.register` line (or an entry point of
+# the `recaption.captioners` group naming its Backend declaration).
+BACKENDS = Registry("captioner backend", "recaption.captioners", _check_backend)
+for _name, _backend in {
+    "blip": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip")),
+    "blip2": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip2")),
+    "coca": Backend("recaption.captioners.coca:CocaCaptioner", serves=functools.partial(_serves, "coca")),
     "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),)),
-}
+}.items():
+    BACKENDS.register(_name, _backend, builtin=True)
 
 
 @dataclass
@@ -54,7 +95,7 @@ class Decoding:
     def validate(self) -> "Decoding":
         """Refuse settings no decoder can honour; returns self."""
         if self.strategy not in STRATEGIES:
-            raise RecaptionError(f"unknown decoding strategy {self.strategy!r}; choose {', '.join(STRATEGIES)}")
+            raise unknown("decoding strategy", self.strategy, STRATEGIES)
         if self.num_captions < 1:
             raise RecaptionError("num_captions must be at least 1")
         if self.strategy == "greedy" and self.num_captions > 1:
@@ -141,8 +182,7 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
         _check_model_ref(top["model"], top.get("backend") or cfg.backend)
     _merge(cfg, top, "captioner option")
     _merge(cfg.decoding, dec, "decoding option")
-    if cfg.backend not in BACKENDS:
-        raise RecaptionError(f"unknown captioner backend {cfg.backend!r}; choose {', '.join(BACKENDS)}")
+    BACKENDS.get(cfg.backend)  # an unknown one: the nearest names
     if cfg.quantize not in (None, *QUANTIZE):
         raise RecaptionError(f"--quantize takes {' or '.join(QUANTIZE)}, got {cfg.quantize!r}")
     cfg.decoding.validate()
@@ -165,31 +205,22 @@ def _check_model_ref(ref: str, backend: str | None):
 
 
 def guess_backend(model: str) -> str:
-    """The backend that serves a model id or local folder, from its name or its config files."""
-    m = model.lower()
-    if "coca" in m:
-        return "coca"
-    if "blip2" in m or "blip-2" in m:
-        return "blip2"
-    if "blip" in m:
-        return "blip"
-    if Path(model).is_dir():
-        cfg = Path(model) / "config.json"
-        if cfg.is_file():
-            text = cfg.read_text()
-            if '"blip-2"' in text or "Blip2" in text:
-                return "blip2"
-            if '"blip"' in text or "BlipFor" in text:
-                return "blip"
-        if (Path(model) / "open_clip_config.json").is_file():
-            return "coca"
+    """The backend that serves a model id or local folder: each registered backend is asked
+    (`Backend.serves`); none or several is an error naming them."""
+    serving = [n for n in BACKENDS.names() if (BACKENDS.get(n).serves or (lambda _: False))(model)]
+    if len(serving) == 1:
+        return serving[0]
+    if serving:
+        raise RecaptionError(f"backends {' and '.join(serving)} all serve {model!r}; pass --backend NAME")
     raise RecaptionError(
-        f"cannot tell which backend serves {model!r}; pass --backend {'|'.join(BACKENDS)} or use a preset"
+        f"cannot tell which backend serves {model!r}; pass --backend {'|'.join(BACKENDS.names())} or use a preset"
     )
 
 
 class Captioner:
-    """Subclasses implement `_generate(images, raw_captions) -> list[list[str]]`."""
+    """Subclasses implement `_generate(images, raw_captions) -> list[list[str]]`; for the input
+    thread's prepare-ahead, `prepare(images)` and `_generate_prepared(prepared, raw_captions)`;
+    for the fast input path, `pixel_spec()` and `prepare_pixels(pixels)`."""
 
     def __init__(self, cfg: CaptionerConfig):
         self.cfg = cfg
@@ -200,9 +231,10 @@ class Captioner:
         """The input size this captioner needs (JPEGs decode at no less)."""
         return self.cfg.image_size or 384
 
-    def prepare(self, images, raw_captions):
-        """CPU-side inputs for a batch (processor, transforms); run ahead of the model, off its thread.
-        None means the backend takes images as they are."""
+    def prepare(self, images):
+        """CPU-side inputs for a batch of images (processor, transforms); run ahead of the model by
+        the input thread, which has the images only (text inputs are the model thread's: tokenizers
+        are not thread-safe). None means the backend takes images as they are."""
         return None
 
     def caption(self, images, raw_captions, seed_key: str = "", prepared=None) -> list[list[str]]:
@@ -254,7 +286,7 @@ class Captioner:
 
 def backend_requirements(cfg: CaptionerConfig) -> tuple[tuple[str, str], ...]:
     """(module, extra) pairs a captioner needs installed, so a missing one is reported before any work."""
-    needs = BACKENDS[cfg.backend].requires
+    needs = BACKENDS.get(cfg.backend).requires
     if cfg.quantize and cfg.backend != "vllm":
         needs += (("bitsandbytes", "quant"),)
     return needs
@@ -262,9 +294,8 @@ def backend_requirements(cfg: CaptionerConfig) -> tuple[tuple[str, str], ...]:
 
 def build_captioner(cfg: CaptionerConfig) -> Captioner:
     """The one factory: imports the backend's module only when it is used."""
-    import importlib
-
-    if cfg.backend not in BACKENDS:
-        raise RecaptionError(f"unknown captioner backend {cfg.backend!r}; choose {', '.join(BACKENDS)}")
-    module, cls = BACKENDS[cfg.backend].target.split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    target = BACKENDS.get(cfg.backend).target
+    cls = load(target, f"captioner backend {cfg.backend!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Captioner)):
+        raise RecaptionError(f"captioner backend {cfg.backend!r}: {target} is not a Captioner class")
+    return cls(cfg)

@@ -218,7 +218,7 @@ class CocaCaptioner(Captioner):
             self._pixel_spec = from_open_clip(self.model)
         return self._pixel_spec
 
-    def prepare(self, images, raw_captions):
+    def prepare(self, images):
         """Pixel tensors for a batch: PIL images through open_clip's transform, or fast-path uint8 pixels stacked."""
         import torch
 
@@ -227,12 +227,12 @@ class CocaCaptioner(Captioner):
         x = torch.stack(list(images)) if is_pixels(images) else torch.stack([self.preprocess(im) for im in images])
         return x.pin_memory() if self.device != "cpu" and x.device.type == "cpu" else x
 
-    def prepare_pixels(self, pixels, raw_captions=None):
+    def prepare_pixels(self, pixels):
         """Inputs for a uint8 [N, 3, h, w] batch at `pixel_spec().size`; normalised on the device."""
         return _pinned(pixels) if self.device != "cpu" else pixels
 
     def _generate(self, images, raw_captions):
-        return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
+        return self._generate_prepared(self.prepare(images), raw_captions)
 
     def _generate_prepared(self, x, raw_captions):
         import torch

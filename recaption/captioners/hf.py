@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from recaption.captioners.base import Captioner, CaptionerConfig
-from recaption.errors import require
+from recaption.errors import RecaptionError, require
 
 
 def generate_kwargs(cfg: CaptionerConfig) -> dict:
@@ -48,7 +48,10 @@ class HFCaptioner(Captioner):
         quiet_hub()
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
-        cls = BlipForConditionalGeneration if cfg.backend == "blip" else Blip2ForConditionalGeneration
+        classes = {"blip": BlipForConditionalGeneration, "blip2": Blip2ForConditionalGeneration}
+        if cfg.backend not in classes:  # another backend registered on this class: say so, guess nothing
+            raise RecaptionError(f"HFCaptioner serves the blip and blip2 backends, not {cfg.backend!r}")
+        cls = classes[cfg.backend]
         common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
         q = quantization_config(cfg.quantize, self.dtype)
         load = {"dtype": self.dtype, "use_safetensors": None}
@@ -97,7 +100,7 @@ class HFCaptioner(Captioner):
             self._pixel_spec = from_hf_image_processor(ip) if ip is not None else None
         return self._pixel_spec
 
-    def prepare(self, images, raw_captions=None):
+    def prepare(self, images):
         """Pixel values from the image processor (no tokenizer: safe off the model thread), plus the
         prepared text inputs repeated per image. Per-sample uint8 pixels from the fast path (its
         retries and OOM halving) are stacked instead."""
@@ -106,14 +109,14 @@ class HFCaptioner(Captioner):
         from recaption.io.pixels import is_pixels
 
         if is_pixels(images):
-            return self.prepare_pixels(torch.stack(list(images)), raw_captions)
+            return self.prepare_pixels(torch.stack(list(images)))
         pix = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         inputs = {"pixel_values": pix} | {k: v.repeat(len(images), 1) for k, v in self._text.items()}
         if self.device != "cpu":
             inputs = {k: v.pin_memory() for k, v in inputs.items()}
         return inputs
 
-    def prepare_pixels(self, pixels, raw_captions=None):
+    def prepare_pixels(self, pixels):
         """Inputs for a uint8 [N, 3, h, w] batch at `pixel_spec().size`; normalised on the device."""
         inputs = {k: v.repeat(len(pixels), 1) for k, v in self._text.items()}
         if self.device != "cpu":
@@ -123,7 +126,7 @@ class HFCaptioner(Captioner):
         return {"pixel_values": pixels} | inputs
 
     def _generate(self, images, raw_captions):
-        return self._generate_prepared(self.prepare(images, raw_captions), raw_captions)
+        return self._generate_prepared(self.prepare(images), raw_captions)
 
     def _generate_prepared(self, inputs, raw_captions):
         import torch

@@ -103,9 +103,7 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
     return _show_annotate(s, out, o)
 
 
-# mix copies members as bytes and parses no sample: the read limits are not its options
-@verb(app, exclude=("batch_size", "device", "threads", "max_pixels", "max_member_bytes", "max_json_bytes",
-                    "max_json_depth", "max_json_int_digits"), epilog=_examples(
+@verb(app, exclude=("batch_size", "device", "threads"), epilog=_examples(  # no image is decoded: no Input options
     "# Nguyen et al.: raw (top 30%) + synthetic (remaining 70%, filtered)",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy threshold --fraction 0.3 --filter-synthetic",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy sieve --fraction 0.2 --alpha 0.5",
@@ -120,10 +118,10 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
     "# exact and near duplicates out (the best CLIP score of each group stays), and copies of a test set",
     "recaption mix shards/ -a ann/ -o mixed/ --dedup exact --dedup phash --dedup-keep best:clip_raw --decontaminate imagenet-val/"))
 def mix(
-    input: InputArg, inp: InputOptions, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
+    input: InputArg, ex: ExecOptions, o: OutputOptions, st: StorageOptions,
     annotations: Annotated[str, opt("--annotations", "-a", help="the annotation folder of this shard set")] = ...,
     out: Annotated[Optional[str], opt("--out", "-o", help="output shard folder (not needed with --dry-run)", panel="Output")] = None,
-    strategy: Annotated[StrategyChoice, opt(help=f"{strategies_help()} (docs/formats.md#mixing-strategies)", panel="Strategy")] = StrategyChoice("threshold"),
+    strategy: Annotated[StrategyChoice, opt(help=lambda: f"{strategies_help()} (docs/formats.md#mixing-strategies)", panel="Strategy")] = StrategyChoice("threshold"),
     threshold: Annotated[Optional[float], opt(help="absolute threshold on the strategy's own score: clip_raw (raw, both, threshold), the synthetic caption's CLIP score (synthetic), the blend (sieve)", panel="Strategy")] = None,
     fraction: Annotated[Optional[float], opt(help="keep this fraction of the pool: the threshold is the int(N·f)-th highest score, counted from 0", panel="Strategy")] = None,
     filter_synthetic: Annotated[bool, opt("--filter-synthetic", help="with --strategy threshold: also drop samples whose synthetic caption scores below the threshold", panel="Strategy")] = False,
@@ -149,12 +147,12 @@ def mix(
                     filters=filters or [], caption_keys=caption_keys.value, dedup=dedup or [], dedup_keep=dedup_keep,
                     decontaminate=decontaminate, decontaminate_rules=decontaminate_rule or [],
                     decontaminate_model=decontaminate_model)
-    s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overlay=overlay, overwrite=o.overwrite, image_keys=inp.keys(),
+    s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overlay=overlay, overwrite=o.overwrite,
                 execution=ex.execution(o), arguments={"argv": _argv()}, storage_options=st.storage_options)
     return _show_mix(s, out, o)
 
 
-@verb(app, exclude=("batch_size", "image_keys"), epilog=_examples(
+@verb(app, exclude=("batch_size",), epilog=_examples(  # the batch size is the recipe's
     "recaption run sieve shards/ --out mixed/",
     "recaption run nguyen-blip2 'shards/{00000..00127}.tar' -o mixed/ --set mix.fraction=0.4",
     "recaption run my-recipe.yaml shards/ -o mixed/ --engine ray --ray-address auto",
@@ -170,7 +168,7 @@ def run(
     from recaption import api
 
     s = api.run(recipe, input, out, sets=set or [], annotations=annotations, overwrite=o.overwrite,
-                max_pixels=inp.max_pixels, limits=inp.limits(), execution=ex.execution(o), arguments={"argv": _argv()},
+                decode=inp.decoding(), execution=ex.execution(o), arguments={"argv": _argv()},
                 storage_options=st.storage_options)
     return _show_mix(s, out, o)
 

@@ -29,13 +29,33 @@ CAP, SCO, INP, RUN, OUT, STO, GLOB = "Captioner", "Scoring", "Input", "Execution
 
 
 def _choice(name: str, values) -> type[Enum]:
-    return Enum(name, [(v, v) for v in values], type=str)
+    """A choice type; from a registry (anything with `names()`), one whose values are read again
+    each time a command is built (`_live`), so an entry registered at run time is a choice."""
+    names = values.names() if hasattr(values, "names") else values
+    e = Enum(name, [(v, v) for v in names], type=str)
+    if hasattr(values, "names"):
+        e._source = values
+    return e
 
 
 StrategyChoice = _choice("StrategyChoice", STRATEGIES)
 CaptionKeysChoice = _choice("CaptionKeysChoice", CAPTION_KEYS)
-EngineChoice = _choice("EngineChoice", list(ENGINES))
+EngineChoice = _choice("EngineChoice", ENGINES)
 PreprocessChoice = _choice("PreprocessChoice", PREPROCESS)
+
+
+def _live(ann, default):
+    """(annotation, default) with a registry's choices as they are now (`_choice`)."""
+    if typing.get_origin(ann) is not Annotated:
+        return ann, default
+    base, *meta = typing.get_args(ann)
+    source = getattr(base, "_source", None) if isinstance(base, type) and issubclass(base, Enum) else None
+    if source is None:
+        return ann, default
+    fresh = _choice(base.__name__, source)
+    if isinstance(default, Enum):
+        default = fresh(default.value)
+    return Annotated[(fresh, *meta)], default
 
 
 def _value(x):
@@ -108,9 +128,10 @@ def _annotator_params(group: type[AnnotatorOptions], exclude, defaults) -> list[
 
 def _param(o, panel: str, defaults: dict) -> inspect.Parameter:
     """The typer parameter of a declared option (`recaption.declare.Option`)."""
-    base = _choice(f"{o.name.title().replace('_', '')}Choice", o.choices) if o.choices else o.type
+    choices = o.choice_list()
+    base = _choice(f"{o.name.title().replace('_', '')}Choice", choices) if choices else o.type
     default = defaults.get(o.name, o.default)
-    if o.choices and default is not None and not o.multiple:
+    if choices and default is not None and not o.multiple:
         default = base(default)
     if o.multiple:
         t = Optional[List[base]]
@@ -170,12 +191,16 @@ class ExecOptions:
         """Every registered engine's own options."""
         from recaption.engines import ENGINES, engine
 
-        return [o for name in ENGINES for o in engine(name).OPTIONS]
+        return [o for name in ENGINES.names() for o in engine(name).OPTIONS]
 
     def execution(self, out: "OutputOptions") -> Execution:
         """The engine settings these options give, quiet when the output options are."""
+        from recaption.engines import option_defaults
+
+        defaults = option_defaults()  # an option left at its default is not given, whatever its type
+        given = {k: v for k, v in getattr(self, "extra", {}).items() if v is not None and v != defaults.get(k)}
         return Execution(engine=_value(self.engine), workers=self.workers, threads=self.threads, device=self.device,
-                         quiet=out.quiet, options={k: v for k, v in getattr(self, "extra", {}).items() if v is not None})
+                         quiet=out.quiet, options=given)
 
 
 @dataclass
@@ -307,8 +332,9 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                     for f in dataclasses.fields(ann):
                         if f.name in exclude:
                             continue
+                        ann_f, default = _live(fh[f.name], defaults.get(f.name, f.default))
                         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                                        annotation=fh[f.name], default=defaults.get(f.name, f.default)))
+                                                        annotation=ann_f, default=default))
                         names.append(f.name)
                     extra = [_param(o, RUN, defaults) for o in ann.extra_options() if o.name not in exclude] \
                         if hasattr(ann, "extra_options") else []
@@ -316,7 +342,8 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                     groups[pname] = (ann, names, [p.name for p in extra])
                 else:
                     p = inspect.signature(fn).parameters[pname]
-                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=_live_help(ann)))
+                    ann_p, default = _live(_live_help(ann), p.default)
+                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann_p, default=default))
             params += _GLOBAL
             command.__signature__ = inspect.Signature(params)
             command.__annotations__ = {p.name: p.annotation for p in params}
@@ -337,23 +364,26 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
 
         build()
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
-        _COMMANDS.append((command, build, _annotator_names()))
+        _COMMANDS.append((command, build, _registries_now()))
         app.command(name=name, epilog=epilog)(command)
         return fn
 
     return deco
 
 
-def _annotator_names() -> tuple:
+def _registries_now() -> tuple:
+    """What the commands' options are built from: every registry's names and change count."""
     from recaption import annotators
+    from recaption.captioners.base import BACKENDS
 
-    return tuple(annotators.names())
+    return tuple((tuple(r.names()), r.changes) for r in (annotators.REGISTRY, STRATEGIES, ENGINES, BACKENDS))
 
 
 def refresh() -> None:
-    """Rebuild the verbs' options where annotators were registered since they were built (an
-    annotator registered at run time gets its options like the built-in ones)."""
-    now = _annotator_names()
+    """Rebuild the verbs' options where a registry changed since they were built (an annotator,
+    strategy, engine or backend registered at run time gets its options and choices like the
+    built-in ones)."""
+    now = _registries_now()
     for i, (command, build, seen) in enumerate(_COMMANDS):
         if seen != now:
             build()

@@ -1,10 +1,14 @@
 """Executors: map a per-item stage (annotate one shard, write one output shard) over work items,
 and a function over annotation files (the mix's pool pass and plan).
 
-Engines are a registry of modules (`ENGINES`: name -> module). An engine module provides:
+Engines are a registry of modules (`ENGINES`, a `recaption.registry.Registry`: name -> module,
+"module" imported when first used; `ENGINES.register("NAME", "package.module")`, or an entry point
+of the `recaption.engines` group). An engine module provides:
 
     OPTIONS                     its own command-line options (`recaption.declare.Option`), read
-                                from `Execution.options`; the shared ones are Execution's fields
+                                from `Execution.options`; the shared ones are Execution's fields.
+                                An option left at its declared default (None, False, 0...) is
+                                not given: another engine's option at its default is no error
     validate(ex)                refuse what it cannot honour, before anything is created
                                 (missing extra, impossible option values)
     preflight(ex, cpu_only)     check the resources asked for (a Ray cluster: connect, compare)
@@ -23,30 +27,42 @@ mixing: they sit below both (tests/test_layers.py).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from dataclasses import dataclass, field
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 from recaption.io.decode import cpu_cores  # noqa: F401  (re-exported: engines share cores out)
+from recaption.registry import Registry
+
+CONTRACT = ("OPTIONS", "validate", "preflight", "run", "mapper")
+
+
+def _check(name: str, mod) -> None:
+    missing = [a for a in CONTRACT if not hasattr(mod, a)]
+    if missing:
+        raise RecaptionError(f"engine {name!r} ({getattr(mod, '__name__', mod)}) lacks {', '.join(missing)} "
+                             "(the contract in recaption/engines/__init__.py)")
+
 
 # name -> module providing OPTIONS, validate, preflight, run, mapper (see the module docstring)
-ENGINES: dict[str, str] = {
-    "local": "recaption.engines.local",
-    "ray": "recaption.engines.ray",
-}
+ENGINES = Registry("engine", "recaption.engines", _check)
+ENGINES.register("local", "recaption.engines.local", builtin=True)
+ENGINES.register("ray", "recaption.engines.ray", builtin=True)
 
 
 def engine(name: str):
-    """The module of a registered engine."""
-    if name not in ENGINES:
-        raise RecaptionError(f"unknown engine {name!r}; choose {', '.join(ENGINES)}")
-    return importlib.import_module(ENGINES[name])
+    """The module of a registered engine (an unknown name: the nearest ones)."""
+    return ENGINES.get(name)
 
 
 def option_owners() -> dict[str, str]:
     """Each engine-specific option's name -> the engine that takes it."""
-    return {o.name: name for name in ENGINES for o in engine(name).OPTIONS}
+    return {o.name: name for name in ENGINES.names() for o in engine(name).OPTIONS}
+
+
+def option_defaults() -> dict:
+    """Each engine-specific option's name -> its declared default (what "not given" means)."""
+    return {o.name: o.default for name in ENGINES.names() for o in engine(name).OPTIONS}
 
 
 @dataclass
@@ -72,20 +88,24 @@ class Execution:
             if v is not None and v < 1:
                 raise RecaptionError(f"--{name} must be at least 1, got {v}")
         own = {o.name for o in mod.OPTIONS}
-        owners = option_owners()
+        owners, defaults = option_owners(), option_defaults()
         for k, v in self.options.items():
-            if k in own or v is None:
+            if k in own:
                 continue
             if k not in owners:
-                raise RecaptionError(f"unknown engine option {k!r}")
+                raise unknown("engine option", k, list(owners))
+            if v is None or v == defaults[k]:  # not given, whatever the option's type
+                continue
             raise RecaptionError(f"--{k.replace('_', '-')} is an option of the {owners[k]} engine; "
                                  f"add --engine {owners[k]}, or leave it out")
         mod.validate(self)
         return self
 
     def get(self, name: str):
-        """One of the engine's own options (None when not given)."""
-        return self.options.get(name)
+        """One of the engine's own options (its declared default when not given)."""
+        if name in self.options:
+            return self.options[name]
+        return next((o.default for o in engine(self.engine).OPTIONS if o.name == name), None)
 
 
 def threads_per_worker(ex: Execution, workers: int) -> int:

@@ -9,62 +9,58 @@ one `register_strategy` line below.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+
+from recaption.errors import RecaptionError
+from recaption.registry import Registry
 
 
-class Registered(NamedTuple):
-    """A registered strategy: where its class is ("module:Class", or the class itself) and its help line."""
-
-    target: object
-    help: str
-
-
-# name -> Registered, in the order the dry run, the report and --help show them
-STRATEGIES: dict[str, Registered] = {}
-_changes = 0  # bumped by every change, so the loaded table (`strategies.base`) knows when to reload
+# name -> the Strategy class ("module:Class" until first used), with its help line as `help`, in
+# the order the dry run, the report and --help show them; entry points of `recaption.strategies`
+# follow the built-in ones
+STRATEGIES = Registry("strategy", "recaption.strategies")
 
 
-def register_strategy(name: str, target, help: str) -> None:
+def register_strategy(name: str, target, help: str | None = None, *, builtin: bool = False) -> None:
     """Register a mixing strategy under `name`: `target` is "module:Class" (imported when first
-    used) or the class; `help` is its line in --help. Registering a name again with the same
-    target is a no-op; with another target, an error."""
+    used) or the class; `help` is its line in --help (default: the class's `help`). Registering a
+    name again with the same target is a no-op; with another target, an error."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
-        raise ValueError(f"a strategy name is lower-case letters, digits and dashes, got {name!r}")
-    old = STRATEGIES.get(name)
-    if old is not None and old.target != target:
-        raise ValueError(f"strategy {name!r} is registered already ({old.target})")
-    global _changes
-    STRATEGIES[name] = Registered(target, help)
-    _changes += 1
+        raise RecaptionError(f"a strategy name is lower-case letters, digits and dashes, got {name!r}")
+    STRATEGIES.register(name, target, builtin=builtin, help=help)
 
 
 def unregister_strategy(name: str) -> None:
     """Remove a registered strategy (tests, plugins that withdraw); outcome codes are re-allocated."""
-    global _changes
-    STRATEGIES.pop(name, None)
-    _changes += 1
+    STRATEGIES.unregister(name)
 
 
 def registry_changes() -> int:
     """How many times the registry changed (a loaded table compares it with its own)."""
-    return _changes
+    return STRATEGIES.changes
+
+
+def strategy_help(name: str) -> str:
+    """A strategy's line in --help: the help it was registered with, else its class's (an entry
+    point's class is imported for it)."""
+    text = STRATEGIES.meta(name).get("help")
+    return text if text else (getattr(STRATEGIES.get(name), "help", "") or "")
 
 
 def strategies_help() -> str:
     """One line per strategy for --help: `name: what it writes`."""
-    return "; ".join(f"{n}: {r.help}" for n, r in STRATEGIES.items())
+    return "; ".join(f"{n}: {strategy_help(n)}" for n in STRATEGIES.names())
 
 
 register_strategy("raw", "recaption.mixing.strategies.raw:Raw",
-                  "the alt-text, where clip_raw reaches the threshold if one is given")
+                  "the alt-text, where clip_raw reaches the threshold if one is given", builtin=True)
 register_strategy("synthetic", "recaption.mixing.strategies.synthetic:Synthetic",
-                  "the synthetic caption, where its CLIP score reaches the threshold if one is given")
+                  "the synthetic caption, where its CLIP score reaches the threshold if one is given", builtin=True)
 register_strategy("threshold", "recaption.mixing.strategies.threshold:Threshold",
-                  "the alt-text where clip_raw reaches the threshold, else the synthetic caption")
+                  "the alt-text where clip_raw reaches the threshold, else the synthetic caption", builtin=True)
 register_strategy("both", "recaption.mixing.strategies.both:Both",
-                  "as raw, with the synthetic caption in syn.txt")
+                  "as raw, with the synthetic caption in syn.txt", builtin=True)
 register_strategy("sieve", "recaption.mixing.strategies.sieve:Sieve",
-                  "the alt-text where the blend of SIEVE and clip_raw reaches the threshold")
+                  "the alt-text where the blend of SIEVE and clip_raw reaches the threshold", builtin=True)
 
 
 # `mix --caption-keys`: which captions get a top-level json key of their own (recaption.output.caption_keys)

@@ -9,7 +9,7 @@ synthetic caption do not read them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +24,21 @@ BASE = ["key", "status", "raw_caption", "clip_raw", "sieve"]
 SYNTHETIC = ["captions", "clip_captions"]
 
 
-def columns_for(synthetic: bool, text: bool = False, filters=None) -> list[str]:
+def columns_for(synthetic: bool, text: bool = False, filters=None, scores=()) -> list[str]:
     """The annotation columns to read: numbers always; candidates when a synthetic caption
     matters; what a written sample carries (texts, captioner, error) when `text`; the filter
-    metrics the rules of `filters` (a `recaption.mixing.filters.FilterSet`) test."""
+    metrics the rules of `filters` (a `recaption.mixing.filters.FilterSet`) test; the annotator
+    score columns strategies cut on (`scores`, beyond the fixed ones)."""
     cols = BASE + (SYNTHETIC if synthetic or text else [])
-    return cols + (["captioner", "error"] if text else []) + (filters.columns if filters else [])
+    cols = cols + (["captioner", "error"] if text else []) + (filters.columns if filters else [])
+    return cols + [c for c in scores if c not in cols]
+
+
+def score_group(column: str) -> str | None:
+    """The annotator group that writes a score column (None: a fixed column)."""
+    from recaption import annotators
+
+    return next((a.name for a in annotators.classes() if column in {c.name for c in a.columns}), None)
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Columns:
     clip_syn: np.ndarray | None = None  # float (the file's float type), NaN = missing
     fcode: np.ndarray | None = None  # int16 filter outcome: -1 passed, else the rule's code (None: no rules)
     removed: np.ndarray | None = None  # uint8: 0, or the outcome of a duplicate or overlap (None: none removed)
+    extra: dict = field(default_factory=dict)  # annotator score column -> float, NaN = missing (what strategies cut)
 
     @property
     def n(self) -> int:
@@ -55,7 +65,22 @@ class Columns:
     @property
     def nbytes(self) -> int:
         """Bytes the arrays hold (what the column cache counts against its budget)."""
-        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+        arrays_ = [a for a in vars(self).values() if isinstance(a, np.ndarray)] + list(self.extra.values())
+        return sum(a.nbytes for a in arrays_)
+
+    def score(self, column: str) -> np.ndarray:
+        """A score column by name: `clip_raw`, `clip_synthetic`, or an annotator's column read
+        for a strategy (an unknown or unread one is an error naming it)."""
+        if column == "clip_raw":
+            return self.clip_raw
+        if column == "clip_synthetic":
+            if self.clip_syn is None:
+                raise RecaptionError("internal: clip_synthetic was asked for but the candidates were not read")
+            return self.clip_syn
+        if column not in self.extra:
+            raise RecaptionError(f"internal: score column {column!r} was not read "
+                                 f"(read: clip_raw, clip_synthetic{''.join(', ' + k for k in self.extra)})")
+        return self.extra[column]
 
     @property
     def valid(self) -> np.ndarray:
@@ -70,16 +95,25 @@ class Columns:
         return p if self.removed is None else p & (self.removed == 0)
 
 
-def read(url: str, columns: list[str], counts_only: bool = False, filters=None) -> pa.Table:
+def read(url: str, columns: list[str], counts_only: bool = False, filters=None, scores=None) -> pa.Table:
     """Columns of one annotation file, decoded in this thread (the pool pass reads files in
     parallel). `counts_only`: the candidates' text is not needed, only how many there are.
     A file that records a re-ranking chain also gives its pick, the synthetic caption. Where
-    `filters` test the filter metrics, a file that never computed them is one line naming it."""
+    `filters` test the filter metrics, a file that never computed them is one line naming it.
+    `scores` ({column: required}): an annotator's score column a strategy cuts on; a file whose
+    group was never computed is one line naming it where the column is required, and reads as
+    all missing where not (every other strategy of the side-by-side view)."""
     def choose(meta, cols):
         held = (meta or {}).get("groups") or {}
         for group in (filters.groups if filters else ()):
             if group not in held:
                 raise missing_metrics_error(url, group)
+        for col, required in (scores or {}).items():
+            group = score_group(col)
+            if group is not None and group not in held:
+                if required:
+                    raise missing_scores_error(url, col, group)
+                cols = [c for c in cols if c != col]
         cols = _scores_pair(meta, cols) if counts_only else cols
         reranked = "rerank" in ((meta or {}).get("groups") or {})
         return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
@@ -95,6 +129,15 @@ def missing_metrics_error(path: str, group: str = "metrics") -> RecaptionError:
     return RecaptionError(f"{path} has no {what}; add them with `{group_hint(group)}`")
 
 
+def missing_scores_error(path: str, column: str, group: str) -> RecaptionError:
+    """The one line for an annotation file without the score column a strategy cuts on."""
+    from recaption.annotators import group_hint
+
+    hint = group_hint(group)
+    return RecaptionError(f"{path} has no {column} scores (the {group} group was not computed)"
+                          + (f"; add them with `{hint}`" if hint else ""))
+
+
 def scores_pair(meta: dict | None) -> bool:
     """Whether a file records that its `clip_captions` hold one score per candidate: recaption
     records the `clip` group only when it scored the file's current captions (new captions drop
@@ -107,9 +150,10 @@ def _scores_pair(meta: dict | None, columns: list[str]) -> list[str]:
     return [c for c in columns if c != "captions"] if scores_pair(meta) and "clip_captions" in columns else columns
 
 
-def from_table(t: pa.Table, filters=None, removed=None) -> Columns:
-    """Columns of one annotation table (read with `columns_for`), with the outcome of `filters`
-    and the rows `removed` (`recaption.mixing.removal.Removed`) takes out of the pool."""
+def from_table(t: pa.Table, filters=None, removed=None, scores=()) -> Columns:
+    """Columns of one annotation table (read with `columns_for`), with the outcome of `filters`,
+    the rows `removed` (`recaption.mixing.removal.Removed`) takes out of the pool, and the
+    annotator score columns of `scores` (all missing where the file did not compute them)."""
     keyed = t["key"].is_valid().to_numpy(zero_copy_only=False)
     ok = pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(zero_copy_only=False)
     has_raw = t["raw_caption"].is_valid().to_numpy(zero_copy_only=False)
@@ -125,6 +169,7 @@ def from_table(t: pa.Table, filters=None, removed=None) -> Columns:
                    t["clip_captions"])
     if filters:
         c.fcode = filters.codes(t)
+    c.extra = {s: score_column(t[s]) if s in t.column_names else np.full(c.n, np.nan) for s in scores}
     if removed is not None and len(removed):
         c.removed = np.zeros(c.n, dtype=np.uint8)
         c.removed[removed.rows] = removed.code

@@ -50,10 +50,13 @@ class Cache:
     def __init__(self, budget: int = CACHE_BYTES):
         self.budget, self.used, self.cols, self.lock = budget, 0, {}, threading.Lock()
 
-    def get(self, path: str, synthetic: bool) -> Columns | None:
-        """The cached columns of a file, if they hold what is asked (the candidates when `synthetic`)."""
+    def get(self, path: str, synthetic: bool, scores=()) -> Columns | None:
+        """The cached columns of a file, if they hold what is asked (the candidates when
+        `synthetic`, the score columns of `scores`)."""
         c = self.cols.get(path)
-        return c if c is not None and (c.has_syn is not None or not synthetic) else None
+        if c is None or (synthetic and c.has_syn is None) or any(s not in c.extra for s in scores):
+            return None
+        return c
 
     def put(self, path: str, c: Columns) -> None:
         """Keep a file's columns for later passes while the budget allows; a file over it is read again."""
@@ -63,22 +66,25 @@ class Cache:
                 self.used += c.nbytes
 
 
-def load(f: AnnFile, synthetic: bool, cache: Cache | None = None, filters=None) -> Columns:
+def load(f: AnnFile, synthetic: bool, cache: Cache | None = None, filters=None, scores=None) -> Columns:
     """A file's numeric columns: from the cache, or read (and kept, if the budget allows). A cache
-    belongs to one pool source, so its files were read with the same `filters` and removals."""
-    c = cache.get(f.path, synthetic) if cache else None
+    belongs to one pool source, so its files were read with the same `filters` and removals.
+    `scores`: {annotator score column: required} strategies cut on (`columns.read`)."""
+    scores = scores or {}
+    c = cache.get(f.path, synthetic, scores) if cache else None
     if c is None:
-        t = read_file(f, colmod.columns_for(synthetic, filters=filters), counts_only=True, filters=filters)
-        c = colmod.from_table(t, filters, f.removed)
+        t = read_file(f, colmod.columns_for(synthetic, filters=filters, scores=scores), counts_only=True,
+                      filters=filters, scores=scores)
+        c = colmod.from_table(t, filters, f.removed, scores)
         if cache:
             cache.put(f.path, c)
     return c
 
 
-def read_file(f: AnnFile, columns: list[str], counts_only: bool = False, filters=None):
+def read_file(f: AnnFile, columns: list[str], counts_only: bool = False, filters=None, scores=None):
     """Some columns of an annotation file; a file that cannot be read is one line naming it."""
     try:
-        return colmod.read(f.path, columns, counts_only, filters)
+        return colmod.read(f.path, columns, counts_only, filters, scores)
     except RecaptionError:
         raise
     except Exception as e:  # a corrupt parquet: name the file, in one line

@@ -15,17 +15,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 from recaption.mixing.rules import PRESETS, kinds as rule_kinds
 from recaption.io import arrays
-from recaption.scoring.blend import score_column
-
-SIZE = ("original_width", "original_height", "width", "height")
+from recaption.annotators.metrics import aspect, sides  # noqa: F401  (the size rules' measures, for the report)
 
 
 def kinds() -> dict:
     """Every rule kind the registered annotators offer, by name (`recaption.annotators.base.RuleKind`)."""
     return rule_kinds()
+
+
+def kind(name: str):
+    """The rule kind `name` (an unknown one: one line with the nearest rules and presets)."""
+    known = kinds()
+    if name not in known:
+        raise unknown("filter", name, [*known, *PRESETS])
+    return known[name]
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -48,9 +54,7 @@ def normalize(spec) -> dict:
             else:
                 out.update(PRESETS[name])
             continue
-        known = kinds()
-        if name not in known:
-            raise RecaptionError(f"unknown filter {name!r}; choose one of: {', '.join([*known, *PRESETS])}")
+        kind(name)
         if value is False:
             out.pop(name, None)
             continue
@@ -120,7 +124,7 @@ class Rule:
     @property
     def kind(self):
         """What the rule's name tests (`recaption.annotators.base.RuleKind`)."""
-        return self.kind_of if self.kind_of is not None else kinds()[self.name]
+        return self.kind_of if self.kind_of is not None else kind(self.name)
 
     @property
     def label(self) -> str:
@@ -129,73 +133,53 @@ class Rule:
 
     def test(self, t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(fails, lacks) per row: the row's value fails the rule; the row lacks what it tests."""
-        n, v, k = t.num_rows, self.value, self.kind
+        fails, lacks, _ = self._evaluate(t)
+        return fails, lacks
+
+    def _evaluate(self, t: pa.Table):
+        v, k = self.value, self.kind
         if k.op == "in":
             col = t[k.column]
             codes = [k.fixed] if k.fixed is not None else v.split(",")
             ok = arrays.bools(pc.is_in(col, value_set=pa.array(codes, pa.string())))
             has = arrays.valid(col)
-            return has & ~ok, ~has
+            return has & ~ok, ~has, None
         if k.op in ("min", "max"):
             x, has = arrays.numbers(t[k.column])
             with np.errstate(invalid="ignore"):
-                return has & ((x < v) if k.op == "min" else (x > v)), ~has
-        if self.name in ("min-side", "max-aspect"):
-            lo, hi, has = sides(t)
-            if self.name == "min-side":
-                return has & (lo < v), ~has
-            return has & (aspect(lo, hi) > v), ~has
-        # CLIP floors (all rows, or those of one language side)
-        x = score_column(t["clip_raw"]).astype(np.float64)
-        scope = np.ones(n, bool)
-        if self.name != "min-clip-raw":
-            en = arrays.bools(pc.equal(t["lang"], "en"))
-            scope = en if self.name == "min-clip-raw-en" else ~en
-        has = ~np.isnan(x)
-        with np.errstate(invalid="ignore"):
-            return scope & has & (x < v), scope & ~has
+                return has & ((x < v) if k.op == "min" else (x > v)), ~has, None
+        # custom: the test its kind declares (RuleKind refuses a custom rule without one)
+        try:
+            fails, lacks, measured = k.tester()(t, v)
+        except KeyError as e:
+            raise RecaptionError(f"filter {self.name}: its test reads column {e}, which the rule does not "
+                                 f"declare in `needs` ({', '.join(k.needs)})") from None
+        n = t.num_rows
+        fails, lacks = np.asarray(fails, bool), np.asarray(lacks, bool)
+        if fails.shape != (n,) or lacks.shape != (n,):
+            raise RecaptionError(f"filter {self.name}: its test gave {fails.shape} and {lacks.shape} values "
+                                 f"for {n} rows")
+        return fails, lacks, measured
 
     def measured(self, t: pa.Table) -> pa.Array:
         """The row's value as text, for drop reasons."""
         k = self.kind
         if k.op == "in":
             return pc.fill_null(t[k.column], "none")
-        if k.op in ("min", "max"):
-            col = t[k.column]
-            if pa.types.is_floating(col.type):
-                return pc.cast(pa.array(np.round(arrays.numbers(col)[0], 4)), pa.string())
-            return pc.cast(col, pa.string())
-        if self.name in ("min-side", "max-aspect"):
-            lo, hi, _ = sides(t)
-            return pc.cast(pa.array(lo if self.name == "min-side" else np.round(aspect(lo, hi), 4)), pa.string())
-        return pc.cast(pa.array(np.round(score_column(t["clip_raw"]).astype(np.float64), 4)), pa.string())
+        col = t[k.column] if k.op in ("min", "max") else self._evaluate(t)[2]
+        if isinstance(col, np.ndarray):
+            col = pa.array(col)
+        if pa.types.is_floating(col.type):
+            return pc.cast(pa.array(np.round(arrays.numbers(col)[0], 4)), pa.string())
+        return pc.cast(col, pa.string())
 
     def fail_text(self, t: pa.Table) -> pa.Array:
         """`filter: min-side 120 < 200` per row (the row's value, then the rule's limit)."""
         m, k = self.measured(t), self.kind
         if k.op == "in":
             return pc.binary_join_element_wise(f"filter: {self.label}: {k.column} ", m, "")
-        op = ">" if self.name == "max-aspect" or k.op == "max" else "<"
+        op = {"min": "<", "max": ">"}.get(k.op, k.sign)
         return pc.binary_join_element_wise(f"filter: {self.name} ", m, f" {op} {_fmt(self.value)}", "")
-
-
-def sides(t: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(shorter side, longer side, known) per row: the original size where the sample's json
-    recorded it (img2dataset), else the stored image's, as DataComp's basic filter reads it."""
-    ow, has_ow = arrays.ints(t["original_width"])
-    oh, has_oh = arrays.ints(t["original_height"])
-    w, has_w = arrays.ints(t["width"])
-    h, has_h = arrays.ints(t["height"])
-    orig = has_ow & has_oh
-    w, h = np.where(orig, ow, w), np.where(orig, oh, h)
-    return np.minimum(w, h), np.maximum(w, h), orig | (has_w & has_h)
-
-
-def aspect(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Longer / shorter side, float64 as DataComp divides; a zero side is infinitely elongated."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = hi.astype(np.float64) / lo.astype(np.float64)
-    return np.where(lo > 0, r, np.inf)
 
 
 @dataclass
@@ -206,8 +190,7 @@ class FilterSet:
     @classmethod
     def of(cls, spec) -> "FilterSet":
         """The rules of a spec in any form `normalize` takes."""
-        known = kinds()
-        return cls([Rule(k, v, known[k]) for k, v in normalize(spec).items()])
+        return cls([Rule(k, v, kind(k)) for k, v in normalize(spec).items()])
 
     def __bool__(self) -> bool:
         return bool(self.rules)

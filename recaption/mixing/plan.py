@@ -103,9 +103,11 @@ class FilePlan:
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
     """Decide one input shard's rows and write its decisions file (whole or not at all)."""
     filters = cfg.filter_set
-    t = read_file(f, colmod.columns_for(True, text=True, filters=filters), filters=filters)
+    scores = dict.fromkeys(cfg.score_columns, True)  # an annotator's column the strategy cuts on
+    t = read_file(f, colmod.columns_for(True, text=True, filters=filters, scores=scores), filters=filters,
+                  scores=scores)
     colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
-    c = colmod.from_table(t, filters, f.removed)
+    c = colmod.from_table(t, filters, f.removed, scores)
     d = decide_columns(c, cfg, numbers)
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters, f.removed)
     if caption_keys.needs_candidates(cfg.caption_keys):  # what the keys of every candidate are written from

@@ -58,11 +58,13 @@ class FileStats:
     alone: np.ndarray | None = None  # per rule: valid rows it would drop on its own
 
 
-def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, cache: Cache | None = None) -> FileStats:
+def file_stats(f: AnnFile, synthetic: bool, filters: FilterSet | None = None, scores=None,
+               cache: Cache | None = None) -> FileStats:
     """One file's part of the stats pass (and its numeric columns into the cache)."""
-    t = read_file(f, colmod.columns_for(synthetic, filters=filters) + ["captioner", "error"], counts_only=True,
-                  filters=filters)
-    c = colmod.from_table(t, filters, f.removed)
+    scores = scores or {}
+    t = read_file(f, colmod.columns_for(synthetic, filters=filters, scores=scores) + ["captioner", "error"],
+                  counts_only=True, filters=filters, scores=scores)
+    c = colmod.from_table(t, filters, f.removed, scores)
     if cache:
         cache.put(f.path, c)
     s = FileStats(rows=int(c.keyed.sum()), errors=int((c.keyed & ~c.ok).sum()))
@@ -119,8 +121,12 @@ class PoolSource:
     filter rules every pass applies before any strategy."""
 
     def __init__(self, files: list[AnnFile], missing: list[str] = (), mapper=None, synthetic: bool = True,
-                 filters: FilterSet | None = None):
+                 filters: FilterSet | None = None, scores: dict | None = None):
         self.files, self.missing = files, list(missing)
+        # annotator score columns strategies cut on -> required (the chosen strategy's: a file
+        # without it is an error) or not (the others', read as missing where a file lacks them);
+        # by default every registered strategy's, none required (the side-by-side view, reports)
+        self.scores = every_strategy_scores() if scores is None else dict(scores)
         self.mapper = mapper or Threads()
         self.cache = Cache() if getattr(self.mapper, "in_process", False) else None
         self.synthetic = synthetic  # read the candidates (needed for synthetic captions)
@@ -129,7 +135,7 @@ class PoolSource:
 
     @classmethod
     def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True,
-                  filters: FilterSet | None = None) -> "PoolSource":
+                  filters: FilterSet | None = None, scores: dict | None = None) -> "PoolSource":
         """The annotation files of these input shards; one clear error when none is annotated."""
         from recaption.io.atomic import exists
 
@@ -139,7 +145,7 @@ class PoolSource:
         if not files:
             raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
                                  "(NAME.parquet per NAME.tar): run `recaption annotate` or `score` first")
-        return cls(files, missing, mapper, synthetic, filters)
+        return cls(files, missing, mapper, synthetic, filters, scores)
 
     @classmethod
     def of_folder(cls, ann_dir: str, names: list[str], mapper=None, filters: FilterSet | None = None) -> "PoolSource":
@@ -166,7 +172,7 @@ class PoolSource:
         fl = self.filters
         filtered, alone = np.zeros(fl.n_codes, np.int64), np.zeros(len(fl.rules), np.int64)
         captioners: set[str] = set()
-        for s in self.map(file_stats, self.synthetic, fl):
+        for s in self.map(file_stats, self.synthetic, fl, self.scores):
             if fl:
                 filtered += s.filtered
                 alone += s.alone
@@ -196,7 +202,7 @@ class PoolSource:
                 return [s.value for s in sels]
             for i, _ in active:
                 sels[i].start()
-            for parts in self.map(select_part, scores, active, self.synthetic, self.filters):
+            for parts in self.map(select_part, scores, active, self.synthetic, self.filters, self.scores):
                 for (i, _), part in zip(active, parts):
                     sels[i].add(part)
             for i, _ in active:
@@ -210,10 +216,18 @@ class PoolSource:
     def counts_many(self, jobs: list[tuple[MixConfig, PoolNumbers]], written: bool = False) -> list["Outcomes"]:
         """`counts` of several strategies in one pass over the files."""
         totals = [Outcomes() for _ in jobs]
-        for per_file in self.map(file_outcomes, jobs, written, self.synthetic, self.filters):
+        for per_file in self.map(file_outcomes, jobs, written, self.synthetic, self.filters, self.scores):
             for total, o in zip(totals, per_file):
                 total.add(o)
         return totals
+
+
+def every_strategy_scores() -> dict:
+    """{annotator score column: False} of every registered strategy that cuts on one: what the
+    side-by-side view reads (a file without it reads as missing there)."""
+    from recaption.mixing.strategies.base import all_strategies, is_extra_column
+
+    return {s.column: False for s in all_strategies() if is_extra_column(s.column)}
 
 
 def _call(fn, args, cache, f):
@@ -224,7 +238,7 @@ def _call(fn, args, cache, f):
 @dataclass
 class Scores:
     """A score population: one column over the pool rows, or what a strategy would write."""
-    column: str  # clip_raw | clip_synthetic | blend | written
+    column: str  # clip_raw | clip_synthetic | blend | written | an annotator's score column
     numbers: PoolNumbers | None = None
     alpha: float = 0.5
     cfg: MixConfig | None = None
@@ -236,8 +250,8 @@ class Scores:
             v = _written(c, d.code)
         elif self.column == "blend":
             v = blend_of(c, self.numbers, self.alpha)[c.pool]
-        else:
-            v = (c.clip_raw if self.column == "clip_raw" else c.clip_syn)[c.pool]
+        else:  # clip_raw, clip_synthetic, or an annotator's column read for a strategy
+            v = c.score(self.column)[c.pool]
         v = np.asarray(v, dtype=np.float64)
         return v[scored(v)]
 
@@ -247,9 +261,10 @@ def _written(c: Columns, code: np.ndarray) -> np.ndarray:
     return np.where(code == KEEP_RAW, c.clip_raw, np.where(code == KEEP_SYN, syn, np.nan))
 
 
-def select_part(f: AnnFile, scores: list[Scores], active, synthetic: bool, filters=None, cache=None) -> list:
+def select_part(f: AnnFile, scores: list[Scores], active, synthetic: bool, filters=None, read=None,
+                cache=None) -> list:
     """One file's answers to the pending selects."""
-    c = load(f, synthetic, cache, filters)
+    c = load(f, synthetic, cache, filters, read)
     keys: dict[int, np.ndarray] = {}  # by population: the two ranks of a median share one
     out = []
     for i, q in active:
@@ -319,9 +334,9 @@ class Outcomes:
 
 
 def file_outcomes(f: AnnFile, jobs: list[tuple[MixConfig, PoolNumbers]], written: bool, synthetic: bool,
-                  filters=None, cache=None) -> list[Outcomes]:
+                  filters=None, scores=None, cache=None) -> list[Outcomes]:
     """One file's outcome counts under each (config, numbers) job."""
-    c = load(f, synthetic, cache, filters)
+    c = load(f, synthetic, cache, filters, scores)
     out = []
     for cfg, numbers in jobs:
         code = decide_columns(c, cfg, numbers).code
@@ -341,12 +356,15 @@ def threshold_scores(cfg: MixConfig, numbers: PoolNumbers) -> Scores:
     return Scores(cfg.threshold_column, numbers, cfg.alpha)
 
 
-def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None, synthetic: bool | None = None) -> Pool:
+def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None, synthetic: bool | None = None,
+              compare: bool = False) -> Pool:
     """Min/max and the threshold in force for `cfg`, over the pool left after its filters, evaluation
     overlaps and duplicates; raises when no shard is annotated. `synthetic`: read the candidates
-    even where `cfg` does not need them (the side-by-side view)."""
+    even where `cfg` does not need them; `compare`: read what every registered strategy cuts on
+    too (the side-by-side view of a dry run)."""
+    scores = (every_strategy_scores() if compare else {}) | dict.fromkeys(cfg.score_columns, True)
     source = PoolSource.of_shards(shards, ann_dir, mapper, cfg.needs_synthetic if synthetic is None else synthetic,
-                                  cfg.filter_set)
+                                  cfg.filter_set, scores)
     if cfg.removes:
         source.remove(cfg, ann_dir)
     return finish_pool(source.stats(), cfg)

@@ -8,6 +8,18 @@ from __future__ import annotations
 from recaption.annotators.base import Annotator, Column, Hist, Option, RuleKind
 
 
+def glare(table, value):
+    """`max-glare=X`: (fails, lacks, distance from mid-grey) per row of an annotation table."""
+    import numpy as np
+    import pyarrow as pa
+
+    x = table["brightness"].combine_chunks().cast(pa.float64()).to_numpy(zero_copy_only=False)
+    has = ~np.isnan(x)
+    off = np.abs(x - 128.0)
+    with np.errstate(invalid="ignore"):
+        return has & (off > value), ~has, off
+
+
 class _Pixels:
     """The image model the decoder feeds: a small squashed uint8 image, no normalisation."""
 
@@ -44,7 +56,10 @@ class Brightness(Annotator):
                Option("brightness_size", int, 32, "side the image is shrunk to before averaging"))
     hists = (Hist("brightness", "brightness", (0, 256, 4), label="mean brightness"),)
     rules = (RuleKind("min-brightness", ("brightness",), float, "no image", "mean brightness >= X",
-                      op="min", column="brightness", group="brightness"),)
+                      op="min", column="brightness", group="brightness"),
+             # a custom rule: its test is a function of this module, named where the rule is declared
+             RuleKind("max-glare", ("brightness",), float, "no image", "mean brightness within X of mid-grey (128)",
+                      group="brightness", test="tests.annotators.brightness:glare", sign=">"))
     add_hint = "recaption score INPUT -a ANN --brightness"
 
     def __init__(self, config, ctx):

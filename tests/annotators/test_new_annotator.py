@@ -88,6 +88,15 @@ def test_the_toy_annotator_flows_through_every_verb(brightness, shards, tmp_path
     assert set(drops) == {"dark", "broken"} and drops["dark"].startswith("filter: min-brightness 10")
     assert drops["dark"].endswith("< 100")
 
+    # a custom rule is evaluated by the test its kind names, reading only the columns it declares
+    # (an unknown custom rule once fell through to a CLIP floor scoped by `lang`, a column not read)
+    assert cli("mix", src, "-a", ann, "-o", tmp_path / "glare", "--strategy", "raw",
+               "--filter", "max-glare=100", "-q") == 0
+    drops = {r["key"]: r["reason"] for r in pq.read_table(tmp_path / "glare" / "_dropped.parquet").to_pylist()}
+    assert set(drops) == {"dark", "light", "broken"}, drops
+    assert drops["dark"].startswith("filter: max-glare 11") and drops["dark"].endswith("> 100")
+    assert drops["light"].startswith("filter: max-glare 11") and not drops["broken"].startswith("filter")
+
     # report: its histogram is drawn, with the rule's limit
     from recaption.report.data import load
     from recaption.report.html import render

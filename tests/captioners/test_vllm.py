@@ -69,3 +69,76 @@ def test_real_vllm_captions(shard_dir):  # pragma: no cover - runs only where vL
                                       max_new_tokens=20))
     out = cap.caption([Image.new("RGB", (64, 64), "red")], ["a red square"], "k")
     assert len(out) == 1 and len(out[0]) == 2 and all(out[0])
+
+
+# -- the whole path on the documented API, on a CPU ---------------------------------------------
+FAKES = __import__("pathlib").Path(__file__).parents[1] / "fakes"
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """tests/fakes/vllm (vLLM's documented offline API, no model) importable as `vllm`."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(FAKES))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    import vllm
+
+    assert vllm.__version__ == "0.0.fake"
+    vllm.LLM.instances.clear()
+    yield vllm
+    sys.modules.pop("vllm", None)
+
+
+def test_the_fake_keeps_the_documented_contract(fake_vllm):
+    from PIL import Image
+
+    llm = fake_vllm.LLM(model="m", limit_mm_per_prompt={"image": 1})
+    red = Image.new("RGB", (8, 6), "red")
+    (o,) = llm.generate({"prompt": "USER: <image>\nWhat is it?", "multi_modal_data": {"image": red}},
+                        fake_vllm.SamplingParams(n=2, temperature=0.0, max_tokens=20))
+    assert [c.text for c in o.outputs] == [" a 8x6 image of colour 255,0,0"] * 2
+    with pytest.raises(TypeError, match="unexpected keyword argument 'beams'"):
+        fake_vllm.SamplingParams(beams=2)
+    with pytest.raises(ValueError, match="2 images in the same prompt"):
+        llm.generate({"prompt": "x", "multi_modal_data": {"image": [red, red]}})
+    with pytest.raises(TypeError, match="PIL image"):
+        llm.generate({"prompt": "x", "multi_modal_data": {"image": b"jpeg bytes"}})
+    buf = __import__("io").BytesIO()
+    red.save(buf, format="PNG")
+    url = "data:image/png;base64," + __import__("base64").b64encode(buf.getvalue()).decode()
+    (c,) = llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                  {"type": "text", "text": "What is it?"}]}],
+                    fake_vllm.SamplingParams(temperature=0.0))
+    assert c.outputs[0].text.startswith(" a 8x6 image of colour 255,0,0")
+
+
+def test_the_vllm_captioner_runs_end_to_end_on_the_fake(fake_vllm, shard_dir, tmp_path, caplog):
+    """`recaption caption -c qwen2.5-vl-3b` through the CLI: the preset's engine arguments reach
+    LLM(...), each decodable image is one request with its alt-text in the prompt, sampling
+    gives N candidates, and the input thread's prepare-ahead (the exact path: vLLM has no pixel
+    spec) runs without the TypeError it once logged for every batch."""
+    import logging
+
+    import pyarrow.parquet as pq
+
+    from tests.helpers import cli
+
+    out = tmp_path / "ann"
+    with caplog.at_level(logging.WARNING, logger="recaption"):
+        assert cli("caption", shard_dir, "-o", out, "-c", "qwen2.5-vl-3b", "--num-captions", 2,
+                   "--decoding", "sample", "--top-p", 0.9, "--template", "qwen2.5-vl-alt-text", "--device", "cpu",
+                   "-q") == 0
+    assert not [r for r in caplog.records if "prepar" in r.getMessage()], caplog.text
+    (llm,) = fake_vllm.LLM.instances
+    assert llm.model == "Qwen/Qwen2.5-VL-3B-Instruct" and llm.args["max_model_len"] == 4096
+    rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and len(llm.requests) == len(ok)
+    for r in ok:
+        assert r["captioner"] == "Qwen/Qwen2.5-VL-3B-Instruct" and len(r["captions"]) == 2
+        assert all(c.startswith("a ") and "image of colour" in c for c in r["captions"]), r["captions"]
+    prompts = {q["prompt"] for q in llm.requests}
+    assert all("<|image_pad|>" in p for p in prompts)
+    raw = [r["raw_caption"] for r in ok if r["raw_caption"]]
+    assert raw and all(any(a in p for p in prompts) for a in raw)  # the alt-text reached its prompt

@@ -1,6 +1,6 @@
 """A toy engine, as a newcomer would write one: every item in this process, last item first (so a
 test can tell it ran), and the annotation-file passes one file at a time. One module; registering
-it is one line (`recaption.engines.ENGINES["serial"] = "tests.engines.serial"`)."""
+it is one line (`recaption.engines.ENGINES.register("serial", "tests.engines.serial")`)."""
 from __future__ import annotations
 
 from recaption.declare import Option

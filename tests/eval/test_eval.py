@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import strategy_names
+
 EVAL = Path(__file__).resolve().parents[2] / "eval"
 
 
@@ -150,7 +152,7 @@ def test_compare_strategies_table(tiny_models, minilm, shard_dir, tmp_path):
                "--clip-model", tiny_models["clip"], "--sieve-model", minilm, "-q") == 0
     cs = _load("compare_strategies")
     table = {r["strategy"]: r for r in cs.main([str(a), "--fraction", "0.5"])}
-    assert set(table) == {"raw", "synthetic", "threshold", "both", "sieve"}
+    assert set(table) == set(strategy_names())
     for r in table.values():
         assert r["kept"] + r["dropped"] == 18 and r["kept"] == r["raw"] + r["replaced"]
     # every strategy keeps its fraction as `mix --fraction` does: at least int(18 * 0.5) + 1 of 18

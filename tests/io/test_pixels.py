@@ -116,7 +116,7 @@ def test_prepared_inputs_match_the_processor(tiny_models):
         cap = build_captioner(load_preset(tiny_models[model], device="cpu", dtype="float32", prompt=prompt))
         spec = cap.pixel_spec()
         ims = [decode(d, draft_size=64) for d in photos()[:3]]
-        want = cap.prepare(ims, [None] * 3)
+        want = cap.prepare(ims)
         pool = DecodePool({"caption": spec}, batch_size=4)
         try:
             got = cap.prepare_pixels(pool.decode(photos()[:3]).pixels["caption"])
@@ -128,7 +128,7 @@ def test_prepared_inputs_match_the_processor(tiny_models):
                 assert torch.equal(got[k], want[k]), (model, k)
         assert levels(normalize(got["pixel_values"], spec), want["pixel_values"], spec).max() < 0.01
         # per-sample pixels (isolation and OOM retries) take the same road
-        again = cap.prepare(list(got["pixel_values"]), [None] * 3)
+        again = cap.prepare(list(got["pixel_values"]))
         assert torch.equal(again["pixel_values"], got["pixel_values"])
 
 
@@ -163,7 +163,7 @@ def test_fast_captioning_runs_on_prepared_pixels(tiny_models, which):
         b = pool.decode(photos())
     finally:
         pool.close()
-    out = cap.caption(b.images_for("caption"), [None] * 5, "k", cap.prepare_pixels(b.pixels["caption"], [None] * 5))
+    out = cap.caption(b.images_for("caption"), [None] * 5, "k", cap.prepare_pixels(b.pixels["caption"]))
     assert len(out) == 5 and all(len(c) == 1 and isinstance(c[0], str) for c in out)
     one = cap.caption(b.images_for("caption")[:1], [None], "k")  # the isolation road: per-sample pixels
     assert len(one) == 1 and len(one[0]) == 1

@@ -58,6 +58,7 @@ def test_samples_are_grouped_and_numbered_as_iter_shard(tmp_path, label, fmt, pa
             assert {m.field: m.data for m in ms} == r.members
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["file", "bytesio"], ids=["os-file", "no-fd"])
 @pytest.mark.parametrize("label,fmt,pax", FORMATS, ids=[f[0] for f in FORMATS])
 def test_copied_blocks_read_back_with_tarfile_and_gnu_tar(tmp_path, label, fmt, pax, target, monkeypatch):

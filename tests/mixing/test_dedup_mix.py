@@ -245,6 +245,7 @@ def test_older_annotation_files_without_fingerprints_say_how_to_add_them(pool, t
     assert "fingerprints" in err and "recaption score INPUT -a ANN" in err
 
 
+@pytest.mark.slow
 def test_local_threads_and_ray_tasks_decide_the_same(pool, eval_dir, tmp_path, ray_local):
     pytest.importorskip("faiss")
     shards, ann = pool

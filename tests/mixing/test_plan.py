@@ -93,6 +93,7 @@ def test_the_writer_decides_nothing(shard_dir, tmp_path):
         assert sample.members["txt"].decode().startswith("cap ")  # lower case: from the plan
 
 
+@pytest.mark.slow
 def test_mix_output_extracts_with_gnu_tar(shard_dir, random_ann, tmp_path):
     if not shutil.which("tar"):
         pytest.skip("no GNU tar")

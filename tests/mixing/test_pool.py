@@ -13,6 +13,7 @@ from recaption.engines.local import Threads
 from recaption.mixing.files import Cache
 from recaption.mixing.pool import PoolSource, dry_counts, finish_pool, pool_pass
 from recaption.mixing.strategies import MixConfig
+from tests.helpers import strategy_names
 from tests.mixing import oracle
 
 N_FILES = 5
@@ -103,7 +104,7 @@ def test_strategy_table_is_exact(pool_dir):
     d, _, rows = pool_dir
     table = {r["strategy"]: r for r in strategy_table(PoolSource.of_folder(str(d), [f"{i:05d}" for i in range(5)]),
                                                       fraction=0.3)}
-    assert set(table) == {"raw", "synthetic", "threshold", "both", "sieve"}
+    assert set(table) == set(strategy_names())
     for s, cfg in (("raw", oracle.CONFIGS[0]), ("threshold", oracle.CONFIGS[7]), ("sieve", oracle.CONFIGS[11])):
         cfg = type(cfg)(s, fraction=0.3, filter_synthetic=(s == "threshold"))
         want, t, mm = oracle.expected(rows, cfg)

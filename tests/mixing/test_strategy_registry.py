@@ -144,5 +144,5 @@ def test_a_strategy_declaring_what_mix_cannot_do_is_refused_in_one_line():
     assert MixConfig("raw").validate().threshold_column == "clip_raw"  # the others load again
     with pytest.raises(RecaptionError, match="--filter-synthetic only applies to --strategy threshold"):
         MixConfig("both", filter_synthetic=True).validate()
-    with pytest.raises(ValueError, match="registered already"):
+    with pytest.raises(RecaptionError, match="registered already"):
         register_strategy("raw", Odd, "another raw")

@@ -14,7 +14,7 @@ from recaption.errors import RecaptionError
 from recaption.output import caption_keys as ck
 from recaption.overlay.caption_choice import CaptionChoice
 from recaption.output.members import splice_recaption, with_recaption
-from tests.helpers import CAPTIONERS, annotate_by_captioners, read_output
+from tests.helpers import CAPTIONERS, annotate_by_captioners, read_output, strategy_names
 
 QUIET = Execution(quiet=True)
 
@@ -76,7 +76,7 @@ def keyed_ann(shard_dir, tmp_path_factory):
     return annotate_by_captioners(shard_dir, tmp_path_factory.mktemp("keys") / "ann")
 
 
-@pytest.mark.parametrize("strategy", ["raw", "synthetic", "threshold", "both", "sieve"])
+@pytest.mark.parametrize("strategy", strategy_names())
 def test_every_caption_under_its_own_top_level_key(shard_dir, keyed_ann, tmp_path, strategy):
     from recaption.mixing.strategies import MixConfig
 
@@ -122,7 +122,7 @@ def test_caption_keys_are_a_recorded_setting(shard_dir, keyed_ann, tmp_path, cap
     assert "'every' is not one of 'none', 'best', 'all'" in capsys.readouterr().err
     from recaption.mixing.strategies import MixConfig
 
-    with pytest.raises(RecaptionError, match="unknown --caption-keys 'every'; choose none, best, all"):
+    with pytest.raises(RecaptionError, match="unknown --caption-keys value 'every' \\(known: none, best, all\\)"):
         MixConfig("raw", caption_keys="every").validate()  # and so does the API
 
 

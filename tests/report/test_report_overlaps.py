@@ -46,6 +46,7 @@ CHECK = """<script>window.addEventListener('load', () => {
 });</script></body>"""
 
 
+@pytest.mark.slow
 def test_overlaps_render_side_by_side_in_chromium(mixed, tmp_path):
     chromium = find_chromium()
     if not chromium:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 from recaption.mixing.strategies.base import (CATEGORIES, DUPLICATE, ERROR, FILTERED, FLAGS, KEEP_RAW,  # noqa: F401
                                               KEEP_SYN, OVERLAP, REASONS, SHARD_ERROR, Rows, Strategy, named,
                                               reason_text, table)  # (re-exported)
@@ -76,7 +76,7 @@ class MixConfig:
         if self.samples_per_shard < 1:
             raise RecaptionError("--samples-per-shard must be at least 1")
         if self.caption_keys not in CAPTION_KEYS:
-            raise RecaptionError(f"unknown --caption-keys {self.caption_keys!r}; choose {', '.join(CAPTION_KEYS)}")
+            raise unknown("--caption-keys value", self.caption_keys, CAPTION_KEYS)
         return self
 
     @property
@@ -88,6 +88,14 @@ class MixConfig:
     def threshold_column(self) -> str:
         """Which score a --fraction is taken over."""
         return self.kind.column
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        """The annotator score column the strategy cuts on, where it is not one of the pool's own
+        (the pool pass reads it, and a file without it is an error)."""
+        from recaption.mixing.strategies.base import is_extra_column
+
+        return (self.kind.column,) if is_extra_column(self.kind.column) else ()
 
     @property
     def filter_set(self):

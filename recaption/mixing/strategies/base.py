@@ -15,7 +15,6 @@ hold the reason text), so only a process's own table must agree with itself.
 """
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Mapping
 
@@ -29,7 +28,8 @@ KEEP_RAW, KEEP_SYN, ERROR, SHARD_ERROR, FILTERED = 0, 1, 2, 3, 4  # FILTERED: wh
 DUPLICATE, OVERLAP = 5, 6  # a duplicate of a kept sample, a copy of an evaluation image (`recaption.mixing.removal`)
 FIRST_REASON = 7  # the strategies' own drop reasons follow
 
-COLUMNS = ("clip_raw", "clip_synthetic", "blend")  # what a threshold or a fraction can cut on
+COLUMNS = ("clip_raw", "clip_synthetic", "blend")  # the pool's own scores; or any numeric annotator column
+NUMERIC = ("float32", "float64", "int32", "int64")  # the annotator column types a strategy may cut on
 FLAGS = ("filter_synthetic",)  # MixConfig settings only some strategies take: those whose variants set them
 MEMBER_SOURCES = ("synthetic_caption",)  # the decisions columns an extra member can hold
 
@@ -43,7 +43,8 @@ class Strategy:
     and register the class in `recaption/mixing/__init__.py` (`register_strategy`)."""
 
     needs_threshold: bool = False  # refuses to run without --threshold or --fraction
-    column: str = "clip_raw"  # the score a threshold cuts and a fraction is taken over (one of COLUMNS)
+    column: str = "clip_raw"  # the score a threshold cuts and a fraction is taken over (COLUMNS, or a
+    # numeric column an annotator declares: the pool pass reads it, `rows.score()` gives it)
     needs_synthetic: bool = False  # decisions read the synthetic caption (else the pool pass skips candidates)
     extra_members: dict = {}  # member name -> decisions column (MEMBER_SOURCES) a kept sample also gets
     variants: tuple = ({},)  # settings of FLAGS per row of the side-by-side view (`{}`: as the strategy is)
@@ -90,6 +91,12 @@ class Rows:
         the first cut of a row wins."""
         self.code[self.kept & where] = self.strategy.codes[reason]
 
+    def score(self, column: str | None = None) -> np.ndarray:
+        """A score column of these rows (default: the strategy's `column`), NaN where missing:
+        `clip_raw`, `clip_synthetic`, `blend`, or the annotator's column the strategy cuts on."""
+        column = column or self.strategy.column
+        return self.blend if column == "blend" else self.cols.score(column)
+
     def cut_scores(self, x: np.ndarray, missing: str, below: str, where=True) -> None:
         """Drop rows of `where` whose score `x` is missing (`missing`), then those below the
         threshold (`below`). A missing score (null, NaN, inf) fails every cut."""
@@ -115,8 +122,8 @@ class _Table:
         self.changes = changes
         self.by_name: dict[str, Strategy] = {}
         self.reasons: list[str | None] = [None] * FIRST_REASON  # by code
-        for name, reg in list(mixing.STRATEGIES.items()):
-            s = _load(name, reg)
+        for name in mixing.STRATEGIES.names():
+            s = _load(name)
             s.codes = {k: len(self.reasons) + i for i, k in enumerate(s.reasons)}
             self.reasons += list(s.reasons.values())
             self.by_name[name] = s
@@ -125,19 +132,28 @@ class _Table:
         self.categories = {c: category(r) for c, r in self.texts.items()}
 
 
-def _load(name: str, reg) -> Strategy:
-    cls = reg.target
-    if isinstance(cls, str):
-        module, _, attr = cls.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise RecaptionError(f"strategy {name!r}: cannot load {reg.target} ({type(e).__name__}: {e})") from e
+def is_extra_column(column: str) -> bool:
+    """Whether a strategy's column is an annotator's (read for it), not one of the pool's own."""
+    return column not in COLUMNS
+
+
+def cuttable() -> list[str]:
+    """Every score a strategy may cut on: the pool's own, then each numeric annotator column."""
+    from recaption import annotators
+
+    fixed = set(annotators.fixed_names())
+    return list(COLUMNS) + [c.name for c in annotators.extra_columns() if c.type in NUMERIC and c.name not in fixed]
+
+
+def _load(name: str) -> Strategy:
+    cls = mixing.STRATEGIES.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise RecaptionError(f"strategy {name!r}: {reg.target} is not a Strategy class")
+        raise RecaptionError(f"strategy {name!r}: {mixing.STRATEGIES.target(name)} is not a Strategy class")
     s = cls()
-    s.name, s.help = name, reg.help
-    bad = ([f"column {s.column!r} (one of {', '.join(COLUMNS)})"] if s.column not in COLUMNS else []) + \
+    s.name, s.help = name, mixing.strategy_help(name)
+    can = cuttable()
+    bad = ([f"column {s.column!r} (one of {', '.join(can)}: the pool's scores or a numeric annotator column)"]
+           if s.column not in can else []) + \
           [f"extra member {m!r} from {c!r} (one of {', '.join(MEMBER_SOURCES)})"
            for m, c in s.extra_members.items() if c not in MEMBER_SOURCES] + \
           [f"variant setting {k!r} (one of {', '.join(FLAGS)})" for v in s.variants for k in v if k not in FLAGS]
@@ -166,7 +182,7 @@ def named(name: str) -> Strategy:
     """The registered strategy `name`, as an object."""
     s = table().by_name.get(name)
     if s is None:
-        raise RecaptionError(f"unknown strategy {name!r}; choose {', '.join(mixing.STRATEGIES)}")
+        raise mixing.STRATEGIES.unknown(name)
     return s
 
 
