@@ -374,10 +374,22 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
         if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
             ann_summary = annotate(input_spec, ann_dir, cfgs, decode=decode,
                                    overwrite=overwrite and not same_annotations, execution=ex)
+            _refuse_none_annotated(ann_summary)
         summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
                       extra_summary={"annotate": ann_summary, "recipe": r})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
     return summary
+
+
+def _refuse_none_annotated(summary: dict) -> None:
+    """A run whose annotate pass annotated no shard stops there, naming the first failure (the mix
+    would only say that there are no annotation files)."""
+    by = summary.get("shards") or {}
+    failed = summary.get("failed_shards") or []
+    if failed and not by.get("done") and not by.get("skipped"):
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more shards)" if len(failed) > 1 else ""
+        raise RecaptionError(f"no shard could be annotated: {first['shard']}: {first['error']}{more}")
 
 
 def _check_inputs(cfg: MixConfig, flag: str = "--decontaminate") -> None:

@@ -148,3 +148,24 @@ def test_local_and_ray_engines_write_the_same_files(shard_dir, tiny_models, mini
     assert cli("mix", shard_dir, "-a", tmp_path / "a_local", "-o", tmp_path / "m_local", *mixargs) == 0
     assert cli("mix", shard_dir, "-a", tmp_path / "a_ray", "-o", tmp_path / "m_ray", "--engine", "ray", *mixargs) == 0
     assert tree_bytes(tmp_path / "m_local") == tree_bytes(tmp_path / "m_ray")
+
+
+def test_a_run_that_annotates_no_shard_names_the_first_failure(shard_dir, tmp_path, monkeypatch, capsys):
+    """Every shard failing in the annotate pass stops the run there with that failure, instead of a
+    mix that can only say there are no annotation files to mix."""
+    from recaption import engines
+
+    real = engines.run_stage
+
+    def failing(stage, items, execution=None, **kw):
+        if type(stage).__name__ == "AnnotateStage":
+            return [{"shard": f"{i:05d}", "status": "failed", "error": "OSError: disk on fire"}
+                    for i, _ in enumerate(items)]
+        return real(stage, items, execution, **kw)
+
+    monkeypatch.setattr(engines, "run_stage", failing)
+    capsys.readouterr()
+    assert cli("run", "datacomp-basic", shard_dir, "-o", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "no shard could be annotated: 00000: OSError: disk on fire (and 2 more shards)" in err
+    assert "annotate` or `score` first" not in err

@@ -340,10 +340,13 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
         remove_recorded(out_dir, rec)
         rec = None
     makedirs(out_dir)
-    remove_stale_temps(out_dir)
     if rec is None:
         rec = {"kind": kind, "identity": identity, "written": []}
         write_record(out_dir, rec)
+    # a killed run's temporaries, here and in the folders it records (the decisions)
+    for folder in [out_dir] + [join(out_dir, n) for n in rec.get("written", []) if "." not in n and "/" not in n]:
+        if exists(folder):
+            remove_stale_temps(folder)
     return rec
 
 

@@ -180,6 +180,21 @@ _USTAR_SUM = sum(_USTAR_MID) + sum(_USTAR_MTIME) + sum(b" " * 8) + sum(_USTAR_TA
 _PAD = b"\0" * BLOCK
 
 
+def sample_keys_between(f: BinaryIO, start: int, end: int | None) -> list[str]:
+    """The keys of the samples whose first member header lies in [start, end) of a tar (end None:
+    to the end of the archive), in order; headers only, no data is read. Non-file members (a
+    directory, a link) start no sample."""
+    f.seek(start)
+    heads = _Headers(f)
+    keys: list[str] = []
+    while (end is None or heads.offset < end) and (h := heads.next()) is not None:
+        name, isfile, _, _ = h
+        parts = _split(name) if isfile else None
+        if parts is not None and (not keys or keys[-1] != parts[0]):
+            keys.append(parts[0])
+    return keys
+
+
 def member_blocks(name: str, data: bytes) -> bytes:
     """A new member's header, data and padding: the bytes `tarfile` writes for it in pax format,
     with a fixed mtime, mode and owner. A short ASCII name is one ustar header, built here;

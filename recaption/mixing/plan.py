@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
+from recaption.io.sources import is_gzip_name
 from recaption.mixing import columns as colmod
 from recaption.mixing import provenance
 from recaption.mixing.files import AnnFile, read_file
@@ -98,6 +99,7 @@ class FilePlan:
     kept: int
     codes: list
     digest: str = ""  # of the decisions file's bytes (`provenance.decisions_digest`)
+    unannotated: int = 0  # samples of the shard no annotation row lists (dropped: `provenance.NO_ROW`)
 
 
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
@@ -114,6 +116,11 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     shard_now = file_info(f.url)
     table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
+    lost = []  # samples of the tar no row lists: the index shows where they lie
+    if tarindex.NAMES[0] in table.column_names and not is_gzip_name(f.url):
+        lost = provenance.unannotated(f.url, table)
+        if lost:
+            table = provenance.with_unannotated(table, lost)
     recorded = provenance.recorded_identity(f.path)
     weak = bool(recorded) and tarindex.change(shard_now, recorded) == tarindex.NO_STAMP
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
@@ -132,7 +139,7 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         out.write(buf.getvalue())
     codes = np.bincount(d.code, minlength=n_codes())
     return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist(),
-                    provenance.decisions_digest(buf.getvalue()))
+                    provenance.decisions_digest(buf.getvalue()), len(lost))
 
 
 def removal_settings(cfg: MixConfig) -> dict:
@@ -202,14 +209,20 @@ def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], di
     if cfg.caption_keys != "none":
         caption_keys.check_captioners(pool.captioners)
     makedirs(join(out_dir, FOLDER))
-    total, kept = Outcomes(), []
+    total, kept, lost = Outcomes(), [], 0
     removal = pool.source.removal
     files = removal.with_reasons(pool.source.files) if removal is not None else None
     for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir, files=files):
         total.add(Outcomes(np.array(fp.codes, dtype=np.int64)))
         kept.append((fp.name, fp.url, fp.decisions, fp.kept, fp.digest))
+        lost += fp.unannotated
     write_dropped(out_dir, [(n, d) for n, _, d, _, _ in kept])
-    return assign(kept, cfg, out_dir), mix_counts(pool, total)
+    counts = mix_counts(pool, total)
+    if lost:  # read from the tars, not from the annotation rows the pool pass counted
+        counts["read"] += lost
+        counts["dropped"] = dict(sorted({**counts["dropped"], provenance.NO_ROW: lost}.items(),
+                                        key=lambda kv: (-kv[1], kv[0])))
+    return assign(kept, cfg, out_dir), counts
 
 
 def check_shards(pool: Pool) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tarfile
 
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
@@ -107,6 +108,65 @@ def first_difference(url: str, ann_path: str) -> str | None:
     if i < len(keyed):
         return f", first differing sample {keyed[i]['key']!r} (annotated, not in the shard)"
     return None
+
+
+NO_ROW = "no annotation row"  # the drop reason of a sample the annotation file does not list
+
+
+def unannotated(url: str, table) -> list[str]:
+    """The keys of samples in the shard that no row of `table` (decisions carrying the member
+    index) accounts for: the tar between and after the rows' spans is walked header by header.
+    A sample there whose key is a row without an index (an error row, a sample read without one)
+    is that row's."""
+    from collections import Counter
+
+    from recaption.io import arrays
+    from recaption.io.fs import open_url
+    from recaption.io.tarcopy import sample_keys_between
+
+    off, has = arrays.ints(table["tar_offset"])
+    size, _ = arrays.ints(table["tar_size"])
+    keys = table["key"].to_pylist()
+    loose = Counter(k for k, h in zip(keys, has.tolist()) if not h and k is not None)
+    spans = sorted(zip(off[has].tolist(), size[has].tolist()))
+    gaps, pos = [], 0
+    for o, n in spans:
+        if o > pos:
+            gaps.append((pos, o))
+        pos = max(pos, o + n)
+    gaps.append((pos, None))
+    out = []
+    with open_url(url, "rb") as f:
+        for a, b in gaps:
+            try:
+                found = sample_keys_between(f, a, b)
+            except (tarfile.TarError, OSError, ValueError):  # the tar breaks there: its rows say so already
+                break
+            for k in found:
+                if loose[k] > 0:
+                    loose[k] -= 1
+                else:
+                    out.append(k)
+    return out
+
+
+def with_unannotated(table, keys: list[str]):
+    """Decisions `table` with a dropped row for each sample in `keys` (reason `NO_ROW`), last."""
+    import pyarrow as pa
+
+    n = len(keys)
+    cols = {}
+    for field in table.schema:
+        if field.name == "key":
+            cols["key"] = pa.array(keys, field.type)
+        elif field.name == "kept":
+            cols["kept"] = pa.array([False] * n, field.type)
+        elif field.name == "reason":
+            cols["reason"] = pa.array([NO_ROW] * n, field.type)
+        else:
+            cols[field.name] = pa.nulls(n, field.type)
+    extra = pa.table(cols, schema=table.schema.remove_metadata())
+    return pa.concat_tables([table.replace_schema_metadata(None), extra]).replace_schema_metadata(table.schema.metadata)
 
 
 def built_from(plan) -> str:

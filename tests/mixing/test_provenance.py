@@ -162,3 +162,37 @@ def test_a_key_with_two_annotation_rows_fails_its_output_shard_only(shard_dir, t
     assert "is kept in more than one annotation row" in failed[0]["error"]
     assert repr(rows[i]["key"]) in failed[0]["error"]
     assert (out / "00000.tar").exists() and (out / "00001.tar").exists() and not (out / "00002.tar").exists()
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_a_sample_without_an_annotation_row_is_dropped_with_that_reason(scored, tmp_path, where):
+    shards, ann = scored
+    shards, ann = copy(shards, tmp_path / "shards"), copy(ann, tmp_path / "ann")
+    f = ann / "00001.parquet"
+    t = pq.read_table(f)
+    keyed = [i for i, k in enumerate(t["key"].to_pylist()) if k is not None]
+    gone = {"first": keyed[0], "middle": keyed[len(keyed) // 2], "last": keyed[-1]}[where]
+    key = t["key"][gone].as_py()
+    pq.write_table(t.take([i for i in range(t.num_rows) if i != gone]), f)  # the footer (groups) stays
+    out = tmp_path / "out"
+    assert cli("mix", shards, "-a", ann, "-o", out, "--strategy", "raw") == 0  # then verify holds (cli)
+    written, drops = accounted(out, shards)  # every input sample once, the unlisted one included
+    assert drops[key] == "no annotation row" and key not in written
+    s = summary(out)
+    assert s["counts"]["dropped_by_reason"]["no annotation row"] == 1
+    assert s["counts"]["read"] == len(written) + len(drops)
+
+
+def test_a_killed_runs_temporary_decisions_file_is_cleared_by_the_rerun(shard_dir, tmp_path):
+    import os
+
+    ann = annotate_randomly(shard_dir, tmp_path / "ann", seed=5)
+    out = tmp_path / "out"
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, *MIX) == 0
+    dead = next(p for p in range(4_000_000, 3_000_000, -1) if not os.path.exists(f"/proc/{p}"))  # no such process
+    left = out / "_decisions" / f".00001.parquet.recaption-{dead}-0123abcd.tmp"
+    theirs = out / "_decisions" / ".notes.tmp"  # not recaption's: stays
+    left.write_bytes(b"half a file")
+    theirs.write_bytes(b"mine")
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, *MIX) == 0
+    assert not left.exists() and theirs.exists()
