@@ -115,26 +115,25 @@ NO_ROW = "no annotation row"  # the drop reason of a sample the annotation file 
 
 def unannotated(url: str, table) -> list[str]:
     """The keys of samples in the shard that no row of `table` (decisions carrying the member
-    index) accounts for: the tar between and after the rows' spans is walked header by header.
-    A sample there whose key is a row without an index (an error row, a sample read without one)
-    is that row's."""
-    from collections import Counter
-
+    index) lists: the tar between and after the rows' spans is walked header by header. A key some
+    row has is that row's (a sample read without an index, a member after a cut, a key the shard
+    repeats: annotate recorded those as rows of their own); after a shard-level error row (the
+    shard broke there) the rest of the tar is that row's."""
     from recaption.io import arrays
     from recaption.io.fs import open_url
     from recaption.io.tarcopy import sample_keys_between
 
     off, has = arrays.ints(table["tar_offset"])
     size, _ = arrays.ints(table["tar_size"])
-    keys = table["key"].to_pylist()
-    loose = Counter(k for k, h in zip(keys, has.tolist()) if not h and k is not None)
+    listed = set(table["key"].drop_null().to_pylist())
     spans = sorted(zip(off[has].tolist(), size[has].tolist()))
     gaps, pos = [], 0
     for o, n in spans:
         if o > pos:
             gaps.append((pos, o))
         pos = max(pos, o + n)
-    gaps.append((pos, None))
+    if table["key"].null_count == 0:  # a keyless row is the shard breaking: what follows is its to tell
+        gaps.append((pos, None))
     out = []
     with open_url(url, "rb") as f:
         for a, b in gaps:
@@ -142,11 +141,7 @@ def unannotated(url: str, table) -> list[str]:
                 found = sample_keys_between(f, a, b)
             except (tarfile.TarError, OSError, ValueError):  # the tar breaks there: its rows say so already
                 break
-            for k in found:
-                if loose[k] > 0:
-                    loose[k] -= 1
-                else:
-                    out.append(k)
+            out += [k for k in found if k not in listed and k not in out]
     return out
 
 
