@@ -197,3 +197,18 @@ def test_max_punsafe_and_min_aesthetic_cut_where_the_values_say(tagged):
     assert kept == want and 0 < len(kept) < len(rows)
     reasons = dropped(out)
     assert any(v.startswith("filter: max-punsafe") for v in reasons.values())
+
+
+def test_models_lists_every_head(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli("models") == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in heads.names()) and "open-nsfw" in out
+
+
+def test_a_laion_head_without_its_weights_is_refused_in_one_line(tmp_path, capsys):
+    shards = photo_shards(tmp_path / "in")
+    assert cli("score", shards, "-a", tmp_path / "ann", "--punsafe", "--no-clip", "--no-sieve", "-q") == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+    assert len(err) == 1 and "clip_ViT-L-14_openai_binary_nsfw_head.pth" in err[0]
+    assert not (tmp_path / "ann").exists()
