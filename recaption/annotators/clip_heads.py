@@ -1,9 +1,7 @@
 """What the LAION tag groups share (`punsafe`, `aesthetic`: one module and one registration each):
 a head over the CLIP image embedding (`recaption.scoring.heads`), fed by the pass's own CLIP
 forward where the pass runs the CLIP the head was trained on (`clip.embed` keeps a batch's
-embedding on the shared scorer), else by its own CLIP forward on the same decode. With the
-annotation folder's saved embeddings (`--save-embeddings`) of that CLIP, `recaption score` reads
-them instead of decoding any image."""
+embedding on the shared scorer), else by its own CLIP forward on the same decode."""
 from __future__ import annotations
 
 import dataclasses
