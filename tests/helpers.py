@@ -284,3 +284,30 @@ def config_for(strategy: str, fraction: float = 0.6, **kw):
     from recaption.mixing.strategies.base import named
 
     return MixConfig(strategy, fraction=fraction if named(strategy).needs_threshold else None, **kw)
+
+
+def tiny_tag_heads(folder: Path) -> dict[str, str]:
+    """LAION's tag heads at their published architectures with random weights, over a tiny CLIP
+    768 wide: declaration files (NAME.yaml, weights beside) for punsafe and aesthetic (v1 and v2),
+    and the watermark net's weights. Returns {"clip", "punsafe", "aesthetic", "aesthetic_v1", "pwatermark"}."""
+    import torch
+    import yaml
+
+    from recaption.demo.tiny_models import build_clip
+    from recaption.scoring import heads
+    from recaption.scoring.heads import arch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"clip": build_clip(folder / "clip", embed_dim=768)}
+    published = yaml.safe_load((heads.HERE / "heads.yaml").read_text())
+    for key, base in (("punsafe", "laion-nsfw-vit-l-14"), ("aesthetic", "laion-aesthetic-v2-vit-l-14"),
+                      ("aesthetic_v1", "laion-aesthetic-v1-vit-l-14")):
+        torch.manual_seed(1)
+        torch.save(arch.build(heads.get(base)).state_dict(), folder / heads.get(base).weights)
+        d = published[base] | {"clip": {"model": out["clip"], "pretrained": None}}
+        (folder / f"{key}.yaml").write_text(yaml.safe_dump({"name": f"tiny-{key}", **d}))
+        out[key] = str(folder / f"{key}.yaml")
+    torch.manual_seed(2)
+    torch.save(arch.build(heads.get("laion-watermark-v1")).state_dict(), folder / "wm.pt")
+    out["pwatermark"] = str(folder / "wm.pt")
+    return out

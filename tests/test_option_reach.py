@@ -122,6 +122,9 @@ def variants(opt, verb: str, w: dict) -> list[list]:
         "dedup": "exact", "dedup_keep": "best:clip_raw", "decontaminate": w["shards"],
         "decontaminate_rule": "exact", "decontaminate_model": "ViT-B-32@openai", "set": "mix.strategy=both",
         "key_column": "uid", "caption_column": "text", "input": w["shards"], "captions": w["caps2"],
+        # the LAION tags' heads: another head, or weights (not a state dict here: refused in one line)
+        "punsafe_head": "laion-nsfw-vit-b-32", "aesthetic_head": "laion-aesthetic-v1-vit-l-14",
+        "punsafe_weights": w["lang"], "aesthetic_weights": w["lang"], "pwatermark_weights": w["lang"],
     }
     assert opt.name in values, f"{verb} --{opt.name}: give the option-reach test a value for it"
     return [[flag, values[opt.name]]]

@@ -12,7 +12,14 @@ from tests.helpers import dropped, input_samples, read_output, summary, tree_byt
 from tests.helpers import cli
 
 
-def tiny_sets(recipe, m, minilm):
+def tiny_sets(recipe, m, minilm, root=None):
+    if recipe == "laion-aesthetics":  # the published head architectures, random weights, a 768-wide CLIP
+        from tests.helpers import tiny_tag_heads
+
+        h = tiny_tag_heads(root / "heads")
+        return [f"punsafe.head={h['punsafe']}", f"aesthetic.head={h['aesthetic_v1']}",
+                f"pwatermark.weights={h['pwatermark']}", f"clip.model={h['clip']}", "clip.pretrained=null",
+                "batch_size=4"]
     sets = {
         "sieve": [f"caption.model={m['blip']}", "caption.num_captions=2", "caption.max_length=10",
                   f"sieve.model={minilm}"],
@@ -30,7 +37,7 @@ def tiny_sets(recipe, m, minilm):
 @pytest.mark.parametrize("recipe", sorted(list_recipes()))
 def test_every_recipe_runs_end_to_end(recipe, shard_dir, tiny_models, minilm, tmp_path):
     out = tmp_path / "out"
-    args = [a for s in tiny_sets(recipe, tiny_models, minilm) for a in ("--set", s)]
+    args = [a for s in tiny_sets(recipe, tiny_models, minilm, tmp_path) for a in ("--set", s)]
     assert cli("run", recipe, shard_dir, "-o", out, *args, "-q") == 0
     inputs = input_samples(shard_dir)
     got, drops = read_output(out), dropped(out)

@@ -21,6 +21,11 @@ BUILTIN = {
     "sieve": "recaption.annotators.sieve:Sieve",
     "rerank": "recaption.annotators.rerank:Rerank",
     "fingerprints": "recaption.annotators.fingerprints:Fingerprints",
+    # LAION's tags (issue 34): heads over the CLIP embedding, the watermark net, Open-NSFW
+    "punsafe": "recaption.annotators.punsafe:Punsafe",
+    "pwatermark": "recaption.annotators.pwatermark:Pwatermark",
+    "aesthetic": "recaption.annotators.aesthetic:Aesthetic",
+    "open_nsfw": "recaption.annotators.open_nsfw:OpenNsfw",
 }
 ENTRY_POINTS = "recaption.annotators"
 

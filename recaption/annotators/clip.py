@@ -27,11 +27,18 @@ def clip_scorer(ctx, cfg):
 
 def embed(scorer, batch, idx):
     """Image embeddings of rows `idx`: from the batch's prepared inputs where they are exactly
-    these rows, else sample by sample."""
+    these rows, else sample by sample. The last batch's are kept on the scorer, so the annotators
+    that read the same CLIP's embedding (the LAION heads) reuse its forward pass."""
+    memo = getattr(scorer, "last_embedding", None)
+    if memo is not None and memo[0] is batch and memo[1] == tuple(idx):
+        return memo[2]
     prepared = batch.batched(scorer, idx)
     if prepared is None:
-        return scorer.encode_images(batch.inputs(scorer, idx))
-    return scorer.encode_pixels(scorer.prepare_pixels(prepared) if is_pixels(prepared) else prepared)
+        emb = scorer.encode_images(batch.inputs(scorer, idx))
+    else:
+        emb = scorer.encode_pixels(scorer.prepare_pixels(prepared) if is_pixels(prepared) else prepared)
+    scorer.last_embedding = (batch, tuple(idx), emb)
+    return emb
 
 
 class Clip(Annotator):

