@@ -1,17 +1,23 @@
 """The Python API: what the CLI calls, usable from notebooks and other pipelines.
 
-    from recaption import api
-    from recaption.mixing.strategies import MixConfig
-    from recaption.scoring.clip import ClipConfig
-    from recaption.scoring.sieve import SieveConfig
+    import recaption as rc
 
-    api.annotate("shards/", "ann/", captions="sieve", clip=ClipConfig("ViT-B-32", "openai"),
-                 sieve=SieveConfig(api.default_sieve_model()))
-    api.mix("shards/", "ann/", "out/", MixConfig(strategy="threshold", fraction=0.3, filter_synthetic=True))
-    api.run("sieve", "shards/", "out/", sets=["mix.fraction=0.1"])
+    ann = rc.annotate("shards/", "ann/", captions={"captioner": "sieve"}, clip={"model": "ViT-L-14"},
+                      sieve=True, decode={"batch_size": 32})
+    dry = rc.mix("shards/", "ann/", strategy="threshold", fraction=0.3, filter_synthetic=True, dry_run=True)
+    dry.strategies                                   # every strategy side by side, as a table
+    mixed = rc.mix("shards/", "ann/", "out/", strategy="sieve", fraction=0.2)
+    mixed.drops()                                    # every sample not written: an Arrow table
+    rc.run("sieve", "shards/", "run/", sets=["mix.fraction=0.1"])
+
+Settings come as the config objects (`rc.ClipConfig`, `rc.MixConfig`, ...) or as plain mappings,
+checked against the same declarations the command line and recipes read (an annotator's
+mapping is its recipe section; the config dataclasses' fields and types; the engines' options):
+a misspelt name or a value of the wrong type is one line naming the nearest known ones.
 
 Every function checks everything it can before it creates a folder, so a mistake leaves nothing
-behind; each returns a summary dict (also written as `_summary.json` by the verbs that write shards).
+behind; each returns a result (`recaption.results`): the summary dict (also written as
+`_summary.json` by the verbs that write shards), with counts, paths, tables and timings on top.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from recaption.io.images import DEFAULT_MAX_PIXELS
 from recaption.io.pixels import PREPROCESS
 from recaption.io.shards import DEFAULT_IMAGE_KEYS, ReadLimits
 from recaption.io.sources import sample_count_hint, shards_of
-from recaption.mixing.strategies import MixConfig
+from recaption.results import AnnotateResult, ImportResult, MixResult, Page, RunResult, Verification
 from recaption.scoring.sieve import default_sieve_model, resolve_sieve_model  # noqa: F401  (the API's helpers)
 from recaption.stages.inputs import DecodeOptions
 
@@ -54,17 +60,202 @@ def _summary_base(kind: str) -> dict:
     return {"format_version": SUMMARY_VERSION, "verb": kind}
 
 
+# -- settings given as objects or mappings ------------------------------------------------------
+def _type_name(obj) -> str:
+    return type(obj).__name__
+
+
+def _hints(cls) -> dict:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def settings_of(cls, value, what: str, extra: dict | None = None, nested: dict | None = None):
+    """A config dataclass from itself, None (its defaults) or a mapping of its fields, each name
+    and value checked against the dataclass (one line: the nearest names, or the type wanted);
+    `extra` adds names that are not fields (name -> type hint: they come back under `options`),
+    `nested` builds a field from its own mapping (name -> (dataclass, what))."""
+    import dataclasses as dc
+
+    from recaption.errors import unknown
+    from recaption.recipes import check_value
+
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise RecaptionError(f"{what} takes a {cls.__name__} or a mapping of its settings, got a {_type_name(value)}")
+    hints, extra, nested = _hints(cls), extra or {}, nested or {}
+    fields = [f.name for f in dc.fields(cls)]
+    kw, options = {}, {}
+    allowed = [f for f in fields if not (extra and f == "options")] + list(extra)  # options: by their names
+    for k, v in value.items():
+        if k not in allowed:
+            raise unknown(f"{what} setting", k, allowed)
+        if k in nested:
+            v = settings_of(nested[k][0], v, nested[k][1])
+        elif k in extra:
+            check_value(f"{what}.{k}", v, extra[k])
+            options[k] = v
+            continue
+        elif not isinstance(v, (list, tuple, dict)):  # containers: the config's own check normalises them
+            check_value(f"{what}.{k}", v, hints.get(k))
+        kw[k] = v
+    if options:
+        kw["options"] = options
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise RecaptionError(f"{what}: {e}") from None
+
+
+def execution_of(value) -> Execution:
+    """An `Execution` from itself, None, or a mapping of its fields and the engines' own options
+    (`{"engine": "ray", "ray_address": "auto"}`: the options each engine declares)."""
+    from recaption.engines import ENGINES, engine
+
+    if isinstance(value, dict) and isinstance(value.get("options"), dict):  # the field itself, as Execution takes it
+        value = {**{k: v for k, v in value.items() if k != "options"}, **value["options"]}
+    declared = {o.name: (o.type | None) for name in ENGINES.names() for o in engine(name).OPTIONS}
+    return settings_of(Execution, value, "execution", extra=declared)
+
+
+def decode_of(value) -> DecodeOptions:
+    """`DecodeOptions` from itself, None, or a mapping of its fields (`limits` a mapping of
+    `ReadLimits`' fields)."""
+    return settings_of(DecodeOptions, value, "decode", nested={"limits": (ReadLimits, "decode.limits")})
+
+
+def limits_of(value) -> ReadLimits:
+    """`ReadLimits` from itself, None or a mapping of its fields."""
+    return settings_of(ReadLimits, value, "limits")
+
+
+def mix_config(cfg=None, settings: dict | None = None, *, known: tuple[str, ...] = ()):
+    """A `MixConfig` from itself or a mapping of its fields, with `settings` (its fields given as
+    keywords) applied over it; `known` are the verb's own keywords, named when a setting is
+    misspelt."""
+    import dataclasses as dc
+
+    from recaption.errors import unknown
+    from recaption.mixing.strategies import MixConfig
+
+    settings = dict(settings or {})
+    fields = [f.name for f in dc.fields(MixConfig)]
+    bad = next((k for k in settings if k not in fields), None)
+    if bad is not None:
+        raise unknown("mix setting or argument", bad, fields + list(known))
+    if isinstance(cfg, MixConfig) and not settings:
+        return cfg
+    if isinstance(cfg, MixConfig):
+        base = {f: getattr(cfg, f) for f in fields}
+    elif cfg is None or isinstance(cfg, dict):
+        base = dict(cfg or {})
+    else:
+        raise RecaptionError(f"mix takes a MixConfig or a mapping of its settings, got a {_type_name(cfg)}")
+    return settings_of(MixConfig, {**base, **settings}, "mix")
+
+
+_PROBES: dict = {}
+
+
+def _probe(name: str, others: dict):
+    """The config an annotator builds from its defaults (a copy), None where it builds none
+    without settings (re-ranking's chain)."""
+    import copy
+
+    key = (name, annotators.REGISTRY.changes)
+    if key not in _PROBES:
+        try:
+            _PROBES[key] = annotators.get(name).from_mapping(True, others)
+        except Exception:  # it cannot be switched on without settings: its config is not probed
+            _PROBES[key] = None
+    return copy.deepcopy(_PROBES[key])
+
+
+def _config_type(name: str, others: dict):
+    """The class of the config an annotator builds, None where it is not known without settings."""
+    probe = _probe(name, others)
+    return None if probe is None else type(probe)
+
+
+def _dict_config(cls, value: dict, defaults: dict) -> dict:
+    """The config of an annotator whose config is a mapping of its option values (metrics, a
+    plugin's): the given keys over its defaults, each known to it and of its Option's type."""
+    from recaption.errors import unknown
+
+    bad = next((k for k in value if k not in defaults), None)
+    if bad is not None:
+        raise unknown(f"{cls.name} setting", bad, list(defaults))
+    _mapping_types(cls, value, None)
+    return {**defaults, **value}
+
+
+def _defaults(config_type):
+    """A config dataclass with its defaults (to read the declared types from), None where it has none."""
+    try:
+        return config_type() if config_type is not None and dataclasses.is_dataclass(config_type) else None
+    except TypeError:  # a field without a default
+        return None
+
+
+def _mapping_types(cls, value, cfg) -> None:
+    """Each value of an annotator's mapping against the type its config field (or its Option)
+    declares: one line naming `annotator.key`."""
+    from recaption.recipes import check_value, field_hint
+
+    if not isinstance(value, dict):
+        return
+    options = {o.name: o.type for o in cls.options}
+    for k, v in value.items():
+        if not isinstance(v, (list, tuple, dict)):
+            hint = field_hint(cfg, k) if cfg is not None else None
+            check_value(f"{cls.name}.{k}", v, hint or (options[k] | None if k in options else None))
+
+
+def annotator_config(name: str, value, others: dict):
+    """One annotator's config from what a caller gave for it: its config object, a mapping (its
+    recipe section, checked key by key and value by value), True (its defaults), a preset name
+    where it takes one (captions), or None/False (off)."""
+    cls = annotators.get(name)  # a typo is refused even with None (off) as its value
+    if value is None or value is False:
+        return None
+    if isinstance(value, dict) and _config_type(name, others) is dict:
+        return _dict_config(cls, value, _probe(name, others))
+    if value is True or isinstance(value, (dict, list, tuple)):
+        try:
+            cfg = cls.from_mapping(value, others)
+        except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type broke the build
+            _mapping_types(cls, value, _defaults(_config_type(name, others)))
+            raise RecaptionError(f"{name}: {e}") from None
+        _mapping_types(cls, value, cfg)
+        return cfg
+    if isinstance(value, str) and hasattr(cls, "coerce"):
+        return cls.coerce(value)
+    want = _config_type(name, others)
+    if want is not None and not isinstance(value, want):
+        fits = [n for n in annotators.names() if n != name and (t := _config_type(n, others)) is not None
+                and isinstance(value, t)]
+        hint = f"; did you mean {' or '.join(f + '=' for f in fits)}?" if fits else ""
+        raise RecaptionError(f"{name} takes a {want.__name__}, a mapping of its settings or True, got a "
+                             f"{_type_name(value)}{hint}")
+    return value
+
+
 # -- annotate: caption and/or score ------------------------------------------------------------
 def annotator_configs(configs: dict) -> dict:
-    """{annotator: config} checked and completed: unknown names refused, a captioner given by
-    preset name loaded, the annotators every pass runs (filter metrics) added, each checked
-    before anything is created (model files, extras)."""
+    """{annotator: config} checked and completed: unknown names refused, each given as its config,
+    a mapping, True or a preset name (`annotator_config`), the annotators every pass runs (filter
+    metrics) added, each checked before anything is created (model files, extras)."""
+    for name in configs:
+        annotators.get(name)  # every name known before any is built
     out = {}
-    for name, cfg in configs.items():
-        cls = annotators.get(name)  # a typo is refused even with None (off) as its value
-        if cfg is None:
-            continue
-        out[name] = cls.coerce(cfg) if hasattr(cls, "coerce") else cfg
+    for name in annotators.run_order(configs):  # re-ranking is built after the clip config it reads
+        cfg = annotator_config(name, configs[name], out)
+        if cfg is not None:
+            out[name] = cfg
     for cls in annotators.classes():
         if cls.name not in out and cls.always:
             out[cls.name] = cls.default()
@@ -76,22 +267,26 @@ def annotator_configs(configs: dict) -> dict:
 @scoped
 def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: DecodeOptions | None = None,
              overwrite: bool = False, execution: Execution | None = None, verb: str = "annotate",
-             storage_options: dict | str | None = None, **by_name) -> dict:
+             storage_options: dict | str | None = None, **by_name) -> AnnotateResult:
     """Annotate every shard into `ann_dir/NAME.parquet`: each annotator's column group, given as
-    `configs` ({name: config}) or by name (`captions="sieve"`, `clip=ClipConfig(...)`,
-    `sieve=SieveConfig(...)`, `metrics={"lang_model": path}`; `recaption.annotators` lists them).
-    The filter metrics come with every pass. Returns a summary dict.
+    `configs` ({name: config}) or by name, as its config object, a mapping of what its recipe
+    section takes, True (its defaults) or a preset name (`captions="sieve"`,
+    `clip={"model": "ViT-L-14"}`, `sieve=True`, `metrics={"lang_model": path}`;
+    `recaption.annotators` lists them). `decode` and `execution` take their objects or mappings.
+    The filter metrics come with every pass. Returns an `AnnotateResult` (the summary dict).
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
     from recaption.engines import run_stage
     from recaption.stages.annotate import AnnotateSpec, AnnotateStage
     from recaption.stages.bundle import AnnotatorSpec
 
-    ex = (execution or Execution()).validate()
+    _known_names(by_name, "annotate", ("input_spec", "ann_dir", "configs", "decode", "overwrite", "execution",
+                                       "verb", "storage_options"))
+    ex = execution_of(execution).validate()
     cfgs = annotator_configs({**(configs or {}), **by_name})
     if all(annotators.get(n).always for n in cfgs):
         log.info("no captioner or scorer: computing the filter metrics only")
-    d = decode_options(decode or DecodeOptions(), cfgs)
+    d = decode_options(decode_of(decode), cfgs)
     _check_device(ex.device)
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
@@ -104,7 +299,17 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
                             groups=wanted, decode=d, overwrite=overwrite)
         t0 = time.time()
         reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_counts(ann_dir))
-    return summarise(reports, time.time() - t0, verb)
+    return AnnotateResult(summarise(reports, time.time() - t0, verb), ann_dir)
+
+
+def _known_names(by_name: dict, verb: str, own: tuple[str, ...]) -> None:
+    """A keyword that names no annotator is one line naming the nearest annotators and arguments."""
+    from recaption.errors import unknown
+
+    names = annotators.names()
+    bad = next((k for k in by_name if k not in names), None)
+    if bad is not None:
+        raise unknown(f"annotator or {verb} argument", bad, names + list(own))
 
 
 def decode_options(d: DecodeOptions, cfgs: dict) -> DecodeOptions:
@@ -169,17 +374,33 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
 
 
 # -- mix -------------------------------------------------------------------------------------
+MIX_ARGUMENTS = ("input_spec", "ann_dir", "out_dir", "cfg", "dry_run", "overlay", "overwrite", "execution",
+                 "arguments", "storage_options")
+
+
 @scoped
-def mix(input_spec, ann_dir: str, out_dir: str | None, cfg: MixConfig, *, dry_run: bool = False,
-        overlay: bool = False, overwrite: bool = False,
-        execution: Execution | None = None, arguments: dict | None = None, extra_summary: dict | None = None,
-        claim: dict | None = None, storage_options: dict | str | None = None) -> dict:
+def mix(input_spec, ann_dir: str, out_dir: str | None = None, cfg=None, *, dry_run: bool = False,
+        overlay: bool = False, overwrite: bool = False, execution=None, arguments: dict | None = None,
+        storage_options: dict | str | None = None, **settings) -> MixResult:
     """Write the caption-mixed shard set or, with dry_run, only say what it would do (and what
     every other strategy would do at the same threshold or fraction, in `strategies`).
 
-    With overlay, write the decisions, drops and summary but no shards: `recaption.webdataset`
-    applies them to the input shards as they are read. `claim` is an output record already held
-    (by `run`); otherwise `out_dir` is claimed here."""
+    The mix is `cfg` (a MixConfig or a mapping of its fields) and/or its fields as keywords
+    (`strategy="sieve", fraction=0.2, filters=["basic"]`), checked against MixConfig's fields
+    and types. With overlay, write the decisions, drops and summary but no shards:
+    `recaption.webdataset` applies them to the input shards as they are read. `arguments` is
+    recorded in the summary. Returns a `MixResult` (the summary dict)."""
+    c = mix_config(cfg, settings, known=MIX_ARGUMENTS)
+    summary = _mix(input_spec, ann_dir, out_dir, c, dry_run=dry_run, overlay=overlay, overwrite=overwrite,
+                   execution=execution_of(execution), arguments=arguments)
+    return MixResult(summary, None if dry_run else out_dir, ann_dir, input_spec, c.filters)
+
+
+def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = False, overlay: bool = False,
+         overwrite: bool = False, execution: Execution | None = None, arguments: dict | None = None,
+         extra_summary: dict | None = None, claim: dict | None = None) -> dict:
+    """`mix` over a MixConfig; `claim` is an output record already held (by `run`), otherwise
+    `out_dir` is claimed here; `extra_summary` is added to the summary written."""
     from recaption.engines import mapper
     from recaption.mixing.compare import side_by_side
     from recaption.mixing.plan import check_shards
@@ -281,7 +502,7 @@ def _write_mix_summary(out_dir: str, summary: dict, input_spec, ann_dir: str, se
     return summary
 
 
-def mix_identity(cfg: MixConfig) -> dict:
+def mix_identity(cfg) -> dict:
     """The mix settings a folder records; no filters (no caption keys, no duplicate or overlap
     rules) leaves the key out, as folders made before they existed recorded them, so those resume."""
     d = dataclasses.asdict(cfg)
@@ -296,13 +517,13 @@ def mix_identity(cfg: MixConfig) -> dict:
     return d
 
 
-def _chosen(cfg: MixConfig) -> str:
+def _chosen(cfg) -> str:
     from recaption.mixing.compare import variant_name
 
     return variant_name(cfg.strategy, cfg.filter_synthetic)
 
 
-def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False, overlay=False) -> dict:
+def _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=False, overlay=False) -> dict:
     dropped_total = sum(counts["dropped"].values())
     return _summary_base("mix") | {
         "strategy": cfg.strategy, "dry_run": dry_run, "overlay": overlay,
@@ -331,20 +552,21 @@ def _removal_summary(pool) -> dict:
 @scoped
 def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None = None,
         annotations: str | None = None, overwrite: bool = False, max_pixels: int | None = None,
-        decode: DecodeOptions | None = None, execution: Execution | None = None, arguments: dict | None = None,
-        storage_options: dict | str | None = None) -> dict:
+        decode=None, execution=None, arguments: dict | None = None,
+        storage_options: dict | str | None = None) -> RunResult:
     """Caption, score and mix in one command, from a recipe; resumable shard by shard. A re-run that
     changes only the mix settings (with --overwrite) reuses the annotations and redoes the mix.
     `decode` says how images are read for the annotate part (image keys, the input path, nvJPEG);
     its batch size is the recipe's; `max_pixels` replaces its decompression-bomb limit; its read
-    limits are checked before anything is created."""
+    limits are checked before anything is created. `decode` and `execution` take their objects or
+    mappings. Returns a `RunResult` (the summary dict; its annotate part as `.annotate`)."""
     from recaption.recipes import load_recipe, recipe_parts, validate
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
     if isinstance(recipe, dict):
         validate(r, "given")  # its values' types and ranges, as a loaded recipe's are
     parts = recipe_parts(r)  # every section validated before anything is created
-    ex = (execution or Execution()).validate()
+    ex = execution_of(execution).validate()
     if ex.device is None and r.get("device"):
         ex = dataclasses.replace(ex, device=r["device"])
     cfgs = annotator_configs(parts.annotators)
@@ -354,7 +576,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     folders.refuse_overlap(out_dir, shards)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     folders.refuse_annotation_overlap(out_dir, ann_dir)
-    d = dataclasses.replace(decode or DecodeOptions(), batch_size=r.get("batch_size"))
+    d = dataclasses.replace(decode_of(decode), batch_size=r.get("batch_size"))
     if max_pixels is not None:
         d = dataclasses.replace(d, max_pixels=max_pixels)
     identity = {"recipe": r, "annotations": None if annotations is None else annotations}
@@ -375,10 +597,10 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
             ann_summary = annotate(input_spec, ann_dir, cfgs, decode=decode,
                                    overwrite=overwrite and not same_annotations, execution=ex)
             _refuse_none_annotated(ann_summary)
-        summary = mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
-                      extra_summary={"annotate": ann_summary, "recipe": r})
+        summary = _mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
+                       extra_summary={"annotate": ann_summary, "recipe": r})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
-    return summary
+    return RunResult(summary, out_dir, ann_dir, input_spec, parts.mix.filters)
 
 
 def _refuse_none_annotated(summary: dict) -> None:
@@ -392,7 +614,7 @@ def _refuse_none_annotated(summary: dict) -> None:
         raise RecaptionError(f"no shard could be annotated: {first['shard']}: {first['error']}{more}")
 
 
-def _check_inputs(cfg: MixConfig, flag: str = "--decontaminate") -> None:
+def _check_inputs(cfg, flag: str = "--decontaminate") -> None:
     """The files a mix will read besides the annotations exist (said before anything is created)."""
     from recaption.io.atomic import exists
 
@@ -428,15 +650,16 @@ def _without_mix(identity) -> str:
 @scoped
 def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str = "key",
                     caption_column: str = "caption", captioner: str = "imported", overwrite: bool = False,
-                    image_keys=DEFAULT_IMAGE_KEYS, limits: ReadLimits | None = None,
-                    execution: Execution | None = None, storage_options: dict | str | None = None) -> dict:
-    """Write annotation files whose captions come from a CSV/parquet made elsewhere."""
+                    image_keys=DEFAULT_IMAGE_KEYS, limits=None, execution=None,
+                    storage_options: dict | str | None = None) -> ImportResult:
+    """Write annotation files whose captions come from a CSV/parquet made elsewhere; `limits` and
+    `execution` take their objects or mappings. Returns an `ImportResult` (the summary dict)."""
     from recaption.engines import run_stage
     from recaption.io.atomic import exists
     from recaption.stages.import_captions import ImportSpec, ImportStage, check_some_match, load_caption_table
 
-    ex = (execution or Execution()).validate()
-    limits = (limits or ReadLimits()).checked()
+    ex = execution_of(execution).validate()
+    limits = limits_of(limits).checked()
     if not exists(captions):
         raise RecaptionError(f"caption file not found: {captions}")
     shards = shards_of(input_spec)
@@ -456,34 +679,35 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
                             count_of=sample_counts(ann_dir))
     summary = summarise(reports, time.time() - t0, "import-captions")
     summary["matched"] = sum((r.get("info") or {}).get("matched", 0) for r in reports)
-    return summary
+    return ImportResult(summary, ann_dir)
 
 
 # -- reports and listings --------------------------------------------------------------------
 def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: float | None = None,
-           annotations: str | None = None, filters=None):
+           annotations: str | None = None, filters=None) -> Page:
     """Render the HTML report of an annotation folder, a mixed output folder or a run's folder; returns the page.
 
     `fraction` sets the per-strategy view (default: the folder's own, else 0.3); `filters` previews
     rules on an annotation folder (an output folder shows its own); `annotations` says where an
-    output folder's annotation files are when they moved."""
+    output folder's annotation files are when they moved. Returns the `Page` (`str()`: its path;
+    `.open()` shows it in a browser)."""
     from recaption.errors import require
 
     require("matplotlib", "report")
     from recaption.report.data import load
     from recaption.report.html import render
 
-    return render(load(path, input_spec, fraction, annotations=annotations, filters=filters), out_dir)
+    return Page(render(load(path, input_spec, fraction, annotations=annotations, filters=filters), out_dir))
 
 
 @scoped
-def verify(folder: str, input_spec=None, *, storage_options: dict | str | None = None) -> list[str]:
+def verify(folder: str, input_spec=None, *, storage_options: dict | str | None = None) -> Verification:
     """What in a mix, overlay or annotation folder disagrees with its record and its inputs, one
-    line each (`recaption.mixing.verify`); empty when it holds. `input_spec` gives an annotation
-    folder's shards."""
+    line each (`recaption.mixing.verify`): a `Verification` (a list), empty when it holds.
+    `input_spec` gives an annotation folder's shards."""
     from recaption.mixing.verify import verify as check
 
-    return check(folder, shards_of(input_spec) if input_spec is not None else None)
+    return Verification(check(folder, shards_of(input_spec) if input_spec is not None else None), folder)
 
 
 def recipes() -> dict[str, dict]:

@@ -20,6 +20,7 @@ LAYERS = [
     {"mixing"},
     {"overlay"},  # the read side: decisions the mix made, applied as samples are read
     {"stages", "recipes", "report", "webdataset"},
+    {"results"},  # what the verbs return: it opens reports, the API builds it
     {"api", "train_open_clip"},
     {"demo"},
     {"cli", "testing", "__main__"},

@@ -5,7 +5,8 @@ it reads, the histograms a report draws and the filter rules it offers) and buil
 from a picklable config. Declarations import nothing heavy: the CLI reads them for `--help`.
 
 On the driver (class methods): `configure` turns option values into a config (None: not
-computed), `from_recipe` does the same for a recipe, `settings` says what identifies the results
+computed), `from_recipe` does the same for a recipe and `from_mapping` for a Python caller's
+mapping (`recaption.annotate(..., clip={...})`), `settings` says what identifies the results
 (a re-run with the same settings resumes, other settings are refused), `check` fails before any
 work on what can be known early (a missing model file, a missing extra).
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol
 
 from recaption.declare import Option  # noqa: F401  (part of the contract, re-exported)
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 
 # The arrow types a column may declare, as text, so declarations need no pyarrow.
 TYPES = ("string", "bool", "int32", "int64", "uint64", "float32", "float64", "list<string>", "list<float32>",
@@ -214,9 +215,16 @@ class Annotator:
         names = {o.name for o in cls.options if o.type is not bool}
         bad = set(section) - names
         if bad:
-            raise RecaptionError(f"unknown {cls.name} keys {sorted(bad)}; known: {sorted(names)}")
+            raise unknown(f"{cls.name} key", sorted(bad)[0], sorted(names))
         switch = {o.name: True for o in cls.options if o.type is bool}
         return cls.configure({**switch, **section}, others)
+
+    @classmethod
+    def from_mapping(cls, values, others: dict) -> Any | None:
+        """The config from what a Python caller gives for this annotator by name (`clip={"model":
+        ...}`): what its recipe section holds; True or an empty mapping: its defaults. An
+        annotator reading several recipe sections (`recipe_keys`) overrides this."""
+        return cls.from_recipe({cls.name: True if values is True or values == {} else values}, others)
 
     @classmethod
     def default(cls) -> Any | None:
@@ -257,13 +265,15 @@ def recipe_section(recipe: dict, name: str, keys: set[str]) -> dict | None:
     """A recipe's section for an annotator: None when absent or null, else a mapping of known keys
     (one line naming the section and the known keys otherwise)."""
     section = recipe.get(name)
+    if section is True:  # on, with its defaults
+        return {}
     if not section:
         return None
     if not isinstance(section, dict):
-        raise RecaptionError(f"{name} must be a mapping or null")
+        raise RecaptionError(f"{name} must be a mapping, true or null")
     bad = set(section) - keys
     if bad:
-        raise RecaptionError(f"unknown {name} keys {sorted(bad)}; known: {sorted(keys)}")
+        raise unknown(f"{name} key", sorted(bad)[0], sorted(keys))
     return dict(section)
 
 

@@ -76,6 +76,17 @@ class Captions(Annotator):
         return load_preset(str(recipe["captioner"]), **(recipe.get("caption") or {}))
 
     @classmethod
+    def from_mapping(cls, values, others: dict):
+        """`{"captioner": PRESET|ID|PATH, ...}` plus what a recipe's `caption` section takes, in one
+        mapping (True or empty: the default preset)."""
+        rest = dict(values) if isinstance(values, dict) else {}
+        if values is not True and not isinstance(values, dict):
+            raise RecaptionError("captions takes a preset name, a CaptionerConfig or a mapping of its settings, "
+                                 f"got {values!r}")
+        return cls.from_recipe({"captioner": rest.pop("captioner", None) or cls.options[0].default,
+                                "caption": rest}, others)
+
+    @classmethod
     def settings(cls, c, run) -> dict:
         """Backend, model, prompt, template, dtype, quantization and decoding; the batch size where
         sampling is seeded per batch; the input path where it is not the fast one."""

@@ -57,6 +57,12 @@ class Rerank(Annotator):
             return None
         if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
             raise RecaptionError("rerank must be a list of {model, pretrained, top_k} steps")
+        from recaption.errors import unknown
+
+        fields = [f.name for f in dataclasses.fields(RerankStep)]
+        bad = next((k for s in steps for k in s if k not in fields), None)
+        if bad is not None:
+            raise unknown("rerank step key", bad, fields)
         try:
             chain = [RerankStep(**s) for s in steps]
         except TypeError as e:

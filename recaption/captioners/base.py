@@ -176,6 +176,10 @@ def load_preset(name_or_model: str, **overrides) -> CaptionerConfig:
 
 def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
     """Apply option overrides (captioner fields and decoding fields) to a config, validating the result."""
+    known = [f.name for f in dataclasses.fields(CaptionerConfig)] + [f.name for f in dataclasses.fields(Decoding)]
+    bad = next((k for k in overrides if k not in known), None)
+    if bad is not None:  # one line with the nearest setting, not only the ones of one dataclass
+        raise unknown("captioner setting", bad, sorted(known))
     dec = {k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(Decoding)} and v is not None}
     top = {k: v for k, v in overrides.items() if k not in dec and v is not None}
     if "model" in top:

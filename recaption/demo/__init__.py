@@ -19,6 +19,20 @@ def tiny_model_dir() -> Path:
     return base / "tiny-models"
 
 
+def sample_shards() -> str:
+    """The bundled sample shards' folder (three img2dataset shards, 48 samples), to try recaption on."""
+    return str(sample_shards_dir())
+
+
+def tiny_models() -> dict[str, str]:
+    """The demo's tiny random-weight models, built on first use (`tiny_model_dir()`), by name:
+    `blip`, `blip2-opt`, `blip2-t5` (captioner folders) and `clip`, `coca` (open_clip
+    `local-dir:` names). Their captions are gibberish: they stand in for real models offline."""
+    from recaption.demo.tiny_models import build_all
+
+    return build_all(tiny_model_dir())
+
+
 def run_demo(out: str, quiet: bool = False) -> dict:
     """The sieve recipe on the bundled sample shards with tiny models, offline; returns the run's summary."""
     from recaption import api

@@ -135,9 +135,9 @@ def check_types(data: dict, parts: "RecipeParts | None") -> None:
         from recaption.mixing.strategies import MixConfig
 
         for k, hint in TOP_TYPES.items():
-            _check_value(k, data.get(k), hint)
+            check_value(k, data.get(k), hint)
         for k, v in (data.get("mix") or {}).items():
-            _check_value(f"mix.{k}", v, _hints(MixConfig).get(k))
+            check_value(f"mix.{k}", v, _hints(MixConfig).get(k))
         return
     from recaption import annotators
 
@@ -149,7 +149,7 @@ def check_types(data: dict, parts: "RecipeParts | None") -> None:
                 continue
             options = {o.name: o.type for o in cls.options}
             for k, v in section.items():
-                _check_value(f"{key}.{k}", v, _field_hint(cfg, k) or options.get(k))
+                check_value(f"{key}.{k}", v, field_hint(cfg, k) or options.get(k))
 
 
 def _hints(cls) -> dict:
@@ -159,7 +159,7 @@ def _hints(cls) -> dict:
         return {}
 
 
-def _field_hint(cfg, key: str):
+def field_hint(cfg, key: str):
     """The declared type of `key` in a config dataclass or a dataclass it holds (`caption.top_p`
     is `CaptionerConfig.decoding.top_p`)."""
     if not dataclasses.is_dataclass(cfg):
@@ -168,13 +168,15 @@ def _field_hint(cfg, key: str):
     if key in hints:
         return hints[key]
     for f in dataclasses.fields(cfg):
-        hint = _field_hint(getattr(cfg, f.name), key)
+        hint = field_hint(getattr(cfg, f.name), key)
         if hint is not None:
             return hint
     return None
 
 
-def _check_value(key: str, v, hint) -> None:
+def check_value(key: str, v, hint) -> None:
+    """A value against the type hint of its setting, and a count against its range: one line
+    naming `key` (the API checks the mappings it is given with this too)."""
     if hint is None or v is None and _accepts(hint, None):
         return
     if not _accepts(hint, v):
