@@ -69,7 +69,7 @@ def test_score_with_another_clip_model_is_refused(shard_dir, tiny_models, tmp_pa
     (["annotate", "{s}", "-o", "{out}", "--batch-size", "0"], "--batch-size"),
     (["run", "sieve", "{s}", "-o", "{out}", "--set", "mix.fraction=1.5"], "fraction"),
     (["run", "sieve", "{s}", "-o", "{out}", "--set", "caption.decoding=x"], "unknown decoding strategy 'x'"),
-    (["run", "sieve", "{s}", "-o", "{out}", "--set", "caption.colour=red"], "unknown key 'colour'"),
+    (["run", "sieve", "{s}", "-o", "{out}", "--set", "caption.colour=red"], "unknown captioner setting 'colour'"),
     (["mix", "{s}", "-a", "{tmp}/no-annotations", "-o", "{out}", "--strategy", "raw"], "no annotation file"),
     (["annotate", "{s}", "-o", "{out}", "--engine", "ray", "--actor-gpus", "0.5", "--no-sieve",
       "-c", "{blip}", "--clip-model", "{clip}"], "GPU"),

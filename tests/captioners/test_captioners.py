@@ -91,7 +91,7 @@ def test_bad_decoding_options_are_clear():
         load_preset("blip-base", num_captions=3)
     with pytest.raises(RecaptionError, match="num_beams >= num_captions"):
         load_preset("blip-base", strategy="beam", num_beams=2, num_captions=3)
-    with pytest.raises(RecaptionError, match="unknown key"):
+    with pytest.raises(RecaptionError, match="unknown captioner setting"):
         load_preset("blip-base", colour="red")
     with pytest.raises(RecaptionError, match="8bit or 4bit"):
         load_preset("blip-base", quantize="3bit")

@@ -168,6 +168,10 @@ time.sleep(120)
 
 @pytest.mark.slow  # starts a process group and kills it
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="segments are files in /dev/shm on Linux only")
+def _live_pids() -> set[int]:
+    return {int(d) for d in os.listdir("/proc") if d.isdigit()}
+
+
 def test_a_run_killed_with_its_process_group_leaves_nothing_the_next_run_keeps(tmp_path):
     import subprocess
     import sys
@@ -182,8 +186,12 @@ def test_a_run_killed_with_its_process_group_leaves_nothing_the_next_run_keeps(t
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     time.sleep(0.5)  # its decode worker, resource tracker included, dies with the group
-    # multiprocessing's own semaphores (sem.mp-*) carry no owner to tell them by: only the pool's segments
-    left = {n for n in set(os.listdir("/dev/shm")) - before if not n.startswith("sem.")}
+    # the killed group's segments only (multiprocessing's own semaphores, sem.mp-*, carry no owner to
+    # tell them by, and other processes on the machine may hold segments of their own meanwhile)
+    from recaption.io.decode import SHM_PREFIX
+
+    left = {n for n in set(os.listdir("/dev/shm")) - before if n.startswith(SHM_PREFIX) and not any(
+        n.startswith(f"{SHM_PREFIX}{pid}_") for pid in _live_pids())}
     assert left, "the killed run held shared memory"
     with DecodePool(SPECS, batch_size=2, workers=0) as pool:  # the next run
         assert pool.decode([PHOTOS[0].read_bytes()]).ok == [0]
