@@ -98,7 +98,7 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
     preflight(ex)
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents())
+        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted))
         spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
                                                                  device=ex.device),
                             groups=wanted, decode=d, overwrite=overwrite)
@@ -115,7 +115,7 @@ def decode_options(d: DecodeOptions, cfgs: dict) -> DecodeOptions:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise RecaptionError(f"{flag} must be a whole number of at least 1, got {v!r}")
     d.limits.checked()
-    cap = cfgs.get("captions")
+    cap = cfgs.get("captions") or next((c for n, c in cfgs.items() if n.startswith("captions.")), None)
     return dataclasses.replace(d, image_keys=tuple(d.image_keys), max_pixels=d.max_pixels or DEFAULT_MAX_PIXELS,
                                batch_size=d.batch_size or (cap.batch_size if cap is not None else 64))
 
@@ -435,7 +435,7 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
     groups = {"captions": {"imported": model_identity(captions), "key_column": key_column,
                            "caption_column": caption_column, "captioner": captioner}}
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
+        folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents(groups))
         spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite,
                           image_keys=tuple(image_keys), groups=groups, limits=limits)
         stage = ImportStage(spec)

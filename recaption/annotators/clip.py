@@ -27,7 +27,18 @@ def clip_scorer(ctx, cfg):
 
 def embed(scorer, batch, idx):
     """Image embeddings of rows `idx`: from the batch's prepared inputs where they are exactly
-    these rows, else sample by sample."""
+    these rows, else sample by sample; made once per batch, rows and model (the `clip` group of
+    every caption group reads the same embeddings) where the batch keeps a `memo`."""
+    memo = getattr(batch, "memo", None)
+    if memo is None:
+        return _embed(scorer, batch, idx)
+    key = (id(scorer), tuple(idx))
+    if key not in memo:
+        memo[key] = _embed(scorer, batch, idx)
+    return memo[key]
+
+
+def _embed(scorer, batch, idx):
     prepared = batch.batched(scorer, idx)
     if prepared is None:
         return scorer.encode_images(batch.inputs(scorer, idx))
