@@ -122,6 +122,7 @@ def variants(opt, verb: str, w: dict) -> list[list]:
         "dedup": "exact", "dedup_keep": "best:clip_raw", "decontaminate": w["shards"],
         "decontaminate_rule": "exact", "decontaminate_model": "ViT-B-32@openai", "set": "mix.strategy=both",
         "key_column": "uid", "caption_column": "text", "input": w["shards"], "captions": w["caps2"],
+        "group": "long=blip-large", "synthetic_group": "long",
     }
     assert opt.name in values, f"{verb} --{opt.name}: give the option-reach test a value for it"
     return [[flag, values[opt.name]]]

@@ -23,6 +23,8 @@ from recaption.errors import RecaptionError
 SEP = "__"  # column suffix: captions__long
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # no '_' and no '.': column and group names stay unambiguous
 FAMILIES = ("captions", "clip", "sieve")  # the annotators a named group is made of, in run order
+PARENTS = {"captions": "recaption.annotators.captions:Captions", "clip": "recaption.annotators.clip:Clip",
+           "sieve": "recaption.annotators.sieve:Sieve"}  # the built-in ones (annotators.BUILTIN)
 _MADE: dict[str, type] = {}
 
 
@@ -71,10 +73,10 @@ def named(name: str) -> type:
 
 
 def _make(base: str, group: str) -> type:
-    from recaption import annotators
     from recaption.annotators.base import Column
+    from recaption.registry import load
 
-    parent = annotators.REGISTRY.get(base)
+    parent = load(PARENTS[base], "annotator")
     mixin = {"captions": _NamedCaptions, "clip": _NamedClip, "sieve": _NamedRows}[base]
     own = [c for c in parent.columns if not (base == "clip" and c.name == "clip_raw")]
     cls = type(f"{parent.__name__}{SEP}{group}", (mixin, parent), {
@@ -216,12 +218,12 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
 def caption_config(group: str, ref: str, overrides: dict, options: bool = True):
     """A group's `CaptionerConfig`: its captioner with the captioner options it sets (`options`:
     named as the CLI's captioner options are, else as a recipe's `caption` section)."""
-    from recaption import annotators
+    from recaption.annotators.captions import Captions
     from recaption.captioners.base import load_preset
 
     kw = dict(overrides)
     if options:
-        known = {o.name for o in annotators.REGISTRY.get("captions").options} - {"captioner", "group"}
+        known = {o.name for o in Captions.options} - {"captioner", "group"}
         bad = sorted(set(kw) - known)
         if bad:
             from recaption.errors import unknown
