@@ -290,7 +290,7 @@ def mix_identity(cfg: MixConfig) -> dict:
     if d.get("caption_keys") == "none":
         del d["caption_keys"]
     for k, default in (("dedup", {}), ("dedup_keep", "first"), ("decontaminate", None), ("decontaminate_rules", {}),
-                       ("decontaminate_model", None)):  # as folders made before these existed recorded them
+                       ("decontaminate_model", None), ("synthetic_group", None)):  # as folders made before these recorded them
         if d.get(k) == default:
             del d[k]
     return d
@@ -312,6 +312,7 @@ def _mix_summary(cfg: MixConfig, pool, counts, n_out, arguments, dry_run=False, 
         "threshold": pool.numbers.threshold, "threshold_column": cfg.threshold_column,
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
         "caption_keys": cfg.caption_keys, "filters": counts["filters"], **_removal_summary(pool),
+        **({"synthetic_group": cfg.synthetic_group} if cfg.synthetic_group else {}),
         "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
     }
