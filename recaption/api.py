@@ -290,7 +290,7 @@ def mix_identity(cfg: MixConfig) -> dict:
     if d.get("caption_keys") == "none":
         del d["caption_keys"]
     for k, default in (("dedup", {}), ("dedup_keep", "first"), ("decontaminate", None), ("decontaminate_rules", {}),
-                       ("decontaminate_model", None), ("synthetic_group", None)):  # as folders made before these recorded them
+                       ("decontaminate_model", None), ("synthetic_group", None)):  # as older folders recorded them
         if d.get(k) == default:
             del d[k]
     return d
