@@ -106,11 +106,17 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None, 
     all missing where not (every other strategy of the side-by-side view). `group`: the named
     caption group whose candidates, captioner and scores stand for the synthetic caption's (read
     under the unnamed group's names; a file without it is one line naming it)."""
+    blank: list[str] = []  # the group's score columns a file without its scores lacks: read as not computed
+
     def choose(meta, cols):
         held = (meta or {}).get("groups") or {}
         if group is not None:
             if f"captions.{group}" not in held:
                 raise missing_group_error(url, group, held)
+            for base, own in (("clip", ("clip_captions",)), ("sieve", ("sieve", "sieve_mean", "sieve_best"))):
+                if f"{base}.{group}" not in held:
+                    blank.extend(c for c in cols if c in own)
+            cols = [c for c in cols if c not in blank]
             meta = {**meta, "groups": {g: s for g, s in held.items() if g != "clip"}}
             if f"clip.{group}" in held:
                 meta["groups"]["clip"] = held[f"clip.{group}"]
@@ -129,7 +135,17 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None, 
         return [stored_name(c, group) for c in cols]
 
     t = ann.read(url, columns=columns, threads=False, choose=choose)
-    return t if group is None else t.rename_columns([unnamed(c, group) for c in t.column_names])
+    if group is None:
+        return t
+    t = t.rename_columns([unnamed(c, group) for c in t.column_names])
+    if blank:
+        from recaption.annotators import blanks, column_type
+        from recaption.annotators.base import arrow_type
+
+        for c in blank:
+            typ = arrow_type(column_type(c))
+            t = t.append_column(pa.field(c, typ), pa.array([blanks()[c]] * t.num_rows, typ))
+    return t
 
 
 def stored_name(column: str, group: str | None) -> str:
@@ -147,11 +163,17 @@ def unnamed(column: str, group: str | None) -> str:
     return column[: -len(suffix)] if group is not None and column.endswith(suffix) else column
 
 
-def as_stored(t: pa.Table, group: str | None) -> pa.Table:
-    """A table read for `group` with the names its columns have in the file (for its digest)."""
+def as_stored(t: pa.Table, group: str | None, url: str | None = None) -> pa.Table:
+    """A table read for `group` with the names its columns have in the file `url` (for its
+    digest): the group's scores a file without them read as not computed are left out."""
     if group is None:
         return t
-    return t.rename_columns([stored_name(c, group) for c in t.column_names])
+    t = t.rename_columns([stored_name(c, group) for c in t.column_names])
+    if url is None:
+        return t
+    with ann.open_parquet(url) as pf:
+        there = set(pf.schema_arrow.names)
+    return t.select([c for c in t.column_names if c in there])
 
 
 def missing_group_error(path: str, group: str, held: dict) -> RecaptionError:

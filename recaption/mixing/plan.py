@@ -116,13 +116,14 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     if cfg.caption_keys != "none":
         table = table.append_column(caption_keys.GROUPS, group_keys(t, c, keyed, f.group, cfg.caption_keys))
+    stored = colmod.as_stored(t, f.group, f.path)  # what the mix read, as the file names it
     shard_now = file_info(f.url)
     table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
     recorded = provenance.recorded_identity(f.path)
     weak = bool(recorded) and tarindex.change(shard_now, recorded) == tarindex.NO_STAMP
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
-            "annotation_digest": provenance.table_digest(colmod.as_stored(t, f.group)),
-            "annotation_columns": sorted(colmod.as_stored(t, f.group).column_names),
+            "annotation_digest": provenance.table_digest(stored),
+            "annotation_columns": sorted(stored.column_names),
             **({"synthetic_group": f.group} if f.group is not None else {}),
             **({provenance.VERIFY_IMAGES: True} if weak else {}),
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,

@@ -163,6 +163,19 @@ def test_mix_takes_the_synthetic_caption_from_the_group_asked_for(tmp_path, two_
         assert s["txt"].decode() in (r["captions__short"][0], *r["captions__long"])
 
 
+def test_the_report_shows_the_groups_side_by_side(two_groups):
+    from recaption.report.data import load
+    from recaption.report.html import pages
+
+    d = load(two_groups)
+    assert set(d.groups) == {"short", "long"}
+    for s in d.groups.values():
+        assert s["samples"] > 0 and s["clip_n"] == s["samples"] and s["words_n"] == s["samples"]
+    assert d.groups["short"]["captioners"] != d.groups["long"]["captioners"]
+    page = pages(d)["index.html"].decode()
+    assert "caption groups" in page and "<td>short</td>" in page and "<td>long</td>" in page
+
+
 def test_a_file_without_the_group_is_one_line_naming_it(two_groups, shard_dir, capsys):
     assert cli("mix", shard_dir, "-a", two_groups, "--dry-run", "--strategy", "synthetic",
                "--synthetic-group", "medium") != 0
