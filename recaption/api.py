@@ -293,7 +293,7 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
     preflight(ex)
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents())
+        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted))
         spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
                                                                  device=ex.device),
                             groups=wanted, decode=d, overwrite=overwrite)
@@ -320,7 +320,7 @@ def decode_options(d: DecodeOptions, cfgs: dict) -> DecodeOptions:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise RecaptionError(f"{flag} must be a whole number of at least 1, got {v!r}")
     d.limits.checked()
-    cap = cfgs.get("captions")
+    cap = cfgs.get("captions") or next((c for n, c in cfgs.items() if n.startswith("captions.")), None)
     return dataclasses.replace(d, image_keys=tuple(d.image_keys), max_pixels=d.max_pixels or DEFAULT_MAX_PIXELS,
                                batch_size=d.batch_size or (cap.batch_size if cap is not None else 64))
 
@@ -511,7 +511,7 @@ def mix_identity(cfg) -> dict:
     if d.get("caption_keys") == "none":
         del d["caption_keys"]
     for k, default in (("dedup", {}), ("dedup_keep", "first"), ("decontaminate", None), ("decontaminate_rules", {}),
-                       ("decontaminate_model", None)):  # as folders made before these existed recorded them
+                       ("decontaminate_model", None), ("synthetic_group", None)):  # as older folders recorded them
         if d.get(k) == default:
             del d[k]
     return d
@@ -533,6 +533,7 @@ def _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=False, overlay=Fal
         "threshold": pool.numbers.threshold, "threshold_column": cfg.threshold_column,
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
         "caption_keys": cfg.caption_keys, "filters": counts["filters"], **_removal_summary(pool),
+        **({"synthetic_group": cfg.synthetic_group} if cfg.synthetic_group else {}),
         "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
     }
@@ -670,7 +671,7 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
     groups = {"captions": {"imported": model_identity(captions), "key_column": key_column,
                            "caption_column": caption_column, "captioner": captioner}}
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents())
+        folders.claim_annotations(ann_dir, groups, overwrite, annotators.dependents(groups))
         spec = ImportSpec(ann_dir, captions, key_column, caption_column, captioner, overwrite,
                           image_keys=tuple(image_keys), groups=groups, limits=limits)
         stage = ImportStage(spec)

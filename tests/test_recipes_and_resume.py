@@ -30,6 +30,12 @@ def tiny_sets(recipe, m, minilm, root=None):
         "datacomp-clip": [],
         "laion-5b": [],
         "datacomp-basic": None,  # no model to replace: the filter metrics only
+        # the VLMs replaced by the tiny BLIP and BLIP-2 (no VLM runs here): their templates are vLLM's
+        "recap-datacomp": [f"caption.model={m['blip']}", "caption.backend=blip", "caption.template=null",
+                           "caption.max_new_tokens=6"],
+        "dreamlip": [f"groups.short.captioner={m['blip']}", "groups.short.caption.max_new_tokens=4",
+                     f"groups.long.captioner={m['blip2']}", "groups.long.caption.template=null",
+                     "groups.long.caption.max_new_tokens=8"],
     }[recipe]
     return ["batch_size=4"] if sets is None else sets + [f"clip.model={m['clip']}", "batch_size=4"]
 

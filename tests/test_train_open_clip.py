@@ -97,3 +97,51 @@ def test_the_trainer_reads_input_shards_through_an_overlay(pool):
         assert sorted(r["key"] for r in epoch) == sorted(want[e])  # every kept sample, once an epoch
         assert {r["key"]: r["txt"] for r in epoch} == want[e]  # txt drawn for this epoch, as the stage draws it
         assert all(r["url"] in shards for r in epoch)  # read from the input shards, not a copy
+
+
+def _add_groups(ann_dir: Path) -> None:
+    """Give every annotation file a short and a long caption group (DreamLIP's shape), as
+    `annotate --group` records them: columns COLUMN__NAME and the groups in the footer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recaption.io import annotations as ann
+
+    for path in sorted(ann_dir.glob("*.parquet")):
+        t = pq.read_table(path)
+        meta = ann.metadata(t)
+        n = t.num_rows
+        for g, words in (("short", 3), ("long", 30)):
+            caps = [[f"{g} {i} " + " ".join(["word"] * words)] for i in range(n)]
+            t = t.append_column(f"captions__{g}", pa.array(caps, pa.list_(pa.string())))
+            t = t.append_column(f"captioner__{g}", pa.array([f"tiny-{g}"] * n, pa.string()))
+            t = t.append_column(f"clip_captions__{g}", pa.array([[0.3]] * n, pa.list_(pa.float32())))
+            meta["groups"][f"captions.{g}"] = {"model": f"tiny-{g}"}
+            meta["groups"][f"clip.{g}"] = {"model": "clip"}
+        pq.write_table(t.replace_schema_metadata({ann.META_KEY: json.dumps(meta).encode()}), path)
+
+
+def test_the_trainer_samples_raw_short_and_long_caption_groups(pool, tmp_path):
+    """Issue 35: every group's best under its own key, and the trainer drawing among raw, short and
+    long as DreamLIP samples them (through the overlay: the released trainer reads txt only)."""
+    root, model = pool
+    ann_dir = tmp_path / "ann"
+    import shutil
+
+    shutil.copytree(root / "ann", ann_dir)
+    _add_groups(ann_dir)
+    ov = tmp_path / "overlay"
+    cfg = MixConfig("raw", fraction=0.4, samples_per_shard=4, caption_keys="best", synthetic_group="long")
+    api.mix(str(root / "shards"), str(ann_dir), str(ov), cfg, overlay=True, execution=QUIET)
+    n = json.loads((ov / "_summary.json").read_text())["counts"]["written"]
+    keys = "recaption_raw;recaption_group_short;recaption_group_long"
+    seen = train(tmp_path, model, "groups", "recaption.train_open_clip", brace(root / "shards"), n,
+                 "--overlay", str(ov), "--overlay-text-key", keys, "--overlay-text-key-probs", "1", "1", "1",
+                 "--overlay-seed", "5")
+    assert len(seen) == n
+    kinds = {("raw" if not r["txt"].startswith(("short ", "long ")) else r["txt"].split()[0]) for r in seen}
+    assert kinds == {"raw", "short", "long"}  # each group drawn for some sample
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+    stage = overlay(str(ov), captions=keys, caption_probs=[1, 1, 1], seed=5, epoch=0)
+    want = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(shards, shardshuffle=False).compose(stage)}
+    assert {r["key"]: r["txt"] for r in seen} == want

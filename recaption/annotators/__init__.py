@@ -60,8 +60,10 @@ def register(annotator: type | str, name: str | None = None) -> None:
 def ensure(targets: dict[str, str]) -> None:
     """Make annotators known here by their targets (name -> "module:Class"): a worker process or
     Ray actor learns the annotators the driver registered at run time, which its own imports did
-    not register."""
-    REGISTRY.ensure(targets)
+    not register). Named caption groups are made, never registered (`recaption.annotators.groups`)."""
+    from recaption.annotators import groups
+
+    REGISTRY.ensure({n: t for n, t in targets.items() if not groups.is_named(n)})
 
 
 def unregister(name: str) -> None:
@@ -75,7 +77,12 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type[Annotator]:
-    """The class of a registered annotator (an unknown name: one line with the nearest ones)."""
+    """The class of a registered annotator, or of a named caption group's (`captions.long`); an
+    unknown name: one line with the nearest ones."""
+    from recaption.annotators import groups
+
+    if name not in REGISTRY and groups.is_named(name):
+        return groups.named(name)
     return REGISTRY.get(name)
 
 
@@ -108,17 +115,28 @@ def extra_columns() -> list[Column]:
     return [c for a in classes() for c in a.columns if c.name not in fixed]
 
 
-def schema():
+def schema(held=()):
     """The arrow schema of an annotation file: the fixed columns, then every group's others, then
-    the shard's member index (`recaption.io.tarindex`, recorded by whatever reads the shard)."""
+    the columns of the named caption groups in `held` (the groups a file holds), then the shard's
+    member index (`recaption.io.tarindex`, recorded by whatever reads the shard)."""
     import pyarrow as pa
 
     from recaption.annotators.base import arrow_type
     from recaption.io import tarindex
     from recaption.io.annotations import SCHEMA
 
-    return pa.schema(list(SCHEMA) + [pa.field(c.name, arrow_type(c.type)) for c in extra_columns()]
+    from recaption.annotators.groups import is_named
+
+    named = [c for g in sorted(held, key=_group_order) if is_named(g) for c in get(g).columns]
+    return pa.schema(list(SCHEMA) + [pa.field(c.name, arrow_type(c.type)) for c in extra_columns() + named]
                      + [pa.field(n, arrow_type(t)) for n, t in tarindex.COLUMNS])
+
+
+def _group_order(name: str):
+    from recaption.annotators import groups
+
+    base, group = groups.split(name)
+    return (group or "", groups.FAMILIES.index(base) if group else 0)
 
 
 def group_columns(name: str) -> tuple[str, ...]:
@@ -152,9 +170,13 @@ def blank_group(row: dict, group: str) -> None:
         row[c.name] = list(c.blank) if isinstance(c.blank, list) else c.blank
 
 
-def dependents() -> dict[str, set[str]]:
-    """group -> the groups computed from it, directly or not (new captions make scores stale)."""
-    direct = {a.name: set(a.after) for a in classes()}
+def dependents(also=()) -> dict[str, set[str]]:
+    """group -> the groups computed from it, directly or not (new captions make scores stale);
+    with the named caption groups of `also` and their scores (`captions.long` -> `clip.long`...)."""
+    from recaption.annotators import groups
+
+    named = {f"{b}.{g}" for n in also for g in [groups.split(n)[1]] if g is not None for b in groups.FAMILIES}
+    direct = {a.name: set(a.after) for a in classes() + [get(n) for n in sorted(named)]}
     out: dict[str, set[str]] = {}
     for g in direct:
         seen, todo = set(), [g]
@@ -171,7 +193,9 @@ def dependents() -> dict[str, set[str]]:
 def run_order(wanted) -> list[str]:
     """The groups of `wanted` in an order where each comes after the groups it is computed from
     (registry order otherwise)."""
-    left, order = [n for n in names() if n in set(wanted)], []
+    wanted = list(wanted)
+    left = [n for n in names() if n in set(wanted)] + [n for n in wanted if n not in REGISTRY]
+    order: list[str] = []
     while left:
         ready = next((n for n in left if not (set(get(n).after) & set(left))), left[0])
         order.append(ready)
@@ -182,12 +206,15 @@ def run_order(wanted) -> list[str]:
 def configure(values: dict, kinds=("captioner", "scorer")) -> dict:
     """Configs of the annotators a verb offers (by `kind`), from its option values; `always`
     annotators of other kinds get their defaults. Off ones are left out."""
+    from recaption.annotators import groups
+
     out: dict = {}
     for a in classes():
         cfg = a.configure(values, out) if a.kind in kinds else a.default()
         if cfg is not None:
             out[a.name] = cfg
-    return out
+    named = groups.from_specs(values.get("group")) if "captioner" in kinds else {}
+    return out | groups.expand(named, out)
 
 
 def from_recipe(recipe: dict) -> dict:
@@ -200,7 +227,13 @@ def from_recipe(recipe: dict) -> dict:
             raise RecaptionError(f"{a.name}: {e}" if not str(e).startswith(a.name) else str(e)) from None
         if cfg is not None:
             out[a.name] = cfg
-    return out
+    from recaption.annotators import groups
+
+    try:
+        named = groups.from_recipe(recipe.get("groups"))
+    except RecaptionError as e:
+        raise RecaptionError(f"groups: {e}" if not str(e).startswith("groups") else str(e)) from None
+    return out | groups.expand(named, out)
 
 
 def recipe_keys() -> set[str]:

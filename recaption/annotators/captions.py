@@ -20,7 +20,7 @@ class Captions(Annotator):
     name = "captions"
     kind = "captioner"
     columns = (Column("captions", "list<string>", []), Column("captioner", "string"))
-    recipe_keys = ("captioner", "caption")
+    recipe_keys = ("captioner", "caption", "groups")
     timer = "caption"
     add_hint = "recaption caption INPUT -o ANN"
     options = (
@@ -43,6 +43,9 @@ class Captions(Annotator):
         Option("quantize", str, None, "bitsandbytes 8bit or 4bit (needs recaption[quant])", choices=QUANTIZE),
         Option("backend", str, None, "when a model id does not tell which backend serves it", choices=BACKENDS),
         Option("trust_remote_code", bool, False, "allow model repositories to run their own code (off by default)"),
+        Option("group", str, None, "a named caption group beside the unnamed one, NAME=CAPTIONER[,OPTION=VALUE...] "
+               "(e.g. long=qwen2.5-vl-3b,max_new_tokens=120): its own candidates, CLIP and SIEVE scores and "
+               "settings (docs/formats.md#caption-groups); --captioner none: named groups only", multiple=True),
     )
 
     @classmethod
@@ -51,7 +54,9 @@ class Captions(Annotator):
         from recaption.captioners.base import load_preset
 
         ref = values.get("captioner") or cls.options[0].default
-        kw = {o.name: values.get(o.name) for o in cls.options[1:]}
+        if ref == "none":  # the named groups alone (--group)
+            return None
+        kw = {o.name: values.get(o.name) for o in cls.options[1:] if o.name != "group"}
         kw["strategy"] = kw.pop("decoding")
         if not kw["trust_remote_code"]:
             kw.pop("trust_remote_code")

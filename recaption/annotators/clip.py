@@ -27,11 +27,18 @@ def clip_scorer(ctx, cfg):
 
 def embed(scorer, batch, idx):
     """Image embeddings of rows `idx`: from the batch's prepared inputs where they are exactly
-    these rows, else sample by sample. The last batch's are kept on the scorer, so the annotators
-    that read the same CLIP's embedding (the LAION heads) reuse its forward pass."""
-    memo = getattr(scorer, "last_embedding", None)
-    if memo is not None and memo[0] is batch and memo[1] == tuple(idx):
-        return memo[2]
+    these rows, else sample by sample; made once per batch, rows and model where the batch keeps a
+    `memo` (the `clip` group of every caption group, and the LAION heads, read the same embeddings)."""
+    memo = getattr(batch, "memo", None)
+    if memo is None:
+        return _embed(scorer, batch, idx)
+    key = (id(scorer), tuple(idx))
+    if key not in memo:
+        memo[key] = _embed(scorer, batch, idx)
+    return memo[key]
+
+
+def _embed(scorer, batch, idx):
     prepared = batch.batched(scorer, idx)
     if prepared is None:
         emb = scorer.encode_images(batch.inputs(scorer, idx))

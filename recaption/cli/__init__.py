@@ -115,6 +115,8 @@ def annotate(input: InputArg, ann: AnnotatorOptions, inp: InputOptions, ex: Exec
     "recaption mix shards/ -a ann/ -o overlay/ --strategy both --overlay",
     "# every caption under its own json key, for open_clip's --json-text-key",
     "recaption mix shards/ -a ann/ -o mixed/ --strategy both --caption-keys all",
+    "# the long caption group is the synthetic caption; every group's best under its own key",
+    "recaption mix shards/ -a ann/ -o mixed/ --strategy raw --synthetic-group long --caption-keys best",
     "# exact and near duplicates out (the best CLIP score of each group stays), and copies of a test set",
     "recaption mix shards/ -a ann/ -o mixed/ --dedup exact --dedup phash --dedup-keep best:clip_raw --decontaminate imagenet-val/"))
 def mix(
@@ -131,7 +133,8 @@ def mix(
     filters: Annotated[Optional[List[str]], opt("--filter", help=filter_usage, panel="Filters and duplicates")] = None,
     dry_run: Annotated[bool, opt("--dry-run", help="print what this and every other strategy would keep and drop; write nothing", panel="Output")] = False,
     overlay: Annotated[bool, opt("--overlay", help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset", panel="Output")] = False,
-    caption_keys: Annotated[CaptionKeysChoice, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER); all (best + recaption_candidate_I)", panel="Output")] = CaptionKeysChoice("none"),
+    caption_keys: Annotated[CaptionKeysChoice, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER, recaption_group_GROUP); all (best + recaption_candidate_I, recaption_group_GROUP_candidate_I)", panel="Output")] = CaptionKeysChoice("none"),
+    synthetic_group: Annotated[Optional[str], opt(help="the named caption group (annotate --group) whose best candidate is the synthetic caption, its CLIP and SIEVE scores the ones the strategy reads (default: the unnamed group)", panel="Strategy")] = None,
     dedup: Annotated[Optional[List[str]], opt("--dedup", help=dedup_usage(), panel="Filters and duplicates")] = None,
     dedup_keep: Annotated[str, opt(help="which sample of a duplicate group stays: first (input order) or best:COLUMN (the highest of an annotation column, e.g. best:clip_raw; missing last)", panel="Filters and duplicates")] = "first",
     decontaminate: Annotated[Optional[str], opt(help="EVAL: a folder of images and/or shards (a benchmark's test images); every pool sample that copies one is dropped before the strategy", panel="Filters and duplicates")] = None,
@@ -144,7 +147,8 @@ def mix(
 
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
-                    filters=filters or [], caption_keys=caption_keys.value, dedup=dedup or [], dedup_keep=dedup_keep,
+                    filters=filters or [], caption_keys=caption_keys.value, synthetic_group=synthetic_group,
+                    dedup=dedup or [], dedup_keep=dedup_keep,
                     decontaminate=decontaminate, decontaminate_rules=decontaminate_rule or [],
                     decontaminate_model=decontaminate_model)
     s = api.mix(input, annotations, out, cfg, dry_run=dry_run, overlay=overlay, overwrite=o.overwrite,

@@ -95,30 +95,96 @@ class Columns:
         return p if self.removed is None else p & (self.removed == 0)
 
 
-def read(url: str, columns: list[str], counts_only: bool = False, filters=None, scores=None) -> pa.Table:
+def read(url: str, columns: list[str], counts_only: bool = False, filters=None, scores=None,
+         group: str | None = None) -> pa.Table:
     """Columns of one annotation file, decoded in this thread (the pool pass reads files in
     parallel). `counts_only`: the candidates' text is not needed, only how many there are.
     A file that records a re-ranking chain also gives its pick, the synthetic caption. Where
     `filters` test the filter metrics, a file that never computed them is one line naming it.
     `scores` ({column: required}): an annotator's score column a strategy cuts on; a file whose
     group was never computed is one line naming it where the column is required, and reads as
-    all missing where not (every other strategy of the side-by-side view)."""
+    all missing where not (every other strategy of the side-by-side view). `group`: the named
+    caption group whose candidates, captioner and scores stand for the synthetic caption's (read
+    under the unnamed group's names; a file without it is one line naming it)."""
+    blank: list[str] = []  # the group's score columns a file without its scores lacks: read as not computed
+
     def choose(meta, cols):
         held = (meta or {}).get("groups") or {}
-        for group in (filters.groups if filters else ()):
-            if group not in held:
-                raise missing_metrics_error(url, group)
+        if group is not None:
+            if f"captions.{group}" not in held:
+                raise missing_group_error(url, group, held)
+            for base, own in (("clip", ("clip_captions",)), ("sieve", ("sieve", "sieve_mean", "sieve_best"))):
+                if f"{base}.{group}" not in held:
+                    blank.extend(c for c in cols if c in own)
+            cols = [c for c in cols if c not in blank]
+            meta = {**meta, "groups": {g: s for g, s in held.items() if g != "clip"}}
+            if f"clip.{group}" in held:
+                meta["groups"]["clip"] = held[f"clip.{group}"]
+        for rule_group in (filters.groups if filters else ()):
+            if rule_group not in held:
+                raise missing_metrics_error(url, rule_group)
         for col, required in (scores or {}).items():
-            group = score_group(col)
-            if group is not None and group not in held:
+            owner = score_group(col)
+            if owner is not None and owner not in held:
                 if required:
-                    raise missing_scores_error(url, col, group)
+                    raise missing_scores_error(url, col, owner)
                 cols = [c for c in cols if c != col]
         cols = _scores_pair(meta, cols) if counts_only else cols
-        reranked = "rerank" in ((meta or {}).get("groups") or {})
-        return cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
+        reranked = group is None and "rerank" in ((meta or {}).get("groups") or {})
+        cols = cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
+        return [stored_name(c, group) for c in cols]
 
-    return ann.read(url, columns=columns, threads=False, choose=choose)
+    t = ann.read(url, columns=columns, threads=False, choose=choose)
+    if group is None:
+        return t
+    t = t.rename_columns([unnamed(c, group) for c in t.column_names])
+    if blank:
+        from recaption.annotators import blanks, column_type
+        from recaption.annotators.base import arrow_type
+
+        for c in blank:
+            typ = arrow_type(column_type(c))
+            t = t.append_column(pa.field(c, typ), pa.array([blanks()[c]] * t.num_rows, typ))
+    return t
+
+
+def stored_name(column: str, group: str | None) -> str:
+    """The column a mix reads for `column` where `group` is its synthetic group."""
+    from recaption.annotators.groups import GROUP_COLUMNS, column as group_column
+
+    return group_column(column, group) if group is not None and column in GROUP_COLUMNS else column
+
+
+def unnamed(column: str, group: str | None) -> str:
+    """A column read for `group` under the unnamed group's name (`captions__long` -> `captions`)."""
+    from recaption.annotators.groups import SEP
+
+    suffix = f"{SEP}{group}"
+    return column[: -len(suffix)] if group is not None and column.endswith(suffix) else column
+
+
+def as_stored(t: pa.Table, group: str | None, url: str | None = None) -> pa.Table:
+    """A table read for `group` with the names its columns have in the file `url` (for its
+    digest): the group's scores a file without them read as not computed are left out."""
+    if group is None:
+        return t
+    t = t.rename_columns([stored_name(c, group) for c in t.column_names])
+    if url is None:
+        return t
+    with ann.open_parquet(url) as pf:
+        there = set(pf.schema_arrow.names)
+    return t.select([c for c in t.column_names if c in there])
+
+
+def missing_group_error(path: str, group: str, held: dict) -> RecaptionError:
+    """The one line for an annotation file without the caption group a mix takes its synthetic
+    captions from."""
+    from recaption.annotators.groups import in_file
+
+    there = in_file(held)
+    return RecaptionError(f"{path} has no caption group {group!r} (it holds "
+                          f"{', '.join(map(repr, there)) if there else 'no named group'}); add it with "
+                          f"`recaption annotate INPUT -o ANN --group {group}=CAPTIONER`")
 
 
 def missing_metrics_error(path: str, group: str = "metrics") -> RecaptionError:

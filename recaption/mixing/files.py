@@ -29,6 +29,7 @@ class AnnFile:
     path: str  # its annotation file
     url: str | None = None  # the input shard (None when only annotations are known)
     removed: object = None  # its duplicates and evaluation overlaps (`recaption.mixing.removal.Removed`)
+    group: str | None = None  # the named caption group read as the synthetic one (None: the unnamed group)
 
 
 def annotation_files(shards: list[str], ann_dir: str) -> tuple[list[AnnFile], list[str]]:
@@ -84,7 +85,7 @@ def load(f: AnnFile, synthetic: bool, cache: Cache | None = None, filters=None, 
 def read_file(f: AnnFile, columns: list[str], counts_only: bool = False, filters=None, scores=None):
     """Some columns of an annotation file; a file that cannot be read is one line naming it."""
     try:
-        return colmod.read(f.path, columns, counts_only, filters, scores)
+        return colmod.read(f.path, columns, counts_only, filters, scores, f.group)
     except RecaptionError:
         raise
     except Exception as e:  # a corrupt parquet: name the file, in one line

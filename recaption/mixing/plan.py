@@ -106,7 +106,9 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     """Decide one input shard's rows and write its decisions file (whole or not at all)."""
     filters = cfg.filter_set
     scores = dict.fromkeys(cfg.score_columns, True)  # an annotator's column the strategy cuts on
-    t = read_file(f, colmod.columns_for(True, text=True, filters=filters, scores=scores), filters=filters,
+    keyed = key_groups(f, cfg)  # the named groups whose keys the json gets, other than the synthetic one
+    extra = [colmod.stored_name(c, g) for g in keyed for c in ("captions", "clip_captions") if g != f.group]
+    t = read_file(f, colmod.columns_for(True, text=True, filters=filters, scores=scores) + extra, filters=filters,
                   scores=scores)
     colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
     c = colmod.from_table(t, filters, f.removed, scores)
@@ -114,6 +116,9 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters, f.removed)
     if caption_keys.needs_candidates(cfg.caption_keys):  # what the keys of every candidate are written from
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
+    if cfg.caption_keys != "none":
+        table = table.append_column(caption_keys.GROUPS, group_keys(t, c, keyed, f.group, cfg.caption_keys))
+    stored = colmod.as_stored(t, f.group, f.path)  # what the mix read, as the file names it
     shard_now = file_info(f.url)
     table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
     lost = []  # samples of the tar no row lists: the index shows where they lie
@@ -124,7 +129,9 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     recorded = provenance.recorded_identity(f.path)
     weak = bool(recorded) and tarindex.change(shard_now, recorded) == tarindex.NO_STAMP
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
-            "annotation_digest": provenance.table_digest(t), "annotation_columns": sorted(t.column_names),
+            "annotation_digest": provenance.table_digest(stored),
+            "annotation_columns": sorted(stored.column_names),
+            **({"synthetic_group": f.group} if f.group is not None else {}),
             **({provenance.VERIFY_IMAGES: True} if weak else {}),
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
@@ -140,6 +147,29 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     codes = np.bincount(d.code, minlength=n_codes())
     return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist(),
                     provenance.decisions_digest(buf.getvalue()), len(lost))
+
+
+def key_groups(f: AnnFile, cfg: MixConfig) -> list[str]:
+    """The named caption groups an annotation file holds, whose keys `--caption-keys` writes."""
+    from recaption.annotators.groups import in_file
+
+    if cfg.caption_keys == "none":
+        return []
+    return sorted(in_file(((ann.read_metadata(f.path) or {}).get("groups") or {})))
+
+
+def group_keys(t: pa.Table, c: colmod.Columns, groups: list[str], synthetic_group: str | None, level: str):
+    """The `caption_groups` column of one file's decisions: each named group's best candidate
+    (and with `all` every candidate), the synthetic group's being the synthetic caption."""
+    parts = []
+    for g in groups:
+        if g == synthetic_group:
+            caps, idx = t["captions"], c.syn_idx
+        else:
+            caps = t[colmod.stored_name("captions", g)]
+            idx = colmod.synthetic(caps, t[colmod.stored_name("clip_captions", g)])[1]
+        parts.append((g, colmod.synthetic_text(caps, idx), caps))
+    return caption_keys.group_column(t.num_rows, parts, level)
 
 
 def removal_settings(cfg: MixConfig) -> dict:

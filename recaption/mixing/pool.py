@@ -135,8 +135,10 @@ class PoolSource:
 
     @classmethod
     def of_shards(cls, shards: list[str], ann_dir: str, mapper=None, synthetic: bool = True,
-                  filters: FilterSet | None = None, scores: dict | None = None) -> "PoolSource":
-        """The annotation files of these input shards; one clear error when none is annotated."""
+                  filters: FilterSet | None = None, scores: dict | None = None,
+                  group: str | None = None) -> "PoolSource":
+        """The annotation files of these input shards, read with `group` as the synthetic caption
+        group (None: the unnamed one); one clear error when none is annotated."""
         from recaption.io.atomic import exists
 
         if not exists(ann_dir):
@@ -145,6 +147,8 @@ class PoolSource:
         if not files:
             raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
                                  "(NAME.parquet per NAME.tar): run `recaption annotate` or `score` first")
+        if group is not None:
+            files = [dataclasses.replace(f, group=group) for f in files]
         return cls(files, missing, mapper, synthetic, filters, scores)
 
     @classmethod
@@ -364,7 +368,7 @@ def pool_pass(shards: list[str], ann_dir: str, cfg: MixConfig, mapper=None, synt
     too (the side-by-side view of a dry run)."""
     scores = (every_strategy_scores() if compare else {}) | dict.fromkeys(cfg.score_columns, True)
     source = PoolSource.of_shards(shards, ann_dir, mapper, cfg.needs_synthetic if synthetic is None else synthetic,
-                                  cfg.filter_set, scores)
+                                  cfg.filter_set, scores, cfg.synthetic_group)
     if cfg.removes:
         source.remove(cfg, ann_dir)
     return finish_pool(source.stats(), cfg)

@@ -12,6 +12,12 @@ lacks) can then choose among the raw alt-text and the synthetic captions without
                                            annotated by different captioners
     all    best, and recaption_candidate_<i> for every candidate (i from 0, in generation order)
 
+and for every named caption group G the annotation file holds (`recaption annotate --group`),
+in group-name order: `recaption_group_<G>` (best: the group's candidate with the highest CLIP
+score, as the synthetic caption is chosen) and, with `all`, `recaption_group_<G>_candidate_<i>`.
+A decisions file carries them in one column, `caption_groups` (list of {key, caption}, in the
+order written), so every reader encodes them as it encodes the others.
+
 A key is written only where the sample has that caption (no nulls). `<captioner>` is the last
 part of the annotation's `captioner` (a model id or a path), with every character outside
 `A-Za-z0-9._-` replaced by `-`, so no key holds open_clip's `;` separator or whitespace.
@@ -35,8 +41,12 @@ RAW = "recaption_raw"
 SYNTHETIC = "recaption_synthetic"
 BY_CAPTIONER = "recaption_synthetic_"  # + the captioner's name
 CANDIDATE = "recaption_candidate_"  # + the candidate's index
+GROUP = "recaption_group_"  # + a named caption group's name (its best), then "_candidate_I" (all)
+GROUPS = "caption_groups"  # the decisions column the group keys are written from
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_NAME = re.compile(rf"^(?:{RAW}|{SYNTHETIC}|{BY_CAPTIONER}[A-Za-z0-9._-]+|{CANDIDATE}(?:0|[1-9][0-9]*))$")
+_INDEX = "(?:0|[1-9][0-9]*)"
+_NAME = re.compile(rf"^(?:{RAW}|{SYNTHETIC}|{BY_CAPTIONER}[A-Za-z0-9._-]+|{CANDIDATE}{_INDEX}"
+                   rf"|{GROUP}[a-z][a-z0-9-]*(?:_candidate_{_INDEX})?)$")
 
 
 def captioner_name(captioner: str) -> str:
@@ -63,7 +73,94 @@ def is_key(name: str) -> bool:
 
 def level_of(name: str) -> str:
     """The least level that writes the key `name`."""
-    return "all" if name.startswith(CANDIDATE) else "best"
+    return "all" if name.startswith(CANDIDATE) or (name.startswith(GROUP) and "_candidate_" in name) else "best"
+
+
+def group_key(group: str, i: int | None = None) -> str:
+    """The key of a named group's best caption (`i` None) or of its candidate i."""
+    return f"{GROUP}{group}" if i is None else f"{GROUP}{group}_candidate_{i}"
+
+
+ENTRY = pa.struct([("key", pa.string()), ("caption", pa.string())])
+
+
+def group_column(n: int, groups: list[tuple], level: str) -> pa.Array:
+    """The `caption_groups` column of `n` decisions rows: per row, the keys of every named group
+    `(name, best, candidates)` (string arrays; candidates a list array, read for `all`), group by
+    group, the best first, then each candidate; a caption that is null is left out."""
+    rows, seq, keys, values = [], [], [], []
+    order = 0
+    for name, best, cands in groups:
+        best = _flat(best)
+        has = best.is_valid().to_numpy(zero_copy_only=False)
+        at = np.flatnonzero(has)
+        rows.append(at)
+        seq.append(np.full(at.size, order, np.int64))
+        keys.append(np.full(at.size, group_key(name), object))
+        values.append(best.filter(pa.array(has)))
+        order += 1
+        if needs_candidates(level) and cands is not None:
+            caps = _flat(cands)
+            if pa.types.is_large_list(caps.type):
+                caps = caps.cast(pa.list_(caps.type.value_type))
+            lens = pc.fill_null(pc.list_value_length(caps), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            flat = pc.list_flatten(caps).cast(pa.string())
+            row = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+            starts = np.zeros(len(lens), np.int64)
+            np.cumsum(lens[:-1], out=starts[1:])
+            pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, lens)
+            ok = flat.is_valid().to_numpy(zero_copy_only=False)
+            names = np.array([group_key(name, i) for i in range(int(lens.max(initial=0)))], object)
+            rows.append(row[ok])
+            seq.append(order + pos[ok])
+            keys.append(names[pos[ok]] if ok.any() else np.array([], object))
+            values.append(flat.filter(pa.array(ok)))
+            order += int(lens.max(initial=0))
+    if not rows:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], ENTRY))
+    row, s = np.concatenate(rows), np.concatenate(seq)
+    by = np.lexsort((s, row))
+    entries = pa.StructArray.from_arrays(
+        [pa.array(np.concatenate(keys)[by].tolist() if row.size else [], pa.string()),
+         pa.concat_arrays([v.cast(pa.string()) for v in values]).take(pa.array(by))], fields=list(ENTRY))
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=n), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), entries)
+
+
+def _flat(col):
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _groups_text(col) -> pa.Array:
+    """`"key": "caption", ` of every entry of each row's `caption_groups`, joined per row."""
+    lists = _flat(col)
+    flat = pc.list_flatten(lists)
+    names = pc.binary_join_element_wise(json_strings(pc.struct_field(flat, "key")), pa.scalar(": "), "")
+    parts = pc.fill_null(_member(names, pc.struct_field(flat, "caption")), "")
+    return pc.fill_null(pc.binary_join(pa.ListArray.from_arrays(_offsets(lists), parts), ""), "")
+
+
+def _offsets(lists: pa.ListArray) -> pa.Array:
+    lens = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    return pa.array(offsets.astype(np.int32))
+
+
+def group_values(rows: pa.Table, name: str) -> pa.Array:
+    """The group key `name` of every decisions row (null where a row has none)."""
+    n = len(rows)
+    if GROUPS not in rows.column_names:
+        return pa.nulls(n, pa.string())
+    lists = _flat(rows[GROUPS])
+    lens = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(lists)
+    row = np.repeat(np.arange(n, dtype=np.int64), lens)
+    hit = pc.fill_null(pc.equal(pc.struct_field(flat, "key"), name), False).to_numpy(zero_copy_only=False)
+    at = np.full(n, -1, np.int64)
+    at[row[hit]] = np.flatnonzero(hit)
+    return pc.struct_field(flat, "caption").take(pa.array(at, mask=at < 0))
 
 
 def needs_candidates(level: str) -> bool:
@@ -87,6 +184,8 @@ def as_dict(row: dict, level: str) -> dict:
         for i, c in enumerate(row.get("captions") or []):
             if c is not None:
                 out[f"{CANDIDATE}{i}"] = c
+    for e in row.get(GROUPS) or []:
+        out[e["key"]] = e["caption"]
     return out
 
 
@@ -144,5 +243,7 @@ def encode(t: pa.Table, level: str) -> list[bytes]:
         if "captions" not in t.column_names:
             raise RecaptionError("internal: --caption-keys all needs the decisions' captions column")
         parts.append(_candidates(t["captions"]))
+    if GROUPS in t.column_names:
+        parts.append(_groups_text(t[GROUPS]))
     joined = pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], "")
     return joined.cast(pa.binary()).to_pylist()

@@ -34,7 +34,8 @@ class CaptionChoice:
         bad = [k for k in self.keys if not caption_keys.is_key(k)]
         if bad:
             raise RecaptionError(f"not a caption key: {', '.join(map(repr, bad))}; the keys are recaption_raw, "
-                                 "recaption_synthetic, recaption_synthetic_CAPTIONER and recaption_candidate_I")
+                                 "recaption_synthetic, recaption_synthetic_CAPTIONER, recaption_candidate_I, "
+                                 "recaption_group_GROUP and recaption_group_GROUP_candidate_I")
         if len(set(self.keys)) < len(self.keys):
             raise RecaptionError(f"a caption key is named twice: {';'.join(self.keys)}")
         probs = [] if probs is None else [float(p) for p in probs]

@@ -91,7 +91,8 @@ class ShardDecisions:
 
     def __init__(self, url: str, path: str, verify: str, key: str | None = None):
         try:
-            t = ann.read_table(path, columns=READ + ["captions"])  # captions: only where --caption-keys all
+            # captions: only where --caption-keys all; caption_groups: where the pool has named groups
+            t = ann.read_table(path, columns=READ + ["captions", caption_keys.GROUPS])
         except FileNotFoundError:
             raise RecaptionError(f"{url}: sample {key!r}: the overlay has no decisions file for shard "
                                  f"{reader_shard_name(url)!r} ({path}): the shard was not part of the mix, "
@@ -308,6 +309,8 @@ def caption_values(rows: pa.Table, name: str) -> pa.Array:
         return rows["raw_caption"].combine_chunks().cast(pa.string())
     if name == caption_keys.SYNTHETIC:
         return syn
+    if name.startswith(caption_keys.GROUP):
+        return caption_keys.group_values(rows, name)
     if name.startswith(caption_keys.BY_CAPTIONER):
         who = pc.dictionary_encode(rows["captioner"].combine_chunks().cast(pa.string()))
         names = pa.array([caption_keys.BY_CAPTIONER + caption_keys.captioner_name(c)

@@ -28,7 +28,7 @@ OWN_KEYS = {"description", "source", "filters", "dedup", "decontaminate", "mix",
             "device"}  # the annotators add theirs
 SECTION_KEYS = {
     "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding",
-            "caption_keys"},
+            "caption_keys", "synthetic_group"},
 }
 
 
@@ -240,7 +240,10 @@ def missing_groups(parts: "RecipeParts") -> list[str]:
     columns = list(CUT_COLUMNS.get(kind.column, ()) if cuts else ())
     columns += ["captions"] if kind.needs_synthetic else []
     owner = {c: g for g in annotators.names() for c in annotators.group_columns(g)}
-    needed = dict.fromkeys(owner[c] for c in columns if c in owner)
+    group = parts.mix.synthetic_group  # its own candidates and scores stand for the unnamed group's
+    named = {"captions", "clip", "sieve"} if group else set()
+    needed = dict.fromkeys(f"{owner[c]}.{group}" if owner[c] in named and c != "clip_raw" else owner[c]
+                           for c in columns if c in owner)
     return [g for g in needed if g not in parts.annotators]
 
 

@@ -78,6 +78,8 @@ class ReportData:
     overlaps: list = field(default_factory=list)
     overlaps_total: int = 0  # all the folder's overlaps (the page shows the first OVERLAPS)
     eval_images: dict = field(default_factory=dict)  # EVAL image name -> bytes
+    # caption group ("" the unnamed one) -> {captioners, samples, words, clip, sieve}: sums and counts
+    groups: dict = field(default_factory=dict)
     ann_dir: str | None = None  # where the annotation files were read
     input: str | None = None  # the input shards, where known and reachable
 
@@ -94,6 +96,8 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
     cfg = _bars_config(f, fraction, alpha, filters)
     fs = cfg.filter_set
     source = PoolSource.of_folder(str(f.ann_dir), f.names, filters=fs)
+    if cfg.synthetic_group:  # a mix of a named caption group: its synthetic captions, as the mix read them
+        source.files = [dataclasses.replace(a, group=cfg.synthetic_group) for a in source.files]
     if f.output:  # the duplicates and overlaps the mix removed, as its decisions say: out of the pool
         source.files = [dataclasses.replace(a, removed=_removed(f, a.name)) for a in source.files]
     pool = source.stats()
@@ -109,6 +113,11 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
             d.thresholds[r["threshold_column"]] = r["threshold"]
     parts = list(source.map(report_part, pool.numbers, cfg.alpha, fs))
     for p in parts:
+        for g, s in p["groups"].items():
+            cur = d.groups.setdefault(g, {"captioners": set(), **{k: 0.0 for k in GROUP_SUMS}})
+            cur["captioners"] |= set(s.pop("captioners"))
+            for k, v in s.items():
+                cur[k] += v
         d.pooled += p["pooled"]
         d.langs.update(p["langs"])
         for name, series in p["hists"].items():
@@ -173,10 +182,10 @@ def _bars_config(f: Folder, fraction, alpha, filters) -> MixConfig:
         base = f.cfg
         if fraction is not None:
             base = MixConfig(base.strategy, fraction=fraction, filter_synthetic=base.filter_synthetic,
-                             alpha=base.alpha, filters=base.filters)
+                             alpha=base.alpha, filters=base.filters, synthetic_group=base.synthetic_group)
         elif base.threshold is None and base.fraction is None:
             base = MixConfig(base.strategy, fraction=0.3, filter_synthetic=base.filter_synthetic, alpha=base.alpha,
-                             filters=base.filters)
+                             filters=base.filters, synthetic_group=base.synthetic_group)
         if alpha is not None:
             base = MixConfig(**{**base.__dict__, "alpha": alpha})
         return base.validate()
@@ -196,7 +205,7 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
     if has_metrics:
         cols += [c for c in annotators.group_columns("metrics") if c not in cols]
     cols += [h.column for h in declared if h.column not in cols]
-    t = columns.read(f.path, list(dict.fromkeys(cols)), filters=filters)
+    t = columns.read(f.path, list(dict.fromkeys(cols)), filters=filters, group=f.group)
     c = columns.from_table(t, filters, f.removed)
     valid, pool = c.valid, c.pool
     syn = columns.synthetic_text(t["captions"], c.syn_idx)
@@ -219,7 +228,38 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
     for h in declared:  # each annotator's own histograms, over every annotated sample
         hists[h.name] = {h.label or h.column: _hist(h.name, _num(t[h.column])[valid] / h.scale)}
     return {"pooled": int(pool.sum()), "hists": hists, "langs": langs,
-            "picks": _score_picks(f.name, t, c, syn, blend, pool)}
+            "picks": _score_picks(f.name, t, c, syn, blend, pool), "groups": caption_groups(f, held, valid)}
+
+
+GROUP_SUMS = ("samples", "words", "words_n", "clip", "clip_n", "sieve", "sieve_n")
+
+
+def caption_groups(f: AnnFile, held: dict, valid: np.ndarray) -> dict:
+    """Per caption group the file holds ("" the unnamed one): its captioners and, over the valid
+    rows with candidates, sums and counts of the best candidate's words and CLIP score and of SIEVE."""
+    from recaption.annotators.groups import column, in_file
+
+    names = ([""] if "captions" in held else []) + in_file(held)
+    if not names:
+        return {}
+    want = [column(c, g or None) for g in names for c in ("captions", "captioner", "clip_captions", "sieve")]
+    t = ann.read_table(f.path, columns=want, threads=False)
+    out = {}
+    for g in names:
+        cols = {c: column(c, g or None) for c in ("captions", "captioner", "clip_captions", "sieve")}
+        if cols["captions"] not in t.column_names:
+            continue
+        has, idx, best = columns.synthetic(t[cols["captions"]], t[cols["clip_captions"]])
+        rows = valid & has
+        words = _words(columns.synthetic_text(t[cols["captions"]], idx))[rows]
+        sieve = _num(t[cols["sieve"]])[rows] if cols["sieve"] in t.column_names else np.array([])
+        best = np.asarray(best, np.float64)[rows]
+        who = pc.unique(t[cols["captioner"]].filter(pa.array(rows))).to_pylist()
+        out[g] = {"captioners": [x for x in who if x], "samples": float(rows.sum()),
+                  "words": float(np.nansum(words)), "words_n": float(np.isfinite(words).sum()),
+                  "clip": float(np.nansum(best)), "clip_n": float(np.isfinite(best).sum()),
+                  "sieve": float(np.nansum(sieve)), "sieve_n": float(np.isfinite(sieve).sum())}
+    return out
 
 
 def _num(col) -> np.ndarray:

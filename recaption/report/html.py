@@ -227,6 +227,20 @@ def _overlap_pairs(d: ReportData, files: dict) -> str:
             f"{more}<div class='pairs'>{''.join(cells)}</div>")
 
 
+def _groups(d: ReportData) -> str:
+    """The caption groups side by side: who wrote them, and the best candidate's length and scores."""
+    if not d.groups or list(d.groups) == [""]:
+        return ""
+
+    def mean(s, k):
+        return _n(s[k] / s[f"{k}_n"]) if s[f"{k}_n"] else "-"
+
+    rows = [(g or "(unnamed)", ", ".join(sorted(s["captioners"])) or "-", _n(int(s["samples"])),
+             mean(s, "words"), mean(s, "clip"), mean(s, "sieve")) for g, s in sorted(d.groups.items())]
+    return ("<h2>caption groups</h2>" + _table(rows, ("group", "captioner", "samples with captions",
+                                                       "words (best caption)", "CLIP (best caption)", "SIEVE")))
+
+
 def _strategies(d: ReportData) -> str:
     rows = []
     for r in d.per_strategy:
@@ -330,7 +344,7 @@ td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
 .r{{color:#a33}}.note{{color:#777}}.pairs{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}}
 .pair{{border:1px solid #ddd;padding:8px;font-size:12px}}
 .pair .imgs{{display:flex;gap:6px}}.pair img{{width:48%}}</style>
-</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{_strategies(d)}
+</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{_groups(d)}{_strategies(d)}
 <div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>
 {overlaps}{''.join(sections)}</body></html>"""
     files["index.html"] = page.encode("utf-8")

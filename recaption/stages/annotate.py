@@ -42,6 +42,7 @@ class BatchRows:
         self.shard, self.rows, self.records = shard, rows, records
         self._pos, self._batch, self._bundle, self._timer = positions, batch, bundle, timer
         self._decoded = set(batch.good)
+        self.memo: dict = {}  # what several annotators of this batch share (CLIP image embeddings)
 
     def live(self) -> list[int]:
         """Rows whose image decoded and that are still ok."""

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from recaption import annotators as registry
+from recaption.annotators import groups
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io.atomic import exists
@@ -25,6 +26,9 @@ class ShardWork:
     keep: dict[str, dict] = field(default_factory=dict)  # groups kept from the file, with their settings
     rows: list[dict] | None = None  # the file's rows when they are built upon (captions kept)
     existing_rows: int = 0
+    # key -> the kept groups' values, where the rows are made anew from the shard (new unnamed
+    # captions): what the file held for the groups it keeps (named caption groups, metrics)
+    carry: dict = field(default_factory=dict)
 
     @property
     def needs_images(self) -> bool:
@@ -56,7 +60,8 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
         if g in recorded and not overwrite:
             raise RecaptionError(f"{url}: {g} were written with other settings; add --overwrite to redo them")
         todo.add(g)
-    stale = set().union(*(registry.dependents().get(g, set()) for g in todo)) if todo else set()
+    deps = registry.dependents(set(wanted) | set(recorded))
+    stale = set().union(*(deps.get(g, set()) for g in todo)) if todo else set()
     keep = {g: s for g, s in recorded.items() if g not in todo and g not in stale}
     work = ShardWork(todo=todo, keep=keep, existing_rows=table.num_rows)
     if todo and "captions" not in todo:
@@ -64,14 +69,31 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
         for r in work.rows:
             for g in todo:
                 registry.blank_group(r, g)
+    elif todo and keep:
+        cols = [c for g in keep if g in registry.names() or groups.is_named(g) for c in registry.group_columns(g)]
+        cols = [c for c in cols if c in table.column_names]
+        kept = table.select(["key", *cols]).to_pylist()
+        work.carry = {r.pop("key"): r for r in kept if r["key"] is not None}
     return work
 
 
 def commit(url: str, rows: list[dict], work: ShardWork, wanted: dict[str, dict]) -> None:
     """Write the file atomically, recording the settings of every group it holds."""
-    groups = dict(work.keep) | {g: wanted[g] for g in work.todo}
+    held = dict(work.keep) | {g: wanted[g] for g in work.todo}
+    for r in rows:
+        kept = work.carry.get(r["key"]) if work.carry else None
+        if kept:
+            r.update(kept)
     for g in registry.names():
-        if g not in groups:
+        if g not in held:
             for r in rows:  # no stale values under a group the file does not claim
                 registry.blank_group(r, g)
-    ann.write(url, rows, groups, registry.schema())
+    named = [c for g in held if groups.is_named(g) for c in registry.get(g).columns]
+    claimed = {c.name for c in named}
+    for r in rows:
+        for k in [k for k in r if k not in claimed and groups.column_group(k) is not None]:
+            del r[k]  # a named group the file no longer claims (its captions were redone)
+        for c in named:
+            if c.name not in r:
+                r[c.name] = list(c.blank) if isinstance(c.blank, list) else c.blank
+    ann.write(url, rows, held, registry.schema(held))

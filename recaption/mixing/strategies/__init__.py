@@ -34,6 +34,7 @@ class MixConfig:
     keep_sharding: bool = False
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
     caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.output.caption_keys)
+    synthetic_group: str | None = None  # the named caption group the synthetic caption comes from (None: unnamed)
     # duplicates and evaluation-set overlap, removed after the filters (recaption.dedup.options, .removal)
     dedup: dict = field(default_factory=dict)  # rule -> value, in run order: exact, phash (bits), embedding (cosine)
     dedup_keep: str = "first"  # which sample of a group stays: first (input order) or best:COLUMN
@@ -77,6 +78,13 @@ class MixConfig:
             raise RecaptionError("--samples-per-shard must be at least 1")
         if self.caption_keys not in CAPTION_KEYS:
             raise unknown("--caption-keys value", self.caption_keys, CAPTION_KEYS)
+        if self.synthetic_group is not None:
+            from recaption.annotators.groups import check_name
+
+            try:
+                check_name(self.synthetic_group)
+            except RecaptionError as e:
+                raise RecaptionError(f"--synthetic-group: {e}") from None
         return self
 
     @property
