@@ -166,12 +166,12 @@ time.sleep(120)
 """
 
 
-@pytest.mark.slow  # starts a process group and kills it
-@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="segments are files in /dev/shm on Linux only")
 def _live_pids() -> set[int]:
     return {int(d) for d in os.listdir("/proc") if d.isdigit()}
 
 
+@pytest.mark.slow  # starts a process group and kills it
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="segments are files in /dev/shm on Linux only")
 def test_a_run_killed_with_its_process_group_leaves_nothing_the_next_run_keeps(tmp_path):
     import subprocess
     import sys
