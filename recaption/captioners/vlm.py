@@ -46,6 +46,16 @@ def generate_kwargs(cfg: CaptionerConfig) -> dict:
     return kw
 
 
+def loading_kwargs(cfg: CaptionerConfig) -> dict:
+    """`engine_args` of a vlm config: `processor` (AutoProcessor.from_pretrained keywords, e.g. Qwen's
+    `size`) and `model` (the model's, e.g. `attn_implementation`); any other key is refused."""
+    bad = sorted(set(cfg.engine_args) - {"processor", "model"})
+    if bad:
+        raise RecaptionError(f"engine_args {bad[0]!r}: the vlm backend takes engine_args processor and model "
+                             "(keyword arguments of AutoProcessor's and the model's from_pretrained)")
+    return {k: dict(cfg.engine_args.get(k) or {}) for k in ("processor", "model")}
+
+
 class VLMCaptioner(Captioner):
     """Any image-text-to-text model transformers loads with AutoModelForImageTextToText, batched."""
 
@@ -62,8 +72,9 @@ class VLMCaptioner(Captioner):
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+        extra = loading_kwargs(cfg)
         q = quantization_config(cfg.quantize, self.dtype)
-        load = {"dtype": self.dtype}
+        load = {"dtype": self.dtype} | extra["model"]
         if q is not None:
             load |= {"quantization_config": q, "device_map": {"": self.device}}
         self.model = AutoModelForImageTextToText.from_pretrained(cfg.model, **common, **load).eval()
@@ -71,7 +82,7 @@ class VLMCaptioner(Captioner):
             self.model.to(self.device)
         else:
             log_once("bitsandbytes")
-        self.processor = AutoProcessor.from_pretrained(cfg.model, **common)
+        self.processor = AutoProcessor.from_pretrained(cfg.model, **common, **extra["processor"])
         tok = getattr(self.processor, "tokenizer", None)
         if tok is None or not hasattr(self.processor, "image_processor"):
             raise RecaptionError(f"{cfg.model}: its processor ({type(self.processor).__name__}) has no tokenizer and "
@@ -94,9 +105,9 @@ class VLMCaptioner(Captioner):
         ip = self.processor.image_processor
         if self.cfg.image_size:
             return int(self.cfg.image_size)
-        if getattr(ip, "max_pixels", None):
-            return math.isqrt(int(ip.max_pixels) - 1) + 1
         size = getattr(ip, "size", None) or {}
+        if type(ip).__name__.startswith("Qwen2VL"):  # Qwen2-VL's and Qwen2.5-VL's: a pixel count
+            return math.isqrt(int(size["longest_edge"]) - 1) + 1
         edges = [v for k, v in dict(size).items() if k in ("height", "width", "shortest_edge", "longest_edge")
                  and isinstance(v, int)]
         return int(max(edges) if edges else 768)

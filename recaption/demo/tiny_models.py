@@ -246,6 +246,10 @@ def build_llava(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size:
     return out
 
 
+# Every tiny VLM family, by transformers' model_type: tests caption with each of them.
+VLM_BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava}
+
+
 def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
     import open_clip
     from safetensors.torch import save_file
