@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import re
 import zlib
@@ -59,11 +60,21 @@ def _serves(name: str, model: str) -> bool:
     return _builtin_guess(model) == name
 
 
-def _serves_vlm(model: str) -> bool:
-    """Image-text-to-text families through transformers (`captioners/vlm.py`), without importing it."""
-    from recaption.captioners.vlm import serves
+# transformers' model_type of each image-text-to-text family the vlm backend serves, and the
+# names hub ids go by.
+VLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "smolvlm", "florence2")
+VLM_ID = re.compile(r"qwen2(\.5)?-vl|qwen2_5_vl|qwen2_vl|llava|idefics3|smolvlm|florence-?2", re.I)
 
-    return serves(model)
+
+def _serves_vlm(model: str) -> bool:
+    """A local folder whose config.json names a VLM family's model_type, or a hub id named like one."""
+    cfg = Path(model).expanduser() / "config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text()).get("model_type") in VLM_MODEL_TYPES
+        except (OSError, ValueError):
+            return False
+    return not Path(model).expanduser().exists() and bool(VLM_ID.search(model))
 
 
 def _check_backend(name: str, b) -> None:

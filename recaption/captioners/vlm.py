@@ -8,28 +8,9 @@ generates, so the tokenizer is used by one thread only.
 """
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
-
 from recaption.captioners.base import Captioner, CaptionerConfig
 from recaption.captioners.chat import load_template
 from recaption.errors import RecaptionError
-
-# transformers' model_type of each family this backend serves, and the names hub ids go by.
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "smolvlm", "florence2")
-ID_PATTERN = re.compile(r"qwen2(\.5)?-vl|qwen2_5_vl|qwen2_vl|llava|idefics3|smolvlm|florence-?2", re.I)
-
-
-def serves(model: str) -> bool:
-    """A local folder whose config.json names a served model_type, or a hub id named like one."""
-    cfg = Path(model).expanduser() / "config.json"
-    if cfg.is_file():
-        try:
-            return json.loads(cfg.read_text()).get("model_type") in MODEL_TYPES
-        except (OSError, ValueError):
-            return False
-    return not Path(model).expanduser().exists() and bool(ID_PATTERN.search(model))
 
 
 def generate_kwargs(cfg: CaptionerConfig) -> dict:

@@ -161,6 +161,7 @@ def test_engine_args_reach_the_processor_and_others_are_refused(vlms):
     big = build_captioner(load_preset(vlms["qwen2_vl"]))
     assert small.image_size == 56 and big.image_size == 112  # JPEGs decode at the processor's largest input
     img = [Image.new("RGB", (200, 200))]
-    assert small.prepare(img)["processed"]["image_grid_thw"].prod() < big.prepare(img)["processed"]["image_grid_thw"].prod()
+    grid = [c.prepare(img)["processed"]["image_grid_thw"].prod() for c in (small, big)]
+    assert grid[0] < grid[1]
     with pytest.raises(RecaptionError, match="engine_args 'max_model_len': the vlm backend takes"):
         build_captioner(load_preset(vlms["qwen2_vl"], engine_args={"max_model_len": 4096}))
