@@ -12,6 +12,11 @@ PACKAGE = Path(__file__).resolve().parent
 
 def prompts_dir():
     """The prompts folder as an importlib.resources Traversable."""
+    here = PACKAGE.parent / "prompts"
+    if (here / "masks").is_dir() and (PACKAGE.parent / "pyproject.toml").is_file():
+        # a source checkout imported from its own folder: its prompts, not those an editable install
+        # of another checkout maps `recaption.prompts` to
+        return here
     try:
         root = resources.files("recaption.prompts")
     except ModuleNotFoundError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import re
 import zlib
@@ -30,6 +31,7 @@ class Backend:
     target: str  # "module:Class" of a `Captioner` subclass
     requires: tuple[tuple[str, str], ...] = ()  # (module, extra) pairs
     serves: Callable[[str], bool] | None = None  # None: only chosen by name (--backend, a preset)
+    chat: bool = False  # prompts are chat templates (prompts/templates, `--template`), not `--prompt` alone
 
 
 def _builtin_guess(model: str) -> str | None:
@@ -58,6 +60,23 @@ def _serves(name: str, model: str) -> bool:
     return _builtin_guess(model) == name
 
 
+# transformers' model_type of each image-text-to-text family the vlm backend serves, and the
+# names hub ids go by.
+VLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "idefics3", "smolvlm", "florence2")
+VLM_ID = re.compile(r"qwen2(\.5)?-vl|qwen2_5_vl|qwen2_vl|llava|idefics3|smolvlm|florence-?2", re.I)
+
+
+def _serves_vlm(model: str) -> bool:
+    """A local folder whose config.json names a VLM family's model_type, or a hub id named like one."""
+    cfg = Path(model).expanduser() / "config.json"
+    if cfg.is_file():
+        try:
+            return json.loads(cfg.read_text()).get("model_type") in VLM_MODEL_TYPES
+        except (OSError, ValueError):
+            return False
+    return not Path(model).expanduser().exists() and bool(VLM_ID.search(model))
+
+
 def _check_backend(name: str, b) -> None:
     if not isinstance(b, Backend):
         raise RecaptionError(f"captioner backend {name!r}: {b!r} is not a Backend declaration "
@@ -71,7 +90,8 @@ for _name, _backend in {
     "blip": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip")),
     "blip2": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip2")),
     "coca": Backend("recaption.captioners.coca:CocaCaptioner", serves=functools.partial(_serves, "coca")),
-    "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),)),
+    "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),), chat=True),
+    "vlm": Backend("recaption.captioners.vlm:VLMCaptioner", serves=_serves_vlm, chat=True),
 }.items():
     BACKENDS.register(_name, _backend, builtin=True)
 
@@ -116,7 +136,7 @@ class CaptionerConfig:
     model: str = "Salesforce/blip-image-captioning-base"
     revision: str | None = None
     prompt: str | None = None  # text prompt; removed from the front of every caption
-    template: str | None = None  # vLLM: a prompt template name in prompts/templates or a file
+    template: str | None = None  # VLMs: a chat prompt template, a name in prompts/templates or a file
     decoding: Decoding = field(default_factory=Decoding)
     device: str | None = None
     dtype: str | None = None
@@ -186,7 +206,15 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
         _check_model_ref(top["model"], top.get("backend") or cfg.backend)
     _merge(cfg, top, "captioner option")
     _merge(cfg.decoding, dec, "decoding option")
-    BACKENDS.get(cfg.backend)  # an unknown one: the nearest names
+    backend = BACKENDS.get(cfg.backend)  # an unknown one: the nearest names
+    if cfg.template is not None:
+        if not backend.chat:
+            chat = [n for n in BACKENDS.names() if BACKENDS.get(n).chat]
+            raise RecaptionError(f"--template is a VLM's chat prompt ({', '.join(chat)} backends); the "
+                                 f"{cfg.backend} backend takes --prompt")
+        from recaption.captioners.chat import load_template
+
+        load_template(cfg.template)  # unknown or malformed: said before any work
     if cfg.quantize not in (None, *QUANTIZE):
         raise RecaptionError(f"--quantize takes {' or '.join(QUANTIZE)}, got {cfg.quantize!r}")
     cfg.decoding.validate()

@@ -1,34 +1,20 @@
-"""VLMs (Qwen2.5-VL, LLaVA, ...) through vLLM's offline API: `LLM.generate` with images.
+"""VLMs (Qwen2.5-VL, LLaVA, ...) through vLLM's offline chat API: `LLM.chat` with images.
 
-Prompt building and output handling are plain functions so they are tested without vLLM; only
-`VLLMCaptioner.__init__` and `_generate` touch the library.
+The prompt is the same chat template file the transformers backend renders (`captioners/chat.py`):
+vLLM applies the model's own chat template. Request building and output handling are plain
+functions so they are tested without vLLM; only `VLLMCaptioner.__init__` and `_generate` touch
+the library.
 """
 from __future__ import annotations
 
 from recaption.captioners.base import Captioner, CaptionerConfig, Decoding
+from recaption.captioners.chat import ChatTemplate, load_template
 from recaption.errors import RecaptionError, require
-from recaption.resources import named_or_path
-
-ALT_TEXT = "{alt_text}"
 
 
-def load_template(name_or_path: str) -> str:
-    """A prompt template's text, from prompts/templates or a file; '#' lines are comments."""
-    text = named_or_path("templates", name_or_path, ".txt").read_text(encoding="utf-8")
-    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
-    return "\n".join(lines).strip("\n").replace("\\n", "\n")
-
-
-def build_prompt(template: str, raw_caption: str | None, max_alt_chars: int = 1000) -> str:
-    """Fill `{alt_text}`; a missing alt-text becomes an empty string, a huge one is cut."""
-    alt = (raw_caption or "")[:max_alt_chars]
-    return template.replace(ALT_TEXT, alt)
-
-
-def build_requests(template: str, images, raw_captions) -> list[dict]:
-    """vLLM requests (prompt and image) for a batch."""
-    return [{"prompt": build_prompt(template, raw), "multi_modal_data": {"image": im}}
-            for im, raw in zip(images, raw_captions)]
+def build_conversations(template: ChatTemplate, images, raw_captions) -> list[list[dict]]:
+    """One vLLM chat conversation per image: the template's turns, the image as a PIL content part."""
+    return [template.messages(raw, {"type": "image_pil", "image_pil": im}) for im, raw in zip(images, raw_captions)]
 
 
 def sampling_kwargs(dec: Decoding, seed: int | None = None) -> dict:
@@ -60,7 +46,7 @@ def collect(outputs) -> list[list[str]]:
 
 
 class VLLMCaptioner(Captioner):
-    """VLMs served by vLLM's offline `LLM.generate`, one request per image."""
+    """VLMs served by vLLM's offline `LLM.chat`, one conversation per image."""
     def __init__(self, cfg: CaptionerConfig):
         super().__init__(cfg)
         require("vllm", "vllm")
@@ -85,5 +71,5 @@ class VLLMCaptioner(Captioner):
 
         seed = int(torch.initial_seed() % 2**31)
         params = SamplingParams(**sampling_kwargs(self.cfg.decoding, seed))
-        outs = self.llm.generate(build_requests(self.template, images, raw_captions), params, use_tqdm=False)
+        outs = self.llm.chat(build_conversations(self.template, images, raw_captions), params, use_tqdm=False)
         return collect(outs)

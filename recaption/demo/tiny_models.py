@@ -162,6 +162,94 @@ def build_blip2_t5(out: str | Path, *, seed: int = 0, hidden: int = 64, image_si
     return out
 
 
+# Chat templates in the shape of the real models' (Qwen2-VL's and llava-hf's llava-1.5), so the
+# tiny models render prompts through apply_chat_template as the real ones do.
+QWEN2_VL_CHAT = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAVA_CHAT = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{% for c in message['content'] %}"
+    "{{ c['text'] }}{% endfor %}{{ '\\n' }}{% else %}{{ message['role'].upper() }}: {% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>")
+
+
+def _vlm_tokenizer(specials):
+    tok = _bpe_tokenizer(extra_specials=specials)
+    tok.add_special_tokens({"additional_special_tokens": list(specials)})
+    tok.model_max_length = 4096  # prompts hold the image's tokens
+    return tok
+
+
+def build_qwen2_vl(out: str | Path, *, seed: int = 0, hidden: int = 64, max_pixels: int = 112 * 112) -> Path:
+    """A tiny random-weight Qwen2-VL (dynamic resolution, M-RoPE), its processor and chat template."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    out = Path(out)
+    tok = _vlm_tokenizer(QWEN_SPECIALS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    cfg = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 4]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    _seed(seed)
+    Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    ip = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, merge_size=2,
+                               temporal_patch_size=2)
+    Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                     chat_template=QWEN2_VL_CHAT).save_pretrained(out)
+    return out
+
+
+def build_llava(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 32, patch: int = 8) -> Path:
+    """A tiny random-weight LLaVA-1.5 (CLIP vision tower, Llama language model), processor and chat template."""
+    from transformers import (
+        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+    )
+
+    out = Path(out)
+    tok = _vlm_tokenizer(("<image>",))
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=image_size, patch_size=patch,
+                                       projection_dim=hidden).to_dict(),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).to_dict(),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    _seed(seed)
+    LlavaForConditionalGeneration(cfg).eval().save_pretrained(out)
+    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, chat_template=LLAVA_CHAT).save_pretrained(out)
+    return out
+
+
+# Every tiny VLM family, by transformers' model_type: tests caption with each of them.
+VLM_BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava}
+
+
 def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
     import open_clip
     from safetensors.torch import save_file
@@ -236,7 +324,7 @@ def build_all(root: str | Path) -> dict[str, str]:
     """Every tiny model under root (built once, then reused); returns their paths by name."""
     root = Path(root)
     done = root / "_ok.json"
-    builders = ("blip", "blip2", "blip2t5", "clip", "coca")
+    builders = ("blip", "blip2", "blip2t5", "clip", "coca", "vlm")
     if done.exists():
         cached = json.loads(done.read_text())
         if set(builders) <= set(cached):
@@ -247,6 +335,7 @@ def build_all(root: str | Path) -> dict[str, str]:
         "blip2t5": str(build_blip2_t5(root / "blip2-t5")),
         "clip": build_clip(root / "clip"),
         "coca": build_coca(root / "coca"),
+        "vlm": str(build_qwen2_vl(root / "qwen2-vl")),
     }
     done.write_text(json.dumps(paths, indent=1))
     return paths

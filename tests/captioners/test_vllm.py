@@ -5,24 +5,22 @@ from types import SimpleNamespace
 import pytest
 
 from recaption.captioners.base import Decoding, load_preset
-from recaption.captioners.vllm import build_prompt, build_requests, collect, load_template, sampling_kwargs
+from recaption.captioners.chat import load_template
+from recaption.captioners.vllm import build_conversations, collect, sampling_kwargs
 from recaption.errors import MissingExtra, RecaptionError
 
 
-def test_templates_and_alt_text():
+def test_conversations_carry_one_image_each_and_their_alt_text():
     t = load_template("qwen2.5-vl-alt-text")
-    assert "<|image_pad|>" in t and "{alt_text}" in t and not t.startswith("#")
-    p = build_prompt(t, "Eiffel Tower at night, stock photo")
-    assert '"Eiffel Tower at night, stock photo"' in p and "{alt_text}" not in p
-    assert '""' in build_prompt(t, None)
-    assert len(build_prompt(t, "x" * 5000)) < len(t) + 1001
-    assert "USER: <image>" in load_template("llava-1.5")
-
-
-def test_requests_carry_one_image_each():
-    reqs = build_requests("<image> {alt_text}", ["IMG1", "IMG2"], ["a", None])
-    assert reqs == [{"prompt": "<image> a", "multi_modal_data": {"image": "IMG1"}},
-                    {"prompt": "<image> ", "multi_modal_data": {"image": "IMG2"}}]
+    convs = build_conversations(t, ["IMG1", "IMG2"], ["Eiffel Tower at night", None])
+    assert [c[0] for c in convs] == [{"role": "system", "content": [{"type": "text",
+                                                                    "text": "You are a helpful assistant."}]}] * 2
+    (user,) = [m for m in convs[0] if m["role"] == "user"]
+    assert user["content"][0] == {"type": "image_pil", "image_pil": "IMG1"}
+    assert '"Eiffel Tower at night"' in user["content"][1]["text"]
+    assert '""' in convs[1][1]["content"][1]["text"]
+    assert [p for p in convs[1][1]["content"] if p["type"] == "image_pil"] == [{"type": "image_pil",
+                                                                               "image_pil": "IMG2"}]
 
 
 def test_sampling_kwargs():
@@ -115,7 +113,7 @@ def test_the_fake_keeps_the_documented_contract(fake_vllm):
 
 def test_the_vllm_captioner_runs_end_to_end_on_the_fake(fake_vllm, shard_dir, tmp_path, caplog):
     """`recaption caption -c qwen2.5-vl-3b` through the CLI: the preset's engine arguments reach
-    LLM(...), each decodable image is one request with its alt-text in the prompt, sampling
+    LLM(...), each decodable image is one chat conversation with its alt-text in the prompt, sampling
     gives N candidates, and the input thread's prepare-ahead (the exact path: vLLM has no pixel
     spec) runs without the TypeError it once logged for every batch."""
     import logging
@@ -139,6 +137,8 @@ def test_the_vllm_captioner_runs_end_to_end_on_the_fake(fake_vllm, shard_dir, tm
         assert r["captioner"] == "Qwen/Qwen2.5-VL-3B-Instruct" and len(r["captions"]) == 2
         assert all(c.startswith("a ") and "image of colour" in c for c in r["captions"]), r["captions"]
     prompts = {q["prompt"] for q in llm.requests}
-    assert all("<|image_pad|>" in p for p in prompts)
+    # vLLM's chat API got the template's message text (it renders the model's own markup itself)
+    text = load_template("qwen2.5-vl-alt-text").after.split("{alt_text}")[-1]
+    assert all(text in p and "<|im_start|>" not in p for p in prompts), prompts
     raw = [r["raw_caption"] for r in ok if r["raw_caption"]]
     assert raw and all(any(a in p for p in prompts) for a in raw)  # the alt-text reached its prompt

@@ -1,0 +1,83 @@
+"""VLM prompts as chat messages: one template file (prompts/templates) serves every VLM backend.
+
+A template is the text of the user's turn, with `<image>` where the image goes (first when it is
+absent) and `{alt_text}` for the sample's alt-text; an optional first line `system: TEXT` is the
+system turn. The model's own processor renders the messages (`apply_chat_template` in the
+transformers backend, vLLM's `LLM.chat`), so no template holds a model's markup: one that does is
+refused, since rendering it again would wrap a model's turn markers inside another's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recaption.errors import RecaptionError
+from recaption.resources import named_or_path
+
+ALT_TEXT = "{alt_text}"
+IMAGE = "<image>"
+MAX_ALT_CHARS = 1000
+# Turn and image markers of the chat formats recaption's VLMs use: a template holding one was
+# written for one model's raw prompt, which the processor's own rendering would double.
+MARKUP = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "USER:",
+          "ASSISTANT:", "<|user|>", "<|assistant|>", "<end_of_utterance>", "[INST]", "<start_of_turn>",
+          "<|start_header_id|>", "<|eot_id|>", "<fake_token_around_image>")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A prompt as chat turns: the system text (or None), and the user's text before and after the image."""
+
+    name: str
+    system: str | None
+    before: str
+    after: str
+
+    def texts(self, raw_caption: str | None) -> tuple[str, str]:
+        """The user's text before and after the image, `{alt_text}` filled."""
+        return fill(self.before, raw_caption), fill(self.after, raw_caption)
+
+    def messages(self, raw_caption: str | None, image_part: dict) -> list[dict]:
+        """One conversation for one image: `image_part` is the backend's content part for it."""
+        before, after = self.texts(raw_caption)
+        content = ([{"type": "text", "text": before}] if before else []) + [image_part] + (
+            [{"type": "text", "text": after}] if after else [])
+        system = [{"role": "system", "content": [{"type": "text", "text": self.system}]}] if self.system else []
+        return system + [{"role": "user", "content": content}]
+
+    def plain(self, raw_caption: str | None) -> str:
+        """The user's text alone, for a model with no chat template (Florence-2's task prompts)."""
+        before, after = self.texts(raw_caption)
+        return " ".join(t for t in (before, after) if t)
+
+
+def fill(text: str, raw_caption: str | None, max_alt_chars: int = MAX_ALT_CHARS) -> str:
+    """Fill `{alt_text}`; a missing alt-text becomes an empty string, a huge one is cut."""
+    return text.replace(ALT_TEXT, (raw_caption or "")[:max_alt_chars])
+
+
+def parse_template(text: str, name: str = "<template>") -> ChatTemplate:
+    """A template file's text as chat turns; '#' lines are comments, a literal backslash-n is a newline."""
+    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    system = None
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if lines and lines[0].lower().startswith("system:"):
+        system = lines.pop(0).split(":", 1)[1].strip().replace("\\n", "\n") or None
+    body = "\n".join(lines).strip().replace("\\n", "\n")
+    found = [m for m in MARKUP if m in body or (system and m in system)]
+    if found:
+        raise RecaptionError(f"prompt template {name}: holds the chat markup {found[0]!r}; a template is the "
+                             f"message text alone (the model's processor adds its markup), with {IMAGE} where the "
+                             "image goes")
+    if body.count(IMAGE) > 1:
+        raise RecaptionError(f"prompt template {name}: {body.count(IMAGE)} {IMAGE} markers; one image per prompt")
+    if not body.replace(IMAGE, "").strip():
+        raise RecaptionError(f"prompt template {name}: no instruction text")
+    before, _, after = body.partition(IMAGE) if IMAGE in body else ("", "", body)
+    return ChatTemplate(name, system, before.strip(), after.strip())
+
+
+def load_template(name_or_path: str) -> ChatTemplate:
+    """A prompt template from prompts/templates (by name) or a file."""
+    path = named_or_path("templates", name_or_path, ".txt")
+    return parse_template(path.read_text(encoding="utf-8"), name_or_path)

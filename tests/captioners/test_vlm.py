@@ -1,0 +1,167 @@
+"""The transformers VLM backend on tiny random-weight models of each family in
+`tiny_models.VLM_BUILDERS` (model, tokenizer, processor and chat template built here, saved, and
+loaded back through from_pretrained on the folder, as users load theirs)."""
+import json
+import re
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from recaption.captioners import build_captioner, list_presets, load_preset
+from recaption.captioners.base import BACKENDS, guess_backend
+from recaption.captioners.chat import load_template, parse_template
+from recaption.demo.tiny_models import VLM_BUILDERS
+from recaption.errors import RecaptionError
+from recaption.resources import prompts_dir
+from tests.helpers import cli
+
+IMAGES = [Image.new("RGB", (70, 50), "red"), Image.new("RGB", (40, 90), "blue"), Image.new("RGB", (64, 64), "green")]
+
+
+@pytest.fixture(scope="module")
+def vlms(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-vlms")
+    return {family: str(build(root / family)) for family, build in VLM_BUILDERS.items()}
+
+
+@pytest.fixture(scope="module")
+def captioners(vlms):
+    """One greedy float32 captioner per family (exact maths: batched equals one by one)."""
+    return {f: build_captioner(load_preset(p, max_new_tokens=6, dtype="float32", template="alt-text"))
+            for f, p in vlms.items()}
+
+
+def test_at_least_two_families_and_each_folder_is_served_by_the_vlm_backend(vlms):
+    assert len(vlms) >= 2
+    for family, path in vlms.items():
+        assert json.loads(open(f"{path}/config.json").read())["model_type"] == family
+        assert guess_backend(path) == "vlm"
+
+
+def test_the_vlm_presets_name_ids_the_backend_serves():
+    vlm = {n: p for n, p in list_presets().items() if p["backend"] == "vlm"}
+    assert len(vlm) >= 3
+    for name, p in vlm.items():
+        assert guess_backend(p["model"]) == "vlm", name
+        load_template(p.get("template") or "caption")
+    assert guess_backend("Salesforce/blip-image-captioning-base") == "blip"  # served by one backend only
+
+
+@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+def test_prompts_are_the_processors_rendering_of_the_template(captioners, family):
+    cap = captioners[family]
+    (p,) = cap.prompts(["Eiffel Tower at night"])
+    assert '"Eiffel Tower at night"' in p and "{alt_text}" not in p
+    assert p == cap.processor.apply_chat_template(
+        [{"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
+         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": cap.template.after.replace(
+             "{alt_text}", "Eiffel Tower at night")}]}], tokenize=False, add_generation_prompt=True)
+    assert cap.processor.image_token in p  # the processor's own image marker, expanded when tokenized
+
+
+@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+def test_a_batch_captions_as_each_image_alone_and_prepared_ahead_as_not(captioners, family):
+    """Left padding, the batch's image tokens and the input thread's image side all line up."""
+    cap = captioners[family]
+    raws = ["a red square", None, "green " * 30]
+    batch = cap.caption(IMAGES, raws, "s/k")
+    assert len(batch) == 3 and all(len(c) == 1 and c[0] for c in batch)
+    assert [cap.caption([im], [r], "s/k")[0] for im, r in zip(IMAGES, raws)] == batch
+    assert cap.caption(IMAGES, raws, "s/k", prepared=cap.prepare(IMAGES)) == batch
+
+
+@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+def test_the_alt_text_reaches_the_model_with_the_images_tokens(captioners, family):
+    """What generate is given: each sample's own alt-text, after as many image tokens as its image makes."""
+    cap = captioners[family]
+    raws = ["a red dog on the beach", "two people near a blue car"]
+    inputs = cap._inputs(cap.prepare(IMAGES[:2]), raws)
+    texts = cap.processor.tokenizer.batch_decode(inputs["input_ids"], skip_special_tokens=False)
+    assert [raws[0] in texts[0], raws[1] in texts[1], raws[1] in texts[0]] == [True, True, False]
+    image_id = cap.processor.tokenizer.convert_tokens_to_ids(cap.processor.image_token)
+    per_image = (inputs["input_ids"] == image_id).sum(1)
+    assert (per_image > 1).all()  # the placeholder expanded for the image
+
+
+@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+def test_sampling_gives_n_candidates_seeded_and_counts_tokens(vlms, family):
+    def make(seed):
+        return build_captioner(load_preset(vlms[family], strategy="sample", num_captions=3, top_p=0.9,
+                                           max_new_tokens=5, seed=seed))
+
+    cap = make(7)
+    a = cap.caption(IMAGES, [None] * 3, "s/k")
+    assert [len(c) for c in a] == [3, 3, 3]
+    assert a == cap.caption(IMAGES, [None] * 3, "s/k") and a != make(8).caption(IMAGES, [None] * 3, "s/k")
+    assert cap.captions_generated == 18 and 0 < cap.tokens_generated <= 18 * 5
+
+
+def test_tokens_stop_counting_at_the_end_of_a_caption(captioners):
+    import torch
+
+    cap = captioners["llava"]
+    eos, pad = cap.model.generation_config.eos_token_id, cap.processor.tokenizer.pad_token_id
+    before = cap.tokens_generated
+    cap._count(torch.tensor([[5, 6, eos, pad, pad], [5, 6, 7, 8, 9], [eos, pad, pad, pad, pad]]))
+    assert cap.tokens_generated - before == 3 + 5 + 1
+
+
+def test_caption_the_test_shards_through_the_cli(vlms, shard_dir, tmp_path):
+    """`recaption caption -c FOLDER`: the backend guessed from the folder, N candidates a sample."""
+    for family, path in vlms.items():
+        out = tmp_path / family
+        assert cli("caption", shard_dir, "-o", out, "-c", path, "--template", "alt-text", "--decoding", "sample",
+                   "--num-captions", 2, "--max-new-tokens", 4, "--batch-size", 4, "-q") == 0
+        rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+        ok = [r for r in rows if r["status"] == "ok"]
+        assert ok and all(r["captioner"] == path and len(r["captions"]) == 2 for r in ok)
+        assert all(r["status"] == "error" and r["error"] for r in rows if r["status"] != "ok")
+        record = json.loads((out / "_recaption.json").read_text())
+        assert "vlm" in json.dumps(record) and "alt-text" in json.dumps(record)
+
+
+def test_templates_are_chat_messages_and_model_markup_is_refused(tmp_path):
+    t = parse_template("# a comment\nsystem: Be brief.\nBefore <image> after {alt_text}.")
+    assert (t.system, t.before, t.after) == ("Be brief.", "Before", "after {alt_text}.")
+    m = t.messages("ALT", {"type": "image"})
+    assert m == [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                 {"role": "user", "content": [{"type": "text", "text": "Before"}, {"type": "image"},
+                                              {"type": "text", "text": "after ALT."}]}]
+    assert parse_template("Describe it.").messages(None, {"type": "image"})[0]["content"][0] == {"type": "image"}
+    assert len(t.texts("x" * 5000)[1]) < 1100
+    for bad, says in [("<|im_start|>user\n<image>Describe.<|im_end|>", "chat markup '<|im_start|>'"),
+                      ("USER: <image>\nDescribe. ASSISTANT:", "chat markup 'USER:'"),
+                      ("<image> and <image>", "2 <image> markers"), ("# only\n<image>", "no instruction")]:
+        with pytest.raises(RecaptionError, match="prompt template mine.txt: .*" + re.escape(says)):
+            parse_template(bad, "mine.txt")
+    names = [p.name[:-4] for p in prompts_dir().joinpath("templates").iterdir() if p.name.endswith(".txt")]
+    assert "alt-text" in names
+    for name in names:
+        load_template(name)  # every bundled template parses
+
+
+def test_template_options_are_checked_before_any_work(vlms, tmp_path):
+    (tmp_path / "raw.txt").write_text("<|im_start|>user\n<|image_pad|>hi<|im_end|>")
+    with pytest.raises(RecaptionError, match="chat markup"):
+        load_preset(vlms["llava"], template=str(tmp_path / "raw.txt"))
+    with pytest.raises(RecaptionError, match="unknown template 'alt-txt'.*alt-text"):
+        load_preset(vlms["llava"], template="alt-txt")
+    chat = [n for n in BACKENDS.names() if BACKENDS.get(n).chat]
+    assert {"vlm", "vllm"} <= set(chat)
+    with pytest.raises(RecaptionError, match="--template is a VLM's chat prompt.*the blip backend takes --prompt"):
+        load_preset("blip-base", template="caption")
+    with pytest.raises(RecaptionError, match="new tokens"):
+        build_captioner(load_preset(vlms["llava"], max_length=20))
+
+
+def test_engine_args_reach_the_processor_and_others_are_refused(vlms):
+    small = build_captioner(load_preset(vlms["qwen2_vl"], engine_args={
+        "processor": {"size": {"shortest_edge": 56 * 56, "longest_edge": 56 * 56}}}))
+    big = build_captioner(load_preset(vlms["qwen2_vl"]))
+    assert small.image_size == 56 and big.image_size == 112  # JPEGs decode at the processor's largest input
+    img = [Image.new("RGB", (200, 200))]
+    grid = [c.prepare(img)["processed"]["image_grid_thw"].prod() for c in (small, big)]
+    assert grid[0] < grid[1]
+    with pytest.raises(RecaptionError, match="engine_args 'max_model_len': the vlm backend takes"):
+        build_captioner(load_preset(vlms["qwen2_vl"], engine_args={"max_model_len": 4096}))
