@@ -30,11 +30,12 @@ def tiny_sets(recipe, m, minilm, root=None):
         "datacomp-clip": [],
         "laion-5b": [],
         "datacomp-basic": None,  # no model to replace: the filter metrics only
-        # the VLMs replaced by the tiny BLIP and BLIP-2 (no VLM runs here): their templates are vLLM's
-        "recap-datacomp": [f"caption.model={m['blip']}", "caption.backend=blip", "caption.template=null",
+        # the VLMs replaced by the tiny random-weight Qwen2-VL, through the transformers VLM backend
+        # (the recipes' own chat templates), the short captioner by the tiny BLIP
+        "recap-datacomp": ["captioner=qwen2-vl-2b-transformers", f"caption.model={m['vlm']}",
                            "caption.max_new_tokens=6"],
         "dreamlip": [f"groups.short.captioner={m['blip']}", "groups.short.caption.max_new_tokens=4",
-                     f"groups.long.captioner={m['blip2']}", "groups.long.caption.template=null",
+                     f"groups.long.captioner={m['vlm']}", "groups.long.caption.backend=vlm",
                      "groups.long.caption.max_new_tokens=8"],
     }[recipe]
     return ["batch_size=4"] if sets is None else sets + [f"clip.model={m['clip']}", "batch_size=4"]
