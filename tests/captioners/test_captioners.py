@@ -11,6 +11,16 @@ from recaption.errors import RecaptionError
 IMAGES = [Image.new("RGB", (70, 50), c) for c in ("red", "blue", "green")]
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread while a test compares float32 results of two computations: the thread
+    count earlier tests leave (engines and stages set it) changes the kernels' rounding."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("strategy,extra", [
     ("greedy", {}),
     ("sample", {"num_captions": 3, "top_p": 0.9, "top_k": 20, "temperature": 0.8}),
@@ -69,7 +79,7 @@ def test_blip2_quantized_loads_and_generates(tiny_models, quantize, caplog):
     assert len(said) == len(set(said)), said
 
 
-def test_coca_decode_matches_the_models_forward_pass(tiny_models):
+def test_coca_decode_matches_the_models_forward_pass(tiny_models, one_thread):
     cap = build_captioner(load_preset(tiny_models["coca"], max_new_tokens=6, dtype="float32"))  # exact maths
     m = cap.model
     x = torch.stack([cap.preprocess(im) for im in IMAGES])
@@ -82,7 +92,7 @@ def test_coca_decode_matches_the_models_forward_pass(tiny_models):
         assert len(gen) >= 1
         for i in range(1, len(gen) + 1):
             step = step_logits(m, embs[:1], seq[:, :i])[0]
-            assert torch.allclose(step, full[i - 1].float(), atol=1e-4)
+            assert torch.allclose(step, full[i - 1].float(), atol=5e-4)  # other kernels, other rounding
             assert int(full[i - 1].argmax()) == gen[i - 1]  # greedy picked the forward pass's argmax
 
 
@@ -111,7 +121,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     ("sample", {"num_captions": 3, "top_p": 0.9, "top_k": 30}),
     ("beam", {"num_captions": 2, "num_beams": 3}),
 ])
-def test_coca_kv_cache_gives_the_uncached_result(tiny_models, strategy, extra):
+def test_coca_kv_cache_gives_the_uncached_result(tiny_models, strategy, extra, one_thread):
     from recaption.captioners.coca_cache import CachedCocaDecoder, supported
 
     cap = build_captioner(load_preset(tiny_models["coca"], strategy=strategy, max_new_tokens=7,
@@ -131,7 +141,9 @@ def test_coca_kv_cache_gives_the_uncached_result(tiny_models, strategy, extra):
         d = CachedCocaDecoder(cap.model, embs[:1])
         for i in range(1, seq.shape[1]):
             got = d.step(seq[:, i - 1])
-            assert torch.allclose(got, step_logits(cap.model, embs[:1], seq[:, :i]), atol=1e-4)
+            # one query row against the whole sequence: other float32 kernels, another rounding (the
+            # tokens above are compared exactly)
+            assert torch.allclose(got, step_logits(cap.model, embs[:1], seq[:, :i]), atol=5e-4)
 
 
 def test_blip2_t5_with_and_without_prompt(tiny_models):
