@@ -250,6 +250,8 @@ def main():
                     help="pipeline: models and end to end; input: decode + preprocessing alone, per core; "
                          "vlm: the VLM beside BLIP alone")
     ap.add_argument("--vlm", default=None, help="also time a VLM through transformers: qwen2_vl or llava")
+    ap.add_argument("--vlm-backend", default="vlm", choices=["vlm", "vllm"],
+                    help="vlm: transformers; vllm: the same folder through vLLM (needs recaption[vllm], a GPU)")
     ap.add_argument("--vlm-tokens", type=int, default=60, help="new tokens per VLM caption (greedy)")
     ap.add_argument("--vlm-batch-size", type=int, default=None, help="VLM batch (default: --batch-size)")
     ap.add_argument("--vlm-samples", type=int, default=None, help="images the VLM and BLIP caption")
@@ -301,18 +303,20 @@ def main():
     if a.vlm or a.mode == "vlm":
         family = a.vlm or "qwen2_vl"
         vurls = urls[: max(1, (a.vlm_samples or a.samples) // a.per_shard)]
-        vcap = build_captioner(load_preset(build_vlm(root, family), max_new_tokens=a.vlm_tokens, device=device,
-                                           dtype=a.dtype))
+        vcap = build_captioner(load_preset(build_vlm(root, family), backend=a.vlm_backend,
+                                           max_new_tokens=a.vlm_tokens, device=device, dtype=a.dtype))
         vb = a.vlm_batch_size or a.batch_size
         count_blip_tokens(cap)
-        vlm = {"family": family, "batch_size": vb, "max_new_tokens": a.vlm_tokens,
-               "dtype": str(vcap.dtype).replace("torch.", ""),
-               "params_millions": sum(p.numel() for p in vcap.model.parameters()) / 1e6,
+        vlm = {"family": family, "backend": a.vlm_backend, "batch_size": vb, "max_new_tokens": a.vlm_tokens,
+               "dtype": str(getattr(vcap, "dtype", a.dtype)).replace("torch.", ""),
+               "params_millions": sum(p.numel() for p in vcap.model.parameters()) / 1e6
+               if hasattr(vcap, "model") else None,
                "vlm": caption_rates(vurls, vcap, vb),
                # BLIP on the same images and batch, its own 20 tokens
                "blip": caption_rates(vurls, cap, vb)}
         del vcap
-        print(f"VLM {family} ({vlm['params_millions']:.0f}M params, random weights, {vlm['dtype']}, batch {vb}, "
+        print(f"VLM {family} via {a.vlm_backend} ({vlm['params_millions'] or 0:.0f}M params, random weights, "
+              f"{vlm['dtype']}, batch {vb}, "
               f"greedy {a.vlm_tokens} tokens) beside BLIP-{a.blip} (20 tokens) on {vlm['vlm']['images']} images:")
         for k in ("vlm", "blip"):
             r = vlm[k]
