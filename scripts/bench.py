@@ -9,6 +9,13 @@ Data-Juicer's per-sample mappers do). Prints a table and writes JSON.
     python scripts/bench.py                      # CPU defaults (small, a few minutes)
     python scripts/bench.py --samples 2048 --device cuda --batch-size 256   # on a GPU
     python scripts/bench.py --mode input         # the input path alone, per CPU core (bench_input.py)
+    python scripts/bench.py --vlm qwen2_vl       # also a VLM through transformers, beside BLIP
+    python scripts/bench.py --mode vlm           # the VLM beside BLIP alone (no CLIP, SIEVE, naive)
+
+The VLM is a small real-shape Qwen2-VL (a SmolLM2-135M-sized language model: 576 wide, 30
+layers, 49,152-token vocabulary; a 12-layer 768-wide vision tower; images up to 448x448, so 256
+image tokens) or LLaVA-1.5 (CLIP ViT-B/16 at 336 px, the same language model), random weights,
+built and saved locally and loaded through the vlm backend as a user's folder is.
 """
 from __future__ import annotations
 
@@ -58,6 +65,97 @@ def build_models(root: Path, clip_name: str, blip_size: str) -> dict:
     paths = {"blip": str(blip), "clip": clip}
     done.write_text(json.dumps(paths))
     return paths
+
+
+def build_vlm(root: Path, family: str) -> str:
+    """A small real-shape VLM of a family (random weights), saved once under root."""
+    import torch
+    from transformers import (
+        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        LlavaProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    from recaption.demo.tiny_models import LLAVA_CHAT, QWEN2_VL_CHAT, QWEN_SPECIALS, _vlm_tokenizer
+
+    out = root / f"vlm-{family}"
+    if (out / "config.json").is_file():
+        return str(out)
+    torch.manual_seed(0)
+    # the language model's shape: SmolLM2-135M's (ids past the small tokenizer's vocabulary decode to nothing,
+    # but cost the LM head what a real vocabulary does)
+    lm = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+              num_key_value_heads=3, max_position_embeddings=4096)
+    if family == "qwen2_vl":
+        tok = _vlm_tokenizer(QWEN_SPECIALS)
+        ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+        cfg = Qwen2VLConfig(
+            text_config=lm | dict(rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                   "mrope_section": [8, 12, 12]},
+                                  bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                                  pad_token_id=tok.pad_token_id),
+            vision_config=dict(depth=12, embed_dim=768, hidden_size=576, num_heads=12, patch_size=14,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        Qwen2VLForConditionalGeneration(cfg).save_pretrained(out)
+        ip = Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 448 * 448}, patch_size=14,
+                                   merge_size=2, temporal_patch_size=2)
+        Qwen2VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                         chat_template=QWEN2_VL_CHAT).save_pretrained(out)
+    elif family == "llava":
+        tok = _vlm_tokenizer(("<image>",))
+        cfg = LlavaConfig(
+            vision_config=CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                           num_attention_heads=12, image_size=336, patch_size=16).to_dict(),
+            text_config=LlamaConfig(**lm, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id).to_dict(),
+            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+            vision_feature_select_strategy="default")
+        LlavaForConditionalGeneration(cfg).save_pretrained(out)
+        LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 336},
+                                                          crop_size={"height": 336, "width": 336}),
+                       tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
+                       num_additional_image_tokens=1, chat_template=LLAVA_CHAT).save_pretrained(out)
+    else:
+        raise SystemExit(f"--vlm takes qwen2_vl or llava, not {family!r}")
+    return str(out)
+
+
+def count_blip_tokens(cap) -> None:
+    """BLIP's new tokens, counted as the vlm backend counts its own: its generate wrapped (ids after
+    its [DEC] start token, up to and including [SEP])."""
+    from recaption.captioners.vlm import count_new_tokens
+
+    generate, cap.tokens_generated = cap.model.generate, 0
+    eos, pad = cap.model.generation_config.eos_token_id, cap.processor.tokenizer.pad_token_id
+
+    def counted(*a, **kw):
+        out = generate(*a, **kw)
+        cap.tokens_generated += count_new_tokens(out[:, 1:], eos, pad)
+        return out
+
+    cap.model.generate = counted
+
+
+def caption_rates(urls, cap, batch: int) -> dict:
+    """A captioner over the same decoded images: images/s, new tokens/s and tokens per caption."""
+    from recaption.io.images import decode
+    from recaption.io.shards import iter_shards
+
+    recs = [r for r in iter_shards(urls) if hasattr(r, "members")]
+    ims = [decode(r.image_bytes, draft_size=cap.image_size) for r in recs]
+    raws = [r.raw_caption for r in recs]
+    cap.caption(ims[:1], raws[:1], "warm-up")
+    n0 = cap.tokens_generated
+    t, caps = 0.0, []
+    for i in range(0, len(ims), batch):
+        c, dt = timed(cap.caption, ims[i:i + batch], raws[i:i + batch], str(i))
+        caps += [x for cands in c for x in cands]
+        t += dt
+    tokens = cap.tokens_generated - n0
+    return {"images_per_s": len(ims) / t, "output_tokens_per_s": tokens / t,
+            "tokens_per_caption": tokens / max(1, len(caps)), "images": len(ims), "seconds": t}
 
 
 def samples(n: int, shards_dir: Path, per_shard: int):
@@ -148,8 +246,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["pipeline", "input"], default="pipeline",
-                    help="pipeline: models and end to end; input: decode + preprocessing alone, per core")
+    ap.add_argument("--mode", choices=["pipeline", "input", "vlm"], default="pipeline",
+                    help="pipeline: models and end to end; input: decode + preprocessing alone, per core; "
+                         "vlm: the VLM beside BLIP alone")
+    ap.add_argument("--vlm", default=None, help="also time a VLM through transformers: qwen2_vl or llava")
+    ap.add_argument("--vlm-backend", default="vlm", choices=["vlm", "vllm"],
+                    help="vlm: transformers; vllm: the same folder through vLLM (needs recaption[vllm], a GPU)")
+    ap.add_argument("--vlm-tokens", type=int, default=60, help="new tokens per VLM caption (greedy)")
+    ap.add_argument("--vlm-batch-size", type=int, default=None, help="VLM batch (default: --batch-size)")
+    ap.add_argument("--vlm-samples", type=int, default=None, help="images the VLM and BLIP caption")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -192,14 +297,43 @@ def main():
 
     opts = {"max_new_tokens": 20, "device": device, "dtype": a.dtype}  # greedy, 20 tokens
     cap = build_captioner(load_preset(models["blip"], **opts))
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "device": device,
+               "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None, "torch": torch.__version__}
+    vlm = None
+    if a.vlm or a.mode == "vlm":
+        family = a.vlm or "qwen2_vl"
+        vurls = urls[: max(1, (a.vlm_samples or a.samples) // a.per_shard)]
+        vcap = build_captioner(load_preset(build_vlm(root, family), backend=a.vlm_backend,
+                                           max_new_tokens=a.vlm_tokens, device=device, dtype=a.dtype))
+        vb = a.vlm_batch_size or a.batch_size
+        count_blip_tokens(cap)
+        vlm = {"family": family, "backend": a.vlm_backend, "batch_size": vb, "max_new_tokens": a.vlm_tokens,
+               "dtype": str(getattr(vcap, "dtype", a.dtype)).replace("torch.", ""),
+               "params_millions": sum(p.numel() for p in vcap.model.parameters()) / 1e6
+               if hasattr(vcap, "model") else None,
+               "vlm": caption_rates(vurls, vcap, vb),
+               # BLIP on the same images and batch, its own 20 tokens
+               "blip": caption_rates(vurls, cap, vb)}
+        del vcap
+        print(f"VLM {family} via {a.vlm_backend} ({vlm['params_millions'] or 0:.0f}M params, random weights, "
+              f"{vlm['dtype']}, batch {vb}, "
+              f"greedy {a.vlm_tokens} tokens) beside BLIP-{a.blip} (20 tokens) on {vlm['vlm']['images']} images:")
+        for k in ("vlm", "blip"):
+            r = vlm[k]
+            print(f"  {k:<5} {r['images_per_s']:8.2f} images/s {r['output_tokens_per_s']:9.1f} output tokens/s "
+                  f"{r['tokens_per_caption']:6.1f} tokens/caption")
+        if a.mode == "vlm":
+            Path(a.json).write_text(json.dumps({"machine": machine, "config": vars(a), "vlm": vlm}, indent=2))
+            print(f"JSON: {a.json}")
+            return
     clip = ClipScorer(ClipConfig(models["clip"], device=device, dtype=a.dtype))
     sieve = SieveScorer(api.default_sieve_model(), device=device)
 
-    res = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": device,
-                       "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-                       "torch": torch.__version__},
+    res = {"machine": machine,
            "config": vars(a) | {"captioner": f"BLIP-{a.blip} (random weights)", "clip": a.clip,
                                 "decoding": "greedy, 20 new tokens", "dtype": str(cap.dtype).replace("torch.", "")}}
+    if vlm:
+        res["vlm"] = vlm
     res["stages_samples_per_s"] = stage_rates(urls[:n_main], cap, clip, sieve, a.batch_size)
 
     naive_urls = urls[: max(1, a.naive_samples // a.per_shard)]

@@ -10,6 +10,29 @@ PY=${PY:-.venv/bin/python}
 "$PY" -m pytest -q -m "gpu or vllm" -p no:cacheprovider
 "$PY" scripts/bench.py --device cuda --blip large --clip ViT-L-14 --samples 4096 --per-shard 512 \
   --batch-size 256 --naive-samples 64 --memory --json bench-results-gpu.json
+# VLM captioners on both backends, images/s, tokens per image and GPU-hours per million images:
+# transformers (a small real-shape Qwen2-VL and LLaVA, random weights), then vLLM where installed
+for FAMILY in qwen2_vl llava; do
+  "$PY" scripts/bench.py --mode vlm --vlm "$FAMILY" --device cuda --samples 512 --per-shard 128 --batch-size 64 \
+    --vlm-tokens 60 --json "bench-vlm-$FAMILY-gpu.json"
+done
+if "$PY" -c "import vllm" 2>/dev/null; then
+  for FAMILY in qwen2_vl llava; do  # the same saved folders, through vLLM's chat API
+    "$PY" scripts/bench.py --mode vlm --vlm "$FAMILY" --vlm-backend vllm --device cuda --samples 512 \
+      --per-shard 128 --batch-size 256 --vlm-tokens 60 --json "bench-vlm-$FAMILY-vllm-gpu.json"
+  done
+else
+  echo "vLLM not installed: its VLM row is skipped (pip install 'recaption[vllm]')"
+fi
+"$PY" - <<'PYEOF'
+import glob, json
+
+for f in sorted(glob.glob("bench-vlm-*-gpu.json")):
+    r = json.load(open(f))["vlm"]
+    v = r["vlm"]
+    print(f"{f}: {r['backend']} {r['family']}: {v['images_per_s']:.1f} images/s, "
+          f"{v['tokens_per_caption']:.1f} tokens/image, {1e6 / v['images_per_s'] / 3600:.1f} GPU-hours per million images")
+PYEOF
 # prepared images/s per CPU core, CPU decoding and nvJPEG, pinned batches (cores capped at what exists)
 CORES=$("$PY" -c "import os; n = len(os.sched_getaffinity(0)); print(','.join(str(k) for k in (1, 2, 4, 8, 16) if k <= n))")
 "$PY" scripts/bench.py --mode input --device cuda --images 2000 --batch-size 256 --cores "$CORES" \

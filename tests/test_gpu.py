@@ -24,3 +24,16 @@ def test_coca_decoder_on_cuda(tiny_models):  # pragma: no cover - GPU only
     cap = build_captioner(load_preset(tiny_models["coca"], device="cuda", max_new_tokens=5))
     assert cap.dtype in (torch.bfloat16, torch.float16)
     assert len(cap.caption([Image.new("RGB", (64, 64))], [None], "k")[0]) == 1
+
+
+def test_vlm_on_cuda_in_bf16_batched(tiny_models):  # pragma: no cover - GPU only
+    """The transformers VLM backend on one GPU: bf16 where the device has it, a batch as each image alone."""
+    from PIL import Image
+
+    from recaption.captioners import build_captioner, load_preset
+
+    cap = build_captioner(load_preset(tiny_models["vlm"], device="cuda", max_new_tokens=5, template="alt-text"))
+    assert cap.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    ims = [Image.new("RGB", (64, 48), "red"), Image.new("RGB", (90, 40), "blue")]
+    out = cap.caption(ims, ["a red square", None], "k", prepared=cap.prepare(ims))
+    assert [len(c) for c in out] == [1, 1] and cap.tokens_generated > 0

@@ -59,6 +59,8 @@ class VLLMCaptioner(Captioner):
         if cfg.quantize:
             args.setdefault("quantization", "bitsandbytes")
         self.llm = LLM(**{k: v for k, v in args.items() if v is not None})
+        self.tokens_generated = 0  # new tokens, as vLLM reports them (benchmarks read it)
+        self.captions_generated = 0
 
     @property
     def image_size(self) -> int:
@@ -72,4 +74,7 @@ class VLLMCaptioner(Captioner):
         seed = int(torch.initial_seed() % 2**31)
         params = SamplingParams(**sampling_kwargs(self.cfg.decoding, seed))
         outs = self.llm.chat(build_conversations(self.template, images, raw_captions), params, use_tqdm=False)
+        done = [c for o in outs for c in o.outputs]
+        self.tokens_generated += sum(len(c.token_ids) for c in done)
+        self.captions_generated += len(done)
         return collect(outs)

@@ -148,15 +148,18 @@ class VLMCaptioner(Captioner):
         return [texts[i * n:(i + 1) * n] for i in range(len(raw_captions))]
 
     def _count(self, new) -> None:
-        """New tokens up to and including each sequence's first end, padding left out: what the
-        captions cost to decode (column-wise over the batch)."""
-        import torch
-
         eos = self.model.generation_config.eos_token_id
-        eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=new.device)
-        is_eos = torch.isin(new, eos)
-        after_end = (torch.cumsum(is_eos, 1) - is_eos.long()) > 0
-        pad = self.processor.tokenizer.pad_token_id
-        real = ~after_end & ((new != pad) | is_eos) if pad is not None else ~after_end
-        self.tokens_generated += int(real.sum())
+        self.tokens_generated += count_new_tokens(new, eos, self.processor.tokenizer.pad_token_id)
         self.captions_generated += len(new)
+
+
+def count_new_tokens(new, eos, pad) -> int:
+    """New tokens up to and including each sequence's first end, padding left out: what the
+    captions cost to decode (column-wise over the batch)."""
+    import torch
+
+    eos = torch.tensor(eos if isinstance(eos, list) else [] if eos is None else [eos], device=new.device)
+    is_eos = torch.isin(new, eos)
+    after_end = (torch.cumsum(is_eos, 1) - is_eos.long()) > 0
+    real = ~after_end & ((new != pad) | is_eos) if pad is not None else ~after_end
+    return int(real.sum())

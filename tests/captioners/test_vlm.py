@@ -165,3 +165,13 @@ def test_engine_args_reach_the_processor_and_others_are_refused(vlms):
     assert grid[0] < grid[1]
     with pytest.raises(RecaptionError, match="engine_args 'max_model_len': the vlm backend takes"):
         build_captioner(load_preset(vlms["qwen2_vl"], engine_args={"max_model_len": 4096}))
+
+
+def test_a_source_checkout_reads_its_own_prompts():
+    """Imported from a checkout, recaption reads that checkout's templates, not those an editable
+    install of another checkout maps `recaption.prompts` to."""
+    from pathlib import Path
+
+    import recaption
+
+    assert Path(str(prompts_dir())) == Path(recaption.__file__).resolve().parent.parent / "prompts"
