@@ -196,3 +196,13 @@ def test_a_killed_runs_temporary_decisions_file_is_cleared_by_the_rerun(shard_di
     theirs.write_bytes(b"mine")
     assert cli("mix", shard_dir, "-a", ann, "-o", out, *MIX) == 0
     assert not left.exists() and theirs.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_threshold_that_is_not_a_number_is_refused_before_anything(shard_dir, tmp_path, capsys, value):
+    ann = annotate_randomly(shard_dir, tmp_path / "ann", seed=6)
+    capsys.readouterr()
+    assert cli("mix", shard_dir, "-a", ann, "-o", tmp_path / "out", "--strategy", "threshold",
+               "--threshold", value) == 2
+    assert "--threshold must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

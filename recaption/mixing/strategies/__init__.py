@@ -9,6 +9,8 @@ same decision for one row given as a dict (tests, notebooks).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +76,8 @@ class MixConfig:
                 raise RecaptionError(f"--{flag.replace('_', '-')} only applies to {takers}")
         if not 0.0 <= self.alpha <= 1.0:
             raise RecaptionError(f"--alpha must be within [0, 1], got {self.alpha}")
+        if self.threshold is not None and not math.isfinite(self.threshold):  # would fail every cut, or none
+            raise RecaptionError(f"--threshold must be a finite number, got {self.threshold}")
         if self.samples_per_shard < 1:
             raise RecaptionError("--samples-per-shard must be at least 1")
         if self.caption_keys not in CAPTION_KEYS:
