@@ -34,7 +34,35 @@ def loading_kwargs(cfg: CaptionerConfig) -> dict:
     if bad:
         raise RecaptionError(f"engine_args {bad[0]!r}: the vlm backend takes engine_args processor and model "
                              "(keyword arguments of AutoProcessor's and the model's from_pretrained)")
+    for k in ("processor", "model"):
+        if not isinstance(cfg.engine_args.get(k) or {}, dict):
+            raise RecaptionError(f"engine_args {k!r}: the vlm backend takes a mapping of keyword arguments, "
+                                 f"got {cfg.engine_args[k]!r}")
     return {k: dict(cfg.engine_args.get(k) or {}) for k in ("processor", "model")}
+
+
+# model_type -> modules its transformers processor imports beyond recaption's dependencies
+PROCESSOR_NEEDS = {"smolvlm": ("num2words",)}
+
+
+def check_config(cfg: CaptionerConfig) -> None:
+    """The vlm backend's settings checked before any shard is read: lengths in new tokens,
+    engine_args it takes, and what a local folder's processor needs installed."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    generate_kwargs(cfg)
+    loading_kwargs(cfg)
+    config = Path(cfg.model).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    except (OSError, ValueError):
+        model_type = None  # unreadable: from_pretrained says so
+    for module in PROCESSOR_NEEDS.get(model_type, ()):
+        if importlib.util.find_spec(module) is None:
+            raise RecaptionError(f"{cfg.model}: the {model_type} processor needs {module}, which is not installed: "
+                                 f"pip install {module}")
 
 
 class VLMCaptioner(Captioner):
@@ -102,7 +130,7 @@ class VLMCaptioner(Captioner):
         tokenizer, so it is safe off the model thread. None where the processor has no such split."""
         if not self._split:
             return None
-        images = list(images)
+        images = [[im] for im in images]  # one image per prompt: SmolVLM reads a flat list as one prompt's
         processed, replacements = type(self.processor)._process_images(self.processor, images, **self._images_kwargs)
         if self.device != "cpu":
             processed = {k: (v.pin_memory() if hasattr(v, "pin_memory") else v) for k, v in processed.items()}
@@ -116,7 +144,7 @@ class VLMCaptioner(Captioner):
         return list(self.processor.apply_chat_template(convs, tokenize=False, add_generation_prompt=True))
 
     def _generate(self, images, raw_captions):
-        return self._generate_prepared(self.prepare(images) or {"images": list(images)}, raw_captions)
+        return self._generate_prepared(self.prepare(images) or {"images": [[im] for im in images]}, raw_captions)
 
     def _inputs(self, prepared, raw_captions):
         texts = self.prompts(raw_captions)

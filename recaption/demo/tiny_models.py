@@ -64,7 +64,9 @@ def build_blip(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: 
     return out
 
 
-def _bpe_tokenizer(extra_specials=()):
+def _bpe_tokenizer(extra_specials=(), **named):
+    """A byte-level BPE tokenizer trained on the word list; `named` are special tokens the model's
+    processor reads by name (Florence-2's `image_token`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,7 +81,7 @@ def _bpe_tokenizer(extra_specials=()):
     t.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=t, bos_token="</s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        model_max_length=128,
+        model_max_length=128, **named,
     )
 
 
@@ -183,8 +185,8 @@ QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
                  "<|image_pad|>", "<|video_pad|>")
 
 
-def _vlm_tokenizer(specials):
-    tok = _bpe_tokenizer(extra_specials=specials)
+def _vlm_tokenizer(specials, **named):
+    tok = _bpe_tokenizer(extra_specials=specials, **named)
     tok.add_special_tokens({"additional_special_tokens": list(specials)})
     tok.model_max_length = 4096  # prompts hold the image's tokens
     return tok
@@ -246,8 +248,94 @@ def build_llava(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size:
     return out
 
 
+# The shape of SmolVLM's and Idefics3's chat template (the image first in the user's turn).
+IDEFICS3_CHAT = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDEFICS3_SPECIALS = ("<|im_start|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>",
+                     *[f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)])
+
+
+def _build_idefics3_family(out: Path, family: str, seed: int, hidden: int, image_size: int, patch: int,
+                           scale: int) -> Path:
+    import transformers as T
+
+    classes = {"idefics3": (T.Idefics3Config, T.Idefics3ForConditionalGeneration, T.Idefics3Processor,
+                            T.Idefics3ImageProcessor),
+               "smolvlm": (T.SmolVLMConfig, T.SmolVLMForConditionalGeneration, T.SmolVLMProcessor,
+                           T.SmolVLMImageProcessor)}
+    config, model, processor, image_processor = classes[family]
+    tok = _vlm_tokenizer(IDEFICS3_SPECIALS)
+    end = tok.convert_tokens_to_ids("<end_of_utterance>")  # the real models end a turn with it
+    cfg = config(
+        vision_config=dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=end,
+                         pad_token_id=tok.pad_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale, pad_token_id=tok.pad_token_id,
+    )
+    _seed(seed)
+    m = model(cfg).eval()
+    m.generation_config.eos_token_id = end
+    m.save_pretrained(out)
+    # images up to twice the vision tower's side: split into up to 2x2 crops plus the whole image
+    ip = image_processor(size={"longest_edge": image_size * 2}, max_image_size={"longest_edge": image_size})
+    extra = {"video_processor": T.SmolVLMVideoProcessor()} if family == "smolvlm" else {}
+    processor(image_processor=ip, tokenizer=tok, image_seq_len=(image_size // patch) ** 2 // scale ** 2,
+              chat_template=IDEFICS3_CHAT, **extra).save_pretrained(out)
+    return out
+
+
+def build_idefics3(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 32, patch: int = 8,
+                   scale: int = 2) -> Path:
+    """A tiny random-weight Idefics3 (SigLIP-style tower, pixel shuffle, Llama; SmolVLM-256M's
+    architecture), its image splitting processor and chat template."""
+    return _build_idefics3_family(Path(out), "idefics3", seed, hidden, image_size, patch, scale)
+
+
+def build_smolvlm(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 32, patch: int = 8,
+                  scale: int = 2) -> Path:
+    """A tiny random-weight SmolVLM (SmolVLM2's model_type; its processor needs num2words)."""
+    return _build_idefics3_family(Path(out), "smolvlm", seed, hidden, image_size, patch, scale)
+
+
+def build_florence2(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 64) -> Path:
+    """A tiny random-weight Florence-2 as transformers carries it natively (DaViT tower, BART
+    encoder-decoder; the florence-community checkpoints' format, no remote code) and its processor."""
+    import transformers as T
+
+    out = Path(out)
+    tok = _vlm_tokenizer(("<s>", "<image>"), image_token="<image>")
+    tok.bos_token = "<s>"
+    text = T.BartConfig(vocab_size=len(tok), d_model=hidden, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=hidden * 2,
+                        decoder_ffn_dim=hidden * 2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        decoder_start_token_id=tok.eos_token_id, forced_eos_token_id=tok.eos_token_id,
+                        tie_word_embeddings=False)
+    vision = T.Florence2VisionConfig(depths=(1, 1, 1, 1), embed_dim=(16, 32, 32, 64), num_heads=(2, 2, 2, 2),
+                                     num_groups=(2, 2, 2, 2), window_size=2, projection_dim=hidden, drop_path_rate=0.0)
+    # untied: a random decoder with tied embeddings predicts its start token (the end) at once
+    cfg = T.Florence2Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    _seed(seed)
+    T.Florence2ForConditionalGeneration(cfg).eval().save_pretrained(out)
+    ip = T.CLIPImageProcessor(size={"height": image_size, "width": image_size}, do_center_crop=False,
+                              crop_size={"height": image_size, "width": image_size})
+    ip.image_seq_length = (image_size // 32) ** 2 + 1  # the tower's stride is 32, plus one pooled token
+    T.Florence2Processor(image_processor=ip, tokenizer=tok).save_pretrained(out)
+    return out
+
+
 # Every tiny VLM family, by transformers' model_type: tests caption with each of them.
-VLM_BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava}
+VLM_BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava, "idefics3": build_idefics3,
+                "smolvlm": build_smolvlm, "florence2": build_florence2}
 
 
 def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:

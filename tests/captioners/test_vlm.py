@@ -11,32 +11,56 @@ from PIL import Image
 from recaption.captioners import build_captioner, list_presets, load_preset
 from recaption.captioners.base import BACKENDS, guess_backend
 from recaption.captioners.chat import load_template, parse_template
+from recaption.captioners.vlm import PROCESSOR_NEEDS
 from recaption.demo.tiny_models import VLM_BUILDERS
 from recaption.errors import RecaptionError
 from recaption.resources import prompts_dir
 from tests.helpers import cli
 
 IMAGES = [Image.new("RGB", (70, 50), "red"), Image.new("RGB", (40, 90), "blue"), Image.new("RGB", (64, 64), "green")]
+# the first two families stay in `make test-fast`; every other one loads its model in the slow tier
+FAMILIES = [pytest.param(f, id=f, marks=() if i < 2 else pytest.mark.slow) for i, f in enumerate(VLM_BUILDERS)]
+
+
+class _Built(dict):
+    """Each family's folder, built when a test first asks for it (a fast run builds only its own)."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family):
+        for module in PROCESSOR_NEEDS.get(family, ()):
+            pytest.importorskip(module, reason=f"the {family} processor needs {module}")
+        self[family] = str(VLM_BUILDERS[family](self.root / family))
+        return self[family]
 
 
 @pytest.fixture(scope="module")
 def vlms(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-vlms")
-    return {family: str(build(root / family)) for family, build in VLM_BUILDERS.items()}
+    return _Built(tmp_path_factory.mktemp("tiny-vlms"))
 
 
 @pytest.fixture(scope="module")
 def captioners(vlms):
     """One greedy float32 captioner per family (exact maths: batched equals one by one)."""
-    return {f: build_captioner(load_preset(p, max_new_tokens=6, dtype="float32", template="alt-text"))
-            for f, p in vlms.items()}
+    class Captioners(dict):
+        def __missing__(self, f):
+            self[f] = build_captioner(load_preset(vlms[f], max_new_tokens=6, dtype="float32", template="alt-text"))
+            return self[f]
+
+    return Captioners()
 
 
-def test_at_least_two_families_and_each_folder_is_served_by_the_vlm_backend(vlms):
-    assert len(vlms) >= 2
-    for family, path in vlms.items():
-        assert json.loads(open(f"{path}/config.json").read())["model_type"] == family
-        assert guess_backend(path) == "vlm"
+def test_at_least_five_families_are_built():
+    assert {"qwen2_vl", "llava", "idefics3", "smolvlm", "florence2"} <= set(VLM_BUILDERS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_folder_is_its_family_and_served_by_the_vlm_backend(vlms, family):
+    path = vlms[family]
+    assert json.loads(open(f"{path}/config.json").read())["model_type"] == family
+    assert guess_backend(path) == "vlm"
 
 
 def test_the_vlm_presets_name_ids_the_backend_serves():
@@ -48,11 +72,14 @@ def test_the_vlm_presets_name_ids_the_backend_serves():
     assert guess_backend("Salesforce/blip-image-captioning-base") == "blip"  # served by one backend only
 
 
-@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_prompts_are_the_processors_rendering_of_the_template(captioners, family):
     cap = captioners[family]
     (p,) = cap.prompts(["Eiffel Tower at night"])
     assert '"Eiffel Tower at night"' in p and "{alt_text}" not in p
+    if not cap.chat:  # Florence-2: no chat template, the text alone (its processor adds the image's tokens)
+        assert p == cap.template.after.replace("{alt_text}", "Eiffel Tower at night")
+        return
     assert p == cap.processor.apply_chat_template(
         [{"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
          {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": cap.template.after.replace(
@@ -60,7 +87,7 @@ def test_prompts_are_the_processors_rendering_of_the_template(captioners, family
     assert cap.processor.image_token in p  # the processor's own image marker, expanded when tokenized
 
 
-@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_batch_captions_as_each_image_alone_and_prepared_ahead_as_not(captioners, family):
     """Left padding, the batch's image tokens and the input thread's image side all line up."""
     cap = captioners[family]
@@ -71,7 +98,7 @@ def test_a_batch_captions_as_each_image_alone_and_prepared_ahead_as_not(captione
     assert cap.caption(IMAGES, raws, "s/k", prepared=cap.prepare(IMAGES)) == batch
 
 
-@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_alt_text_reaches_the_model_with_the_images_tokens(captioners, family):
     """What generate is given: each sample's own alt-text, after as many image tokens as its image makes."""
     cap = captioners[family]
@@ -84,7 +111,7 @@ def test_the_alt_text_reaches_the_model_with_the_images_tokens(captioners, famil
     assert (per_image > 1).all()  # the placeholder expanded for the image
 
 
-@pytest.mark.parametrize("family", list(VLM_BUILDERS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_sampling_gives_n_candidates_seeded_and_counts_tokens(vlms, family):
     def make(seed):
         return build_captioner(load_preset(vlms[family], strategy="sample", num_captions=3, top_p=0.9,
@@ -107,18 +134,18 @@ def test_tokens_stop_counting_at_the_end_of_a_caption(captioners):
     assert cap.tokens_generated - before == 3 + 5 + 1
 
 
-def test_caption_the_test_shards_through_the_cli(vlms, shard_dir, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_caption_the_test_shards_through_the_cli(vlms, family, shard_dir, tmp_path):
     """`recaption caption -c FOLDER`: the backend guessed from the folder, N candidates a sample."""
-    for family, path in vlms.items():
-        out = tmp_path / family
-        assert cli("caption", shard_dir, "-o", out, "-c", path, "--template", "alt-text", "--decoding", "sample",
-                   "--num-captions", 2, "--max-new-tokens", 4, "--batch-size", 4, "-q") == 0
-        rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
-        ok = [r for r in rows if r["status"] == "ok"]
-        assert ok and all(r["captioner"] == path and len(r["captions"]) == 2 for r in ok)
-        assert all(r["status"] == "error" and r["error"] for r in rows if r["status"] != "ok")
-        record = json.loads((out / "_recaption.json").read_text())
-        assert "vlm" in json.dumps(record) and "alt-text" in json.dumps(record)
+    path, out = vlms[family], tmp_path / family
+    assert cli("caption", shard_dir, "-o", out, "-c", path, "--template", "alt-text", "--decoding", "sample",
+               "--num-captions", 2, "--max-new-tokens", 4, "--batch-size", 4, "-q") == 0
+    rows = [r for p in sorted(out.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(r["captioner"] == path and len(r["captions"]) == 2 for r in ok)
+    assert all(r["status"] == "error" and r["error"] for r in rows if r["status"] != "ok")
+    settings = json.loads((out / "_recaption.json").read_text())["groups"]["captions"]
+    assert (settings["backend"], settings["template"]) == ("vlm", "alt-text")
 
 
 def test_templates_are_chat_messages_and_model_markup_is_refused(tmp_path):
@@ -175,3 +202,60 @@ def test_a_source_checkout_reads_its_own_prompts():
     import recaption
 
     assert Path(str(prompts_dir())) == Path(recaption.__file__).resolve().parent.parent / "prompts"
+
+
+# -- checked before any shard is read ----------------------------------------------------------
+def _yaml(path, **values):
+    import yaml
+
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_settings_a_backend_cannot_run_are_refused_before_any_shard_is_read(vlms, tiny_models, shard_dir, tmp_path,
+                                                                             capsys):
+    """Each is one line and exit 2 with no folder made; they once failed in every worker, shard by
+    shard (a total max_length for a VLM, a vllm preset's engine_args under --backend vlm)."""
+    qwen = vlms["qwen2_vl"]
+    cases = [
+        (["-c", _yaml(tmp_path / "a.yaml", backend="vlm", model=qwen, decoding={"max_length": 20})],
+         "the vlm backend counts lengths in new tokens"),
+        (["-c", "qwen2.5-vl-3b", "--backend", "vlm"], "engine_args 'max_model_len': the vlm backend takes"),
+        (["-c", _yaml(tmp_path / "b.yaml", backend="vllm", model="Qwen/Qwen2.5-VL-3B-Instruct",
+                      engine_args={"processor": {"size": {"longest_edge": 3136}}})],
+         "engine_args 'processor' is the vlm backend's"),
+        (["-c", _yaml(tmp_path / "c.yaml", backend="vllm", model="Qwen/Qwen2.5-VL-3B-Instruct",
+                      engine_args={"dtype": "half"})], "engine_args 'dtype': set it with --dtype"),
+        (["-c", "qwen2.5-vl-3b", "--decoding", "beam"], "the vllm backend does not do beam search"),
+        (["-c", _yaml(tmp_path / "d.yaml", backend="blip", model=tiny_models["blip"], engine_args={"x": 1})],
+         "engine_args 'x': the blip backend takes no engine_args"),
+        (["-c", _yaml(tmp_path / "e.yaml", backend="vlm", model=qwen, engine_args={"processor": "big"})],
+         "engine_args 'processor': the vlm backend takes a mapping"),
+    ]
+    for i, (args, says) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        capsys.readouterr()
+        assert cli("caption", shard_dir, "-o", out, *args, "-q") == 2, says
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+
+
+def test_a_config_object_given_to_the_api_is_checked_as_a_preset_is(vlms, shard_dir, tmp_path):
+    import recaption as rc
+    from recaption.captioners.base import CaptionerConfig, Decoding
+
+    cfg = CaptionerConfig(backend="vlm", model=vlms["qwen2_vl"], decoding=Decoding(max_length=20))
+    with pytest.raises(RecaptionError, match="counts lengths in new tokens"):
+        rc.annotate(shard_dir, str(tmp_path / "out"), captions=cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_processor_package_is_named_before_any_shard(tmp_path, monkeypatch):
+    """SmolVLM's processor imports num2words; a folder of that family without it is one line up front."""
+    import sys
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "smolvlm"}))
+    monkeypatch.setitem(sys.modules, "num2words", None)  # importlib finds no such module
+    with pytest.raises(RecaptionError, match=r"the smolvlm processor needs num2words.*pip install num2words"):
+        load_preset(str(tmp_path))
