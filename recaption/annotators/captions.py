@@ -106,12 +106,14 @@ class Captions(Annotator):
 
     @classmethod
     def check(cls, c) -> None:
-        """What would fail at build time for want of a package, said before any work."""
-        from recaption.captioners.base import backend_requirements
+        """What would fail at build time, said before any work: a missing package, settings the
+        backend cannot run (a config object given directly skips `load_preset`'s checks)."""
+        from recaption.captioners.base import backend_requirements, check_config
         from recaption.errors import require
 
         for module, extra in backend_requirements(c):
             require(module, extra)
+        check_config(c)
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)

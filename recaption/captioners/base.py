@@ -32,6 +32,8 @@ class Backend:
     requires: tuple[tuple[str, str], ...] = ()  # (module, extra) pairs
     serves: Callable[[str], bool] | None = None  # None: only chosen by name (--backend, a preset)
     chat: bool = False  # prompts are chat templates (prompts/templates, `--template`), not `--prompt` alone
+    engine_args: bool = False  # takes `engine_args` (recorded with the captions group's settings); else refused
+    check: str | None = None  # "module:function": refuses a config it cannot run (one line), before any shard is read
 
 
 def _builtin_guess(model: str) -> str | None:
@@ -90,8 +92,10 @@ for _name, _backend in {
     "blip": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip")),
     "blip2": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip2")),
     "coca": Backend("recaption.captioners.coca:CocaCaptioner", serves=functools.partial(_serves, "coca")),
-    "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),), chat=True),
-    "vlm": Backend("recaption.captioners.vlm:VLMCaptioner", serves=_serves_vlm, chat=True),
+    "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),), chat=True, engine_args=True,
+                    check="recaption.captioners.vllm:check_config"),
+    "vlm": Backend("recaption.captioners.vlm:VLMCaptioner", serves=_serves_vlm, chat=True, engine_args=True,
+                   check="recaption.captioners.vlm:check_config"),
 }.items():
     BACKENDS.register(_name, _backend, builtin=True)
 
@@ -218,7 +222,22 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
     if cfg.quantize not in (None, *QUANTIZE):
         raise RecaptionError(f"--quantize takes {' or '.join(QUANTIZE)}, got {cfg.quantize!r}")
     cfg.decoding.validate()
+    check_config(cfg)
     return cfg
+
+
+def check_config(cfg: CaptionerConfig) -> None:
+    """What the config's backend cannot run, refused in one line before any shard is read (not in
+    every worker, shard by shard): engine_args it does not take, and the backend's own `check`."""
+    backend = BACKENDS.get(cfg.backend)
+    if not isinstance(cfg.engine_args, dict):
+        raise RecaptionError(f"engine_args must be a mapping, got {cfg.engine_args!r}")
+    if cfg.engine_args and not backend.engine_args:
+        takes = [n for n in BACKENDS.names() if BACKENDS.get(n).engine_args]
+        raise RecaptionError(f"engine_args {sorted(cfg.engine_args)[0]!r}: the {cfg.backend} backend takes no "
+                             f"engine_args (the {' and '.join(takes)} backends do)")
+    if backend.check is not None:
+        load(backend.check, f"captioner backend {cfg.backend!r} check")(cfg)
 
 
 def _check_model_ref(ref: str, backend: str | None):

@@ -40,6 +40,23 @@ def sampling_kwargs(dec: Decoding, seed: int | None = None) -> dict:
     return kw
 
 
+# LLM(...) arguments recaption sets from its own options: given in engine_args they would override them
+OWN_ARGS = {"model": "--model", "revision": "revision", "trust_remote_code": "--trust-remote-code",
+            "dtype": "--dtype", "seed": "--seed"}
+
+
+def check_config(cfg: CaptionerConfig) -> None:
+    """The vllm backend's settings checked before any shard is read: decoding it can do, and
+    engine_args that are LLM(...) keywords, not another backend's or recaption's own options."""
+    sampling_kwargs(cfg.decoding)
+    for k in sorted(cfg.engine_args):
+        if k == "processor" or (k == "model" and isinstance(cfg.engine_args[k], dict)):
+            raise RecaptionError(f"engine_args {k!r} is the vlm backend's (transformers' from_pretrained keywords); "
+                                 "the vllm backend takes LLM(...) keywords (e.g. max_model_len, mm_processor_kwargs)")
+        if k in OWN_ARGS:
+            raise RecaptionError(f"engine_args {k!r}: set it with {OWN_ARGS[k]}, not engine_args")
+
+
 def collect(outputs) -> list[list[str]]:
     """RequestOutput list -> texts, in request order (vLLM returns them in input order)."""
     return [[c.text for c in o.outputs] for o in outputs]
