@@ -293,7 +293,8 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
     preflight(ex)
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted))
+        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted),
+                                  {g: annotators.get(g).added_settings for g in wanted})
         spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
                                                                  device=ex.device),
                             groups=wanted, decode=d, overwrite=overwrite)

@@ -21,6 +21,7 @@ class Captions(Annotator):
     kind = "captioner"
     columns = (Column("captions", "list<string>", []), Column("captioner", "string"))
     recipe_keys = ("captioner", "caption", "groups")
+    added_settings = ("template_sha256", "engine_args")  # folders written before these were recorded resume
     timer = "caption"
     add_hint = "recaption caption INPUT -o ANN"
     options = (
@@ -38,7 +39,8 @@ class Captions(Annotator):
         Option("repetition_penalty", float, None, "1.0 = none"),
         Option("seed", int, None, "same seed, same captions"),
         Option("prompt", str, None, "text prompt, removed from the front of each caption"),
-        Option("template", str, None, "vLLM prompt template (name in prompts/templates or a file); may use {alt_text}"),
+        Option("template", str, None, "a VLM's chat prompt template, vlm or vllm backends (name in "
+               "prompts/templates or a file); may use {alt_text}"),
         Option("dtype", str, None, "auto: bf16 on CUDA and on CPUs with native bf16, else float32", choices=DTYPES),
         Option("quantize", str, None, "bitsandbytes 8bit or 4bit (needs recaption[quant])", choices=QUANTIZE),
         Option("backend", str, None, "when a model id does not tell which backend serves it", choices=BACKENDS),
@@ -93,11 +95,19 @@ class Captions(Annotator):
 
     @classmethod
     def settings(cls, c, run) -> dict:
-        """Backend, model, prompt, template, dtype, quantization and decoding; the batch size where
-        sampling is seeded per batch; the input path where it is not the fast one."""
+        """Backend, model, prompt, template (its name and, for chat backends, a digest of its text),
+        engine_args (where the backend takes them), dtype, quantization and decoding; the batch size
+        where sampling is seeded per batch; the input path where it is not the fast one."""
+        from recaption.captioners.chat import load_template
+
         s = {"backend": c.backend, "model": model_identity(c.model), "revision": c.revision, "prompt": c.prompt,
              "template": c.template, "dtype": c.dtype or "auto", "quantize": c.quantize,
              "decoding": dataclasses.asdict(c.decoding)}
+        backend = BACKENDS.get(c.backend)
+        if backend.chat:  # a name says nothing of an edited file: its text does
+            s["template_sha256"] = load_template(c.template or "caption").digest()
+        if backend.engine_args:
+            s["engine_args"] = c.engine_args
         if c.decoding.strategy == "sample":
             s["batch_size"] = run.batch_size
         if run.preprocess != "fast":

@@ -44,6 +44,15 @@ class ChatTemplate:
         system = [{"role": "system", "content": [{"type": "text", "text": self.system}]}] if self.system else []
         return system + [{"role": "user", "content": content}]
 
+    def digest(self) -> str:
+        """sha256 of the text the prompts are rendered from (system turn, user text around the
+        image; comments and the file's name left out): a folder records it, so an edited template is seen."""
+        import hashlib
+        import json
+
+        text = json.dumps([self.system, self.before, self.after], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def plain(self, raw_caption: str | None) -> str:
         """The user's text alone, for a model with no chat template (Florence-2's task prompts)."""
         before, after = self.texts(raw_caption)

@@ -54,6 +54,10 @@ def check_config(cfg: CaptionerConfig) -> None:
 
     generate_kwargs(cfg)
     loading_kwargs(cfg)
+    if cfg.model.lower().startswith("microsoft/florence-2"):
+        raise RecaptionError(f"{cfg.model}: Microsoft's Florence-2 repositories ship their own model code, not the "
+                             "Florence-2 transformers carries (its weights are laid out differently); use the "
+                             "converted florence-community/Florence-2-base or -large")
     config = Path(cfg.model).expanduser() / "config.json"
     try:
         model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None

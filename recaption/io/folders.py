@@ -455,18 +455,39 @@ def _plain_relative(name: str) -> str:
 
 
 # -- annotation folders ----------------------------------------------------------------------
+def compare_settings(recorded, wanted, added=()) -> tuple[bool, list[str]]:
+    """Whether a group's recorded settings are the wanted ones, and which of `added` (keys later
+    versions record) `wanted` has and `recorded` lacks: an older folder cannot tell those, so the
+    two are the same only as far as is known (the rest agrees) and the unknown keys say so."""
+    unknown = [k for k in added if isinstance(recorded, dict) and isinstance(wanted, dict)
+               and k in wanted and k not in recorded]
+    rest = {k: v for k, v in wanted.items() if k not in unknown} if unknown else wanted
+    return _canonical(recorded) == _canonical(rest), unknown
+
+
 def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
-                      dependents: dict[str, set] | None = None) -> dict:
+                      dependents: dict[str, set] | None = None, added: dict[str, tuple] | None = None) -> dict:
     """Claim column groups of an annotation folder: `wanted` maps group -> settings. A group already
     written there with other settings is refused unless `overwrite`; `dependents` (group -> groups
-    computed from it) says which recorded groups new values make stale. Returns the groups in force."""
+    computed from it) says which recorded groups new values make stale; `added` (group -> settings
+    keys older versions did not record) which recorded groups are the same only as far as is
+    known: those resume with a warning, keeping their record, and are redone with `overwrite`.
+    Returns the groups in force."""
     rec = read_record(ann_dir)
     if rec is not None and rec.get("kind") != "annotations":
         raise RecaptionError(f"{ann_dir} is a mixed output folder, not an annotation folder")
     if rec is None:
         _refuse_foreign_annotations(ann_dir)
     groups = dict((rec or {}).get("groups") or {})
-    clash = [g for g, s in wanted.items() if g in groups and _canonical(groups[g]) != _canonical(s)]
+    compared = {g: compare_settings(groups[g], s, (added or {}).get(g, ())) for g, s in wanted.items() if g in groups}
+    clash = [g for g, (same, _) in compared.items() if not same]
+    unknown = {g: keys for g, (same, keys) in compared.items() if same and keys}
+    for g, keys in unknown.items():
+        log.warning("%s holds %s recorded without %s (an older recaption wrote them): whether they were made with "
+                    "these is unknown; %s", ann_dir, g, " and ".join(keys),
+                    "--overwrite redoes them" if overwrite else "resuming as if they were (--overwrite redoes them)")
+    if overwrite:
+        clash += list(unknown)
     if clash and not overwrite:
         g = clash[0]
         raise RecaptionError(
@@ -477,7 +498,7 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
             for dep in (dependents or {}).get(g, ()):  # e.g. scores of other captions no longer hold
                 if dep not in wanted:
                     groups.pop(dep, None)
-    groups.update(wanted)
+    groups.update({g: s for g, s in wanted.items() if g not in unknown or overwrite})  # no record claims the unknown
     makedirs(ann_dir)
     for folder in (ann_dir, *embedding_folders(ann_dir)):
         remove_stale_temps(folder)

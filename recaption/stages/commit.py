@@ -8,13 +8,13 @@ they are being redone.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from recaption import annotators as registry
 from recaption.annotators import groups
 from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
+from recaption.io import folders
 from recaption.io.atomic import exists
 
 
@@ -36,10 +36,6 @@ class ShardWork:
         return any(registry.get(g).reads_images for g in self.todo)
 
 
-def _same(a, b) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-
 def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
     """Decide the groups to compute for `url` (an annotation file that may exist): those it lacks,
     those recorded with other settings (with `overwrite`), and those whose own files beside it
@@ -52,7 +48,11 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
     name = base[:-len(".parquet")] if base.endswith(".parquet") else base
     todo = set()
     for g, settings in wanted.items():
-        if g in recorded and _same(recorded[g], settings):
+        same, unknown = folders.compare_settings(recorded.get(g), settings, registry.get(g).added_settings)
+        if g in recorded and same and unknown and overwrite:
+            todo.add(g)  # written by an older recaption that recorded less: --overwrite redoes what it cannot tell
+            continue
+        if g in recorded and same:
             if all(exists(f) for f in registry.get(g).files(settings, ann_dir, name)):
                 continue
             todo.add(g)  # its results are in the file, but not the files it writes beside it

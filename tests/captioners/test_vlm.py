@@ -14,6 +14,7 @@ from recaption.captioners.chat import load_template, parse_template
 from recaption.captioners.vlm import PROCESSOR_NEEDS
 from recaption.demo.tiny_models import VLM_BUILDERS
 from recaption.errors import RecaptionError
+from recaption.io import annotations as ann
 from recaption.resources import prompts_dir
 from tests.helpers import cli
 
@@ -146,6 +147,7 @@ def test_caption_the_test_shards_through_the_cli(vlms, family, shard_dir, tmp_pa
     assert all(r["status"] == "error" and r["error"] for r in rows if r["status"] != "ok")
     settings = json.loads((out / "_recaption.json").read_text())["groups"]["captions"]
     assert (settings["backend"], settings["template"]) == ("vlm", "alt-text")
+    assert settings["template_sha256"] == load_template("alt-text").digest() and settings["engine_args"] == {}
 
 
 def test_templates_are_chat_messages_and_model_markup_is_refused(tmp_path):
@@ -259,3 +261,82 @@ def test_a_missing_processor_package_is_named_before_any_shard(tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "num2words", None)  # importlib finds no such module
     with pytest.raises(RecaptionError, match=r"the smolvlm processor needs num2words.*pip install num2words"):
         load_preset(str(tmp_path))
+
+
+# -- the template's text and the engine_args are recorded ----------------------------------------
+def _caption(shard, out, model, *extra):
+    return cli("caption", shard, "-o", out, "-c", model, "--max-new-tokens", 2, "--batch-size", 8, "-q", *extra)
+
+
+def _mtimes(folder):
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.glob("*.parquet"))}
+
+
+@pytest.mark.slow
+def test_an_edited_template_or_other_engine_args_are_not_resumed(vlms, shard_dir, tmp_path, capsys):
+    """The group records a digest of the template's text, not only its name, and the engine_args:
+    editing the file (not its comments) or the engine_args is refused in one line, as any other
+    settings change is, and --overwrite redoes it."""
+    shard, out, qwen = shard_dir / "00000.tar", tmp_path / "ann", vlms["qwen2_vl"]
+    template = tmp_path / "mine.txt"
+    template.write_text("# mine\n<image>\nDescribe the image.")
+    assert _caption(shard, out, qwen, "--template", template) == 0
+    before = _mtimes(out)
+    template.write_text("# mine, reworded comment\n<image>\nDescribe the image.")
+    assert _caption(shard, out, qwen, "--template", template) == 0 and _mtimes(out) == before  # resumed
+    template.write_text("# mine\n<image>\nDescribe the image in detail.")
+    capsys.readouterr()
+    assert _caption(shard, out, qwen, "--template", template) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds captions written with other settings (template_sha256" in err and len(err.splitlines()) == 1
+    assert _caption(shard, out, qwen, "--template", template, "--overwrite") == 0 and _mtimes(out) != before
+    recorded = ann.metadata(pq.read_schema(next(out.glob("*.parquet"))))["groups"]["captions"]
+    assert recorded["template_sha256"] == load_template(str(template)).digest()
+
+    plain = _yaml(tmp_path / "plain.yaml", backend="vlm", model=qwen)
+    small = _yaml(tmp_path / "small.yaml", backend="vlm", model=qwen,
+                  engine_args={"processor": {"size": {"shortest_edge": 56 * 56, "longest_edge": 56 * 56}}})
+    out2 = tmp_path / "ann2"
+    assert _caption(shard, out2, plain) == 0
+    capsys.readouterr()
+    assert _caption(shard, out2, small) == 2
+    assert "engine_args.processor" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_folder_written_before_the_digest_resumes_saying_so(vlms, shard_dir, tmp_path, caplog):
+    """A folder whose captions group records no template digest or engine_args (an older
+    recaption's) resumes with a warning that they are unknown, its record left claiming nothing
+    more; --overwrite redoes it and records them."""
+    import logging
+
+    shard, out, qwen = shard_dir / "00000.tar", tmp_path / "ann", vlms["qwen2_vl"]
+    assert _caption(shard, out, qwen, "--template", "alt-text") == 0
+    record_path = out / "_recaption.json"
+    record = json.loads(record_path.read_text())
+    for key in ("template_sha256", "engine_args"):
+        del record["groups"]["captions"][key]
+    record_path.write_text(json.dumps(record))
+    for f in out.glob("*.parquet"):  # as an older recaption wrote the file
+        t = pq.read_table(f)
+        meta = ann.metadata(t)
+        for key in ("template_sha256", "engine_args"):
+            del meta["groups"]["captions"][key]
+        pq.write_table(t.replace_schema_metadata({ann.META_KEY: json.dumps(meta).encode()}), f)
+    before = _mtimes(out)
+    with caplog.at_level(logging.WARNING, logger="recaption"):
+        assert _caption(shard, out, qwen, "--template", "alt-text") == 0
+    said = [r.getMessage() for r in caplog.records if "template_sha256" in r.getMessage()]
+    assert said and "recorded without template_sha256 and engine_args" in said[0] and "unknown" in said[0]
+    assert _mtimes(out) == before  # resumed, nothing redone
+    assert "template_sha256" not in json.loads(record_path.read_text())["groups"]["captions"]
+    assert _caption(shard, out, qwen, "--template", "alt-text", "--overwrite") == 0
+    for f in out.glob("*.parquet"):
+        assert "template_sha256" in ann.metadata(pq.read_schema(f))["groups"]["captions"]
+    assert json.loads(record_path.read_text())["groups"]["captions"]["engine_args"] == {}
+
+
+def test_microsofts_own_florence2_repositories_are_refused_naming_the_converted_ones():
+    with pytest.raises(RecaptionError, match="ship their own model code.*florence-community/Florence-2-base"):
+        load_preset("microsoft/Florence-2-large")
+    assert load_preset("florence-community/Florence-2-base").backend == "vlm"
