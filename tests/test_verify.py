@@ -304,5 +304,4 @@ def test_a_folder_that_does_not_exist_is_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert cli("verify", tmp_path / "nonexistent") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {tmp_path / 'nonexistent'}: no such folder"] or (
-        len(err) == 1 and "no such folder" in err[0])
+    assert err == [f"recaption: error: {tmp_path / 'nonexistent'}: no such folder"]
