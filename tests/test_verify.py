@@ -239,6 +239,16 @@ def _keys(tar):
         return {m.name.split(".", 1)[0] for m in t.getmembers()}
 
 
+def test_an_output_samples_caption_keys_are_checked(folders, tmp_path, capsys):
+    out = tmp_path / "keys"
+    assert cli("mix", folders["shards"], "-a", folders["ann"], "-o", out, *MIX, "--caption-keys", "all") == 0
+    key = next(k for k, s in read_output(out).items() if b'"recaption_raw": "' in s.members["json"])
+    tar = next(p for p in sorted(out.glob("*.tar")) if key in _keys(p))
+    rewrite_tar(tar, lambda name, data: data.replace(b'"recaption_raw": "', b'"recaption_raw": "x')
+                if name == f"{key}.json" else data)
+    assert f"sample {key!r} has a json whose caption keys" in problems(out, capsys)
+
+
 @pytest.mark.parametrize("member", ["txt", "json"])
 def test_an_output_sample_without_its_new_member_fails_verify(copy, capsys, member):
     folder = copy("mix")

@@ -45,6 +45,7 @@ SETTINGS = {"strategy": None, "threshold": None, "threshold_column": None, "alph
 DECIDED = ["key", "kept", "reason", "caption_source"]
 EXPECT = ["key", "caption", "caption_source", "raw_caption", "synthetic_caption", "clip_raw", "clip_synthetic",
           "sieve", "blend", "captioner"]
+KEYS = ["captions", "caption_groups"]  # the decisions columns `--caption-keys` are written from
 NEW = ("txt", "json")  # members every written sample has (`output.members.members`)
 
 
@@ -73,6 +74,8 @@ class _File:
     kept: int
     digest: str
     repeated: str | None
+    level: str = "none"  # the --caption-keys it was made with
+    strategy: str | None = None  # and the strategy
     placed: list = field(default_factory=list)  # (start, end) of the output shards' parts
 
 
@@ -121,7 +124,8 @@ def _mix(folder: str, rec: dict) -> list[str]:
         tally.add(t, meta)
         dropped = t.filter(_not(t["kept"])).select(["key", "reason"])
         out += drops.check(name, dropped)
-        files[name] = _File(p, tally.last_kept, digest, repeated_kept_key(t))
+        files[name] = _File(p, tally.last_kept, digest, repeated_kept_key(t), meta.get("caption_keys") or "none",
+                            meta.get("strategy"))
     out += drops.rest()
     overlay = rec.get("kind") == "overlay" or bool(summary.get("overlay"))
     out += tally.check(summary, overlay)
@@ -377,7 +381,7 @@ def _outputs(folder: str, files: dict[str, _File], summary: dict, rec: dict) -> 
               if isinstance(f, dict)}
     written = 0
     for name in sorted(names):
-        w, problems = _output(folder, name, files, summary.get("strategy"))
+        w, problems = _output(folder, name, files)
         written += w
         out += problems
     for name, error in sorted(failed.items()):
@@ -417,7 +421,7 @@ def _coverage(placed: list, n: int) -> tuple[int, int]:
     return twice, n - covered
 
 
-def _output(folder: str, name: str, files: dict[str, _File], strategy) -> tuple[int, list[str]]:
+def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int, list[str]]:
     """One output shard: (samples its tar holds, what disagrees)."""
     paths = {s: join(folder, f"{name}{s}") for s in ("_stats.json", ".tar", ".parquet")}
     missing = [p.rsplit("/", 1)[-1] for p in paths.values() if not exists(p)]
@@ -448,7 +452,8 @@ def _output(folder: str, name: str, files: dict[str, _File], strategy) -> tuple[
         return len(samples), out
     if want["key"].to_pylist() != keys:
         return len(samples), out + [f"{name}.tar does not hold its parts' kept samples in order"]
-    out += _members(name, samples, want, strategy)
+    made = files[parts[0]["decisions"]]  # as its decisions were written (the summary's settings are checked apart)
+    out += _members(name, samples, want, made.strategy, made.level)
     for col in ("caption", "caption_source"):
         if pq_t[col].cast("string").to_pylist() != want[col].to_pylist():
             out.append(f"{name}.parquet's {col} column is not its decisions'")
@@ -475,23 +480,25 @@ def _wanted(name: str, parts: list, files: dict[str, _File], out: list[str]):
             ok = False
             continue
         if ok:
-            t = ann.read_table(f.path, columns=["kept"] + EXPECT)
+            t = ann.read_table(f.path, columns=["kept"] + EXPECT + KEYS)  # the keys' columns where written
             t = t.filter(pc.fill_null(t["kept"], False)).slice(p["start"], p["end"] - p["start"])
-            rows.append(t.select(EXPECT))
+            rows.append(t.drop_columns(["kept"]))
     return pa.concat_tables(rows) if ok and rows else None
 
 
-def _members(name: str, samples: list, want, strategy) -> list[str]:
+def _members(name: str, samples: list, want, strategy, level: str = "none") -> list[str]:
     """Each sample's members against its decisions row: txt its caption, json ending with its
-    `recaption` object, the strategy's extra members where it has a synthetic caption."""
+    caption keys and `recaption` object, the strategy's extra members where it has a synthetic
+    caption."""
     from recaption.mixing.strategies.base import named
-    from recaption.output import recaption_field
+    from recaption.output import caption_keys, recaption_field
 
     extra = tuple(named(strategy).extra_members) if strategy else ()
     added = recaption_field.encode(want, strategy) if strategy else [None] * want.num_rows
+    keys = caption_keys.encode(want, level)
     caps, syns = want["caption"].to_pylist(), want["synthetic_caption"].to_pylist()
     out = []
-    for (key, fields, twice, data), cap, syn, rc in zip(samples, caps, syns, added):
+    for i, ((key, fields, twice, data), cap, syn, rc, kt) in enumerate(zip(samples, caps, syns, added, keys)):
         if twice:
             out.append(f"{name}.tar: sample {key!r} has member .{twice} twice")
         lacks = [m for m in NEW if m not in fields]
@@ -502,8 +509,9 @@ def _members(name: str, samples: list, want, strategy) -> list[str]:
             problem = f"lacks its {', '.join('.' + m for m in lacks)}"
         elif data["txt"] != (cap or "").encode("utf-8"):
             problem = "has a txt that is not its decisions' caption"
-        elif rc is not None and not data["json"].rstrip().endswith(b'"recaption": ' + rc + b"}"):
-            problem = "has a json whose recaption object is not its decisions'"
+        elif rc is not None and not _json_holds(data["json"], kt, rc, lambda i=i: want.slice(i, 1).to_pylist()[0],
+                                                    level):
+            problem = "has a json whose caption keys or recaption object are not its decisions'"
         elif have != expect:
             problem = f"has members {sorted(have)} where its decisions give {sorted(expect)}"
         elif any(data[m] != syn.encode("utf-8") for m in expect):
@@ -512,6 +520,23 @@ def _members(name: str, samples: list, want, strategy) -> list[str]:
             out.append(f"{name}.tar: sample {key!r} {problem}")
             break  # the first sample says the shard is wrong; the rest would say it again
     return out
+
+
+def _json_holds(text: bytes, keys_text: bytes, rc: bytes, row, level: str) -> bool:
+    """Whether a written json ends with the caption keys and recaption object its decisions row
+    gives (as spliced into the sample's own text); where the object was written anew (the input's
+    json held NaN, or already a key written), it is parsed and its fields compared (`row()`)."""
+    from recaption.output import caption_keys
+
+    if text.rstrip().endswith(keys_text + b'"recaption": ' + rc + b"}"):
+        return True
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return False
+    want = caption_keys.as_dict(row(), level)
+    return (isinstance(obj, dict) and obj.get("recaption") == json.loads(rc)
+            and all(obj.get(k) == v for k, v in want.items()))
 
 
 def _tar_samples(path: str) -> tuple[list | None, str | None]:
