@@ -453,6 +453,11 @@ def _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay
     plans, counts = plan(pool, cfg, out_dir)
     if overlay:
         summary = _mix_summary(cfg, pool, counts, None, arguments, overlay=True)
+        # a key kept in two rows fails the shard, as it fails a mix's output shard: a reader refuses it
+        summary["shard_errors"] = summary["shard_errors"] + [
+            {"shard": r["shard"], "error": f"{r['error']}; a reader of the overlay refuses this shard"}
+            for r in counts["repeated"]]
+        summary["written"] = counts["kept"] - sum(r["kept"] for r in counts["repeated"])  # what readers yield
         return _write_mix_summary(out_dir, summary, input_spec, ann_dir, {"pool_and_plan": round(time.time() - t0, 3)},
                                   extra_summary)
     folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
@@ -537,6 +542,7 @@ def _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=False, overlay=Fal
         **({"synthetic_group": cfg.synthetic_group} if cfg.synthetic_group else {}),
         "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
+        **({"decisions": counts["decisions"]} if "decisions" in counts else {}),
     }
 
 
@@ -706,7 +712,8 @@ def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: 
 def verify(folder: str, input_spec=None, *, storage_options: dict | str | None = None) -> Verification:
     """What in a mix, overlay or annotation folder disagrees with its record and its inputs, one
     line each (`recaption.mixing.verify`): a `Verification` (a list), empty when it holds.
-    `input_spec` gives an annotation folder's shards."""
+    `input_spec` gives an annotation folder's shards (refused for a mix, overlay or run folder,
+    whose decisions name the shards it read)."""
     from recaption.mixing.verify import verify as check
 
     return Verification(check(folder, shards_of(input_spec) if input_spec is not None else None), folder)

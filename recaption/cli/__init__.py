@@ -220,7 +220,7 @@ def report(
 def verify(
     path: Annotated[str, typer.Argument(help="a mix, overlay or run folder, or an annotation folder", metavar="PATH", show_default=False)],
     st: StorageOptions,
-    input: Annotated[Optional[str], opt("--input", "-i", help="an annotation folder's shards, to check each file against its shard")] = None,
+    input: Annotated[Optional[str], opt("--input", "-i", help="an annotation folder's shards, to check each file against its shard (refused for mix, overlay and run folders: their decisions name their shards)")] = None,
 ):
     """Re-check a folder against its record and its inputs: the shards and annotation files a mix
     read, every output shard against the decisions it was built from, every sample in exactly one

@@ -217,7 +217,7 @@ def _parse(group: _Group, shard: str, index: int, opts: ReadOptions) -> Sample |
     return Sample(group.key, shard, m, img, raw, meta, index, group.spans and group.spans.fields())
 
 
-class _Info(tarfile.TarInfo):
+class EndNotingInfo(tarfile.TarInfo):
     """tarfile's member header, noting why the archive ended: tarfile stops quietly at a missing
     or broken header, which is how a cut-off shard would pass for a whole one."""
 
@@ -232,7 +232,7 @@ class _Info(tarfile.TarInfo):
             raise
 
 
-def _end_problem(tar) -> str | None:
+def end_problem(tar) -> str | None:
     """Why an archive tarfile read to its end is not whole (None: it ends with a zero block)."""
     e = getattr(tar, "recaption_end", None)
     if isinstance(e, tarfile.EOFHeaderError):
@@ -271,7 +271,7 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
         with open_url(url, "rb") as raw, _decompressed(url, raw) as f:
             opened = True
             # "r|*" also reads a compressed tar whose name does not say so
-            with tarfile.open(fileobj=f, mode="r|*", tarinfo=_Info) as tar:
+            with tarfile.open(fileobj=f, mode="r|*", tarinfo=EndNotingInfo) as tar:
                 # offsets index the file only when tarfile reads it as it is (not decompressed)
                 plain = f is raw and getattr(tar.fileobj, "comptype", None) == "tar"
                 end = 0  # where the member read last ends: the next one's header blocks start there
@@ -307,7 +307,7 @@ def iter_shard(url: str, opts: ReadOptions | None = None) -> Iterator[Sample | R
                         group.members[fld] = b""
                         continue
                     group.members[fld] = _read_member(tar, info, limit)
-                cut = _end_problem(tar)
+                cut = end_problem(tar)
         if cut is not None:
             if group is not None and group.members:  # its later members may be what was cut
                 yield ReadFailure(group.key, shard, f"read: sample may be cut off ({cut})", index)

@@ -100,6 +100,7 @@ class FilePlan:
     codes: list
     digest: str = ""  # of the decisions file's bytes (`provenance.decisions_digest`)
     unannotated: int = 0  # samples of the shard no annotation row lists (dropped: `provenance.NO_ROW`)
+    repeated: str | None = None  # why no sample of it can be written or read (`repeated_kept_key`)
 
 
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
@@ -146,7 +147,20 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         out.write(buf.getvalue())
     codes = np.bincount(d.code, minlength=n_codes())
     return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist(),
-                    provenance.decisions_digest(buf.getvalue()), len(lost))
+                    provenance.decisions_digest(buf.getvalue()), len(lost), repeated_kept_key(table))
+
+
+def repeated_kept_key(t: pa.Table) -> str | None:
+    """One line where a key is kept in more than one row of decisions `t` (else None): such a
+    key cannot say which sample is which, so neither the writer nor an overlay reader uses it.
+    (A key the shard itself repeats has its later samples recorded as errors, which are dropped.)"""
+    keys = t.filter(t["kept"])["key"].drop_null()
+    if pc.count_distinct(keys).as_py() == len(keys):
+        return None
+    counts = pc.value_counts(keys)
+    twice = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
+    return f"{meta.get('annotations')}: key {twice!r} is kept in more than one annotation row"
 
 
 def key_groups(f: AnnFile, cfg: MixConfig) -> list[str]:
@@ -239,15 +253,20 @@ def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], di
     if cfg.caption_keys != "none":
         caption_keys.check_captioners(pool.captioners)
     makedirs(join(out_dir, FOLDER))
-    total, kept, lost = Outcomes(), [], 0
+    total, kept, lost, repeated = Outcomes(), [], 0, []
     removal = pool.source.removal
     files = removal.with_reasons(pool.source.files) if removal is not None else None
     for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir, files=files):
         total.add(Outcomes(np.array(fp.codes, dtype=np.int64)))
         kept.append((fp.name, fp.url, fp.decisions, fp.kept, fp.digest))
         lost += fp.unannotated
+        if fp.repeated:
+            repeated.append({"shard": fp.name, "error": fp.repeated, "kept": fp.kept})
     write_dropped(out_dir, [(n, d) for n, _, d, _, _ in kept])
     counts = mix_counts(pool, total)
+    # what the summary records of every decisions file, in input order (the drops file's order)
+    counts["decisions"] = {n: g for n, _, _, _, g in kept}
+    counts["repeated"] = repeated
     if lost:  # read from the tars, not from the annotation rows the pool pass counted
         counts["read"] += lost
         counts["dropped"] = dict(sorted({**counts["dropped"], provenance.NO_ROW: lost}.items(),

@@ -19,14 +19,15 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recaption.errors import RecaptionError
-from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import exists, file_info, join, read_text
-from recaption.io.fs import using
+from recaption.io.fs import open_url, using
 from recaption.io.sources import shard_name
-from recaption.mixing.plan import META_KEY, VERSION, decisions_path
+from recaption.mixing import provenance
+from recaption.mixing.plan import META_KEY, VERSION, decisions_path, repeated_kept_key
 from recaption.mixing.strategies.base import named
 from recaption.output import caption_keys, recaption_field
 from recaption.output.members import (READ, decoded_json, finite, kept_members, members, recaption_object,
@@ -35,6 +36,7 @@ from recaption.overlay.caption_choice import CaptionChoice
 
 VERIFY = ("full", "size")
 _PROCESS_CACHES: dict[tuple, OrderedDict] = {}  # unpickled readers of one overlay, per process
+_RECORDED: dict[tuple, dict] = {}  # per overlay, the decisions digests its summary records, per process
 KINDS = ("overlay", "mix", "run")  # folders whose `_decisions/` a reader may apply
 _AMBIGUOUS = -2
 _DROPPED = -1
@@ -89,20 +91,30 @@ def check_identity(url: str, meta: dict, verify: str = "full", key: str | None =
 class ShardDecisions:
     """One input shard's decisions as a reader uses them: key -> what the mix did with it."""
 
-    def __init__(self, url: str, path: str, verify: str, key: str | None = None):
+    def __init__(self, url: str, path: str, verify: str, key: str | None = None,
+                 recorded: dict | None = None):
         try:
-            # captions: only where --caption-keys all; caption_groups: where the pool has named groups
-            t = ann.read_table(path, columns=READ + ["captions", caption_keys.GROUPS])
+            with open_url(path, "rb") as f:
+                data = f.read()  # once: hashed, then parsed from memory
         except FileNotFoundError:
             raise RecaptionError(f"{url}: sample {key!r}: the overlay has no decisions file for shard "
                                  f"{reader_shard_name(url)!r} ({path}): the shard was not part of the mix, "
                                  "or had no annotation file") from None
+        if recorded is not None:
+            check_digest(path, data, recorded)
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        # captions: only where --caption-keys all; caption_groups: where the pool has named groups
+        t = pf.read(columns=[c for c in READ + ["captions", caption_keys.GROUPS] if c in pf.schema_arrow.names])
         meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
         if meta.get("version") != VERSION:
             raise RecaptionError(f"{path}: decisions format {meta.get('version')!r}, this recaption reads {VERSION}")
         missing = [c for c in READ if c not in t.column_names]
         if missing:
             raise RecaptionError(f"{path} is not a recaption decisions file (missing columns {missing})")
+        repeated = repeated_kept_key(t)
+        if repeated:  # the mix fails the output shard that would hold it; the overlay, the shard
+            raise RecaptionError(f"{url}: sample {key!r}: {repeated}, so the overlay does not apply this shard "
+                                 f"({path}; repair or re-annotate it and re-run the mix)")
         check_identity(url, meta, verify, key)  # before any sample of the shard goes on
         self.url, self.strategy, self.name = url, meta["strategy"], reader_shard_name(url)
         self.level = meta.get("caption_keys") or "none"  # decisions made before caption keys: none
@@ -211,7 +223,7 @@ class OverlayReader:
         self.choice = None if captions is None else CaptionChoice(captions, caption_probs, seed)
         self.epoch, self.decoded, self._told = epoch, decoded, None
         with using(storage_options):
-            check_folder(self.folder)
+            _RECORDED[self._key()] = check_folder(self.folder)
         self._cache: OrderedDict = OrderedDict()
         self._current = None  # (url, decisions) of the last sample: the next one is most often the same shard's
         _preload()
@@ -227,6 +239,18 @@ class OverlayReader:
         self._cache = _PROCESS_CACHES.setdefault(key, OrderedDict())
         self._current = None
 
+    def _key(self) -> tuple:
+        return (self.folder, json.dumps(self.storage_options, sort_keys=True, default=str))
+
+    def recorded(self) -> dict:
+        """Shard name -> the sha256 its decisions file had when the mix wrote it (`_summary.json`'s
+        `decisions`), read once per process: pickled readers do not carry a pool-sized map."""
+        got = _RECORDED.get(self._key())
+        if got is None:
+            with using(self.storage_options):
+                got = _RECORDED[self._key()] = check_folder(self.folder)
+        return got
+
     def shard(self, url: str, key: str | None = None) -> ShardDecisions:
         """The decisions of the shard `url` reads, loaded and checked on first use (at its sample `key`)."""
         cur = self._current
@@ -237,7 +261,8 @@ class OverlayReader:
             self._cache.move_to_end(url)
         else:
             with using(self.storage_options):
-                d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key)
+                d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key,
+                                   self.recorded())
             self._cache[url] = d
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
@@ -344,8 +369,21 @@ def _preload() -> None:
         pass
 
 
-def check_folder(folder: str) -> None:
-    """A folder a reader may apply: claimed by a mix (overlay, mix or run) that finished planning."""
+def check_digest(path: str, data: bytes, recorded: dict) -> None:
+    """Refuse (one line) a decisions file whose bytes are not those the mix recorded for it."""
+    name = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+    want = recorded.get(name)
+    if want is None:
+        raise RecaptionError(f"{path}: the overlay's _summary.json records no decisions file for shard {name!r} "
+                             "(it was put there after the mix): re-run the mix")
+    if provenance.decisions_digest(data) != want:
+        raise RecaptionError(f"{path} is not the decisions file the mix wrote (its sha256 differs from the one "
+                             "_summary.json records: edited or replaced since): re-run the mix")
+
+
+def check_folder(folder: str) -> dict:
+    """A folder a reader may apply: claimed by a mix (overlay, mix or run) that finished planning;
+    returns the decisions digests its summary records (shard name -> sha256)."""
     from recaption.io.folders import read_record
 
     rec = read_record(folder)
@@ -357,6 +395,11 @@ def check_folder(folder: str) -> None:
         raise RecaptionError(f"{folder}: the mix that writes it has not finished ({summary} is missing); "
                              "run its command again")
     try:
-        json.loads(read_text(summary))
+        s = json.loads(read_text(summary))
     except ValueError as e:
         raise RecaptionError(f"{summary} is not valid JSON ({e})") from None
+    recorded = s.get("decisions") if isinstance(s, dict) else None
+    if not isinstance(recorded, dict):
+        raise RecaptionError(f"{summary} records no digests of its decisions files (written by an older "
+                             "recaption): run the mix command again to record them")
+    return recorded

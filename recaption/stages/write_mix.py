@@ -30,7 +30,7 @@ from recaption.io.sources import is_gzip_name, shard_name
 from recaption.io.tarcopy import BlockWriter, iter_samples
 from recaption.io.writer import shard_paths, write_with
 from recaption.mixing import provenance
-from recaption.mixing.plan import META_KEY, OutputPlan, Part
+from recaption.mixing.plan import META_KEY, OutputPlan, Part, repeated_kept_key
 from recaption.mixing.strategies.base import named
 from recaption.output import caption_keys, recaption_field, spans
 from recaption.output.members import READ, kept_members
@@ -171,18 +171,10 @@ def recorded_build(out_dir: str, name: str) -> str | None:
 
 
 def _refuse_repeated_keys(t: pa.Table, part: Part, name: str) -> None:
-    """A key kept in two annotation rows cannot say which sample is which: the output shard fails.
-    (A key the shard itself repeats has its later samples recorded as errors, which are dropped.)"""
-    import pyarrow.compute as pc
-
-    keys = t.filter(t["kept"])["key"].drop_null()
-    if pc.count_distinct(keys).as_py() == len(keys):
-        return
-    counts = pc.value_counts(keys)
-    twice = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-    meta = json.loads(t.schema.metadata[META_KEY])
-    raise RecaptionError(f"{meta.get('annotations')}: key {twice!r} is kept in more than one annotation row; "
-                         f"output shard {name} is not written (repair or re-annotate {part.url})")
+    """A key kept in two annotation rows cannot say which sample is which: the output shard fails."""
+    why = repeated_kept_key(t)
+    if why:
+        raise RecaptionError(f"{why}; output shard {name} is not written (repair or re-annotate {part.url})")
 
 
 def _recorded_images(meta: dict, at: np.ndarray) -> list:

@@ -34,7 +34,9 @@ def test_overlay_holds_the_full_mixs_decisions_and_no_shards(shard_dir, rand_ann
     so, sf = summary(ov), summary(full)
     assert so["overlay"] is True and sf["overlay"] is False and so["dry_run"] is False
     assert so["counts"] == {**sf["counts"], "output_shards": None}
-    assert so["threshold"] == sf["threshold"] and "written" not in so
+    assert so["threshold"] == sf["threshold"]
+    assert so["written"] == sf["written"]  # what a reader yields is what the tars hold
+    assert so["decisions"] == sf["decisions"] and list(so["decisions"]) == ["00000", "00001", "00002"]
     assert json.loads((ov / "_recaption.json").read_text())["kind"] == "overlay"
 
 
