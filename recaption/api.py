@@ -291,6 +291,10 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
+    from recaption.annotators.groups import resolve_reads
+
+    # a chained group records what it reads (this pass's groups or the folder's): stale when they change
+    resolve_reads(wanted, (folders.read_record(ann_dir) or {}).get("groups") or {})
     preflight(ex)
     with folders.locked(ann_dir):
         folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted))
@@ -364,7 +368,15 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
                 timings[k] = round(timings.get(k, 0.0) + v, 3)
     failed = [{"shard": r["shard"], "error": r.get("error")} for r in reports if r["status"] == "failed"]
     failed += [{"shard": r["shard"], "error": r["read_error"]} for r in reports if r.get("read_error")]
-    return _summary_base(verb) | {
+    fusion: dict = {}  # chained group -> {clause or reason: rows}, from the shards computed now
+    for r in reports:
+        for g, counts in ((r.get("info") or {}).get("fusion") or {}).items():
+            mine = fusion.setdefault(g, {})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+    extra = {"fusion": {g: {"sent": sum(v for k, v in c.items() if not k.startswith("not sent")),
+                            "by": dict(sorted(c.items()))} for g, c in sorted(fusion.items())}} if fusion else {}
+    return _summary_base(verb) | extra | {
         "shards": by, "samples": samples, "errors": errors, "seconds": round(seconds, 3),
         "samples_per_second": round(processed / seconds, 2) if seconds > 0 and processed else None,
         "stage_seconds": timings, "error_reasons": dict(reasons.most_common(5)),

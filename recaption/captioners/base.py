@@ -32,6 +32,7 @@ class Backend:
     requires: tuple[tuple[str, str], ...] = ()  # (module, extra) pairs
     serves: Callable[[str], bool] | None = None  # None: only chosen by name (--backend, a preset)
     chat: bool = False  # prompts are chat templates (prompts/templates, `--template`), not `--prompt` alone
+    images: bool = True  # False: a text model (chained caption groups), handed a `chat.Context` per sample
 
 
 def _builtin_guess(model: str) -> str | None:
@@ -92,6 +93,9 @@ for _name, _backend in {
     "coca": Backend("recaption.captioners.coca:CocaCaptioner", serves=functools.partial(_serves, "coca")),
     "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),), chat=True),
     "vlm": Backend("recaption.captioners.vlm:VLMCaptioner", serves=_serves_vlm, chat=True),
+    # text-to-text steps of chained and fused caption groups (chosen by name: --backend or a preset)
+    "text": Backend("recaption.captioners.text:TextCaptioner", chat=True, images=False),
+    "vllm-text": Backend("recaption.captioners.vllm:VLLMTextCaptioner", (("vllm", "vllm"),), chat=True, images=False),
 }.items():
     BACKENDS.register(_name, _backend, builtin=True)
 
@@ -319,7 +323,7 @@ class Captioner:
 def backend_requirements(cfg: CaptionerConfig) -> tuple[tuple[str, str], ...]:
     """(module, extra) pairs a captioner needs installed, so a missing one is reported before any work."""
     needs = BACKENDS.get(cfg.backend).requires
-    if cfg.quantize and cfg.backend != "vllm":
+    if cfg.quantize and not cfg.backend.startswith("vllm"):
         needs += (("bitsandbytes", "quant"),)
     return needs
 
