@@ -25,7 +25,7 @@ Workers import them as "recaption.annotators.groups:Captions__long" (this module
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from recaption.errors import RecaptionError
 

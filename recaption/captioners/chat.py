@@ -4,9 +4,11 @@ A template is the text of the user's turn, with `<image>` where the image goes (
 absent) and `{alt_text}` for the sample's alt-text; an optional first line `system: TEXT` is the
 system turn. A text model's template (the `text` and `vllm-text` backends: chained and fused
 caption groups) has no image, and may also read `{caption:GROUP}`, the best candidate of another
-caption group (`{caption}`: the unnamed group's), which its backend is handed as a `Context`. The model's own processor renders the messages (`apply_chat_template` in the
-transformers backend, vLLM's `LLM.chat`), so no template holds a model's markup: one that does is
-refused, since rendering it again would wrap a model's turn markers inside another's.
+caption group (`{caption}`: the unnamed group's), which its backend is handed as a `Context`.
+
+The model's own processor renders the messages (`apply_chat_template` in the transformers backend,
+vLLM's `LLM.chat`), so no template holds a model's markup: one that does is refused,
+since rendering it again would wrap a model's turn markers inside another's.
 """
 from __future__ import annotations
 
