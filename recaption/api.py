@@ -294,10 +294,12 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     from recaption.annotators.groups import resolve_reads
 
     # a chained group records what it reads (this pass's groups or the folder's): stale when they change
-    resolve_reads(wanted, (folders.read_record(ann_dir) or {}).get("groups") or {})
+    held = (folders.read_record(ann_dir) or {}).get("groups") or {}
+    resolve_reads(wanted, held)
     preflight(ex)
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted))
+        # the folder's chained groups too: new values of a group they read make them stale
+        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(held | wanted))
         spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
                                                                  device=ex.device),
                             groups=wanted, decode=d, overwrite=overwrite)
