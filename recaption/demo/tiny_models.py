@@ -342,7 +342,7 @@ def build_all(root: str | Path) -> dict[str, str]:
     """Every tiny model under root (built once, then reused); returns their paths by name."""
     root = Path(root)
     done = root / "_ok.json"
-    builders = ("blip", "blip2", "blip2t5", "clip", "coca", "vlm", "text")
+    builders = ("blip", "blip2", "blip2t5", "clip", "coca", "vlm", "text", "text_plain")
     if done.exists():
         cached = json.loads(done.read_text())
         if set(builders) <= set(cached):
@@ -355,6 +355,7 @@ def build_all(root: str | Path) -> dict[str, str]:
         "coca": build_coca(root / "coca"),
         "vlm": str(build_qwen2_vl(root / "qwen2-vl")),
         "text": str(build_causal_lm(root / "llama-text")),
+        "text_plain": str(build_causal_lm(root / "llama-plain", chat=False)),
     }
     done.write_text(json.dumps(paths, indent=1))
     return paths
