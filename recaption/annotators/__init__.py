@@ -225,7 +225,7 @@ def configure(values: dict, kinds=("captioner", "scorer")) -> dict:
         cfg = a.configure(values, out) if a.kind in kinds else a.default()
         if cfg is not None:
             out[a.name] = cfg
-    named = groups.from_specs(values.get("group")) if "captioner" in kinds else {}
+    named = groups.from_specs(values.get("group"), number_columns()) if "captioner" in kinds else {}
     return out | groups.expand(named, out)
 
 
@@ -242,10 +242,16 @@ def from_recipe(recipe: dict) -> dict:
     from recaption.annotators import groups
 
     try:
-        named = groups.from_recipe(recipe.get("groups"))
+        named = groups.from_recipe(recipe.get("groups"), number_columns())
     except RecaptionError as e:
         raise RecaptionError(f"groups: {e}" if not str(e).startswith("groups") else str(e)) from None
     return out | groups.expand(named, out)
+
+
+def number_columns() -> dict[str, str]:
+    """Every number column a registered annotator declares -> its annotator (what a chained
+    group's `where` rule may read, besides the named groups' SIEVE columns)."""
+    return {c.name: a.name for a in classes() for c in a.columns if c.type in ("float32", "float64", "int32", "int64")}
 
 
 def recipe_keys() -> set[str]:

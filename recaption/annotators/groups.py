@@ -456,6 +456,7 @@ class TextGroup:
 
     caption: object  # CaptionerConfig of a text backend
     where: str | None = None
+    rule_reads: tuple = ()  # the annotators the rule's columns belong to
 
     @property
     def batch_size(self) -> int:
@@ -474,9 +475,7 @@ class TextGroup:
         out = []
         for g in self.refs():
             out += [f"captions.{g}" if g else "captions", f"clip.{g}" if g else "clip"]
-        if self.where:
-            out += [annotator_of(c) for c in Rule.parse(self.where).columns()]
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(out + list(self.rule_reads)))
 
 
 def is_text(cfg) -> bool:
@@ -486,10 +485,10 @@ def is_text(cfg) -> bool:
     return not BACKENDS.get(cfg.backend).images
 
 
-def annotator_of(col: str) -> str:
-    """The annotator a rule column belongs to (`sieve__short` -> `sieve.short`, `clip_raw` -> `clip`);
-    a column no group writes, or one that is not a number, is one line with the nearest."""
-    from recaption import annotators
+def annotator_of(col: str, numbers: dict) -> str:
+    """The annotator a rule column belongs to (`sieve__short` -> `sieve.short`, `clip_raw` -> `clip`;
+    `numbers`: every registered number column -> its annotator); a column no group writes, or one
+    that is not a number, is one line with the nearest."""
     from recaption.errors import unknown
 
     families = {"captions": "captions", "clip_captions": "clip", "sieve": "sieve", "sieve_mean": "sieve"}
@@ -500,11 +499,9 @@ def annotator_of(col: str) -> str:
             if base in ("captions", "clip_captions"):
                 raise RecaptionError(f"where: {col} holds a list; a rule compares numbers (sieve__G, clip_raw...)")
             return f"{families[base]}.{group}"
-    numeric = {c.name: a.name for a in annotators.classes() for c in a.columns
-               if c.type in ("float32", "float64", "int32", "int64")}
-    if col not in numeric:
-        raise unknown("where column", col, sorted(numeric) + ["sieve__GROUP", "sieve_mean__GROUP"])
-    return numeric[col]
+    if col not in numbers:
+        raise unknown("where column", col, sorted(numbers) + ["sieve__GROUP", "sieve_mean__GROUP"])
+    return numbers[col]
 
 
 def note_configs(configs: dict) -> None:
@@ -610,37 +607,22 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
     return check_name(name.strip()), ref.strip(), overrides
 
 
-def caption_config(group: str, ref: str, overrides: dict, options: bool = True, where: str | None = None):
+def caption_config(group: str, ref: str, overrides: dict, options: bool = True, where: str | None = None,
+                   numbers: dict | None = None):
     """A group's config: its captioner's `CaptionerConfig` with the captioner options it sets
     (`options`: named as the CLI's captioner options are, else as a recipe's `caption` section);
     a `TextGroup` around it for a text model's (chained) group, with its `where` rule."""
     cfg = _captioner_config(group, ref, overrides, options)
-    refs = _template_refs(cfg)
     if not is_text(cfg):
         if where is not None:
             raise RecaptionError(f"caption group {group!r}: where= selects the rows a text model's group is sent "
                                  f"(backends text, vllm-text); {cfg.backend} captions every image")
-        if refs:
-            raise RecaptionError(f"caption group {group!r}: its template reads {{caption:{refs[0] or ''}}}, which a "
-                                 f"text model's group reads (backends text, vllm-text), not the {cfg.backend} backend")
         return cfg
-    if where is not None:
-        Rule.parse(where)
-        for c in Rule.parse(where).columns():
-            annotator_of(c)
-    out = TextGroup(cfg, where)
-    if group in refs:
+    cols = Rule.parse(where).columns() if where is not None else []
+    out = TextGroup(cfg, where, tuple(dict.fromkeys(annotator_of(c, numbers or {}) for c in cols)))
+    if group in out.refs():
         raise RecaptionError(f"caption groups read each other in a cycle: {group} -> {group}")
     return out
-
-
-def _template_refs(cfg) -> list:
-    from recaption.captioners.chat import load_template
-
-    try:
-        return load_template(cfg.template).refs() if cfg.template else []
-    except RecaptionError:
-        return []  # said where the template is loaded
 
 
 def _captioner_config(group: str, ref: str, overrides: dict, options: bool = True):
@@ -678,19 +660,20 @@ def expand(groups: dict, configs: dict) -> dict:
     return out
 
 
-def from_specs(specs) -> dict:
-    """{name: CaptionerConfig} from `--group` values; a name given twice is refused."""
+def from_specs(specs, numbers: dict | None = None) -> dict:
+    """{name: CaptionerConfig} from `--group` values (`numbers`: the number columns a `where` rule
+    may read, `annotators.number_columns()`); a name given twice is refused."""
     out: dict = {}
     for spec in specs or ():
         name, ref, overrides = parse_spec(spec)
         if name in out:
             raise RecaptionError(f"--group {name} is given twice")
         where = overrides.pop("where", None)
-        out[name] = caption_config(name, ref, overrides, where=None if where is None else str(where))
+        out[name] = caption_config(name, ref, overrides, where=None if where is None else str(where), numbers=numbers)
     return out
 
 
-def from_recipe(section) -> dict:
+def from_recipe(section, numbers: dict | None = None) -> dict:
     """{name: CaptionerConfig} from a recipe's `groups: {NAME: {captioner: ..., caption: {...}}}`
     (or `NAME: CAPTIONER`)."""
     if not section:
@@ -712,7 +695,7 @@ def from_recipe(section) -> dict:
             raise RecaptionError(f"groups.{name}.caption must be a mapping")
         where = body.get("where")
         out[str(name)] = caption_config(str(name), body["captioner"], caption, options=False,
-                                        where=None if where is None else str(where))
+                                        where=None if where is None else str(where), numbers=numbers)
     return out
 
 

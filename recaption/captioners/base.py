@@ -218,7 +218,11 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
                                  f"{cfg.backend} backend takes --prompt")
         from recaption.captioners.chat import load_template
 
-        load_template(cfg.template)  # unknown or malformed: said before any work
+        refs = load_template(cfg.template).refs()  # unknown or malformed: said before any work
+        if refs and backend.images:  # filled by a chained group only: a VLM would read the marker itself
+            text = [n for n in BACKENDS.names() if not BACKENDS.get(n).images]
+            raise RecaptionError(f"template {cfg.template}: {{caption:{refs[0] or ''}}} is read by a text model's "
+                                 f"caption group (backends {', '.join(text)}), not the {cfg.backend} backend")
     if cfg.quantize not in (None, *QUANTIZE):
         raise RecaptionError(f"--quantize takes {' or '.join(QUANTIZE)}, got {cfg.quantize!r}")
     cfg.decoding.validate()

@@ -75,8 +75,10 @@ def test_a_text_template_with_an_image_is_refused(tmp_path):
 
 def test_a_vlm_group_reading_another_group_is_refused(tmp_path):
     t = _template(tmp_path, "t", "<image>\nFix {caption:short}")
-    with pytest.raises(RecaptionError, match="text model's group reads"):
+    with pytest.raises(RecaptionError, match="read by a text model's caption group"):
         groups.from_specs([f"x={tmp_path},backend=vlm,template={t}"])
+    with pytest.raises(RecaptionError, match="read by a text model's caption group"):
+        load_preset(str(tmp_path), backend="vlm", template=t)  # the unnamed group's too
     with pytest.raises(RecaptionError, match="where= selects"):
         groups.from_specs([f"x={tmp_path},backend=vlm,where=clip_raw>0.2"])
 
@@ -108,8 +110,13 @@ def test_an_unknown_group_or_rule_column_names_the_nearest(tmp_path):
     with pytest.raises(RecaptionError, match="shrot.*short"):
         groups.resolve_reads(wanted, {})
     assert cfgs
+    from recaption import annotators
+
     with pytest.raises(RecaptionError, match="clip_rwa.*clip_raw"):
-        groups.from_specs([f"g={tmp_path},backend=text,where=clip_rwa>0.2"])
+        annotators.configure({"captioner": "none", "group": [f"g={tmp_path},backend=text,where=clip_rwa>0.2"]})
+    cfg = annotators.configure({"captioner": "none", "group": [f"g={tmp_path},backend=text,where=clip_raw>0.2 & "
+                                                                 "punsafe<0.1 | sieve_mean__g2>0"]})["captions.g"]
+    assert cfg.reads() == ["captions", "clip", "punsafe", "sieve.g2"]
     with pytest.raises(RecaptionError, match="not COLUMN OP NUMBER"):
         groups.from_specs([f"g={tmp_path},backend=text,where=clip_raw=>0.2"])
 
@@ -160,8 +167,8 @@ def lm(tmp_path_factory):
 
 
 def _short(shard_dir, ann, m, minilm, *extra):
-    return cli("annotate", shard_dir, "-o", ann, "--captioner", "none", "--group", f"short={m['blip']},max_new_tokens=4",
-               "--clip-model", m["clip"], "--sieve-model", minilm, "-q", *extra)
+    return cli("annotate", shard_dir, "-o", ann, "--captioner", "none",
+               "--group", f"short={m['blip']},max_new_tokens=4", "--clip-model", m["clip"], "--sieve-model", minilm, "-q", *extra)
 
 
 @pytest.mark.slow
