@@ -168,7 +168,8 @@ def lm(tmp_path_factory):
 
 def _short(shard_dir, ann, m, minilm, *extra):
     return cli("annotate", shard_dir, "-o", ann, "--captioner", "none",
-               "--group", f"short={m['blip']},max_new_tokens=4", "--clip-model", m["clip"], "--sieve-model", minilm, "-q", *extra)
+               "--group", f"short={m['blip']},max_new_tokens=4", "--clip-model", m["clip"],
+               "--sieve-model", minilm, "-q", *extra)
 
 
 @pytest.mark.slow
