@@ -220,6 +220,14 @@ def test_fuse_where_it_pays_sends_exactly_the_chosen_rows(shard_dir, tiny_models
     clauses = {k: v for k, v in f["by"].items() if k.startswith("clause ")}
     assert sum(f["by"].values()) == len(after)
     assert clauses == {f"clause 1: sieve__short<{cut:g}": len(low), f"clause 2: clip_raw>={floor:g}": len(high)}
+    # the report counts the same, clause by clause
+    from recaption.report.data import load
+    from recaption.report.html import pages
+
+    d = load(str(ann))
+    assert d.groups["fused"]["fusion"] == f["by"]
+    page = pages(d)["index.html"].decode()
+    assert "rows sent to the text model" in page and f"<td>clause 1: sieve__short&lt;{cut:g}</td>" in page
     # the upstream group was read from the folder; its settings are recorded by digest
     rec = json.loads((ann / "_recaption.json").read_text())["groups"]
     assert set(rec["captions.fused"]["reads"]) == {"captions.short", "clip.short", "sieve.short", "clip"}
