@@ -234,6 +234,10 @@ def annotator_config(name: str, value, others: dict):
         return cfg
     if isinstance(value, str) and hasattr(cls, "coerce"):
         return cls.coerce(value)
+    from recaption.annotators.groups import TextGroup, split
+
+    if isinstance(value, TextGroup) and split(name)[0] == "captions" and split(name)[1]:
+        return value  # a chained group's config (`annotators.configure(..., group=[...])` makes them)
     want = _config_type(name, others)
     if want is not None and not isinstance(value, want):
         fits = [n for n in annotators.names() if n != name and (t := _config_type(n, others)) is not None
