@@ -173,6 +173,9 @@ class AnnotateStage:
                                 a.annotate_batch(view)
                 if progress:
                     progress(len(batch.records))
+        if work.carry:  # rows made anew: the groups kept from the file, for the chained groups that read them
+            for r in rows:
+                r.update(work.carry.get(r["key"]) or {})
         self._finish(rows, todo, t)
         return rows
 

@@ -166,8 +166,8 @@ def lm(tmp_path_factory):
     return str(build_causal_lm(tmp_path_factory.mktemp("lm") / "lm"))
 
 
-def _short(shard_dir, ann, m, minilm, *extra):
-    return cli("annotate", shard_dir, "-o", ann, "--captioner", "none",
+def _short(shard_dir, ann, m, minilm, *extra, captioner="none"):
+    return cli("annotate", shard_dir, "-o", ann, "--captioner", captioner,
                "--group", f"short={m['blip']},max_new_tokens=4", "--clip-model", m["clip"],
                "--sieve-model", minilm, "-q", *extra)
 
@@ -262,11 +262,21 @@ def test_one_run_writes_a_chained_and_a_fused_group_beside_what_they_read(shard_
                   "--group", f"refined={lm},backend=text,template={refine},max_new_tokens=5",
                   "--group", f"fused={lm},backend=text,template={fuse},max_new_tokens=5,where=sieve__refined<2") == 0
     assert {p.name: p.stat().st_mtime_ns for p in ann.glob("*.parquet")} == before
+    # new unnamed captions make the rows anew: a chained group added then still reads the groups kept
+    again = _template(tmp_path, "again", "Again: {caption:short}")
+    assert _short(shard_dir, ann, tiny_models, minilm, "--max-new-tokens", "3",
+                  "--group", f"refined={lm},backend=text,template={refine},max_new_tokens=5",
+                  "--group", f"fused={lm},backend=text,template={fuse},max_new_tokens=5,where=sieve__refined<2",
+                  "--group", f"again={lm},backend=text,template={again},max_new_tokens=3",
+                  captioner=tiny_models["blip"]) == 0
+    rows = [r for r in _ann_rows(ann) if r["status"] == "ok"]
+    assert all(r["captions"] and r["fusion__again"] == "all" and r["captions__again"] for r in rows)
+    assert all(r["captions__fused"] or r["fusion__fused"].startswith("not sent") for r in rows)  # kept as it was
     # a group it reads changes: the chained groups are stale, dropped from the record and the files
     assert cli("annotate", shard_dir, "-o", ann, "--captioner", "none", "--group",
                f"short={tiny_models['blip']},max_new_tokens=3", "--clip-model", tiny_models["clip"],
                "--sieve-model", minilm, "--overwrite", "-q") == 0
     rec = json.loads((ann / "_recaption.json").read_text())["groups"]
-    assert "captions.refined" not in rec and "captions.fused" not in rec
+    assert "captions.refined" not in rec and "captions.fused" not in rec and "captions.again" not in rec
     cols = pq.read_schema(sorted(ann.glob("*.parquet"))[0]).names
     assert "captions__fused" not in cols and "fusion__refined" not in cols
