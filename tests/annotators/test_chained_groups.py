@@ -220,6 +220,19 @@ def test_fuse_where_it_pays_sends_exactly_the_chosen_rows(shard_dir, tiny_models
     clauses = {k: v for k, v in f["by"].items() if k.startswith("clause ")}
     assert sum(f["by"].values()) == len(after)
     assert clauses == {f"clause 1: sieve__short<{cut:g}": len(low), f"clause 2: clip_raw>={floor:g}": len(high)}
+    # a mix keeps every group's captions under its keys: the fused key only where a row was fused
+    out = tmp_path / "mixed"
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--synthetic-group", "fused",
+               "--caption-keys", "all", "-q") == 0
+    from tests.helpers import read_output
+
+    rows_by_key = {k[1]: r for k, r in by_key.items()}  # keys name their shard (img2dataset's)
+    written = read_output(out)
+    assert any("recaption_group_fused" in s.meta for s in written.values())
+    for s in written.values():
+        r = rows_by_key[s.key]
+        assert ("recaption_group_fused" in s.meta) == bool(r["captions__fused"])
+        assert s.meta["recaption_group_short"] == groups.best(r, "short")
     # the report counts the same, clause by clause
     from recaption.report.data import load
     from recaption.report.html import pages
