@@ -29,8 +29,6 @@ from dataclasses import dataclass
 
 from recaption.errors import RecaptionError
 
-dataclass_frozen = dataclass(frozen=True)
-
 SEP = "__"  # column suffix: captions__long
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # no '_' and no '.': column and group names stay unambiguous
 FAMILIES = ("captions", "clip", "sieve")  # the annotators a named group is made of, in run order
@@ -346,10 +344,7 @@ def context(row: dict, refs) -> "object":
     return Context(row.get("raw_caption"), {g: best(row, g) for g in refs})
 
 
-OPS = {"<=": "le", ">=": "ge", "<": "lt", ">": "gt"}
-
-
-@dataclass_frozen
+@dataclass(frozen=True)
 class Rule:
     """`where`: clauses joined by `|` (or ` or `), each a conjunction of `COLUMN OP NUMBER` joined by
     `&` (or ` and `), OP one of < <= > >=; a row is sent when a clause holds, and counted under the
@@ -397,7 +392,10 @@ class Rule:
                 ok &= getattr(np, {"<": "less", "<=": "less_equal", ">": "greater", ">=": "greater_equal"}[op])(
                     vals[c], v)  # NaN compares false: a missing value holds nothing
             hit[ok] = i
-        lack = [next((c for c in self.columns() if np.isnan(vals[c][k])), None) for k in range(n)]
+        cols = self.columns()
+        nan = np.stack([np.isnan(vals[c]) for c in cols], axis=1) if n else np.zeros((0, len(cols)), bool)
+        first = nan.argmax(axis=1)  # the first column a row lacks, where it lacks one
+        lack = [cols[j] if m else None for j, m in zip(first.tolist(), nan.any(axis=1).tolist())]
         return hit, lack
 
 
@@ -618,6 +616,13 @@ def caption_config(group: str, ref: str, overrides: dict, options: bool = True, 
             raise RecaptionError(f"caption group {group!r}: where= selects the rows a text model's group is sent "
                                  f"(backends text, vllm-text); {cfg.backend} captions every image")
         return cfg
+    if cfg.engine_args and cfg.backend == "text":
+        raise RecaptionError(f"caption group {group!r}: engine_args are vLLM's (backend vllm-text); the text backend "
+                             "takes none")
+    if cfg.backend == "vllm-text":
+        from recaption.captioners.vllm import sampling_kwargs
+
+        sampling_kwargs(cfg.decoding)  # what vLLM cannot decode (beam search) is said before any work
     cols = Rule.parse(where).columns() if where is not None else []
     out = TextGroup(cfg, where, tuple(dict.fromkeys(annotator_of(c, numbers or {}) for c in cols)))
     if group in out.refs():

@@ -32,10 +32,14 @@ class TextCaptioner(Captioner):
         super().__init__(cfg)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from recaption.captioners.hf import quantization_config
         from recaption.captioners.vlm import generate_kwargs
         from recaption.models import quiet_hub, resolve_device, resolve_dtype
 
         quiet_hub()
+        if cfg.engine_args:  # vLLM's engine arguments mean nothing to transformers: refused, not ignored
+            raise RecaptionError(f"engine_args {sorted(cfg.engine_args)[0]!r}: the text backend takes none "
+                                 "(vllm-text takes vLLM's)")
         self.template = text_template(cfg)
         self.gen_kwargs = generate_kwargs(cfg)
         self.device = resolve_device(cfg.device)
@@ -45,8 +49,11 @@ class TextCaptioner(Captioner):
         self.tokenizer.padding_side = "left"  # a batch generates after each prompt's last token
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=self.dtype, **common).eval()
-        self.model.to(self.device)
+        q = quantization_config(cfg.quantize, self.dtype)
+        load = {"dtype": self.dtype} | ({"quantization_config": q, "device_map": {"": self.device}} if q else {})
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, **common, **load).eval()
+        if q is None:
+            self.model.to(self.device)
         self.chat = getattr(self.tokenizer, "chat_template", None) is not None
         self.tokens_generated = 0
         self.captions_generated = 0

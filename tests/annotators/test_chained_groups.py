@@ -73,6 +73,15 @@ def test_a_text_template_with_an_image_is_refused(tmp_path):
         text_template(cfg)
 
 
+def test_options_a_text_model_cannot_honour_are_refused(tmp_path):
+    with pytest.raises(RecaptionError, match="engine_args are vLLM's"):
+        groups.from_recipe({"f": {"captioner": str(tmp_path), "caption": {"backend": "text",
+                                                                        "engine_args": {"max_model_len": 512}}}})
+    with pytest.raises(RecaptionError, match="does not do beam search"):
+        groups.from_specs(["f=capsfus-llama,backend=vllm-text"])  # the preset's 3 beams, before any work
+    assert groups.from_specs(["f=capsfus-llama-vllm"])["f"].caption.backend == "vllm-text"
+
+
 def test_a_vlm_group_reading_another_group_is_refused(tmp_path):
     t = _template(tmp_path, "t", "<image>\nFix {caption:short}")
     with pytest.raises(RecaptionError, match="read by a text model's caption group"):
