@@ -244,9 +244,11 @@ class _TextCaptions(_NamedRows):
     @classmethod
     def check(cls, c) -> None:
         """The text backend's packages, before any work."""
-        from recaption.annotators.captions import Captions
+        from recaption.captioners.base import backend_requirements
+        from recaption.errors import require
 
-        Captions.check(c.caption)
+        for module, extra in backend_requirements(c.caption):
+            require(module, extra)
 
     def image_models(self) -> dict:
         """None: a text model reads no pixels."""

@@ -82,6 +82,12 @@ def test_options_a_text_model_cannot_honour_are_refused(tmp_path):
     assert groups.from_specs(["f=capsfus-llama-vllm"])["f"].caption.backend == "vllm-text"
 
 
+def test_a_text_model_as_the_unnamed_captioner_is_refused(shard_dir, tmp_path, capsys):
+    assert cli("annotate", shard_dir, "-o", tmp_path / "ann", "-c", "capsfus-llama", "--no-clip", "--no-sieve") != 0
+    assert "--group NAME=capsfus-llama" in capsys.readouterr().err
+    assert not (tmp_path / "ann").exists()
+
+
 def test_a_vlm_group_reading_another_group_is_refused(tmp_path):
     t = _template(tmp_path, "t", "<image>\nFix {caption:short}")
     with pytest.raises(RecaptionError, match="read by a text model's caption group"):
