@@ -234,6 +234,10 @@ def annotator_config(name: str, value, others: dict):
         return cfg
     if isinstance(value, str) and hasattr(cls, "coerce"):
         return cls.coerce(value)
+    from recaption.annotators.groups import TextGroup, split
+
+    if isinstance(value, TextGroup) and split(name)[0] == "captions" and split(name)[1]:
+        return value  # a chained group's config (`annotators.configure(..., group=[...])` makes them)
     want = _config_type(name, others)
     if want is not None and not isinstance(value, want):
         fits = [n for n in annotators.names() if n != name and (t := _config_type(n, others)) is not None
@@ -291,9 +295,15 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     shards = shards_of(input_spec)
     folders.refuse_overlap(ann_dir, shards, "annotation folder")
     wanted = annotators.settings(cfgs, RunContext(batch_size=d.batch_size, preprocess=d.preprocess))
+    from recaption.annotators.groups import resolve_reads
+
+    # a chained group records what it reads (this pass's groups or the folder's): stale when they change
+    held = (folders.read_record(ann_dir) or {}).get("groups") or {}
+    resolve_reads(wanted, held)
     preflight(ex)
     with folders.locked(ann_dir):
-        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(wanted),
+        # the folder's chained groups too: new values of a group they read make them stale
+        folders.claim_annotations(ann_dir, wanted, overwrite, annotators.dependents(held | wanted),
                                   {g: annotators.get(g).added_settings for g in wanted})
         spec = AnnotateSpec(ann_dir=ann_dir, models=AnnotatorSpec(cfgs, {n: annotators.target(n) for n in cfgs},
                                                                  device=ex.device),
@@ -365,7 +375,15 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
                 timings[k] = round(timings.get(k, 0.0) + v, 3)
     failed = [{"shard": r["shard"], "error": r.get("error")} for r in reports if r["status"] == "failed"]
     failed += [{"shard": r["shard"], "error": r["read_error"]} for r in reports if r.get("read_error")]
-    return _summary_base(verb) | {
+    fusion: dict = {}  # chained group -> {clause or reason: rows}, from the shards computed now
+    for r in reports:
+        for g, counts in ((r.get("info") or {}).get("fusion") or {}).items():
+            mine = fusion.setdefault(g, {})
+            for k, v in counts.items():
+                mine[k] = mine.get(k, 0) + v
+    extra = {"fusion": {g: {"sent": sum(v for k, v in c.items() if not k.startswith("not sent")),
+                            "by": dict(sorted(c.items()))} for g, c in sorted(fusion.items())}} if fusion else {}
+    return _summary_base(verb) | extra | {
         "shards": by, "samples": samples, "errors": errors, "seconds": round(seconds, 3),
         "samples_per_second": round(processed / seconds, 2) if seconds > 0 and processed else None,
         "stage_seconds": timings, "error_reasons": dict(reasons.most_common(5)),

@@ -11,6 +11,7 @@ Data-Juicer's per-sample mappers do). Prints a table and writes JSON.
     python scripts/bench.py --mode input         # the input path alone, per CPU core (bench_input.py)
     python scripts/bench.py --vlm qwen2_vl       # also a VLM through transformers, beside BLIP
     python scripts/bench.py --mode vlm           # the VLM beside BLIP alone (no CLIP, SIEVE, naive)
+    python scripts/bench.py --mode fusion        # the share of the bundled shards a `where` rule fuses
 
 The VLM is a small real-shape Qwen2-VL (a SmolLM2-135M-sized language model: 576 wide, 30
 layers, 49,152-token vocabulary; a 12-layer 768-wide vision tower; images up to 448x448, so 256
@@ -244,9 +245,38 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return float(p.stdout.strip().splitlines()[-1])
 
 
+def fusion_share(a, root: Path, work: Path) -> dict:
+    """One annotate pass over the bundled sample shards: a short group (BLIP), and a fused group (a
+    causal LM on CapsFusion's prompt) sent only the rows `--where` selects; the share of the pool
+    fused, by clause, from the run's summary, and the text model's seconds per row sent."""
+    from recaption import annotators, api
+    from recaption.demo.tiny_models import build_blip, build_causal_lm, build_clip
+    from recaption.resources import PACKAGE
+
+    m = {"blip": build_blip(root / "tiny-blip"), "clip": build_clip(root / "tiny-clip"),
+         "lm": build_causal_lm(root / "tiny-llama", chat=False)}
+    shards = sorted(str(p) for p in (PACKAGE / "data" / "sample-shards").glob("*.tar"))
+    groups = [f"short={m['blip']},max_new_tokens=20",
+              f"fused={m['lm']},backend=text,template=capsfusion,max_new_tokens={a.fusion_tokens},where={a.where}"]
+    t0 = time.perf_counter()
+    cfgs = annotators.configure({"captioner": "none", "group": groups, "clip_model": m["clip"]})
+    summ = api.annotate(shards, str(work / "fusion-ann"), cfgs, execution={"device": a.device, "quiet": True,
+                                                                          "workers": 1})
+    f = summ.get("fusion", {}).get("fused", {"sent": 0, "by": {}})
+    seconds = summ["stage_seconds"].get("caption.fused", 0.0)
+    return {"rule": a.where, "shards": len(shards), "samples": summ["samples"], "fused": f["sent"],
+            "share_fused": f["sent"] / summ["samples"] if summ["samples"] else None, "by": f["by"],
+            "text_model_seconds_per_fused_row": seconds / f["sent"] if f["sent"] else None,
+            "wall_seconds": time.perf_counter() - t0,
+            "models": "tiny random-weight BLIP, CLIP and LLaMA; the real all-MiniLM-L6-v2 for SIEVE"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["pipeline", "input", "vlm"], default="pipeline",
+    ap.add_argument("--where", default="sieve__short<0.25 & clip_raw>=0.0",
+                    help="fusion mode: the fused group's rule (README: chained and fused groups)")
+    ap.add_argument("--fusion-tokens", type=int, default=20, help="fusion mode: new tokens per fused caption")
+    ap.add_argument("--mode", choices=["pipeline", "input", "vlm", "fusion"], default="pipeline",
                     help="pipeline: models and end to end; input: decode + preprocessing alone, per core; "
                          "vlm: the VLM beside BLIP alone")
     ap.add_argument("--vlm", default=None, help="also time a VLM through transformers: qwen2_vl or llava")
@@ -289,6 +319,17 @@ def main():
     device = resolve_device(a.device)
     root = Path(a.cache)
     root.mkdir(parents=True, exist_ok=True)
+    if a.mode == "fusion":
+        r = fusion_share(a, root, Path(tempfile.mkdtemp(prefix="recaption-bench-")))
+        Path(a.json).write_text(json.dumps({"fusion": r, "config": vars(a)}, indent=2))
+        print(f"fusion on the bundled shards ({r['samples']} samples), rule {r['rule']!r}: "
+              f"{r['fused']} fused, {100 * (r['share_fused'] or 0):.1f}% of the pool")
+        for why, n in r["by"].items():
+            print(f"  {why:<48}{n:>6}")
+        if r["text_model_seconds_per_fused_row"]:
+            print(f"text model: {r['text_model_seconds_per_fused_row']:.3f} s per fused row ({r['models']})")
+        print(f"JSON: {a.json}")
+        return
     models = build_models(root, a.clip, a.blip)
     work = Path(tempfile.mkdtemp(prefix="recaption-bench-"))
     samples(max(a.samples, 8 * a.per_shard if a.memory else a.samples), work / "shards", a.per_shard)

@@ -37,6 +37,10 @@ def tiny_sets(recipe, m, minilm, root=None):
         "dreamlip": [f"groups.short.captioner={m['blip']}", "groups.short.caption.max_new_tokens=4",
                      f"groups.long.captioner={m['vlm']}", "groups.long.caption.backend=vlm",
                      "groups.long.caption.max_new_tokens=8"],
+        # CapsFusion's LLaMA replaced by the tiny random-weight causal LM (no chat template, as
+        # CapsFus-LLaMA has none), through the text backend and the recipe's own fusion prompt
+        "capsfusion": [f"groups.short.captioner={m['blip']}", "groups.short.caption.max_new_tokens=4",
+                       f"groups.fused.caption.model={m['text_plain']}", "groups.fused.caption.max_new_tokens=6"],
     }[recipe]
     return ["batch_size=4"] if sets is None else sets + [f"clip.model={m['clip']}", "batch_size=4"]
 

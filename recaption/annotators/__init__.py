@@ -63,6 +63,7 @@ def ensure(targets: dict[str, str]) -> None:
     not register). Named caption groups are made, never registered (`recaption.annotators.groups`)."""
     from recaption.annotators import groups
 
+    groups.note_targets(targets)  # a chained group's classes are its own (`TextCaptions__fused`)
     REGISTRY.ensure({n: t for n, t in targets.items() if not groups.is_named(n)})
 
 
@@ -172,11 +173,16 @@ def blank_group(row: dict, group: str) -> None:
 
 def dependents(also=()) -> dict[str, set[str]]:
     """group -> the groups computed from it, directly or not (new captions make scores stale);
-    with the named caption groups of `also` and their scores (`captions.long` -> `clip.long`...)."""
+    with the named caption groups of `also` and their scores (`captions.long` -> `clip.long`...),
+    and the chained groups that read them (`also` as {group: settings}: their recorded reads)."""
     from recaption.annotators import groups
 
+    if isinstance(also, dict):
+        groups.note_settings(also)
     named = {f"{b}.{g}" for n in also for g in [groups.split(n)[1]] if g is not None for b in groups.FAMILIES}
     direct = {a.name: set(a.after) for a in classes() + [get(n) for n in sorted(named)]}
+    for n in named:
+        direct[n] |= set(groups.reads_of(n, also.get(n) if isinstance(also, dict) else None))
     out: dict[str, set[str]] = {}
     for g in direct:
         seen, todo = set(), [g]
@@ -192,12 +198,18 @@ def dependents(also=()) -> dict[str, set[str]]:
 
 def run_order(wanted) -> list[str]:
     """The groups of `wanted` in an order where each comes after the groups it is computed from
-    (registry order otherwise)."""
+    (registry order otherwise); a chained caption group after the groups it reads (`wanted` as
+    {name: config} says what they read)."""
+    from recaption.annotators import groups
+
+    if isinstance(wanted, dict):
+        groups.note_configs(wanted)
     wanted = list(wanted)
     left = [n for n in names() if n in set(wanted)] + [n for n in wanted if n not in REGISTRY]
+    after = {n: set(get(n).after) | set(groups.reads_of(n)) for n in left}
     order: list[str] = []
     while left:
-        ready = next((n for n in left if not (set(get(n).after) & set(left))), left[0])
+        ready = next((n for n in left if not (after[n] & set(left))), left[0])
         order.append(ready)
         left.remove(ready)
     return order
@@ -213,7 +225,7 @@ def configure(values: dict, kinds=("captioner", "scorer")) -> dict:
         cfg = a.configure(values, out) if a.kind in kinds else a.default()
         if cfg is not None:
             out[a.name] = cfg
-    named = groups.from_specs(values.get("group")) if "captioner" in kinds else {}
+    named = groups.from_specs(values.get("group"), number_columns()) if "captioner" in kinds else {}
     return out | groups.expand(named, out)
 
 
@@ -230,10 +242,16 @@ def from_recipe(recipe: dict) -> dict:
     from recaption.annotators import groups
 
     try:
-        named = groups.from_recipe(recipe.get("groups"))
+        named = groups.from_recipe(recipe.get("groups"), number_columns())
     except RecaptionError as e:
         raise RecaptionError(f"groups: {e}" if not str(e).startswith("groups") else str(e)) from None
     return out | groups.expand(named, out)
+
+
+def number_columns() -> dict[str, str]:
+    """Every number column a registered annotator declares -> its annotator (what a chained
+    group's `where` rule may read, besides the named groups' SIEVE columns)."""
+    return {c.name: a.name for a in classes() for c in a.columns if c.type in ("float32", "float64", "int32", "int64")}
 
 
 def recipe_keys() -> set[str]:

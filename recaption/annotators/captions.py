@@ -47,7 +47,9 @@ class Captions(Annotator):
         Option("trust_remote_code", bool, False, "allow model repositories to run their own code (off by default)"),
         Option("group", str, None, "a named caption group beside the unnamed one, NAME=CAPTIONER[,OPTION=VALUE...] "
                "(e.g. long=qwen2.5-vl-3b,max_new_tokens=120): its own candidates, CLIP and SIEVE scores and "
-               "settings (docs/formats.md#caption-groups); --captioner none: named groups only", multiple=True),
+               "settings (docs/formats.md#caption-groups); --captioner none: named groups only; a text model's "
+               "group reads {caption:GROUP} and takes where=RULE (e.g. fused=capsfus-llama,where=sieve__short<0.25)",
+               multiple=True),
     )
 
     @classmethod
@@ -118,9 +120,12 @@ class Captions(Annotator):
     def check(cls, c) -> None:
         """What would fail at build time, said before any work: a missing package, settings the
         backend cannot run (a config object given directly skips `load_preset`'s checks)."""
-        from recaption.captioners.base import backend_requirements, check_config
+        from recaption.captioners.base import BACKENDS, backend_requirements, check_config
         from recaption.errors import require
 
+        if not BACKENDS.get(c.backend).images:  # it would be handed the alt-text alone, markers unfilled
+            raise RecaptionError(f"{c.backend} is a text model: it writes a chained caption group "
+                                 f"(--group NAME={c.name or c.model}), not the unnamed group's captions of images")
         for module, extra in backend_requirements(c):
             require(module, extra)
         check_config(c)

@@ -34,6 +34,7 @@ class Backend:
     chat: bool = False  # prompts are chat templates (prompts/templates, `--template`), not `--prompt` alone
     engine_args: bool = False  # takes `engine_args` (recorded with the captions group's settings); else refused
     check: str | None = None  # "module:function": refuses a config it cannot run (one line), before any shard is read
+    images: bool = True  # False: a text model (chained caption groups), handed a `chat.Context` per sample
 
 
 def _builtin_guess(model: str) -> str | None:
@@ -96,6 +97,10 @@ for _name, _backend in {
                     check="recaption.captioners.vllm:check_config"),
     "vlm": Backend("recaption.captioners.vlm:VLMCaptioner", serves=_serves_vlm, chat=True, engine_args=True,
                    check="recaption.captioners.vlm:check_config"),
+    # text-to-text steps of chained and fused caption groups (chosen by name: --backend or a preset)
+    "text": Backend("recaption.captioners.text:TextCaptioner", chat=True, images=False),
+    "vllm-text": Backend("recaption.captioners.vllm:VLLMTextCaptioner", (("vllm", "vllm"),), chat=True, images=False,
+                         engine_args=True, check="recaption.captioners.vllm:check_config"),
 }.items():
     BACKENDS.register(_name, _backend, builtin=True)
 
@@ -218,7 +223,11 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
                                  f"{cfg.backend} backend takes --prompt")
         from recaption.captioners.chat import load_template
 
-        load_template(cfg.template)  # unknown or malformed: said before any work
+        refs = load_template(cfg.template).refs()  # unknown or malformed: said before any work
+        if refs and backend.images:  # filled by a chained group only: a VLM would read the marker itself
+            text = [n for n in BACKENDS.names() if not BACKENDS.get(n).images]
+            raise RecaptionError(f"template {cfg.template}: {{caption:{refs[0] or ''}}} is read by a text model's "
+                                 f"caption group (backends {', '.join(text)}), not the {cfg.backend} backend")
     if cfg.quantize not in (None, *QUANTIZE):
         raise RecaptionError(f"--quantize takes {' or '.join(QUANTIZE)}, got {cfg.quantize!r}")
     cfg.decoding.validate()
@@ -338,7 +347,7 @@ class Captioner:
 def backend_requirements(cfg: CaptionerConfig) -> tuple[tuple[str, str], ...]:
     """(module, extra) pairs a captioner needs installed, so a missing one is reported before any work."""
     needs = BACKENDS.get(cfg.backend).requires
-    if cfg.quantize and cfg.backend != "vllm":
+    if cfg.quantize and not cfg.backend.startswith("vllm"):
         needs += (("bitsandbytes", "quant"),)
     return needs
 

@@ -2,12 +2,17 @@
 
 A template is the text of the user's turn, with `<image>` where the image goes (first when it is
 absent) and `{alt_text}` for the sample's alt-text; an optional first line `system: TEXT` is the
-system turn. The model's own processor renders the messages (`apply_chat_template` in the
-transformers backend, vLLM's `LLM.chat`), so no template holds a model's markup: one that does is
-refused, since rendering it again would wrap a model's turn markers inside another's.
+system turn. A text model's template (the `text` and `vllm-text` backends: chained and fused
+caption groups) has no image, and may also read `{caption:GROUP}`, the best candidate of another
+caption group (`{caption}`: the unnamed group's), which its backend is handed as a `Context`.
+
+The model's own processor renders the messages (`apply_chat_template` in the transformers backend,
+vLLM's `LLM.chat`), so no template holds a model's markup: one that does is refused,
+since rendering it again would wrap a model's turn markers inside another's.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from recaption.errors import RecaptionError
@@ -15,6 +20,8 @@ from recaption.resources import named_or_path
 
 ALT_TEXT = "{alt_text}"
 IMAGE = "<image>"
+CAPTION = re.compile(r"\{caption(?::([a-z][a-z0-9-]{0,31}))?\}")  # {caption:GROUP}; {caption}: the unnamed group
+FILLED = re.compile(r"\{alt_text\}|" + CAPTION.pattern)
 MAX_ALT_CHARS = 1000
 # Turn and image markers of the chat formats recaption's VLMs use: a template holding one was
 # written for one model's raw prompt, which the processor's own rendering would double.
@@ -31,6 +38,18 @@ class ChatTemplate:
     system: str | None
     before: str
     after: str
+
+    def refs(self) -> list[str | None]:
+        """The caption groups `{caption:GROUP}` reads, in order of first use (None: the unnamed group)."""
+        text = "\n".join(t for t in (self.system, self.before, self.after) if t)
+        return list(dict.fromkeys(m.group(1) for m in CAPTION.finditer(text)))
+
+    def text_messages(self, context: str | None) -> list[dict]:
+        """A text model's conversation: the template's turns, `{alt_text}` and `{caption:GROUP}`
+        filled from `context` (a `Context`, or a plain alt-text)."""
+        before, after = self.texts(context)
+        system = [{"role": "system", "content": fill(self.system, context)}] if self.system else []
+        return system + [{"role": "user", "content": " ".join(t for t in (before, after) if t)}]
 
     def texts(self, raw_caption: str | None) -> tuple[str, str]:
         """The user's text before and after the image, `{alt_text}` filled."""
@@ -59,9 +78,32 @@ class ChatTemplate:
         return " ".join(t for t in (before, after) if t)
 
 
+class Context(str):
+    """A sample's alt-text (the string itself, "" where it has none) with the best candidate of
+    each caption group a chained template reads (`captions`: group -> text; None: the unnamed group)."""
+
+    captions: dict
+
+    def __new__(cls, alt_text: str | None, captions: dict | None = None):
+        self = super().__new__(cls, alt_text or "")
+        self.captions = dict(captions or {})
+        return self
+
+
 def fill(text: str, raw_caption: str | None, max_alt_chars: int = MAX_ALT_CHARS) -> str:
-    """Fill `{alt_text}`; a missing alt-text becomes an empty string, a huge one is cut."""
-    return text.replace(ALT_TEXT, (raw_caption or "")[:max_alt_chars])
+    """Fill `{alt_text}` and, from a `Context`, `{caption:GROUP}` (in one pass: an alt-text that
+    holds such a marker is not filled again); a missing alt-text becomes an empty string, a huge
+    one is cut (so is a caption)."""
+    captions = getattr(raw_caption, "captions", None)
+    if captions is None:
+        return text.replace(ALT_TEXT, (raw_caption or "")[:max_alt_chars])
+
+    def one(m):
+        if m.group(0) == ALT_TEXT:
+            return str(raw_caption)[:max_alt_chars]
+        return (captions.get(m.group(1)) or "")[:max_alt_chars]
+
+    return FILLED.sub(one, text)
 
 
 def parse_template(text: str, name: str = "<template>") -> ChatTemplate:

@@ -95,3 +95,45 @@ class VLLMCaptioner(Captioner):
         self.tokens_generated += sum(len(c.token_ids) for c in done)
         self.captions_generated += len(done)
         return collect(outs)
+
+
+def text_conversations(template: ChatTemplate, contexts) -> list[list[dict]]:
+    """One text-only vLLM chat conversation per sample (a chained group's: no image part)."""
+    return [template.text_messages(c) for c in contexts]
+
+
+class VLLMTextCaptioner(VLLMCaptioner):
+    """A chained group's text model served by vLLM's offline `LLM.chat`, conversations without images."""
+
+    def __init__(self, cfg: CaptionerConfig):
+        Captioner.__init__(self, cfg)
+        require("vllm", "vllm")
+        from vllm import LLM
+
+        from recaption.captioners.text import text_template
+
+        self.template = text_template(cfg)
+        args = {"model": cfg.model, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
+                "dtype": cfg.dtype or "auto", "seed": cfg.decoding.seed} | dict(cfg.engine_args)
+        if cfg.quantize:
+            args.setdefault("quantization", "bitsandbytes")
+        self.llm = LLM(**{k: v for k, v in args.items() if v is not None})
+        self.tokens_generated = 0
+        self.captions_generated = 0
+
+    @property
+    def image_size(self) -> int:
+        """No image is read (0)."""
+        return 0
+
+    def _generate(self, images, contexts):
+        import torch
+        from vllm import SamplingParams
+
+        seed = int(torch.initial_seed() % 2**31)
+        params = SamplingParams(**sampling_kwargs(self.cfg.decoding, seed))
+        outs = self.llm.chat(text_conversations(self.template, contexts), params, use_tqdm=False)
+        done = [c for o in outs for c in o.outputs]
+        self.tokens_generated += sum(len(c.token_ids) for c in done)
+        self.captions_generated += len(done)
+        return collect(outs)

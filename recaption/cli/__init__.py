@@ -296,7 +296,8 @@ def models(name: Annotated[Optional[str], typer.Argument(help="show this preset 
         return
     rows = []
     for pname, p in presets.items():
-        needs = "recaption[quant]" if p.get("quantize") else "recaption[vllm], GPU" if p["backend"] == "vllm" else ""
+        needs = ("recaption[quant]" if p.get("quantize") else "recaption[vllm], GPU" if p["backend"].startswith("vllm")
+                 else "")
         rows.append([pname, p["model"], _decoding_summary(p.get("decoding", {})), needs])
     render.show("captioner presets", ["preset", "model", "decoding", "needs"], rows)
     print("`recaption models NAME` shows one in full; -c also takes a YAML file, a Hugging Face id or a local folder.")

@@ -95,6 +95,10 @@ def annotate(summary: dict, where: str) -> None:
     if summary.get("failed_shards"):
         r.add("shards not read whole", len(summary["failed_shards"]))
         _failures(r, summary["failed_shards"])
+    for group, f in (summary.get("fusion") or {}).items():  # chained groups: rows sent, by clause or reason
+        r.add(f"group {group}: sent to its model", f"{f['sent']:,}")
+        for why, n in f["by"].items():
+            r.add(f"  {why}", f"{n:,}")
     if summary.get("samples_per_second"):
         r.add("rate", f"{summary['samples_per_second']:,.2f} samples/s over {summary['seconds']:,.1f} s")
     if summary.get("stage_seconds"):

@@ -333,6 +333,24 @@ def build_florence2(out: str | Path, *, seed: int = 0, hidden: int = 64, image_s
     return out
 
 
+def build_causal_lm(out: str | Path, *, seed: int = 0, hidden: int = 64, chat: bool = True) -> Path:
+    """A tiny random-weight Llama causal LM and its tokenizer, for chained and fused caption groups:
+    with a Qwen-style chat template (`chat`), or none (CapsFusion's LLaMA takes a plain prompt)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    tok = _vlm_tokenizer(QWEN_SPECIALS[:3])
+    if chat:
+        tok.chat_template = QWEN2_VL_CHAT
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    _seed(seed)
+    LlamaForCausalLM(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 # Every tiny VLM family, by transformers' model_type: tests caption with each of them.
 VLM_BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava, "idefics3": build_idefics3,
                 "smolvlm": build_smolvlm, "florence2": build_florence2}
@@ -412,7 +430,7 @@ def build_all(root: str | Path) -> dict[str, str]:
     """Every tiny model under root (built once, then reused); returns their paths by name."""
     root = Path(root)
     done = root / "_ok.json"
-    builders = ("blip", "blip2", "blip2t5", "clip", "coca", "vlm")
+    builders = ("blip", "blip2", "blip2t5", "clip", "coca", "vlm", "text", "text_plain")
     if done.exists():
         cached = json.loads(done.read_text())
         if set(builders) <= set(cached):
@@ -424,6 +442,8 @@ def build_all(root: str | Path) -> dict[str, str]:
         "clip": build_clip(root / "clip"),
         "coca": build_coca(root / "coca"),
         "vlm": str(build_qwen2_vl(root / "qwen2-vl")),
+        "text": str(build_causal_lm(root / "llama-text")),
+        "text_plain": str(build_causal_lm(root / "llama-plain", chat=False)),
     }
     done.write_text(json.dumps(paths, indent=1))
     return paths

@@ -116,6 +116,8 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
         for g, s in p["groups"].items():
             cur = d.groups.setdefault(g, {"captioners": set(), **{k: 0.0 for k in GROUP_SUMS}})
             cur["captioners"] |= set(s.pop("captioners"))
+            for why, n in s.pop("fusion", {}).items():  # a chained group: rows sent, by clause, and why not
+                cur.setdefault("fusion", {})[why] = cur.get("fusion", {}).get(why, 0) + n
             for k, v in s.items():
                 cur[k] += v
         d.pooled += p["pooled"]
@@ -242,7 +244,7 @@ def caption_groups(f: AnnFile, held: dict, valid: np.ndarray) -> dict:
     names = ([""] if "captions" in held else []) + in_file(held)
     if not names:
         return {}
-    want = [column(c, g or None) for g in names for c in ("captions", "captioner", "clip_captions", "sieve")]
+    want = [column(c, g or None) for g in names for c in ("captions", "captioner", "clip_captions", "sieve", "fusion")]
     t = ann.read_table(f.path, columns=want, threads=False)
     out = {}
     for g in names:
@@ -259,6 +261,9 @@ def caption_groups(f: AnnFile, held: dict, valid: np.ndarray) -> dict:
                   "words": float(np.nansum(words)), "words_n": float(np.isfinite(words).sum()),
                   "clip": float(np.nansum(best)), "clip_n": float(np.isfinite(best).sum()),
                   "sieve": float(np.nansum(sieve)), "sieve_n": float(np.isfinite(sieve).sum())}
+        if column("fusion", g or None) in t.column_names:  # a chained group: which clause sent each row
+            counts = pc.value_counts(t[column("fusion", g or None)].combine_chunks()).to_pylist()
+            out[g]["fusion"] = {c["values"]: c["counts"] for c in counts if c["values"] is not None}
     return out
 
 

@@ -237,8 +237,11 @@ def _groups(d: ReportData) -> str:
 
     rows = [(g or "(unnamed)", ", ".join(sorted(s["captioners"])) or "-", _n(int(s["samples"])),
              mean(s, "words"), mean(s, "clip"), mean(s, "sieve")) for g, s in sorted(d.groups.items())]
+    fused = [(g, why, _n(n)) for g, s in sorted(d.groups.items()) for why, n in sorted(s.get("fusion", {}).items())]
+    sent = ("<h3>chained groups: rows sent to the text model, by clause, and why the others were not</h3>"
+            + _table(fused, ("group", "clause or reason", "rows"))) if fused else ""
     return ("<h2>caption groups</h2>" + _table(rows, ("group", "captioner", "samples with captions",
-                                                       "words (best caption)", "CLIP (best caption)", "SIEVE")))
+                                                       "words (best caption)", "CLIP (best caption)", "SIEVE")) + sent)
 
 
 def _strategies(d: ReportData) -> str:

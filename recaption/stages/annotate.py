@@ -138,8 +138,11 @@ class AnnotateStage:
             return ShardReport(name, "failed", error=f"{type(e).__name__}: {e}", seconds=t.s)
         keyed = [r for r in rows if r["key"] is not None]
         read_error = next((r["error"] for r in rows if r["key"] is None), None)
+        from recaption.annotators.groups import fusion_counts
+
+        fused = fusion_counts(rows, work.todo)  # which clause of a chained group's rule sent each row
         return ShardReport(name, "done", len(keyed), sum(r["status"] != "ok" for r in keyed), t.s,
-                           read_error=read_error, reasons=error_reasons(rows))
+                           read_error=read_error, reasons=error_reasons(rows), info={"fusion": fused} if fused else {})
 
     def _todo(self, work: ShardWork) -> list:
         return [a for n, a in self.bundle.annotators.items() if n in work.todo]
@@ -170,6 +173,9 @@ class AnnotateStage:
                                 a.annotate_batch(view)
                 if progress:
                     progress(len(batch.records))
+        if work.carry:  # rows made anew: the groups kept from the file, for the chained groups that read them
+            for r in rows:
+                r.update(work.carry.get(r["key"]) or {})
         self._finish(rows, todo, t)
         return rows
 

@@ -60,7 +60,7 @@ def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:
         if g in recorded and not overwrite:
             raise RecaptionError(f"{url}: {g} were written with other settings; add --overwrite to redo them")
         todo.add(g)
-    deps = registry.dependents(set(wanted) | set(recorded))
+    deps = registry.dependents(dict(recorded) | dict(wanted))
     stale = set().union(*(deps.get(g, set()) for g in todo)) if todo else set()
     keep = {g: s for g, s in recorded.items() if g not in todo and g not in stale}
     work = ShardWork(todo=todo, keep=keep, existing_rows=table.num_rows)
