@@ -618,13 +618,6 @@ def caption_config(group: str, ref: str, overrides: dict, options: bool = True, 
             raise RecaptionError(f"caption group {group!r}: where= selects the rows a text model's group is sent "
                                  f"(backends text, vllm-text); {cfg.backend} captions every image")
         return cfg
-    if cfg.engine_args and cfg.backend == "text":
-        raise RecaptionError(f"caption group {group!r}: engine_args are vLLM's (backend vllm-text); the text backend "
-                             "takes none")
-    if cfg.backend == "vllm-text":
-        from recaption.captioners.vllm import sampling_kwargs
-
-        sampling_kwargs(cfg.decoding)  # what vLLM cannot decode (beam search) is said before any work
     cols = Rule.parse(where).columns() if where is not None else []
     out = TextGroup(cfg, where, tuple(dict.fromkeys(annotator_of(c, numbers or {}) for c in cols)))
     if group in out.refs():

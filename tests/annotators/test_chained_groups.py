@@ -74,7 +74,7 @@ def test_a_text_template_with_an_image_is_refused(tmp_path):
 
 
 def test_options_a_text_model_cannot_honour_are_refused(tmp_path):
-    with pytest.raises(RecaptionError, match="engine_args are vLLM's"):
+    with pytest.raises(RecaptionError, match="the text backend takes no engine_args"):
         groups.from_recipe({"f": {"captioner": str(tmp_path), "caption": {"backend": "text",
                                                                         "engine_args": {"max_model_len": 512}}}})
     with pytest.raises(RecaptionError, match="does not do beam search"):
