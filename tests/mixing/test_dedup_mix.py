@@ -179,7 +179,8 @@ def test_rules_are_checked_before_anything_is_written(pool, tmp_path, capsys):
     for bad, said in ((["--dedup", "phash=2.5"], "whole number of bits"), (["--dedup", "phash=x"], "number of bits"),
                       (["--dedup", "fuzzy"], "unknown --dedup rule"),
                       (["--dedup", "embedding"], "needs a cosine"), (["--dedup-keep", "best:clip_raw"], "give --dedup"),
-                      (["--dedup", "exact", "--dedup-keep", "best:nothing"], "not a numeric annotation column"),
+                      (["--dedup", "exact", "--dedup-keep", "best:nothing"],
+                       "unknown numeric annotation column 'nothing'"),
                       (["--decontaminate-rule", "exact"], "need --decontaminate EVAL"),
                       (["--decontaminate", tmp_path / "nowhere"], "--decontaminate")):
         capsys.readouterr()
