@@ -380,3 +380,14 @@ def test_the_summary_shows_each_reason_with_its_numbers_marked(shard_dir, tiny_m
     assert score(tmp_path / "b") == 1
     out = capsys.readouterr().out
     assert f"{said}  " in out or f"{said}: " in out  # its row, with its count
+
+
+@pytest.mark.slow
+def test_python_dash_m_recaption_is_the_command_line(tmp_path):
+    """`python -m recaption` runs the console script (there was no recaption/__main__.py: only
+    `python -m recaption.cli` worked); tests/test_packaging.py runs it from an installed wheel."""
+    p = subprocess.run([sys.executable, "-m", "recaption", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and all(v in p.stdout for v in VERBS), p.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-m", "recaption", "mix", str(tmp_path), "-a", str(tmp_path / "a"),
+                        "--strategy", "thresold"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("recaption: error: unknown strategy 'thresold'; did you mean")
