@@ -73,7 +73,7 @@ def test_exact_and_phash_find_the_copies_and_not_the_other_photographs(pool, tmp
     assert s["counts"]["dropped_by_reason"] == {"duplicate: sha256": 5, "duplicate: phash": 10,
                                                 "duplicate: phash mirrored": 5,
                                                 "decode: bytes are not a recognised image format": 1,
-                                                "read: no image member": 1}
+                                                "read: no image member (looked for jpg, jpeg, png, webp)": 1}
     assert s["dedup"] == [{"rule": "exact", "dropped": 5, "compared": 30},
                           {"rule": "phash=2", "dropped": 15, "mirrored": 5, "compared": 25}]
     meta = json.loads(pq.read_schema(tmp_path / "out/_decisions/00001.parquet").metadata[b"recaption.decisions"])
