@@ -266,7 +266,9 @@ def test_every_api_parameter_is_read():
 
 
 # -- the verbs that run no stage: report, verify, demo ---------------------------------------------
-OTHERS = ["report", "verify", pytest.param("demo", marks=pytest.mark.slow)]  # demo: ~25 s of tiny models
+# demo runs its tiny models (~100 s for its four runs); report renders 14 pages (~15 s): both outside
+# make test-fast's 120 s
+OTHERS = [pytest.param("report", marks=pytest.mark.slow), "verify", pytest.param("demo", marks=pytest.mark.slow)]
 
 
 def other_baselines(verb: str, w: dict) -> list[list]:
