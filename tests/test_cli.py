@@ -317,7 +317,7 @@ def test_decontaminate_model_is_checked_with_the_config(shard_dir):
     """MixConfig.validate names an unknown --decontaminate-model (or its pretrained tag) up front;
     it used to fail after the pool pass, when the evaluation set's embedder was built."""
     from recaption.errors import RecaptionError
-    from recaption.mixing.config import MixConfig
+    from recaption.mixing.strategies import MixConfig
 
     def cfg(model):
         return MixConfig(strategy="raw", decontaminate=str(shard_dir), decontaminate_rules=["embedding=0.9"],
