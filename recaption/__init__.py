@@ -20,7 +20,7 @@ _PUBLIC = {
     # config types
     "CaptionerConfig": "recaption.captioners.base", "Decoding": "recaption.captioners.base",
     "ClipConfig": "recaption.scoring.clip", "SieveConfig": "recaption.scoring.sieve",
-    "RerankStep": "recaption.scoring.rerank", "MixConfig": "recaption.mixing.strategies",
+    "RerankStep": "recaption.scoring.rerank", "MixConfig": "recaption.mixing.config",
     "DecodeOptions": "recaption.stages.inputs", "ReadLimits": "recaption.io.shards",
     "Execution": "recaption.engines",
     # result types (recaption.results)

@@ -358,6 +358,18 @@ def sample_counts(ann_dir: str):
     return count
 
 
+OTHER_REASONS = "other reasons"
+TOP_REASONS = 10
+
+
+def top_reasons(reasons: Counter, top: int = TOP_REASONS) -> dict:
+    """The most common reasons with their counts, the rest summed under `other reasons`, so the
+    counts add up to every sample counted."""
+    common = dict(reasons.most_common(top))
+    rest = sum(reasons.values()) - sum(common.values())
+    return common | ({OTHER_REASONS: rest} if rest else {})
+
+
 def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> dict:
     """One summary from per-shard reports: counts, failures with reasons, timings."""
     by = {"done": 0, "skipped": 0, "failed": 0}
@@ -386,7 +398,7 @@ def summarise(reports: list[dict], seconds: float, verb: str = "annotate") -> di
     return _summary_base(verb) | extra | {
         "shards": by, "samples": samples, "errors": errors, "seconds": round(seconds, 3),
         "samples_per_second": round(processed / seconds, 2) if seconds > 0 and processed else None,
-        "stage_seconds": timings, "error_reasons": dict(reasons.most_common(5)),
+        "stage_seconds": timings, "error_reasons": top_reasons(reasons),
         "failed_shards": sorted(failed, key=lambda f: f["shard"]),
         "all_failed": processed > 0 and errors == processed,
     }

@@ -23,10 +23,20 @@ def require(module: str, extra: str) -> None:
         raise MissingExtra(module, extra)
 
 
+# A number standing alone (a count, a size, a sample's key in `'000123.jpg'`, an address `0x7f..`),
+# never digits inside a name (`jpeg2000`, `utf-8`, `ViT-B-32`, `10MB`): those are the reason itself.
+_NUMBER = re.compile(r"(?<![\w.])(?<![A-Za-z]-)-?(?:0x[0-9a-fA-F]+|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)(?![\w])")
+_SIZE = re.compile(r"(?<![\w.])\d+x\d+(?![\w])")  # an image's WxH
+NUMBER_MARK = "#"
+
+
 def reason_category(reason: str) -> str:
-    """Group error and drop reasons for summaries: numbers and parenthesised details left out."""
-    text = re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "", reason.split(" (", 1)[0])
-    return re.sub(r"\s+", " ", text).strip()[:120]
+    """Group error and drop reasons for summaries: a reason with each standalone number as `#`, so
+    reasons that differ only in their numbers count together and every word (and digit inside a
+    word) of the reason stays as written."""
+    text = _NUMBER.sub(NUMBER_MARK, _SIZE.sub(f"{NUMBER_MARK}x{NUMBER_MARK}", reason))
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= 160 else text[:159] + "…"
 
 
 def unknown(what: str, name, known, extra: str = "") -> RecaptionError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -39,7 +39,7 @@ def resolve_dtype(dtype: str | None, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if dtype not in DTYPES:
-        raise RecaptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise unknown("dtype", dtype, DTYPES)
     return getattr(torch, dtype)
 
 

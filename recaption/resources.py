@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -35,8 +35,8 @@ def named_or_path(kind: str, name: str, suffix: str):
     cand = folder.joinpath(f"{name}{suffix}")
     if cand.is_file():
         return cand
-    choices = ", ".join(sorted(x.name[: -len(suffix)] for x in folder.iterdir() if x.name.endswith(suffix)))
-    raise RecaptionError(f"unknown {kind[:-1]} {name!r}: not a file, and not one of: {choices}")
+    choices = sorted(x.name[: -len(suffix)] for x in folder.iterdir() if x.name.endswith(suffix))
+    raise unknown(kind[:-1], name, choices, ", or a file of your own")
 
 
 def sample_shards_dir() -> Path:

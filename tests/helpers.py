@@ -93,6 +93,29 @@ def cli(*args):
 VERIFY_AFTER = True  # a test whose stages do not write (a probe in place of the engine) turns it off
 
 
+def commands() -> dict:
+    """Every verb as the command line builds it now (typer's own click commands, by name)."""
+    import typer
+
+    from recaption.cli import app
+    from recaption.cli.options import refresh
+
+    refresh()
+    return dict(typer.main.get_command(app).commands)
+
+
+def choices_of(param) -> list[str]:
+    """The values a choice option takes (typer keeps its Enum on the parameter's type descriptor;
+    `Optional[...]` and `List[...]` unwrapped); [] for any other option."""
+    import enum
+    import typing
+
+    t = param.type_descriptor.annotation
+    while typing.get_args(t) and not (isinstance(t, type) and issubclass(t, enum.Enum)):
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return [m.value for m in t] if isinstance(t, type) and issubclass(t, enum.Enum) else []
+
+
 def written_folder(argv: list[str]) -> str | None:
     """The folder a mix or run command line writes (None for other verbs and dry runs)."""
     if not argv or argv[0] not in ("mix", "run") or "--dry-run" in argv or "--help" in argv:

@@ -50,6 +50,23 @@ def test_import_recaption_imports_nothing_heavy(tmp_path):
     assert p.stdout.split() == ["[]", "[]", str(len(rc.__all__)), "True", "True"]
 
 
+@pytest.mark.slow
+def test_a_config_is_built_without_numpy(tmp_path):
+    """`rc.MixConfig(...)` (and every other config type) is built with no numpy, pyarrow or torch
+    imported: MixConfig's module imported numpy (it held the strategies' column code too)."""
+    configs = [n for n, m in rc._PUBLIC.items()
+               if m not in {"recaption.api", "recaption.results", "recaption.demo", "recaption.errors"}]
+    assert "MixConfig" in configs and "ClipConfig" in configs
+    code = ("import sys\nimport recaption as rc\n"
+            "rc.MixConfig(strategy='sieve', fraction=0.2, filters={'min-side': 200}, dedup={'exact': None})\n"
+            "rc.RerankStep('ViT-B-32')\n"
+            f"for n in {[n for n in configs if n != 'RerankStep']!r}:\n    getattr(rc, n)()\n"
+            f"print([m for m in {HEAVY + ('numpy',)!r} if m in sys.modules])")
+    p = fresh_python(code, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["[]"]
+
+
 def test_every_public_name_resolves_and_is_documented():
     section = python_api_section()
     missing = [n for n in rc.__all__ if f"`{n}`" not in section]

@@ -1,10 +1,11 @@
 """The command line as a user meets it: fast help, examples, one-line errors."""
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import choices_of, cli, commands
 
 VERBS = ["caption", "score", "annotate", "mix", "run", "import-captions", "report", "recipes", "models", "demo"]
 
@@ -39,7 +40,7 @@ def test_each_verb_has_help_with_examples(verb, capsys):
     (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "raw"], "give --out"),
     (["score", "{shards}", "-a", "{tmp}/a", "--sieve-model", "{tmp}/missing-model", "--no-clip"],
      "SIEVE model not found"),
-    (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "nope", "--dry-run"], "Invalid value for '--strategy'"),
+    (["mix", "{shards}", "-a", "{tmp}/a", "--strategy", "nope", "--dry-run"], "unknown strategy 'nope'"),
 ])
 @pytest.mark.slow
 def test_errors_are_one_line(args, msg, shard_dir, tmp_path):
@@ -126,7 +127,7 @@ def test_a_folder_given_as_clip_model_is_one_line_before_any_shard(shard_dir, tm
                    f"did you mean local-dir:{folder}?"]
     assert not a.exists()  # said before any shard was read or any folder made
     assert cli("score", shard_dir, "-a", a, "--clip-model", "ViT-B-3", "--no-sieve", "-q") == 2
-    assert "nearest: ViT-B-32" in capsys.readouterr().err
+    assert "did you mean ViT-B-32" in capsys.readouterr().err
 
 
 def test_import_captions_matching_no_key_names_both_sides(shard_dir, tmp_path, capsys):
@@ -232,3 +233,161 @@ def test_tables_read_at_80_columns_and_piped(tmp_path, capsys, monkeypatch):
     for verb in VERBS:
         assert cli(verb, "--help") == 0
         assert "<bool>" not in capsys.readouterr().out, verb
+
+
+# -- a name the command line does not know ---------------------------------------------------------
+ONE_FORM = re.compile(r"recaption: error: unknown (?P<what>.+?) '(?P<name>[^']*)'"
+                      r"(?:; did you mean (?P<near>.+?)\?)? \(known: (?P<known>.+?)\)(?P<extra>.*)")
+
+
+def _near_miss(name: str, known: list[str]) -> str:
+    """A misspelling of `name` that is none of the known names."""
+    return next(t for t in (name[:-1], name + "x", "x" + name) if len(t) > 1 and t not in known)
+
+
+def _required(cmd, where) -> list[str]:
+    """Values for what a verb requires (its arguments, `--out`...), all under `where`."""
+    args = []
+    for p in cmd.params:
+        if p.required and p.param_type_name == "argument":
+            args.append(str(where / p.name))
+        elif p.required:
+            args += [next(o for o in p.opts if o.startswith("--")), str(where / p.name)]
+    return args
+
+
+def test_every_choice_option_names_the_nearest_choices(tmp_path, capsys):
+    """Every option of every verb whose value is a registry's name or one of a fixed list (found by
+    walking the built command line): a misspelt value is the project's one error line, `unknown X
+    'n'; did you mean ...? (known: ...)`, exit 2, and nothing is created (typer said "Invalid value
+    for '--strategy': 'thresold' is not one of ..." with no suggestion)."""
+    walked, wrong = set(), []
+    for verb, cmd in commands().items():
+        for p in cmd.params:
+            known = choices_of(p)
+            if not known:
+                continue
+            walked.add(p.name)
+            flag = next(o for o in p.opts if o.startswith("--"))
+            for name in known:
+                where = tmp_path / f"{verb}-{p.name}-{name}"
+                typo = _near_miss(name, known)
+                capsys.readouterr()
+                rc = cli(verb, *_required(cmd, where), flag, typo)
+                err = capsys.readouterr().err.strip().splitlines()
+                m = ONE_FORM.fullmatch(err[-1]) if err else None
+                named = m and m["name"] == typo and name in (m["near"] or "").split(" or ")
+                if not (rc == 2 and len(err) == 1 and named and m["known"].split(", ") == known and not where.exists()):
+                    wrong.append(f"recaption {verb} {flag} {typo}: exit {rc}, {err}")
+    assert {"strategy", "caption_keys", "engine", "backend", "decoding", "dtype", "preprocess"} <= walked  # seen
+    assert not wrong, "\n".join(wrong)
+
+
+MIX = ["mix", "{shards}", "-a", "{shards}", "-o", "{out}"]
+
+
+@pytest.mark.parametrize("args,near", [
+    (["run", "sievee", "{shards}", "-o", "{out}"], "sieve"),
+    (["recipes", "sievee"], "sieve"),
+    (["models", "blip-bse"], "blip-base"),
+    (["caption", "{shards}", "-o", "{out}", "-c", "blip-bse"], "blip-base"),
+    (["caption", "{shards}", "-o", "{out}", "--backend", "vlm", "--template", "captio"], "caption"),
+    (["score", "{shards}", "-a", "{out}", "--mask", "sieve-lng", "--no-clip"], "sieve-long"),
+    (["score", "{shards}", "-a", "{out}", "--clip-model", "ViT-B-3", "--no-sieve"], "ViT-B-32"),
+    ([*MIX, "--dedup", "exakt"], "exact"),
+    ([*MIX, "--decontaminate", "{shards}", "--decontaminate-rule", "exakt"], "exact"),
+    ([*MIX, "--dedup", "exact", "--dedup-keep", "best:clip_rw"], "clip_raw"),
+    ([*MIX, "--filter", "basik"], "basic"),
+])
+def test_every_name_taking_value_names_the_nearest_names(args, near, shard_dir, tmp_path, capsys):
+    """Names that are not choices (a recipe or a preset may also be a file, a captioner a model id):
+    a misspelt one is the same one line, before anything is created (the recipe, the preset, the
+    captioner, the template and the rules each said it their own way, without a suggestion; the
+    mask was not checked until the models had loaded)."""
+    out = tmp_path / "out"
+    argv = [str(a).replace("{shards}", str(shard_dir)).replace("{out}", str(out)) for a in args]
+    assert cli(*argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    m = ONE_FORM.fullmatch(err[-1])
+    assert len(err) == 1 and m and near in m["near"].split(" or "), err
+    assert not out.exists()
+
+
+def test_decontaminate_model_is_checked_with_the_config(shard_dir):
+    """MixConfig.validate names an unknown --decontaminate-model (or its pretrained tag) up front;
+    it used to fail after the pool pass, when the evaluation set's embedder was built."""
+    from recaption.errors import RecaptionError
+    from recaption.mixing.strategies import MixConfig
+
+    def cfg(model):
+        return MixConfig(strategy="raw", decontaminate=str(shard_dir), decontaminate_rules=["embedding=0.9"],
+                         decontaminate_model=model)
+
+    with pytest.raises(RecaptionError) as e:
+        cfg("ViT-B-3").validate()
+    m = ONE_FORM.fullmatch(f"recaption: error: {e.value}")
+    assert m and m["what"] == "--decontaminate-model" and "ViT-B-32" in m["near"].split(" or ")
+    with pytest.raises(RecaptionError, match="unknown --decontaminate-model pretrained tag of ViT-B-32 'opena'; "
+                                             "did you mean openai\\?"):
+        cfg("ViT-B-32@opena").validate()
+    for fine in ("ViT-B-32", "ViT-B-32@openai", "hf-hub:org/repo"):
+        assert cfg(fine).validate().decontaminate_model == fine
+
+
+# -- the summary's reasons -------------------------------------------------------------------------
+def test_reasons_keep_their_words_and_mark_their_numbers():
+    """A reason's category is the reason with each standalone number as `#`: digits inside a word
+    stay (they once vanished: `utf-8` became `utf-`, a WxH size `x`)."""
+    from recaption.errors import reason_category
+
+    assert reason_category("decode: image is 4000x3000 = 12000000 pixels, over the limit of 10000") == \
+        "decode: image is #x# = # pixels, over the limit of #"
+    assert reason_category("member '000123.jpg' holds 5 of its 10 bytes") == "member '#.jpg' holds # of its # bytes"
+    assert reason_category("not utf-8 text (jpeg2000, ViT-B-32, 10MB)") == "not utf-8 text (jpeg2000, ViT-B-32, 10MB)"
+    assert reason_category("score -0.5 below 1e-5") == "score # below #"
+    # reasons that differ in their numbers only are one category; in their words, two
+    assert reason_category("json nests deeper than 20") == reason_category("json nests deeper than 500")
+    assert reason_category("cannot decode image (OSError: truncated)") != \
+        reason_category("cannot decode image (UnidentifiedImageError: not an image)")
+
+
+def test_the_summarys_reason_counts_add_up_to_its_errors():
+    """Every shard's reasons are counted (each shard once kept its five commonest, and the summary
+    its five commonest of those): the ten commonest, then the rest as `other reasons`."""
+    from recaption.api import OTHER_REASONS, summarise
+
+    reports = [{"shard": f"{i:05d}", "status": "done", "samples": 20, "errors": 12,
+                "reasons": {f"reason {chr(97 + j)}": 1 for j in range(i, i + 12)}} for i in range(3)]
+    s = summarise(reports, 1.0)
+    assert s["errors"] == 36 and sum(s["error_reasons"].values()) == 36
+    # reasons c to l are in every shard (3 each); a, b, m and n in one or two (6 in all)
+    assert s["error_reasons"] == {**{f"reason {c}": 3 for c in "cdefghijkl"}, OTHER_REASONS: 6}
+
+
+def test_the_summary_shows_each_reason_with_its_numbers_marked(shard_dir, tiny_models, tmp_path, capsys):
+    import json
+
+    def score(ann):
+        return cli("score", shard_dir, "-a", ann, "--clip-model", tiny_models["clip"], "--no-sieve",
+                   "--max-pixels", 1000, "-q", *more)
+
+    more = ["--json"]
+    assert score(tmp_path / "a") == 1  # every sample fails, each image its own size
+    s = json.loads(capsys.readouterr().out)
+    said = "decode: image is #x# = # pixels, over the limit of #"
+    assert s["errors"] > 1 and s["error_reasons"] == {said: s["errors"]}
+    more = []
+    assert score(tmp_path / "b") == 1
+    out = capsys.readouterr().out
+    assert f"{said}  " in out or f"{said}: " in out  # its row, with its count
+
+
+@pytest.mark.slow
+def test_python_dash_m_recaption_is_the_command_line(tmp_path):
+    """`python -m recaption` runs the console script (there was no recaption/__main__.py: only
+    `python -m recaption.cli` worked); tests/test_packaging.py runs it from an installed wheel."""
+    p = subprocess.run([sys.executable, "-m", "recaption", "--help"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and all(v in p.stdout for v in VERBS), p.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-m", "recaption", "mix", str(tmp_path), "-a", str(tmp_path / "a"),
+                        "--strategy", "thresold"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("recaption: error: unknown strategy 'thresold'; did you mean")

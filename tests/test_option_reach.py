@@ -205,10 +205,13 @@ def test_every_option_changes_what_the_stage_gets_or_is_refused(verb, world, cap
 
 
 def test_every_verb_is_walked():
-    """A verb that runs stages is in VERBS; the others (listings, report, demo, verify) take no stage."""
+    """A verb that runs stages is in VERBS; one that runs none but shows options is in OTHERS
+    (report, verify, demo); the listings (recipes, models) show none."""
     staged = {"caption", "score", "annotate", "mix", "run", "import-captions"}
     assert set(commands()) - staged == {"report", "recipes", "models", "demo", "verify"}
     assert set(VERBS) == staged
+    others = {getattr(v, "values", [v])[0] for v in OTHERS}
+    assert {v for v in set(commands()) - staged if options(v)} == others
 
 
 def test_mix_takes_no_input_option_it_would_ignore():
@@ -260,3 +263,95 @@ def test_every_api_parameter_is_read():
         # storage_options is read by the @scoped wrapper (recaption.io.fs.scoped), before the body
         unread += [f"api.{name}({p.name})" for p in params if p.name not in read and p.name != "storage_options"]
     assert not unread, unread
+
+
+# -- the verbs that run no stage: report, verify, demo ---------------------------------------------
+# demo runs its tiny models (~100 s for its four runs); report renders 14 pages (~15 s): both outside
+# make test-fast's 120 s
+OTHERS = [pytest.param("report", marks=pytest.mark.slow), "verify", pytest.param("demo", marks=pytest.mark.slow)]
+
+
+def other_baselines(verb: str, w: dict) -> list[list]:
+    """Command lines of a verb that runs no stage, one per kind of folder it reads."""
+    r = w["root"]
+    return {
+        "report": [["report", w["ann"], "-o", r / "out"], ["report", w["mixed"], "-o", r / "out"]],
+        "verify": [["verify", w["imported"]], ["verify", w["mixed"]]],
+        "demo": [["demo", "-o", r / "out"]],
+    }[verb]
+
+
+def steady(fp: str) -> str:
+    """An outcome with the numbers of its log lines (rates, times) as #; what was handed, recorded
+    and printed keeps them (outcome's first line)."""
+    handed, _, err = fp.partition("\n")
+    return handed + "\n" + re.sub(r"\d+(\.\d+)?", "#", err)
+
+
+def written(w: dict) -> dict:
+    """What the run wrote (a report's page and plots, a demo's shards): path -> its bytes' digest,
+    text with its numbers as # (timings)."""
+    import hashlib
+
+    got = {}
+    for d in ("out", "elsewhere"):
+        for p in sorted((w["root"] / d).rglob("*")) if (w["root"] / d).is_dir() else ():
+            if p.is_file():
+                data = p.read_bytes()
+                if p.suffix in (".html", ".json"):
+                    data = re.sub(rb"\d+(\.\d+)?", b"#", data)
+                got[str(p.relative_to(w["root"]))] = hashlib.sha256(data).hexdigest()
+    return got
+
+
+@pytest.mark.parametrize("verb", OTHERS)
+def test_every_option_of_the_other_verbs_changes_what_happens_or_is_refused(verb, world, capsys, monkeypatch):
+    """report, verify and demo hand no stage anything: what they write (the page, its plots, the
+    shards), what verify is asked to check (folder, shards, storage options in force) and what is
+    printed must differ with each option changed, or the option is refused in one line."""
+    import recaption.mixing.verify as verifying
+    from recaption.io import fs
+
+    monkeypatch.setenv("COLUMNS", "200")
+    real_check = verifying.verify
+
+    def check(folder, shards=None):
+        world["probe"].calls.append(repr(("verify", str(folder), shards, fs.get_options())))
+        return real_check(folder, shards)
+
+    monkeypatch.setattr(verifying, "verify", check)
+    world["probe"].passthrough = True  # the demo's annotate runs (tiny models); report and verify run none
+    if "mixed" not in world:
+        monkeypatch.setattr(engines, "run_stage", world["probe"].real)  # a real mix to read
+        assert cli("mix", world["shards"], "-a", world["ann"], "-o", world["root"] / "mixed", "--strategy", "raw",
+                   "-q") == 0
+        world["imported"] = world["root"] / "imported"  # an annotation folder with its record, for verify
+        assert cli("import-captions", world["shards"], "--captions", world["caps"], "-o", world["imported"], "-q") == 0
+        monkeypatch.setattr(engines, "run_stage", world["probe"])
+        world["mixed"] = world["root"] / "mixed"
+        from recaption.demo.samples import make_shards
+
+        world["other_shards"] = world["root"] / "other-shards"  # the same names and keys, other images
+        make_shards(world["other_shards"], n_shards=3, per_shard=6, seed=2)
+    walked = options(verb)
+    assert walked, verb
+    silent = []
+    for base in other_baselines(verb, world):
+        rc0, fp0 = outcome(base, world, capsys)
+        fp0 = steady(fp0) + json.dumps(written(world))
+        assert rc0 == 0, fp0[-2000:]
+        again = outcome(base, world, capsys)  # the same command: the same fingerprint, or no test
+        assert steady(again[1]) + json.dumps(written(world)) == fp0, "not deterministic: the comparison means nothing"
+        for opt in walked:
+            for v in variants(opt, verb, world):
+                if base[1] == world["mixed"] and v[0] == "--input":  # its mix's own input, recorded: other images
+                    v = [v[0], world["other_shards"]]
+                rc, fp = outcome(base + v, world, capsys)
+                fp = steady(fp) + json.dumps(written(world))
+                assert rc in (0, 2), (base, opt.name, fp[-2000:])
+                if rc == 2:
+                    errors = [ln for ln in fp.splitlines() if ln.startswith("recaption: error:")]
+                    assert len(errors) == 1, (base, opt.name, fp[-2000:])
+                elif fp == fp0:
+                    silent.append(f"{' '.join(map(str, base))} {' '.join(map(str, v))}")
+    assert not silent, f"{verb}: these options are shown, accepted and change nothing:\n" + "\n".join(silent)

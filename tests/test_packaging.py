@@ -45,6 +45,9 @@ def test_the_wheel_runs_the_demo_from_outside_the_checkout(tmp_path):
         cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert where.returncode == 0, where.stderr[-2000:]
     assert all(line.startswith(str(site)) for line in where.stdout.split()), where.stdout
+    as_module = subprocess.run([sys.executable, "-m", "recaption", "--help"],  # recaption/__main__.py shipped
+                               cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    assert as_module.returncode == 0 and "demo" in as_module.stdout, as_module.stderr[-2000:]
     demo = subprocess.run([sys.executable, "-m", "recaption.cli", "demo", "--out", str(work / "out"), "-q"],
                           cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert demo.returncode == 0, demo.stderr[-3000:]

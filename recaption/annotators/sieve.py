@@ -52,10 +52,12 @@ class Sieve(Annotator):
     def check(cls, c) -> None:
         """A local embedder folder must exist; a hub id must be here or reachable (one line saying
         which package or path provides it, never minutes of hub retries)."""
+        from recaption.scoring.masks import load_mask_list
         from recaption.scoring.sieve import check_sieve_model
 
         check_model_path(c.model, "SIEVE model")
         check_sieve_model(c.model)
+        load_mask_list(c.mask)  # a misspelt list name, said before any shard is read
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)

@@ -260,8 +260,8 @@ def _check_model_ref(ref: str, backend: str | None):
     if looks_local and not Path(ref).expanduser().exists():
         raise RecaptionError(f"model path not found: {ref}")
     if "/" not in ref and ":" not in ref and not Path(ref).exists() and backend is None and "coca" not in ref.lower():
-        raise RecaptionError(f"unknown captioner {ref!r}: not a preset ({', '.join(sorted(list_presets()))}), "
-                             "a YAML file, a local model folder or a Hugging Face id (org/name)")
+        raise unknown("captioner", ref, sorted(list_presets()),
+                      ", or a YAML file, a local model folder or a Hugging Face id (org/name)")
 
 
 def guess_backend(model: str) -> str:

@@ -289,9 +289,9 @@ def models(name: Annotated[Optional[str], typer.Argument(help="show this preset 
         import yaml
 
         if name not in presets:
-            from recaption.errors import RecaptionError
+            from recaption.errors import unknown
 
-            raise RecaptionError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
+            raise unknown("preset", name, list(presets))
         print(yaml.safe_dump(presets[name], sort_keys=False, allow_unicode=True, width=100).rstrip())
         return
     rows = []

@@ -44,6 +44,53 @@ EngineChoice = _choice("EngineChoice", ENGINES)
 PreprocessChoice = _choice("PreprocessChoice", PREPROCESS)
 
 
+def _enum_of(ann) -> type[Enum] | None:
+    """The choice type inside an annotation (`Optional[...]`, `List[...]`), if there is one."""
+    while typing.get_args(ann) and not (isinstance(ann, type) and issubclass(ann, Enum)):
+        ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
+    return ann if isinstance(ann, type) and issubclass(ann, Enum) else None
+
+
+def _named_choices(ann, name: str):
+    """A choice option whose unknown value is the project's one error line (`errors.unknown`:
+    the nearest choices, then all) instead of the parser's own: a registry's choices are named
+    by its kind ("unknown strategy ..."), a fixed list's by the flag ("unknown --caption-keys value ...")."""
+    if typing.get_origin(ann) is not Annotated:
+        return ann
+    base, *meta = typing.get_args(ann)
+    choice = _enum_of(base)
+    if choice is None:
+        return ann
+    source = getattr(choice, "_source", None)
+    fresh = []
+    for m in meta:
+        if isinstance(m, typer.models.ParameterInfo) and m.parser is None:
+            flag = next((d for d in (m.param_decls or ()) if d.startswith("--")), "--" + name.replace("_", "-"))
+            m = copy.copy(m)
+            m.parser = _ChoiceParser(choice, getattr(source, "kind", None) or f"{flag} value")
+        fresh.append(m)
+    return Annotated[(base, *fresh)]
+
+
+class _ChoiceParser:
+    """str -> the choice it names, or RecaptionError in the one form (raised through the parser:
+    typer lets anything but a ValueError out as it is, so `main` prints it and exits 2)."""
+
+    def __init__(self, choice: type[Enum], what: str):
+        self.choice, self.what = choice, what
+
+    def __call__(self, value):
+        if isinstance(value, self.choice):
+            return value
+        value = getattr(value, "value", value)
+        try:
+            return self.choice(value)
+        except ValueError:
+            from recaption.errors import unknown
+
+            raise unknown(self.what, value, [m.value for m in self.choice]) from None
+
+
 def _live(ann, default):
     """(annotation, default) with a registry's choices as they are now (`_choice`)."""
     if typing.get_origin(ann) is not Annotated:
@@ -129,7 +176,8 @@ def _annotator_params(group: type[AnnotatorOptions], exclude, defaults) -> list[
 def _param(o, panel: str, defaults: dict) -> inspect.Parameter:
     """The typer parameter of a declared option (`recaption.declare.Option`)."""
     choices = o.choice_list()
-    base = _choice(f"{o.name.title().replace('_', '')}Choice", choices) if choices else o.type
+    source = o.choices if hasattr(o.choices, "names") else choices  # a registry's errors name its kind
+    base = _choice(f"{o.name.title().replace('_', '')}Choice", source) if choices else o.type
     default = defaults.get(o.name, o.default)
     if choices and default is not None and not o.multiple:
         default = base(default)
@@ -139,7 +187,7 @@ def _param(o, panel: str, defaults: dict) -> inspect.Parameter:
         t = Optional[base]
     else:
         t = base
-    ann = Annotated[t, opt(*(o.flags or (o.flag,)), help=o.help, panel=panel)]
+    ann = _named_choices(Annotated[t, opt(*(o.flags or (o.flag,)), help=o.help, panel=panel)], o.name)
     return inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
 
 
@@ -334,7 +382,7 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                             continue
                         ann_f, default = _live(fh[f.name], defaults.get(f.name, f.default))
                         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                                        annotation=ann_f, default=default))
+                                                        annotation=_named_choices(ann_f, f.name), default=default))
                         names.append(f.name)
                     extra = [_param(o, RUN, defaults) for o in ann.extra_options() if o.name not in exclude] \
                         if hasattr(ann, "extra_options") else []
@@ -343,7 +391,8 @@ def verb(app: typer.Typer, *, name: str | None = None, epilog: str | None = None
                 else:
                     p = inspect.signature(fn).parameters[pname]
                     ann_p, default = _live(_live_help(ann), p.default)
-                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=ann_p, default=default))
+                    params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=_named_choices(ann_p, pname),
+                                            default=default))
             params += _GLOBAL
             command.__signature__ = inspect.Signature(params)
             command.__annotations__ = {p.name: p.annotation for p in params}

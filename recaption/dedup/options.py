@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 
 # pHash thresholds in bits (the tables of docs/formats.md#thresholds say why)
 PHASH_K = 2  # among the pool's own samples: 10^7 samples at k = 2 give about 0.03 chance matches
@@ -52,8 +52,7 @@ def normalize(spec, overlap: bool = False) -> dict:
     out: dict = {}
     for name, value in items:
         if name not in RULES:
-            raise RecaptionError(f"unknown {'--decontaminate-rule' if overlap else '--dedup'} rule {name!r}; "
-                                 f"choose {', '.join(RULES)}")
+            raise unknown(f"{'--decontaminate-rule' if overlap else '--dedup'} rule", name, RULES)
         if value is False:
             out.pop(name, None)
             continue
@@ -101,8 +100,7 @@ def keep_column(keep: str) -> str | None:
         raise RecaptionError(f"--dedup-keep takes first or best:COLUMN (e.g. best:clip_raw), got {keep!r}")
     column = keep[5:].strip()
     if column not in numeric_columns():
-        raise RecaptionError(f"--dedup-keep best:{column}: not a numeric annotation column; "
-                             f"choose one of {', '.join(numeric_columns())}")
+        raise unknown("numeric annotation column", column, numeric_columns(), "; --dedup-keep best:COLUMN takes one")
     return column
 
 

@@ -373,6 +373,13 @@ def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:
         model = open_clip.create_model(f"local-dir:{out}", load_weights=False)
     finally:
         root.setLevel(level)
+    # open_clip leaves CoCa's decoder projection as torch.empty memory (its init skips it): garbage
+    # that differed build to build, up to 1e28 logits, so cached and uncached decoding disagreed
+    proj = getattr(getattr(model, "text_decoder", None), "text_projection", None)
+    if proj is not None:
+        import torch
+
+        torch.nn.init.normal_(proj.data, std=proj.shape[0] ** -0.5)
     # Tied or shared tensors must be cloned for safetensors.
     save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()},
               str(out / "open_clip_model.safetensors"))

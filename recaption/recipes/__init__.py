@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from recaption.errors import RecaptionError
+from recaption.errors import RecaptionError, unknown
 
 HERE = Path(__file__).parent
 OWN_KEYS = {"description", "source", "filters", "dedup", "decontaminate", "mix", "batch_size",
@@ -55,8 +55,7 @@ def load_recipe(name_or_path: str, sets: list[str] | None = None) -> dict:
         except yaml.YAMLError as e:
             raise RecaptionError(f"recipe {p} is not valid YAML: {e}") from None
     else:
-        raise RecaptionError(f"unknown recipe {name_or_path!r}: not a file, and not one of: "
-                             f"{', '.join(list_recipes())}")
+        raise unknown("recipe", name_or_path, list_recipes(), ", or a YAML file")
     if not isinstance(data, dict):
         raise RecaptionError(f"recipe {name_or_path} must be a mapping")
     data = copy.deepcopy(data)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from recaption import annotators
 from recaption.io import annotations as ann
+from recaption.errors import RecaptionError
 from recaption.mixing import columns
 from recaption.mixing.compare import side_by_side, variant_name
 from recaption.mixing.files import AnnFile
@@ -180,6 +181,9 @@ def _overlaps(d: ReportData, f: Folder) -> None:
 
 def _bars_config(f: Folder, fraction, alpha, filters) -> MixConfig:
     """Every strategy at the folder's own threshold or fraction (or the one asked for)."""
+    if f.cfg is not None and filters:  # shown, and would change nothing: the folder's own rules are its mix's
+        raise RecaptionError(f"--filter previews rules on an annotation folder; {f.path} is a {f.kind} folder, "
+                             "whose report shows the rules it was mixed with")
     if f.cfg is not None:
         base = f.cfg
         if fraction is not None:

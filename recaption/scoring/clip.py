@@ -30,15 +30,29 @@ def check_model_name(model: str, what: str = "CLIP model") -> None:
     if "/" in model or model.startswith(("~", ".")):
         raise RecaptionError(f"{what} {model!r} is neither an open_clip name nor an existing path "
                              "(a model folder is given as local-dir:PATH, a Hub model as hf-hub:ORG/REPO)")
-    import difflib
-
     import open_clip
+
+    from recaption.errors import unknown
 
     known = open_clip.list_models()
     if model not in known:
-        near = difflib.get_close_matches(model, known, n=3, cutoff=0.5)
-        hint = f"; nearest: {', '.join(near)}" if near else ""
-        raise RecaptionError(f"unknown {what} {model!r}{hint} (or hf-hub:ORG/REPO, local-dir:PATH)")
+        raise unknown(what, model, known, "; or hf-hub:ORG/REPO, local-dir:PATH")
+
+
+def check_pretrained_tag(model: str, pretrained: str | None, what: str = "CLIP pretrained tag") -> None:
+    """A pretrained tag open_clip has for `model`, or a checkpoint file; checked before any shard is
+    read (open_clip's own error comes when the model is built, after the pool pass)."""
+    import os
+
+    if not pretrained or model.startswith(SCHEMAS) or os.path.exists(os.path.expanduser(pretrained)):
+        return
+    import open_clip
+
+    from recaption.errors import unknown
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise unknown(f"{what} of {model}", pretrained, tags, "; or a checkpoint file")
 
 
 @dataclass

@@ -24,10 +24,11 @@ class ShardReport:
     info: dict = field(default_factory=dict)  # stage-specific counts (e.g. captions matched)
 
 
-def error_reasons(rows: list[dict], top: int = 5) -> dict:
-    """The most common error categories among rows, numbers and quoted details left out."""
+def error_reasons(rows: list[dict]) -> dict:
+    """Every error category among rows (numbers as `#`: `errors.reason_category`) with its count,
+    most common first; all of them, so the run's summary adds up to its error count."""
     c = Counter(reason_category(r["error"] or "error") for r in rows if r["key"] is not None and r["status"] != "ok")
-    return dict(c.most_common(top))
+    return dict(c.most_common())
 
 
 class Timer:

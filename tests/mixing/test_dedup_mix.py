@@ -73,7 +73,7 @@ def test_exact_and_phash_find_the_copies_and_not_the_other_photographs(pool, tmp
     assert s["counts"]["dropped_by_reason"] == {"duplicate: sha256": 5, "duplicate: phash": 10,
                                                 "duplicate: phash mirrored": 5,
                                                 "decode: bytes are not a recognised image format": 1,
-                                                "read: no image member": 1}
+                                                "read: no image member (looked for jpg, jpeg, png, webp)": 1}
     assert s["dedup"] == [{"rule": "exact", "dropped": 5, "compared": 30},
                           {"rule": "phash=2", "dropped": 15, "mirrored": 5, "compared": 25}]
     meta = json.loads(pq.read_schema(tmp_path / "out/_decisions/00001.parquet").metadata[b"recaption.decisions"])
@@ -179,7 +179,8 @@ def test_rules_are_checked_before_anything_is_written(pool, tmp_path, capsys):
     for bad, said in ((["--dedup", "phash=2.5"], "whole number of bits"), (["--dedup", "phash=x"], "number of bits"),
                       (["--dedup", "fuzzy"], "unknown --dedup rule"),
                       (["--dedup", "embedding"], "needs a cosine"), (["--dedup-keep", "best:clip_raw"], "give --dedup"),
-                      (["--dedup", "exact", "--dedup-keep", "best:nothing"], "not a numeric annotation column"),
+                      (["--dedup", "exact", "--dedup-keep", "best:nothing"],
+                       "unknown numeric annotation column 'nothing'"),
                       (["--decontaminate-rule", "exact"], "need --decontaminate EVAL"),
                       (["--decontaminate", tmp_path / "nowhere"], "--decontaminate")):
         capsys.readouterr()

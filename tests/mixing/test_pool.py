@@ -1,6 +1,7 @@
 """The pool pass over annotation files: statistics, exact thresholds and outcome counts equal
 the mixing rules applied to all rows at once, whichever way the files are mapped (threads with or
 without the column cache, or Ray tasks)."""
+import re
 import statistics
 from collections import Counter
 
@@ -41,7 +42,7 @@ def expected_counts(rows, cfg):
         if w == "drop":
             if why in ("error", "shard error"):
                 why = r["error"] or ("error" if r["key"] else "read: shard error")
-                why = why.split(" (")[0].rstrip("0123456789 ")
+                why = re.sub(r"(?<![\w.])\d+(?!\w)", "#", why)  # a reason's numbers as #, its words as they are
             dropped[why] += 1
     return kinds, dropped, t, (mm_s, mm_c)
 
