@@ -39,6 +39,9 @@ def reason_category(reason: str) -> str:
     return text if len(text) <= 160 else text[:159] + "…"
 
 
+LISTED = 20  # known names an error line lists in full
+
+
 def unknown(what: str, name, known, extra: str = "") -> RecaptionError:
     """The one line for a name nothing registered answers to: the name, the nearest known ones
     (difflib), then every known one, so a typo is fixed from the message alone."""
@@ -47,5 +50,7 @@ def unknown(what: str, name, known, extra: str = "") -> RecaptionError:
     known = [str(k) for k in known]
     near = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
-    listed = f" (known: {', '.join(known)})" if known else " (none is registered)"
+    # a long list (open_clip's hundreds of model names) would bury the line: the first ones and a count
+    shown = known if len(known) <= LISTED else [*known[:LISTED], f"... {len(known) - LISTED} more"]
+    listed = f" (known: {', '.join(shown)})" if known else " (none is registered)"
     return RecaptionError(f"unknown {what} {name!r}{hint}{listed}{extra}")

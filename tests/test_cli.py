@@ -200,7 +200,7 @@ def test_tables_read_at_80_columns_and_piped(tmp_path, capsys, monkeypatch):
     the presets' `needs` column there; flags in --help show no type."""
     import json
 
-    from recaption.captioners.base import list_presets
+    from recaption.captioners.base import BACKENDS, list_presets
     from recaption.demo.samples import make_shards
     from recaption.mixing import STRATEGIES
     from tests.helpers import annotate_randomly
@@ -225,7 +225,7 @@ def test_tables_read_at_80_columns_and_piped(tmp_path, capsys, monkeypatch):
     assert cli("models") == 0
     out = capsys.readouterr().out
     assert not BOX & set(out) and "…" not in out
-    vllm = [n for n, p in list_presets().items() if p["backend"] == "vllm"]
+    vllm = [n for n, p in list_presets().items() if BACKENDS.get(p["backend"]).requires == (("vllm", "vllm"),)]
     assert vllm and out.count("recaption[vllm], GPU") == len(vllm)
     assert all(p["model"] in out for p in list_presets().values())
     assert cli("recipes") == 0

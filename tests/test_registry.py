@@ -145,3 +145,14 @@ def test_a_backend_on_a_shared_class_is_not_guessed_into_another_model():
         with pytest.raises(RecaptionError, match="serves the blip and blip2 backends, not 'blip3'"):
             build_captioner(CaptionerConfig(backend="blip3", model="nowhere/blip3", device="cpu"))
     assert "blip3" not in BACKENDS
+
+
+def test_an_unknown_name_among_hundreds_lists_the_first_ones_and_a_count():
+    """open_clip knows hundreds of models: the error stays one readable line, nearest names first."""
+    from recaption.errors import LISTED, unknown
+
+    known = [f"ViT-{i}" for i in range(LISTED * 10)]
+    msg = str(unknown("CLIP model", "ViT-7x", known))
+    assert "did you mean ViT-7" in msg
+    assert f"... {len(known) - LISTED} more)" in msg and f"ViT-{LISTED}," not in msg
+    assert str(unknown("rule", "x", known[:LISTED])).endswith(f"ViT-{LISTED - 1})")

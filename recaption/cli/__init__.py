@@ -284,6 +284,8 @@ def models(name: Annotated[Optional[str], typer.Argument(help="show this preset 
     from recaption import api
     from recaption.cli import render
 
+    from recaption.captioners.base import BACKENDS
+
     presets = api.presets()
     if name:
         import yaml
@@ -296,8 +298,9 @@ def models(name: Annotated[Optional[str], typer.Argument(help="show this preset 
         return
     rows = []
     for pname, p in presets.items():
-        needs = ("recaption[quant]" if p.get("quantize") else "recaption[vllm], GPU" if p["backend"].startswith("vllm")
-                 else "")
+        extras = [f"recaption[{extra}]" for _, extra in BACKENDS.get(p["backend"]).requires]
+        needs = ", ".join(extras + (["GPU"] if extras == ["recaption[vllm]"] else [])
+                          + (["recaption[quant]"] if p.get("quantize") else []))
         rows.append([pname, p["model"], _decoding_summary(p.get("decoding", {})), needs])
     render.show("captioner presets", ["preset", "model", "decoding", "needs"], rows)
     print("`recaption models NAME` shows one in full; -c also takes a YAML file, a Hugging Face id or a local folder.")

@@ -36,7 +36,8 @@ def check_model_name(model: str, what: str = "CLIP model") -> None:
 
     known = open_clip.list_models()
     if model not in known:
-        raise unknown(what, model, known, "; or hf-hub:ORG/REPO, local-dir:PATH")
+        raise unknown(what, model, known, "; or hf-hub:ORG/REPO, local-dir:PATH; all names: "
+                                          "python -c 'import open_clip; print(open_clip.list_models())'")
 
 
 def check_pretrained_tag(model: str, pretrained: str | None, what: str = "CLIP pretrained tag") -> None:
