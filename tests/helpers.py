@@ -346,3 +346,12 @@ def tiny_tag_heads(folder: Path) -> dict[str, str]:
     torch.save(arch.build(heads.get("laion-watermark-v1")).state_dict(), folder / "wm.pt")
     out["pwatermark"] = str(folder / "wm.pt")
     return out
+
+
+def repeat_a_kept_row(ann_file) -> str:
+    """Append a second copy of the first ok row with a raw caption (a row `raw` keeps), so its key
+    is kept in two annotation rows; returns that key."""
+    t = pq.read_table(ann_file)
+    i = next(i for i, r in enumerate(t.to_pylist()) if r["status"] == "ok" and r["raw_caption"])
+    pq.write_table(pa.concat_tables([t, t.slice(i, 1)]), ann_file)
+    return t.column("key")[i].as_py()

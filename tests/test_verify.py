@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.errors import RecaptionError
-from tests.helpers import annotate_randomly, cli, read_output, rerecord_decisions, summary
+from tests.helpers import annotate_randomly, cli, read_output, repeat_a_kept_row, rerecord_decisions, summary
 
 MIX = ("--strategy", "both", "--fraction", "0.5", "--samples-per-shard", "5")
 
@@ -108,18 +108,14 @@ def test_an_overlay_with_a_key_kept_in_two_rows_fails_that_shard_as_a_mix_does(s
     from recaption.io.shards import iter_shard
 
     ann = annotate_randomly(shard_dir, tmp_path / "ann", seed=4)
-    f = ann / "00002.parquet"
-    t = pq.read_table(f)
-    rows = t.to_pylist()
-    i = next(i for i, r in enumerate(rows) if r["status"] == "ok" and r["raw_caption"])  # a row raw keeps
-    pq.write_table(pa.concat_tables([t, t.slice(i, 1)]), f)
+    key = repeat_a_kept_row(ann / "00002.parquet")
     out, full = tmp_path / "ov", tmp_path / "full"
     assert cli("mix", shard_dir, "-a", ann, "-o", full, "--strategy", "raw", "--keep-sharding") == 1
     assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--overlay") == 1
     s = summary(out)
     bad = [e for e in s["shard_errors"] if e["shard"] == "00002"]
     assert len(bad) == 1 and "is kept in more than one annotation row" in bad[0]["error"]
-    assert repr(rows[i]["key"]) in bad[0]["error"]
+    assert repr(key) in bad[0]["error"]
     reader = OverlayReader(str(out))
     yielded = 0
     for url in sorted(shard_dir.glob("*.tar")):

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import accounted, annotate_randomly, cli, summary
+from tests.helpers import accounted, annotate_randomly, cli, repeat_a_kept_row, summary
 
 MIX = ("--strategy", "threshold", "--fraction", "0.5", "--samples-per-shard", "5")
 
@@ -149,18 +149,14 @@ def test_verify_names_an_output_that_no_longer_agrees(shard_dir, tmp_path, capsy
 
 def test_a_key_with_two_annotation_rows_fails_its_output_shard_only(shard_dir, tmp_path, capsys):
     ann = annotate_randomly(shard_dir, tmp_path / "ann", seed=4)
-    f = ann / "00002.parquet"
-    t = pq.read_table(f)
-    rows = t.to_pylist()
-    i = next(i for i, r in enumerate(rows) if r["status"] == "ok" and r["raw_caption"])  # a row raw keeps
-    pq.write_table(pa.concat_tables([t, t.slice(i, 1)]), f)
+    key = repeat_a_kept_row(ann / "00002.parquet")
     out = tmp_path / "out"
     capsys.readouterr()
     assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--keep-sharding") == 1
     failed = summary(out)["failed_output_shards"]
     assert [r["shard"] for r in failed] == ["00002"]
     assert "is kept in more than one annotation row" in failed[0]["error"]
-    assert repr(rows[i]["key"]) in failed[0]["error"]
+    assert repr(key) in failed[0]["error"]
     assert (out / "00000.tar").exists() and (out / "00001.tar").exists() and not (out / "00002.tar").exists()
 
 
