@@ -353,7 +353,9 @@ def backend_requirements(cfg: CaptionerConfig) -> tuple[tuple[str, str], ...]:
 
 
 def build_captioner(cfg: CaptionerConfig) -> Captioner:
-    """The one factory: imports the backend's module only when it is used."""
+    """The one factory: imports the backend's module only when it is used; the backend's checks run
+    here too, so a captioner built directly refuses what `load_preset` would have."""
+    check_config(cfg)
     target = BACKENDS.get(cfg.backend).target
     cls = load(target, f"captioner backend {cfg.backend!r}")
     if not (isinstance(cls, type) and issubclass(cls, Captioner)):

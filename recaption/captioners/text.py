@@ -37,9 +37,6 @@ class TextCaptioner(Captioner):
         from recaption.models import quiet_hub, resolve_device, resolve_dtype
 
         quiet_hub()
-        if cfg.engine_args:  # vLLM's engine arguments mean nothing to transformers: refused, not ignored
-            raise RecaptionError(f"engine_args {sorted(cfg.engine_args)[0]!r}: the text backend takes none "
-                                 "(vllm-text takes vLLM's)")
         self.template = text_template(cfg)
         self.gen_kwargs = generate_kwargs(cfg)
         self.device = resolve_device(cfg.device)

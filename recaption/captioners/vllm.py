@@ -57,6 +57,15 @@ def check_config(cfg: CaptionerConfig) -> None:
             raise RecaptionError(f"engine_args {k!r}: set it with {OWN_ARGS[k]}, not engine_args")
 
 
+def engine(LLM, cfg: CaptionerConfig, **fixed):
+    """vLLM's `LLM` for a config: recaption's own options, then `fixed`, then the engine_args."""
+    args = {"model": cfg.model, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
+            "dtype": cfg.dtype or "auto", "seed": cfg.decoding.seed, **fixed} | dict(cfg.engine_args)
+    if cfg.quantize:
+        args.setdefault("quantization", "bitsandbytes")
+    return LLM(**{k: v for k, v in args.items() if v is not None})
+
+
 def collect(outputs) -> list[list[str]]:
     """RequestOutput list -> texts, in request order (vLLM returns them in input order)."""
     return [[c.text for c in o.outputs] for o in outputs]
@@ -70,12 +79,7 @@ class VLLMCaptioner(Captioner):
         from vllm import LLM
 
         self.template = load_template(cfg.template or "caption")
-        args = {"model": cfg.model, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
-                "dtype": cfg.dtype or "auto", "seed": cfg.decoding.seed,
-                "limit_mm_per_prompt": {"image": 1}} | dict(cfg.engine_args)
-        if cfg.quantize:
-            args.setdefault("quantization", "bitsandbytes")
-        self.llm = LLM(**{k: v for k, v in args.items() if v is not None})
+        self.llm = engine(LLM, cfg, limit_mm_per_prompt={"image": 1})
         self.tokens_generated = 0  # new tokens, as vLLM reports them (benchmarks read it)
         self.captions_generated = 0
 
@@ -85,12 +89,16 @@ class VLLMCaptioner(Captioner):
         return self.cfg.image_size or 768
 
     def _generate(self, images, raw_captions):
+        return self.chat(build_conversations(self.template, images, raw_captions))
+
+    def chat(self, conversations) -> list[list[str]]:
+        """One `LLM.chat` call over the batch's conversations, its tokens counted; texts in order."""
         import torch
         from vllm import SamplingParams
 
         seed = int(torch.initial_seed() % 2**31)
         params = SamplingParams(**sampling_kwargs(self.cfg.decoding, seed))
-        outs = self.llm.chat(build_conversations(self.template, images, raw_captions), params, use_tqdm=False)
+        outs = self.llm.chat(conversations, params, use_tqdm=False)
         done = [c for o in outs for c in o.outputs]
         self.tokens_generated += sum(len(c.token_ids) for c in done)
         self.captions_generated += len(done)
@@ -113,11 +121,7 @@ class VLLMTextCaptioner(VLLMCaptioner):
         from recaption.captioners.text import text_template
 
         self.template = text_template(cfg)
-        args = {"model": cfg.model, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code,
-                "dtype": cfg.dtype or "auto", "seed": cfg.decoding.seed} | dict(cfg.engine_args)
-        if cfg.quantize:
-            args.setdefault("quantization", "bitsandbytes")
-        self.llm = LLM(**{k: v for k, v in args.items() if v is not None})
+        self.llm = engine(LLM, cfg)
         self.tokens_generated = 0
         self.captions_generated = 0
 
@@ -127,13 +131,4 @@ class VLLMTextCaptioner(VLLMCaptioner):
         return 0
 
     def _generate(self, images, contexts):
-        import torch
-        from vllm import SamplingParams
-
-        seed = int(torch.initial_seed() % 2**31)
-        params = SamplingParams(**sampling_kwargs(self.cfg.decoding, seed))
-        outs = self.llm.chat(text_conversations(self.template, contexts), params, use_tqdm=False)
-        done = [c for o in outs for c in o.outputs]
-        self.tokens_generated += sum(len(c.token_ids) for c in done)
-        self.captions_generated += len(done)
-        return collect(outs)
+        return self.chat(text_conversations(self.template, contexts))
