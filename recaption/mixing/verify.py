@@ -26,7 +26,7 @@ from recaption.io.fs import open_url
 from recaption.io.shards import split_member
 from recaption.io.sources import shard_name
 from recaption.mixing import provenance
-from recaption.mixing.plan import FOLDER, META_KEY
+from recaption.mixing.plan import FOLDER, META_KEY, listed_decisions
 
 MIX_KINDS = ("mix", "run", "overlay")
 MOST = 20  # problems listed before the rest are counted
@@ -51,6 +51,8 @@ def _mix(folder: str, rec: dict) -> list[str]:
     summary = json.loads(read_text(join(folder, "_summary.json")))
     dec_dir = join(folder, FOLDER)
     names = sorted(n for n in listdir(dec_dir) if n.endswith(".parquet") and not n.startswith("."))
+    listed = listed_decisions(rec)  # a file the record does not list is not the mix's (a user's own)
+    names = [n for n in names if listed is None or n.removesuffix(".parquet") in listed]
     digests, kept_keys, dropped = {}, {}, Counter()
     n_kept = 0
     for n in names:

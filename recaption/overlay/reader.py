@@ -26,7 +26,7 @@ from recaption.io import tarindex
 from recaption.io.atomic import exists, file_info, join, read_text
 from recaption.io.fs import using
 from recaption.io.sources import shard_name
-from recaption.mixing.plan import META_KEY, VERSION, decisions_path
+from recaption.mixing.plan import META_KEY, VERSION, decisions_path, listed_decisions
 from recaption.mixing.strategies.base import named
 from recaption.output import caption_keys, recaption_field
 from recaption.output.members import (READ, decoded_json, finite, kept_members, members, recaption_object,
@@ -211,7 +211,8 @@ class OverlayReader:
         self.choice = None if captions is None else CaptionChoice(captions, caption_probs, seed)
         self.epoch, self.decoded, self._told = epoch, decoded, None
         with using(storage_options):
-            check_folder(self.folder)
+            # the shards whose decisions the record lists: a file left there by an earlier plan is not served
+            self.listed = listed_decisions(check_folder(self.folder))
         self._cache: OrderedDict = OrderedDict()
         self._current = None  # (url, decisions) of the last sample: the next one is most often the same shard's
         _preload()
@@ -236,8 +237,14 @@ class OverlayReader:
         if d is not None:
             self._cache.move_to_end(url)
         else:
+            name = reader_shard_name(url)
+            path = decisions_path(self.folder, name)
+            if self.listed is not None and name not in self.listed:
+                raise RecaptionError(f"{url}: sample {key!r}: the overlay's record lists no decisions file for "
+                                     f"shard {name!r} ({path}): the shard was not part of the mix, or had no "
+                                     "annotation file")
             with using(self.storage_options):
-                d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key)
+                d = ShardDecisions(url, path, self.verify, key)
             self._cache[url] = d
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
@@ -344,8 +351,9 @@ def _preload() -> None:
         pass
 
 
-def check_folder(folder: str) -> None:
-    """A folder a reader may apply: claimed by a mix (overlay, mix or run) that finished planning."""
+def check_folder(folder: str) -> dict:
+    """A folder a reader may apply: claimed by a mix (overlay, mix or run) that finished planning;
+    returns its record."""
     from recaption.io.folders import read_record
 
     rec = read_record(folder)
@@ -360,3 +368,4 @@ def check_folder(folder: str) -> None:
         json.loads(read_text(summary))
     except ValueError as e:
         raise RecaptionError(f"{summary} is not valid JSON ({e})") from None
+    return rec
