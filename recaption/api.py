@@ -434,7 +434,7 @@ def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = 
     `out_dir` is claimed here; `extra_summary` is added to the summary written."""
     from recaption.engines import mapper
     from recaption.mixing.compare import side_by_side
-    from recaption.mixing.plan import check_shards
+    from recaption.mixing.plan import check_shards, is_decisions_file
     from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
@@ -464,23 +464,30 @@ def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = 
         settings = {k: v for k, v in settings.items() if k not in ("samples_per_shard", "keep_sharding")}
     with folders.locked(out_dir):
         # an overlay and the shards it stands for are different kinds of folder: neither resumes the other
+        left: list = []
         rec = claim or folders.claim_output(out_dir, "overlay" if overlay else "mix",
                                             {"mix": settings, "annotations": ann_dir, "shards": len(shards)},
-                                            overwrite)
+                                            overwrite, owned=is_decisions_file, left=left)
         return _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay, arguments,
-                          extra_summary, t0)
+                          extra_summary, t0, left)
 
 
 def _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay, arguments, extra_summary,
-               t0) -> dict:
-    """A mix's plan and shards (or an overlay's plan), in a folder already claimed and locked."""
+               t0, left: list | None = None) -> dict:
+    """A mix's plan and shards (or an overlay's plan), in a folder already claimed and locked;
+    `left`: what replacing an earlier run left in place (not recaption's files)."""
     from recaption.engines import run_stage
-    from recaption.mixing.plan import FOLDER, plan, plan_dict
+    from recaption.mixing.plan import plan, plan_dict, prune, recorded_name
     from recaption.stages.write_mix import MixWriteStage
 
-    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet", FOLDER])  # the folder, whole
+    planned = {f.name for f in pool.source.files}  # each decisions file recorded before it is written
+    folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet",
+                                          *(recorded_name(n) for n in sorted(planned))])
     folders.remove_summary(out_dir)  # readers take a summary for a finished plan: none while this one runs
     plans, counts = plan(pool, cfg, out_dir)
+    stale = prune(out_dir, rec, planned)  # an earlier plan's decisions of shards not planned now
+    if stale:
+        log.info("removed the decisions of %d input shard(s) no longer planned: %s", len(stale), ", ".join(stale[:5]))
     if overlay:
         summary = _mix_summary(cfg, pool, counts, None, arguments, overlay=True)
         # a key kept in two rows fails the shard, as it fails a mix's output shard: a reader refuses it
@@ -488,6 +495,9 @@ def _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay
             {"shard": r["shard"], "error": f"{r['error']}; a reader of the overlay refuses this shard"}
             for r in counts["repeated"]]
         summary["written"] = counts["kept"] - sum(r["kept"] for r in counts["repeated"])  # what readers yield
+        summary["decisions_removed"] = stale
+        if left:
+            summary["foreign_files_left"] = left
         return _write_mix_summary(out_dir, summary, input_spec, ann_dir, {"pool_and_plan": round(time.time() - t0, 3)},
                                   extra_summary)
     folders.record_written(out_dir, rec, [f"{p.name}{s}" for p in plans for s in (".tar", ".parquet", "_stats.json")])
@@ -496,7 +506,13 @@ def _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay
     reports = run_stage(MixWriteStage(), [plan_dict(p) for p in plans], ex, desc="write",
                         count_of=lambda p: sum(x["end"] - x["start"] for x in p["parts"]), cpu_only=True)
     failed = [r for r in reports if r["status"] == "failed"]
+    for r in failed:  # its previous output is not what its record says now: it goes, so the two agree
+        if _remove_output_shard(out_dir, r["shard"]):
+            log.warning("output shard %s failed; its output from an earlier run was removed", r["shard"])
     summary = _mix_summary(cfg, pool, counts, len(plans), arguments)
+    summary["decisions_removed"] = stale
+    if left:
+        summary["foreign_files_left"] = left
     summary["written"] = sum(r.get("samples", 0) for r in reports if r["status"] != "failed")
     summary["failed_output_shards"] = failed
     summary["output_shards_rewritten"] = sum(r["status"] == "rewritten" for r in reports)
@@ -511,20 +527,29 @@ def _write_mix(input_spec, ann_dir, out_dir, cfg, pool, shards, rec, ex, overlay
 
 def _remove_unplanned(out_dir: str, rec: dict, planned: set[str]) -> int:
     """Output shards an earlier plan of this folder wrote that the plan now has no place for (fewer
-    kept samples): their files go (only files the record lists). Returns how many shards."""
+    kept samples): their files go (only files the record lists), and so do their names in the
+    record. Returns how many shards."""
+    names = {n.rsplit("_stats.json", 1)[0] for n in rec.get("written", []) if n.endswith("_stats.json")}
+    gone = sum(_remove_output_shard(out_dir, name) for name in sorted(names - planned))
+    unplanned = {f"{n}{s}" for n in names - planned for s in ("_stats.json", ".tar", ".parquet")}
+    if unplanned & set(rec.get("written", [])):
+        rec["written"] = [n for n in rec["written"] if n not in unplanned]
+        folders.write_record(out_dir, rec)
+    return gone
+
+
+def _remove_output_shard(out_dir: str, name: str) -> bool:
+    """Remove an output shard's files (the stats first: a shard without them is unfinished);
+    whether any was there."""
     from recaption.io.atomic import exists, remove
 
-    names = {n.rsplit("_stats.json", 1)[0] for n in rec.get("written", []) if n.endswith("_stats.json")}
-    gone = 0
-    for name in sorted(names - planned):
-        found = False
-        for suffix in ("_stats.json", ".tar", ".parquet"):  # the stats first: a shard without them is unfinished
-            p = join(out_dir, name + suffix)
-            if exists(p):
-                remove(p)
-                found = True
-        gone += found
-    return gone
+    found = False
+    for suffix in ("_stats.json", ".tar", ".parquet"):
+        p = join(out_dir, name + suffix)
+        if exists(p):
+            remove(p)
+            found = True
+    return found
 
 
 def _write_mix_summary(out_dir: str, summary: dict, input_spec, ann_dir: str, seconds: dict,
@@ -598,6 +623,7 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     its batch size is the recipe's; `max_pixels` replaces its decompression-bomb limit; its read
     limits are checked before anything is created. `decode` and `execution` take their objects or
     mappings. Returns a `RunResult` (the summary dict; its annotate part as `.annotate`)."""
+    from recaption.mixing.plan import is_decisions_file
     from recaption.recipes import load_recipe, recipe_parts, validate
 
     r = recipe if isinstance(recipe, dict) else load_recipe(recipe, sets)
@@ -628,7 +654,9 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
     _check_recipe_scores(parts, annotations)
     preflight(ex)
     with folders.locked(out_dir):
-        rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations)
+        left: list = []
+        rec = folders.claim_output(out_dir, "run", identity, overwrite, hint_same_annotations=same_annotations,
+                                   owned=is_decisions_file, left=left)
         folders.record_written(out_dir, rec, ["_summary.json", "_dropped.parquet"])
         ann_summary = {}
         if parts.asks_for_models or parts.mix.filter_set.needs_metrics or parts.mix.removes:  # fingerprints
@@ -636,7 +664,8 @@ def run(recipe: str | dict, input_spec, out_dir: str, *, sets: list[str] | None 
                                    overwrite=overwrite and not same_annotations, execution=ex)
             _refuse_none_annotated(ann_summary)
         summary = _mix(input_spec, ann_dir, out_dir, parts.mix, execution=ex, arguments=arguments, claim=rec,
-                       extra_summary={"annotate": ann_summary, "recipe": r})
+                       extra_summary={"annotate": ann_summary, "recipe": r,
+                                      **({"foreign_files_left": left} if left else {})})
     summary["failed_shards"] = ann_summary.get("failed_shards", [])
     return RunResult(summary, out_dir, ann_dir, input_spec, parts.mix.filters)
 

@@ -91,3 +91,32 @@ def test_relations_are_path_aware(tmp_path):
     assert folders.relation(folders.normalize(tmp_path / "data" / "x"), a) == "lies inside"
     assert folders.relation(a, folders.normalize(tmp_path / "data" / "x")) == "contains"
     assert folders.relation(folders.normalize(str(tmp_path / "data") + "/"), a) == "is"
+
+
+@pytest.mark.parametrize("older", [False, True])
+def test_overwrite_leaves_a_users_file_in_the_decisions_folder(shard_dir, ann, tmp_path, caplog, older):
+    out = tmp_path / "out"
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "-q") == 0
+    if older:  # as records were before decisions files were listed one by one: the folder, whole
+        rec = json.loads((out / folders.RECORD).read_text())
+        rec["written"] = [n for n in rec["written"] if not n.startswith("_decisions/")] + ["_decisions"]
+        (out / folders.RECORD).write_text(json.dumps(rec))
+    (out / "_decisions" / "notes.txt").write_text("mine")
+    (out / "_decisions" / "00009.parquet").write_bytes(b"a parquet of my own")
+    caplog.clear()
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "threshold", "--fraction", "0.5",
+               "--overwrite", "-q") == 0
+    assert (out / "_decisions" / "notes.txt").read_text() == "mine"
+    assert (out / "_decisions" / "00009.parquet").read_bytes() == b"a parquet of my own"
+    left = json.loads((out / "_summary.json").read_text())["foreign_files_left"]
+    assert sorted(left) == ["_decisions/00009.parquet", "_decisions/notes.txt"]
+    assert any("left _decisions in place" in r.getMessage() and "notes.txt" in r.getMessage() for r in caplog.records)
+    rec = json.loads((out / folders.RECORD).read_text())
+    assert "_decisions" not in rec["written"] and "_decisions/notes.txt" not in rec["written"]
+    assert sorted(p.name for p in (out / "_decisions").iterdir()) == [
+        "00000.parquet", "00001.parquet", "00002.parquet", "00009.parquet", "notes.txt"]
+    from recaption.mixing.verify import verify
+
+    assert verify(str(out)) == []  # the user's parquet is not the mix's: verify leaves it out, as readers do
+    (out / "_decisions" / "00002.parquet").unlink()
+    assert any("00002.parquet is missing" in p for p in verify(str(out)))  # the mix's own are still checked

@@ -119,7 +119,8 @@ def extra_columns() -> list[Column]:
 def schema(held=()):
     """The arrow schema of an annotation file: the fixed columns, then every group's others, then
     the columns of the named caption groups in `held` (the groups a file holds), then the shard's
-    member index (`recaption.io.tarindex`, recorded by whatever reads the shard)."""
+    member index and the txt and json digests (`recaption.io.tarindex`, recorded by whatever reads
+    the shard)."""
     import pyarrow as pa
 
     from recaption.annotators.base import arrow_type
@@ -130,7 +131,7 @@ def schema(held=()):
 
     named = [c for g in sorted(held, key=_group_order) if is_named(g) for c in get(g).columns]
     return pa.schema(list(SCHEMA) + [pa.field(c.name, arrow_type(c.type)) for c in extra_columns() + named]
-                     + [pa.field(n, arrow_type(t)) for n, t in tarindex.COLUMNS])
+                     + [pa.field(n, arrow_type(t)) for n, t in tarindex.COLUMNS + tarindex.DIGESTS])
 
 
 def _group_order(name: str):

@@ -317,9 +317,10 @@ def _looks_like_ours(name: str) -> bool:
 
 
 def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
-                 hint_same_annotations: bool = False) -> dict:
+                 hint_same_annotations: bool = False, owned=None, left: list | None = None) -> dict:
     """Claim `out_dir` for a run with `identity`; returns the record. Resumes a run with the same
-    identity; replaces one with another identity only with `overwrite`, removing only its files."""
+    identity; replaces one with another identity only with `overwrite`, removing only its files
+    (`remove_recorded`: `owned` and `left` as there)."""
     rec = read_record(out_dir)
     if rec is None:
         _refuse_foreign_files(out_dir)
@@ -337,17 +338,24 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
         if rec.get("kind") == "annotations":
             raise RecaptionError(f"{out_dir} is an annotation folder; --overwrite does not turn it into an "
                                  "output folder: choose another --out")
-        remove_recorded(out_dir, rec)
+        remove_recorded(out_dir, rec, nested=True, owned=owned, left=[] if left is None else left)
         rec = None
     makedirs(out_dir)
     if rec is None:
         rec = {"kind": kind, "identity": identity, "written": []}
         write_record(out_dir, rec)
     # a killed run's temporaries, here and in the folders it records (the decisions)
-    for folder in [out_dir] + [join(out_dir, n) for n in rec.get("written", []) if "." not in n and "/" not in n]:
+    for folder in [out_dir] + [join(out_dir, n) for n in recorded_folders(rec)]:
         if exists(folder):
             remove_stale_temps(folder)
     return rec
+
+
+def recorded_folders(rec: dict) -> list[str]:
+    """The folders a record's names lie in or name (`_decisions`), once each, in order."""
+    out = [n for n in rec.get("written", []) if "." not in n and "/" not in n]
+    out += [n.rsplit("/", 1)[0] for n in rec.get("written", []) if "/" in n]
+    return list(dict.fromkeys(out))
 
 
 def _names(folder: str) -> list[str] | None:
@@ -383,25 +391,74 @@ def remove_summary(out_dir: str) -> None:
         remove(p)
 
 
-def remove_recorded(out_dir: str, rec: dict, nested: bool = False) -> int:
+def remove_recorded(out_dir: str, rec: dict, nested: bool = False, owned=None, left: list | None = None) -> int:
     """Remove the files a record lists (and nothing else); returns how many were removed. Names
-    are plain, or with `nested` (a report's `img/SHARD/KEY.jpg`) relative paths without `..`;
-    a folder a nested file leaves empty goes too."""
+    are plain, or with `nested` (a report's `img/SHARD/KEY.jpg`, a mix's `_decisions/NAME.parquet`)
+    relative paths without `..`; a folder a nested file leaves empty goes too. A recorded folder
+    (older mix records name `_decisions` whole) is never removed with what else it holds: only its
+    files that `owned(url)` says recaption wrote, and recaption's own temporaries, go; the folder
+    goes when that leaves it empty, else it stays. Given `left` (a folder being replaced whole),
+    every file left in such a folder, or in a folder of recorded files, is named in a warning and
+    appended to it."""
     fs, path = fs_for(out_dir)
     n = 0
-    for name in rec.get("written", []):
+    names = rec.get("written", [])
+    folders, parents = [], []
+    for name in names:
         parts = name.split("/")
         if any(p in ("", ".", "..") for p in parts) or (len(parts) > 1 and not nested):
             continue  # anything else is not ours to follow
         p = f"{path.rstrip('/')}/{name}"
+        if fs.isdir(p):
+            folders.append(name)  # after the files recorded inside it
+            continue
         if fs.exists(p):
-            fs.rm(p, recursive=fs.isdir(p))
+            fs.rm(p)
             n += 1
         for up in range(len(parts) - 1, 0, -1):  # the folders it was in, where now empty
             d = f"{path.rstrip('/')}/{'/'.join(parts[:up])}"
+            parents.append("/".join(parts[:up]))
             with contextlib.suppress(Exception):
                 if fs.isdir(d) and not fs.ls(d, detail=False):
                     fs.rmdir(d)
+    for name in folders:
+        n += _remove_folder(out_dir, name, owned, left)
+    if left is not None:  # what is left in the folders of recorded files: recaption's temporaries go
+        for name in dict.fromkeys(parents):
+            if name not in folders and fs.isdir(f"{path.rstrip('/')}/{name}"):
+                n += _remove_folder(out_dir, name, None, left)
+    return n
+
+
+def _left_in(out_dir: str, name: str, bases: list[str], left: list | None) -> None:
+    """Warn that folder `name` stays, holding files recaption did not write; note them in `left`."""
+    if not bases:
+        return
+    theirs = [f"{name}/{b}" for b in bases]
+    log.warning("%s: left %s in place: %s not written by recaption (%s%s)", out_dir, name,
+                "it holds files" if len(theirs) > 1 else "it holds a file", ", ".join(theirs[:3]),
+                ", ..." if len(theirs) > 3 else "")
+    if left is not None:
+        left += theirs
+
+
+def _remove_folder(out_dir: str, name: str, owned, left: list | None) -> int:
+    """A recorded folder's own files (`owned`, recaption's temporaries), then the folder where empty."""
+    path_url = join(out_dir, name)
+    fs, path = fs_for(path_url)
+    n, theirs = 0, []
+    for p in sorted(fs.ls(path, detail=False)):
+        base = p.rstrip("/").rsplit("/", 1)[-1]
+        if not fs.isdir(p) and (atomic.TEMP.match(base) or (owned is not None and owned(join(path_url, base)))):
+            fs.rm(p)
+            n += 1
+        else:
+            theirs.append(base)
+    if theirs:
+        _left_in(out_dir, name, theirs, left)
+    else:
+        with contextlib.suppress(Exception):
+            fs.rmdir(path)
     return n
 
 

@@ -53,6 +53,10 @@ class Sample:
         """The sample's member index as annotation columns (null where there is none)."""
         return dict(self.tar_index) if self.tar_index else tarindex.no_index()
 
+    def digest_fields(self) -> dict:
+        """The sha256 of its txt and json as annotation columns (`tarindex.DIGESTS`; null where absent)."""
+        return tarindex.digests(self.members)
+
 
 @dataclass
 class ReadFailure:

@@ -26,6 +26,12 @@ COLUMNS = (
     ("tar_json_data_offset", "int64"), ("tar_json_data_size", "int64"),  # the json text itself
 )
 NAMES = tuple(n for n, _ in COLUMNS)
+# what the reader read of each sample's caption and json: the sha256 of the member's bytes (null: no
+# such member), so a shard rewritten with the same keys and images but another txt or json is told
+# from the one annotated (`recaption.mixing.provenance.first_difference`); recorded beside the index
+DIGESTS = (("txt_sha256", "binary[32]"), ("json_sha256", "binary[32]"))
+DIGEST_NAMES = tuple(n for n, _ in DIGESTS)
+DIGESTED = {"txt": "txt_sha256", "json": "json_sha256"}  # member field -> its digest column
 MEMBERS = {"txt": "tar_txt", "json": "tar_json", "syn.txt": "tar_syn"}  # field -> column prefix
 _NONE = dict.fromkeys(NAMES)
 
@@ -65,6 +71,14 @@ class Recorder:
 def no_index() -> dict:
     """The index columns of a sample without an index."""
     return dict(_NONE)
+
+
+def digests(members: dict) -> dict:
+    """The digest columns of a sample from its members (field -> bytes): sha256, null where absent."""
+    import hashlib
+
+    return {col: None if members.get(field) is None else hashlib.sha256(members[field]).digest()
+            for field, col in DIGESTED.items()}
 
 
 def identity(url: str) -> dict:

@@ -55,6 +55,57 @@ def decisions_path(out_dir: str, name: str) -> str:
     return join(join(out_dir, FOLDER), f"{name}.parquet")
 
 
+def recorded_name(name: str) -> str:
+    """How a mix folder's record lists the decisions file of input shard `name`."""
+    return f"{FOLDER}/{name}.parquet"
+
+
+def listed_decisions(rec: dict) -> set[str] | None:
+    """The input shards whose decisions files a mix folder's record lists; None where it lists the
+    `_decisions` folder whole (folders written before the files were recorded one by one)."""
+    written = rec.get("written", [])
+    if FOLDER in written:
+        return None
+    pre = FOLDER + "/"
+    return {n[len(pre):].removesuffix(".parquet") for n in written if n.startswith(pre) and n.endswith(".parquet")}
+
+
+def is_decisions_file(url: str) -> bool:
+    """Whether a file is a decisions file recaption wrote (a parquet with its `recaption.decisions`
+    metadata): what an older record, naming `_decisions` whole, may remove of that folder."""
+    if not url.endswith(".parquet"):
+        return False
+    try:
+        with ann.open_parquet(url) as pf:
+            return META_KEY in (pf.schema_arrow.metadata or {})
+    except Exception:  # not a parquet: not ours
+        return False
+
+
+def prune(out_dir: str, rec: dict, planned: set[str]) -> list[str]:
+    """Remove the decisions files an earlier plan of this folder wrote for input shards not planned
+    now (the record's, or in an older record's `_decisions` folder the decisions files in it), and
+    list only the planned ones in the record; returns the shards whose files went."""
+    from recaption.io import folders
+    from recaption.io.atomic import exists, listdir, remove
+
+    listed = listed_decisions(rec)
+    if listed is None:  # an older record: the folder whole; its decisions files are recaption's
+        listed = {n.removesuffix(".parquet") for n in listdir(join(out_dir, FOLDER))
+                  if n.endswith(".parquet") and is_decisions_file(decisions_path(out_dir, n.removesuffix(".parquet")))}
+    gone = []
+    for name in sorted(listed - planned):
+        if exists(decisions_path(out_dir, name)):
+            remove(decisions_path(out_dir, name))
+            gone.append(name)
+    stale = {recorded_name(n) for n in listed - planned} | {FOLDER}
+    written = [n for n in rec.get("written", []) if n not in stale]
+    if written != rec.get("written", []):
+        rec["written"] = written
+        folders.write_record(out_dir, rec)
+    return gone
+
+
 def _null_floats(x: np.ndarray) -> pa.Array:
     x = np.asarray(x, dtype=np.float64)
     return pa.array(x, mask=~np.isfinite(x))
@@ -122,6 +173,7 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     stored = colmod.as_stored(t, f.group, f.path)  # what the mix read, as the file names it
     shard_now = file_info(f.url)
     table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
+    table = in_input_order(table)  # an annotation file's rows may have been reordered: the tar's order holds
     lost = []  # samples of the tar no row lists: the index shows where they lie
     if tarindex.NAMES[0] in table.column_names and not is_gzip_name(f.url):
         lost = provenance.unannotated(f.url, table)
@@ -161,6 +213,26 @@ def repeated_kept_key(t: pa.Table) -> str | None:
     twice = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
     meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
     return f"{meta.get('annotations')}: key {twice!r} is kept in more than one annotation row"
+
+
+def in_input_order(table: pa.Table) -> pa.Table:
+    """Decisions `table` with its rows in their samples' order in the shard, where the member index
+    says where each lies (unchanged where they already are, or without an index: the writer then
+    walks the tar and refuses a row whose sample is not the next one). A row without an offset (a
+    sample that could not be read, the shard breaking) stays after the row it followed."""
+    if tarindex.NAMES[0] not in table.column_names:
+        return table
+    from recaption.io import arrays
+
+    off, has = arrays.ints(table["tar_offset"], -1)
+    if not has.any():
+        return table
+    last = np.maximum.accumulate(np.where(has, np.arange(len(off)), -1))  # the last row with an offset so far
+    at = np.where(last >= 0, off[np.maximum(last, 0)], -1)  # a row without one: where the row before it lies
+    if np.all(off[has][1:] >= off[has][:-1]):
+        return table
+    order = np.lexsort((np.arange(len(at)), ~has, at))  # by place, the row with the offset first, then as listed
+    return table.take(pa.array(order))
 
 
 def key_groups(f: AnnFile, cfg: MixConfig) -> list[str]:

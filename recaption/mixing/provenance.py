@@ -78,14 +78,16 @@ def check_shard(f, cache=None) -> bool:
 
 def first_difference(url: str, ann_path: str) -> str | None:
     """", first differing sample KEY (...)" between a shard and its annotation rows, read in order
-    (keys, then image sha256 where recorded); "" when the shard cannot be read through; None when
-    every sample is the annotated one."""
+    (keys, then image sha256 where recorded, then the sha256 of its txt and json); "" when the shard
+    cannot be read through; None when every sample is the annotated one. A file annotated before
+    the txt and json digests were recorded cannot prove them unchanged: it differs (`NO_DIGESTS`)."""
     from recaption.io.shards import ReadFailure, iter_shard
 
-    cols = ["key", "image_sha256"]
+    cols = ["key", "image_sha256", *tarindex.DIGEST_NAMES]
     with ann.open_parquet(ann_path) as pf:
         have = [c for c in cols if c in pf.schema_arrow.names]
         rows = pf.read(columns=have).to_pylist()
+    digested = set(tarindex.DIGEST_NAMES) <= set(have)
     keyed = [r for r in rows if r.get("key") is not None]
     i = 0
     try:
@@ -97,16 +99,41 @@ def first_difference(url: str, ann_path: str) -> str | None:
             want = keyed[i]
             if s.key != want["key"]:
                 return f", first differing sample {s.key!r} (annotated: {want['key']!r})"
-            sha = want.get("image_sha256")
-            if sha is not None and not isinstance(s, ReadFailure) and s.image_field:
-                now = hashlib.sha256(s.image_bytes).digest()
-                if now != (bytes.fromhex(sha) if isinstance(sha, str) else bytes(sha)):
-                    return f", first differing sample {s.key!r} (its image)"
+            what = _sample_difference(s, want, digested)
+            if what:
+                return f", first differing sample {s.key!r} ({what})"
             i += 1
     except Exception:  # the shard cannot be read: the identity alone says it changed
         return ""
     if i < len(keyed):
         return f", first differing sample {keyed[i]['key']!r} (annotated, not in the shard)"
+    if not digested:
+        return f" ({NO_DIGESTS})"
+    return None
+
+
+NO_DIGESTS = ("its txt and json cannot be compared: the annotation file was written before recaption "
+              "recorded their sha256")
+
+
+def _sample_difference(s, want: dict, digested: bool) -> str | None:
+    """What of one sample differs from its annotation row: its image, txt or json (None: nothing)."""
+    from recaption.io.shards import ReadFailure
+
+    def recorded(v):
+        return None if v is None else bytes.fromhex(v) if isinstance(v, str) else bytes(v)
+
+    if isinstance(s, ReadFailure):  # unreadable now: the same only where the row read nothing either
+        known = [want.get(c) for c in ("image_sha256", *(tarindex.DIGEST_NAMES if digested else ()))]
+        return "it no longer reads" if any(v is not None for v in known) else None
+    sha = want.get("image_sha256")
+    if sha is not None and s.image_field:
+        if hashlib.sha256(s.image_bytes).digest() != recorded(sha):
+            return "its image"
+    if digested:
+        for col, now in tarindex.digests(s.members).items():
+            if now != recorded(want.get(col)):
+                return f"its {col.removesuffix('_sha256')}"
     return None
 
 

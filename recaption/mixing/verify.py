@@ -34,7 +34,7 @@ from recaption.io.fs import open_url
 from recaption.io.shards import EndNotingInfo, end_problem, split_member
 from recaption.io.sources import shard_name
 from recaption.mixing import provenance
-from recaption.mixing.plan import FOLDER, META_KEY, repeated_kept_key
+from recaption.mixing.plan import FOLDER, META_KEY, listed_decisions, repeated_kept_key
 
 MIX_KINDS = ("mix", "run", "overlay")
 SUMMARY = "_summary.json"
@@ -93,6 +93,8 @@ def _mix(folder: str, rec: dict) -> list[str]:
     dec_dir = join(folder, FOLDER)
     present = sorted(n[: -len(".parquet")] for n in (listdir(dec_dir) if exists(dec_dir) else [])
                      if n.endswith(".parquet") and not n.startswith("."))
+    listed = listed_decisions(rec)  # a file the record does not list is not the mix's (a user's own): left alone
+    present = [n for n in present if listed is None or n in listed]
     recorded = summary.get("decisions")
     if not isinstance(recorded, dict):
         out.append(f"{SUMMARY} records no digests of the decisions files (written by an older recaption): "

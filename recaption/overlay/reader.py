@@ -260,9 +260,14 @@ class OverlayReader:
         if d is not None:
             self._cache.move_to_end(url)
         else:
+            name = reader_shard_name(url)
+            path = decisions_path(self.folder, name)
+            if name not in self.recorded():
+                raise RecaptionError(f"{url}: sample {key!r}: the overlay's _summary.json records no decisions file for "
+                                     f"shard {name!r} ({path}): the shard was not part of the mix, or had no "
+                                     "annotation file")
             with using(self.storage_options):
-                d = ShardDecisions(url, decisions_path(self.folder, reader_shard_name(url)), self.verify, key,
-                                   self.recorded())
+                d = ShardDecisions(url, path, self.verify, key, self.recorded())
             self._cache[url] = d
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)

@@ -196,6 +196,7 @@ class AnnotateStage:
                 row = registry.empty_row(rec.key, name, rec.raw_caption)
                 rows.append(row)
             row.update(rec.index_fields())  # where its members lie in the tar (io/tarindex.py)
+            row.update(rec.digest_fields())  # what its txt and json were (a re-written shard is told apart)
             err = batch.image_error(i)
             if err is not None:
                 row.update(status="error", error=f"decode: {err}")

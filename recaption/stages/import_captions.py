@@ -116,7 +116,7 @@ class ImportStage:
             matched += bool(caps)
             rows.append(registry.empty_row(rec.key, name, rec.raw_caption)
                         | {"captions": caps, "captioner": s.captioner}
-                        | rec.index_fields())
+                        | rec.index_fields() | rec.digest_fields())
             if progress:
                 progress(1)
         work.keep[tarindex.GROUP] = tarindex.identity(url)  # the shard its member index describes

@@ -79,12 +79,14 @@ class MixWriteStage:
             return WriteReport(p.name, "skipped", n)
         parts = [asdict(x) | {"decisions": x.decisions.rsplit("/", 1)[-1].removesuffix(".parquet")} for x in p.parts]
         built = {"built_from": want, "parts": parts}
+        # a shard whose files were there (its stats removed by hand, a killed run's tar) is rewritten too
+        there = before is not None or _any_file(p.out_dir, p.name)
         try:
             with contextlib.ExitStack() as files, _no_cycle_collection():  # shards stay open until the tar closes
                 n = write_with(p.out_dir, p.name, lambda tar: self._fill(tar, p, files, progress), built)["count"]
         except Exception as e:
             return WriteReport(p.name, "failed", error=f"{type(e).__name__}: {e}")
-        return WriteReport(p.name, "done" if before is None else "rewritten", n)
+        return WriteReport(p.name, "rewritten" if there else "done", n)
 
     def _fill(self, tar: BlockWriter, p: OutputPlan, files: contextlib.ExitStack, progress) -> pa.Table:
         written, buffers = [], spans.shared()
@@ -168,6 +170,11 @@ def recorded_build(out_dir: str, name: str) -> str | None:
         return json.loads(read_text(p["stats"])).get("built_from") or ""
     except ValueError:
         return ""
+
+
+def _any_file(out_dir: str, name: str) -> bool:
+    """Whether any of an output shard's files (tar, parquet, stats) was there before it was written."""
+    return any(exists(p) for p in shard_paths(out_dir, name).values())
 
 
 def _refuse_repeated_keys(t: pa.Table, part: Part, name: str) -> None:

@@ -17,8 +17,9 @@ def test_annotation_schema_is_exact(tmp_path):
     ann.write(str(tmp_path / "00000.parquet"), rows, schema=annotators.schema())
     t = ann.read(str(tmp_path / "00000.parquet"))
     assert t.schema.names[: len(ann.COLUMNS)] == ann.COLUMNS  # the fixed columns first, in order
-    # then every annotator's other columns, typed, group by group, then the member index
-    assert t.schema.names[len(ann.COLUMNS):] == [c.name for c in annotators.extra_columns()] + list(tarindex.NAMES)
+    # then every annotator's other columns, typed, group by group, then the member index and the digests
+    assert t.schema.names[len(ann.COLUMNS):] == ([c.name for c in annotators.extra_columns()]
+                                                 + list(tarindex.NAMES) + list(tarindex.DIGEST_NAMES))
     assert t.schema.field("lang_prob").type == pa.float32() and t.schema.field("image_bytes").type == pa.int64()
     assert t.schema.field("clip_raw").type == pa.float32()
     assert t.schema.field("clip_captions").type == pa.list_(pa.float32())
