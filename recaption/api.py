@@ -284,6 +284,7 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
                                        "verb", "storage_options"))
     ex = execution_of(execution).validate()
     cfgs = annotator_configs({**(configs or {}), **by_name})
+    cfgs = {n: annotators.get(n).for_folder(c, ann_dir) for n, c in cfgs.items()}
     if all(annotators.get(n).always for n in cfgs):
         log.info("no captioner or scorer: computing the filter metrics only")
     d = decode_options(decode_of(decode), cfgs)

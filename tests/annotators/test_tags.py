@@ -212,3 +212,55 @@ def test_a_laion_head_without_its_weights_is_refused_in_one_line(tmp_path, capsy
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
     assert len(err) == 1 and "clip_ViT-L-14_openai_binary_nsfw_head.pth" in err[0]
     assert not (tmp_path / "ann").exists()
+
+
+# -- heads over saved embeddings (item 5) ----------------------------------------------------------
+def test_score_computes_the_clip_heads_from_saved_embeddings_without_reading_an_image(tagged, tmp_path):
+    """A pass that saved its embeddings and computed no tag; then `score --TAG-from-embeddings` with
+    every shard's bytes overwritten (root reads any mode, so the tars are garbage, not unreadable):
+    the columns equal the annotate pass's tags on the same shards, under the same record."""
+    import shutil
+
+    shards = tmp_path / "in"
+    shutil.copytree(tagged["shards"], shards)
+    ann = tmp_path / "ann"
+    assert cli("score", shards, "-a", ann, "--clip-model", tagged["clip"], "--no-sieve", "-q",
+               "--save-embeddings") == 0
+    for tar in shards.glob("*.tar"):
+        tar.write_bytes(b"\0" * tar.stat().st_size)  # any read of a sample would fail now
+    assert cli("score", shards, "-a", ann, "--no-clip", "--no-sieve", "-q",
+               "--punsafe-head", tagged["decl"]["punsafe"], "--punsafe-from-embeddings",
+               "--aesthetic-head", tagged["decl"]["aesthetic"], "--aesthetic-from-embeddings") == 0
+    tagged_rows = 0
+    for n in ("00000", "00001"):
+        want = pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()
+        got = pq.read_table(ann / f"{n}.parquet").to_pylist()
+        assert [r["key"] for r in got] == [r["key"] for r in want]
+        for tag in ("punsafe", "aesthetic"):
+            w = np.array([np.nan if r[tag] is None else r[tag] for r in want], float)
+            g = np.array([np.nan if r[tag] is None else r[tag] for r in got], float)
+            assert (np.isnan(w) == np.isnan(g)).all(), tag
+            assert np.allclose(g[~np.isnan(g)], w[~np.isnan(w)], atol=2e-3), tag  # float16 embeddings
+        assert all(r["status"] == "ok" for r in got if r["key"] is not None and r["punsafe"] is not None)
+        tagged_rows += sum(r["punsafe"] is not None for r in got)
+    assert tagged_rows == 30  # every ok sample of the pass
+    groups = json.loads((ann / "_recaption.json").read_text())["groups"]
+    pass_groups = json.loads((tagged["ann"] / "_recaption.json").read_text())["groups"]
+    for tag in ("punsafe", "aesthetic"):
+        assert groups[tag] == pass_groups[tag], tag  # the same head, weights and CLIP recorded
+
+
+def test_a_head_over_another_clip_than_the_saved_embeddings_is_refused_in_one_line(tagged, capsys):
+    before = sorted(p.name for p in tagged["ann"].iterdir())
+    weights = tagged["root"] / "clip_ViT-L-14_openai_binary_nsfw_head.pth"
+    assert cli("score", tagged["shards"], "-a", tagged["ann"], "--no-clip", "--no-sieve", "-q",
+               "--punsafe-weights", weights, "--punsafe-from-embeddings", "--overwrite") == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+    assert len(err) == 1 and "ViT-L-14/openai" in err[0] and tagged["clip"] in err[0], err
+    assert sorted(p.name for p in tagged["ann"].iterdir()) == before
+
+
+def test_heads_from_embeddings_beside_a_clip_pass_that_would_remove_them_are_refused(tagged, capsys):
+    assert cli("score", tagged["shards"], "-a", tagged["ann"], "--clip-model", tagged["clip"], "--no-sieve", "-q",
+               "--punsafe-head", tagged["decl"]["punsafe"], "--punsafe-from-embeddings") == 2
+    assert "--no-clip" in capsys.readouterr().err
