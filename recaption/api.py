@@ -404,7 +404,7 @@ def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = 
     `out_dir` is claimed here; `extra_summary` is added to the summary written."""
     from recaption.engines import mapper
     from recaption.mixing.compare import side_by_side
-    from recaption.mixing.plan import check_shards
+    from recaption.mixing.plan import check_json_tags, check_shards
     from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
@@ -428,6 +428,7 @@ def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = 
         summary["strategies"] = side_by_side(pool.source, cfg, pool, fixed={_chosen(cfg): pool.numbers.threshold})
         return summary
     check_shards(pool)  # every shard is the one it was annotated from, before anything is written
+    check_json_tags(pool, cfg)
     preflight(ex, cpu_only=True)
     settings = mix_identity(cfg)
     if overlay:  # no output shards: how they would be cut is no part of an overlay
@@ -511,6 +512,8 @@ def mix_identity(cfg) -> dict:
         del d["filters"]
     if d.get("caption_keys") == "none":
         del d["caption_keys"]
+    if not d.get("json_tags"):
+        d.pop("json_tags", None)
     for k, default in (("dedup", {}), ("dedup_keep", "first"), ("decontaminate", None), ("decontaminate_rules", {}),
                        ("decontaminate_model", None), ("synthetic_group", None)):  # as older folders recorded them
         if d.get(k) == default:

@@ -92,7 +92,7 @@ class ShardDecisions:
     def __init__(self, url: str, path: str, verify: str, key: str | None = None):
         try:
             # captions: only where --caption-keys all; caption_groups: where the pool has named groups
-            t = ann.read_table(path, columns=READ + ["captions", caption_keys.GROUPS])
+            t = ann.read_table(path, columns=READ + ["captions", caption_keys.GROUPS, caption_keys.TAGS])
         except FileNotFoundError:
             raise RecaptionError(f"{url}: sample {key!r}: the overlay has no decisions file for shard "
                                  f"{reader_shard_name(url)!r} ({path}): the shard was not part of the mix, "

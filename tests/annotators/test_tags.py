@@ -264,3 +264,58 @@ def test_heads_from_embeddings_beside_a_clip_pass_that_would_remove_them_are_ref
     assert cli("score", tagged["shards"], "-a", tagged["ann"], "--clip-model", tagged["clip"], "--no-sieve", "-q",
                "--punsafe-head", tagged["decl"]["punsafe"], "--punsafe-from-embeddings") == 2
     assert "--no-clip" in capsys.readouterr().err
+
+
+# -- tags into a mixed output's json (item 7) ------------------------------------------------------
+def _output_jsons(out):
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in out.glob("*.tar"))
+    return {s["__key__"]: json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def test_tags_reach_the_mixed_json_only_when_asked_under_their_column_names(tagged, tmp_path):
+    rows = {r["key"]: r for n in ("00000", "00001") for r in pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()
+            if r["key"] is not None}
+    plain, tagged_out = tmp_path / "plain", tmp_path / "tagged"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", plain, "--strategy", "raw", "-q") == 0
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", tagged_out, "--strategy", "raw", "-q",
+               "--json-tags", "punsafe,pwatermark", "--json-tags", "aesthetic") == 0
+    without, with_tags = _output_jsons(plain), _output_jsons(tagged_out)
+    assert set(without) == set(with_tags) and len(with_tags) == 30
+    tags = ("punsafe", "pwatermark", "aesthetic")
+    assert not any(t in j for j in without.values() for t in tags)
+    for key, j in with_tags.items():
+        assert list(j)[-4:] == [*tags, "recaption"]  # after the sample's own fields, before recaption's
+        for t in tags:
+            assert j[t] == rows[key][t], (key, t)  # the annotation's float32, exactly
+        assert {k: v for k, v in j.items() if k not in tags} == without[key]
+
+
+def test_json_tags_missing_from_the_annotation_or_unknown_are_refused_naming_them(tagged, tmp_path, capsys):
+    for value, says in (("open_nsfw", "has no open_nsfw"), ("punsafee", "punsafe")):
+        out = tmp_path / value
+        assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "-q",
+                   "--json-tags", value) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+        assert len(err) == 1 and says in err[0] and value in err[0], err
+        assert not out.exists()
+
+
+def test_a_json_that_holds_a_tag_already_gets_it_replaced_not_twice(tagged, tmp_path):
+    """LAION's shards keep punsafe in each sample's json: the mix's value replaces it (one key)."""
+    from recaption.output import caption_keys, members
+
+    keys = caption_keys.text_of({"punsafe": 0.25})
+    text = b'{"url": "u", "punsafe": 0.9}'
+    assert members.splice_recaption(text, b"{}", keys) is None  # never spliced beside the old key
+    many = members.splice_many([text, b'{"url": "v"}'], pa_binary([b"{}", b"{}"]), pa_binary([keys, keys]))
+    assert many.to_pylist()[0] is None and json.loads(many.to_pylist()[1])["punsafe"] == 0.25
+    meta, made = members.with_recaption(text, {}, b"{}", {"punsafe": 0.25}, keys)
+    assert made.count(b"punsafe") == 1 and json.loads(made)["punsafe"] == 0.25
+
+
+def pa_binary(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.binary())
