@@ -538,6 +538,7 @@ def _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=False, overlay=Fal
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
         "caption_keys": cfg.caption_keys, "filters": counts["filters"], **_removal_summary(pool),
         **({"synthetic_group": cfg.synthetic_group} if cfg.synthetic_group else {}),
+        **({"json_tags": cfg.json_tags} if cfg.json_tags else {}),
         "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
     }
