@@ -288,6 +288,7 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
                                        "verb", "storage_options"))
     ex = execution_of(execution).validate()
     cfgs = annotator_configs({**(configs or {}), **by_name})
+    cfgs = {n: annotators.get(n).for_folder(c, ann_dir) for n, c in cfgs.items()}
     if all(annotators.get(n).always for n in cfgs):
         log.info("no captioner or scorer: computing the filter metrics only")
     d = decode_options(decode_of(decode), cfgs)
@@ -434,7 +435,7 @@ def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = 
     `out_dir` is claimed here; `extra_summary` is added to the summary written."""
     from recaption.engines import mapper
     from recaption.mixing.compare import side_by_side
-    from recaption.mixing.plan import check_shards, is_decisions_file
+    from recaption.mixing.plan import check_json_tags, check_shards, is_decisions_file
     from recaption.mixing.pool import dry_counts, pool_pass
 
     cfg.validate()
@@ -458,6 +459,7 @@ def _mix(input_spec, ann_dir: str, out_dir: str | None, cfg, *, dry_run: bool = 
         summary["strategies"] = side_by_side(pool.source, cfg, pool, fixed={_chosen(cfg): pool.numbers.threshold})
         return summary
     check_shards(pool)  # every shard is the one it was annotated from, before anything is written
+    check_json_tags(pool, cfg)
     preflight(ex, cpu_only=True)
     settings = mix_identity(cfg)
     if overlay:  # no output shards: how they would be cut is no part of an overlay
@@ -571,6 +573,8 @@ def mix_identity(cfg) -> dict:
         del d["filters"]
     if d.get("caption_keys") == "none":
         del d["caption_keys"]
+    if not d.get("json_tags"):
+        d.pop("json_tags", None)
     for k, default in (("dedup", {}), ("dedup_keep", "first"), ("decontaminate", None), ("decontaminate_rules", {}),
                        ("decontaminate_model", None), ("synthetic_group", None)):  # as older folders recorded them
         if d.get(k) == default:
@@ -595,6 +599,7 @@ def _mix_summary(cfg, pool, counts, n_out, arguments, dry_run=False, overlay=Fal
         "fraction": cfg.fraction, "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic,
         "caption_keys": cfg.caption_keys, "filters": counts["filters"], **_removal_summary(pool),
         **({"synthetic_group": cfg.synthetic_group} if cfg.synthetic_group else {}),
+        **({"json_tags": cfg.json_tags} if cfg.json_tags else {}),
         "min_max": pool.ranges, "captioner": pool.captioners[0] if len(pool.captioners) == 1 else pool.captioners,
         "shard_errors": counts["shard_errors"], "arguments": arguments or {},
         **({"decisions": counts["decisions"]} if "decisions" in counts else {}),

@@ -13,9 +13,9 @@ from tests.helpers import cli
 
 
 def tiny_sets(recipe, m, minilm, root=None):
-    if recipe == "laion-aesthetics":  # the published head architectures, random weights, a 768-wide CLIP
-        from tests.helpers import tiny_tag_heads
+    from tests.helpers import tiny_tag_heads
 
+    if recipe == "laion-aesthetics":  # the published head architectures, random weights, a 768-wide CLIP
         h = tiny_tag_heads(root / "heads")
         return [f"punsafe.head={h['punsafe']}", f"aesthetic.head={h['aesthetic_v1']}",
                 f"pwatermark.weights={h['pwatermark']}", f"clip.model={h['clip']}", "clip.pretrained=null",
@@ -28,7 +28,7 @@ def tiny_sets(recipe, m, minilm, root=None):
                        f"rerank=[{{model: '{m['clip']}', pretrained: null, top_k: 2}}, "
                        f"{{model: '{m['clip']}', pretrained: null, top_k: 1}}]"],
         "datacomp-clip": [],
-        "laion-5b": [],
+        "laion-5b": "tags",
         "datacomp-basic": None,  # no model to replace: the filter metrics only
         # the VLMs replaced by the tiny random-weight Qwen2-VL, through the transformers VLM backend
         # (the recipes' own chat templates), the short captioner by the tiny BLIP
@@ -42,6 +42,9 @@ def tiny_sets(recipe, m, minilm, root=None):
         "capsfusion": [f"groups.short.captioner={m['blip']}", "groups.short.caption.max_new_tokens=4",
                        f"groups.fused.caption.model={m['text_plain']}", "groups.fused.caption.max_new_tokens=6"],
     }[recipe]
+    if sets == "tags":  # LAION-5B's two tags: the published architectures, random weights
+        h = tiny_tag_heads(root / "heads")
+        sets = [f"punsafe.head={h['punsafe']}", f"pwatermark.weights={h['pwatermark']}"]
     return ["batch_size=4"] if sets is None else sets + [f"clip.model={m['clip']}", "batch_size=4"]
 
 

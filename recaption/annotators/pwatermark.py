@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recaption.annotators.base import Annotator, Option, is_pixels, model_identity
-from recaption.annotators.clip_heads import columns_for, hist_for, tag_rule
+from recaption.annotators.base import Option, is_pixels, model_identity
+from recaption.annotators.clip_heads import PixelHead, columns_for, hist_for, tag_rule
 
 HEAD = "laion-watermark-v1"
 
@@ -49,10 +49,10 @@ class _Input:
         return torch.stack([tf(im) for im in images])
 
 
-class Pwatermark(Annotator):
+class Pwatermark(PixelHead):
     """`pwatermark`: LAION's probability that an image carries a watermark (0-1)."""
 
-    name = "pwatermark"
+    name = tag = "pwatermark"
     columns = columns_for("pwatermark")
     options = (Option("pwatermark", bool, False, "LAION's watermark probability (pwatermark): efficientnet_b3 over "
                                                  "the 256x256 image"),
@@ -110,27 +110,15 @@ class Pwatermark(Annotator):
         self.model = arch.load(config.head, heads.weights_path(config.head, config.weights), self.device)
         self.input = _Input(config.head)
 
-    def image_models(self) -> dict:
-        """The 256x256 input is read from the shared decode."""
-        return {"pixels": self.input}
-
-    def annotate_batch(self, batch) -> None:
-        """The watermark probability of every row still ok."""
+    def probabilities(self, batch, idx, x):
+        """The watermark probability of rows `idx` from their 256x256 input."""
         import torch
 
         from recaption.io.pixels import normalize
         from recaption.scoring.heads import arch
 
-        idx = batch.live()
-        if not idx:
-            return
-        x = batch.batched(self.input, idx)
-        if x is None:
-            x = self.input.prepare(batch.inputs(self.input, idx))
         x = x.to(self.device)
         if is_pixels(x):
             x = normalize(x, self.input.pixel_spec())
         with torch.inference_mode():
-            p = arch.scores(self.config.head, self.model(x.float()))
-        for i, v in zip(idx, p.tolist()):
-            batch.rows[i]["pwatermark"] = v
+            return arch.scores(self.config.head, self.model(x.float()))

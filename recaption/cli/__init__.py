@@ -134,6 +134,7 @@ def mix(
     dry_run: Annotated[bool, opt("--dry-run", help="print what this and every other strategy would keep and drop; write nothing", panel="Output")] = False,
     overlay: Annotated[bool, opt("--overlay", help="write the decisions (kept, caption, scores per sample) but no shards: train on INPUT through recaption.webdataset", panel="Output")] = False,
     caption_keys: Annotated[CaptionKeysChoice, opt(help="captions under top-level json keys a trainer picks from (open_clip --json-text-key): none; best (recaption_raw, recaption_synthetic, recaption_synthetic_CAPTIONER, recaption_group_GROUP); all (best + recaption_candidate_I, recaption_group_GROUP_candidate_I)", panel="Output")] = CaptionKeysChoice("none"),
+    json_tags: Annotated[Optional[List[str]], opt("--json-tags", help="tag columns (punsafe, pwatermark, aesthetic, open_nsfw: recaption models) written as top-level json keys of each kept sample, under their column names, as LAION's metadata keeps them (repeat or comma-separate; every annotation file must hold them)", panel="Output")] = None,
     synthetic_group: Annotated[Optional[str], opt(help="the named caption group (annotate --group) whose best candidate is the synthetic caption, its CLIP and SIEVE scores the ones the strategy reads (default: the unnamed group)", panel="Strategy")] = None,
     dedup: Annotated[Optional[List[str]], opt("--dedup", help=dedup_usage(), panel="Filters and duplicates")] = None,
     dedup_keep: Annotated[str, opt(help="which sample of a duplicate group stays: first (input order) or best:COLUMN (the highest of an annotation column, e.g. best:clip_raw; missing last)", panel="Filters and duplicates")] = "first",
@@ -148,6 +149,7 @@ def mix(
     cfg = MixConfig(strategy=strategy.value, threshold=threshold, fraction=fraction, filter_synthetic=filter_synthetic,
                     alpha=alpha, samples_per_shard=samples_per_shard, keep_sharding=keep_sharding,
                     filters=filters or [], caption_keys=caption_keys.value, synthetic_group=synthetic_group,
+                    json_tags=json_tags or [],
                     dedup=dedup or [], dedup_keep=dedup_keep,
                     decontaminate=decontaminate, decontaminate_rules=decontaminate_rule or [],
                     decontaminate_model=decontaminate_model)

@@ -28,6 +28,7 @@ class MixConfig:
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
     caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.output.caption_keys)
     synthetic_group: str | None = None  # the named caption group the synthetic caption comes from (None: unnamed)
+    json_tags: list = field(default_factory=list)  # tag columns as top-level json keys (output.caption_keys.TAGS)
     # duplicates and evaluation-set overlap, removed after the filters (recaption.dedup.options, .removal)
     dedup: dict = field(default_factory=dict)  # rule -> value, in run order: exact, phash (bits), embedding (cosine)
     dedup_keep: str = "first"  # which sample of a group stays: first (input order) or best:COLUMN
@@ -80,6 +81,7 @@ class MixConfig:
             raise RecaptionError("--samples-per-shard must be at least 1")
         if self.caption_keys not in CAPTION_KEYS:
             raise unknown("--caption-keys value", self.caption_keys, CAPTION_KEYS)
+        self.json_tags = json_tag_names(self.json_tags)
         if self.synthetic_group is not None:
             from recaption.annotators.groups import check_name
 
@@ -140,3 +142,18 @@ class MixConfig:
     def needs_synthetic(self) -> bool:
         """Whether decisions depend on the synthetic caption (else its candidates need not be read)."""
         return self.kind.needs_synthetic
+
+
+def json_tag_names(given) -> list[str]:
+    """`--json-tags` as a list of tag columns (repeated or comma-separated, in order, once each); a
+    name that is no tag column is one line naming the nearest ones."""
+    from recaption.annotators import tag_columns
+
+    if isinstance(given, str):
+        given = [given]
+    names = list(dict.fromkeys(n.strip() for g in (given or []) for n in str(g).split(",") if n.strip()))
+    known = tag_columns()
+    bad = next((n for n in names if n not in known), None)
+    if bad is not None:
+        raise unknown("--json-tags column", bad, known)
+    return names

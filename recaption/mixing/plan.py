@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import atomic_open, file_info, join, makedirs
@@ -170,6 +171,9 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     if cfg.caption_keys != "none":
         table = table.append_column(caption_keys.GROUPS, group_keys(t, c, keyed, f.group, cfg.caption_keys))
+    if cfg.json_tags:  # the tags a kept sample's json gets, under their column names
+        tags = ann.read_table(f.path, columns=list(cfg.json_tags))
+        table = table.append_column(caption_keys.TAGS, caption_keys.tag_column(tags, cfg.json_tags))
     stored = colmod.as_stored(t, f.group, f.path)  # what the mix read, as the file names it
     shard_now = file_info(f.url)
     table = tarindex.carry(table, f.path, shard_now)  # the member index, where it is the shard's as it is
@@ -189,6 +193,7 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
             "caption_keys": cfg.caption_keys, **removal_settings(cfg),
+            **({"json_tags": cfg.json_tags} if cfg.json_tags else {}),
             "min_max": {"clip_raw": [numbers.clip_raw.lo, numbers.clip_raw.hi],
                         "sieve": [numbers.sieve.lo, numbers.sieve.hi]}}
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
@@ -351,6 +356,24 @@ def check_shards(pool: Pool) -> None:
     checked before a mix writes anything; mapped like the pool pass."""
     for _ in pool.source.map(provenance.check_shard):
         pass
+
+
+def check_json_tags(pool: Pool, cfg: MixConfig) -> None:
+    """Every annotation file holds the groups of the `--json-tags` columns (one line naming the
+    file, the missing tag and the tags it holds otherwise), before anything is written."""
+    if not cfg.json_tags:
+        return
+    from recaption import annotators
+
+    group_of = {c.name: a.name for a in annotators.classes() for c in a.columns}
+    for f in pool.source.files:
+        held = set(((ann.read_metadata(f.path) or {}).get("groups") or {}))
+        missing = next((t for t in cfg.json_tags if group_of[t] not in held), None)
+        if missing is not None:
+            have = [t for t in annotators.tag_columns() if group_of[t] in held]
+            hint = annotators.group_hint(group_of[missing])
+            raise RecaptionError(f"--json-tags {missing}: annotation file {f.path} has no {missing} (its tags: "
+                                 f"{', '.join(have) or 'none'}); add it with `{hint}`")
 
 
 def write_dropped(out_dir: str, files: list[tuple[str, str]]) -> None:

@@ -27,6 +27,7 @@ part of the annotation's `captioner` (a model id or a path), with every characte
 """
 from __future__ import annotations
 
+import json
 import re
 from json.encoder import encode_basestring
 
@@ -43,6 +44,7 @@ BY_CAPTIONER = "recaption_synthetic_"  # + the captioner's name
 CANDIDATE = "recaption_candidate_"  # + the candidate's index
 GROUP = "recaption_group_"  # + a named caption group's name (its best), then "_candidate_I" (all)
 GROUPS = "caption_groups"  # the decisions column the group keys are written from
+TAGS = "json_tags"  # the decisions column of `mix --json-tags`: `"TAG": VALUE, ` per tag the row has
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _INDEX = "(?:0|[1-9][0-9]*)"
 _NAME = re.compile(rf"^(?:{RAW}|{SYNTHETIC}|{BY_CAPTIONER}[A-Za-z0-9._-]+|{CANDIDATE}{_INDEX}"
@@ -163,6 +165,39 @@ def group_values(rows: pa.Table, name: str) -> pa.Array:
     return pc.struct_field(flat, "caption").take(pa.array(at, mask=at < 0))
 
 
+def tag_column(t: pa.Table, names: list[str]) -> pa.Array:
+    """The `json_tags` column of one file's decisions: per row `"TAG": VALUE, ` for each tag of
+    `names` it has (a null or non-finite tag is left out), the value as Arrow writes the float."""
+    n = t.num_rows
+    parts = []
+    for name in names:
+        x = _flat(t[name]).cast(pa.float64())
+        finite = pc.and_kleene(pc.is_finite(x), pc.is_valid(x))
+        x = pc.if_else(finite, x, pa.nulls(n, pa.float64()))
+        parts.append(pc.fill_null(_member(_same(encode_basestring(name) + ": ", n), x.cast(pa.string()), raw=True), ""))
+    return pc.binary_join_element_wise(*parts, "") if parts else _same("", n)
+
+
+def tag_names(keys_text: bytes) -> list[bytes]:
+    """The tag keys (quoted) a row's key text adds: a json already holding one is written anew, not
+    spliced (the caption keys all start `recaption`, which the splice looks for already)."""
+    if not keys_text:
+        return []
+    return [w for w in _quoted_tags() if w + b": " in keys_text]
+
+
+_TAGS: tuple = (-1, ())  # (the annotator registry's change count, its tag columns quoted): a reader asks per sample
+
+
+def _quoted_tags() -> tuple:
+    global _TAGS
+    from recaption.annotators import REGISTRY, tag_columns
+
+    if _TAGS[0] != REGISTRY.changes:
+        _TAGS = (REGISTRY.changes, tuple(encode_basestring(t).encode() for t in tag_columns()))
+    return _TAGS[1]
+
+
 def needs_candidates(level: str) -> bool:
     """Whether the level writes every candidate (the decisions then carry them)."""
     return level == "all"
@@ -170,8 +205,10 @@ def needs_candidates(level: str) -> bool:
 
 def as_dict(row: dict, level: str) -> dict:
     """The keys of one decisions row (with `captions` for `all`), in the order they are written."""
+    tags = row.get(TAGS)
+    tagged = json.loads("{" + tags[:-2] + "}") if tags else {}
     if level == "none":
-        return {}
+        return tagged
     raw, syn, who = row.get("raw_caption"), row.get("synthetic_caption"), row.get("captioner")
     out = {}
     if raw is not None:
@@ -186,17 +223,19 @@ def as_dict(row: dict, level: str) -> dict:
                 out[f"{CANDIDATE}{i}"] = c
     for e in row.get(GROUPS) or []:
         out[e["key"]] = e["caption"]
-    return out
+    return out | tagged
 
 
 def text_of(keys: dict) -> bytes:
-    """What `encode` writes for one row's keys: each `"key": "value", `."""
-    return "".join(f"{encode_basestring(k)}: {encode_basestring(v)}, " for k, v in keys.items()).encode("utf-8")
+    """What `encode` writes for one row's keys: each `"key": "value", ` (a tag's value a JSON number)."""
+    return "".join(f"{encode_basestring(k)}: {encode_basestring(v) if isinstance(v, str) else json.dumps(v)}, "
+                   for k, v in keys.items()).encode("utf-8")
 
 
-def _member(names: pa.Array, values: pa.Array) -> pa.Array:
-    """`"name": "value", ` per row; null where the name or the value is."""
-    return pc.binary_join_element_wise(names, json_strings(values), ", ", "")
+def _member(names: pa.Array, values: pa.Array, raw: bool = False) -> pa.Array:
+    """`"name": "value", ` per row (`raw`: the value as it is, a number); null where the name or the
+    value is."""
+    return pc.binary_join_element_wise(names, values if raw else json_strings(values), ", ", "")
 
 
 def _same(text: str, n: int) -> pa.Array:
@@ -233,8 +272,11 @@ def _column(t: pa.Table, name: str) -> pa.Array:
 def encode(t: pa.Table, level: str) -> list[bytes]:
     """`text_of(as_dict(row, level))` for every row of `t` (decisions columns), column-wise."""
     n = len(t)
-    if level == "none" or not n:
+    tags = t[TAGS].combine_chunks() if TAGS in t.column_names else None
+    if not n or (level == "none" and tags is None):
         return [b""] * n
+    if level == "none":
+        return tags.cast(pa.binary()).to_pylist()
     raw, syn, who = _column(t, "raw_caption"), _column(t, "synthetic_caption"), _column(t, "captioner")
     parts = [_member(_same(encode_basestring(RAW) + ": ", n), raw),
              _member(_same(encode_basestring(SYNTHETIC) + ": ", n), syn),
@@ -245,5 +287,7 @@ def encode(t: pa.Table, level: str) -> list[bytes]:
         parts.append(_candidates(t["captions"]))
     if GROUPS in t.column_names:
         parts.append(_groups_text(t[GROUPS]))
+    if tags is not None:
+        parts.append(tags)
     joined = pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], "")
     return joined.cast(pa.binary()).to_pylist()

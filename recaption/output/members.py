@@ -96,7 +96,8 @@ def splice_recaption(text: bytes, added: bytes, keys_text: bytes = b"") -> bytes
     json was when it was annotated (the overlay readers check that a shard is unchanged)."""
     body = text.rstrip()
     if (body.endswith(b"}") and b"recaption" not in text and b"NaN" not in text and b"Infinity" not in text
-            and (b"\\u00" not in text or not _ESCAPED_LOWER.search(text))):
+            and (b"\\u00" not in text or not _ESCAPED_LOWER.search(text))
+            and not any(w in text for w in caption_keys.tag_names(keys_text))):
         return _splice(body, added, keys_text)
     return None
 
@@ -113,9 +114,11 @@ def splice_many(texts: list, added, keys=None):
     import pyarrow.compute as pc
 
     blob = b"\n".join(x for x in texts if x)
-    words = (b"recaption", b"NaN", b"Infinity")
+    # a tag key the json holds already (LAION's own punsafe) is written anew, not spliced twice
+    tags = caption_keys.tag_names(b"".join(x for x in keys.to_pylist() if x)) if keys is not None else []
+    words = (b"recaption", b"NaN", b"Infinity", *tags)
     if any(w in blob for w in words) or (b"\\u00" in blob and _ESCAPED_LOWER.search(blob)):
-        fine = [bool(x) and b"recaption" not in x and b"NaN" not in x and b"Infinity" not in x
+        fine = [bool(x) and not any(w in x for w in words)
                 and (b"\\u00" not in x or not _ESCAPED_LOWER.search(x)) for x in texts]
     else:
         fine = [bool(x) for x in texts]

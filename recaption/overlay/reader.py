@@ -104,7 +104,8 @@ class ShardDecisions:
             check_digest(path, data, recorded)
         pf = pq.ParquetFile(pa.BufferReader(data))
         # captions: only where --caption-keys all; caption_groups: where the pool has named groups
-        t = pf.read(columns=[c for c in READ + ["captions", caption_keys.GROUPS] if c in pf.schema_arrow.names])
+        t = pf.read(columns=[c for c in READ + ["captions", caption_keys.GROUPS, caption_keys.TAGS]
+                             if c in pf.schema_arrow.names])
         meta = json.loads((t.schema.metadata or {}).get(META_KEY, b"{}"))
         if meta.get("version") != VERSION:
             raise RecaptionError(f"{path}: decisions format {meta.get('version')!r}, this recaption reads {VERSION}")
@@ -263,9 +264,9 @@ class OverlayReader:
             name = reader_shard_name(url)
             path = decisions_path(self.folder, name)
             if name not in self.recorded():
-                raise RecaptionError(f"{url}: sample {key!r}: the overlay's _summary.json records no decisions file for "
-                                     f"shard {name!r} ({path}): the shard was not part of the mix, or had no "
-                                     "annotation file")
+                raise RecaptionError(f"{url}: sample {key!r}: the overlay's _summary.json records no decisions "
+                                     f"file for shard {name!r} ({path}): the shard was not part of the mix, or "
+                                     "had no annotation file")
             with using(self.storage_options):
                 d = ShardDecisions(url, path, self.verify, key, self.recorded())
             self._cache[url] = d

@@ -28,7 +28,7 @@ OWN_KEYS = {"description", "source", "filters", "dedup", "decontaminate", "mix",
             "device"}  # the annotators add theirs
 SECTION_KEYS = {
     "mix": {"strategy", "threshold", "fraction", "filter_synthetic", "alpha", "samples_per_shard", "keep_sharding",
-            "caption_keys", "synthetic_group"},
+            "caption_keys", "synthetic_group", "json_tags"},
 }
 
 

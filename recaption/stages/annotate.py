@@ -129,7 +129,7 @@ class AnnotateStage:
                     self.setup()
             self.setup()
             rows = self._rows(url, name, work, t, progress)
-            if work.needs_images:  # the shard was read: its member index holds for it as it is now
+            if work.needs_images(self.bundle.annotators):  # the shard was read: its member index holds as it is now
                 work.keep[tarindex.GROUP] = tarindex.identity(url)
             with t("write"):
                 commit(out, rows, work, self.spec.groups)
@@ -149,8 +149,8 @@ class AnnotateStage:
 
     def _rows(self, url: str, name: str, work: ShardWork, t: Timer, progress) -> list[dict]:
         todo = self._todo(work)
-        per_batch = [a for a in todo if type(a).reads_images]
-        if not work.needs_images:  # SIEVE alone: the texts are in the file
+        per_batch = [a for a in todo if a.reads_images]  # an instance may read none (saved embeddings)
+        if not work.needs_images(self.bundle.annotators):  # SIEVE alone, heads over saved embeddings: the file suffices
             self._finish(work.rows, todo, t)
             return work.rows
         by_key = None

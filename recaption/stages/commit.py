@@ -30,10 +30,13 @@ class ShardWork:
     # captions): what the file held for the groups it keeps (named caption groups, metrics)
     carry: dict = field(default_factory=dict)
 
-    @property
-    def needs_images(self) -> bool:
-        """Whether the work reads the shard's samples (captions, CLIP, metrics, re-ranking...)."""
-        return any(registry.get(g).reads_images for g in self.todo)
+    def needs_images(self, built: dict | None = None) -> bool:
+        """Whether the work reads the shard's samples (captions, CLIP, metrics, re-ranking...); `built`,
+        the worker's annotators by name, where one reads none though its class does (a tag head
+        over saved embeddings)."""
+        built = built or {}
+        return any(built[g].reads_images if g in built else registry.get(g).reads_images
+                   for g in self.todo)
 
 
 def plan_shard(url: str, wanted: dict[str, dict], overwrite: bool) -> ShardWork:

@@ -91,7 +91,8 @@ class MixWriteStage:
     def _fill(self, tar: BlockWriter, p: OutputPlan, files: contextlib.ExitStack, progress) -> pa.Table:
         written, buffers = [], spans.shared()
         level = p.caption_keys
-        extra = (["captions"] if caption_keys.needs_candidates(level) else []) + [caption_keys.GROUPS]
+        extra = ((["captions"] if caption_keys.needs_candidates(level) else [])
+                 + [caption_keys.GROUPS, caption_keys.TAGS])
         # the span path knows the one extra member the built-in strategies write (syn.txt)
         extra_members = tuple(named(p.strategy).extra_members)
         plain = set(extra_members) <= {"syn.txt"}
@@ -124,7 +125,7 @@ class MixWriteStage:
               keys: list[bytes] | None = None, images: list | None = None) -> dict[str, list]:
         """The part from a walk over the tar's headers (no member index, or a gzipped shard);
         with `images` (each kept row's recorded image sha256), every image is checked against it."""
-        cols = READ + [c for c in ("captions", caption_keys.GROUPS) if c in rows.column_names]
+        cols = READ + [c for c in ("captions", caption_keys.GROUPS, caption_keys.TAGS) if c in rows.column_names]
         want = dict(zip(at.tolist(), zip(rows.select(cols).to_pylist(), added, keys or [None] * len(added))))
         fields: dict[str, list] = {k: [] for k in spans.META}
         found = 0

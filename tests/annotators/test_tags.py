@@ -212,3 +212,127 @@ def test_a_laion_head_without_its_weights_is_refused_in_one_line(tmp_path, capsy
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
     assert len(err) == 1 and "clip_ViT-L-14_openai_binary_nsfw_head.pth" in err[0]
     assert not (tmp_path / "ann").exists()
+
+
+# -- heads over saved embeddings (item 5) ----------------------------------------------------------
+def test_score_computes_the_clip_heads_from_saved_embeddings_without_reading_an_image(tagged, tmp_path):
+    """A pass that saved its embeddings and computed no tag; then `score --TAG-from-embeddings` with
+    every shard's bytes overwritten (root reads any mode, so the tars are garbage, not unreadable):
+    the columns equal the annotate pass's tags on the same shards, under the same record."""
+    import shutil
+
+    shards = tmp_path / "in"
+    shutil.copytree(tagged["shards"], shards)
+    ann = tmp_path / "ann"
+    assert cli("score", shards, "-a", ann, "--clip-model", tagged["clip"], "--no-sieve", "-q",
+               "--save-embeddings") == 0
+    for tar in shards.glob("*.tar"):
+        tar.write_bytes(b"\0" * tar.stat().st_size)  # any read of a sample would fail now
+    assert cli("score", shards, "-a", ann, "--no-clip", "--no-sieve", "-q",
+               "--punsafe-head", tagged["decl"]["punsafe"], "--punsafe-from-embeddings",
+               "--aesthetic-head", tagged["decl"]["aesthetic"], "--aesthetic-from-embeddings") == 0
+    tagged_rows = 0
+    for n in ("00000", "00001"):
+        want = pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()
+        got = pq.read_table(ann / f"{n}.parquet").to_pylist()
+        assert [r["key"] for r in got] == [r["key"] for r in want]
+        for tag in ("punsafe", "aesthetic"):
+            w = np.array([np.nan if r[tag] is None else r[tag] for r in want], float)
+            g = np.array([np.nan if r[tag] is None else r[tag] for r in got], float)
+            assert (np.isnan(w) == np.isnan(g)).all(), tag
+            assert np.allclose(g[~np.isnan(g)], w[~np.isnan(w)], atol=2e-3), tag  # float16 embeddings
+        assert all(r["status"] == "ok" for r in got if r["key"] is not None and r["punsafe"] is not None)
+        tagged_rows += sum(r["punsafe"] is not None for r in got)
+    assert tagged_rows == 30  # every ok sample of the pass
+    groups = json.loads((ann / "_recaption.json").read_text())["groups"]
+    pass_groups = json.loads((tagged["ann"] / "_recaption.json").read_text())["groups"]
+    for tag in ("punsafe", "aesthetic"):
+        assert groups[tag] == pass_groups[tag], tag  # the same head, weights and CLIP recorded
+
+
+def test_a_head_over_another_clip_than_the_saved_embeddings_is_refused_in_one_line(tagged, capsys):
+    before = sorted(p.name for p in tagged["ann"].iterdir())
+    weights = tagged["root"] / "clip_ViT-L-14_openai_binary_nsfw_head.pth"
+    assert cli("score", tagged["shards"], "-a", tagged["ann"], "--no-clip", "--no-sieve", "-q",
+               "--punsafe-weights", weights, "--punsafe-from-embeddings", "--overwrite") == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+    assert len(err) == 1 and "ViT-L-14/openai" in err[0] and tagged["clip"] in err[0], err
+    assert sorted(p.name for p in tagged["ann"].iterdir()) == before
+
+
+def test_heads_from_embeddings_beside_a_clip_pass_that_would_remove_them_are_refused(tagged, capsys):
+    assert cli("score", tagged["shards"], "-a", tagged["ann"], "--clip-model", tagged["clip"], "--no-sieve", "-q",
+               "--punsafe-head", tagged["decl"]["punsafe"], "--punsafe-from-embeddings") == 2
+    assert "--no-clip" in capsys.readouterr().err
+
+
+# -- tags into a mixed output's json (item 7) ------------------------------------------------------
+def _output_jsons(out):
+    import webdataset as wds
+
+    urls = sorted(str(p) for p in out.glob("*.tar"))
+    return {s["__key__"]: json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False)}
+
+
+def test_tags_reach_the_mixed_json_only_when_asked_under_their_column_names(tagged, tmp_path):
+    rows = {r["key"]: r for n in ("00000", "00001") for r in pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()
+            if r["key"] is not None}
+    plain, tagged_out = tmp_path / "plain", tmp_path / "tagged"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", plain, "--strategy", "raw", "-q") == 0
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", tagged_out, "--strategy", "raw", "-q",
+               "--json-tags", "punsafe,pwatermark", "--json-tags", "aesthetic") == 0
+    without, with_tags = _output_jsons(plain), _output_jsons(tagged_out)
+    assert set(without) == set(with_tags) and len(with_tags) == 30
+    tags = ("punsafe", "pwatermark", "aesthetic")
+    assert not any(t in j for j in without.values() for t in tags)
+    for key, j in with_tags.items():
+        assert list(j)[-4:] == [*tags, "recaption"]  # after the sample's own fields, before recaption's
+        for t in tags:
+            assert j[t] == rows[key][t], (key, t)  # the annotation's float32, exactly
+        assert {k: v for k, v in j.items() if k not in tags} == without[key]
+
+
+def test_an_overlay_with_json_tags_gives_readers_the_mixed_jsons(tagged, tmp_path):
+    import webdataset as wds
+
+    from recaption.webdataset import overlay
+
+    full, ov = tmp_path / "full", tmp_path / "ov"
+    tags = ("--json-tags", "punsafe,aesthetic")
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", full, "--strategy", "raw", "-q", *tags) == 0
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", ov, "--strategy", "raw", "-q", "--overlay",
+               *tags) == 0
+    urls = sorted(str(p) for p in tagged["shards"].glob("*.tar"))
+    read = {s["__key__"]: s["json"] for s in wds.WebDataset(urls, shardshuffle=False).compose(overlay(str(ov)))}
+    mixed = _output_jsons(full)
+    assert set(read) == set(mixed) and all("punsafe" in j for j in mixed.values())
+    assert {k: list(json.loads(v).items()) for k, v in read.items()} == {k: list(j.items()) for k, j in mixed.items()}
+
+
+def test_json_tags_missing_from_the_annotation_or_unknown_are_refused_naming_them(tagged, tmp_path, capsys):
+    for value, says in (("open_nsfw", "has no open_nsfw"), ("punsafee", "punsafe")):
+        out = tmp_path / value
+        assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "-q",
+                   "--json-tags", value) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+        assert len(err) == 1 and says in err[0] and value in err[0], err
+        assert not out.exists()
+
+
+def test_a_json_that_holds_a_tag_already_gets_it_replaced_not_twice(tagged, tmp_path):
+    """LAION's shards keep punsafe in each sample's json: the mix's value replaces it (one key)."""
+    from recaption.output import caption_keys, members
+
+    keys = caption_keys.text_of({"punsafe": 0.25})
+    text = b'{"url": "u", "punsafe": 0.9}'
+    assert members.splice_recaption(text, b"{}", keys) is None  # never spliced beside the old key
+    many = members.splice_many([text, b'{"url": "v"}'], pa_binary([b"{}", b"{}"]), pa_binary([keys, keys]))
+    assert many.to_pylist()[0] is None and json.loads(many.to_pylist()[1])["punsafe"] == 0.25
+    meta, made = members.with_recaption(text, {}, b"{}", {"punsafe": 0.25}, keys)
+    assert made.count(b"punsafe") == 1 and json.loads(made)["punsafe"] == 0.25
+
+
+def pa_binary(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.binary())

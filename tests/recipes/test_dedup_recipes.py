@@ -31,8 +31,10 @@ def test_bad_sections_are_refused(sets, said):
 
 
 def test_no_bundled_recipe_pins_a_duplicate_threshold():
+    """laion-5b removes exact duplicates (identical bytes: no threshold); no recipe sets a distance."""
     for name, r in list_recipes().items():
-        assert "dedup" not in r and "decontaminate" not in r, name
+        assert "decontaminate" not in r, name
+        assert all(v is None for v in recipe_parts(r).mix.dedup.values()), name
 
 
 def test_run_with_dedup_and_decontaminate(tmp_path):

@@ -39,16 +39,34 @@ def test_datacomp_basic_on_the_sample_shards(tmp_path):
 
 
 def test_laion_5b_on_the_sample_shards(tmp_path, tiny_models):
+    """The recipe end to end with tiny models: the filters, exact duplicates removed, and LAION's two
+    tags as columns and json keys (the published head architectures, random weights)."""
+    import webdataset as wds
+
+    from tests.helpers import tiny_tag_heads
+
     out = tmp_path / "out"
+    heads = tiny_tag_heads(tmp_path / "heads")
     # tiny random CLIP scores sit around 0, and the sample JPEGs are about 1.4 KB: limits moved to suit
     sets = [f"clip.model={tiny_models['clip']}", "filters.min-image-bytes=1000", "filters.min-clip-raw-en=-0.1",
-            "filters.min-clip-raw-other=-0.2"]
+            "filters.min-clip-raw-other=-0.2", f"punsafe.head={heads['punsafe']}",
+            f"pwatermark.weights={heads['pwatermark']}"]
     assert cli("run", "laion-5b", sample_shards_dir(), "-o", out, *[x for s in sets for x in ("--set", s)], "-q") == 0
     kept, drops = _accounted(out)
     s = summary(out)
     assert [f["rule"] for f in s["filters"]] == ["min-chars=5", "min-image-bytes=1000", "min-clip-raw-en=-0.1",
                                                 "min-clip-raw-other=-0.2"]
     assert kept and all(r.startswith("filter: ") for r in drops.values())
+    groups = json.loads((out / "_annotations" / "_recaption.json").read_text())["groups"]
+    assert {"punsafe", "pwatermark", "fingerprints"} <= set(groups)
+    assert [d["rule"] for d in s["dedup"]] == ["exact"] and s["json_tags"] == ["punsafe", "pwatermark"]
+    tags = {r["key"]: r for p in (out / "_annotations").glob("0*.parquet") for r in pq.read_table(p).to_pylist()}
+    urls = sorted(str(p) for p in out.glob("*.tar"))
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert len(samples) == len(kept)
+    for smp in samples:
+        j = json.loads(smp["json"])
+        assert j["punsafe"] == tags[smp["__key__"]]["punsafe"] and j["pwatermark"] == tags[smp["__key__"]]["pwatermark"]
     decided = pq.read_table(out / "_decisions" / "00000.parquet").to_pylist()
     for r in decided:
         if r["kept"]:
