@@ -22,9 +22,10 @@ from recaption.errors import RecaptionError
 
 SEP = "__"  # column suffix: captions__long
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # no '_' and no '.': column and group names stay unambiguous
-FAMILIES = ("captions", "clip", "sieve")  # the annotators a named group is made of, in run order
+FAMILIES = ("captions", "clip", "sieve", "length")  # the annotators a named group is made of, in run order
 PARENTS = {"captions": "recaption.annotators.captions:Captions", "clip": "recaption.annotators.clip:Clip",
-           "sieve": "recaption.annotators.sieve:Sieve"}  # the built-in ones (annotators.BUILTIN)
+           "sieve": "recaption.annotators.sieve:Sieve",
+           "length": "recaption.annotators.length:Length"}  # the built-in ones (annotators.BUILTIN)
 _MADE: dict[str, type] = {}
 
 
@@ -52,7 +53,8 @@ def column(name: str, group: str | None) -> str:
     return name if group is None else f"{name}{SEP}{group}"
 
 
-GROUP_COLUMNS = ("captions", "captioner", "clip_captions", "sieve", "sieve_mean", "sieve_best")
+GROUP_COLUMNS = ("captions", "captioner", "clip_captions", "sieve", "sieve_mean", "sieve_best",
+                 "clip_captions_tokens", "clip_captions_sent_min", "clip_captions_sent_mean", "captions_clean")
 
 
 def column_group(col: str) -> str | None:
@@ -77,8 +79,9 @@ def _make(base: str, group: str) -> type:
     from recaption.registry import load
 
     parent = load(PARENTS[base], "annotator")
-    mixin = {"captions": _NamedCaptions, "clip": _NamedClip, "sieve": _NamedRows}[base]
-    own = [c for c in parent.columns if not (base == "clip" and c.name == "clip_raw")]
+    mixin = {"captions": _NamedCaptions, "clip": _NamedClip, "sieve": _NamedRows, "length": _NamedRows}[base]
+    unnamed = {"clip_raw", *getattr(parent, "unnamed_only", ())}  # the alt-text's scores are the unnamed group's
+    own = [c for c in parent.columns if c.name not in unnamed]
     cls = type(f"{parent.__name__}{SEP}{group}", (mixin, parent), {
         "__module__": __name__, "__doc__": f"The {base} annotator of caption group {group!r}.",
         "name": f"{base}.{group}", "group": group,
@@ -96,7 +99,7 @@ def _make(base: str, group: str) -> type:
 def __getattr__(attr: str):
     """`Captions__long` (a worker's target) -> the class of `captions.long`."""
     head, sep, group = attr.partition(SEP)
-    by_class = {"Captions": "captions", "Clip": "clip", "Sieve": "sieve"}
+    by_class = {"Captions": "captions", "Clip": "clip", "Sieve": "sieve", "Length": "length"}
     if sep and head in by_class and NAME.fullmatch(group):
         return named(f"{by_class[head]}.{group}")
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
