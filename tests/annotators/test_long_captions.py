@@ -13,9 +13,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 
 from recaption.demo.samples import make_sample, write_tar
 from recaption.io import embeddings
+from recaption.output import caption_keys
 from recaption.scoring import sentences
 from tests.helpers import cli
 
@@ -39,8 +41,8 @@ def oracle_split(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def long_pool(tmp_path_factory):
-    """One shard whose even samples have long alt-texts, and two imported candidates a sample
-    (one short, one long)."""
+    """One shard whose even samples have long alt-texts, and imported candidates: a short and a
+    long one a sample, or a long one alone."""
     root = tmp_path_factory.mktemp("long")
     rng = random.Random(3)
     samples, caps = [], {"key": [], "caption": []}
@@ -50,8 +52,11 @@ def long_pool(tmp_path_factory):
         if i % 2 == 0:
             s["txt"] = long_text(rng).encode()
         samples.append((key, s))
-        caps["key"] += [key, key]
-        caps["caption"] += [f"a short caption {i}", long_text(rng, 8 + i % 3)]
+        if i % 4 != 1:  # the others have a long candidate alone: their synthetic caption is long
+            caps["key"].append(key)
+            caps["caption"].append(f"a short caption {i}")
+        caps["key"].append(key)
+        caps["caption"].append(long_text(rng, 8 + i % 3))
     write_tar(root / "shards" / "00000.tar", samples)
     pq.write_table(pa.table(caps), root / "caps.parquet")
     return root
@@ -164,3 +169,90 @@ def test_no_clip_length_leaves_the_group_out(long_pool, tiny_models, tmp_path):
     assert "length" not in json.loads((ann / "_recaption.json").read_text())["groups"]
     assert set(pq.read_table(ann / "00000.parquet")["clip_raw_tokens"].to_pylist()) == {None}
 
+
+
+def test_long_captions_as_sentence_keys_a_trainer_samples(long_pool, tiny_models, tmp_path):
+    ann, out, ov = tmp_path / "ann", tmp_path / "mixed", tmp_path / "overlay"
+    assert _score(long_pool, tiny_models, ann) == 0
+    shards = long_pool / "shards"
+    assert cli("mix", shards, "-a", ann, "-o", out, "--strategy", "synthetic", "--caption-keys", "sentences",
+               "-q") == 0
+    rows = {r["key"]: r for r in pq.read_table(ann / "00000.parquet").to_pylist()}
+    samples = list(wds.WebDataset(sorted(map(str, out.glob("*.tar"))), shardshuffle=False))
+    assert len(samples) == len(rows)
+    split_ones = 0
+    for s in samples:
+        r, j = rows[s["__key__"]], json.loads(s["json"])
+        syn = s["txt"].decode()
+        n = r["clip_captions_tokens"][r["captions"].index(syn)]
+        keys = [k for k in j if k.startswith(caption_keys.SENTENCE)]
+        want = oracle_split(syn) if n > r["clip_context"] else []
+        assert keys == [caption_keys.sentence_key(None, i) for i in range(len(want))]
+        assert [j[k] for k in keys] == want
+        assert all(caption_keys.level_of(k) == "sentences" and caption_keys.is_key(k) for k in keys)
+        assert j["recaption_candidate_0"] == r["captions"][0]  # what `all` writes, too
+        split_ones += bool(keys)
+    assert split_ones >= 2 and split_ones < len(samples)  # long and short synthetic captions both seen
+
+    # the overlay draws a sentence of the long captions into txt as it reads the input shards
+    assert cli("mix", shards, "-a", ann, "-o", ov, "--strategy", "synthetic", "--caption-keys", "sentences",
+               "--overlay", "-q") == 0
+    from recaption.webdataset import overlay
+
+    stage = overlay(str(ov), captions="recaption_sentence_0;recaption_sentence_1;recaption_synthetic",
+                    caption_probs=[1, 1, 0], seed=2)
+    read = list(wds.WebDataset(str(shards / "00000.tar"), shardshuffle=False).compose(stage))
+    by_key = {s["__key__"]: json.loads(s["json"]) for s in samples}
+    for s in read:
+        j = by_key[s["__key__"]]
+        if caption_keys.sentence_key(None, 0) in j:
+            assert s["txt"].decode() in (j["recaption_sentence_0"], j.get("recaption_sentence_1"))
+        else:
+            assert s["txt"].decode() == j["recaption_synthetic"]
+
+
+def test_sentence_keys_of_a_named_group_are_written_where_its_best_is_long():
+    best = pa.array(["One. Two.", "Short.", None])
+    cands = pa.array([["One. Two."], ["Short."], []], pa.list_(pa.string()))
+    col = caption_keys.group_column(3, [("long", best, cands, np.array([True, False, True]))], "sentences",
+                                    (pa.array(["A. B.", None, "C"]), np.array([True, True, False])))
+    got = [{e["key"]: e["caption"] for e in row} for row in col.to_pylist()]
+    assert list(got[0]) == ["recaption_sentence_0", "recaption_sentence_1", "recaption_group_long",
+                            "recaption_group_long_candidate_0", "recaption_group_long_sentence_0",
+                            "recaption_group_long_sentence_1"]
+    assert got[0]["recaption_group_long_sentence_1"] == "Two." and got[0]["recaption_sentence_0"] == "A."
+    assert got[1] == {"recaption_group_long": "Short.", "recaption_group_long_candidate_0": "Short."}
+    assert got[2] == {}
+    lower = caption_keys.group_column(3, [("long", best, cands, np.array([True, False, True]))], "all")
+    assert not any("_sentence_" in e["key"] for row in lower.to_pylist() for e in row)
+
+
+def test_sentence_keys_need_the_token_counts(long_pool, tiny_models, tmp_path, capsys):
+    ann = tmp_path / "ann"
+    assert _score(long_pool, tiny_models, ann, "--no-clip-length") == 0
+    capsys.readouterr()
+    assert cli("mix", long_pool / "shards", "-a", ann, "-o", tmp_path / "m", "--strategy", "synthetic",
+               "--caption-keys", "sentences", "-q") != 0
+    err = capsys.readouterr().err
+    assert "00000.parquet" in err and "length" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_report_shows_caption_lengths_and_the_share_truncated(long_pool, tiny_models, tmp_path):
+    from recaption.report.data import load
+    from recaption.report.html import pages
+
+    ann = tmp_path / "ann"
+    assert _score(long_pool, tiny_models, ann) == 0
+    rows = pq.read_table(ann / "00000.parquet").to_pylist()
+    raw = [r["clip_raw_tokens"] for r in rows if r["clip_raw_tokens"] is not None]
+    cands = [n for r in rows for n in r["clip_captions_tokens"]]
+    d = load(ann)
+    for source, counts in (("alt-text", raw), ("", cands)):
+        s = d.lengths[source]
+        assert s["n"] == len(counts) and s["tokens"] == sum(counts) and s["context"] == 77
+        assert s["truncated"] == sum(n > 77 for n in counts) > 0
+    assert d.hists["tokens"]["alt-text"].sum() == len(raw) and d.hists["tokens"]["candidates"].sum() == len(cands)
+    page = pages(d)["index.html"].decode()
+    assert "caption lengths (CLIP tokens)" in page
+    share = 100 * sum(n > 77 for n in cands) / len(cands)
+    assert f"{share:.1f}%" in page
