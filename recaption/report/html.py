@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import zlib
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _hist(files: dict, name: str, edges: np.ndarray, series: dict[str, np.ndarra
     plt = _plt()
     e, series = _crop(edges, series)
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    for (label, counts), color in zip(series.items(), COLORS):
+    for (label, counts), color in zip(series.items(), itertools.cycle(COLORS)):  # more series than colours: all drawn
         ax.bar(e[:-1], counts, width=np.diff(e), align="edge", alpha=0.6, color=color,
                label=f"{label} (n={int(counts.sum()):,})")
     for label, t in lines.items():
@@ -336,6 +337,8 @@ def pages(data: ReportData) -> dict[str, bytes]:
         if name in LIMITS and LIMITS[name][0] in rules:
             lines[LIMITS[name][0]] = float(rules[LIMITS[name][0]])
         lines.update(_rule_lines(name, rules))
+        if name == "tokens" and d.lengths:  # where CLIP stops reading
+            lines["CLIP context"] = float(max(s["context"] for s in d.lengths.values()))
         plots.append(_hist(files, name, d.edges(name), series, lines))
     if d.langs:
         plots.append(_langs(files, d.langs))
