@@ -170,7 +170,9 @@ def _add_long_sentences(ann_dir: Path) -> None:
         t = put(t, "clip_captions_tokens", [[5] * len(c or []) for c in t["captions"].to_pylist()],
                 pa.list_(pa.int32()))
         t = put(t, "clip_captions_tokens__long", [[90]] * n, pa.list_(pa.int32()))
-        meta["groups"]["length"] = meta["groups"]["length.long"] = {"model": "clip"}
+        t = put(t, "clip_captions_tokens__short", [[5]] * n, pa.list_(pa.int32()))  # within it: no sentence keys
+        for g in ("length", "length.long", "length.short"):
+            meta["groups"][g] = {"model": "clip"}
         pq.write_table(t.replace_schema_metadata({ann.META_KEY: json.dumps(meta).encode()}), path)
 
 

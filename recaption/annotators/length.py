@@ -49,10 +49,16 @@ class Length(Annotator):
 
     @classmethod
     def configure(cls, values: dict, others: dict):
-        """On wherever the pass computes CLIP scores (its model), unless --no-clip-length."""
-        if values.get("no_clip_length") or others.get("clip") is None:
+        """On wherever the pass computes CLIP scores (its model), unless --no-clip-length; a floor
+        given where the group does not run is refused (it would change nothing)."""
+        floor = _floor(values.get("clean_floor"))
+        off = "--no-clip-length" if values.get("no_clip_length") else None
+        off = off or ("--no-clip" if others.get("clip") is None else None)
+        if off is not None:
+            if floor is not None:
+                raise RecaptionError(f"--clean-floor needs the CLIP sentence scores, which {off} leaves out")
             return None
-        return LengthConfig(others["clip"], _floor(values.get("clean_floor")))
+        return LengthConfig(others["clip"], floor)
 
     @classmethod
     def from_recipe(cls, recipe: dict, others: dict):
@@ -60,6 +66,8 @@ class Length(Annotator):
         if "length" in recipe and not recipe["length"] and recipe["length"] != {}:
             return None
         section = recipe_section({"length": recipe.get("length", True)}, "length", RECIPE_KEYS)
+        if "length" in recipe and others.get("clip") is None:  # asked for by name: never silently nothing
+            raise RecaptionError("length needs CLIP scores (a clip section) to count tokens and score sentences")
         return cls.configure({"clean_floor": section.get("clean_floor")}, others)
 
     @classmethod

@@ -163,6 +163,20 @@ def test_floors_that_are_not_numbers_are_refused_before_any_work(long_pool, tiny
         assert not (tmp_path / "a").exists()
 
 
+def test_a_floor_where_the_group_does_not_run_is_refused(long_pool, tiny_models, tmp_path, capsys):
+    for off in ("--no-clip", "--no-clip-length"):
+        assert cli("score", long_pool / "shards", "-a", tmp_path / "a", "--clip-model", tiny_models["clip"],
+                   "--no-sieve", off, "--clean-floor", 0.2) != 0
+        assert off in capsys.readouterr().err
+        assert not (tmp_path / "a").exists()
+    from recaption import api
+    from recaption.errors import RecaptionError
+
+    with pytest.raises(RecaptionError, match="length needs CLIP"):
+        api.annotate(str(long_pool / "shards"), str(tmp_path / "b"), length={"clean_floor": 0.2})
+    assert not (tmp_path / "b").exists()
+
+
 def test_no_clip_length_leaves_the_group_out(long_pool, tiny_models, tmp_path):
     ann = tmp_path / "ann"
     assert _score(long_pool, tiny_models, ann, "--no-clip-length") == 0
