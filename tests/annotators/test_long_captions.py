@@ -237,6 +237,9 @@ def test_sentence_keys_of_a_named_group_are_written_where_its_best_is_long():
     assert got[0]["recaption_group_long_sentence_1"] == "Two." and got[0]["recaption_sentence_0"] == "A."
     assert got[1] == {"recaption_group_long": "Short.", "recaption_group_long_candidate_0": "Short."}
     assert got[2] == {}
+    from recaption.mixing import CAPTION_KEYS
+
+    assert caption_keys.LEVELS == CAPTION_KEYS  # the readers' order is the options' (kept apart: no numpy in --help)
     lower = caption_keys.group_column(3, [("long", best, cands, np.array([True, False, True]))], "all")
     assert not any("_sentence_" in e["key"] for row in lower.to_pylist() for e in row)
 
