@@ -12,6 +12,7 @@ Data-Juicer's per-sample mappers do). Prints a table and writes JSON.
     python scripts/bench.py --vlm qwen2_vl       # also a VLM through transformers, beside BLIP
     python scripts/bench.py --mode vlm           # the VLM beside BLIP alone (no CLIP, SIEVE, naive)
     python scripts/bench.py --mode fusion        # the share of the bundled shards a `where` rule fuses
+    python scripts/bench.py --mode length        # the length group's cost on the bundled shards
 
 The VLM is a small real-shape Qwen2-VL (a SmolLM2-135M-sized language model: 576 wide, 30
 layers, 49,152-token vocabulary; a 12-layer 768-wide vision tower; images up to 448x448, so 256
@@ -222,6 +223,81 @@ def stage_rates(urls, cap, clip, sieve, batch):
     return out
 
 
+LONG_SENTENCES = ("The image shows a {c}.", "It is set against a plain background with soft, even light.",
+                  "The edges of the shape are sharp and clearly defined.", "There is no text or watermark visible.",
+                  "The colours are saturated and the contrast is high.", "In the corner a small shadow falls "
+                  "to the right.", "The composition is centred and symmetrical, typical of stock graphics.",
+                  "Overall the picture looks like a simple illustration made for a website or a slide.")
+
+
+def length_cost(a, root: Path) -> None:
+    """The `length` group's cost: `score` with CLIP alone, then with the length group, then with
+    --clean-floor too, on the bundled shards (48 samples) with a real-size random-weight CLIP,
+    for short candidates (BLIP-like: token counts only) and long ones (VLM-like, past the context:
+    sentence scores). Each timed `repeat` times (median), on fresh copies of one imported folder."""
+    import shutil
+    import statistics
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recaption import api
+    from recaption.engines import Execution
+    from recaption.io.shards import iter_shards
+    from recaption.scoring.clip import ClipConfig
+
+    models = build_models(root, a.clip, a.blip)
+    shards = Path(api.__file__).parent / "data" / "sample-shards"
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
+    recs = [r for r in iter_shards(urls) if hasattr(r, "members")]
+    work = Path(tempfile.mkdtemp(prefix="recaption-bench-length-"))
+    ex = Execution(device=a.device or "cpu", quiet=True, workers=1)
+    clip = ClipConfig(models["clip"], device=a.device, dtype=a.dtype)
+    res = {"samples": len(recs), "clip": a.clip, "repeat": a.repeat, "sets": {}}
+    for kind in ("short", "long"):
+        keys, caps = [], []
+        for r in recs:
+            c = (r.raw_caption or "a shape").split("|")[0].strip()
+            text = f"a picture of a {c}" if kind == "short" else " ".join(x.format(c=c) for x in LONG_SENTENCES)
+            keys += [r.key, r.key]
+            caps += [text, text.replace("a ", "one ", 1)]
+        pq.write_table(pa.table({"key": keys, "caption": caps}), work / f"{kind}.parquet")
+        base = work / f"{kind}-imported"
+        api.import_captions(urls, str(base), str(work / f"{kind}.parquet"), execution=ex)
+        runs = {"clip": {}, "clip + length": {"length": True},
+                "clip + length + clean floor": {"length": {"clean_floor": 0.0}}}
+        got = {}
+        for name, extra in runs.items():
+            walls, length_s, clip_s = [], [], []
+            for i in range(a.repeat):
+                out = work / f"{kind}-{len(got)}-{i}"
+                shutil.copytree(base, out)
+                summ, t = timed(api.annotate, urls, str(out), clip=clip, execution=ex, verb="score", **extra)
+                walls.append(t - summ["stage_seconds"].get("load_models", 0.0))
+                length_s.append(summ["stage_seconds"].get("length", 0.0))
+                clip_s.append(summ["stage_seconds"].get("clip", 0.0))
+            got[name] = {"wall_s_without_loading": statistics.median(walls), "clip_s": statistics.median(clip_s),
+                         "length_s": statistics.median(length_s)}
+        t = pq.read_table(next((work / f"{kind}-1-0").glob("00000.parquet")))
+        n = [x for xs in t["clip_captions_tokens"].to_pylist() for x in xs]
+        got["tokens_per_caption"] = statistics.mean(n)
+        got["share_truncated"] = sum(x > t["clip_context"][0].as_py() for x in n) / len(n)
+        got["length_ms_per_sample"] = 1000 * got["clip + length"]["length_s"] / len(recs)
+        got["length_vs_clip"] = got["clip + length"]["length_s"] / max(got["clip"]["clip_s"], 1e-9)
+        res["sets"][kind] = got
+    Path(a.json).write_text(json.dumps(res, indent=2))
+    print(f"length group on the bundled shards ({len(recs)} samples, 2 candidates each), {a.clip} random "
+          f"weights, median of {a.repeat}:")
+    for kind, g in res["sets"].items():
+        print(f"  {kind} candidates: {g['tokens_per_caption']:.0f} tokens/caption, "
+              f"{100 * g['share_truncated']:.0f}% truncated; clip stage {g['clip']['clip_s']:.2f} s, "
+              f"length stage {g['clip + length']['length_s']:.2f} s ({g['length_ms_per_sample']:.1f} ms/sample, "
+              f"{100 * g['length_vs_clip']:.0f}% of clip's); pass without loading "
+              f"{g['clip']['wall_s_without_loading']:.2f} -> {g['clip + length']['wall_s_without_loading']:.2f} s "
+              f"(clean floor: {g['clip + length + clean floor']['wall_s_without_loading']:.2f} s)")
+    print(f"JSON: {a.json}")
+
+
 def peak_memory(shards_dir: Path, n_shards: int, models: dict, device: str, batch: int) -> float:
     """Peak RSS (MiB) of a fresh process annotating the first n shards."""
     code = f"""
@@ -276,7 +352,7 @@ def main():
     ap.add_argument("--where", default="sieve__short<0.25 & clip_raw>=0.0",
                     help="fusion mode: the fused group's rule (README: chained and fused groups)")
     ap.add_argument("--fusion-tokens", type=int, default=20, help="fusion mode: new tokens per fused caption")
-    ap.add_argument("--mode", choices=["pipeline", "input", "vlm", "fusion"], default="pipeline",
+    ap.add_argument("--mode", choices=["pipeline", "input", "vlm", "fusion", "length"], default="pipeline",
                     help="pipeline: models and end to end; input: decode + preprocessing alone, per core; "
                          "vlm: the VLM beside BLIP alone")
     ap.add_argument("--vlm", default=None, help="also time a VLM through transformers: qwen2_vl or llava")
@@ -285,6 +361,7 @@ def main():
     ap.add_argument("--vlm-tokens", type=int, default=60, help="new tokens per VLM caption (greedy)")
     ap.add_argument("--vlm-batch-size", type=int, default=None, help="VLM batch (default: --batch-size)")
     ap.add_argument("--vlm-samples", type=int, default=None, help="images the VLM and BLIP caption")
+    ap.add_argument("--repeat", type=int, default=3, help="length mode: runs of each setting (median)")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -305,6 +382,8 @@ def main():
         from bench_input import run
 
         return run(a)
+    if a.mode == "length":
+        return length_cost(a, Path(a.cache))
 
     import torch
 

@@ -125,7 +125,7 @@ def variants(opt, verb: str, w: dict) -> list[list]:
         # the LAION tags' heads: another head, or weights (not a state dict here: refused in one line)
         "punsafe_head": "laion-nsfw-vit-b-32", "aesthetic_head": "laion-aesthetic-v1-vit-l-14",
         "punsafe_weights": w["lang"], "aesthetic_weights": w["lang"], "pwatermark_weights": w["lang"],
-        "group": "long=blip-large", "synthetic_group": "long",
+        "group": "long=blip-large", "synthetic_group": "long", "clean_floor": 0.2,
         "json_tags": "punsafe",  # the world's annotations hold no tag: refused in one line
     }
     assert opt.name in values, f"{verb} --{opt.name}: give the option-reach test a value for it"

@@ -145,3 +145,58 @@ def test_the_trainer_samples_raw_short_and_long_caption_groups(pool, tmp_path):
     stage = overlay(str(ov), captions=keys, caption_probs=[1, 1, 1], seed=5, epoch=0)
     want = {s["__key__"]: s["txt"].decode() for s in wds.WebDataset(shards, shardshuffle=False).compose(stage)}
     assert {r["key"]: r["txt"] for r in seen} == want
+
+
+def _add_long_sentences(ann_dir: Path) -> None:
+    """Make the long group's caption three sentences past the CLIP context, as the `length` group
+    records it (its token counts and the context)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recaption.io import annotations as ann
+
+    def put(t, name, values, typ):
+        col = pa.array(values, typ)
+        return t.set_column(t.column_names.index(name), name, col) if name in t.column_names else t.append_column(
+            name, col)
+
+    for path in sorted(ann_dir.glob("*.parquet")):
+        t = pq.read_table(path)
+        meta = ann.metadata(t)
+        n = t.num_rows
+        caps = [[f"long {i} first part. long {i} second part! long {i} third part."] for i in range(n)]
+        t = put(t, "captions__long", caps, pa.list_(pa.string()))
+        t = put(t, "clip_context", [77] * n, pa.int32())
+        t = put(t, "clip_captions_tokens", [[5] * len(c or []) for c in t["captions"].to_pylist()],
+                pa.list_(pa.int32()))
+        t = put(t, "clip_captions_tokens__long", [[90]] * n, pa.list_(pa.int32()))
+        t = put(t, "clip_captions_tokens__short", [[5]] * n, pa.list_(pa.int32()))  # within it: no sentence keys
+        for g in ("length", "length.long", "length.short"):
+            meta["groups"][g] = {"model": "clip"}
+        pq.write_table(t.replace_schema_metadata({ann.META_KEY: json.dumps(meta).encode()}), path)
+
+
+def test_the_trainer_samples_the_sentences_of_long_captions(pool, tmp_path):
+    """Issue 36 item 4: a long caption's sentences under keys of their own (--caption-keys
+    sentences), and the trainer drawing one sentence a sample through the overlay."""
+    root, model = pool
+    ann_dir = tmp_path / "ann"
+    import shutil
+
+    shutil.copytree(root / "ann", ann_dir)
+    _add_groups(ann_dir)
+    _add_long_sentences(ann_dir)
+    ov = tmp_path / "overlay"
+    cfg = MixConfig("raw", fraction=0.4, samples_per_shard=4, caption_keys="sentences", synthetic_group="long")
+    api.mix(str(root / "shards"), str(ann_dir), str(ov), cfg, overlay=True, execution=QUIET)
+    n = json.loads((ov / "_summary.json").read_text())["counts"]["written"]
+    keys = ";".join(f"recaption_group_long_sentence_{i}" for i in range(3))
+    seen = train(tmp_path, model, "sentences", "recaption.train_open_clip", brace(root / "shards"), n,
+                 "--overlay", str(ov), "--overlay-text-key", keys, "--overlay-text-key-probs", "1", "1", "1",
+                 "--overlay-seed", "7")
+    assert len(seen) == n
+    parts = {r["txt"].split()[2] for r in seen}
+    assert parts == {"first", "second", "third"}  # one sentence a sample, each drawn for some
+    for r in seen:
+        i = r["txt"].split()[1]
+        assert r["txt"] in (f"long {i} first part.", f"long {i} second part!", f"long {i} third part.")

@@ -19,6 +19,7 @@ BUILTIN = {
     "captions": "recaption.annotators.captions:Captions",
     "clip": "recaption.annotators.clip:Clip",
     "sieve": "recaption.annotators.sieve:Sieve",
+    "length": "recaption.annotators.length:Length",  # what each CLIP score saw (issue 36, 4)
     "rerank": "recaption.annotators.rerank:Rerank",
     "fingerprints": "recaption.annotators.fingerprints:Fingerprints",
     # LAION's tags (issue 34): heads over the CLIP embedding, the watermark net, Open-NSFW

@@ -33,7 +33,7 @@ from recaption.errors import RecaptionError, unknown
 
 # The arrow types a column may declare, as text, so declarations need no pyarrow.
 TYPES = ("string", "bool", "int32", "int64", "uint64", "float32", "float64", "list<string>", "list<float32>",
-         "list<list<float32>>", "binary", "binary[32]")
+         "list<int32>", "list<list<float32>>", "binary", "binary[32]")
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from recaption.errors import RecaptionError
 
 SEP = "__"  # column suffix: captions__long
 NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")  # no '_' and no '.': column and group names stay unambiguous
-FAMILIES = ("captions", "clip", "sieve")  # the annotators a named group is made of, in run order
+FAMILIES = ("captions", "clip", "sieve", "length")  # the annotators a named group is made of, in run order
 PARENTS = {"captions": "recaption.annotators.captions:Captions", "clip": "recaption.annotators.clip:Clip",
-           "sieve": "recaption.annotators.sieve:Sieve"}  # the built-in ones (annotators.BUILTIN)
+           "sieve": "recaption.annotators.sieve:Sieve",
+           "length": "recaption.annotators.length:Length"}  # the built-in ones (annotators.BUILTIN)
 _MADE: dict[str, type] = {}
 
 
@@ -61,7 +62,8 @@ def column(name: str, group: str | None) -> str:
     return name if group is None else f"{name}{SEP}{group}"
 
 
-GROUP_COLUMNS = ("captions", "captioner", "clip_captions", "sieve", "sieve_mean", "sieve_best", "fusion")
+GROUP_COLUMNS = ("captions", "captioner", "clip_captions", "sieve", "sieve_mean", "sieve_best", "fusion",
+                 "clip_captions_tokens", "clip_captions_sent_min", "clip_captions_sent_mean", "captions_clean")
 _TEXT: set[str] = set()  # the groups known here to be chained (a text model's): from configs, targets, settings
 _READS: dict[str, tuple[str, ...]] = {}  # chained group -> the annotators it reads (`captions.short`, `clip`...)
 
@@ -89,8 +91,9 @@ def _make(base: str, group: str, text: bool = False) -> type:
     from recaption.registry import load
 
     parent = load(PARENTS[base], "annotator")
-    mixin = {"captions": _NamedCaptions, "clip": _NamedClip, "sieve": _NamedRows}[base]
-    own = [c for c in parent.columns if not (base == "clip" and c.name == "clip_raw")]
+    mixin = {"captions": _NamedCaptions, "clip": _NamedClip, "sieve": _NamedRows, "length": _NamedRows}[base]
+    unnamed = {"clip_raw", *getattr(parent, "unnamed_only", ())}  # the alt-text's scores are the unnamed group's
+    own = [c for c in parent.columns if c.name not in unnamed]
     extra = {}
     if text:
         mixin = {"captions": _TextCaptions, "clip": _TextClip}[base]
@@ -115,7 +118,7 @@ def __getattr__(attr: str):
     """`Captions__long` (a worker's target) -> the class of `captions.long` (`TextCaptions__fused`:
     of a chained group's)."""
     head, sep, group = attr.partition(SEP)
-    by_class = {"Captions": "captions", "Clip": "clip", "Sieve": "sieve"}
+    by_class = {"Captions": "captions", "Clip": "clip", "Sieve": "sieve", "Length": "length"}
     text = head.startswith("Text") and head[4:] in by_class
     head = head[4:] if text else head
     if sep and head in by_class and NAME.fullmatch(group):

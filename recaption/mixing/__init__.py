@@ -64,4 +64,4 @@ register_strategy("sieve", "recaption.mixing.strategies.sieve:Sieve",
 
 
 # `mix --caption-keys`: which captions get a top-level json key of their own (recaption.output.caption_keys)
-CAPTION_KEYS = ("none", "best", "all")
+CAPTION_KEYS = ("none", "best", "all", "sentences")  # each writes what the one before does, and more

@@ -161,6 +161,10 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     scores = dict.fromkeys(cfg.score_columns, True)  # an annotator's column the strategy cuts on
     keyed = key_groups(f, cfg)  # the named groups whose keys the json gets, other than the synthetic one
     extra = [colmod.stored_name(c, g) for g in keyed for c in ("captions", "clip_captions") if g != f.group]
+    if caption_keys.needs_sentences(cfg.caption_keys):  # which captions are longer than the CLIP context
+        check_lengths(f, keyed)
+        extra += ["clip_context", "clip_captions_tokens"] + [colmod.stored_name("clip_captions_tokens", g)
+                                                             for g in keyed if g != f.group]
     t = read_file(f, colmod.columns_for(True, text=True, filters=filters, scores=scores) + extra, filters=filters,
                   scores=scores)
     colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
@@ -251,16 +255,48 @@ def key_groups(f: AnnFile, cfg: MixConfig) -> list[str]:
 
 def group_keys(t: pa.Table, c: colmod.Columns, groups: list[str], synthetic_group: str | None, level: str):
     """The `caption_groups` column of one file's decisions: each named group's best candidate
-    (and with `all` every candidate), the synthetic group's being the synthetic caption."""
+    (and with `all` every candidate), the synthetic group's being the synthetic caption; with
+    `sentences`, the sentences of those longer than the CLIP context."""
+    sentences = caption_keys.needs_sentences(level)
     parts = []
     for g in groups:
         if g == synthetic_group:
-            caps, idx = t["captions"], c.syn_idx
+            caps, idx, tokens = t["captions"], c.syn_idx, "clip_captions_tokens"
         else:
             caps = t[colmod.stored_name("captions", g)]
             idx = colmod.synthetic(caps, t[colmod.stored_name("clip_captions", g)])[1]
-        parts.append((g, colmod.synthetic_text(caps, idx), caps))
-    return caption_keys.group_column(t.num_rows, parts, level)
+            tokens = colmod.stored_name("clip_captions_tokens", g)
+        long = longer_than_context(t[tokens], caps, idx, t["clip_context"]) if sentences else None
+        parts.append((g, colmod.synthetic_text(caps, idx), caps, long))
+    synthetic = None
+    if sentences:
+        synthetic = (colmod.synthetic_text(t["captions"], c.syn_idx),
+                     longer_than_context(t["clip_captions_tokens"], t["captions"], c.syn_idx, t["clip_context"]))
+    return caption_keys.group_column(t.num_rows, parts, level, synthetic)
+
+
+def longer_than_context(tokens, captions, idx: np.ndarray, context) -> np.ndarray:
+    """Per row: whether candidate `idx` is longer than the CLIP context, by the `length` group's
+    counts (False where it has none, or they do not pair one to one with the candidates)."""
+    def lens(col):
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        return pc.fill_null(pc.list_value_length(col), -1).to_numpy(zero_copy_only=False)
+
+    ok = (lens(tokens) == lens(captions)) & (np.asarray(idx) >= 0)
+    n = colmod.synthetic_text(tokens, np.where(ok, idx, -1)).cast(pa.int64())
+    ctx = pc.fill_null(context.combine_chunks().cast(pa.int64()), np.iinfo(np.int64).max)
+    return ok & pc.fill_null(pc.greater(n, ctx), False).to_numpy(zero_copy_only=False)
+
+
+def check_lengths(f: AnnFile, keyed: list[str]) -> None:
+    """`--caption-keys sentences` reads the `length` group of the synthetic and keyed groups: a
+    file without it is one line naming it and the group."""
+    held = (ann.read_metadata(f.path) or {}).get("groups") or {}
+    for g in dict.fromkeys([f.group, *keyed]):
+        need = "length" if g is None else f"length.{g}"
+        if need not in held or "length" not in held:
+            raise RecaptionError(f"{f.path} has no CLIP token counts ({need}) for --caption-keys sentences; add "
+                                 "them with `recaption score INPUT -a ANN` (the length group)")
 
 
 def removal_settings(cfg: MixConfig) -> dict:

@@ -15,8 +15,13 @@ lacks) can then choose among the raw alt-text and the synthetic captions without
 and for every named caption group G the annotation file holds (`recaption annotate --group`),
 in group-name order: `recaption_group_<G>` (best: the group's candidate with the highest CLIP
 score, as the synthetic caption is chosen) and, with `all`, `recaption_group_<G>_candidate_<i>`.
-A decisions file carries them in one column, `caption_groups` (list of {key, caption}, in the
-order written), so every reader encodes them as it encodes the others.
+`sentences` writes what `all` does and, for a caption longer than the CLIP context (the
+annotation's `length` group: its token count past `clip_context`), each of its sentences
+(`recaption.scoring.sentences`, the rule its sentence scores were computed with), for trainers that
+sample sub-captions: `recaption_sentence_<i>` for the synthetic caption the mix selected,
+`recaption_group_<G>_sentence_<i>` for a named group's best. A decisions file carries the group
+and sentence keys in one column, `caption_groups` (list of {key, caption}, in the order written),
+so every reader encodes them as it encodes the others.
 
 A key is written only where the sample has that caption (no nulls). `<captioner>` is the last
 part of the annotation's `captioner` (a model id or a path), with every character outside
@@ -43,12 +48,14 @@ SYNTHETIC = "recaption_synthetic"
 BY_CAPTIONER = "recaption_synthetic_"  # + the captioner's name
 CANDIDATE = "recaption_candidate_"  # + the candidate's index
 GROUP = "recaption_group_"  # + a named caption group's name (its best), then "_candidate_I" (all)
+SENTENCE = "recaption_sentence_"  # + I: sentence I of the synthetic caption, where it is longer than the context
 GROUPS = "caption_groups"  # the decisions column the group keys are written from
 TAGS = "json_tags"  # the decisions column of `mix --json-tags`: `"TAG": VALUE, ` per tag the row has
+LEVELS = ("none", "best", "all", "sentences")  # each writes what the one before it does, and more
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _INDEX = "(?:0|[1-9][0-9]*)"
-_NAME = re.compile(rf"^(?:{RAW}|{SYNTHETIC}|{BY_CAPTIONER}[A-Za-z0-9._-]+|{CANDIDATE}{_INDEX}"
-                   rf"|{GROUP}[a-z][a-z0-9-]*(?:_candidate_{_INDEX})?)$")
+_NAME = re.compile(rf"^(?:{RAW}|{SYNTHETIC}|{BY_CAPTIONER}[A-Za-z0-9._-]+|{CANDIDATE}{_INDEX}|{SENTENCE}{_INDEX}"
+                   rf"|{GROUP}[a-z][a-z0-9-]*(?:_candidate_{_INDEX}|_sentence_{_INDEX})?)$")
 
 
 def captioner_name(captioner: str) -> str:
@@ -75,6 +82,8 @@ def is_key(name: str) -> bool:
 
 def level_of(name: str) -> str:
     """The least level that writes the key `name`."""
+    if name.startswith(SENTENCE) or (name.startswith(GROUP) and "_sentence_" in name):
+        return "sentences"
     return "all" if name.startswith(CANDIDATE) or (name.startswith(GROUP) and "_candidate_" in name) else "best"
 
 
@@ -83,16 +92,26 @@ def group_key(group: str, i: int | None = None) -> str:
     return f"{GROUP}{group}" if i is None else f"{GROUP}{group}_candidate_{i}"
 
 
+def sentence_key(group: str | None, i: int) -> str:
+    """The key of sentence i of the synthetic caption (`group` None) or of a named group's best."""
+    return f"{SENTENCE}{i}" if group is None else f"{GROUP}{group}_sentence_{i}"
+
+
 ENTRY = pa.struct([("key", pa.string()), ("caption", pa.string())])
 
 
-def group_column(n: int, groups: list[tuple], level: str) -> pa.Array:
+def group_column(n: int, groups: list[tuple], level: str, synthetic: tuple | None = None) -> pa.Array:
     """The `caption_groups` column of `n` decisions rows: per row, the keys of every named group
-    `(name, best, candidates)` (string arrays; candidates a list array, read for `all`), group by
-    group, the best first, then each candidate; a caption that is null is left out."""
+    `(name, best, candidates[, long])` (string arrays; candidates a list array, read for `all`),
+    group by group, the best first, then each candidate; a caption that is null is left out. With
+    `sentences`, `long` (a bool per row, or None) says whose best is longer than the context: its
+    sentences follow the group's keys, and `synthetic` (the synthetic caption, its `long`) gives
+    the synthetic caption's sentences, first."""
     rows, seq, keys, values = [], [], [], []
     order = 0
-    for name, best, cands in groups:
+    if needs_sentences(level) and synthetic is not None:
+        order = _sentence_entries(None, *synthetic, order, rows, seq, keys, values)
+    for name, best, cands, *long in groups:
         best = _flat(best)
         has = best.is_valid().to_numpy(zero_copy_only=False)
         at = np.flatnonzero(has)
@@ -118,6 +137,8 @@ def group_column(n: int, groups: list[tuple], level: str) -> pa.Array:
             keys.append(names[pos[ok]] if ok.any() else np.array([], object))
             values.append(flat.filter(pa.array(ok)))
             order += int(lens.max(initial=0))
+        if needs_sentences(level) and long and long[0] is not None:
+            order = _sentence_entries(name, best, long[0], order, rows, seq, keys, values)
     if not rows:
         return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], ENTRY))
     row, s = np.concatenate(rows), np.concatenate(seq)
@@ -128,6 +149,25 @@ def group_column(n: int, groups: list[tuple], level: str) -> pa.Array:
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(row, minlength=n), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), entries)
+
+
+def _sentence_entries(group, text, long, order: int, rows, seq, keys, values) -> int:
+    """Append the sentence keys of `text` where `long` to the entry lists; the next order."""
+    from recaption.scoring.sentences import split
+
+    text = _flat(text).cast(pa.string())
+    at = np.flatnonzero(np.asarray(long, bool) & text.is_valid().to_numpy(zero_copy_only=False))
+    parts = split(text.take(pa.array(at)))
+    lens = pc.fill_null(pc.list_value_length(parts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.zeros(len(lens), np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    pos = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
+    names = np.array([sentence_key(group, i) for i in range(int(lens.max(initial=0)))], object)
+    rows.append(np.repeat(at, lens))
+    seq.append(order + pos)
+    keys.append(names[pos] if pos.size else np.array([], object))
+    values.append(pc.list_flatten(parts))
+    return order + int(lens.max(initial=0))
 
 
 def _flat(col):
@@ -200,7 +240,12 @@ def _quoted_tags() -> tuple:
 
 def needs_candidates(level: str) -> bool:
     """Whether the level writes every candidate (the decisions then carry them)."""
-    return level == "all"
+    return level in ("all", "sentences")
+
+
+def needs_sentences(level: str) -> bool:
+    """Whether the level writes the sentences of the captions longer than the CLIP context."""
+    return level == "sentences"
 
 
 def as_dict(row: dict, level: str) -> dict:

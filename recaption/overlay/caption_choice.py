@@ -49,7 +49,7 @@ class CaptionChoice:
     @property
     def level(self) -> str:
         """The least `--caption-keys` level that writes every key chosen among."""
-        return "all" if any(caption_keys.level_of(k) == "all" for k in self.keys) else "best"
+        return max((caption_keys.level_of(k) for k in self.keys), key=caption_keys.LEVELS.index)
 
     def draw(self, shard: str, key: str, epoch: int) -> float:
         """A number in [0, 1) fixed by the seed, the shard, the sample's key and the epoch."""

@@ -179,8 +179,8 @@ class ShardDecisions:
 
     def _choice_values(self, choice: CaptionChoice) -> list[list]:
         """Per key chosen among, its value in every kept row (None where the row lacks it), column-wise."""
-        order = {"none": 0, "best": 1, "all": 2}
-        if order[self.level] < order[choice.level]:
+        order = caption_keys.LEVELS
+        if order.index(self.level) < order.index(choice.level):
             raise RecaptionError(
                 f"{self.url}: the overlay's mix wrote caption keys {self.level!r}, and choosing among "
                 f"{';'.join(choice.keys)} needs --caption-keys {choice.level}: re-run the mix with it")
@@ -340,7 +340,7 @@ def caption_values(rows: pa.Table, name: str) -> pa.Array:
         return rows["raw_caption"].combine_chunks().cast(pa.string())
     if name == caption_keys.SYNTHETIC:
         return syn
-    if name.startswith(caption_keys.GROUP):
+    if name.startswith((caption_keys.GROUP, caption_keys.SENTENCE)):  # both kept in the caption_groups column
         return caption_keys.group_values(rows, name)
     if name.startswith(caption_keys.BY_CAPTIONER):
         who = pc.dictionary_encode(rows["captioner"].combine_chunks().cast(pa.string()))

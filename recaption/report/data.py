@@ -32,6 +32,7 @@ OVERLAPS = 48  # evaluation overlaps shown side by side
 BINS = {
     "clip": (-1.0, 1.0, 0.01), "sieve": (-1.0, 1.0, 0.01), "blend": (0.0, 1.0, 0.005),
     "words": (0, 60, 1), "side": (0, 2000, 25), "aspect": (1.0, 6.0, 0.1),
+    "tokens": (0, 300, 4),  # CLIP tokens of each caption (the length group)
 }
 
 
@@ -81,6 +82,8 @@ class ReportData:
     eval_images: dict = field(default_factory=dict)  # EVAL image name -> bytes
     # caption group ("" the unnamed one) -> {captioners, samples, words, clip, sieve}: sums and counts
     groups: dict = field(default_factory=dict)
+    # "alt-text", "" (the unnamed group's candidates) or a group -> {n, tokens, truncated, context}: CLIP token sums
+    lengths: dict = field(default_factory=dict)
     ann_dir: str | None = None  # where the annotation files were read
     input: str | None = None  # the input shards, where known and reachable
 
@@ -121,6 +124,10 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
                 cur.setdefault("fusion", {})[why] = cur.get("fusion", {}).get(why, 0) + n
             for k, v in s.items():
                 cur[k] += v
+        for g, s in p["lengths"].items():
+            cur = d.lengths.setdefault(g, {"n": 0, "tokens": 0, "truncated": 0, "context": 0})
+            cur.update(n=cur["n"] + s["n"], tokens=cur["tokens"] + s["tokens"],
+                       truncated=cur["truncated"] + s["truncated"], context=max(cur["context"], s["context"]))
         d.pooled += p["pooled"]
         d.langs.update(p["langs"])
         for name, series in p["hists"].items():
@@ -233,8 +240,45 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
                 langs[vc["values"]] += vc["counts"]
     for h in declared:  # each annotator's own histograms, over every annotated sample
         hists[h.name] = {h.label or h.column: _hist(h.name, _num(t[h.column])[valid] / h.scale)}
-    return {"pooled": int(pool.sum()), "hists": hists, "langs": langs,
+    lengths, hists["tokens"] = caption_lengths(f, held, valid)
+    return {"pooled": int(pool.sum()), "hists": hists, "langs": langs, "lengths": lengths,
             "picks": _score_picks(f.name, t, c, syn, blend, pool), "groups": caption_groups(f, held, valid)}
+
+
+def length_label(source: str) -> str:
+    """How the report names a source of captions in the length histogram and table."""
+    return source if source == "alt-text" else "candidates" + (f": {source}" if source else "")
+
+
+def caption_lengths(f: AnnFile, held: dict, valid: np.ndarray) -> tuple[dict, dict]:
+    """CLIP token counts of the alt-text and of every caption group's candidates over the valid
+    rows, where the file holds their `length` group: sums ({n, tokens, truncated, context}) and
+    histograms, by source."""
+    from recaption.annotators.groups import column, in_file
+
+    if "length" not in held:
+        return {}, {}
+    names = [""] + [g for g in in_file(held) if f"length.{g}" in held]
+    want = ["clip_context", "clip_raw_tokens"] + [column("clip_captions_tokens", g or None) for g in names]
+    t = ann.read_table(f.path, columns=want, threads=False)
+    context = _num(t["clip_context"])
+    sums, hists = {}, {}
+    for source in ["alt-text", *names]:
+        if source == "alt-text":
+            n, ctx = _num(t["clip_raw_tokens"]), context
+            n, ctx = n[valid], ctx[valid]
+        else:
+            lists = t[column("clip_captions_tokens", source or None)].combine_chunks().filter(pa.array(valid))
+            n = _num(pc.list_flatten(lists))
+            ctx = np.repeat(context[valid], pc.fill_null(pc.list_value_length(lists), 0).to_numpy(
+                zero_copy_only=False))
+        ok = np.isfinite(n)
+        if source and not ok.any():
+            continue
+        sums[source] = {"n": int(ok.sum()), "tokens": int(n[ok].sum()), "truncated": int((n[ok] > ctx[ok]).sum()),
+                        "context": int(np.nanmax(ctx[ok])) if ok.any() else 0}
+        hists[length_label(source)] = _hist("tokens", n[ok])
+    return sums, hists
 
 
 GROUP_SUMS = ("samples", "words", "words_n", "clip", "clip_n", "sieve", "sieve_n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import zlib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ TITLES = {
     "clip": "CLIP score: raw vs synthetic captions", "sieve": "SIEVE score", "blend": "blended score",
     "words": "caption length (words)", "chars": "alt-text length (characters)",
     "side": "shorter image side (px; original size where recorded)", "aspect": "aspect ratio (longer / shorter side)",
-    "kb": "image file size (KB)",
+    "kb": "image file size (KB)", "tokens": "caption length (CLIP tokens, untruncated)",
 }
 # the filter rule whose limit each metric plot marks
 LIMITS = {"words": ("min-words", "raw"), "side": ("min-side", None), "aspect": ("max-aspect", None)}
@@ -75,7 +76,7 @@ def _hist(files: dict, name: str, edges: np.ndarray, series: dict[str, np.ndarra
     plt = _plt()
     e, series = _crop(edges, series)
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=100)
-    for (label, counts), color in zip(series.items(), COLORS):
+    for (label, counts), color in zip(series.items(), itertools.cycle(COLORS)):  # more series than colours: all drawn
         ax.bar(e[:-1], counts, width=np.diff(e), align="edge", alpha=0.6, color=color,
                label=f"{label} (n={int(counts.sum()):,})")
     for label, t in lines.items():
@@ -244,6 +245,20 @@ def _groups(d: ReportData) -> str:
                                                        "words (best caption)", "CLIP (best caption)", "SIEVE")) + sent)
 
 
+def _lengths(d: ReportData) -> str:
+    """Caption lengths under the CLIP tokenizer: per source, how many and the share the CLIP score
+    saw only a prefix of (the `length` group)."""
+    from recaption.report.data import length_label
+
+    if not d.lengths:
+        return ""
+    rows = [(length_label(g), _n(s["n"]), _n(s["tokens"] / s["n"]) if s["n"] else "-", _n(s["context"]),
+             f"{100 * s['truncated'] / s['n']:.1f}% ({_n(s['truncated'])})" if s["n"] else "-")
+            for g, s in sorted(d.lengths.items(), key=lambda kv: (kv[0] != "alt-text", kv[0]))]
+    return ("<h2>caption lengths (CLIP tokens)</h2>" + _table(rows, (
+        "captions", "counted", "mean tokens", "CLIP context", "truncated (longer than the context)")))
+
+
 def _strategies(d: ReportData) -> str:
     rows = []
     for r in d.per_strategy:
@@ -325,6 +340,8 @@ def pages(data: ReportData) -> dict[str, bytes]:
         if name in LIMITS and LIMITS[name][0] in rules:
             lines[LIMITS[name][0]] = float(rules[LIMITS[name][0]])
         lines.update(_rule_lines(name, rules))
+        if name == "tokens" and d.lengths:  # where CLIP stops reading
+            lines["CLIP context"] = float(max(s["context"] for s in d.lengths.values()))
         plots.append(_hist(files, name, d.edges(name), series, lines))
     if d.langs:
         plots.append(_langs(files, d.langs))
@@ -337,6 +354,7 @@ def pages(data: ReportData) -> dict[str, bytes]:
                         f"{''.join(_card(r, d, files) for r in cards)}</div>")
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in d.notes)
     overlaps = _overlap_pairs(d, files)
+    groups = _groups(d) + _lengths(d)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recaption report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}img{{max-width:100%}}
 table{{border-collapse:collapse;margin:.5em 0 1em}}
@@ -347,7 +365,7 @@ td,th{{border:1px solid #ddd;padding:3px 8px;font-size:13px;text-align:left}}
 .r{{color:#a33}}.note{{color:#777}}.pairs{{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}}
 .pair{{border:1px solid #ddd;padding:8px;font-size:12px}}
 .pair .imgs{{display:flex;gap:6px}}.pair img{{width:48%}}</style>
-</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{_groups(d)}{_strategies(d)}
+</head><body><h1>recaption report</h1>{_summary(d)}{notes}{_filters(d)}{_removal(d)}{groups}{_strategies(d)}
 <div class="plots">{''.join(f'<img src="{p}" alt="{p}">' for p in plots)}</div>
 {overlaps}{''.join(sections)}</body></html>"""
     files["index.html"] = page.encode("utf-8")

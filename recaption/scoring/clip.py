@@ -143,6 +143,36 @@ class ClipScorer:
                 out.append(F.normalize(self.model.encode_text(tok).float(), dim=-1))
         return torch.cat(out) if out else torch.empty(0)
 
+    @property
+    def context_length(self) -> int:
+        """How many tokens the text tower reads (start and end tokens included), as the model's
+        tokenizer truncates: 77 for OpenAI's models."""
+        n = getattr(self.tokenizer, "context_length", None) or getattr(self.model, "context_length", None)
+        if not n:
+            from recaption.errors import RecaptionError
+
+            raise RecaptionError(f"CLIP model {self.id}: its tokenizer names no context length")
+        return int(n)
+
+    def token_counts(self, texts: list[str]):
+        """Each text's token count under the model's tokenizer, untruncated, start and end tokens
+        included (an int64 array): more than `context_length` means the score saw a prefix."""
+        import numpy as np
+
+        tok = self.tokenizer
+        if hasattr(tok, "sot_token_id") and callable(getattr(tok, "encode", None)):  # open_clip's CLIP BPE
+            counts = [len(tok.encode(t)) + 2 for t in texts]
+        elif callable(getattr(tok, "tokenizer", None)):  # open_clip's wrapper of a transformers tokenizer
+            clean = getattr(tok, "clean_fn", None) or (lambda t: t)
+            ids = tok.tokenizer([clean(t) for t in texts], truncation=False)["input_ids"] if texts else []
+            counts = [len(i) for i in ids]
+        else:
+            from recaption.errors import RecaptionError
+
+            raise RecaptionError(f"CLIP model {self.id}: cannot count tokens with its {type(tok).__name__} "
+                                 "(use --no-clip-length)")
+        return np.asarray(counts, dtype=np.int64)
+
     def score(self, image_emb, raw_captions: list[str | None], candidates: list[list[str]]):
         """(clip_raw per sample, clip_captions per sample) for embeddings of one batch."""
         texts, owner = [], []

@@ -65,6 +65,7 @@ def test_one_pass_writes_each_group_under_its_own_columns_and_settings(two_group
             assert r["captioner__long"] == tiny_models["blip2"] and len(r["captions__long"]) == 2
             for g in ("short", "long"):
                 assert len(r[f"clip_captions__{g}"]) == len(r[f"captions__{g}"])
+                assert len(r[f"clip_captions_tokens__{g}"]) == len(r[f"captions__{g}"])  # every candidate counted
                 if r["raw_caption"] is not None:
                     assert r[f"sieve_best__{g}"] in r[f"captions__{g}"]
         assert ann.metadata(t)["groups"] == json.loads((two_groups / "_recaption.json").read_text())["groups"] | {
@@ -199,10 +200,11 @@ def test_group_classes_are_derived_from_the_unnamed_ones():
     for name in NAMED:
         cls = annotators.get(name)
         base, group = groups.split(name)
-        unnamed = {c.name for c in annotators.get(base).columns} - {"clip_raw"}
+        parent = annotators.get(base)  # the alt-text's columns stay the unnamed group's
+        unnamed = {c.name for c in parent.columns} - {"clip_raw", *getattr(parent, "unnamed_only", ())}
         assert {c.name for c in cls.columns} == {groups.column(c, group) for c in unnamed}
         assert annotators.load_target(annotators.target(name)) is cls  # how a worker imports it
-    assert annotators.dependents(["captions.long"])["captions.long"] == {"clip.long", "sieve.long"}
+    assert annotators.dependents(["captions.long"])["captions.long"] == {"clip.long", "sieve.long", "length.long"}
     assert not any(groups.is_named(n) for n in annotators.dependents(["captions.long"])["captions"])
     assert not any(groups.is_named(n) for n in annotators.names())  # made, never registered
     with pytest.raises(RecaptionError, match="caption group name"):

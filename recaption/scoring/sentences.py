@@ -1,0 +1,60 @@
+"""Sentences of captions, column-wise (docs/formats.md#long-captions).
+
+A caption is split after `.`, `!` or `?` (with any closing quotes or brackets right after it)
+followed by white space, and at every line break; each piece is trimmed and empty pieces are
+dropped. The rule is text only (no model, no language), so annotate, where sentences are scored,
+and mix, where they are written as keys, split every caption the same way. `SPLIT` names the
+rule in the settings a folder records: a changed rule is a changed result.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SPLIT = "sentences-v1"
+_CUT = "\x00"  # never in a caption the splitter keeps: line breaks and sentence ends become it
+_LINES = r"\s*\n\s*"
+_ENDS = r"""([.!?]["'\)\]]*)\s+"""
+
+
+def split(texts) -> pa.ListArray:
+    """Every text's sentences (a list per text, null where the text is null)."""
+    a = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else pa.array(texts, pa.string())
+    a = pc.replace_substring(a.cast(pa.string()), _CUT, " ")
+    a = pc.replace_substring_regex(a, _LINES, _CUT)
+    a = pc.replace_substring_regex(a, _ENDS, "\\1" + _CUT)
+    parts = pc.split_pattern(a, _CUT)
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(parts))
+    lens = pc.fill_null(pc.list_value_length(parts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    row = np.repeat(np.arange(len(parts), dtype=np.int64), lens)
+    keep = pc.greater(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(np.bincount(row[keep], minlength=len(parts)), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat.filter(pa.array(keep)),
+                                    mask=parts.is_null())
+
+
+def join_kept(sentences: pa.ListArray, keep: np.ndarray) -> pa.Array:
+    """Per text, its sentences where `keep` (one bool per flattened sentence) joined by one space;
+    a text whose every sentence is dropped is the empty string, a null text stays null."""
+    flat = pc.list_flatten(sentences)
+    lens = pc.fill_null(pc.list_value_length(sentences), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    row = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(np.bincount(row[keep], minlength=len(lens)), out=offsets[1:])
+    kept = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat.filter(pa.array(keep)),
+                                    mask=sentences.is_null())
+    return pc.binary_join(kept, " ")
+
+
+def reduce(scores: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(min, mean) of each text's run of `lens` consecutive sentence scores; NaN where a text has none."""
+    n = len(lens)
+    lo, mean = np.full(n, np.nan), np.full(n, np.nan)
+    has = lens > 0
+    if has.any():
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])[has]
+        lo[has] = np.minimum.reduceat(scores, starts)
+        mean[has] = np.add.reduceat(scores, starts) / lens[has]
+    return lo, mean
