@@ -756,20 +756,22 @@ def import_captions(input_spec, ann_dir: str, captions: str, *, key_column: str 
 
 # -- reports and listings --------------------------------------------------------------------
 def report(path: str, out_dir: str, *, input_spec: str | None = None, fraction: float | None = None,
-           annotations: str | None = None, filters=None) -> Page:
+           annotations: str | None = None, filters=None, unblur: bool = False) -> Page:
     """Render the HTML report of an annotation folder, a mixed output folder or a run's folder; returns the page.
 
     `fraction` sets the per-strategy view (default: the folder's own, else 0.3); `filters` previews
     rules on an annotation folder (an output folder shows its own); `annotations` says where an
-    output folder's annotation files are when they moved. Returns the `Page` (`str()`: its path;
-    `.open()` shows it in a browser)."""
+    output folder's annotation files are when they moved; the grids of the highest NSFW scores
+    (punsafe, open_nsfw) are blurred unless `unblur` (refused where there are none). Returns the
+    `Page` (`str()`: its path; `.open()` shows it in a browser)."""
     from recaption.errors import require
 
     require("matplotlib", "report")
     from recaption.report.data import load
     from recaption.report.html import render
 
-    return Page(render(load(path, input_spec, fraction, annotations=annotations, filters=filters), out_dir))
+    return Page(render(load(path, input_spec, fraction, annotations=annotations, filters=filters, unblur=unblur),
+                       out_dir))
 
 
 @scoped

@@ -13,6 +13,7 @@ Data-Juicer's per-sample mappers do). Prints a table and writes JSON.
     python scripts/bench.py --mode vlm           # the VLM beside BLIP alone (no CLIP, SIEVE, naive)
     python scripts/bench.py --mode fusion        # the share of the bundled shards a `where` rule fuses
     python scripts/bench.py --mode length        # the length group's cost on the bundled shards
+    python scripts/bench.py --mode tags          # each LAION tag head's share of a CLIP pass
 
 The VLM is a small real-shape Qwen2-VL (a SmolLM2-135M-sized language model: 576 wide, 30
 layers, 49,152-token vocabulary; a 12-layer 768-wide vision tower; images up to 448x448, so 256
@@ -298,6 +299,79 @@ def length_cost(a, root: Path) -> None:
     print(f"JSON: {a.json}")
 
 
+TAG_RUNS = {  # option values beside the CLIP pass's, per run; the heads' declarations filled in at run time
+    "clip": {},
+    "clip + punsafe": {"punsafe_head": "punsafe"},
+    "clip + aesthetic": {"aesthetic_head": "aesthetic"},
+    "clip + pwatermark": {"pwatermark_weights": "pwatermark"},
+    "clip + open_nsfw": {"open_nsfw": True},
+    "clip + all four": {"punsafe_head": "punsafe", "aesthetic_head": "aesthetic", "pwatermark_weights": "pwatermark",
+                        "open_nsfw": True},
+}
+
+
+def tags_cost(a, root: Path) -> None:
+    """Each LAION tag's cost in a `score` pass that runs CLIP: the CLIP heads (punsafe, aesthetic)
+    on the pass's own embedding, the pixel nets (pwatermark's EfficientNet-B3, Open-NSFW's ResNet-50
+    through onnxruntime, its real weights) on the shared decode. The bundled shards (48 samples),
+    a real-size random-weight CLIP (--clip), the heads' published architectures with random
+    weights; each run `repeat` times (median) on a fresh folder. The share is the head's stage
+    seconds over the pass's wall time without model loading, and the wall time's growth."""
+    import statistics
+
+    import torch
+    import yaml
+
+    from recaption import annotators, api
+    from recaption.scoring import heads
+    from recaption.scoring.heads import arch
+
+    models = build_models(root, a.clip, a.blip)
+    work = Path(tempfile.mkdtemp(prefix="recaption-bench-tags-"))
+    short = a.clip.replace("/", "-").lower()
+    given = {}
+    for tag, name in (("punsafe", f"laion-nsfw-{short}"), ("aesthetic", f"laion-aesthetic-v1-{short}")):
+        h = heads.get(name)  # a head over this CLIP's width (B/32 or L/14): its published architecture
+        torch.manual_seed(1)
+        torch.save(arch.build(h).state_dict(), work / h.weights)
+        d = yaml.safe_load((heads.HERE / "heads.yaml").read_text())[name]
+        d["clip"] = {"model": models["clip"], "pretrained": None}
+        (work / f"{tag}.yaml").write_text(yaml.safe_dump({"name": f"random-{name}", **d}))
+        given[tag] = str(work / f"{tag}.yaml")
+    torch.manual_seed(2)
+    torch.save(arch.build(heads.get("laion-watermark-v1")).state_dict(), work / "wm.pt")
+    given["pwatermark"] = str(work / "wm.pt")
+    shards = Path(api.__file__).parent / "data" / "sample-shards"
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
+    base = {"captioner": "none", "clip_model": models["clip"], "sieve": False, "device": a.device}
+    res = {"samples": None, "clip": a.clip, "repeat": a.repeat, "runs": {}}
+    for name, extra in TAG_RUNS.items():
+        values = {**base, **{k: given.get(v, v) if isinstance(v, str) else v for k, v in extra.items()}}
+        walls, stages = [], {}
+        for i in range(a.repeat):
+            out = work / f"{len(res['runs'])}-{i}"
+            summ, t = timed(api.annotate, urls, str(out), annotators.configure(values),
+                            execution={"device": a.device, "quiet": True, "workers": 1}, verb="score")
+            res["samples"] = summ["samples"]
+            walls.append(t - summ["stage_seconds"].get("load_models", 0.0))
+            for k, v in summ["stage_seconds"].items():
+                stages.setdefault(k, []).append(v)
+        res["runs"][name] = {"wall_s_without_loading": statistics.median(walls),
+                             "stage_s": {k: statistics.median(v) for k, v in stages.items()}}
+    clip_wall = res["runs"]["clip"]["wall_s_without_loading"]
+    for name, r in res["runs"].items():
+        tags = [t for t in ("punsafe", "aesthetic", "pwatermark", "open_nsfw") if t in name]
+        r["tag_stage_s"] = sum(r["stage_s"].get(t, 0.0) for t in tags)
+        r["share_of_pass"] = r["tag_stage_s"] / r["wall_s_without_loading"] if tags else 0.0
+        r["wall_growth"] = r["wall_s_without_loading"] / clip_wall - 1
+    Path(a.json).write_text(json.dumps(res, indent=2))
+    print(f"tag heads in a score pass with {a.clip} (random weights), {res['samples']} samples, median of {a.repeat}:")
+    for name, r in res["runs"].items():
+        print(f"  {name:<20} pass {r['wall_s_without_loading']:6.2f} s without loading ({100 * r['wall_growth']:+.1f}%), "
+              f"tag stages {r['tag_stage_s']:.3f} s = {100 * r['share_of_pass']:.1f}% of the pass")
+    print(f"JSON: {a.json}")
+
+
 def peak_memory(shards_dir: Path, n_shards: int, models: dict, device: str, batch: int) -> float:
     """Peak RSS (MiB) of a fresh process annotating the first n shards."""
     code = f"""
@@ -352,7 +426,7 @@ def main():
     ap.add_argument("--where", default="sieve__short<0.25 & clip_raw>=0.0",
                     help="fusion mode: the fused group's rule (README: chained and fused groups)")
     ap.add_argument("--fusion-tokens", type=int, default=20, help="fusion mode: new tokens per fused caption")
-    ap.add_argument("--mode", choices=["pipeline", "input", "vlm", "fusion", "length"], default="pipeline",
+    ap.add_argument("--mode", choices=["pipeline", "input", "vlm", "fusion", "length", "tags"], default="pipeline",
                     help="pipeline: models and end to end; input: decode + preprocessing alone, per core; "
                          "vlm: the VLM beside BLIP alone")
     ap.add_argument("--vlm", default=None, help="also time a VLM through transformers: qwen2_vl or llava")
@@ -384,6 +458,8 @@ def main():
         return run(a)
     if a.mode == "length":
         return length_cost(a, Path(a.cache))
+    if a.mode == "tags":
+        return tags_cost(a, Path(a.cache))
 
     import torch
 

@@ -272,6 +272,12 @@ def tag_columns() -> list[str]:
     return [c.name for a in classes() if getattr(a, "tag", "") for c in a.columns]
 
 
+def sensitive_columns() -> list[str]:
+    """The NSFW probability columns (`punsafe`, `open_nsfw`): the report blurs the grid of each one's
+    highest samples (`recaption report --unblur` shows them)."""
+    return [c.name for a in classes() if a.sensitive for c in a.columns]
+
+
 def rule_kinds() -> dict:
     """Every filter rule the annotators offer, by name."""
     out = {}

@@ -189,6 +189,8 @@ class Annotator:
     rules: ClassVar[tuple[RuleKind, ...]] = ()
     timer: ClassVar[str | None] = ""  # the timing name of annotate_batch (default: its name; None: it times itself)
     add_hint: ClassVar[str] = ""  # the command that adds the group to an annotation folder
+    # its columns are NSFW probabilities: the report's grid of their highest samples is blurred
+    sensitive: ClassVar[bool] = False
     # settings keys added after folders were first written: a recorded group lacking one resumes
     # with a warning (its value unknown, not matched) and is redone with --overwrite
     added_settings: ClassVar[tuple[str, ...]] = ()

@@ -34,6 +34,7 @@ class OpenNsfw(PixelHead):
     """`open_nsfw`: Open-NSFW's NSFW probability (0-1), output 1 of its softmax."""
 
     name = tag = "open_nsfw"
+    sensitive = True
     columns = columns_for("open_nsfw")
     options = (Option("open_nsfw", bool, False, "Yahoo Open-NSFW's NSFW probability (open_nsfw), through "
                                                 "onnxruntime (the nsfw extra)"),)

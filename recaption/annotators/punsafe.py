@@ -11,4 +11,5 @@ class Punsafe(ClipHead):
     tag, default_head = "punsafe", "laion-nsfw-vit-l-14"
     what = "LAION's NSFW probability (punsafe) from the CLIP image embedding"
     label = "punsafe (LAION CLIP NSFW)"
+    sensitive = True
     rule = ("max-punsafe", "max", "punsafe <= X (LAION's CLIP-based NSFW probability)")

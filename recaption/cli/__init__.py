@@ -210,12 +210,14 @@ def report(
     fraction: Annotated[Optional[float], opt(help="fraction for the per-strategy view and threshold lines (default: the folder's own, else 0.3)")] = None,
     annotations: Annotated[Optional[str], opt("--annotations", "-a", help="an output folder's annotation folder, when it is not where the mix recorded it")] = None,
     filters: Annotated[Optional[List[str]], opt("--filter", help="preview filter rules on an annotation folder (as mix --filter); output folders show their own")] = None,
+    unblur: Annotated[bool, opt("--unblur", help="show the grids of the highest NSFW scores (punsafe, open_nsfw) sharp; blurred by default, so the page never holds those images (refused where the folder has no NSFW score)")] = False,
 ):
     """A static HTML page: counts, filter rules and what they drop, score and filter-metric
-    histograms with thresholds, every strategy side by side, and sample grids with their captions."""
+    histograms with thresholds, every strategy side by side, and sample grids with their captions
+    (the grids of the highest NSFW scores blurred)."""
     from recaption import api
 
-    print(f"report: {api.report(path, out, input_spec=input, fraction=fraction, annotations=annotations, filters=filters)}")
+    print(f"report: {api.report(path, out, input_spec=input, fraction=fraction, annotations=annotations, filters=filters, unblur=unblur)}")
 
 
 @verb(app, epilog=_examples("recaption verify mixed/", "recaption verify ann/ --input shards/"))

@@ -75,6 +75,8 @@ class ReportData:
     grids: dict = field(default_factory=dict)  # title -> cards (dicts)
     images: dict = field(default_factory=dict)  # (shard, key) -> image bytes (the grids' cards and overlaps)
     shown_of: dict = field(default_factory=dict)  # grid title -> how many samples it picked from
+    blurred: set = field(default_factory=set)  # the grids of the highest NSFW scores: thumbnails blurred
+    unblur: bool = False  # show them sharp (report --unblur)
     notes: list = field(default_factory=list)
     # {shard, key, eval, reason}: a pool sample and the EVAL image it copies
     overlaps: list = field(default_factory=list)
@@ -93,9 +95,10 @@ class ReportData:
 
 
 def load(path: str | Path, input_spec: str | None = None, fraction: float | None = None, alpha: float | None = None,
-         annotations: str | None = None, filters=None) -> ReportData:
+         annotations: str | None = None, filters=None, unblur: bool = False) -> ReportData:
     """Everything a report shows of `path`. `fraction` (default: the folder's own, else 0.3) sets
-    the strategy bars; `filters` (annotation folders) previews rules; output folders use theirs."""
+    the strategy bars; `filters` (annotation folders) previews rules; output folders use theirs;
+    `unblur` shows the grids of the highest NSFW scores sharp (refused where there are none)."""
     f = resolve(path, annotations, input_spec)
     cfg = _bars_config(f, fraction, alpha, filters)
     fs = cfg.filter_set
@@ -143,6 +146,11 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
     if not d.grids:  # an annotation folder, or an output folder without decisions files
         grids, d.shown_of = _score_grids(parts)
         d.grids = {t: cards for t, cards in grids.items() if cards}
+    _sensitive_grids(d, parts)
+    if unblur and not d.blurred:  # a shown option changes what happens, or is refused
+        raise RecaptionError(f"--unblur: {path} has no NSFW scores ({', '.join(annotators.sensitive_columns())}), "
+                             "so nothing is blurred")
+    d.unblur = unblur
     _pick_images(d, f)
     if not d.images and not f.input and not f.output:
         d.notes.append("give --input SHARDS to see the images of the samples")
@@ -218,6 +226,9 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
     if has_metrics:
         cols += [c for c in annotators.group_columns("metrics") if c not in cols]
     cols += [h.column for h in declared if h.column not in cols]
+    sensitive = [c for c in annotators.sensitive_columns()
+                 if any(c in annotators.group_columns(g) for g in held if g in annotators.names())]
+    cols += [c for c in sensitive if c not in cols]
     t = columns.read(f.path, list(dict.fromkeys(cols)), filters=filters, group=f.group)
     c = columns.from_table(t, filters, f.removed)
     valid, pool = c.valid, c.pool
@@ -242,7 +253,8 @@ def report_part(f: AnnFile, numbers, alpha: float, filters: FilterSet, cache=Non
         hists[h.name] = {h.label or h.column: _hist(h.name, _num(t[h.column])[valid] / h.scale)}
     lengths, hists["tokens"] = caption_lengths(f, held, valid)
     return {"pooled": int(pool.sum()), "hists": hists, "langs": langs, "lengths": lengths,
-            "picks": _score_picks(f.name, t, c, syn, blend, pool), "groups": caption_groups(f, held, valid)}
+            "picks": _score_picks(f.name, t, c, syn, blend, pool), "groups": caption_groups(f, held, valid),
+            "sensitive": _sensitive_picks(t, c, syn, blend, valid, sensitive)}
 
 
 def length_label(source: str) -> str:
@@ -359,6 +371,38 @@ def _score_picks(name: str, t, c, syn, blend, pool) -> dict:
 
     return {"high": cards(order[::-1][:K]), "low": cards(order[:K]),
             "random": cards(take, sorted(rand)[:K]), "scored": len(scored), "pooled": len(rows)}
+
+
+def _sensitive_picks(t, c, syn, blend, valid, cols: list[str]) -> dict:
+    """Per NSFW column, this file's highest-scoring annotated samples (the pool's filters aside: a
+    max-punsafe rule drops exactly these) and how many were scored."""
+    base = pa.table({"key": t["key"], "shard": t["shard"], "raw": t["raw_caption"], "synthetic": syn})
+    out = {}
+    for col in cols:
+        x = _num(t[col])
+        rows = np.flatnonzero(valid & np.isfinite(x))
+        top = rows[np.argsort(-x[rows], kind="stable")[:K]]
+        extra = {"clip_raw": _f(c.clip_raw[top]), "clip_syn": _f(c.clip_syn[top]), "sieve": _f(c.sieve[top]),
+                 "blend": _f(blend[top]), "tag": [col] * len(top), "tag_value": _f(x[top])}
+        out[col] = {"cards": _card(base, top, extra), "scored": len(rows)}
+    return out
+
+
+def sensitive_title(col: str) -> str:
+    """The title of the grid of a NSFW column's highest samples."""
+    return f"highest {col}"
+
+
+def _sensitive_grids(d: ReportData, parts: list[dict]) -> None:
+    """The grids of the highest NSFW scores over the folder, after the others, marked blurred."""
+    for col in dict.fromkeys(col for p in parts for col in p["sensitive"]):
+        cards = sorted((r for p in parts for r in p["sensitive"].get(col, {}).get("cards", [])),
+                       key=lambda r: -r["tag_value"])[:K]
+        if cards:
+            title = sensitive_title(col)
+            d.grids[title] = cards
+            d.shown_of[title] = sum(p["sensitive"].get(col, {}).get("scored", 0) for p in parts)
+            d.blurred.add(title)
 
 
 def _score_grids(parts: list[dict]) -> tuple[dict, dict]:

@@ -26,6 +26,7 @@ TITLES = {
 }
 # the filter rule whose limit each metric plot marks
 LIMITS = {"words": ("min-words", "raw"), "side": ("min-side", None), "aspect": ("max-aspect", None)}
+BLUR = 12  # pixels across a blurred thumbnail is shrunk to before it is blurred and scaled back
 ORDER = ("clip", "sieve", "blend", "words", "chars", "side", "aspect", "kb")  # then the annotators' other histograms
 THRESHOLD_OF = {"clip": "clip_raw", "blend": "blend"}
 
@@ -131,8 +132,12 @@ def _bars(files: dict, per: list[dict], own: str | None):
     return "strategies.png"
 
 
-def _thumb(data: bytes | None, files: dict, name: str) -> bool:
-    """A JPEG thumbnail of an image into `files` under `name`; False where it does not decode."""
+def _thumb(data: bytes | None, files: dict, name: str, blur: bool = False) -> bool:
+    """A JPEG thumbnail of an image into `files` under `name`; False where it does not decode.
+    `blur`: shrunk to BLUR pixels and blurred before it is written, so the page never holds the
+    sharp image (a CSS blur would ship it)."""
+    from PIL import Image, ImageFilter
+
     from recaption.io.images import ImageError, decode
 
     if data is None:
@@ -142,6 +147,10 @@ def _thumb(data: bytes | None, files: dict, name: str) -> bool:
     except ImageError:
         return False
     im.thumbnail((192, 192))
+    if blur:
+        size = im.size
+        im = im.convert("RGB").resize((BLUR, max(1, BLUR * size[1] // max(1, size[0]))), Image.BILINEAR)
+        im = im.resize(size, Image.BILINEAR).filter(ImageFilter.GaussianBlur(6))
     buf = io.BytesIO()
     im.convert("RGB").save(buf, format="JPEG", quality=85)
     files[name] = buf.getvalue()
@@ -208,6 +217,11 @@ def _removal(d: ReportData) -> str:
     return out
 
 
+def blurred(d: ReportData) -> set:
+    """The (shard, key) of every sample a blurred grid holds: blurred wherever the page shows it."""
+    return set() if d.unblur else {(r.get("shard"), r["key"]) for t in d.blurred for r in d.grids[t]}
+
+
 def _overlap_pairs(d: ReportData, files: dict) -> str:
     """Each overlap as two thumbnails side by side: the pool sample, then the EVAL image it copies."""
     if not d.overlaps:
@@ -217,7 +231,7 @@ def _overlap_pairs(d: ReportData, files: dict) -> str:
         imgs = ""
         for side, data in (("pool", d.images.get((o["shard"], o["key"]))), ("eval", d.eval_images.get(o["eval"]))):
             name = f"img/overlap-{i}-{side}.jpg"
-            if _thumb(data, files, name):
+            if _thumb(data, files, name, side == "pool" and (o["shard"], o["key"]) in blurred(d)):
                 imgs += f'<img src="{name}" alt="{side}: {html.escape(o["key"] if side == "pool" else o["eval"])}">'
         cells.append(f'<div class="pair"><div class="imgs">{imgs}</div>'
                      f'<div class="k">{html.escape(o["shard"])}/{html.escape(o["key"])}</div>'
@@ -275,15 +289,17 @@ def _strategies(d: ReportData) -> str:
             _table(rows, ("strategy", "threshold", "would write", "raw", "synthetic", "cut by the strategy")))
 
 
-def _card(r: dict, d: ReportData, files: dict) -> str:
+def _card(r: dict, d: ReportData, files: dict, blur: set) -> str:
     img = ""
     name = thumb_name(r.get("shard"), r["key"])
-    if _thumb(d.images.get((r.get("shard"), r["key"])), files, name):
+    if _thumb(d.images.get((r.get("shard"), r["key"])), files, name, (r.get("shard"), r["key"]) in blur):
         img = f'<img src="{html.escape(name)}" alt="{html.escape(r["key"])}">'
     lines = [f'<div class="k">{html.escape(r["key"])} · {html.escape(r.get("shard") or "")}</div>',
              f'<div><b>raw</b> {html.escape(r["raw"] or "—")} <span>{_f(r["clip_raw"])}</span></div>',
              f'<div><b>synthetic</b> {html.escape(r["synthetic"] or "—")} <span>{_f(r["clip_syn"])}</span></div>',
              f'<div class="s">sieve {_f(r["sieve"])} · blend {_f(r["blend"])}</div>']
+    if r.get("tag"):
+        lines.append(f'<div class="s">{html.escape(r["tag"])} {_f(r["tag_value"])}</div>')
     if r.get("reason"):
         lines.append(f'<div class="r">{html.escape(r["reason"])}</div>')
     return f'<div class="card">{img}{"".join(lines)}</div>'
@@ -348,10 +364,14 @@ def pages(data: ReportData) -> dict[str, bytes]:
     if any("kept" in r for r in d.per_strategy):
         plots.append(_bars(files, d.per_strategy, d.own))
     sections = []
+    blur = blurred(d)
     for title, cards in d.grids.items():
         total = max(d.shown_of.get(title, len(cards)), len(cards))
-        sections.append(f"<h2>{html.escape(title)} ({len(cards):,} of {total:,} shown)</h2><div class='grid'>"
-                        f"{''.join(_card(r, d, files) for r in cards)}</div>")
+        note = ""
+        if title in d.blurred and not d.unblur:
+            note = "<p class='note'>blurred: these may be explicit; recaption report --unblur shows them</p>"
+        sections.append(f"<h2>{html.escape(title)} ({len(cards):,} of {total:,} shown)</h2>{note}<div class='grid'>"
+                        f"{''.join(_card(r, d, files, blur) for r in cards)}</div>")
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in d.notes)
     overlaps = _overlap_pairs(d, files)
     groups = _groups(d) + _lengths(d)

@@ -336,3 +336,48 @@ def pa_binary(values):
     import pyarrow as pa
 
     return pa.array(values, pa.binary())
+
+
+# -- the report (item 7) -----------------------------------------------------------------------
+def _sharpness(path) -> float:
+    from PIL import Image
+
+    g = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    return float(np.abs(np.diff(g, axis=1)).mean() + np.abs(np.diff(g, axis=0)).mean())
+
+
+def test_the_report_blurs_the_grid_of_the_highest_punsafe_unless_asked(tagged, tmp_path, capsys):
+    import re
+
+    from recaption.report.data import K, sensitive_title
+    from recaption.report.html import thumb_name
+
+    pytest.importorskip("matplotlib")
+    rows = [r for n in ("00000", "00001") for r in pq.read_table(tagged["ann"] / f"{n}.parquet").to_pylist()
+            if r["status"] == "ok"]
+    top = sorted(rows, key=lambda r: -r["punsafe"])[:K]
+    base = ["report", tagged["ann"], "--input", tagged["shards"], "--filter", "max-punsafe=0.5"]
+    assert cli(*base, "-o", tmp_path / "blurred") == 0
+    assert cli(*base, "-o", tmp_path / "sharp", "--unblur") == 0
+    page = (tmp_path / "blurred" / "index.html").read_text()
+    grid = page.split(f"<h2>{sensitive_title('punsafe')} ")[1].split("<h2>")[0]
+    assert f"({K} of {len(rows)} shown)" in grid and "--unblur shows them" in grid
+    assert re.findall(r'class="k">([^ <]+) ', grid) == [r["key"] for r in top]  # highest first
+    assert "--unblur shows them" not in (tmp_path / "sharp" / "index.html").read_text()
+    for r in top:
+        name = thumb_name(r["shard"], r["key"])
+        blurred, sharp = _sharpness(tmp_path / "blurred" / name), _sharpness(tmp_path / "sharp" / name)
+        assert blurred < sharp / 3, (r["key"], blurred, sharp)  # the page holds no sharp copy of it
+    for tag in ("punsafe", "pwatermark", "aesthetic"):  # each tag's histogram is drawn
+        assert (tmp_path / "blurred" / f"{tag}.png").is_file(), tag
+
+
+def test_unblur_on_a_folder_without_nsfw_scores_is_refused_in_one_line(tagged, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plain = tmp_path / "plain"
+    assert cli("score", tagged["shards"], "-a", plain, "--clip-model", tagged["clip"], "--no-sieve", "-q") == 0
+    capsys.readouterr()
+    assert cli("report", plain, "-o", tmp_path / "r", "--unblur") == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+    assert len(err) == 1 and "--unblur" in err[0] and "punsafe" in err[0], err
+    assert not (tmp_path / "r").exists()
