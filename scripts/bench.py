@@ -310,6 +310,20 @@ TAG_RUNS = {  # option values beside the CLIP pass's, per run; the heads' declar
 }
 
 
+def tag_shares(res: dict) -> None:
+    """Each run's tag stage seconds (the stages of the tags its options turn on), their share of the
+    pass's wall time without loading, and the wall time's growth over CLIP alone."""
+    clip_wall = res["runs"]["clip"]["wall_s_without_loading"]
+    for name, r in res["runs"].items():
+        given = TAG_RUNS[name]
+        tags = [t for t in ("punsafe", "aesthetic", "pwatermark", "open_nsfw")
+                if any(k == t or k.startswith(t + "_") for k in given)]
+        r["tags"] = tags
+        r["tag_stage_s"] = sum(r["stage_s"].get(t, 0.0) for t in tags)
+        r["share_of_pass"] = r["tag_stage_s"] / r["wall_s_without_loading"]
+        r["wall_growth"] = r["wall_s_without_loading"] / clip_wall - 1
+
+
 def tags_cost(a, root: Path) -> None:
     """Each LAION tag's cost in a `score` pass that runs CLIP: the CLIP heads (punsafe, aesthetic)
     on the pass's own embedding, the pixel nets (pwatermark's EfficientNet-B3, Open-NSFW's ResNet-50
@@ -342,15 +356,20 @@ def tags_cost(a, root: Path) -> None:
     torch.save(arch.build(heads.get("laion-watermark-v1")).state_dict(), work / "wm.pt")
     given["pwatermark"] = str(work / "wm.pt")
     shards = Path(api.__file__).parent / "data" / "sample-shards"
-    urls = sorted(str(p) for p in shards.glob("*.tar"))
     base = {"captioner": "none", "clip_model": models["clip"], "sieve": False, "device": a.device}
+    decode = None
+    if a.tag_input == "generated":  # a GPU needs more than 48 samples: --samples JPEGs, 512 px, in batches
+        shards = work / "shards"
+        samples(a.samples, shards, a.per_shard)
+        decode = {"batch_size": a.batch_size}
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
     res = {"samples": None, "clip": a.clip, "repeat": a.repeat, "runs": {}}
     for name, extra in TAG_RUNS.items():
         values = {**base, **{k: given.get(v, v) if isinstance(v, str) else v for k, v in extra.items()}}
         walls, stages = [], {}
         for i in range(a.repeat):
             out = work / f"{len(res['runs'])}-{i}"
-            summ, t = timed(api.annotate, urls, str(out), annotators.configure(values),
+            summ, t = timed(api.annotate, urls, str(out), annotators.configure(values), decode=decode,
                             execution={"device": a.device, "quiet": True, "workers": 1}, verb="score")
             res["samples"] = summ["samples"]
             walls.append(t - summ["stage_seconds"].get("load_models", 0.0))
@@ -358,17 +377,13 @@ def tags_cost(a, root: Path) -> None:
                 stages.setdefault(k, []).append(v)
         res["runs"][name] = {"wall_s_without_loading": statistics.median(walls),
                              "stage_s": {k: statistics.median(v) for k, v in stages.items()}}
-    clip_wall = res["runs"]["clip"]["wall_s_without_loading"]
-    for name, r in res["runs"].items():
-        tags = [t for t in ("punsafe", "aesthetic", "pwatermark", "open_nsfw") if t in name]
-        r["tag_stage_s"] = sum(r["stage_s"].get(t, 0.0) for t in tags)
-        r["share_of_pass"] = r["tag_stage_s"] / r["wall_s_without_loading"] if tags else 0.0
-        r["wall_growth"] = r["wall_s_without_loading"] / clip_wall - 1
+    tag_shares(res)
     Path(a.json).write_text(json.dumps(res, indent=2))
     print(f"tag heads in a score pass with {a.clip} (random weights), {res['samples']} samples, median of {a.repeat}:")
     for name, r in res["runs"].items():
-        print(f"  {name:<20} pass {r['wall_s_without_loading']:6.2f} s without loading ({100 * r['wall_growth']:+.1f}%), "
-              f"tag stages {r['tag_stage_s']:.3f} s = {100 * r['share_of_pass']:.1f}% of the pass")
+        print(f"  {name:<20} pass {r['wall_s_without_loading']:6.2f} s without loading "
+              f"({100 * r['wall_growth']:+.1f}%), tag stages {r['tag_stage_s']:.3f} s = "
+              f"{100 * r['share_of_pass']:.1f}% of the pass")
     print(f"JSON: {a.json}")
 
 
@@ -435,7 +450,9 @@ def main():
     ap.add_argument("--vlm-tokens", type=int, default=60, help="new tokens per VLM caption (greedy)")
     ap.add_argument("--vlm-batch-size", type=int, default=None, help="VLM batch (default: --batch-size)")
     ap.add_argument("--vlm-samples", type=int, default=None, help="images the VLM and BLIP caption")
-    ap.add_argument("--repeat", type=int, default=3, help="length mode: runs of each setting (median)")
+    ap.add_argument("--repeat", type=int, default=3, help="length and tags modes: runs of each setting (median)")
+    ap.add_argument("--tag-input", choices=["bundled", "generated"], default="bundled",
+                    help="tags mode: the 48 bundled samples, or --samples generated 512 px JPEGs (GPU)")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--per-shard", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)

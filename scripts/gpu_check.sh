@@ -33,6 +33,9 @@ for f in sorted(glob.glob("bench-vlm-*-gpu.json")):
     print(f"{f}: {r['backend']} {r['family']}: {v['images_per_s']:.1f} images/s, "
           f"{v['tokens_per_caption']:.1f} tokens/image, {1e6 / v['images_per_s'] / 3600:.1f} GPU-hours per million images")
 PYEOF
+# each LAION tag head's share of a ViT-L/14 score pass (the CLIP heads on the pass's embedding: under 5%)
+"$PY" scripts/bench.py --mode tags --device cuda --clip ViT-L-14 --tag-input generated --samples 4096 \
+  --per-shard 512 --batch-size 256 --repeat 3 --json bench-tags-gpu.json
 # prepared images/s per CPU core, CPU decoding and nvJPEG, pinned batches (cores capped at what exists)
 CORES=$("$PY" -c "import os; n = len(os.sched_getaffinity(0)); print(','.join(str(k) for k in (1, 2, 4, 8, 16) if k <= n))")
 "$PY" scripts/bench.py --mode input --device cuda --images 2000 --batch-size 256 --cores "$CORES" \
