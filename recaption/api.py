@@ -271,12 +271,14 @@ def annotator_configs(configs: dict) -> dict:
 @scoped
 def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: DecodeOptions | None = None,
              overwrite: bool = False, execution: Execution | None = None, verb: str = "annotate",
-             storage_options: dict | str | None = None, **by_name) -> AnnotateResult:
+             storage_options: dict | str | None = None, groups: dict | None = None, **by_name) -> AnnotateResult:
     """Annotate every shard into `ann_dir/NAME.parquet`: each annotator's column group, given as
     `configs` ({name: config}) or by name, as its config object, a mapping of what its recipe
     section takes, True (its defaults) or a preset name (`captions="sieve"`,
     `clip={"model": "ViT-L-14"}`, `sieve=True`, `metrics={"lang_model": path}`;
-    `recaption.annotators` lists them). `decode` and `execution` take their objects or mappings.
+    `recaption.annotators` lists them). `groups` adds named caption groups as a recipe's `groups`
+    section does (`{"short": "blip-large", "long": {"captioner": ..., "caption": {...}}}`), each
+    scored by the pass's CLIP and SIEVE. `decode` and `execution` take their objects or mappings.
     The filter metrics come with every pass. Returns an `AnnotateResult` (the summary dict).
 
     A file already holding a group with the same settings is not redone; a missing group is added."""
@@ -285,9 +287,11 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
     from recaption.stages.bundle import AnnotatorSpec
 
     _known_names(by_name, "annotate", ("input_spec", "ann_dir", "configs", "decode", "overwrite", "execution",
-                                       "verb", "storage_options"))
+                                       "verb", "storage_options", "groups"))
     ex = execution_of(execution).validate()
     cfgs = annotator_configs({**(configs or {}), **by_name})
+    if groups:  # after the unnamed group's CLIP and SIEVE, which the groups' scores follow
+        cfgs = annotator_configs({**cfgs, **annotators.named_groups(groups, cfgs)})
     cfgs = {n: annotators.get(n).for_folder(c, ann_dir) for n, c in cfgs.items()}
     if all(annotators.get(n).always for n in cfgs):
         log.info("no captioner or scorer: computing the filter metrics only")

@@ -126,6 +126,8 @@ ANNOTATE_REFUSALS = [
     (dict(decode={"limits": {"max_json_bytes": "1k"}}), "decode.limits.max_json_bytes must be a whole number"),
     (dict(execution={"workers": "2"}), "execution.workers must be a whole number"),
     (dict(execution={"actor_cpus": "half"}), "execution.actor_cpus must be a number"),
+    (dict(groups={"short": {"captioner": "blip-base", "wehre": "clip_raw<0.2"}}), "unknown groups.short keys"),
+    (dict(groups={"bad name": "blip-base"}), "bad name"),
 ]
 
 
@@ -133,6 +135,18 @@ ANNOTATE_REFUSALS = [
 def test_annotate_refuses_a_misspelt_name_or_a_wrong_type_in_one_line(tmp_path, kw, says):
     assert says in refused(rc.annotate, rc.sample_shards(), str(tmp_path / "ann"), **kw)
     assert not (tmp_path / "ann").exists()
+
+
+def test_annotate_takes_named_groups_as_a_recipe_gives_them(tmp_path, tiny_models):
+    ann = tmp_path / "ann"
+    rc.annotate(rc.sample_shards(), str(ann), clip={"model": tiny_models["clip"]}, execution={"quiet": True},
+                groups={"short": {"captioner": tiny_models["blip"], "caption": {"max_new_tokens": 5}}})
+    t = pq.read_table(next(ann.glob("*.parquet")))
+    ok = [r for r in t.to_pylist() if r["status"] == "ok"]
+    assert ok and all(r["captions__short"] and len(r["clip_captions__short"]) == len(r["captions__short"]) for r in ok)
+    assert not any(r["captions"] for r in ok)  # the unnamed group was not asked for
+    groups = json.loads((ann / "_recaption.json").read_text())["groups"]
+    assert groups["captions.short"]["decoding"]["max_new_tokens"] == 5 and "clip.short" in groups
 
 
 def test_a_config_object_of_another_annotator_is_refused_with_its_name(tmp_path):

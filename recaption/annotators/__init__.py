@@ -241,13 +241,19 @@ def from_recipe(recipe: dict) -> dict:
             raise RecaptionError(f"{a.name}: {e}" if not str(e).startswith(a.name) else str(e)) from None
         if cfg is not None:
             out[a.name] = cfg
+    return out | named_groups(recipe.get("groups"), out)
+
+
+def named_groups(section, configs: dict) -> dict:
+    """The annotators of named caption groups given as a recipe's `groups` section ({NAME: CAPTIONER}
+    or {NAME: {captioner, caption, where}}), scored by the CLIP and SIEVE of `configs`."""
     from recaption.annotators import groups
 
     try:
-        named = groups.from_recipe(recipe.get("groups"), number_columns())
+        named = groups.from_recipe(section, number_columns())
     except RecaptionError as e:
         raise RecaptionError(f"groups: {e}" if not str(e).startswith("groups") else str(e)) from None
-    return out | groups.expand(named, out)
+    return groups.expand(named, configs)
 
 
 def number_columns() -> dict[str, str]:
