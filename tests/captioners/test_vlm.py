@@ -306,8 +306,8 @@ def test_an_edited_template_or_other_engine_args_are_not_resumed(vlms, shard_dir
 @pytest.mark.slow
 def test_a_folder_written_before_the_digest_resumes_saying_so(vlms, shard_dir, tmp_path, caplog):
     """A folder whose captions group records no template digest or engine_args (an older
-    recaption's) resumes with a warning that they are unknown, its record left claiming nothing
-    more; --overwrite redoes it and records them."""
+    recaption's) resumes with a warning that they are unknown, its record naming them as what its
+    older files lack; --overwrite redoes it and records them."""
     import logging
 
     shard, out, qwen = shard_dir / "00000.tar", tmp_path / "ann", vlms["qwen2_vl"]
@@ -329,11 +329,12 @@ def test_a_folder_written_before_the_digest_resumes_saying_so(vlms, shard_dir, t
     said = [r.getMessage() for r in caplog.records if "template_sha256" in r.getMessage()]
     assert said and "recorded without template_sha256 and engine_args" in said[0] and "unknown" in said[0]
     assert _mtimes(out) == before  # resumed, nothing redone
-    assert "template_sha256" not in json.loads(record_path.read_text())["groups"]["captions"]
+    assert json.loads(record_path.read_text())["unrecorded"] == {"captions": ["template_sha256", "engine_args"]}
     assert _caption(shard, out, qwen, "--template", "alt-text", "--overwrite") == 0
     for f in out.glob("*.parquet"):
         assert "template_sha256" in ann.metadata(pq.read_schema(f))["groups"]["captions"]
     assert json.loads(record_path.read_text())["groups"]["captions"]["engine_args"] == {}
+    assert "unrecorded" not in json.loads(record_path.read_text())  # every file redone
 
 
 def test_microsofts_own_florence2_repositories_are_refused_naming_the_converted_ones():
