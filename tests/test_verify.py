@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.errors import RecaptionError
-from tests.helpers import annotate_randomly, cli, read_output, repeat_a_kept_row, rerecord_decisions, summary
+from tests.helpers import (annotate_randomly, cli, photo_shards, read_output, repeat_a_kept_row, rerecord_decisions,
+                           summary)
 
 MIX = ("--strategy", "both", "--fraction", "0.5", "--samples-per-shard", "5")
 
@@ -311,3 +312,32 @@ def test_a_folder_that_does_not_exist_is_one_line(tmp_path, capsys):
     assert cli("verify", tmp_path / "nonexistent") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"recaption: error: {tmp_path / 'nonexistent'}: no such folder"]
+
+
+def test_each_drop_category_is_checked_on_its_own_duplicates_included(tmp_path, capsys):
+    """`dropped_by_reason` is compared category by category with what the decisions' reasons fall
+    in, duplicate rules included (they were once checked only as a total): two categories whose
+    counts are swapped keep the total and still fail verify, each named."""
+    from recaption.dedup.duplicates import RULE_NAMES, category
+
+    shards = photo_shards(tmp_path / "in")
+    assert cli("caption", shards, "-o", tmp_path / "ann", "-c", "none", "-q") == 0  # fingerprints, no model
+    out = tmp_path / "mix"
+    assert cli("mix", shards, "-a", tmp_path / "ann", "-o", out, "--strategy", "raw", "--dedup", "exact",
+               "--dedup", "phash", "-q") == 0  # and verify holds
+    original = (out / "_summary.json").read_text()
+    by = json.loads(original)["counts"]["dropped_by_reason"]
+    dups = [c for c in (category(code) for code in RULE_NAMES) if c in by]
+    others = [c for c in by if c not in dups]
+    assert len(dups) >= 2 and others, by
+    pairs = [(a, b) for a in dups for b in dups + others if a != b and by[a] != by[b]]
+    assert any(b in dups for _, b in pairs) and any(b in others for _, b in pairs)
+    for a, b in [next(p for p in pairs if p[1] in dups), next(p for p in pairs if p[1] in others)]:
+        s = json.loads(original)
+        s["counts"]["dropped_by_reason"][a], s["counts"]["dropped_by_reason"][b] = by[b], by[a]
+        (out / "_summary.json").write_text(json.dumps(s))
+        said = problems(out, capsys)
+        assert f"dropped for {a!r}" in said and f"dropped for {b!r}" in said, said
+    (out / "_summary.json").write_text(original)
+    capsys.readouterr()
+    assert cli("verify", out) == 0

@@ -37,6 +37,18 @@ from recaption.dedup.overlap import EvalSet, OverlapConfig
 from recaption.mixing.strategies.base import DUPLICATE, OVERLAP
 
 DUPLICATE_PREFIX, OVERLAP_PREFIX = "duplicate of ", "overlaps "  # how their reasons start
+CATEGORY = {DUPLICATE_PREFIX: "duplicate", OVERLAP_PREFIX: "overlap"}  # and their summary categories
+
+
+def category_of(reason: str) -> str | None:
+    """The summary category of a duplicate's or an overlap's drop reason (`duplicate of SHARD/KEY
+    (phash, 2)`: `duplicate: phash`); None for any other reason."""
+    start = next((p for p in CATEGORY if reason.startswith(p)), None)
+    if start is None or not reason.endswith(")"):
+        return None
+    rule = reason[:-1].rsplit(" (", 1)[-1].rsplit(", ", 1)[0]  # a partner's name may hold " (": the last one
+    code = next((c for c, name in RULE_NAMES.items() if name == rule), None)
+    return None if code is None else duplicates.category(code, CATEGORY[start])
 
 
 @dataclass
@@ -199,7 +211,8 @@ def find(source, cfg, ann_dir: str, tmpdir: str | None = None) -> Removal:
 def _summarise(out: Removal, cfg, dcfg, ocfg) -> None:
     if ocfg is not None:
         per = overlap.counts(list(out.overlaps.values()), ocfg)
-        out.counts |= {f"overlap: {k}": v for k, v in per.items() if v}
+        codes = {name: c for c, name in RULE_NAMES.items()}
+        out.counts |= {duplicates.category(codes[k], CATEGORY[OVERLAP_PREFIX]): v for k, v in per.items() if v}
         ev = out.eval_set
         out.decontaminate = {
             "eval": cfg.decontaminate, "name": ev.name, "images": len(ev), "unreadable": len(ev.errors),
@@ -208,7 +221,8 @@ def _summarise(out: Removal, cfg, dcfg, ocfg) -> None:
             out.decontaminate["model"] = ev.model
     if dcfg is not None:
         res = out.duplicates
-        out.counts |= {duplicates.category(code): res.counts.get(name, 0) for code, name in RULE_NAMES.items()
+        out.counts |= {duplicates.category(code, CATEGORY[DUPLICATE_PREFIX]): res.counts.get(name, 0)
+                       for code, name in RULE_NAMES.items()
                        if res.counts.get(name)}
         compared = {"exact": "sha256", "phash": "phash", "embedding": "embedding"}
         out.dedup = [_rule_row(r, v, res.counts) | {"compared": res.candidates.get(compared[r], 0)}
