@@ -181,6 +181,22 @@ def test_the_decisions_metadata_is_checked_against_the_summary(copy, capsys):
     assert f"{path} was made with threshold " in problems(folder, capsys)
 
 
+def test_decisions_whose_filter_rules_are_unknown_here_are_named_and_the_counts_go_on(copy, capsys):
+    """A rule no registry here knows (a plugin's, not loaded) cannot say which category its reasons
+    fall in: one line naming the file and the rule, not a crash, and the other counts still checked."""
+    folder = copy("overlay")
+    path = folder / "_decisions" / "00000.parquet"
+    t = pq.read_table(path)
+    meta = json.loads(t.schema.metadata[b"recaption.decisions"])
+    meta["filters"] = {"no-such-rule": 1}
+    pq.write_table(t.replace_schema_metadata({b"recaption.decisions": json.dumps(meta).encode()}), path)
+    rerecord_decisions(folder)
+    said = problems(folder, capsys)
+    assert f"{path}: its filter rules' drops cannot be put in categories" in said and "no-such-rule" in said
+    assert f"{path} was made with filters" in said  # the settings check's line
+    assert "counts" not in said  # the file's rows, errors and every other reason were counted
+
+
 def test_the_drops_file_is_matched_by_key_and_reason(copy, capsys):
     folder = copy("mix")
     path = folder / "_dropped.parquet"

@@ -28,7 +28,11 @@ class Categories:
 
     def __init__(self, threshold, filters):
         self.strategy = {reason_text(code, threshold): CATEGORIES[code] for code in REASONS}
-        self.filters = FilterSet.of(filters or {})
+        self.problem = None  # why the rules could not be read: their reasons then fall in no rule's category
+        try:
+            self.filters = FilterSet.of(filters or {})
+        except RecaptionError as e:  # a filter rule not registered here, say (a plugin's)
+            self.filters, self.problem = FilterSet(), str(e)
 
     def of(self, reason: str) -> str:
         """The category the mix counted `reason` under."""
@@ -61,10 +65,9 @@ class Tally:
         self.n["raw"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "raw"), False))).as_py() or 0
         self.n["synthetic"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "synthetic"), False))).as_py() or 0
         self.n["dropped"] += t.num_rows - self.last_kept
-        try:
-            cats = self._of(meta)
-        except RecaptionError as e:  # a filter rule not registered here, say
-            return [f"{path}: its drop reasons cannot be put in categories ({e})"]
+        cats = self._of(meta)
+        problems = [f"{path}: its filter rules' drops cannot be put in categories ({cats.problem})"] \
+            if cats.problem else []
         # one file's distinct reasons (few, bar those carrying values), each put in its category once
         for r in pc.value_counts(t.filter(pc.invert(kept))["reason"]).to_pylist():
             self.got[cats.of(r["values"] or "")] += r["counts"]
@@ -75,7 +78,7 @@ class Tally:
             self.n["errors"] += pc.sum(bad).as_py() or 0
         else:
             self.errors_known = False
-        return []
+        return problems
 
     def _of(self, meta: dict) -> Categories:
         key = json.dumps([meta.get("threshold"), meta.get("filters")], sort_keys=True, default=str)
