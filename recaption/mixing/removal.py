@@ -18,6 +18,7 @@ Found once per pool, after the filter rules and before the pool's statistics:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,15 +41,18 @@ DUPLICATE_PREFIX, OVERLAP_PREFIX = "duplicate of ", "overlaps "  # how their rea
 CATEGORY = {DUPLICATE_PREFIX: "duplicate", OVERLAP_PREFIX: "overlap"}  # and their summary categories
 
 
-def category_of(reason: str) -> str | None:
-    """The summary category of a duplicate's or an overlap's drop reason (`duplicate of SHARD/KEY
-    (phash, 2)`: `duplicate: phash`); None for any other reason."""
-    start = next((p for p in CATEGORY if reason.startswith(p)), None)
-    if start is None or not reason.endswith(")"):
-        return None
-    rule = reason[:-1].rsplit(" (", 1)[-1].rsplit(", ", 1)[0]  # a partner's name may hold " (": the last one
-    code = next((c for c, name in RULE_NAMES.items() if name == rule), None)
-    return None if code is None else duplicates.category(code, CATEGORY[start])
+def categories_of(reasons) -> pa.Array:
+    """The summary category of each duplicate's and overlap's drop reason (`duplicate of SHARD/KEY
+    (phash, 2)`: `duplicate: phash`), null for any other reason; column-wise, as verify counts them."""
+    keys = {(start, name): duplicates.category(code, prefix) for start, prefix in CATEGORY.items()
+            for code, name in RULE_NAMES.items()}
+    starts = "|".join(re.escape(p) for p in CATEGORY)
+    rules = "|".join(re.escape(n) for n in RULE_NAMES.values())
+    # the last " (" that opens `RULE, VALUE)`: a partner's name may hold one too
+    parts = pc.extract_regex(reasons, rf"(?s)^(?P<start>{starts}).* \((?P<rule>{rules}), [^,()]*\)$")
+    key = pc.binary_join_element_wise(pc.struct_field(parts, "start"), pc.struct_field(parts, "rule"), "\0")
+    at = pc.index_in(key, value_set=pa.array(["\0".join(k) for k in keys]))
+    return pa.array(list(keys.values()), pa.string()).take(at)
 
 
 @dataclass

@@ -38,7 +38,7 @@ class Categories:
         """The category the mix counted `reason` under."""
         if reason in self.strategy:
             return self.strategy[reason]
-        return self.filters.category_of(reason) or removal.category_of(reason) or reason_category(reason)
+        return self.filters.category_of(reason) or reason_category(reason)
 
 
 class Tally:
@@ -68,9 +68,13 @@ class Tally:
         cats = self._of(meta)
         problems = [f"{path}: its filter rules' drops cannot be put in categories ({cats.problem})"] \
             if cats.problem else []
-        # one file's distinct reasons (few, bar those carrying values), each put in its category once
-        for r in pc.value_counts(t.filter(pc.invert(kept))["reason"]).to_pylist():
-            self.got[cats.of(r["values"] or "")] += r["counts"]
+        reasons = pc.fill_null(t.filter(pc.invert(kept))["reason"].combine_chunks(), "")
+        removed = removal.categories_of(reasons)  # one distinct reason a row: put in categories column-wise
+        for r in pc.value_counts(removed.drop_null()).to_pylist():
+            self.got[r["values"]] += r["counts"]
+        # the other distinct reasons (few, bar those carrying values), each put in its category once
+        for r in pc.value_counts(reasons.filter(removed.is_null())).to_pylist():
+            self.got[cats.of(r["values"])] += r["counts"]
         a = meta.get("annotations")
         s = ann.read_table(a, columns=["key", "status"]) if a and exists(a) else None
         if s is not None and "status" in s.column_names:  # error rows: keyed annotation rows not ok

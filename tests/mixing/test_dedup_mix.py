@@ -270,7 +270,7 @@ def test_thumbnail_data_of_an_eval_image(eval_dir):
 
 
 def test_every_rules_reason_falls_in_the_category_the_summary_counts_it_under():
-    """`removal.category_of` (verify's) inverts the reasons `dedup` writes, for every rule, for
+    """`removal.categories_of` (verify's) inverts the reasons `dedup` writes, for every rule, for
     duplicates and overlaps, whatever the partner's name holds; other reasons are none of them."""
     import numpy as np
     import pyarrow as pa
@@ -282,10 +282,10 @@ def test_every_rules_reason_falls_in_the_category_the_summary_counts_it_under():
     n = len(codes)
     drops = duplicates.FileDrops(np.arange(n, dtype=np.int32), codes, np.zeros(n, np.int32),
                                  np.zeros(n, np.int32), np.full(n, 0.93, np.float32))
-    names = pa.array([f"00001/odd (key, {i})" for i in range(n)])
+    names = pa.array([f"00001/odd (phash, {i})" for i in range(n)])
     for start, prefix in removal.CATEGORY.items():
-        texts = duplicates.reasons(drops, names, prefix=start.strip()).to_pylist()
-        assert all(t.startswith(start) for t in texts)
-        assert [removal.category_of(t) for t in texts] == [duplicates.category(c, prefix) for c in codes]
-    for other in ("filter: min-side 120 < 200", "decode: truncated", "duplicate of 00001/k (no such rule, 1)"):
-        assert removal.category_of(other) is None
+        texts = duplicates.reasons(drops, names, prefix=start.strip())
+        assert all(t.startswith(start) for t in texts.to_pylist())
+        assert removal.categories_of(texts).to_pylist() == [duplicates.category(c, prefix) for c in codes]
+    others = ["filter: min-side 120 < 200", "decode: truncated", "duplicate of 00001/k (no such rule, 1)", ""]
+    assert removal.categories_of(pa.array(others)).null_count == len(others)
