@@ -315,6 +315,8 @@ def annotate(input_spec, ann_dir: str, configs: dict | None = None, *, decode: D
                             groups=wanted, decode=d, overwrite=overwrite)
         t0 = time.time()
         reports = run_stage(AnnotateStage(spec), shards, ex, desc=verb, count_of=sample_counts(ann_dir))
+        if overwrite:  # every file redone: none lacks a settings key an older recaption did not record
+            folders.settle_unrecorded(ann_dir, [r["shard"] for r in reports if r["status"] != "failed"], wanted)
     return AnnotateResult(summarise(reports, time.time() - t0, verb), ann_dir)
 
 

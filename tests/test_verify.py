@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from recaption.errors import RecaptionError
-from tests.helpers import annotate_randomly, cli, read_output, repeat_a_kept_row, rerecord_decisions, summary
+from tests.helpers import (annotate_randomly, cli, photo_shards, read_output, repeat_a_kept_row, rerecord_decisions,
+                           summary)
 
 MIX = ("--strategy", "both", "--fraction", "0.5", "--samples-per-shard", "5")
 
@@ -180,6 +181,22 @@ def test_the_decisions_metadata_is_checked_against_the_summary(copy, capsys):
     assert f"{path} was made with threshold " in problems(folder, capsys)
 
 
+def test_decisions_whose_filter_rules_are_unknown_here_are_named_and_the_counts_go_on(copy, capsys):
+    """A rule no registry here knows (a plugin's, not loaded) cannot say which category its reasons
+    fall in: one line naming the file and the rule, not a crash, and the other counts still checked."""
+    folder = copy("overlay")
+    path = folder / "_decisions" / "00000.parquet"
+    t = pq.read_table(path)
+    meta = json.loads(t.schema.metadata[b"recaption.decisions"])
+    meta["filters"] = {"no-such-rule": 1}
+    pq.write_table(t.replace_schema_metadata({b"recaption.decisions": json.dumps(meta).encode()}), path)
+    rerecord_decisions(folder)
+    said = problems(folder, capsys)
+    assert f"{path}: its filter rules' drops cannot be put in categories" in said and "no-such-rule" in said
+    assert f"{path} was made with filters" in said  # the settings check's line
+    assert "counts" not in said  # the file's rows, errors and every other reason were counted
+
+
 def test_the_drops_file_is_matched_by_key_and_reason(copy, capsys):
     folder = copy("mix")
     path = folder / "_dropped.parquet"
@@ -311,3 +328,32 @@ def test_a_folder_that_does_not_exist_is_one_line(tmp_path, capsys):
     assert cli("verify", tmp_path / "nonexistent") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"recaption: error: {tmp_path / 'nonexistent'}: no such folder"]
+
+
+def test_each_drop_category_is_checked_on_its_own_duplicates_included(tmp_path, capsys):
+    """`dropped_by_reason` is compared category by category with what the decisions' reasons fall
+    in, duplicate rules included (they were once checked only as a total): two categories whose
+    counts are swapped keep the total and still fail verify, each named."""
+    from recaption.dedup.duplicates import RULE_NAMES, category
+
+    shards = photo_shards(tmp_path / "in")
+    assert cli("caption", shards, "-o", tmp_path / "ann", "-c", "none", "-q") == 0  # fingerprints, no model
+    out = tmp_path / "mix"
+    assert cli("mix", shards, "-a", tmp_path / "ann", "-o", out, "--strategy", "raw", "--dedup", "exact",
+               "--dedup", "phash", "-q") == 0  # and verify holds
+    original = (out / "_summary.json").read_text()
+    by = json.loads(original)["counts"]["dropped_by_reason"]
+    dups = [c for c in (category(code) for code in RULE_NAMES) if c in by]
+    others = [c for c in by if c not in dups]
+    assert len(dups) >= 2 and others, by
+    pairs = [(a, b) for a in dups for b in dups + others if a != b and by[a] != by[b]]
+    assert any(b in dups for _, b in pairs) and any(b in others for _, b in pairs)
+    for a, b in [next(p for p in pairs if p[1] in dups), next(p for p in pairs if p[1] in others)]:
+        s = json.loads(original)
+        s["counts"]["dropped_by_reason"][a], s["counts"]["dropped_by_reason"][b] = by[b], by[a]
+        (out / "_summary.json").write_text(json.dumps(s))
+        said = problems(out, capsys)
+        assert f"dropped for {a!r}" in said and f"dropped for {b!r}" in said, said
+    (out / "_summary.json").write_text(original)
+    capsys.readouterr()
+    assert cli("verify", out) == 0

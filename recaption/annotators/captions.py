@@ -100,14 +100,15 @@ class Captions(Annotator):
         """Backend, model, prompt, template (its name and, for chat backends, a digest of its text),
         engine_args (where the backend takes them), dtype, quantization and decoding; the batch size
         where sampling is seeded per batch; the input path where it is not the fast one."""
-        from recaption.captioners.chat import load_template
+        from recaption.captioners.chat import DEFAULT_TEMPLATE, DEFAULT_TEXT_TEMPLATE, load_template
 
         s = {"backend": c.backend, "model": model_identity(c.model), "revision": c.revision, "prompt": c.prompt,
              "template": c.template, "dtype": c.dtype or "auto", "quantize": c.quantize,
              "decoding": dataclasses.asdict(c.decoding)}
         backend = BACKENDS.get(c.backend)
         if backend.chat:  # a name says nothing of an edited file: its text does
-            s["template_sha256"] = load_template(c.template or "caption").digest()
+            default = DEFAULT_TEMPLATE if backend.images else DEFAULT_TEXT_TEMPLATE  # what each kind renders
+            s["template_sha256"] = load_template(c.template or default).digest()
         if backend.engine_args:
             s["engine_args"] = c.engine_args
         if c.decoding.strategy == "sample":

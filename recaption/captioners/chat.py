@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from recaption.errors import RecaptionError
 from recaption.resources import named_or_path
 
+# the template a VLM renders where none is configured (prompts/templates/caption.txt); what it
+# loads and what the captions group records come from this one name
+DEFAULT_TEMPLATE = "caption"
+DEFAULT_TEXT_TEMPLATE = "refine"  # a text model's (chained and fused caption groups)
 ALT_TEXT = "{alt_text}"
 IMAGE = "<image>"
 CAPTION = re.compile(r"\{caption(?::([a-z][a-z0-9-]{0,31}))?\}")  # {caption:GROUP}; {caption}: the unnamed group

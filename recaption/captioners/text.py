@@ -10,15 +10,16 @@ count. The tokenizer is used by the model thread alone.
 from __future__ import annotations
 
 from recaption.captioners.base import Captioner, CaptionerConfig
-from recaption.captioners.chat import IMAGE, load_template
+from recaption.captioners.chat import DEFAULT_TEXT_TEMPLATE, IMAGE, load_template
 from recaption.errors import RecaptionError
 
 
 def text_template(cfg: CaptionerConfig):
-    """A text model's template: the configured one (default `refine`), refused where it places an image."""
+    """A text model's template: the configured one (default `chat.DEFAULT_TEXT_TEMPLATE`), refused
+    where it places an image."""
     from recaption.resources import named_or_path
 
-    name = cfg.template or "refine"
+    name = cfg.template or DEFAULT_TEXT_TEMPLATE
     lines = named_or_path("templates", name, ".txt").read_text(encoding="utf-8").splitlines()
     if any(IMAGE in ln for ln in lines if not ln.startswith("#")):  # written for a VLM
         raise RecaptionError(f"prompt template {name}: the {cfg.backend} backend reads no image; drop {IMAGE}")

@@ -8,7 +8,7 @@ the library.
 from __future__ import annotations
 
 from recaption.captioners.base import Captioner, CaptionerConfig, Decoding
-from recaption.captioners.chat import ChatTemplate, load_template
+from recaption.captioners.chat import DEFAULT_TEMPLATE, ChatTemplate, load_template
 from recaption.errors import RecaptionError, require
 
 
@@ -78,7 +78,7 @@ class VLLMCaptioner(Captioner):
         require("vllm", "vllm")
         from vllm import LLM
 
-        self.template = load_template(cfg.template or "caption")
+        self.template = load_template(cfg.template or DEFAULT_TEMPLATE)
         self.llm = engine(LLM, cfg, limit_mm_per_prompt={"image": 1})
         self.tokens_generated = 0  # new tokens, as vLLM reports them (benchmarks read it)
         self.captions_generated = 0

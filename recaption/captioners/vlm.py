@@ -9,7 +9,7 @@ generates, so the tokenizer is used by one thread only.
 from __future__ import annotations
 
 from recaption.captioners.base import Captioner, CaptionerConfig
-from recaption.captioners.chat import load_template
+from recaption.captioners.chat import DEFAULT_TEMPLATE, load_template
 from recaption.errors import RecaptionError
 
 
@@ -80,7 +80,7 @@ class VLMCaptioner(Captioner):
         from recaption.models import log_once, quiet_hub, resolve_device, resolve_dtype
 
         quiet_hub()
-        self.template = load_template(cfg.template or "caption")
+        self.template = load_template(cfg.template or DEFAULT_TEMPLATE)
         self.gen_kwargs = generate_kwargs(cfg)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)

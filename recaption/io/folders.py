@@ -27,6 +27,8 @@ log = logging.getLogger("recaption")
 RECORD = "_recaption.json"
 LOCK = "_recaption.lock"
 FORMAT_VERSION = 1
+# an annotation record's group -> settings keys its older files lack (an older recaption wrote them)
+UNRECORDED = "unrecorded"
 
 
 # -- overlaps --------------------------------------------------------------------------------
@@ -528,7 +530,9 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
     written there with other settings is refused unless `overwrite`; `dependents` (group -> groups
     computed from it) says which recorded groups new values make stale; `added` (group -> settings
     keys older versions did not record) which recorded groups are the same only as far as is
-    known: those resume with a warning, keeping their record, and are redone with `overwrite`.
+    known: those resume with a warning and are redone with `overwrite`. The record then holds the
+    settings the files written from now on hold, and under `UNRECORDED` the keys older files of
+    the group lack, so a later run with other values of those keys is refused here, up front.
     Returns the groups in force."""
     rec = read_record(ann_dir)
     if rec is not None and rec.get("kind") != "annotations":
@@ -536,9 +540,11 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
     if rec is None:
         _refuse_foreign_annotations(ann_dir)
     groups = dict((rec or {}).get("groups") or {})
+    older = {g: list(keys) for g, keys in ((rec or {}).get(UNRECORDED) or {}).items() if g in groups}
     compared = {g: compare_settings(groups[g], s, (added or {}).get(g, ())) for g, s in wanted.items() if g in groups}
     clash = [g for g, (same, _) in compared.items() if not same]
-    unknown = {g: keys for g, (same, keys) in compared.items() if same and keys}
+    unknown = {g: list(dict.fromkeys(older.get(g, []) + keys)) for g, (same, keys) in compared.items()
+               if same and (keys or g in older)}
     for g, keys in unknown.items():
         log.warning("%s holds %s recorded without %s (an older recaption wrote them): whether they were made with "
                     "these is unknown; %s", ann_dir, g, " and ".join(keys),
@@ -555,13 +561,31 @@ def claim_annotations(ann_dir: str, wanted: dict[str, dict], overwrite: bool,
             for dep in (dependents or {}).get(g, ()):  # e.g. scores of other captions no longer hold
                 if dep not in wanted:
                     groups.pop(dep, None)
-    groups.update({g: s for g, s in wanted.items() if g not in unknown or overwrite})  # no record claims the unknown
+                    older.pop(dep, None)
+    groups.update(wanted)  # what the files written now record; `older` says which keys the others lack
+    older |= unknown  # kept through --overwrite until every file is redone (`settle_unrecorded`)
     makedirs(ann_dir)
     for folder in (ann_dir, *embedding_folders(ann_dir)):
         remove_stale_temps(folder)
-    if rec is None or _canonical(rec.get("groups")) != _canonical(groups):
-        write_record(ann_dir, {"kind": "annotations", "groups": groups})
+    if (rec is None or _canonical(rec.get("groups")) != _canonical(groups)
+            or _canonical(rec.get(UNRECORDED) or {}) != _canonical(older)):
+        write_record(ann_dir, {"kind": "annotations", "groups": groups} | ({UNRECORDED: older} if older else {}))
     return groups
+
+
+def settle_unrecorded(ann_dir: str, redone: list[str], groups) -> None:
+    """After an --overwrite pass of `groups` that redid shards `redone` (names) without a failure:
+    where they are every annotation file of the folder, none lacks those groups' settings keys any
+    more, so the record stops saying some do (other groups' entries stay)."""
+    rec = read_record(ann_dir)
+    older = dict((rec or {}).get(UNRECORDED) or {})
+    if not any(g in older for g in groups):
+        return
+    files = {n[:-len(".parquet")] for n in _names(ann_dir) or [] if n.endswith(".parquet") and not n.startswith(".")}
+    if files <= set(redone):
+        older = {g: keys for g, keys in older.items() if g not in groups}
+        kept = {k: v for k, v in rec.items() if k not in (UNRECORDED, "format_version")}
+        write_record(ann_dir, kept | ({UNRECORDED: older} if older else {}))
 
 
 def embedding_folders(ann_dir: str) -> list[str]:

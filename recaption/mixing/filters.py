@@ -173,13 +173,23 @@ class Rule:
             return pc.cast(pa.array(np.round(arrays.numbers(col)[0], 4)), pa.string())
         return pc.cast(col, pa.string())
 
+    @property
+    def fail_prefix(self) -> str:
+        """How the reason of a row failing the rule starts, before the row's value."""
+        return f"filter: {self.label}: {self.kind.column} " if self.kind.op == "in" else f"filter: {self.name} "
+
+    @property
+    def lacks_text(self) -> str:
+        """The reason (and summary category) of a row lacking what the rule tests."""
+        return f"filter: {self.name}: {self.kind.lacks}"
+
     def fail_text(self, t: pa.Table) -> pa.Array:
         """`filter: min-side 120 < 200` per row (the row's value, then the rule's limit)."""
         m, k = self.measured(t), self.kind
         if k.op == "in":
-            return pc.binary_join_element_wise(f"filter: {self.label}: {k.column} ", m, "")
+            return pc.binary_join_element_wise(self.fail_prefix, m, "")
         op = {"min": "<", "max": ">"}.get(k.op, k.sign)
-        return pc.binary_join_element_wise(f"filter: {self.name} ", m, f" {op} {_fmt(self.value)}", "")
+        return pc.binary_join_element_wise(self.fail_prefix, m, f" {op} {_fmt(self.value)}", "")
 
 
 @dataclass
@@ -244,7 +254,16 @@ class FilterSet:
     def category(self, code: int) -> str:
         """The summary's reason for a code: the rule's name, numbers left out (they are in `filters`)."""
         r = self.rules[code // 2]
-        return f"filter: {r.name}" + (f": {r.kind.lacks}" if code % 2 else "")
+        return r.lacks_text if code % 2 else f"filter: {r.name}"
+
+    def category_of(self, reason: str) -> str | None:
+        """The summary category of a drop reason these rules wrote (`reasons`); None for any other."""
+        for i, r in enumerate(self.rules):
+            if reason == r.lacks_text:
+                return self.category(2 * i + 1)
+        # the longest prefix: a rule's label may begin another's
+        hits = [(len(r.fail_prefix), i) for i, r in enumerate(self.rules) if reason.startswith(r.fail_prefix)]
+        return self.category(2 * max(hits)[1]) if hits else None
 
     def reasons(self, t: pa.Table, code: np.ndarray) -> pa.Array:
         """Per row: the drop reason of a filtered row (`filter: min-side 120 < 200`), else null."""
@@ -253,6 +272,6 @@ class FilterSet:
             if np.any(code == 2 * i):
                 out = pc.if_else(pa.array(code == 2 * i), r.fail_text(t), out)
             if np.any(code == 2 * i + 1):
-                out = pc.if_else(pa.array(code == 2 * i + 1), pa.scalar(f"filter: {r.name}: {r.kind.lacks}"), out)
+                out = pc.if_else(pa.array(code == 2 * i + 1), pa.scalar(r.lacks_text), out)
         return out
 

@@ -18,6 +18,7 @@ Found once per pool, after the filter rules and before the pool's statistics:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,21 @@ from recaption.dedup.overlap import EvalSet, OverlapConfig
 from recaption.mixing.strategies.base import DUPLICATE, OVERLAP
 
 DUPLICATE_PREFIX, OVERLAP_PREFIX = "duplicate of ", "overlaps "  # how their reasons start
+CATEGORY = {DUPLICATE_PREFIX: "duplicate", OVERLAP_PREFIX: "overlap"}  # and their summary categories
+
+
+def categories_of(reasons) -> pa.Array:
+    """The summary category of each duplicate's and overlap's drop reason (`duplicate of SHARD/KEY
+    (phash, 2)`: `duplicate: phash`), null for any other reason; column-wise, as verify counts them."""
+    keys = {(start, name): duplicates.category(code, prefix) for start, prefix in CATEGORY.items()
+            for code, name in RULE_NAMES.items()}
+    starts = "|".join(re.escape(p) for p in CATEGORY)
+    rules = "|".join(re.escape(n) for n in RULE_NAMES.values())
+    # the last " (" that opens `RULE, VALUE)`: a partner's name may hold one too
+    parts = pc.extract_regex(reasons, rf"(?s)^(?P<start>{starts}).* \((?P<rule>{rules}), [^,()]*\)$")
+    key = pc.binary_join_element_wise(pc.struct_field(parts, "start"), pc.struct_field(parts, "rule"), "\0")
+    at = pc.index_in(key, value_set=pa.array(["\0".join(k) for k in keys]))
+    return pa.array(list(keys.values()), pa.string()).take(at)
 
 
 @dataclass
@@ -199,7 +215,8 @@ def find(source, cfg, ann_dir: str, tmpdir: str | None = None) -> Removal:
 def _summarise(out: Removal, cfg, dcfg, ocfg) -> None:
     if ocfg is not None:
         per = overlap.counts(list(out.overlaps.values()), ocfg)
-        out.counts |= {f"overlap: {k}": v for k, v in per.items() if v}
+        codes = {name: c for c, name in RULE_NAMES.items()}
+        out.counts |= {duplicates.category(codes[k], CATEGORY[OVERLAP_PREFIX]): v for k, v in per.items() if v}
         ev = out.eval_set
         out.decontaminate = {
             "eval": cfg.decontaminate, "name": ev.name, "images": len(ev), "unreadable": len(ev.errors),
@@ -208,7 +225,8 @@ def _summarise(out: Removal, cfg, dcfg, ocfg) -> None:
             out.decontaminate["model"] = ev.model
     if dcfg is not None:
         res = out.duplicates
-        out.counts |= {duplicates.category(code): res.counts.get(name, 0) for code, name in RULE_NAMES.items()
+        out.counts |= {duplicates.category(code, CATEGORY[DUPLICATE_PREFIX]): res.counts.get(name, 0)
+                       for code, name in RULE_NAMES.items()
                        if res.counts.get(name)}
         compared = {"exact": "sha256", "phash": "phash", "embedding": "embedding"}
         out.dedup = [_rule_row(r, v, res.counts) | {"compared": res.candidates.get(compared[r], 0)}

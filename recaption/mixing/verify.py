@@ -26,7 +26,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from recaption.errors import RecaptionError, reason_category
+from recaption.errors import RecaptionError
 from recaption.io import annotations as ann
 from recaption.io import tarindex
 from recaption.io.atomic import exists, join, listdir, read_text
@@ -35,9 +35,9 @@ from recaption.io.shards import EndNotingInfo, end_problem, split_member
 from recaption.io.sources import shard_name
 from recaption.mixing import provenance
 from recaption.mixing.plan import FOLDER, META_KEY, listed_decisions, repeated_kept_key
+from recaption.mixing.verify_counts import SUMMARY, Tally
 
 MIX_KINDS = ("mix", "run", "overlay")
-SUMMARY = "_summary.json"
 DROPPED = "_dropped.parquet"
 # the settings a decisions file records that the summary records too (absent in both: the default)
 SETTINGS = {"strategy": None, "threshold": None, "threshold_column": None, "alpha": None,
@@ -107,7 +107,7 @@ def _mix(folder: str, rec: dict) -> list[str]:
                 for n in present if n not in recorded]
     drops = _Drops(join(folder, DROPPED), order)
     out += drops.problems
-    tally, files = _Tally((summary.get("counts") or {}).get("dropped_by_reason")), {}
+    tally, files = Tally((summary.get("counts") or {}).get("dropped_by_reason")), {}
     identity = (rec.get("identity") or {}).get("mix")
     for name in order:
         p = join(dec_dir, f"{name}.parquet")
@@ -123,7 +123,7 @@ def _mix(folder: str, rec: dict) -> list[str]:
             continue
         out += _settings(meta, summary, identity, p)
         out += _inputs(meta, p)
-        tally.add(t, meta)
+        out += tally.add(t, meta, p)
         dropped = t.filter(_not(t["kept"])).select(["key", "reason"])
         out += drops.check(name, dropped)
         files[name] = _File(p, tally.last_kept, digest, repeated_kept_key(t), meta.get("caption_keys") or "none",
@@ -189,90 +189,6 @@ def _inputs(meta: dict, path: str) -> list[str]:
         elif provenance.annotation_digest(a, cols) != meta["annotation_digest"]:
             out.append(f"{a} changed since the mix (the columns it read): re-run the mix")
     return out
-
-
-class _Tally:
-    """The summary's counts, as the decisions files (and their annotation files) hold them."""
-
-    def __init__(self, by_reason):
-        self.n = Counter()
-        self.by_reason = by_reason if isinstance(by_reason, dict) else None
-        self.cats = sorted(self.by_reason or {}, key=len, reverse=True)
-        self.got, self.rest = Counter(), 0  # drops per summary category; drops in none of them
-        self.errors_known = True
-        self.last_kept = 0
-
-    def add(self, t, meta: dict) -> None:
-        """Count one decisions table."""
-        import pyarrow.compute as pc
-
-        keyed = t["key"].is_valid()
-        kept = pc.fill_null(t["kept"], False)
-        self.last_kept = pc.sum(kept).as_py() or 0
-        source = t["caption_source"]
-        self.n["read"] += pc.sum(keyed).as_py() or 0
-        self.n["written"] += self.last_kept
-        self.n["raw"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "raw"), False))).as_py() or 0
-        self.n["synthetic"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "synthetic"), False))).as_py() or 0
-        self.n["dropped"] += t.num_rows - self.last_kept
-        # one file's distinct reasons (few, bar those carrying values), each put in its category now
-        for r in pc.value_counts(t.filter(pc.invert(kept))["reason"]).to_pylist():
-            c = self._category(r["values"] or "")
-            if c is None:
-                self.rest += r["counts"]
-            else:
-                self.got[c] += r["counts"]
-        a = meta.get("annotations")
-        s = ann.read_table(a, columns=["key", "status"]) if a and exists(a) else None
-        if s is not None and "status" in s.column_names:  # error rows: keyed annotation rows not ok
-            bad = pc.and_(s["key"].is_valid(), pc.invert(pc.fill_null(pc.equal(s["status"], "ok"), False)))
-            self.n["errors"] += pc.sum(bad).as_py() or 0
-        else:
-            self.errors_known = False
-
-    def check(self, summary: dict, overlay: bool) -> list[str]:
-        """The summary's counts that disagree with the files'."""
-        out = []
-        counts = summary.get("counts")
-        if not isinstance(counts, dict):
-            return [f"{SUMMARY} records no counts"]
-        for k in ("read", "written", "raw", "synthetic", "dropped", "errors"):
-            if k == "errors" and not self.errors_known:
-                continue
-            if counts.get(k) != self.n[k]:
-                out.append(f"{SUMMARY} counts {counts.get(k)} {k}, the files hold {self.n[k]}")
-        out += self._by_reason(counts.get("dropped_by_reason"))
-        if overlay and counts.get("output_shards") is not None:
-            out.append(f"{SUMMARY} counts {counts['output_shards']} output shards, an overlay has none")
-        return out
-
-    def _category(self, text: str) -> str | None:
-        """The summary category a drop reason falls in: its own (`reason_category`) where the
-        summary names it, else the longest one it starts with; None where it starts with none (a
-        duplicate's, an overlap's: `duplicate: phash` for `duplicate of ...`)."""
-        own = reason_category(text)
-        if self.by_reason is not None and own in self.by_reason:
-            return own
-        return next((c for c in self.cats if text.startswith(c)), None)
-
-    def _by_reason(self, by_reason) -> list[str]:
-        """`dropped_by_reason` against the decisions' reasons, category by category; the
-        categories no reason falls in together hold the rest."""
-        if self.by_reason is None:
-            return [f"{SUMMARY} records no dropped_by_reason"]
-        out = []
-        if sum(by_reason.values()) != self.n["dropped"]:
-            out.append(f"{SUMMARY}'s dropped_by_reason adds up to {sum(by_reason.values())}, "
-                       f"the decisions drop {self.n['dropped']}")
-        got, rest, cats = self.got, self.rest, self.cats
-        for c in cats:
-            if got[c] and got[c] != by_reason[c]:
-                out.append(f"{SUMMARY} counts {by_reason[c]} dropped for {c!r}, the decisions {got[c]}")
-        unmatched = sum(n for c, n in by_reason.items() if not got[c])
-        if rest != unmatched and not out:
-            out.append(f"{SUMMARY}'s dropped_by_reason does not match the decisions' reasons "
-                       f"({rest} drops in no category it names)")
-        return out
 
 
 class _Drops:

@@ -65,6 +65,23 @@ def test_text_backends_are_registered_text_models():
         assert BACKENDS.get(n).chat  # their prompts are template files
 
 
+
+def test_a_text_models_default_template_is_the_one_recorded():
+    """With no template a text model renders `refine`, not a VLM's default: a chained group
+    records that template's digest, so an edited refine.txt is seen as other settings."""
+    from recaption.annotators.base import RunContext
+    from recaption.annotators.captions import Captions
+    from recaption.captioners.base import CaptionerConfig
+    from recaption.captioners.chat import DEFAULT_TEMPLATE, DEFAULT_TEXT_TEMPLATE
+    from recaption.captioners.text import text_template
+
+    assert DEFAULT_TEXT_TEMPLATE != DEFAULT_TEMPLATE
+    for backend in [n for n in BACKENDS.names() if not BACKENDS.get(n).images]:
+        cfg = CaptionerConfig(backend=backend, model="m")
+        recorded = Captions.settings(cfg, RunContext())["template_sha256"]
+        assert recorded == text_template(cfg).digest() == load_template(DEFAULT_TEXT_TEMPLATE).digest(), backend
+
+
 def test_a_text_template_with_an_image_is_refused(tmp_path):
     from recaption.captioners.text import text_template
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from recaption.captioners import build_captioner, list_presets, load_preset
 from recaption.captioners.base import BACKENDS, guess_backend
-from recaption.captioners.chat import load_template, parse_template
+from recaption.captioners.chat import DEFAULT_TEMPLATE, load_template, parse_template
 from recaption.captioners.vlm import PROCESSOR_NEEDS
 from recaption.demo.tiny_models import VLM_BUILDERS
 from recaption.errors import RecaptionError
@@ -69,7 +69,7 @@ def test_the_vlm_presets_name_ids_the_backend_serves():
     assert len(vlm) >= 3
     for name, p in vlm.items():
         assert guess_backend(p["model"]) == "vlm", name
-        load_template(p.get("template") or "caption")
+        load_template(p.get("template") or DEFAULT_TEMPLATE)
     assert guess_backend("Salesforce/blip-image-captioning-base") == "blip"  # served by one backend only
 
 
@@ -148,6 +148,23 @@ def test_caption_the_test_shards_through_the_cli(vlms, family, shard_dir, tmp_pa
     settings = json.loads((out / "_recaption.json").read_text())["groups"]["captions"]
     assert (settings["backend"], settings["template"]) == ("vlm", "alt-text")
     assert settings["template_sha256"] == load_template("alt-text").digest() and settings["engine_args"] == {}
+
+
+
+def test_the_default_template_is_the_one_rendered_and_recorded(vlms):
+    """With no --template a VLM renders `chat.DEFAULT_TEMPLATE`, and the captions group of every
+    chat backend that reads images records that template's digest."""
+    from recaption.annotators.base import RunContext
+    from recaption.annotators.captions import Captions
+    from recaption.captioners.base import CaptionerConfig
+
+    cap = build_captioner(load_preset(vlms["qwen2_vl"], max_new_tokens=2, dtype="float32"))
+    assert cap.template == load_template(DEFAULT_TEMPLATE)
+    chat = [n for n in BACKENDS.names() if BACKENDS.get(n).chat and BACKENDS.get(n).images]
+    assert chat
+    for backend in chat:
+        s = Captions.settings(CaptionerConfig(backend=backend, model="m"), RunContext())
+        assert s["template"] is None and s["template_sha256"] == cap.template.digest(), backend
 
 
 def test_templates_are_chat_messages_and_model_markup_is_refused(tmp_path):
@@ -306,8 +323,8 @@ def test_an_edited_template_or_other_engine_args_are_not_resumed(vlms, shard_dir
 @pytest.mark.slow
 def test_a_folder_written_before_the_digest_resumes_saying_so(vlms, shard_dir, tmp_path, caplog):
     """A folder whose captions group records no template digest or engine_args (an older
-    recaption's) resumes with a warning that they are unknown, its record left claiming nothing
-    more; --overwrite redoes it and records them."""
+    recaption's) resumes with a warning that they are unknown, its record naming them as what its
+    older files lack; --overwrite redoes it and records them."""
     import logging
 
     shard, out, qwen = shard_dir / "00000.tar", tmp_path / "ann", vlms["qwen2_vl"]
@@ -329,11 +346,12 @@ def test_a_folder_written_before_the_digest_resumes_saying_so(vlms, shard_dir, t
     said = [r.getMessage() for r in caplog.records if "template_sha256" in r.getMessage()]
     assert said and "recorded without template_sha256 and engine_args" in said[0] and "unknown" in said[0]
     assert _mtimes(out) == before  # resumed, nothing redone
-    assert "template_sha256" not in json.loads(record_path.read_text())["groups"]["captions"]
+    assert json.loads(record_path.read_text())["unrecorded"] == {"captions": ["template_sha256", "engine_args"]}
     assert _caption(shard, out, qwen, "--template", "alt-text", "--overwrite") == 0
     for f in out.glob("*.parquet"):
         assert "template_sha256" in ann.metadata(pq.read_schema(f))["groups"]["captions"]
     assert json.loads(record_path.read_text())["groups"]["captions"]["engine_args"] == {}
+    assert "unrecorded" not in json.loads(record_path.read_text())  # every file redone
 
 
 def test_microsofts_own_florence2_repositories_are_refused_naming_the_converted_ones():

@@ -267,3 +267,25 @@ def test_thumbnail_data_of_an_eval_image(eval_dir):
 
     assert Image.open(io.BytesIO(eval_image(str(eval_dir), "val/chelsea.jpg"))).size == (451, 300)
     assert eval_image(str(eval_dir), "more/h1") == PHOTOS[3].read_bytes()
+
+
+def test_every_rules_reason_falls_in_the_category_the_summary_counts_it_under():
+    """`removal.categories_of` (verify's) inverts the reasons `dedup` writes, for every rule, for
+    duplicates and overlaps, whatever the partner's name holds; other reasons are none of them."""
+    import numpy as np
+    import pyarrow as pa
+
+    from recaption.dedup import duplicates
+    from recaption.mixing import removal
+
+    codes = np.array(sorted(duplicates.RULE_NAMES), np.int8)
+    n = len(codes)
+    drops = duplicates.FileDrops(np.arange(n, dtype=np.int32), codes, np.zeros(n, np.int32),
+                                 np.zeros(n, np.int32), np.full(n, 0.93, np.float32))
+    names = pa.array([f"00001/odd (phash, {i})" for i in range(n)])
+    for start, prefix in removal.CATEGORY.items():
+        texts = duplicates.reasons(drops, names, prefix=start.strip())
+        assert all(t.startswith(start) for t in texts.to_pylist())
+        assert removal.categories_of(texts).to_pylist() == [duplicates.category(c, prefix) for c in codes]
+    others = ["filter: min-side 120 < 200", "decode: truncated", "duplicate of 00001/k (no such rule, 1)", ""]
+    assert removal.categories_of(pa.array(others)).null_count == len(others)

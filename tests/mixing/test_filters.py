@@ -101,6 +101,7 @@ def _mix(pool, out, *filters, strategy="raw", **kw):
     drops = {k: r for (k, _), r in dropped(out).items()}
     # every input sample ends in exactly one place
     assert kept.isdisjoint(drops) and kept | set(drops) == set(input_samples(shards))
+    assert api.verify(str(out)) == []  # each filter reason counted in its rule's category
     return s, kept, drops
 
 
