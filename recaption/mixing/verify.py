@@ -10,7 +10,7 @@ inputs? Every check reads what the folder recorded, never re-decides a row:
 * each output shard has its tar, parquet and stats; the stats name decisions files as they are now
   (`built_from`); the tar reads to its end-of-archive blocks and holds its parts' kept samples in
   order, each with the members the decisions give it (`txt` their caption, `json` ending with their
-  `recaption` object, `syn.txt` where the strategy writes one), and the parquet the same samples
+  caption keys, tags and `recaption` object, `syn.txt` where the strategy writes one), and the parquet the same samples
   and captions; every kept sample is in exactly one output shard.
 
 Memory stays within one shard's worth: decisions files are read one at a time, output shards one
@@ -41,11 +41,12 @@ SUMMARY = "_summary.json"
 DROPPED = "_dropped.parquet"
 # the settings a decisions file records that the summary records too (absent in both: the default)
 SETTINGS = {"strategy": None, "threshold": None, "threshold_column": None, "alpha": None,
-            "filter_synthetic": None, "caption_keys": "none", "synthetic_group": None, "min_max": None}
+            "filter_synthetic": None, "caption_keys": "none", "synthetic_group": None, "min_max": None,
+            "json_tags": None}
 DECIDED = ["key", "kept", "reason", "caption_source"]
 EXPECT = ["key", "caption", "caption_source", "raw_caption", "synthetic_caption", "clip_raw", "clip_synthetic",
           "sieve", "blend", "captioner"]
-KEYS = ["captions", "caption_groups"]  # the decisions columns `--caption-keys` are written from
+KEYS = ["captions", "caption_groups", "json_tags"]  # the decisions columns the json's keys are written from
 NEW = ("txt", "json")  # members every written sample has (`output.members.members`)
 
 

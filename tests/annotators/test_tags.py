@@ -381,3 +381,38 @@ def test_unblur_on_a_folder_without_nsfw_scores_is_refused_in_one_line(tagged, t
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
     assert len(err) == 1 and "--unblur" in err[0] and "punsafe" in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_verify_checks_the_json_tags_of_every_written_sample(tagged, tmp_path, capsys):
+    """A tag value edited in a written json, or a summary recording other tags than the decisions,
+    fails verify (it compared the recaption object only: the tags could say anything)."""
+    import io
+    import shutil
+    import tarfile
+
+    out = tmp_path / "out"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "-q",
+               "--json-tags", "punsafe,pwatermark") == 0
+    assert cli("verify", out) == 0
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    tar = sorted(edited.glob("*.tar"))[0]
+    with tarfile.open(tar) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers() if m.isfile()]
+    first = next(m.name for m, _ in members if m.name.endswith(".json"))
+    with tarfile.open(tar, "w") as dst:
+        for m, data in members:
+            if m.name == first:
+                j = json.loads(data)
+                data = data.replace(json.dumps(j["punsafe"]).encode(), json.dumps(j["punsafe"] / 2).encode())
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    capsys.readouterr()
+    assert cli("verify", edited) == 1
+    said = capsys.readouterr().out
+    assert f"sample {first.split('.')[0]!r} has a json whose caption keys" in said, said
+    s = json.loads((out / "_summary.json").read_text())
+    (out / "_summary.json").write_text(json.dumps({**s, "json_tags": ["punsafe"]}))
+    assert cli("verify", out) == 1
+    assert "was made with json_tags ['punsafe', 'pwatermark'], _summary.json records ['punsafe']" in \
+        capsys.readouterr().out
