@@ -416,3 +416,35 @@ def test_verify_checks_the_json_tags_of_every_written_sample(tagged, tmp_path, c
     assert cli("verify", out) == 1
     assert "was made with json_tags ['punsafe', 'pwatermark'], _summary.json records ['punsafe']" in \
         capsys.readouterr().out
+
+
+def test_an_overlap_of_a_blurred_sample_shows_the_evaluation_image_blurred_too(tagged, tmp_path):
+    """The evaluation image an overlap pairs with a pool sample is a copy of it: shown sharp beside
+    the blurred pool thumbnail, it was the sharp copy the page must not hold."""
+    from PIL import Image
+
+    from tests.helpers import PHOTOS
+
+    pytest.importorskip("matplotlib")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for p in PHOTOS[:2]:  # astronaut and chelsea: each overlaps its copies in the pool
+        Image.open(p).save(bench / f"{p.stem}.png")
+    out = tmp_path / "out"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "--decontaminate", bench,
+               "-q") == 0
+    assert cli("report", out, "-o", tmp_path / "blurred") == 0
+    assert cli("report", out, "-o", tmp_path / "sharp", "--unblur") == 0
+    from recaption.report.data import load
+    from recaption.report.html import blurred
+
+    d = load(out)
+    hidden = blurred(d)
+    evals = {o["eval"] for o in d.overlaps if (o["shard"], o["key"]) in hidden}
+    pairs = [i for i, o in enumerate(d.overlaps) if o["eval"] in evals]  # every pair showing such an image
+    assert any((d.overlaps[i]["shard"], d.overlaps[i]["key"]) not in hidden for i in pairs)  # a copy past the grid
+    for i in pairs:
+        for side in ("pool", "eval"):
+            name = f"img/overlap-{i}-{side}.jpg"
+            b, s = _sharpness(tmp_path / "blurred" / name), _sharpness(tmp_path / "sharp" / name)
+            assert b < s / 3, (d.overlaps[i]["key"], side, b, s)
