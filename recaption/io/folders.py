@@ -376,8 +376,18 @@ def _refuse_foreign_files(out_dir: str) -> None:
 
 
 def record_written(out_dir: str, rec: dict, names: list[str]) -> None:
-    """Add names to the record before they are written, so --overwrite can remove them later."""
+    """Add names to the record before they are written, so --overwrite can remove them later. A
+    file already at a name the record does not list is not recaption's: refused in one line, never
+    written over (a name inside a folder an older record lists whole is that folder's)."""
     new = [n for n in names if n not in set(rec.get("written", []))]
+    whole = set(recorded_folders(rec)) & set(rec.get("written", []))
+    held: dict = {}  # each folder listed once, not a request a name (an object store's folders)
+    for parent in dict.fromkeys(n.rpartition("/")[0] for n in new if n.split("/", 1)[0] not in whole):
+        held[parent] = set(_names(join(out_dir, parent) if parent else out_dir) or [])
+    theirs = [n for n in new if n.split("/", 1)[0] not in whole and n.rpartition("/")[2] in held[n.rpartition("/")[0]]]
+    if theirs:
+        raise RecaptionError(f"{join(out_dir, theirs[0])} is not a file recaption wrote (the folder's record does not "
+                             "list it), so it is never written over; move it away, or choose another --out")
     if new:
         rec["written"] = list(rec.get("written", [])) + new
         write_record(out_dir, rec)
