@@ -17,7 +17,7 @@ Memory stays within one shard's worth: decisions files are read one at a time, o
 at a time (with the few decisions files their parts name), and the drops file as a stream.
 
 An annotation folder is checked file by file: readable, one row a key, and with `shards` given,
-each file's recorded shard identity against the shard now.
+each file's recorded shard identity against the shard now, and every shard given has its file.
 """
 from __future__ import annotations
 
@@ -589,4 +589,7 @@ def _annotations(folder: str, shards: list[str] | None) -> list[str]:
             change = tarindex.change(tarindex.identity(url), recorded)
             if change is not None and change != tarindex.NO_STAMP:
                 out.append(f"{url} changed since it was annotated ({change})")
+    held = {n[: -len(".parquet")] for n in files}
+    out += [f"{u}: no annotation file in {folder} (annotating it resumes the folder)" for n, u in by_name.items()
+            if n not in held]
     return out
