@@ -144,15 +144,22 @@ def test_a_users_file_where_a_rerun_would_write_is_refused_not_written_over(shar
 def test_a_record_naming_files_outside_the_folder_never_removes_them(shard_dir, ann, tmp_path):
     """A record is a file anyone may edit: a re-run prunes only names inside the folder that the
     record lists (it removed `_decisions/../../NAME.parquet`, and an output shard's every file
-    where the record named its stats alone)."""
+    where the record named its stats alone; and it swept the temporaries of a folder beside it)."""
     out = tmp_path / "out"
     assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "-q") == 0
     for name in ("victim.parquet", "victim_stats.json", "victim.tar"):
         (tmp_path / name).write_text("precious")
     (out / "mine.tar").write_text("mine")
     rec = json.loads((out / folders.RECORD).read_text())
-    rec["written"] += ["_decisions/../../victim.parquet", "../victim_stats.json", "mine_stats.json"]
+    from tests.helpers import dead_pid
+
+    other = tmp_path / "other"  # another run's folder, with a temporary of its own
+    other.mkdir()
+    temp = other / f".x.parquet.recaption-{dead_pid()}-0123abcd.tmp"
+    temp.write_text("theirs")
+    rec["written"] += ["_decisions/../../victim.parquet", "../victim_stats.json", "mine_stats.json",
+                       "../other/x.parquet"]
     (out / folders.RECORD).write_text(json.dumps(rec))
     assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "-q") == 0
     assert all((tmp_path / n).read_text() == "precious" for n in ("victim.parquet", "victim_stats.json", "victim.tar"))
-    assert (out / "mine.tar").read_text() == "mine"
+    assert (out / "mine.tar").read_text() == "mine" and temp.read_text() == "theirs"

@@ -352,9 +352,11 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
 
 
 def recorded_folders(rec: dict) -> list[str]:
-    """The folders a record's names lie in or name (`_decisions`), once each, in order."""
-    out = [n for n in rec.get("written", []) if "." not in n and "/" not in n]
-    out += [n.rsplit("/", 1)[0] for n in rec.get("written", []) if "/" in n]
+    """The folders a record's names lie in or name (`_decisions`), once each, in order; never one
+    outside the folder (an edited record's `../NAME`)."""
+    names = [n for n in rec.get("written", []) if not any(p in ("", ".", "..") for p in n.split("/"))]
+    out = [n for n in names if "." not in n and "/" not in n]
+    out += [n.rsplit("/", 1)[0] for n in names if "/" in n]
     return list(dict.fromkeys(out))
 
 
@@ -488,7 +490,7 @@ def claim_report(out_dir: str, identity: dict) -> dict:
         raise RecaptionError(f"{out_dir} is recaption's {rec.get('kind')} folder, not a report's; "
                              "choose another --out for the report")
     makedirs(out_dir)
-    for folder in {out_dir, *(join(out_dir, n.rsplit("/", 1)[0]) for n in rec.get("written", []) if "/" in n)}:
+    for folder in {out_dir, *(join(out_dir, n) for n in recorded_folders(rec))}:
         if exists(folder):
             remove_stale_temps(folder)
     rec = {**rec, "identity": identity}
