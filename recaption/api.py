@@ -537,8 +537,9 @@ def _remove_unplanned(out_dir: str, rec: dict, planned: set[str]) -> int:
     """Output shards an earlier plan of this folder wrote that the plan now has no place for (fewer
     kept samples): their files go (only files the record lists), and so do their names in the
     record. Returns how many shards."""
-    names = {n.rsplit("_stats.json", 1)[0] for n in rec.get("written", []) if n.endswith("_stats.json")}
-    gone = sum(_remove_output_shard(out_dir, name) for name in sorted(names - planned))
+    written = set(rec.get("written", []))  # a name with a `/` is not an output shard's (an edited record)
+    names = {n.rsplit("_stats.json", 1)[0] for n in written if n.endswith("_stats.json") and "/" not in n}
+    gone = sum(_remove_output_shard(out_dir, name, written) for name in sorted(names - planned))
     unplanned = {f"{n}{s}" for n in names - planned for s in ("_stats.json", ".tar", ".parquet")}
     if unplanned & set(rec.get("written", [])):
         rec["written"] = [n for n in rec["written"] if n not in unplanned]
@@ -546,15 +547,15 @@ def _remove_unplanned(out_dir: str, rec: dict, planned: set[str]) -> int:
     return gone
 
 
-def _remove_output_shard(out_dir: str, name: str) -> bool:
-    """Remove an output shard's files (the stats first: a shard without them is unfinished);
-    whether any was there."""
+def _remove_output_shard(out_dir: str, name: str, only: set | None = None) -> bool:
+    """Remove an output shard's files (the stats first: a shard without them is unfinished), of
+    `only` the names given; whether any was there."""
     from recaption.io.atomic import exists, remove
 
     found = False
     for suffix in ("_stats.json", ".tar", ".parquet"):
         p = join(out_dir, name + suffix)
-        if exists(p):
+        if (only is None or name + suffix in only) and exists(p):
             remove(p)
             found = True
     return found

@@ -120,3 +120,46 @@ def test_overwrite_leaves_a_users_file_in_the_decisions_folder(shard_dir, ann, t
     assert verify(str(out)) == []  # the user's parquet is not the mix's: verify leaves it out, as readers do
     (out / "_decisions" / "00002.parquet").unlink()
     assert any("00002.parquet is missing" in p for p in verify(str(out)))  # the mix's own are still checked
+
+
+@pytest.mark.parametrize("name", ["_decisions/00001.parquet", "00001.tar"])
+def test_a_users_file_where_a_rerun_would_write_is_refused_not_written_over(shard_dir, ann, tmp_path, capsys, name):
+    """A file the record does not list is not recaption's, even in its folder: a re-run that would
+    write that name (here: a shard more than the first run read) stops there, naming it."""
+    out = tmp_path / "out"
+    assert cli("mix", shard_dir / "00000.tar", "-a", ann, "-o", out, "--strategy", "raw", "--keep-sharding", "-q") == 0
+    (out / name).write_bytes(b"mine")
+    capsys.readouterr()
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--keep-sharding", "--overwrite",
+               "-q") == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
+    assert len(err) == 1 and f"{out / name} is not a file recaption wrote" in err[0], err
+    assert (out / name).read_bytes() == b"mine"
+    (out / name).unlink()  # moved away: the same command goes on
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "--keep-sharding", "--overwrite",
+               "-q") == 0
+    assert cli("verify", out) == 0
+
+
+def test_a_record_naming_files_outside_the_folder_never_removes_them(shard_dir, ann, tmp_path):
+    """A record is a file anyone may edit: a re-run prunes only names inside the folder that the
+    record lists (it removed `_decisions/../../NAME.parquet`, and an output shard's every file
+    where the record named its stats alone; and it swept the temporaries of a folder beside it)."""
+    out = tmp_path / "out"
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "-q") == 0
+    for name in ("victim.parquet", "victim_stats.json", "victim.tar"):
+        (tmp_path / name).write_text("precious")
+    (out / "mine.tar").write_text("mine")
+    rec = json.loads((out / folders.RECORD).read_text())
+    from tests.helpers import dead_pid
+
+    other = tmp_path / "other"  # another run's folder, with a temporary of its own
+    other.mkdir()
+    temp = other / f".x.parquet.recaption-{dead_pid()}-0123abcd.tmp"
+    temp.write_text("theirs")
+    rec["written"] += ["_decisions/../../victim.parquet", "../victim_stats.json", "mine_stats.json",
+                       "../other/x.parquet"]
+    (out / folders.RECORD).write_text(json.dumps(rec))
+    assert cli("mix", shard_dir, "-a", ann, "-o", out, "--strategy", "raw", "-q") == 0
+    assert all((tmp_path / n).read_text() == "precious" for n in ("victim.parquet", "victim_stats.json", "victim.tar"))
+    assert (out / "mine.tar").read_text() == "mine" and temp.read_text() == "theirs"

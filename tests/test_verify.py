@@ -357,3 +357,23 @@ def test_each_drop_category_is_checked_on_its_own_duplicates_included(tmp_path, 
     (out / "_summary.json").write_text(original)
     capsys.readouterr()
     assert cli("verify", out) == 0
+
+
+def test_an_annotation_folder_is_checked_against_every_input_shard_given(shard_dir, tmp_path, capsys):
+    """With --input, every shard given has its annotation file (one without was said to hold,
+    though a mix of those shards fails) and each is the shard annotated."""
+    shards = shutil.copytree(shard_dir, tmp_path / "shards", copy_function=shutil.copy2)
+    ann = tmp_path / "ann"
+    assert cli("score", shards, "-a", ann, "--no-clip", "--no-sieve", "-q") == 0
+    assert cli("verify", ann, "--input", shards) == 0
+    extra = shards / "00009.tar"
+    shutil.copy2(shards / "00000.tar", extra)  # an input shard never annotated
+    capsys.readouterr()
+    assert cli("verify", ann, "--input", shards) == 1
+    assert f"{extra}: no annotation file in {ann}" in capsys.readouterr().out
+    extra.unlink()
+    with open(shards / "00001.tar", "ab") as f:  # a shard changed since it was annotated
+        f.write(b"\0" * 512)
+    capsys.readouterr()
+    assert cli("verify", ann, "--input", shards) == 1
+    assert "00001.tar changed since it was annotated" in capsys.readouterr().out

@@ -80,7 +80,7 @@ def named(name: str) -> type:
     if group is None:
         raise RecaptionError(f"internal: {name!r} is not a named caption group")
     check_name(group)
-    key = f"{name}/text" if group in _TEXT and base in ("captions", "clip") else name
+    key = f"{name}/text" if group in _TEXT and base in ("captions", "clip", "length") else name
     if key not in _MADE:
         _MADE[key] = _make(base, group, key != name)
     return _MADE[key]
@@ -96,7 +96,7 @@ def _make(base: str, group: str, text: bool = False) -> type:
     own = [c for c in parent.columns if c.name not in unnamed]
     extra = {}
     if text:
-        mixin = {"captions": _TextCaptions, "clip": _TextClip}[base]
+        mixin = {"captions": _TextCaptions, "clip": _TextClip, "length": _TextLength}[base]
         extra = {"reads_images": base != "captions"}
         if base == "captions":
             own.append(Column("fusion", "string"))
@@ -322,6 +322,35 @@ class _TextClip(_NamedClip):
             _, scores = self.scorer.score(emb, [None] * len(part), [r[cap] for r in part])
             for r, sc in zip(part, scores):
                 r[out] = sc
+        self._emb.clear()
+
+
+class _TextLength(_NamedRows):
+    """A chained group's token counts and sentence scores: its captions are written at the end of
+    the shard, so they are measured then, against the image embeddings kept from the pass's batches."""
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self._emb: dict[int, object] = {}
+
+    def annotate_batch(self, batch) -> None:
+        """Keep the image embeddings of the batch's live rows (no caption of the group exists yet)."""
+        from recaption.annotators.clip import embed
+
+        idx = batch.live()
+        if idx:
+            emb = embed(self.scorer, batch, idx).detach().cpu()
+            for k, i in enumerate(idx):
+                self._emb[id(batch.rows[i])] = emb[k]
+
+    def finish_shard(self, rows: list[dict]) -> None:
+        """The token counts and sentence scores of every caption the chained group wrote."""
+        import torch
+
+        live = [r for r in rows if id(r) in self._emb]
+        if live:
+            self.measure([Renamed(r, self.renames) for r in live],
+                         lambda: torch.stack([self._emb[id(r)] for r in live]).to(self.scorer.device))
         self._emb.clear()
 
 

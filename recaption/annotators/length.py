@@ -92,15 +92,20 @@ class Length(Annotator):
 
     def annotate_batch(self, batch) -> None:
         """Count every caption's tokens; score the sentences of the long ones in one text call."""
-        import numpy as np
-
         from recaption.annotators.clip import embed
-        from recaption.scoring import sentences
 
         idx = batch.live()
-        if not idx:
-            return
-        rows = [batch.rows[i] for i in idx]
+        if idx:
+            self.measure([batch.rows[i] for i in idx], lambda: embed(self.scorer, batch, idx))
+
+    def measure(self, rows: list, embeddings) -> None:
+        """Token counts and sentence scores of `rows`' captions; `embeddings()` gives the rows'
+        image embeddings, asked for only where a caption is longer than the context (a chained
+        group measures its captions at the end of the shard, from the embeddings it kept)."""
+        import numpy as np
+
+        from recaption.scoring import sentences
+
         raw_too = getattr(self, "group", None) is None
         texts, owner, slot = [], [], []  # slot -1: the alt-text, j: candidate j
         for k, r in enumerate(rows):
@@ -125,7 +130,7 @@ class Length(Annotator):
             split = sentences.split(pa.array([texts[i] for i in long], pa.string()))
             lens = pc.list_value_length(split).to_numpy(zero_copy_only=False).astype(np.int64)
             flat = pc.list_flatten(split).to_pylist()
-            emb = embed(self.scorer, batch, idx)
+            emb = embeddings()
             t = self.scorer.encode_texts(flat)
             of = np.repeat(owner_a[long], lens)
             sims = (emb[of].to(t.device) * t).sum(-1).cpu().numpy().astype(np.float64)

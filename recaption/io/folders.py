@@ -354,9 +354,11 @@ def claim_output(out_dir: str, kind: str, identity: dict, overwrite: bool, *,
 
 
 def recorded_folders(rec: dict) -> list[str]:
-    """The folders a record's names lie in or name (`_decisions`), once each, in order."""
-    out = [n for n in rec.get("written", []) if "." not in n and "/" not in n]
-    out += [n.rsplit("/", 1)[0] for n in rec.get("written", []) if "/" in n]
+    """The folders a record's names lie in or name (`_decisions`), once each, in order; never one
+    outside the folder (an edited record's `../NAME`)."""
+    names = [n for n in rec.get("written", []) if not any(p in ("", ".", "..") for p in n.split("/"))]
+    out = [n for n in names if "." not in n and "/" not in n]
+    out += [n.rsplit("/", 1)[0] for n in names if "/" in n]
     return list(dict.fromkeys(out))
 
 
@@ -378,8 +380,18 @@ def _refuse_foreign_files(out_dir: str) -> None:
 
 
 def record_written(out_dir: str, rec: dict, names: list[str]) -> None:
-    """Add names to the record before they are written, so --overwrite can remove them later."""
+    """Add names to the record before they are written, so --overwrite can remove them later. A
+    file already at a name the record does not list is not recaption's: refused in one line, never
+    written over (a name inside a folder an older record lists whole is that folder's)."""
     new = [n for n in names if n not in set(rec.get("written", []))]
+    whole = set(recorded_folders(rec)) & set(rec.get("written", []))
+    held: dict = {}  # each folder listed once, not a request a name (an object store's folders)
+    for parent in dict.fromkeys(n.rpartition("/")[0] for n in new if n.split("/", 1)[0] not in whole):
+        held[parent] = set(_names(join(out_dir, parent) if parent else out_dir) or [])
+    theirs = [n for n in new if n.split("/", 1)[0] not in whole and n.rpartition("/")[2] in held[n.rpartition("/")[0]]]
+    if theirs:
+        raise RecaptionError(f"{join(out_dir, theirs[0])} is not a file recaption wrote (the folder's record does not "
+                             "list it), so it is never written over; move it away, or choose another --out")
     if new:
         rec["written"] = list(rec.get("written", [])) + new
         write_record(out_dir, rec)
@@ -480,7 +492,7 @@ def claim_report(out_dir: str, identity: dict) -> dict:
         raise RecaptionError(f"{out_dir} is recaption's {rec.get('kind')} folder, not a report's; "
                              "choose another --out for the report")
     makedirs(out_dir)
-    for folder in {out_dir, *(join(out_dir, n.rsplit("/", 1)[0]) for n in rec.get("written", []) if "/" in n)}:
+    for folder in {out_dir, *(join(out_dir, n) for n in recorded_folders(rec))}:
         if exists(folder):
             remove_stale_temps(folder)
     rec = {**rec, "identity": identity}

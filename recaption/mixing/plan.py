@@ -68,7 +68,9 @@ def listed_decisions(rec: dict) -> set[str] | None:
     if FOLDER in written:
         return None
     pre = FOLDER + "/"
-    return {n[len(pre):].removesuffix(".parquet") for n in written if n.startswith(pre) and n.endswith(".parquet")}
+    # a name with a further `/` lies outside the folder's own files (an edited record): never followed
+    return {n[len(pre):].removesuffix(".parquet") for n in written
+            if n.startswith(pre) and n.endswith(".parquet") and "/" not in n[len(pre):]}
 
 
 def is_decisions_file(url: str) -> bool:

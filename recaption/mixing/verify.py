@@ -10,14 +10,14 @@ inputs? Every check reads what the folder recorded, never re-decides a row:
 * each output shard has its tar, parquet and stats; the stats name decisions files as they are now
   (`built_from`); the tar reads to its end-of-archive blocks and holds its parts' kept samples in
   order, each with the members the decisions give it (`txt` their caption, `json` ending with their
-  `recaption` object, `syn.txt` where the strategy writes one), and the parquet the same samples
+  caption keys, tags and `recaption` object, `syn.txt` where the strategy writes one), and the parquet the same samples
   and captions; every kept sample is in exactly one output shard.
 
 Memory stays within one shard's worth: decisions files are read one at a time, output shards one
 at a time (with the few decisions files their parts name), and the drops file as a stream.
 
 An annotation folder is checked file by file: readable, one row a key, and with `shards` given,
-each file's recorded shard identity against the shard now.
+each file's recorded shard identity against the shard now, and every shard given has its file.
 """
 from __future__ import annotations
 
@@ -41,11 +41,12 @@ MIX_KINDS = ("mix", "run", "overlay")
 DROPPED = "_dropped.parquet"
 # the settings a decisions file records that the summary records too (absent in both: the default)
 SETTINGS = {"strategy": None, "threshold": None, "threshold_column": None, "alpha": None,
-            "filter_synthetic": None, "caption_keys": "none", "synthetic_group": None, "min_max": None}
+            "filter_synthetic": None, "caption_keys": "none", "synthetic_group": None, "min_max": None,
+            "json_tags": None}
 DECIDED = ["key", "kept", "reason", "caption_source"]
 EXPECT = ["key", "caption", "caption_source", "raw_caption", "synthetic_caption", "clip_raw", "clip_synthetic",
           "sieve", "blend", "captioner"]
-KEYS = ["captions", "caption_groups"]  # the decisions columns `--caption-keys` are written from
+KEYS = ["captions", "caption_groups", "json_tags"]  # the decisions columns the json's keys are written from
 NEW = ("txt", "json")  # members every written sample has (`output.members.members`)
 
 
@@ -504,4 +505,7 @@ def _annotations(folder: str, shards: list[str] | None) -> list[str]:
             change = tarindex.change(tarindex.identity(url), recorded)
             if change is not None and change != tarindex.NO_STAMP:
                 out.append(f"{url} changed since it was annotated ({change})")
+    held = {n[: -len(".parquet")] for n in files}
+    out += [f"{u}: no annotation file in {folder} (annotating it resumes the folder)" for n, u in by_name.items()
+            if n not in held]
     return out

@@ -227,11 +227,15 @@ def _overlap_pairs(d: ReportData, files: dict) -> str:
     if not d.overlaps:
         return ""
     cells = []
+    hidden = blurred(d)
+    # the evaluation image is a copy of its pool sample: blurred with it, in every pair that shows it
+    evals = {o["eval"] for o in d.overlaps if (o["shard"], o["key"]) in hidden}
     for i, o in enumerate(d.overlaps):
         imgs = ""
+        blur = (o["shard"], o["key"]) in hidden or o["eval"] in evals
         for side, data in (("pool", d.images.get((o["shard"], o["key"]))), ("eval", d.eval_images.get(o["eval"]))):
             name = f"img/overlap-{i}-{side}.jpg"
-            if _thumb(data, files, name, side == "pool" and (o["shard"], o["key"]) in blurred(d)):
+            if _thumb(data, files, name, blur):
                 imgs += f'<img src="{name}" alt="{side}: {html.escape(o["key"] if side == "pool" else o["eval"])}">'
         cells.append(f'<div class="pair"><div class="imgs">{imgs}</div>'
                      f'<div class="k">{html.escape(o["shard"])}/{html.escape(o["key"])}</div>'

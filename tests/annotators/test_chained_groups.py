@@ -325,3 +325,39 @@ def test_one_run_writes_a_chained_and_a_fused_group_beside_what_they_read(shard_
     assert "captions.refined" not in rec and "captions.fused" not in rec and "captions.again" not in rec
     cols = pq.read_schema(sorted(ann.glob("*.parquet"))[0]).names
     assert "captions__fused" not in cols and "fusion__refined" not in cols
+
+
+@pytest.mark.slow
+def test_a_chained_groups_length_counts_and_scores_the_captions_it_wrote(shard_dir, tiny_models, lm, tmp_path):
+    """The text model writes its captions at the end of the shard: its length group measures them
+    then (it had recorded no token count for a caption it holds)."""
+    import numpy as np
+    import open_clip
+
+    from recaption.io import embeddings
+    from recaption.scoring import sentences
+    from recaption.scoring.clip import ClipConfig, ClipScorer
+
+    ann = tmp_path / "ann"
+    fuse = _template(tmp_path, "fuse", "Alt: {alt_text}\\nCaption: {caption:short}\\nNew:")
+    assert cli("annotate", shard_dir, "-o", ann, "--captioner", "none", "--group",
+               f"short={tiny_models['blip']},max_new_tokens=4", "--clip-model", tiny_models["clip"], "--no-sieve",
+               "--save-embeddings", "-q", "--group", f"fused={lm},backend=text,template={fuse},max_new_tokens=120") == 0
+    bpe = open_clip.get_tokenizer(tiny_models["clip"])
+    scorer = ClipScorer(ClipConfig(model=tiny_models["clip"]))
+    long_seen = 0
+    for p in sorted(ann.glob("*.parquet")):
+        vectors, _ = embeddings.read(str(ann), p.stem)
+        for r, v in zip(_rows(p), vectors.astype(np.float32)):
+            if r["status"] != "ok":
+                continue
+            caps = r["captions__fused"]
+            assert caps and r["clip_captions_tokens__fused"] == [len(bpe.encode(c)) + 2 for c in caps], r["key"]
+            for c, n, lo in zip(caps, r["clip_captions_tokens__fused"], r["clip_captions_sent_min__fused"]):
+                if n <= r["clip_context"]:
+                    assert lo is None
+                    continue
+                long_seen += 1
+                s = scorer.encode_texts(sentences.split([c]).to_pylist()[0]).numpy() @ v
+                assert lo == pytest.approx(s.min(), abs=3e-3)
+    assert long_seen

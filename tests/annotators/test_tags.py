@@ -381,3 +381,70 @@ def test_unblur_on_a_folder_without_nsfw_scores_is_refused_in_one_line(tagged, t
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("recaption: error:")]
     assert len(err) == 1 and "--unblur" in err[0] and "punsafe" in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_verify_checks_the_json_tags_of_every_written_sample(tagged, tmp_path, capsys):
+    """A tag value edited in a written json, or a summary recording other tags than the decisions,
+    fails verify (it compared the recaption object only: the tags could say anything)."""
+    import io
+    import shutil
+    import tarfile
+
+    out = tmp_path / "out"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "-q",
+               "--json-tags", "punsafe,pwatermark") == 0
+    assert cli("verify", out) == 0
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    tar = sorted(edited.glob("*.tar"))[0]
+    with tarfile.open(tar) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers() if m.isfile()]
+    first = next(m.name for m, _ in members if m.name.endswith(".json"))
+    with tarfile.open(tar, "w") as dst:
+        for m, data in members:
+            if m.name == first:
+                j = json.loads(data)
+                data = data.replace(json.dumps(j["punsafe"]).encode(), json.dumps(j["punsafe"] / 2).encode())
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    capsys.readouterr()
+    assert cli("verify", edited) == 1
+    said = capsys.readouterr().out
+    assert f"sample {first.split('.')[0]!r} has a json whose caption keys" in said, said
+    s = json.loads((out / "_summary.json").read_text())
+    (out / "_summary.json").write_text(json.dumps({**s, "json_tags": ["punsafe"]}))
+    assert cli("verify", out) == 1
+    assert "was made with json_tags ['punsafe', 'pwatermark'], _summary.json records ['punsafe']" in \
+        capsys.readouterr().out
+
+
+def test_an_overlap_of_a_blurred_sample_shows_the_evaluation_image_blurred_too(tagged, tmp_path):
+    """The evaluation image an overlap pairs with a pool sample is a copy of it: shown sharp beside
+    the blurred pool thumbnail, it was the sharp copy the page must not hold."""
+    from PIL import Image
+
+    from tests.helpers import PHOTOS
+
+    pytest.importorskip("matplotlib")
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for p in PHOTOS[:2]:  # astronaut and chelsea: each overlaps its copies in the pool
+        Image.open(p).save(bench / f"{p.stem}.png")
+    out = tmp_path / "out"
+    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "--decontaminate", bench,
+               "-q") == 0
+    assert cli("report", out, "-o", tmp_path / "blurred") == 0
+    assert cli("report", out, "-o", tmp_path / "sharp", "--unblur") == 0
+    from recaption.report.data import load
+    from recaption.report.html import blurred
+
+    d = load(out)
+    hidden = blurred(d)
+    evals = {o["eval"] for o in d.overlaps if (o["shard"], o["key"]) in hidden}
+    pairs = [i for i, o in enumerate(d.overlaps) if o["eval"] in evals]  # every pair showing such an image
+    assert any((d.overlaps[i]["shard"], d.overlaps[i]["key"]) not in hidden for i in pairs)  # a copy past the grid
+    for i in pairs:
+        for side in ("pool", "eval"):
+            name = f"img/overlap-{i}-{side}.jpg"
+            b, s = _sharpness(tmp_path / "blurred" / name), _sharpness(tmp_path / "sharp" / name)
+            assert b < s / 3, (d.overlaps[i]["key"], side, b, s)
