@@ -2,9 +2,12 @@
 
 A caption is split after `.`, `!` or `?` (with any closing quotes or brackets right after it)
 followed by white space, and at every line break; each piece is trimmed and empty pieces are
-dropped. The rule is text only (no model, no language), so annotate, where sentences are scored,
-and mix, where they are written as keys, split every caption the same way. `SPLIT` names the
-rule in the settings a folder records: a changed rule is a changed result.
+dropped. A text has at most MAX pieces: the rest of a longer one is its last piece, joined by one
+space, so a hostile alt-text of a million full stops costs MAX text-encoder rows, not a million
+(and a mix writes at most MAX sentence keys a caption). The rule is text only (no model, no
+language), so annotate, where sentences are scored, and mix, where they are written as keys, split
+every caption the same way. `SPLIT` names the rule in the settings a folder records: a changed
+rule is a changed result.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SPLIT = "sentences-v1"
+SPLIT = "sentences-v2"  # v1 had no MAX
+MAX = 32  # pieces a text is split into, at most: more than any caption a VLM writes has
 _CUT = "\x00"  # never in a caption the splitter keeps: line breaks and sentence ends become it
 _LINES = r"\s*\n\s*"
 _ENDS = r"""([.!?]["'\)\]]*)\s+"""
@@ -29,10 +33,32 @@ def split(texts) -> pa.ListArray:
     lens = pc.fill_null(pc.list_value_length(parts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     row = np.repeat(np.arange(len(parts), dtype=np.int64), lens)
     keep = pc.greater(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False)
+    counts = np.bincount(row[keep], minlength=len(parts))
+    flat, row = flat.filter(pa.array(keep)), row[keep]
+    if counts.size and counts.max() > MAX:
+        flat, row, counts = _cap(flat, row, counts)
     offsets = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum(np.bincount(row[keep], minlength=len(parts)), out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat.filter(pa.array(keep)),
-                                    mask=parts.is_null())
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat, mask=parts.is_null())
+
+
+def _cap(flat: pa.Array, row: np.ndarray, counts: np.ndarray):
+    """The pieces of texts with more than MAX, their MAX-th onwards joined into one (columnar)."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(row)) - starts[row]
+    tail = rank >= MAX - 1
+    long = np.flatnonzero(counts > MAX)
+    tail &= np.isin(row, long)  # a text of exactly MAX keeps its last piece as it is
+    n_tail = np.bincount(row[tail], minlength=len(counts))[long]
+    joined = pc.binary_join(pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum(n_tail)]).astype(np.int32)), flat.filter(pa.array(tail))), " ")
+    head = ~tail
+    pieces = pa.concat_arrays([flat.filter(pa.array(head)), joined])
+    rows = np.concatenate([row[head], long])
+    order = np.lexsort((np.concatenate([rank[head], np.full(len(long), MAX - 1)]), rows))
+    counts = counts.copy()
+    counts[long] = MAX
+    return pieces.take(pa.array(order)), rows[order], counts
 
 
 def join_kept(sentences: pa.ListArray, keep: np.ndarray) -> pa.Array:

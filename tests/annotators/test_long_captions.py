@@ -83,6 +83,19 @@ def test_the_split_rule_as_documented():
     assert lo.tolist()[::2] == [1.0, 2.0] and mean.tolist()[::2] == [2.0, 2.0] and np.isnan(lo[1])
 
 
+def test_a_text_of_any_number_of_sentences_is_at_most_max_pieces():
+    """A hostile alt-text of a hundred thousand full stops is MAX pieces to score and to key, its
+    text kept whole in the last one; a text of exactly MAX is split as before."""
+    m = sentences.MAX
+    many = [f"s{i}." for i in range(100_000)]
+    exact = [f"e{i}." for i in range(m)]
+    got = sentences.split(pa.array([" ".join(many), "A. B.", " ".join(exact), None, " ".join(many[: m + 1])]))
+    got = got.to_pylist()
+    assert got[0][: m - 1] == many[: m - 1] and got[0][m - 1] == " ".join(many[m - 1:]) and len(got[0]) == m
+    assert got[1] == ["A.", "B."] and got[2] == exact and got[3] is None
+    assert got[4] == many[: m - 1] + [f"{many[m - 1]} {many[m]}"]
+
+
 def test_token_counts_sentence_scores_and_cleaned_captions(long_pool, tiny_models, tmp_path, monkeypatch):
     import open_clip
 
