@@ -207,14 +207,15 @@ def group_values(rows: pa.Table, name: str) -> pa.Array:
 
 def tag_column(t: pa.Table, names: list[str]) -> pa.Array:
     """The `json_tags` column of one file's decisions: per row `"TAG": VALUE, ` for each tag of
-    `names` it has (a null or non-finite tag is left out), the value as Arrow writes the float."""
+    `names`, the value as Arrow writes the float, `null` where the row has none (null or not
+    finite): the key says recaption's value, so an input json's own key is never left standing."""
     n = t.num_rows
     parts = []
     for name in names:
         x = _flat(t[name]).cast(pa.float64())
-        finite = pc.and_kleene(pc.is_finite(x), pc.is_valid(x))
-        x = pc.if_else(finite, x, pa.nulls(n, pa.float64()))
-        parts.append(pc.fill_null(_member(_same(encode_basestring(name) + ": ", n), x.cast(pa.string()), raw=True), ""))
+        finite = pc.fill_null(pc.is_finite(x), False)
+        text = pc.if_else(finite, x.cast(pa.string()), _same("null", n))
+        parts.append(_member(_same(encode_basestring(name) + ": ", n), text, raw=True))
     return pc.binary_join_element_wise(*parts, "") if parts else _same("", n)
 
 

@@ -332,6 +332,22 @@ def test_a_json_that_holds_a_tag_already_gets_it_replaced_not_twice(tagged, tmp_
     assert made.count(b"punsafe") == 1 and json.loads(made)["punsafe"] == 0.25
 
 
+def test_a_tag_recaption_lacks_is_written_null_never_leaving_the_inputs_value():
+    import pyarrow as pa
+
+    from recaption.output import caption_keys, members
+
+    t = pa.table({"punsafe": pa.array([0.25, None, float("nan")], pa.float32())})
+    texts = caption_keys.tag_column(t, ["punsafe"]).to_pylist()
+    assert [json.loads("{" + x[:-2] + "}") for x in texts] == [{"punsafe": 0.25}, {"punsafe": None},
+                                                              {"punsafe": None}]
+    laion = b'{"url": "u", "punsafe": 0.9}'  # LAION's shards hold their own punsafe
+    for keys, want in zip(texts, (0.25, None, None)):
+        meta, made = members.with_recaption(laion, {}, b"{}", caption_keys.as_dict({"json_tags": keys}, "none"),
+                                            keys.encode())
+        assert made.count(b"punsafe") == 1 and json.loads(made)["punsafe"] == want, made
+
+
 def pa_binary(values):
     import pyarrow as pa
 
