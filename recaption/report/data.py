@@ -76,6 +76,7 @@ class ReportData:
     images: dict = field(default_factory=dict)  # (shard, key) -> image bytes (the grids' cards and overlaps)
     shown_of: dict = field(default_factory=dict)  # grid title -> how many samples it picked from
     blurred: set = field(default_factory=set)  # the grids of the highest NSFW scores: thumbnails blurred
+    unsafe: set = field(default_factory=set)  # (shard, key) of other shown samples scoring >= BLUR_AT: blurred too
     unblur: bool = False  # show them sharp (report --unblur)
     notes: list = field(default_factory=list)
     # {shard, key, eval, reason}: a pool sample and the EVAL image it copies
@@ -147,6 +148,8 @@ def load(path: str | Path, input_spec: str | None = None, fraction: float | None
         grids, d.shown_of = _score_grids(parts)
         d.grids = {t: cards for t, cards in grids.items() if cards}
     _sensitive_grids(d, parts)
+    if d.blurred:
+        _unsafe_cards(d, f)
     if unblur and not d.blurred:  # a shown option changes what happens, or is refused
         raise RecaptionError(f"--unblur: {path} has no NSFW scores ({', '.join(annotators.sensitive_columns())}), "
                              "so nothing is blurred")
@@ -403,6 +406,32 @@ def _sensitive_grids(d: ReportData, parts: list[dict]) -> None:
             d.grids[title] = cards
             d.shown_of[title] = sum(p["sensitive"].get(col, {}).get("scored", 0) for p in parts)
             d.blurred.add(title)
+
+
+BLUR_AT = 0.5  # an NSFW probability from which a sample shown in any grid is blurred (LAION's punsafe cut)
+
+
+def _unsafe_cards(d: ReportData, f: Folder) -> None:
+    """The samples of the other grids and the overlaps whose NSFW score is BLUR_AT or more (read
+    from their annotation files, one read of the key and NSFW columns per shard shown)."""
+    shown = {(r.get("shard"), r["key"]) for t, cards in d.grids.items() if t not in d.blurred for r in cards}
+    shown |= {(o["shard"], o["key"]) for o in d.overlaps}
+    by_shard: dict = {}
+    for shard, key in shown:
+        by_shard.setdefault(shard, set()).add(key)
+    for shard, keys in by_shard.items():
+        path = Path(f.ann_dir) / f"{shard}.parquet"
+        if shard is None or not path.is_file():
+            continue
+        with ann.open_parquet(str(path)) as pf:
+            names = set(pf.schema_arrow.names)
+        cols = [c for c in annotators.sensitive_columns() if c in names]
+        if not cols:
+            continue
+        t = ann.read_table(str(path), columns=["key", *cols])
+        score = np.fmax.reduce([np.nan_to_num(_num(t[c]), nan=-1.0) for c in cols], axis=0)
+        hit = score >= BLUR_AT
+        d.unsafe |= {(shard, k) for k in pc.filter(t["key"], pa.array(hit)).to_pylist() if k in keys}
 
 
 def _score_grids(parts: list[dict]) -> tuple[dict, dict]:

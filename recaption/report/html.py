@@ -218,8 +218,9 @@ def _removal(d: ReportData) -> str:
 
 
 def blurred(d: ReportData) -> set:
-    """The (shard, key) of every sample a blurred grid holds: blurred wherever the page shows it."""
-    return set() if d.unblur else {(r.get("shard"), r["key"]) for t in d.blurred for r in d.grids[t]}
+    """The (shard, key) of every sample a blurred grid holds, and of every other one shown scoring
+    BLUR_AT or more: blurred wherever the page shows it."""
+    return set() if d.unblur else {(r.get("shard"), r["key"]) for t in d.blurred for r in d.grids[t]} | d.unsafe
 
 
 def _overlap_pairs(d: ReportData, files: dict) -> str:

@@ -5,6 +5,7 @@ from one decode, the CLIP heads reading the pass's own CLIP forward; the rules c
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -386,6 +387,36 @@ def test_the_report_blurs_the_grid_of_the_highest_punsafe_unless_asked(tagged, t
         assert blurred < sharp / 3, (r["key"], blurred, sharp)  # the page holds no sharp copy of it
     for tag in ("punsafe", "pwatermark", "aesthetic"):  # each tag's histogram is drawn
         assert (tmp_path / "blurred" / f"{tag}.png").is_file(), tag
+
+
+def test_a_sample_scoring_past_blur_at_is_blurred_in_every_grid(tagged, tmp_path):
+    """Past the highest few: a sample another grid shows is blurred where its punsafe is BLUR_AT or
+    more (the tiny heads score every photo alike, so the scores are spread here by hand)."""
+    import pyarrow as pa
+
+    from recaption.report.data import BLUR_AT, K
+    from recaption.report.html import thumb_name
+
+    pytest.importorskip("matplotlib")
+    ann = shutil.copytree(tagged["ann"], tmp_path / "ann")
+    rows = []
+    for n in ("00000", "00001"):
+        t = pq.read_table(ann / f"{n}.parquet")
+        spread = [None if s != "ok" else ((i * 7) % 20) / 20 for i, s in enumerate(t["status"].to_pylist())]
+        t = t.set_column(t.schema.get_field_index("punsafe"), "punsafe", pa.array(spread, pa.float32()))
+        pq.write_table(t, ann / f"{n}.parquet")
+        rows += [r for r in t.to_pylist() if r["status"] == "ok"]
+    top = {r["key"] for r in sorted(rows, key=lambda r: -r["punsafe"])[:K]}
+    for out, extra in (("blurred", ()), ("sharp", ("--unblur",))):
+        assert cli("report", ann, "--input", tagged["shards"], "-o", tmp_path / out, *extra) == 0
+    others = [r for r in rows if r["key"] not in top
+              and (tmp_path / "blurred" / thumb_name(r["shard"], r["key"])).is_file()]
+    unsafe = [r for r in others if r["punsafe"] >= BLUR_AT]
+    assert unsafe and len(unsafe) < len(others), [r["punsafe"] for r in others]
+    for r in others:
+        name = thumb_name(r["shard"], r["key"])
+        ratio = _sharpness(tmp_path / "blurred" / name) / _sharpness(tmp_path / "sharp" / name)
+        assert (ratio < 1 / 3) == (r in unsafe), (r["key"], r["punsafe"], ratio)
 
 
 def test_unblur_on_a_folder_without_nsfw_scores_is_refused_in_one_line(tagged, tmp_path, capsys):
