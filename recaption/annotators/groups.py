@@ -292,16 +292,17 @@ class _TextCaptions(_NamedRows):
             return [self._isolating([r], [c])[0] for r, c in zip(rows, contexts)]
 
 
-class _TextClip(_NamedClip):
-    """A chained group's CLIP scores: the image embedding of each row kept from the pass's batches
-    (the pass's own, shared through the batch memo), its candidates scored once they are written."""
+class _KeptEmbeddings:
+    """For a chained group's scores: its captions are written at the end of the shard, so the image
+    embedding of each live row is kept from the pass's batches (the pass's own, shared through the
+    batch memo) until then."""
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self._emb: dict[int, object] = {}
 
     def annotate_batch(self, batch) -> None:
-        """Keep the image embeddings of the batch's live rows."""
+        """Keep the image embeddings of the batch's live rows (no caption of the group exists yet)."""
         from recaption.annotators.clip import embed
 
         idx = batch.live()
@@ -309,6 +310,10 @@ class _TextClip(_NamedClip):
             emb = embed(self.scorer, batch, idx).detach().cpu()
             for k, i in enumerate(idx):
                 self._emb[id(batch.rows[i])] = emb[k]
+
+
+class _TextClip(_KeptEmbeddings, _NamedClip):
+    """A chained group's CLIP scores: its candidates scored once they are written."""
 
     def finish_shard(self, rows: list[dict]) -> None:
         """The CLIP score of every candidate the chained group wrote."""
@@ -325,23 +330,8 @@ class _TextClip(_NamedClip):
         self._emb.clear()
 
 
-class _TextLength(_NamedRows):
-    """A chained group's token counts and sentence scores: its captions are written at the end of
-    the shard, so they are measured then, against the image embeddings kept from the pass's batches."""
-
-    def __init__(self, config, ctx):
-        super().__init__(config, ctx)
-        self._emb: dict[int, object] = {}
-
-    def annotate_batch(self, batch) -> None:
-        """Keep the image embeddings of the batch's live rows (no caption of the group exists yet)."""
-        from recaption.annotators.clip import embed
-
-        idx = batch.live()
-        if idx:
-            emb = embed(self.scorer, batch, idx).detach().cpu()
-            for k, i in enumerate(idx):
-                self._emb[id(batch.rows[i])] = emb[k]
+class _TextLength(_KeptEmbeddings, _NamedRows):
+    """A chained group's token counts and sentence scores, measured once its captions are written."""
 
     def finish_shard(self, rows: list[dict]) -> None:
         """The token counts and sentence scores of every caption the chained group wrote."""
