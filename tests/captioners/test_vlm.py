@@ -127,6 +127,39 @@ def test_sampling_gives_n_candidates_seeded_and_counts_tokens(vlms, family):
     assert cap.captions_generated == 18 and 0 < cap.tokens_generated <= 18 * 5
 
 
+def _jpeg(w, h):
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_jpeg_drafted_at_the_backends_size_is_processed_as_the_full_one(captioners, family):
+    """JPEGs decode in draft mode at `image_size`: the processor must still see an image as large
+    as it uses, so the same grid and image tokens as from the full decode. LLaVA-NeXT's was its
+    tile's side: a 256 px image drafted to 32 px went into a 1x2 grid instead of 2x2."""
+    from recaption.io.images import decode
+
+    cap, shrunk = captioners[family], 0
+    for w, h in [(256, 256), (512, 192), (160, 480)]:
+        data = _jpeg(w, h)
+        drafted, full = decode(data, draft_size=cap.image_size), decode(data)
+        shrunk += drafted.size != full.size
+        ids = [cap._inputs(cap.prepare([im]), [None])["input_ids"] for im in (drafted, full)]
+        assert ids[0].tolist() == ids[1].tolist(), (w, h, drafted.size)
+    assert shrunk  # draft mode did decode some of them smaller
+
+
+def test_llava_next_decodes_at_its_largest_grids_shorter_side(captioners):
+    cap = captioners["llava_next"]
+    ip = cap.processor.image_processor
+    assert cap.image_size == max(min(p) for p in ip.image_grid_pinpoints) > ip.size["shortest_edge"]
+
+
 def test_tokens_stop_counting_at_the_end_of_a_caption(captioners):
     import torch
 
