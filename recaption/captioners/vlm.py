@@ -111,8 +111,9 @@ class VLMCaptioner(Captioner):
 
     @property
     def image_size(self) -> int:
-        """JPEGs decode at no less than the processor's input: its largest edge, or the side of its
-        largest pixel count (Qwen2-VL's dynamic resolution); 768 where it says neither."""
+        """JPEGs decode at no less than the processor's input: its largest edge, the side of its
+        largest pixel count (Qwen2-VL's dynamic resolution), or the shorter side of its largest
+        anyres grid (LLaVA-NeXT's pinpoints); 768 where it says none of them."""
         import math
 
         ip = self.processor.image_processor
@@ -123,6 +124,11 @@ class VLMCaptioner(Captioner):
             return math.isqrt(int(size["longest_edge"]) - 1) + 1
         edges = [v for k, v in dict(size).items() if k in ("height", "width", "shortest_edge", "longest_edge")
                  and isinstance(v, int)]
+        # anyres: the image is resized into its best grid, aspect kept, so its shorter side is at most
+        # the grid's; a draft whose shorter side is at least that never leaves the tiles upsampled
+        # (nor a smaller grid chosen), where the tile's own side alone (336 of 672) would
+        grids = getattr(ip, "image_grid_pinpoints", None) or []
+        edges += [min(int(h), int(w)) for h, w in grids]
         return int(max(edges) if edges else 768)
 
     def _merged(self, **kw) -> dict:

@@ -221,6 +221,39 @@ def build_qwen2_vl(out: str | Path, *, seed: int = 0, hidden: int = 64, max_pixe
     return out
 
 
+def build_qwen2_5_vl(out: str | Path, *, seed: int = 0, hidden: int = 64, max_pixels: int = 112 * 112) -> Path:
+    """A tiny random-weight Qwen2.5-VL (window attention in the vision tower, its last block full,
+    an MLP merger out to the language model's width), Qwen2-VL's image processor and chat template."""
+    import transformers as T
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    out = Path(out)
+    tok = _vlm_tokenizer(QWEN_SPECIALS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    cfg = T.Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 4]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=tok.pad_token_id,
+        ),
+        # windows of 56 px (2x2 merged tokens): a 112 px image spans four, so the windowed blocks
+        # and the full one attend differently, as in the real tower (112 px windows, 4 full blocks of 32)
+        vision_config=dict(depth=2, hidden_size=hidden, intermediate_size=hidden * 2, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+                           out_hidden_size=hidden),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    _seed(seed)
+    T.Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    ip = T.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, merge_size=2,
+                                 temporal_patch_size=2)
+    T.Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=Qwen2VLVideoProcessor(),
+                          chat_template=QWEN2_VL_CHAT).save_pretrained(out)
+    return out
+
+
 def build_llava(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 32, patch: int = 8) -> Path:
     """A tiny random-weight LLaVA-1.5 (CLIP vision tower, Llama language model), processor and chat template."""
     from transformers import (
@@ -245,6 +278,49 @@ def build_llava(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size:
     ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
                    num_additional_image_tokens=1, chat_template=LLAVA_CHAT).save_pretrained(out)
+    return out
+
+
+# The shape of llava-hf/llava-v1.6-mistral-7b-hf's chat template (Mistral's [INST] turns, images first).
+LLAVA_NEXT_CHAT = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<<SYS>>\\n' }}{% for c in "
+    "message['content'] %}{{ c['text'] }}{% endfor %}{{ '\\n<</SYS>>\\n\\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' }}{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}"
+    "{% endfor %}{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %}"
+    "{{ ' [/INST]' }}{% endif %}{% endfor %}"
+)
+
+
+def build_llava_next(out: str | Path, *, seed: int = 0, hidden: int = 64, image_size: int = 32,
+                     patch: int = 8) -> Path:
+    """A tiny random-weight LLaVA-NeXT (LLaVA-1.6: CLIP tower, anyres tiles of its side plus the
+    whole image, a Mistral language model), its processor with the grid pinpoints and chat template."""
+    import transformers as T
+
+    out = Path(out)
+    tok = _vlm_tokenizer(("<image>",))
+    # the real pinpoints are 336 px tiles in 1x2, 2x1, 2x2, 3x1 and 1x3 grids: the same grids here
+    s = image_size
+    pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s], [3 * s, s], [s, 3 * s]]
+    cfg = T.LlavaNextConfig(
+        vision_config=T.CLIPVisionConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=s, patch_size=patch,
+                                         projection_dim=hidden).to_dict(),
+        text_config=T.MistralConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                                    num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                    head_dim=hidden // 2, max_position_embeddings=512, sliding_window=None,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id).to_dict(),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_grid_pinpoints=pinpoints,
+        image_seq_length=(s // patch) ** 2,
+    )
+    _seed(seed)
+    T.LlavaNextForConditionalGeneration(cfg).eval().save_pretrained(out)
+    ip = T.LlavaNextImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                                   image_grid_pinpoints=pinpoints)
+    T.LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                         num_additional_image_tokens=1, chat_template=LLAVA_NEXT_CHAT).save_pretrained(out)
     return out
 
 
@@ -353,7 +429,8 @@ def build_causal_lm(out: str | Path, *, seed: int = 0, hidden: int = 64, chat: b
 
 # Every tiny VLM family, by transformers' model_type: tests caption with each of them.
 VLM_BUILDERS = {"qwen2_vl": build_qwen2_vl, "llava": build_llava, "idefics3": build_idefics3,
-                "smolvlm": build_smolvlm, "florence2": build_florence2}
+                "smolvlm": build_smolvlm, "florence2": build_florence2, "qwen2_5_vl": build_qwen2_5_vl,
+                "llava_next": build_llava_next}
 
 
 def _open_clip_dir(out: Path, model_cfg: dict, seed: int) -> str:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from recaption.captioners import build_captioner, list_presets, load_preset
-from recaption.captioners.base import BACKENDS, guess_backend
+from recaption.captioners.base import BACKENDS, VLM_MODEL_TYPES, guess_backend
 from recaption.captioners.chat import DEFAULT_TEMPLATE, load_template, parse_template
 from recaption.captioners.vlm import PROCESSOR_NEEDS
 from recaption.demo.tiny_models import VLM_BUILDERS
@@ -53,8 +53,10 @@ def captioners(vlms):
     return Captioners()
 
 
-def test_at_least_five_families_are_built():
-    assert {"qwen2_vl", "llava", "idefics3", "smolvlm", "florence2"} <= set(VLM_BUILDERS)
+def test_every_family_the_backend_serves_is_built():
+    """Each model_type the vlm backend takes a folder of (Qwen2.5-VL and LLaVA-NeXT among them:
+    presets name them) has a tiny model the tests caption with."""
+    assert set(VLM_MODEL_TYPES) <= set(VLM_BUILDERS)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -123,6 +125,39 @@ def test_sampling_gives_n_candidates_seeded_and_counts_tokens(vlms, family):
     assert [len(c) for c in a] == [3, 3, 3]
     assert a == cap.caption(IMAGES, [None] * 3, "s/k") and a != make(8).caption(IMAGES, [None] * 3, "s/k")
     assert cap.captions_generated == 18 and 0 < cap.tokens_generated <= 18 * 5
+
+
+def _jpeg(w, h):
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_jpeg_drafted_at_the_backends_size_is_processed_as_the_full_one(captioners, family):
+    """JPEGs decode in draft mode at `image_size`: the processor must still see an image as large
+    as it uses, so the same grid and image tokens as from the full decode. LLaVA-NeXT's was its
+    tile's side: a 256 px image drafted to 32 px went into a 1x2 grid instead of 2x2."""
+    from recaption.io.images import decode
+
+    cap, shrunk = captioners[family], 0
+    for w, h in [(256, 256), (512, 192), (160, 480)]:
+        data = _jpeg(w, h)
+        drafted, full = decode(data, draft_size=cap.image_size), decode(data)
+        shrunk += drafted.size != full.size
+        ids = [cap._inputs(cap.prepare([im]), [None])["input_ids"] for im in (drafted, full)]
+        assert ids[0].tolist() == ids[1].tolist(), (w, h, drafted.size)
+    assert shrunk  # draft mode did decode some of them smaller
+
+
+def test_llava_next_decodes_at_its_largest_grids_shorter_side(captioners):
+    cap = captioners["llava_next"]
+    ip = cap.processor.image_processor
+    assert cap.image_size == max(min(p) for p in ip.image_grid_pinpoints) > ip.size["shortest_edge"]
 
 
 def test_tokens_stop_counting_at_the_end_of_a_caption(captioners):
