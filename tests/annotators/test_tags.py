@@ -389,23 +389,30 @@ def test_the_report_blurs_the_grid_of_the_highest_punsafe_unless_asked(tagged, t
         assert (tmp_path / "blurred" / f"{tag}.png").is_file(), tag
 
 
+def spread_punsafe(src, dst, step: float):
+    """A copy of an annotation folder whose ok rows score punsafe 0, 7, 14... steps (mod 20 steps),
+    and its ok rows: the tiny heads score every photo alike."""
+    import pyarrow as pa
+
+    ann = shutil.copytree(src, dst)
+    rows = []
+    for n in ("00000", "00001"):
+        t = pq.read_table(ann / f"{n}.parquet")
+        spread = [None if s != "ok" else ((i * 7) % 20) * step for i, s in enumerate(t["status"].to_pylist())]
+        t = t.set_column(t.schema.get_field_index("punsafe"), "punsafe", pa.array(spread, pa.float32()))
+        pq.write_table(t, ann / f"{n}.parquet")
+        rows += [r for r in t.to_pylist() if r["status"] == "ok"]
+    return ann, rows
+
+
 def test_a_sample_scoring_past_blur_at_is_blurred_in_every_grid(tagged, tmp_path):
     """Past the highest few: a sample another grid shows is blurred where its punsafe is BLUR_AT or
     more (the tiny heads score every photo alike, so the scores are spread here by hand)."""
-    import pyarrow as pa
-
     from recaption.report.data import BLUR_AT, K
     from recaption.report.html import thumb_name
 
     pytest.importorskip("matplotlib")
-    ann = shutil.copytree(tagged["ann"], tmp_path / "ann")
-    rows = []
-    for n in ("00000", "00001"):
-        t = pq.read_table(ann / f"{n}.parquet")
-        spread = [None if s != "ok" else ((i * 7) % 20) / 20 for i, s in enumerate(t["status"].to_pylist())]
-        t = t.set_column(t.schema.get_field_index("punsafe"), "punsafe", pa.array(spread, pa.float32()))
-        pq.write_table(t, ann / f"{n}.parquet")
-        rows += [r for r in t.to_pylist() if r["status"] == "ok"]
+    ann, rows = spread_punsafe(tagged["ann"], tmp_path / "ann", 1 / 20)
     top = {r["key"] for r in sorted(rows, key=lambda r: -r["punsafe"])[:K]}
     for out, extra in (("blurred", ()), ("sharp", ("--unblur",))):
         assert cli("report", ann, "--input", tagged["shards"], "-o", tmp_path / out, *extra) == 0
@@ -477,8 +484,9 @@ def test_an_overlap_of_a_blurred_sample_shows_the_evaluation_image_blurred_too(t
     bench.mkdir()
     for p in PHOTOS[:2]:  # astronaut and chelsea: each overlaps its copies in the pool
         Image.open(p).save(bench / f"{p.stem}.png")
+    ann, _ = spread_punsafe(tagged["ann"], tmp_path / "ann", 1 / 50)  # below BLUR_AT: only the grid's are hidden
     out = tmp_path / "out"
-    assert cli("mix", tagged["shards"], "-a", tagged["ann"], "-o", out, "--strategy", "raw", "--decontaminate", bench,
+    assert cli("mix", tagged["shards"], "-a", ann, "-o", out, "--strategy", "raw", "--decontaminate", bench,
                "-q") == 0
     assert cli("report", out, "-o", tmp_path / "blurred") == 0
     assert cli("report", out, "-o", tmp_path / "sharp", "--unblur") == 0
