@@ -34,6 +34,7 @@ from recaption.io.fs import open_url
 from recaption.io.shards import EndNotingInfo, end_problem, split_member
 from recaption.io.sources import shard_name
 from recaption.mixing import provenance
+from recaption.mixing.columns import CHOSEN as SYNTHETIC_GROUP  # decisions and parquet column, several groups
 from recaption.mixing.plan import FOLDER, META_KEY, listed_decisions, repeated_kept_key
 from recaption.mixing.verify_counts import SUMMARY, Tally
 
@@ -48,7 +49,6 @@ EXPECT = ["key", "caption", "caption_source", "raw_caption", "synthetic_caption"
           "sieve", "blend", "captioner"]
 KEYS = ["captions", "caption_groups", "json_tags"]  # the decisions columns the json's keys are written from
 NEW = ("txt", "json")  # members every written sample has (`output.members.members`)
-SYNTHETIC_GROUP = "synthetic_group"  # decisions and parquet column: the group that gave the synthetic caption
 
 
 def verify(folder: str, shards: list[str] | None = None) -> list[str]:

@@ -17,6 +17,7 @@ from recaption.errors import RecaptionError, reason_category
 from recaption.io import annotations as ann
 from recaption.io.atomic import exists
 from recaption.mixing import removal
+from recaption.mixing.columns import CHOSEN
 from recaption.mixing.filters import FilterSet
 from recaption.mixing.strategies.base import CATEGORIES, REASONS, reason_text
 
@@ -66,8 +67,8 @@ class Tally:
         self.n["raw"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "raw"), False))).as_py() or 0
         self.n["synthetic"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "synthetic"), False))).as_py() or 0
         self.n["dropped"] += t.num_rows - self.last_kept
-        if "synthetic_group" in t.column_names:
-            self._groups(t["synthetic_group"], keyed, kept, source)
+        if CHOSEN in t.column_names:  # several synthetic groups: which gave each row's synthetic caption
+            self._groups(t[CHOSEN], keyed, kept, source)
         cats = self._of(meta)
         problems = [f"{path}: its filter rules' drops cannot be put in categories ({cats.problem})"] \
             if cats.problem else []

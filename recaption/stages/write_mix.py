@@ -30,6 +30,7 @@ from recaption.io.sources import is_gzip_name, shard_name
 from recaption.io.tarcopy import BlockWriter, iter_samples
 from recaption.io.writer import shard_paths, write_with
 from recaption.mixing import provenance
+from recaption.mixing.columns import CHOSEN as SYNTHETIC_GROUP  # with several synthetic groups: last in the parquet
 from recaption.mixing.plan import META_KEY, OutputPlan, Part, repeated_kept_key
 from recaption.mixing.strategies.base import named
 from recaption.output import caption_keys, recaption_field, spans
@@ -42,7 +43,6 @@ DECIDED = ("key", "caption", "caption_source", "raw_caption", "synthetic_caption
 ROW = ("key", "caption", "caption_source", "url", "raw_caption", "synthetic_caption", "clip_raw", "clip_synthetic",
        "sieve", "blend", "source_shard", "status", "error_message", "width", "height", "original_width",
        "original_height", "sha256")
-SYNTHETIC_GROUP = "synthetic_group"  # a decisions column of mixes with several synthetic groups: last in the parquet
 
 
 @dataclass
