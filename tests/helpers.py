@@ -355,3 +355,28 @@ def repeat_a_kept_row(ann_file) -> str:
     i = next(i for i, r in enumerate(t.to_pylist()) if r["status"] == "ok" and r["raw_caption"])
     pq.write_table(pa.concat_tables([t, t.slice(i, 1)]), ann_file)
     return t.column("key")[i].as_py()
+
+
+def add_caption_group(ann_dir: Path, group: str, candidates, seed: int = 0) -> None:
+    """Give every annotation file of `ann_dir` a named caption group as `annotate --group` records
+    it (captions, captioner, CLIP and SIEVE columns `COLUMN__NAME`, its groups in the footer):
+    `candidates(i)` candidates in row i (0: none, as a fused group's row not sent has), each with
+    a random CLIP score, and a SIEVE score where it has one."""
+    import random
+
+    for path in sorted(Path(ann_dir).glob("*.parquet")):
+        t = pq.read_table(path)
+        meta = ann.metadata(t)
+        rng = random.Random(f"{seed}/{group}/{path.stem}")
+        ks = [candidates(i) for i in range(t.num_rows)]
+        caps = [[f"{group} {path.stem}.{i}.{j}" for j in range(k)] for i, k in enumerate(ks)]
+        cols = {f"captions__{group}": pa.array(caps, pa.list_(pa.string())),
+                f"captioner__{group}": pa.array([f"tiny-{group}"] * t.num_rows, pa.string()),
+                f"clip_captions__{group}": pa.array([[rng.uniform(0.1, 0.4) for _ in range(k)] for k in ks],
+                                                    pa.list_(pa.float32())),
+                f"sieve__{group}": pa.array([rng.random() if k else None for k in ks], pa.float32())}
+        for name, col in cols.items():
+            t = t.append_column(name, col)
+        for family in ("captions", "clip", "sieve"):
+            meta["groups"][f"{family}.{group}"] = {"model": f"tiny-{group}"}
+        pq.write_table(t.replace_schema_metadata({ann.META_KEY: json.dumps(meta).encode()}), path)

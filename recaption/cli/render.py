@@ -116,6 +116,10 @@ def mix(summary: dict, out: str | None) -> None:
     r.add("samples read", c["read"])
     r.add("would write" if summary.get("dry_run") else "kept" if summary.get("overlay") else "written",
           f"{c['written']:,} (raw {c['raw']:,}, synthetic {c['synthetic']:,})")
+    if c.get("synthetic_groups"):  # several synthetic groups: the rows whose synthetic caption each gave
+        r.add("synthetic caption from", "")
+        for g, n in c["synthetic_groups"].items():
+            r.add(f"  {g}", f"{n['read']:,} rows; {n['written']:,} kept, {n['synthetic']:,} with it as txt")
     r.add("dropped", c["dropped"])
     for reason, n in sorted(c["dropped_by_reason"].items(), key=lambda x: -x[1]):
         r.add(f"  {reason}", n)

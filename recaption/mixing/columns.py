@@ -55,6 +55,8 @@ class Columns:
     clip_syn: np.ndarray | None = None  # float (the file's float type), NaN = missing
     fcode: np.ndarray | None = None  # int16 filter outcome: -1 passed, else the rule's code (None: no rules)
     removed: np.ndarray | None = None  # uint8: 0, or the outcome of a duplicate or overlap (None: none removed)
+    syn_group: np.ndarray | None = None  # int8: which of `groups` gave the synthetic caption, -1 none (None: one group)
+    groups: tuple = ()  # the synthetic groups read, in order, where more than one is (`read_first_of`)
     extra: dict = field(default_factory=dict)  # annotator score column -> float, NaN = missing (what strategies cut)
 
     @property
@@ -95,8 +97,16 @@ class Columns:
         return p if self.removed is None else p & (self.removed == 0)
 
 
+def group_names(group) -> tuple[str, ...]:
+    """The named caption groups a read takes the synthetic caption from, in order (a name, a list
+    of names, or None: the unnamed group, `()`)."""
+    if group is None:
+        return ()
+    return (group,) if isinstance(group, str) else tuple(group)
+
+
 def read(url: str, columns: list[str], counts_only: bool = False, filters=None, scores=None,
-         group: str | None = None) -> pa.Table:
+         group: str | tuple | list | None = None) -> pa.Table:
     """Columns of one annotation file, decoded in this thread (the pool pass reads files in
     parallel). `counts_only`: the candidates' text is not needed, only how many there are.
     A file that records a re-ranking chain also gives its pick, the synthetic caption. Where
@@ -105,7 +115,12 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None, 
     group was never computed is one line naming it where the column is required, and reads as
     all missing where not (every other strategy of the side-by-side view). `group`: the named
     caption group whose candidates, captioner and scores stand for the synthetic caption's (read
-    under the unnamed group's names; a file without it is one line naming it)."""
+    under the unnamed group's names; a file without it is one line naming it); several names:
+    per row, the first of them with a candidate there (`read_first_of`)."""
+    names = group_names(group)
+    if len(names) > 1:
+        return read_first_of(url, columns, names, counts_only, filters, scores)
+    group = names[0] if names else None
     blank: list[str] = []  # the group's score columns a file without its scores lacks: read as not computed
 
     def choose(meta, cols):
@@ -113,22 +128,14 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None, 
         if group is not None:
             if f"captions.{group}" not in held:
                 raise missing_group_error(url, group, held)
-            for base, own in (("clip", ("clip_captions",)), ("sieve", ("sieve", "sieve_mean", "sieve_best"))):
+            for base, own in UNSCORED:
                 if f"{base}.{group}" not in held:
                     blank.extend(c for c in cols if c in own)
             cols = [c for c in cols if c not in blank]
             meta = {**meta, "groups": {g: s for g, s in held.items() if g != "clip"}}
             if f"clip.{group}" in held:
                 meta["groups"]["clip"] = held[f"clip.{group}"]
-        for rule_group in (filters.groups if filters else ()):
-            if rule_group not in held:
-                raise missing_metrics_error(url, rule_group)
-        for col, required in (scores or {}).items():
-            owner = score_group(col)
-            if owner is not None and owner not in held:
-                if required:
-                    raise missing_scores_error(url, col, owner)
-                cols = [c for c in cols if c != col]
+        cols = _checked(url, held, cols, filters, scores)
         cols = _scores_pair(meta, cols) if counts_only else cols
         reranked = group is None and "rerank" in ((meta or {}).get("groups") or {})
         cols = cols + ["rerank_pick"] if reranked and "clip_captions" in cols else cols
@@ -139,13 +146,93 @@ def read(url: str, columns: list[str], counts_only: bool = False, filters=None, 
         return t
     t = t.rename_columns([unnamed(c, group) for c in t.column_names])
     if blank:
-        from recaption.annotators import blanks, column_type
-        from recaption.annotators.base import arrow_type
-
         for c in blank:
-            typ = arrow_type(column_type(c))
-            t = t.append_column(pa.field(c, typ), pa.array([blanks()[c]] * t.num_rows, typ))
+            t = t.append_column(pa.field(c, _blank_type(c)), _blank(c, t.num_rows))
     return t
+
+
+# a named group's score columns that read as not computed where the file lacks that group's scores
+UNSCORED = (("clip", ("clip_captions",)), ("sieve", ("sieve", "sieve_mean", "sieve_best")))
+CHOSEN = "synthetic_group"  # the column `read_first_of` adds: which listed group each row's columns came from
+
+
+def _blank_type(column: str) -> pa.DataType:
+    from recaption.annotators import column_type
+    from recaption.annotators.base import arrow_type
+
+    return arrow_type(column_type(column))
+
+
+def _blank(column: str, n: int) -> pa.Array:
+    from recaption.annotators import blanks
+
+    return pa.array([blanks()[column]] * n, _blank_type(column))
+
+
+def _checked(url: str, held: dict, cols: list[str], filters, scores) -> list[str]:
+    """`cols` less the optional score columns a file lacks; a file lacking what the filter rules
+    or the strategy's required score read is one line naming it."""
+    for rule_group in (filters.groups if filters else ()):
+        if rule_group not in held:
+            raise missing_metrics_error(url, rule_group)
+    for col, required in (scores or {}).items():
+        owner = score_group(col)
+        if owner is not None and owner not in held:
+            if required:
+                raise missing_scores_error(url, col, owner)
+            cols = [c for c in cols if c != col]
+    return cols
+
+
+def read_first_of(url: str, columns: list[str], groups: tuple[str, ...], counts_only: bool = False,
+                  filters=None, scores=None) -> pa.Table:
+    """`read` with several synthetic groups: per row, the group columns asked for (candidates,
+    captioner, CLIP and SIEVE scores, under the unnamed group's names) are those of the first of
+    `groups` with a candidate in that row, the first group's where none has one; `CHOSEN` says
+    which (a dictionary column over `groups`, null where none has a candidate). Every listed
+    group's own columns stay under their stored names (what the annotation digest covers); a
+    file lacking one of the groups is one line naming it. Column-wise: `pc.if_else` per group."""
+    from recaption.annotators.groups import GROUP_COLUMNS
+
+    blank: set[tuple[str, str]] = set()  # (column, group) a file without the group's scores lacks
+    made: list[str] = []  # the unnamed columns to make from the groups'
+    counted: dict[str, str] = {}  # group -> its column whose list lengths count its candidates
+
+    def choose(meta, cols):
+        held = (meta or {}).get("groups") or {}
+        for g in groups:
+            if f"captions.{g}" not in held:
+                raise missing_group_error(url, g, held)
+        cols = _checked(url, held, cols, filters, scores)
+        for g in groups:
+            for base, own in UNSCORED:
+                if f"{base}.{g}" not in held:
+                    blank.update((c, g) for c in own)
+        # every group's scores pair with its candidates: their counts are in clip_captions (`_scores_pair`)
+        paired = all(f"clip.{g}" in held for g in groups)
+        no_text = counts_only and paired and "clip_captions" in cols
+        made.extend(c for c in cols if c in GROUP_COLUMNS and not (no_text and c == "captions"))
+        for g in groups:  # without the text (or its scores) asked for, a group's counts are read all the same
+            counted[g] = stored_name("captions" if "captions" in made or not paired else "clip_captions", g)
+        out = [c for c in cols if c not in GROUP_COLUMNS]
+        out += [stored_name(c, g) for c in made for g in groups if (c, g) not in blank]
+        return list(dict.fromkeys(out + list(counted.values())))
+
+    t = ann.read(url, columns=columns, threads=False, choose=choose)
+    n = t.num_rows
+    first = np.full(n, -1, dtype=np.int8)
+    for i in range(len(groups) - 1, -1, -1):  # the first group with a candidate wins: filled from the last
+        lens = pc.fill_null(pc.list_value_length(_list(t[counted[groups[i]]])), 0).to_numpy(zero_copy_only=False)
+        first[lens > 0] = i
+    masks = [pa.array(first == i) for i in range(len(groups))]
+    for c in made:
+        parts = [arrays.one(t[stored_name(c, g)]) if (c, g) not in blank else _blank(c, n) for g in groups]
+        col = parts[0]
+        for i in range(1, len(groups)):
+            col = pc.if_else(masks[i], parts[i].cast(col.type), col)
+        t = t.append_column(c, col)
+    chosen = pa.DictionaryArray.from_arrays(pa.array(first, pa.int8(), mask=first < 0), pa.array(groups, pa.string()))
+    return t.append_column(CHOSEN, chosen)
 
 
 def stored_name(column: str, group: str | None) -> str:
@@ -163,12 +250,18 @@ def unnamed(column: str, group: str | None) -> str:
     return column[: -len(suffix)] if group is not None and column.endswith(suffix) else column
 
 
-def as_stored(t: pa.Table, group: str | None, url: str | None = None) -> pa.Table:
+def as_stored(t: pa.Table, group, url: str | None = None) -> pa.Table:
     """A table read for `group` with the names its columns have in the file `url` (for its
-    digest): the group's scores a file without them read as not computed are left out."""
-    if group is None:
+    digest): the group's scores a file without them read as not computed are left out. Read for
+    several groups, the columns made from theirs are left out: their own are in the table."""
+    names = group_names(group)
+    if not names:
         return t
-    t = t.rename_columns([stored_name(c, group) for c in t.column_names])
+    if len(names) > 1:
+        from recaption.annotators.groups import GROUP_COLUMNS
+
+        return t.select([c for c in t.column_names if c not in GROUP_COLUMNS and c != CHOSEN])
+    t = t.rename_columns([stored_name(c, names[0]) for c in t.column_names])
     if url is None:
         return t
     with ann.open_parquet(url) as pf:
@@ -233,6 +326,10 @@ def from_table(t: pa.Table, filters=None, removed=None, scores=()) -> Columns:
     if "rerank_pick" in t.column_names and c.syn_idx is not None:
         _use_picks(c, t["rerank_pick"], t["captions"] if "captions" in t.column_names else t["clip_captions"],
                    t["clip_captions"])
+    if CHOSEN in t.column_names:  # read for several synthetic groups: which gave each row's
+        chosen = arrays.one(t[CHOSEN])
+        c.groups = tuple(chosen.dictionary.to_pylist())
+        c.syn_group = pc.fill_null(chosen.indices, -1).to_numpy(zero_copy_only=False).astype(np.int8)
     if filters:
         c.fcode = filters.codes(t)
     c.extra = {s: score_column(t[s]) if s in t.column_names else np.full(c.n, np.nan) for s in scores}
@@ -261,18 +358,31 @@ def _use_picks(c: Columns, picks, captions, clip_captions) -> None:
     c.clip_syn = np.where(valid, picked, c.clip_syn).astype(c.clip_syn.dtype, copy=False)
 
 
-def check_pairing(t: pa.Table, url: str) -> None:
+def check_pairing(t: pa.Table, url: str, group=None) -> None:
     """A file that records its scores as paired with its candidates must hold them so (a dry run
-    counted on it): one line naming the first row that does not."""
+    counted on it): one line naming the first row that does not. Read for several synthetic
+    groups (`group`), each group whose scores the file records is checked on its own columns."""
+    names = group_names(group)
+    if len(names) > 1:
+        held = (ann.metadata(t) or {}).get("groups") or {}
+        for g in names:
+            if f"clip.{g}" in held and stored_name("captions", g) in t.column_names:
+                _check_pairs(t, url, stored_name("captions", g), stored_name("clip_captions", g))
+        return
     if not scores_pair(ann.metadata(t)) or "captions" not in t.column_names:
         return
-    n_caps = pc.fill_null(pc.list_value_length(_list(t["captions"])), 0).to_numpy(zero_copy_only=False)
-    n_sc = pc.fill_null(pc.list_value_length(_list(t["clip_captions"])), 0).to_numpy(zero_copy_only=False)
+    _check_pairs(t, url, "captions", "clip_captions")
+
+
+def _check_pairs(t: pa.Table, url: str, captions: str, scores: str) -> None:
+    n_caps = pc.fill_null(pc.list_value_length(_list(t[captions])), 0).to_numpy(zero_copy_only=False)
+    n_sc = pc.fill_null(pc.list_value_length(_list(t[scores])), 0).to_numpy(zero_copy_only=False)
     bad = np.flatnonzero((n_caps != n_sc) & pc.fill_null(pc.equal(t["status"], "ok"), False).to_numpy(
         zero_copy_only=False))
     if bad.size:
         i = int(bad[0])
-        raise RecaptionError(f"{url}: sample {t['key'][i].as_py()!r} has {n_caps[i]} candidates but "
+        what = "" if captions == "captions" else f" in {captions}"
+        raise RecaptionError(f"{url}: sample {t['key'][i].as_py()!r} has {n_caps[i]} candidates{what} but "
                              f"{n_sc[i]} CLIP scores, though the file records its scores as computed on "
                              "its captions; re-run `recaption score` on it")
 

@@ -27,7 +27,9 @@ class MixConfig:
     keep_sharding: bool = False
     filters: dict = field(default_factory=dict)  # rule -> value, in order (recaption.mixing.filters)
     caption_keys: str = "none"  # captions under top-level json keys: none, best, all (recaption.output.caption_keys)
-    synthetic_group: str | None = None  # the named caption group the synthetic caption comes from (None: unnamed)
+    # the named caption group the synthetic caption comes from (None: unnamed); several (a list, or
+    # "a,b"): per row, the first with a candidate there
+    synthetic_group: str | list | None = None
     json_tags: list = field(default_factory=list)  # tag columns as top-level json keys (output.caption_keys.TAGS)
     # duplicates and evaluation-set overlap, removed after the filters (recaption.dedup.options, .removal)
     dedup: dict = field(default_factory=dict)  # rule -> value, in run order: exact, phash (bits), embedding (cosine)
@@ -83,13 +85,14 @@ class MixConfig:
             raise unknown("--caption-keys value", self.caption_keys, CAPTION_KEYS)
         self.json_tags = json_tag_names(self.json_tags)
         if self.synthetic_group is not None:
-            from recaption.annotators.groups import check_name
-
-            try:
-                check_name(self.synthetic_group)
-            except RecaptionError as e:
-                raise RecaptionError(f"--synthetic-group: {e}") from None
+            self.synthetic_group = synthetic_group_value(self.synthetic_group)
         return self
+
+    @property
+    def synthetic_groups(self) -> tuple[str, ...]:
+        """The named caption groups the synthetic caption comes from, in order (empty: the unnamed one)."""
+        g = self.synthetic_group
+        return () if g is None else (g,) if isinstance(g, str) else tuple(g)
 
     @property
     def kind(self) -> "Strategy":
@@ -157,3 +160,27 @@ def json_tag_names(given) -> list[str]:
     if bad is not None:
         raise unknown("--json-tags column", bad, known)
     return names
+
+
+def synthetic_group_value(given) -> str | list[str]:
+    """`--synthetic-group` as recorded: one name as itself (as folders made before lists recorded
+    it), several (a list, or comma-separated) as a list in order; a name that is no group name,
+    or one listed twice, is one line naming it."""
+    from recaption.annotators.groups import check_name
+
+    parts = [given] if isinstance(given, str) else list(given) if isinstance(given, (list, tuple)) else None
+    if parts is None or not all(isinstance(p, str) for p in parts):
+        raise RecaptionError(f"--synthetic-group takes a group name or a list of them, got {given!r}")
+    names = [n.strip() for p in parts for n in p.split(",")]
+    if not names:
+        raise RecaptionError("--synthetic-group: the list names no group (leave it out for the unnamed one)")
+    seen: set[str] = set()
+    for n in names:
+        try:
+            check_name(n)
+        except RecaptionError as e:
+            raise RecaptionError(f"--synthetic-group: {e}") from None
+        if n in seen:
+            raise RecaptionError(f"--synthetic-group: group {n!r} is listed twice ({','.join(names)})")
+        seen.add(n)
+    return names[0] if len(names) == 1 else names

@@ -8,7 +8,8 @@ are null; then the shard's member index (`recaption.io.tarindex`), where the ann
 one made from the shard as it is now, so that the writer copies spans. Its parquet metadata
 (`recaption.decisions`) says what made it: schema version, the shard's name, URL, size and mtime,
 the annotation file, strategy, threshold, filter rules and min/max, and the `--caption-keys`
-level (`all` adds a `captions` column: every candidate, for the keys). A row a filter rule
+level (`all` adds a `captions` column: every candidate, for the keys; several synthetic groups a
+`synthetic_group` column: the one that gave each row's synthetic caption). A row a filter rule
 dropped has that rule and its own value as its reason. The write stage reads its slice from
 there and decides nothing again; the files stay after the run, so a loader can apply a mix
 without the mixed tars.
@@ -32,7 +33,7 @@ from recaption.io.sources import is_gzip_name
 from recaption.mixing import columns as colmod
 from recaption.mixing import provenance
 from recaption.mixing.files import AnnFile, read_file
-from recaption.mixing.pool import Outcomes, Pool, error_reasons, mix_counts
+from recaption.mixing.pool import Outcomes, Pool, error_reasons, group_counts, mix_counts
 from recaption.mixing.strategies import (ERROR, FILTERED, KEEP_RAW, KEEP_SYN, REASONS, SHARD_ERROR, MixConfig,
                                          PoolNumbers, decide_columns, reason_text)
 from recaption.mixing.strategies.base import n_codes
@@ -155,6 +156,7 @@ class FilePlan:
     digest: str = ""  # of the decisions file's bytes (`provenance.decisions_digest`)
     unannotated: int = 0  # samples of the shard no annotation row lists (dropped: `provenance.NO_ROW`)
     repeated: str | None = None  # why no sample of it can be written or read (`repeated_kept_key`)
+    groups: dict | None = None  # several synthetic groups: `pool.group_counts` of its rows
 
 
 def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, cache=None) -> FilePlan:
@@ -169,10 +171,12 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
                                                              for g in keyed if g != f.group]
     t = read_file(f, colmod.columns_for(True, text=True, filters=filters, scores=scores) + extra, filters=filters,
                   scores=scores)
-    colmod.check_pairing(t, f.path)  # what a dry run relied on holds, or the mix stops here
+    colmod.check_pairing(t, f.path, f.group)  # what a dry run relied on holds, or the mix stops here
     c = colmod.from_table(t, filters, f.removed, scores)
     d = decide_columns(c, cfg, numbers)
     table = decisions_table(t, c, d.code, d.blend, numbers.threshold, filters, f.removed)
+    if colmod.CHOSEN in t.column_names:  # several synthetic groups: which gave each row's synthetic caption
+        table = table.append_column(colmod.CHOSEN, t[colmod.CHOSEN].combine_chunks().cast(pa.string()))
     if caption_keys.needs_candidates(cfg.caption_keys):  # what the keys of every candidate are written from
         table = table.append_column("captions", t["captions"].combine_chunks().cast(pa.list_(pa.string())))
     if cfg.caption_keys != "none":
@@ -194,7 +198,7 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
     meta = {"version": VERSION, "shard": f.name, "input": f.url, **shard_now, "annotations": f.path,
             "annotation_digest": provenance.table_digest(stored),
             "annotation_columns": sorted(stored.column_names),
-            **({"synthetic_group": f.group} if f.group is not None else {}),
+            **({"synthetic_group": synthetic_group_setting(f.group)} if f.group is not None else {}),
             **({provenance.VERIFY_IMAGES: True} if weak else {}),
             "strategy": cfg.strategy, "threshold": numbers.threshold, "threshold_column": cfg.threshold_column,
             "alpha": cfg.alpha, "filter_synthetic": cfg.filter_synthetic, "filters": cfg.filters,
@@ -210,7 +214,15 @@ def plan_file(f: AnnFile, cfg: MixConfig, numbers: PoolNumbers, out_dir: str, ca
         out.write(buf.getvalue())
     codes = np.bincount(d.code, minlength=n_codes())
     return FilePlan(f.name, f.url, path, int(codes[KEEP_RAW] + codes[KEEP_SYN]), codes.tolist(),
-                    provenance.decisions_digest(buf.getvalue()), len(lost), repeated_kept_key(table))
+                    provenance.decisions_digest(buf.getvalue()), len(lost), repeated_kept_key(table),
+                    group_counts(c, d.code))
+
+
+def synthetic_group_setting(group) -> str | list[str]:
+    """The `synthetic_group` a decisions file records: one name as itself, several as a list (as
+    `MixConfig.synthetic_group` holds them, so verify compares the two)."""
+    names = colmod.group_names(group)
+    return names[0] if len(names) == 1 else list(names)
 
 
 def repeated_kept_key(t: pa.Table) -> str | None:
@@ -294,7 +306,7 @@ def check_lengths(f: AnnFile, keyed: list[str]) -> None:
     """`--caption-keys sentences` reads the `length` group of the synthetic and keyed groups: a
     file without it is one line naming it and the group."""
     held = (ann.read_metadata(f.path) or {}).get("groups") or {}
-    for g in dict.fromkeys([f.group, *keyed]):
+    for g in dict.fromkeys([*(colmod.group_names(f.group) or (None,)), *keyed]):
         need = "length" if g is None else f"length.{g}"
         if need not in held or "length" not in held:
             raise RecaptionError(f"{f.path} has no CLIP token counts ({need}) for --caption-keys sentences; add "
@@ -372,7 +384,7 @@ def plan(pool: Pool, cfg: MixConfig, out_dir: str) -> tuple[list[OutputPlan], di
     removal = pool.source.removal
     files = removal.with_reasons(pool.source.files) if removal is not None else None
     for fp in pool.source.map(plan_file, cfg, pool.numbers, out_dir, files=files):
-        total.add(Outcomes(np.array(fp.codes, dtype=np.int64)))
+        total.add(Outcomes(np.array(fp.codes, dtype=np.int64), groups=fp.groups or {}))
         kept.append((fp.name, fp.url, fp.decisions, fp.kept, fp.digest))
         lost += fp.unannotated
         if fp.repeated:

@@ -147,7 +147,8 @@ class PoolSource:
         if not files:
             raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
                                  "(NAME.parquet per NAME.tar): run `recaption annotate` or `score` first")
-        if group is not None:
+        if group is not None:  # several: a tuple, tried in order per row
+            group = tuple(group) if isinstance(group, list) else group
             files = [dataclasses.replace(f, group=group) for f in files]
         return cls(files, missing, mapper, synthetic, filters, scores)
 
@@ -310,6 +311,7 @@ class Outcomes:
     written_sum: float = 0.0
     written_n: int = 0
     kept_per_file: list = field(default_factory=list)
+    groups: dict = field(default_factory=dict)  # several synthetic groups: group -> [read, written, synthetic]
 
     def add(self, o: "Outcomes") -> None:
         """Add another file's outcomes."""
@@ -317,6 +319,8 @@ class Outcomes:
         self.written_sum = math.fsum([self.written_sum, o.written_sum])
         self.written_n += o.written_n
         self.kept_per_file += o.kept_per_file
+        for g, n in o.groups.items():
+            self.groups[g] = [a + b for a, b in zip(self.groups.get(g, [0, 0, 0]), n)]
 
     @property
     def raw(self) -> int:
@@ -346,12 +350,24 @@ def file_outcomes(f: AnnFile, jobs: list[tuple[MixConfig, PoolNumbers]], written
         code = decide_columns(c, cfg, numbers).code
         o = Outcomes(np.bincount(code, minlength=n_codes()).astype(np.int64))
         o.kept_per_file = [int(o.codes[KEEP_RAW] + o.codes[KEEP_SYN])]
+        o.groups = group_counts(c, code)
         if written:
             v = _written(c, code)
             v = v[scored(v)]
             o.written_sum, o.written_n = float(np.sum(v, dtype=np.float64)), int(v.size)
         out.append(o)
     return out
+
+
+def group_counts(c: Columns, code: np.ndarray) -> dict:
+    """Read for several synthetic groups: per group, in order, the sample rows whose synthetic
+    caption it gave, of them the kept ones, and those kept with it in `txt` ({} for one group)."""
+    if c.syn_group is None:
+        return {}
+    kept, syn = code <= KEEP_SYN, code == KEEP_SYN
+    by = np.where(c.keyed, c.syn_group, -1)
+    return {g: [int(np.count_nonzero(by == i)), int(np.count_nonzero((by == i) & kept)),
+                int(np.count_nonzero((by == i) & syn))] for i, g in enumerate(c.groups)}
 
 
 # -- the pool pass of one mix ----------------------------------------------------------------
@@ -394,9 +410,12 @@ def mix_counts(pool: Pool, o: Outcomes) -> dict:
     dropped = dict(pool.dropped)
     for k, v in o.by_category().items():
         dropped[k] = dropped.get(k, 0) + v
-    return {"read": pool.n_rows, "kept": o.raw + o.synthetic, "raw": o.raw, "synthetic": o.synthetic,
-            "errors": pool.errors, "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "shard_errors": pool.shard_errors, "filters": pool.filters}
+    out = {"read": pool.n_rows, "kept": o.raw + o.synthetic, "raw": o.raw, "synthetic": o.synthetic,
+           "errors": pool.errors, "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
+           "shard_errors": pool.shard_errors, "filters": pool.filters}
+    if o.groups:  # several synthetic groups: the rows each gave the synthetic caption of
+        out["synthetic_groups"] = {g: dict(zip(("read", "written", "synthetic"), n)) for g, n in o.groups.items()}
+    return out
 
 
 def dry_counts(pool: Pool, cfg: MixConfig) -> tuple[dict, int]:

@@ -34,6 +34,7 @@ from recaption.io.fs import open_url
 from recaption.io.shards import EndNotingInfo, end_problem, split_member
 from recaption.io.sources import shard_name
 from recaption.mixing import provenance
+from recaption.mixing.columns import CHOSEN as SYNTHETIC_GROUP  # decisions and parquet column, several groups
 from recaption.mixing.plan import FOLDER, META_KEY, listed_decisions, repeated_kept_key
 from recaption.mixing.verify_counts import SUMMARY, Tally
 
@@ -154,7 +155,9 @@ def _decisions(data: bytes):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    t = pq.ParquetFile(pa.BufferReader(data)).read(columns=DECIDED)
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    chosen = [SYNTHETIC_GROUP] if SYNTHETIC_GROUP in pf.schema_arrow.names else []  # several synthetic groups
+    t = pf.read(columns=DECIDED + chosen)
     return t, json.loads(t.schema.metadata[META_KEY])
 
 
@@ -356,7 +359,7 @@ def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int, list[
     out = [f"{name}.tar is not whole ({cut})"] if cut else []
     keys = [s[0] for s in samples]
     try:
-        pq_t = ann.read_table(paths[".parquet"], columns=["key", "caption", "caption_source"])
+        pq_t = ann.read_table(paths[".parquet"], columns=["key", "caption", "caption_source", SYNTHETIC_GROUP])
     except Exception as e:
         return len(samples), out + [f"{paths['.parquet']} cannot be read ({type(e).__name__}: {e})"]
     if pq_t["key"].to_pylist() != keys:
@@ -373,8 +376,13 @@ def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int, list[
         return len(samples), out + [f"{name}.tar does not hold its parts' kept samples in order"]
     made = files[parts[0]["decisions"]]  # as its decisions were written (the summary's settings are checked apart)
     out += _members(name, samples, want, made.strategy, made.level)
-    for col in ("caption", "caption_source"):
-        if pq_t[col].cast("string").to_pylist() != want[col].to_pylist():
+    for col in ("caption", "caption_source", SYNTHETIC_GROUP):
+        if col not in want.column_names and col not in pq_t.column_names:
+            continue  # a mix of one synthetic group has no synthetic_group column
+        if col not in pq_t.column_names or col not in want.column_names:
+            out.append(f"{name}.parquet {'lacks' if col in want.column_names else 'has'} the {col} column "
+                       f"{'its decisions have' if col in want.column_names else 'its decisions lack'}")
+        elif pq_t[col].cast("string").to_pylist() != want[col].to_pylist():
             out.append(f"{name}.parquet's {col} column is not its decisions'")
     return len(samples), out
 
@@ -399,7 +407,7 @@ def _wanted(name: str, parts: list, files: dict[str, _File], out: list[str]):
             ok = False
             continue
         if ok:
-            t = ann.read_table(f.path, columns=["kept"] + EXPECT + KEYS)  # the keys' columns where written
+            t = ann.read_table(f.path, columns=["kept"] + EXPECT + KEYS + [SYNTHETIC_GROUP])  # those written
             t = t.filter(pc.fill_null(t["kept"], False)).slice(p["start"], p["end"] - p["start"])
             rows.append(t.drop_columns(["kept"]))
     return pa.concat_tables(rows) if ok and rows else None

@@ -17,6 +17,7 @@ from recaption.errors import RecaptionError, reason_category
 from recaption.io import annotations as ann
 from recaption.io.atomic import exists
 from recaption.mixing import removal
+from recaption.mixing.columns import CHOSEN
 from recaption.mixing.filters import FilterSet
 from recaption.mixing.strategies.base import CATEGORIES, REASONS, reason_text
 
@@ -51,6 +52,7 @@ class Tally:
         self.errors_known = True
         self.last_kept = 0
         self._categories: dict[str, Categories] = {}
+        self.groups: dict[str, Counter] = {}  # several synthetic groups: group -> read, written, synthetic
 
     def add(self, t, meta: dict, path: str) -> list[str]:
         """Count one decisions table (`path`'s); what keeps its reasons from being put in categories."""
@@ -65,6 +67,8 @@ class Tally:
         self.n["raw"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "raw"), False))).as_py() or 0
         self.n["synthetic"] += pc.sum(pc.and_(kept, pc.fill_null(pc.equal(source, "synthetic"), False))).as_py() or 0
         self.n["dropped"] += t.num_rows - self.last_kept
+        if CHOSEN in t.column_names:  # several synthetic groups: which gave each row's synthetic caption
+            self._groups(t[CHOSEN], keyed, kept, source)
         cats = self._of(meta)
         problems = [f"{path}: its filter rules' drops cannot be put in categories ({cats.problem})"] \
             if cats.problem else []
@@ -84,6 +88,15 @@ class Tally:
             self.errors_known = False
         return problems
 
+    def _groups(self, chosen, keyed, kept, source) -> None:
+        """Count the rows by the synthetic group that gave their synthetic caption."""
+        import pyarrow.compute as pc
+
+        syn = pc.and_(kept, pc.fill_null(pc.equal(source, "synthetic"), False))
+        for what, mask in (("read", keyed), ("written", kept), ("synthetic", syn)):
+            for r in pc.value_counts(chosen.filter(mask).drop_null()).to_pylist():
+                self.groups.setdefault(r["values"], Counter())[what] += r["counts"]
+
     def _of(self, meta: dict) -> Categories:
         key = json.dumps([meta.get("threshold"), meta.get("filters")], sort_keys=True, default=str)
         if key not in self._categories:
@@ -102,6 +115,16 @@ class Tally:
             if counts.get(k) != self.n[k]:
                 out.append(f"{SUMMARY} counts {counts.get(k)} {k}, the files hold {self.n[k]}")
         out += self._by_reason()
+        given = counts.get("synthetic_groups")
+        if given is not None or self.groups:
+            given = given if isinstance(given, dict) else {}
+            for g in dict.fromkeys([*given, *self.groups]):
+                mine = dict(self.groups.get(g, Counter()))
+                theirs = given.get(g) if isinstance(given.get(g), dict) else {}
+                for k in ("read", "written", "synthetic"):
+                    if theirs.get(k, 0) != mine.get(k, 0):
+                        out.append(f"{SUMMARY} counts {theirs.get(k, 0)} {k} from synthetic group {g!r}, "
+                                   f"the decisions {mine.get(k, 0)}")
         if overlay and counts.get("output_shards") is not None:
             out.append(f"{SUMMARY} counts {counts['output_shards']} output shards, an overlay has none")
         return out

@@ -239,10 +239,11 @@ def missing_groups(parts: "RecipeParts") -> list[str]:
     columns = list(CUT_COLUMNS.get(kind.column, ()) if cuts else ())
     columns += ["captions"] if kind.needs_synthetic else []
     owner = {c: g for g in annotators.names() for c in annotators.group_columns(g)}
-    group = parts.mix.synthetic_group  # its own candidates and scores stand for the unnamed group's
-    named = {"captions", "clip", "sieve"} if group else set()
-    needed = dict.fromkeys(f"{owner[c]}.{group}" if owner[c] in named and c != "clip_raw" else owner[c]
-                           for c in columns if c in owner)
+    groups = parts.mix.synthetic_groups  # their own candidates and scores stand for the unnamed group's
+    named = {"captions", "clip", "sieve"} if groups else set()
+    needed = dict.fromkeys(n for c in columns if c in owner
+                           for n in ([f"{owner[c]}.{g}" for g in groups] if owner[c] in named and c != "clip_raw"
+                                     else [owner[c]]))
     return [g for g in needed if g not in parts.annotators]
 
 

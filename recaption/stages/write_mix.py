@@ -30,6 +30,7 @@ from recaption.io.sources import is_gzip_name, shard_name
 from recaption.io.tarcopy import BlockWriter, iter_samples
 from recaption.io.writer import shard_paths, write_with
 from recaption.mixing import provenance
+from recaption.mixing.columns import CHOSEN as SYNTHETIC_GROUP  # with several synthetic groups: last in the parquet
 from recaption.mixing.plan import META_KEY, OutputPlan, Part, repeated_kept_key
 from recaption.mixing.strategies.base import named
 from recaption.output import caption_keys, recaption_field, spans
@@ -92,7 +93,7 @@ class MixWriteStage:
         written, buffers = [], spans.shared()
         level = p.caption_keys
         extra = ((["captions"] if caption_keys.needs_candidates(level) else [])
-                 + [caption_keys.GROUPS, caption_keys.TAGS])
+                 + [caption_keys.GROUPS, caption_keys.TAGS, SYNTHETIC_GROUP])
         # the span path knows the one extra member the built-in strategies write (syn.txt)
         extra_members = tuple(named(p.strategy).extra_members)
         plain = set(extra_members) <= {"syn.txt"}
@@ -241,4 +242,8 @@ def output_table(parts: list[_Written]) -> pa.Table:
     cols |= {"source_shard": pa.array(shards), "status": pa.array(["success"] * n), "error_message": pa.nulls(n)}
     for k in spans.META:
         cols[k] = pa.array([v for w in parts for v in w.meta[k]])
-    return pa.table({c: cols[c] for c in ROW})
+    names = ROW + ((SYNTHETIC_GROUP,) if SYNTHETIC_GROUP in parts[0].rows.column_names else ())
+    if SYNTHETIC_GROUP in names:
+        col = pa.chunked_array([ch for w in parts for ch in w.rows[SYNTHETIC_GROUP].chunks], pa.string())
+        cols[SYNTHETIC_GROUP] = pa.nulls(n) if col.null_count == n else col.combine_chunks()
+    return pa.table({c: cols[c] for c in names})

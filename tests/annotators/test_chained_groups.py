@@ -265,6 +265,19 @@ def test_fuse_where_it_pays_sends_exactly_the_chosen_rows(shard_dir, tiny_models
         r = rows_by_key[s.key]
         assert ("recaption_group_fused" in s.meta) == bool(r["captions__fused"])
         assert s.meta["recaption_group_short"] == groups.best(r, "short")
+    # fused where present, else short: every sample has a synthetic caption, each from its own group
+    both = tmp_path / "fused-else-short"
+    assert cli("mix", shard_dir, "-a", ann, "-o", both, "--strategy", "synthetic", "--synthetic-group", "fused,short",
+               "-q") == 0
+    written = read_output(both)
+    assert {k for k, r in rows_by_key.items() if r["status"] == "ok" and r["captions__short"]} == set(written)
+    for s in written.values():
+        r = rows_by_key[s.key]
+        g = "fused" if r["captions__fused"] else "short"
+        assert s.members["txt"].decode() == groups.best(r, g)
+        assert s.meta["recaption"]["captioner"] == r[f"captioner__{g}"]
+    assert {g: n["synthetic"] for g, n in json.loads((both / "_summary.json").read_text())["counts"][
+        "synthetic_groups"].items()} == {"fused": len(chosen), "short": len(written) - len(chosen)}
     # the report counts the same, clause by clause
     from recaption.report.data import load
     from recaption.report.html import pages
