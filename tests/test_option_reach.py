@@ -22,6 +22,8 @@ from tests.helpers import annotate_randomly, cli
 
 GLOBAL = {"debug", "log_file"}  # the logging options of every verb: test_global_options_reach_the_log
 
+NUMBER = r"\d[\d,]*(\.\d+)?"  # a printed number, timings and rates: a rate past 999 prints as 1,234
+
 
 def commands() -> dict:
     """Every verb as the command line builds it now."""
@@ -156,7 +158,7 @@ def outcome(args: list, w: dict, capsys, clean: bool = True) -> tuple[int, str]:
     for rec in records.values():  # when, and by which process: not settings
         for k in ("created", "updated", "pid", "host", "time"):
             rec.pop(k, None)
-    text = re.sub(r"\d+(\.\d+)?", "#", printed.out)  # timings and rates vary run to run
+    text = re.sub(NUMBER, "#", printed.out)  # timings and rates vary run to run
     w["records"] = json.dumps(records, default=str, sort_keys=True)
     return rc, json.dumps([w["probe"].calls, records, text], default=str, sort_keys=True) + "\n" + printed.err
 
@@ -286,7 +288,7 @@ def steady(fp: str) -> str:
     """An outcome with the numbers of its log lines (rates, times) as #; what was handed, recorded
     and printed keeps them (outcome's first line)."""
     handed, _, err = fp.partition("\n")
-    return handed + "\n" + re.sub(r"\d+(\.\d+)?", "#", err)
+    return handed + "\n" + re.sub(NUMBER, "#", err)
 
 
 def written(w: dict) -> dict:
@@ -300,7 +302,7 @@ def written(w: dict) -> dict:
             if p.is_file():
                 data = p.read_bytes()
                 if p.suffix in (".html", ".json"):
-                    data = re.sub(rb"\d+(\.\d+)?", b"#", data)
+                    data = re.sub(NUMBER.encode(), b"#", data)
                 got[str(p.relative_to(w["root"]))] = hashlib.sha256(data).hexdigest()
     return got
 
