@@ -570,9 +570,10 @@ def resolve_reads(wanted: dict, recorded: dict) -> None:
             elif b == "clip":
                 continue  # its candidates unscored: the first is the best (docs/formats.md#caption-groups)
             elif b == "captions" and g is None:
+                here = ", ".join(named) or "none"
                 raise RecaptionError(f"caption group {group!r} reads the unnamed group's caption ({{caption}} in "
                                      "its template), which neither this pass nor the folder has: give --captioner, "
-                                     f"or a template naming {{caption:GROUP}} (groups here: {', '.join(named) or 'none'})")
+                                     f"or a template naming {{caption:GROUP}} (groups here: {here})")
             elif b == "captions":
                 raise unknown("caption group", g, named, f", read by group {group!r} ({{caption:{g}}}); "
                               "neither this pass nor the folder has it")

@@ -162,8 +162,8 @@ def test_a_read_no_pass_or_folder_has_names_the_group_missing_not_the_one_readin
         groups.resolve_reads(wanted, {})
     assert "unknown caption group 'fused'" not in str(e.value)
     assert "unnamed group" in str(e.value) and "--captioner" in str(e.value) and "short" in str(e.value)
-    cfgs = groups.expand(groups.from_specs([f"f={tmp_path},backend=text,template={_template(tmp_path, 't', '{caption:short}')},"
-                                            "where=sieve__shrt<0.25"]), {})
+    t = _template(tmp_path, "t", "{caption:short}")
+    cfgs = groups.expand(groups.from_specs([f"f={tmp_path},backend=text,template={t},where=sieve__shrt<0.25"]), {})
     wanted = {"captions.short": {"model": "m"}, "clip.short": {}, "sieve.short": {}, **{k: {} for k in cfgs}}
     with pytest.raises(RecaptionError, match=r"unknown caption group 'shrt'; did you mean short\?.*sieve scores"):
         groups.resolve_reads(wanted, {})
