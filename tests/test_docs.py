@@ -108,3 +108,18 @@ def test_the_how_to_add_section_names_files_that_exist():
     assert len(named["An annotator"] - {"recaption/annotators/base.py"}) <= 3, named["An annotator"]
     assert len(named["A mixing strategy"] - {"recaption/mixing/strategies/base.py"}) <= 2, named["A mixing strategy"]
     assert len(named["An engine"] - {"recaption/stages/__init__.py"}) <= 3, named["An engine"]
+
+
+def _table_names(section: str) -> set[str]:
+    """The first-column names of the table(s) under README's heading `section`, up to the next heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n{section}\n", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"^\| `([^`]+)` \|", body, re.M))
+
+
+def test_the_recipe_and_preset_tables_name_every_registered_one():
+    from recaption.captioners.base import list_presets
+    from recaption.recipes import list_recipes
+
+    assert set(list_recipes()) - _table_names("### Recipes (`recaption recipes`)") == set()
+    assert set(list_presets()) - _table_names("### Captioner presets (`recaption models`)") == set()

@@ -580,6 +580,7 @@ def resolve_reads(wanted: dict, recorded: dict) -> None:
               if split(n)[0] == "captions" and split(n)[1] in _TEXT}
     check_cycles({g: tuple(split(a)[1] for a in r if split(a)[0] == "captions") for g, r in chains.items()})
     for group, reads in chains.items():
+        named = sorted({split(n)[1] for n in have if split(n)[0] == "captions" and split(n)[1] not in (None, group)})
         got = {}
         for a in reads:
             b, g = split(a)
@@ -587,9 +588,17 @@ def resolve_reads(wanted: dict, recorded: dict) -> None:
                 got[a] = digest(have[a])
             elif b == "clip":
                 continue  # its candidates unscored: the first is the best (docs/formats.md#caption-groups)
+            elif b == "captions" and g is None:
+                here = ", ".join(named) or "none"
+                raise RecaptionError(f"caption group {group!r} reads the unnamed group's caption ({{caption}} in "
+                                     "its template), which neither this pass nor the folder has: give --captioner, "
+                                     f"or a template naming {{caption:GROUP}} (groups here: {here})")
             elif b == "captions":
-                known = sorted({split(n)[1] or "captions" for n in have if split(n)[0] == "captions"})
-                raise unknown(f"caption group {group!r} reads group", g or "captions", known)
+                raise unknown("caption group", g, named, f", read by group {group!r} ({{caption:{g}}}); "
+                              "neither this pass nor the folder has it")
+            elif g is not None and g not in named:
+                raise unknown("caption group", g, named, f", whose {b} scores the where rule of group {group!r} "
+                              "reads; neither this pass nor the folder has it")
             else:
                 raise RecaptionError(f"caption group {group!r}: its where rule reads {a}, which neither this pass "
                                      "nor the folder computes")

@@ -235,10 +235,40 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
     return cfg
 
 
+# Backends that load one family's classes, and the families of a local folder (read from its config
+# files) each cannot load: a preset's checkpoint swapped (`--model`) for another family's would
+# otherwise fail in every shard's model load, with transformers' own words.
+_CANNOT_LOAD = {"blip": ("blip2", "vlm", "coca"), "blip2": ("blip", "vlm", "coca"), "coca": ("blip", "blip2", "vlm"),
+                "vlm": ("coca",)}
+
+
+def folder_family(model: str) -> tuple[str, str] | None:
+    """(family, what its config says) of a local model folder, from its config files alone (not its
+    name); None where it has none or they do not tell."""
+    d = Path(str(model).removeprefix("local-dir:")).expanduser()
+    if (d / "open_clip_config.json").is_file():
+        return "coca", "an open_clip model"
+    try:
+        model_type = json.loads((d / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    family = ("vlm" if model_type in VLM_MODEL_TYPES else "blip2" if model_type == "blip-2"
+              else "blip" if model_type == "blip" else None)
+    return (family, f"model_type {model_type}") if family else None
+
+
 def check_config(cfg: CaptionerConfig) -> None:
     """What the config's backend cannot run, refused in one line before any shard is read (not in
-    every worker, shard by shard): engine_args it does not take, and the backend's own `check`."""
+    every worker, shard by shard): a local checkpoint of a family it does not load, engine_args it
+    does not take, and the backend's own `check`."""
     backend = BACKENDS.get(cfg.backend)
+    family = folder_family(cfg.model) if cfg.model else None
+    if family and family[0] in _CANNOT_LOAD.get(cfg.backend, ()):
+        fix = (f"--backend {family[0]}" if cfg.name in (None, cfg.model)
+               else f"-c {cfg.model} (backend from its config) or --backend {family[0]}")
+        raise RecaptionError(f"captioner model {cfg.model}: its config says {family[1]} (the {family[0]} backend's), "
+                             f"which the {cfg.backend} backend of {cfg.name or 'this captioner'} does not load; "
+                             f"give {fix}")
     if not isinstance(cfg.engine_args, dict):
         raise RecaptionError(f"engine_args must be a mapping, got {cfg.engine_args!r}")
     if cfg.engine_args and not backend.engine_args:

@@ -27,8 +27,9 @@ def sample_shards() -> str:
 
 def tiny_models() -> dict[str, str]:
     """The demo's tiny random-weight models, built on first use (`tiny_model_dir()`), by name:
-    `blip`, `blip2-opt`, `blip2-t5` (captioner folders) and `clip`, `coca` (open_clip
-    `local-dir:` names). Their captions are gibberish: they stand in for real models offline."""
+    `blip`, `blip2`, `blip2t5`, `vlm` (captioner folders), `text`, `text_plain` (causal LMs with and
+    without a chat template, for chained groups) and `clip`, `coca` (open_clip `local-dir:` names).
+    Their captions are gibberish: they stand in for real models offline."""
     from recaption.demo.tiny_models import build_all
 
     return build_all(tiny_model_dir())

@@ -99,7 +99,8 @@ class SieveScorer:
         quiet_hub()
         self.model_id = model
         self.device = resolve_device(device)
-        self.model = SentenceTransformer(str(model), device=self.device, trust_remote_code=False)
+        # the default's hub id is the bundled offline copy, as on the command line
+        self.model = SentenceTransformer(str(resolve_sieve_model(model)), device=self.device, trust_remote_code=False)
         self.mask = masker(load_mask_list(mask))
         self.batch_size = batch_size
 

@@ -153,6 +153,21 @@ def test_an_unknown_group_or_rule_column_names_the_nearest(tmp_path):
         groups.from_specs([f"g={tmp_path},backend=text,where=clip_raw=>0.2"])
 
 
+
+def test_a_read_no_pass_or_folder_has_names_the_group_missing_not_the_one_reading(tmp_path):
+    # README's `--captioner none --group fused=...` without a template: refine reads the unnamed group
+    cfgs = groups.expand(groups.from_specs([f"fused={tmp_path},backend=text,where=sieve__short<2"]), {})
+    wanted = {"captions.short": {"model": "m"}, **{k: {} for k in cfgs}}
+    with pytest.raises(RecaptionError) as e:
+        groups.resolve_reads(wanted, {})
+    assert "unknown caption group 'fused'" not in str(e.value)
+    assert "unnamed group" in str(e.value) and "--captioner" in str(e.value) and "short" in str(e.value)
+    t = _template(tmp_path, "t", "{caption:short}")
+    cfgs = groups.expand(groups.from_specs([f"f={tmp_path},backend=text,template={t},where=sieve__shrt<0.25"]), {})
+    wanted = {"captions.short": {"model": "m"}, "clip.short": {}, "sieve.short": {}, **{k: {} for k in cfgs}}
+    with pytest.raises(RecaptionError, match=r"unknown caption group 'shrt'; did you mean short\?.*sieve scores"):
+        groups.resolve_reads(wanted, {})
+
 # -- the rule ----------------------------------------------------------------------------------
 def test_the_rule_selects_exactly_its_rows_and_names_the_first_clause_that_held():
     rule = groups.Rule.parse("sieve__short<0.3 & clip_raw>=0.25 | sieve__short<0.1")

@@ -96,6 +96,15 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_keys(tmp_path):
         arch.load(head, str(tmp_path / "b32.pth"))
 
 
+def test_a_weights_file_torch_cannot_read_is_one_line(tmp_path):
+    # a CSV given as the weights: torch's own message runs to a dozen lines
+    (tmp_path / "caps.csv").write_text("key,caption\n000000000,a red square\n")
+    for bad in ("caps.csv", "missing.pth"):
+        with pytest.raises(Exception) as e:
+            arch.load(heads.get("laion-nsfw-vit-l-14"), str(tmp_path / bad))
+        assert "\n" not in str(e.value) and "cannot read weights" in str(e.value) and bad in str(e.value)
+
+
 def test_heads_are_data_and_an_unknown_name_is_refused_with_the_nearest():
     from recaption.errors import RecaptionError
 

@@ -116,6 +116,35 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_preset("org/mystery-model")
 
 
+def _folder(path, name, text):
+    path.mkdir()
+    (path / name).write_text(text)
+    return str(path)
+
+
+def test_a_checkpoint_of_a_family_its_backend_does_not_load_is_refused_up_front(tmp_path, shard_dir, capsys):
+    from tests.helpers import cli
+
+    qwen = _folder(tmp_path / "q", "config.json", '{"model_type": "qwen2_vl"}')
+    blip = _folder(tmp_path / "b", "config.json", '{"model_type": "blip"}')
+    coca = _folder(tmp_path / "coca", "open_clip_config.json", "{}")
+    # README: `--model` keeps a preset's settings and swaps the checkpoint; another family's is one line
+    with pytest.raises(RecaptionError, match=r"model_type qwen2_vl \(the vlm backend's\).*blip backend of sieve"):
+        load_preset("sieve", model=qwen)
+    with pytest.raises(RecaptionError, match="open_clip model .*vlm backend of qwen2-vl-2b-transformers"):
+        load_preset("qwen2-vl-2b-transformers", model=coca)
+    with pytest.raises(RecaptionError, match="model_type blip .*coca backend"):
+        load_preset("coca-vit-l-14", model=blip)
+    with pytest.raises(RecaptionError, match="open_clip model .*blip2 backend"):
+        load_preset(f"local-dir:{coca}", backend="blip2")
+    for ok, backend in ((qwen, "vlm"), (blip, "blip"), (f"local-dir:{coca}", "coca")):
+        assert load_preset(ok).backend == backend  # each folder's own backend still loads it
+    assert load_preset("qwen2.5-vl-3b", model=qwen).backend == "vllm"  # vLLM serves every family it knows
+    assert cli("caption", shard_dir, "-o", tmp_path / "ann", "-c", "sieve", "--model", qwen) == 2
+    assert "blip backend of sieve" in capsys.readouterr().err
+    assert not (tmp_path / "ann").exists()
+
+
 @pytest.mark.parametrize("strategy,extra", [
     ("greedy", {}),
     ("sample", {"num_captions": 3, "top_p": 0.9, "top_k": 30}),

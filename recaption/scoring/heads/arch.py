@@ -123,8 +123,13 @@ def load(head, path: str, device: str = "cpu"):
     model = build(head)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RecaptionError(f"head {head.name}: cannot read weights {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # torch's messages run to many lines: the first says what failed
+        import pickle
+
+        first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, pickle.UnpicklingError):  # its first line advises weights_only=False: never here
+            first = "not a state dict torch.load reads with weights_only=True (the published .pth files are)"
+        raise RecaptionError(f"head {head.name}: cannot read weights {path}: {type(e).__name__}: {first}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # a Lightning checkpoint keeps it one level down
     if not isinstance(state, dict):
