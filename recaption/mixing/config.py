@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 from recaption.errors import RecaptionError, unknown
 from recaption.mixing import CAPTION_KEYS
 
+GROUP_SCORES = ("sieve", "sieve_mean")  # --dedup-keep columns a named group has its own of
+
 if TYPE_CHECKING:
     from recaption.mixing.strategies.base import Strategy
 
@@ -86,6 +88,11 @@ class MixConfig:
         self.json_tags = json_tag_names(self.json_tags)
         if self.synthetic_group is not None:
             self.synthetic_group = synthetic_group_value(self.synthetic_group)
+            keep = dedup_options.keep_column(self.dedup_keep)
+            if keep in GROUP_SCORES:  # the file's own column is the unnamed group's, not the one the mix scores with
+                raise RecaptionError(f"--dedup-keep best:{keep} ranks duplicates by the unnamed caption group's "
+                                     f"{keep}, while --synthetic-group {','.join(self.synthetic_groups)} mixes by "
+                                     f"the group's own: rank by a column of every row (best:clip_raw) instead")
         return self
 
     @property

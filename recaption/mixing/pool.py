@@ -145,7 +145,9 @@ class PoolSource:
             raise RecaptionError(f"annotation folder not found: {ann_dir}")
         files, missing = annotation_files(shards, ann_dir)
         if not files:
-            raise RecaptionError(f"no annotation files in {ann_dir} for these {len(shards)} shards "
+            n = len(shards)
+            raise RecaptionError(f"no annotation files in {ann_dir} for {'the' if n == 1 else 'these'} {n} "
+                                 f"shard{'' if n == 1 else 's'} "
                                  "(NAME.parquet per NAME.tar): run `recaption annotate` or `score` first")
         if group is not None:  # several: a tuple, tried in order per row
             group = tuple(group) if isinstance(group, list) else group

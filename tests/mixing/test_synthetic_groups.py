@@ -193,6 +193,18 @@ def test_a_bad_list_is_one_line_naming_the_group(pool, tmp_path, capsys, given, 
     assert not (tmp_path / "m" / "_summary.json").exists()
 
 
+@pytest.mark.parametrize("keep", ["best:sieve", "best:sieve_mean"])
+def test_duplicates_ranked_by_a_score_the_group_has_its_own_of_are_refused(pool, tmp_path, capsys, keep):
+    """The file's `sieve` is the unnamed group's: ranking by it beside a mix of the group's own SIEVE
+    would keep the duplicate another caption scored best, silently."""
+    for listed in ("fused", "fused,short"):
+        assert _mix(pool, tmp_path / "m", "--strategy", "synthetic", "--synthetic-group", listed,
+                    "--dedup", "exact", "--dedup-keep", keep) == 2
+        err = capsys.readouterr().err.strip()
+        assert keep in err and "best:clip_raw" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "m").exists()
+
+
 def test_a_recipe_lists_the_groups_and_needs_each(tmp_path):
     from recaption.recipes import load_recipe, missing_groups, recipe_parts
 
