@@ -310,6 +310,17 @@ def test_a_missing_decisions_file_is_named(copy, capsys):
     assert "_decisions/00001.parquet is missing" in out
 
 
+@pytest.mark.parametrize("text, says", [("{not json", "is not valid JSON"), ("[]", "holds a list, not a stats object")])
+def test_a_corrupt_stats_file_is_named_alone(copy, capsys, text, says):
+    """Its tar is whole: that its samples are "in no output shard" and "the tars hold 0" would send
+    the reader after the wrong file."""
+    folder = copy("mix")
+    (folder / "00000_stats.json").write_text(text)
+    out = problems(folder, capsys)
+    assert f"{folder / '00000_stats.json'} {says}" in out and "00000 cannot be read" in out, out
+    assert "in no output shard" not in out and "the tars hold" not in out, out
+
+
 def test_a_corrupt_summary_is_named(copy, capsys):
     folder = copy("overlay")
     (folder / "_summary.json").write_text("{not json")

@@ -301,10 +301,13 @@ def _outputs(folder: str, files: dict[str, _File], summary: dict, rec: dict) -> 
                 names.add(n[: -len(suffix)])
     failed = {f.get("shard"): f.get("error") for f in summary.get("failed_output_shards") or []
               if isinstance(f, dict)}
-    written = 0
+    written, unread = 0, []
     for name in sorted(names):
         w, problems = _output(folder, name, files)
-        written += w
+        if w is None:  # its samples and where they came from are unknown: the totals would mislead
+            unread.append(name)
+        else:
+            written += w
         out += problems
     for name, error in sorted(failed.items()):
         out.append(f"output shard {name} failed ({error})" if name not in names else
@@ -312,6 +315,9 @@ def _outputs(folder: str, files: dict[str, _File], summary: dict, rec: dict) -> 
     n_out = (summary.get("counts") or {}).get("output_shards")
     if n_out is not None and n_out != len(names | set(failed)):
         out.append(f"{SUMMARY} counts {n_out} output shards, the folder holds {len(names | set(failed))}")
+    if unread:
+        return out + [f"where the kept samples went and how many were written is not checked: output shard(s) "
+                      f"{', '.join(unread)} cannot be read"]
     for d, f in files.items():
         twice, none = _coverage(f.placed, f.kept)
         if twice:
@@ -343,8 +349,9 @@ def _coverage(placed: list, n: int) -> tuple[int, int]:
     return twice, n - covered
 
 
-def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int, list[str]]:
-    """One output shard: (samples its tar holds, what disagrees)."""
+def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int | None, list[str]]:
+    """One output shard: (samples its tar holds, what disagrees); None where its stats or its tar
+    cannot be read, so what it holds and places is unknown."""
     paths = {s: join(folder, f"{name}{s}") for s in ("_stats.json", ".tar", ".parquet")}
     missing = [p.rsplit("/", 1)[-1] for p in paths.values() if not exists(p)]
     if missing:
@@ -352,10 +359,12 @@ def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int, list[
     try:
         stats = json.loads(read_text(paths["_stats.json"]))
     except ValueError as e:
-        return 0, [f"{paths['_stats.json']} is not valid JSON ({e})"]
+        return None, [f"{paths['_stats.json']} is not valid JSON ({e})"]
+    if not isinstance(stats, dict):
+        return None, [f"{paths['_stats.json']} holds a {type(stats).__name__}, not a stats object"]
     samples, cut = _tar_samples(paths[".tar"])
     if samples is None:
-        return 0, [f"{name}.tar is missing or unreadable ({cut})"]
+        return None, [f"{name}.tar is missing or unreadable ({cut})"]
     out = [f"{name}.tar is not whole ({cut})"] if cut else []
     keys = [s[0] for s in samples]
     try:
@@ -368,7 +377,7 @@ def _output(folder: str, name: str, files: dict[str, _File]) -> tuple[int, list[
         out.append(f"{name}_stats.json counts {stats.get('count')}, {name}.tar holds {len(samples)}")
     parts = stats.get("parts")
     if not parts:
-        return len(samples), out + [f"{name}_stats.json records no parts (written before provenance): re-run the mix"]
+        return None, out + [f"{name}_stats.json records no parts (written before provenance): re-run the mix"]
     want = _wanted(name, parts, files, out)
     if want is None:
         return len(samples), out
