@@ -158,7 +158,7 @@ def outcome(args: list, w: dict, capsys, clean: bool = True) -> tuple[int, str]:
     for rec in records.values():  # when, and by which process: not settings
         for k in ("created", "updated", "pid", "host", "time"):
             rec.pop(k, None)
-    text = re.sub(NUMBER, "#", printed.out)  # timings and rates vary run to run
+    text = steady_text(printed.out)
     w["records"] = json.dumps(records, default=str, sort_keys=True)
     return rc, json.dumps([w["probe"].calls, records, text], default=str, sort_keys=True) + "\n" + printed.err
 
@@ -288,7 +288,15 @@ def steady(fp: str) -> str:
     """An outcome with the numbers of its log lines (rates, times) as #; what was handed, recorded
     and printed keeps them (outcome's first line)."""
     handed, _, err = fp.partition("\n")
-    return handed + "\n" + re.sub(NUMBER, "#", err)
+    return handed + "\n" + steady_text(err)
+
+
+def steady_text(text: str) -> str:
+    """Printed text with what varies run to run taken out: numbers (timings, rates) as #, the
+    padding a table sizes to them, and the progress lines printed every 30 s before the last
+    (how many depends on the machine's load)."""
+    text = "\n".join(ln for ln in text.splitlines() if ", ETA " not in ln or "(100%)" in ln)
+    return re.sub(r" +", " ", re.sub(NUMBER, "#", text))
 
 
 def written(w: dict) -> dict:
