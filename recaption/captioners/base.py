@@ -35,6 +35,9 @@ class Backend:
     engine_args: bool = False  # takes `engine_args` (recorded with the captions group's settings); else refused
     check: str | None = None  # "module:function": refuses a config it cannot run (one line), before any shard is read
     images: bool = True  # False: a text model (chained caption groups), handed a `chat.Context` per sample
+    # the families (`folder_family`) of local folders it cannot load: a preset's checkpoint swapped
+    # (`--model`) for another family's is refused up front, not in every shard's model load
+    cannot_load: tuple[str, ...] = ()
 
 
 def _builtin_guess(model: str) -> str | None:
@@ -90,13 +93,16 @@ def _check_backend(name: str, b) -> None:
 # the `recaption.captioners` group naming its Backend declaration).
 BACKENDS = Registry("captioner backend", "recaption.captioners", _check_backend)
 for _name, _backend in {
-    "blip": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip")),
-    "blip2": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip2")),
-    "coca": Backend("recaption.captioners.coca:CocaCaptioner", serves=functools.partial(_serves, "coca")),
+    "blip": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip"),
+                    cannot_load=("blip2", "vlm", "coca")),
+    "blip2": Backend("recaption.captioners.hf:HFCaptioner", serves=functools.partial(_serves, "blip2"),
+                     cannot_load=("blip", "vlm", "coca")),
+    "coca": Backend("recaption.captioners.coca:CocaCaptioner", serves=functools.partial(_serves, "coca"),
+                    cannot_load=("blip", "blip2", "vlm")),
     "vllm": Backend("recaption.captioners.vllm:VLLMCaptioner", (("vllm", "vllm"),), chat=True, engine_args=True,
                     check="recaption.captioners.vllm:check_config"),
     "vlm": Backend("recaption.captioners.vlm:VLMCaptioner", serves=_serves_vlm, chat=True, engine_args=True,
-                   check="recaption.captioners.vlm:check_config"),
+                   check="recaption.captioners.vlm:check_config", cannot_load=("coca",)),
     # text-to-text steps of chained and fused caption groups (chosen by name: --backend or a preset)
     "text": Backend("recaption.captioners.text:TextCaptioner", chat=True, images=False),
     "vllm-text": Backend("recaption.captioners.vllm:VLLMTextCaptioner", (("vllm", "vllm"),), chat=True, images=False,
@@ -235,13 +241,6 @@ def apply_overrides(cfg: CaptionerConfig, overrides: dict) -> CaptionerConfig:
     return cfg
 
 
-# Backends that load one family's classes, and the families of a local folder (read from its config
-# files) each cannot load: a preset's checkpoint swapped (`--model`) for another family's would
-# otherwise fail in every shard's model load, with transformers' own words.
-_CANNOT_LOAD = {"blip": ("blip2", "vlm", "coca"), "blip2": ("blip", "vlm", "coca"), "coca": ("blip", "blip2", "vlm"),
-                "vlm": ("coca",)}
-
-
 def folder_family(model: str) -> tuple[str, str] | None:
     """(family, what its config says) of a local model folder, from its config files alone (not its
     name); None where it has none or they do not tell."""
@@ -263,7 +262,7 @@ def check_config(cfg: CaptionerConfig) -> None:
     does not take, and the backend's own `check`."""
     backend = BACKENDS.get(cfg.backend)
     family = folder_family(cfg.model) if cfg.model else None
-    if family and family[0] in _CANNOT_LOAD.get(cfg.backend, ()):
+    if family and family[0] in backend.cannot_load:
         fix = (f"--backend {family[0]}" if cfg.name in (None, cfg.model)
                else f"-c {cfg.model} (backend from its config) or --backend {family[0]}")
         raise RecaptionError(f"captioner model {cfg.model}: its config says {family[1]} (the {family[0]} backend's), "
